@@ -6,13 +6,26 @@ const INVITE: &[u8] = b"INVITE sip:+15551230002@127.0.0.1:5060 SIP/2.0\r\nVia: S
 
 fn bench(c: &mut Criterion) {
     c.bench_function("parse_invite", |b| {
-        b.iter(|| boxless_sip::Message::parse(black_box(INVITE), false).unwrap().len)
+        b.iter(|| {
+            boxless_sip::Message::parse(black_box(INVITE), false)
+                .unwrap()
+                .len
+        })
     });
     let m = boxless_sip::Message::parse(INVITE, false).unwrap();
     let mut out = Vec::with_capacity(2048);
     c.bench_function("write_302", |b| {
         b.iter(|| {
-            boxless_sip::write_response(&mut out, black_box(&m), 302, "Moved Temporarily", Some(&"abc"), None, b"Contact: <sip:+15551230002@127.0.0.1:5070>\r\n", None);
+            boxless_sip::write_response(
+                &mut out,
+                black_box(&m),
+                302,
+                "Moved Temporarily",
+                Some(&"abc"),
+                None,
+                b"Contact: <sip:+15551230002@127.0.0.1:5070>\r\n",
+                None,
+            );
             out.len()
         })
     });

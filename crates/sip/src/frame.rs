@@ -24,7 +24,10 @@ pub enum Frame {
 
 /// Frames the next message at the front of `buf`; messages above `max` bytes are invalid.
 pub fn frame(buf: &[u8], max: usize) -> Frame {
-    let skip = buf.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let skip = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
     let buf = &buf[skip..];
     let Some((head_end, body_start)) = head_end(buf) else {
         return if buf.len() > max {
@@ -83,11 +86,26 @@ mod tests {
     #[test]
     fn frames_messages_in_a_stream() {
         let m = b"OPTIONS sip:a SIP/2.0\r\nContent-Length: 3\r\n\r\nabcNEXT";
-        assert_eq!(frame(m, 1000), Frame::Complete { skip: 0, len: m.len() - 4 });
-        assert_eq!(frame(&m[..m.len() - 6], 1000), Frame::Incomplete { skip: 0 });
+        assert_eq!(
+            frame(m, 1000),
+            Frame::Complete {
+                skip: 0,
+                len: m.len() - 4
+            }
+        );
+        assert_eq!(
+            frame(&m[..m.len() - 6], 1000),
+            Frame::Incomplete { skip: 0 }
+        );
         let mut k = b"\r\n\r\n".to_vec();
         k.extend_from_slice(m);
-        assert_eq!(frame(&k, 1000), Frame::Complete { skip: 4, len: m.len() - 4 });
+        assert_eq!(
+            frame(&k, 1000),
+            Frame::Complete {
+                skip: 4,
+                len: m.len() - 4
+            }
+        );
     }
 
     #[test]
@@ -98,7 +116,12 @@ mod tests {
             b"OPTIONS sip:a SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nab",
             b"OPTIONS sip:a SIP/2.0\r\nl: 99999\r\n\r\n",
         ] {
-            assert_eq!(frame(m, 4096), Frame::Invalid, "{}", String::from_utf8_lossy(m));
+            assert_eq!(
+                frame(m, 4096),
+                Frame::Invalid,
+                "{}",
+                String::from_utf8_lossy(m)
+            );
         }
     }
 }

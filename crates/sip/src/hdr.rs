@@ -373,7 +373,9 @@ pub fn valid_sip_date(v: &str) -> bool {
     let v = trim_lws(v);
     let Some(rest) = v.get(5..) else { return false };
     let wk = &v[..5];
-    let days = ["Mon, ", "Tue, ", "Wed, ", "Thu, ", "Fri, ", "Sat, ", "Sun, "];
+    let days = [
+        "Mon, ", "Tue, ", "Wed, ", "Thu, ", "Fri, ", "Sat, ", "Sun, ",
+    ];
     if !days.contains(&wk) {
         return false;
     }
@@ -422,7 +424,10 @@ mod tests {
 
     #[test]
     fn via_with_lws_and_params() {
-        let v = Via::parse("SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8").unwrap();
+        let v = Via::parse(
+            "SIP  / 2.0  / TCP     spindle.example.com   ;\r\n  branch  =   z9hG4bK9ikj8",
+        )
+        .unwrap();
         assert_eq!(v.transport, "TCP");
         assert_eq!(v.host, "spindle.example.com");
         assert_eq!(v.branch, Some("z9hG4bK9ikj8"));
@@ -455,7 +460,12 @@ mod tests {
         let u = Uri::parse("tel:+15551230002;phone-context=x").unwrap();
         assert_eq!(u.user, Some("+15551230002"));
         assert!(!Uri::parse("NOTSIP:joe@example.org").unwrap().is_sip());
-        assert!(Uri::parse("sip:user@example.com?Route=x").unwrap().headers.is_some());
+        assert!(
+            Uri::parse("sip:user@example.com?Route=x")
+                .unwrap()
+                .headers
+                .is_some()
+        );
     }
 
     #[test]

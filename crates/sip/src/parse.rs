@@ -157,7 +157,10 @@ pub struct Message<'a> {
     pub max_forwards: Option<u8>,
 }
 
-const EMPTY: Header<'static> = Header { name: "", value: "" };
+const EMPTY: Header<'static> = Header {
+    name: "",
+    value: "",
+};
 
 impl<'a> Message<'a> {
     /// Parses one message from the start of `buf`.
@@ -239,10 +242,7 @@ impl<'a> Message<'a> {
 
     /// The first value of the field `name` (whole line; may hold several comma-separated values).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers()
-            .iter()
-            .find(|h| h.is(name))
-            .map(|h| h.value)
+        self.headers().iter().find(|h| h.is(name)).map(|h| h.value)
     }
 
     /// Every value of the field `name`, split at top-level commas, in order.
@@ -403,14 +403,20 @@ impl<'a> Message<'a> {
         if let Some(cseq) = self.cseq
             && cseq.method != method.as_str()
         {
-            let code = if matches!(method, Method::Other(_)) { 501 } else { 400 };
+            let code = if matches!(method, Method::Other(_)) {
+                501
+            } else {
+                400
+            };
             return Some(Defect {
                 code,
                 reason: "CSeq method does not match the request",
             });
         }
         match hdr::Uri::parse(uri) {
-            Some(u) if u.headers.is_some() => Some(Defect::bad("Headers not allowed in Request-URI")),
+            Some(u) if u.headers.is_some() => {
+                Some(Defect::bad("Headers not allowed in Request-URI"))
+            }
             Some(u) if !u.is_sip() => Some(Defect {
                 code: 416,
                 reason: "Unsupported URI Scheme",
@@ -421,7 +427,10 @@ impl<'a> Message<'a> {
     }
 }
 
-fn parse_start_line<'a>(line: &'a str, defect: &mut Option<Defect>) -> Result<StartLine<'a>, Error> {
+fn parse_start_line<'a>(
+    line: &'a str,
+    defect: &mut Option<Defect>,
+) -> Result<StartLine<'a>, Error> {
     if let Some(rest) = line.strip_prefix("SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
         let (version, rest) = rest.split_once(' ').ok_or(Error::StartLine)?;
@@ -569,7 +578,13 @@ Content-Length: 4\r\n\r\nbodyEXTRA";
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for junk in [&b""[..], b"\r\n\r\n", b"HELLO\r\n\r\n", b"SIP/2.0 99 x\r\n\r\n", b"\xff\xfe\r\n\r\n"] {
+        for junk in [
+            &b""[..],
+            b"\r\n\r\n",
+            b"HELLO\r\n\r\n",
+            b"SIP/2.0 99 x\r\n\r\n",
+            b"\xff\xfe\r\n\r\n",
+        ] {
             assert!(Message::parse(junk, false).is_err(), "{junk:?}");
         }
     }

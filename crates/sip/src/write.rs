@@ -22,7 +22,12 @@ pub fn response_target(via: &Via<'_>, source: SocketAddr) -> SocketAddr {
 pub fn stateless_tag(msg: &Message<'_>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let branch = msg.top_via().and_then(|v| v.branch).unwrap_or("");
-    for b in msg.call_id.bytes().chain(branch.bytes()).chain(msg.from.bytes()) {
+    for b in msg
+        .call_id
+        .bytes()
+        .chain(branch.bytes())
+        .chain(msg.from.bytes())
+    {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -83,7 +88,11 @@ pub fn write_response(
     out.extend_from_slice(extra);
     match body {
         Some((ctype, b)) => {
-            let _ = write!(out, "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", b.len());
+            let _ = write!(
+                out,
+                "Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                b.len()
+            );
             out.extend_from_slice(b);
         }
         None => out.extend_from_slice(b"Content-Length: 0\r\n\r\n"),
@@ -131,7 +140,16 @@ Content-Length: 0\r\n\r\n";
         let m = Message::parse(REQ, false).unwrap();
         let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let mut out = Vec::new();
-        write_response(&mut out, &m, 302, "Moved Temporarily", Some(&"t1"), Some(src), b"Contact: <sip:x@y>\r\n", None);
+        write_response(
+            &mut out,
+            &m,
+            302,
+            "Moved Temporarily",
+            Some(&"t1"),
+            Some(src),
+            b"Contact: <sip:x@y>\r\n",
+            None,
+        );
         let s = String::from_utf8(out.clone()).unwrap();
         assert!(s.starts_with("SIP/2.0 302 Moved Temporarily\r\n"));
         assert!(s.contains("Via: SIP/2.0/UDP host.example:5090;rport=4000;branch=z9hG4bK-1;received=127.0.0.1\r\n"), "{s}");

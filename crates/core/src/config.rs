@@ -1,0 +1,567 @@
+//! The configuration file (INTERFACE.md "Config file") and its checks.
+//!
+//! Every problem becomes one [`ConfigError`] naming the file, the key and the fix.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::number::{LinkPool, Numbering};
+
+/// The configuration `boxless serve` uses when no file is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+
+/// A configuration problem, printed as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config {file}: key `{key}`: {problem}")]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub file: String,
+    /// The dotted key, e.g. `servers[1].link_numbers`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where servers keep their SQLite store and audio.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `[router]`
+    #[serde(default)]
+    pub router: RouterConfig,
+    /// `[http]`
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// `[numbering]`
+    #[serde(default)]
+    pub numbering: NumberingConfig,
+    /// `[sms]`
+    #[serde(default)]
+    pub sms: SmsConfig,
+    /// `[retrieval]`
+    #[serde(default)]
+    pub retrieval: RetrievalConfig,
+    /// `[messages]`
+    #[serde(default)]
+    pub messages: MessagesConfig,
+    /// `[control]`
+    #[serde(default)]
+    pub control: ControlConfig,
+    /// `[sip]` protocol timers and limits.
+    #[serde(default)]
+    pub sip: SipConfig,
+    /// `[[servers]]`
+    #[serde(default)]
+    pub servers: Vec<ServerConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("boxless-data")
+}
+
+/// How the router directs calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterMode {
+    /// Answer `302` with the chosen server as Contact.
+    #[default]
+    Redirect,
+    /// Forward statefully and fail over.
+    Proxy,
+}
+
+/// `[router]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// UDP and TCP address.
+    pub listen: SocketAddr,
+    /// redirect | proxy
+    pub mode: RouterMode,
+    /// Proxy mode: how long a server may take to send any response before the next is tried.
+    pub proxy_answer_ms: u64,
+    /// Seconds a caller is told to wait (Retry-After) when no server is available.
+    pub retry_after_seconds: u32,
+    /// Seed for the server-choice RNG (0: from the OS).
+    pub rng_seed: u64,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: ([127, 0, 0, 1], 5060).into(),
+            mode: RouterMode::Redirect,
+            proxy_answer_ms: 2000,
+            retry_after_seconds: 30,
+            rng_seed: 0,
+        }
+    }
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+        }
+    }
+}
+
+/// `[numbering]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NumberingConfig {
+    /// Completes national numbers.
+    pub country_code: String,
+}
+
+impl Default for NumberingConfig {
+    fn default() -> Self {
+        NumberingConfig {
+            country_code: "1".into(),
+        }
+    }
+}
+
+/// How SMS leave the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SmsTransport {
+    /// Written to the log.
+    #[default]
+    Log,
+    /// SMPP 3.4 to an SMSC.
+    Smpp,
+}
+
+/// `[sms]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmsConfig {
+    /// log | smpp
+    pub transport: SmsTransport,
+    /// The SMSC (smpp).
+    pub address: String,
+    /// SMPP system_id.
+    pub system_id: String,
+    /// SMPP password.
+    pub password: String,
+    /// Seconds between enquire_link PDUs.
+    pub enquire_link_seconds: u64,
+    /// First retry delay after a failed submit, doubled per attempt.
+    pub retry_initial_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// Minutes east of UTC for the time printed in the SMS.
+    pub utc_offset_minutes: i32,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            transport: SmsTransport::Log,
+            address: "127.0.0.1:2775".into(),
+            system_id: "boxless".into(),
+            password: "secret".into(),
+            enquire_link_seconds: 30,
+            retry_initial_ms: 500,
+            retry_max_ms: 60_000,
+            utc_offset_minutes: 0,
+        }
+    }
+}
+
+/// When retrieval asks for the access code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccessCodePolicy {
+    /// Never.
+    Never,
+    /// When the caller-ID is not the recipient.
+    #[default]
+    WhenCallerIdMismatch,
+    /// Always.
+    Always,
+}
+
+/// `[retrieval]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrievalConfig {
+    /// never | when-caller-id-mismatch | always
+    pub access_code: AccessCodePolicy,
+}
+
+impl Default for RetrievalConfig {
+    fn default() -> Self {
+        RetrievalConfig {
+            access_code: AccessCodePolicy::WhenCallerIdMismatch,
+        }
+    }
+}
+
+/// `[messages]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MessagesConfig {
+    /// Recording stops here.
+    pub max_seconds: u32,
+    /// Shorter: no message, a missed-call alert.
+    pub min_seconds: u32,
+    /// This much silence ends the recording.
+    pub silence_seconds: u32,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            max_seconds: 180,
+            min_seconds: 1,
+            silence_seconds: 10,
+        }
+    }
+}
+
+/// Where server status travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlBackend {
+    /// In-process (serve).
+    #[default]
+    Local,
+    /// NATS.
+    Nats,
+}
+
+/// `[control]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// local | nats
+    pub backend: ControlBackend,
+    /// The NATS server.
+    pub url: String,
+    /// A status older than this is not available.
+    pub ttl_seconds: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            backend: ControlBackend::Local,
+            url: "nats://127.0.0.1:4222".into(),
+            ttl_seconds: 3,
+        }
+    }
+}
+
+/// `[sip]`: RFC 3261 timers and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipConfig {
+    /// T1, the RTT estimate (ms).
+    pub t1_ms: u64,
+    /// T2, the longest retransmit interval (ms).
+    pub t2_ms: u64,
+    /// Largest message accepted, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            t1_ms: 500,
+            t2_ms: 4000,
+            max_message_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// One `[[servers]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Unique id.
+    pub id: String,
+    /// SIP address (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Its own HTTP API when run as `boxless server`.
+    pub http: SocketAddr,
+    /// `"FIRST-LAST"` RTP ports (even ports used).
+    pub rtp_ports: String,
+    /// Concurrent calls.
+    #[serde(default = "default_capacity")]
+    pub capacity: u32,
+    /// Link-number ranges or single numbers.
+    pub link_numbers: Vec<String>,
+}
+
+fn default_capacity() -> u32 {
+    100
+}
+
+/// A server entry after its checks.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// The entry as written.
+    pub config: ServerConfig,
+    /// Parsed link numbers.
+    pub pool: LinkPool,
+    /// First and last RTP port.
+    pub rtp_ports: (u16, u16),
+}
+
+/// A configuration that passed every check.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The configuration.
+    pub config: Config,
+    /// Number completion.
+    pub numbering: Numbering,
+    /// Servers with parsed pools, in file order.
+    pub servers: Vec<ServerSpec>,
+}
+
+impl Config {
+    /// Parses and checks TOML; `file` names the source in errors.
+    pub fn load_str(text: &str, file: &str) -> Result<Checked, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| toml_error(text, file, &e))?;
+        config.check(file)
+    }
+
+    /// The embedded default.
+    pub fn embedded() -> Checked {
+        // The embedded default is checked by a unit test, so this cannot fail.
+        Config::load_str(DEFAULT_CONFIG, "<embedded default>")
+            .expect("embedded default config is valid")
+    }
+
+    fn check(self, file: &str) -> Result<Checked, ConfigError> {
+        let err = |key: String, problem: String| ConfigError {
+            file: file.to_string(),
+            key,
+            problem,
+        };
+        let numbering = Numbering::new(&self.numbering.country_code).ok_or_else(|| {
+            err(
+                "numbering.country_code".into(),
+                "must be 1 to 3 digits without `+`, e.g. \"1\" or \"44\"".into(),
+            )
+        })?;
+        let m = &self.messages;
+        if m.max_seconds == 0 || m.min_seconds >= m.max_seconds {
+            return Err(err(
+                "messages.min_seconds".into(),
+                format!("must be below messages.max_seconds ({})", m.max_seconds),
+            ));
+        }
+        if m.silence_seconds == 0 {
+            return Err(err(
+                "messages.silence_seconds".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.control.ttl_seconds == 0 {
+            return Err(err(
+                "control.ttl_seconds".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.sip.t1_ms == 0 || self.sip.t2_ms < self.sip.t1_ms {
+            return Err(err(
+                "sip.t2_ms".into(),
+                "t1_ms must be above 0 and t2_ms at least t1_ms".into(),
+            ));
+        }
+        if self.sip.max_message_bytes < 1024 || self.sip.max_message_bytes > 65_535 {
+            return Err(err(
+                "sip.max_message_bytes".into(),
+                "must be between 1024 and 65535".into(),
+            ));
+        }
+        if self.sms.transport == SmsTransport::Smpp
+            && self.sms.address.parse::<SocketAddr>().is_err()
+        {
+            return Err(err(
+                "sms.address".into(),
+                "must be IP:PORT of the SMSC, e.g. \"127.0.0.1:2775\"".into(),
+            ));
+        }
+        if self.sms.retry_initial_ms == 0 || self.sms.retry_max_ms < self.sms.retry_initial_ms {
+            return Err(err(
+                "sms.retry_max_ms".into(),
+                "retry_initial_ms must be above 0 and retry_max_ms at least retry_initial_ms"
+                    .into(),
+            ));
+        }
+        let mut servers: Vec<ServerSpec> = Vec::with_capacity(self.servers.len());
+        for (i, s) in self.servers.iter().enumerate() {
+            let key = |k: &str| format!("servers[{i}].{k}");
+            if s.id.is_empty()
+                || !s
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(err(key("id"), "must be letters, digits, `-` or `_`".into()));
+            }
+            if s.capacity == 0 {
+                return Err(err(key("capacity"), "must be at least 1".into()));
+            }
+            let pool = LinkPool::parse(&s.link_numbers).map_err(|p| err(key("link_numbers"), p))?;
+            if pool.is_empty() {
+                return Err(err(
+                    key("link_numbers"),
+                    "give the server at least one link number".into(),
+                ));
+            }
+            let rtp_ports = parse_port_range(&s.rtp_ports).ok_or_else(|| {
+                err(
+                    key("rtp_ports"),
+                    "must be \"FIRST-LAST\" with FIRST < LAST, e.g. \"20000-20999\"".into(),
+                )
+            })?;
+            for o in &servers {
+                let other = &o.config.id;
+                if o.config.id == s.id {
+                    return Err(err(
+                        key("id"),
+                        format!("`{}` is used twice; ids must be unique", s.id),
+                    ));
+                }
+                if o.pool.overlaps(&pool) {
+                    return Err(err(
+                        key("link_numbers"),
+                        format!("overlap with server `{other}`; pools never overlap"),
+                    ));
+                }
+                if o.config.listen == s.listen || o.config.http == s.http {
+                    return Err(err(
+                        key("listen"),
+                        format!("address already used by server `{other}`"),
+                    ));
+                }
+                if o.rtp_ports.0 <= rtp_ports.1 && rtp_ports.0 <= o.rtp_ports.1 {
+                    return Err(err(
+                        key("rtp_ports"),
+                        format!("overlap with server `{other}`"),
+                    ));
+                }
+            }
+            if s.listen == self.router.listen {
+                return Err(err(
+                    key("listen"),
+                    "is the router's address; give the server its own port".into(),
+                ));
+            }
+            servers.push(ServerSpec {
+                config: s.clone(),
+                pool,
+                rtp_ports,
+            });
+        }
+        Ok(Checked {
+            config: self,
+            numbering,
+            servers,
+        })
+    }
+}
+
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (a > 0 && a < b).then_some((a, b))
+}
+
+/// Turns a TOML error into one line naming the key.
+fn toml_error(text: &str, file: &str, e: &toml::de::Error) -> ConfigError {
+    let problem = e.message().replace('\n', " ").trim().to_string();
+    let key = e
+        .span()
+        .map(|span| key_at(text, span.start))
+        .unwrap_or_else(|| "(top level)".into());
+    ConfigError {
+        file: file.to_string(),
+        key,
+        problem,
+    }
+}
+
+/// The dotted key of the line holding byte `pos`: the last `[table]` before it plus the key.
+fn key_at(text: &str, pos: usize) -> String {
+    let pos = pos.min(text.len());
+    let before = &text[..pos];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let line = text[line_start..line_end].trim();
+    let mut table = String::new();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
+    for l in text[..line_start].lines() {
+        let l = l.trim();
+        if let Some(t) = l.strip_prefix("[[").and_then(|t| t.split("]]").next()) {
+            let n = index.entry(t.trim().to_string()).or_insert(0);
+            table = format!("{}[{}]", t.trim(), *n);
+            *n += 1;
+        } else if let Some(t) = l.strip_prefix('[').and_then(|t| t.split(']').next()) {
+            table = t.trim().to_string();
+        }
+    }
+    let key = line.split('=').next().unwrap_or("").trim();
+    match (table.is_empty(), key.is_empty() || line.starts_with('[')) {
+        (true, true) => "(top level)".into(),
+        (true, false) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_has_two_servers() {
+        let c = Config::embedded();
+        assert_eq!(c.servers.len(), 2);
+        assert_eq!(c.config.router.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(c.config.http.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.config.sms.transport, SmsTransport::Log);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::load_str("[router]\nmode = \"bounce\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "router.mode");
+        assert!(
+            e.to_string()
+                .starts_with("config x.toml: key `router.mode`:"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
+        let e = Config::load_str("[messages]\nmax_secs = 3\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "messages.max_secs");
+        let two = format!("{DEFAULT_CONFIG}")
+            .replace("+18005550150-+18005550199", "+18005550140-+18005550199");
+        let e = Config::load_str(&two, "x.toml").unwrap_err();
+        assert_eq!(e.key, "servers[1].link_numbers");
+        let e = Config::load_str("[numbering]\ncountry_code = \"+1\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "numbering.country_code");
+        let e = Config::load_str("[[servers]]\nid = \"a\"\nlisten = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\nrtp_ports = \"9-3\"\nlink_numbers = [\"+1800\"]\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "servers[0].rtp_ports");
+    }
+}

@@ -1,0 +1,13 @@
+//! Boxless domain types shared by every part: phone and link numbers, configuration,
+//! server status, clock and randomness helpers.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod number;
+pub mod status;
+pub mod util;
+
+pub use config::{Checked, Config, ConfigError, RouterMode, ServerSpec};
+pub use number::{LinkPool, Numbering, PhoneNumber};
+pub use status::{ServerSlot, ServerState, StatusBoard, StatusView};
+pub use util::{Rng, now_ms, rfc3339};

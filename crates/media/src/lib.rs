@@ -1,0 +1,13 @@
+//! Boxless media, sans-IO: SDP, RTP, G.711, prompts and audio maths.
+#![warn(missing_docs)]
+
+pub mod audio;
+pub mod g711;
+pub mod prompts;
+pub mod rtp;
+pub mod sdp;
+
+pub use g711::Codec;
+pub use prompts::Prompts;
+pub use rtp::{FRAME, Received, RtpReceiver, RtpSender};
+pub use sdp::{Negotiated, SdpError, negotiate, write_sdp};
