@@ -1,0 +1,12 @@
+//! The Boxless notifier: SMS text and coding, the outbox retry policy, and the transports
+//! (log, SMPP 3.4) driven by one worker per server.
+#![warn(missing_docs)]
+
+pub mod backoff;
+pub mod sender;
+pub mod text;
+pub mod worker;
+
+pub use backoff::Backoff;
+pub use sender::{SendError, Sender, Smpp, SmppSettings};
+pub use worker::NotifierHandle;

@@ -1,0 +1,129 @@
+//! The words of each SMS, and their coding for SMPP (GSM 03.38 7-bit, else UCS-2).
+
+use boxless_core::util::civil;
+use boxless_core::{PhoneNumber, config::AccessCodePolicy};
+use boxless_store::SmsFacts;
+
+/// The notification for a stored message, e.g.
+/// `Voice message from +15551230001, 0:23, 14:05. Call +18005550100 to listen. Code 123456.`
+pub fn message_sms(f: &SmsFacts<'_>, policy: AccessCodePolicy, utc_offset_min: i32) -> String {
+    let secs = f.duration_ms.div_ceil(1000);
+    let (_, _, _, h, m, _) = civil(f.message.received_at_ms / 1000, utc_offset_min);
+    let from = match f.message.caller {
+        Some(c) => c.to_string(),
+        None => "an unknown number".to_string(),
+    };
+    let mut s = format!(
+        "Voice message from {from}, {}:{:02}, {h:02}:{m:02}. Call {} to listen.",
+        secs / 60,
+        secs % 60,
+        f.link_number
+    );
+    if policy != AccessCodePolicy::Never {
+        s.push_str(&format!(" Code {}.", f.access_code));
+    }
+    s
+}
+
+/// The alert for a call too short to keep.
+pub fn missed_call_sms(caller: Option<PhoneNumber>, at_ms: u64, utc_offset_min: i32) -> String {
+    let (_, _, _, h, m, _) = civil(at_ms / 1000, utc_offset_min);
+    match caller {
+        Some(c) => format!("Missed call from {c} at {h:02}:{m:02}. No message was left."),
+        None => {
+            format!("Missed call from an unknown number at {h:02}:{m:02}. No message was left.")
+        }
+    }
+}
+
+/// SMPP data_coding and the octets of a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Coded {
+    /// 0x00 (SMSC default alphabet, GSM 03.38) or 0x08 (UCS-2).
+    pub data_coding: u8,
+    /// Unpacked GSM 7-bit septets (one per octet) or UTF-16BE.
+    pub octets: Vec<u8>,
+}
+
+const GSM_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+const GSM_EXT: [(char, u8); 10] = [
+    ('\u{c}', 0x0A),
+    ('^', 0x14),
+    ('{', 0x28),
+    ('}', 0x29),
+    ('\\', 0x2F),
+    ('[', 0x3C),
+    ('~', 0x3D),
+    (']', 0x3E),
+    ('|', 0x40),
+    ('€', 0x65),
+];
+
+/// GSM-7 when every character has a septet (basic or extension table), else UCS-2.
+pub fn encode(text: &str) -> Coded {
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        if let Some(i) = GSM_BASIC
+            .chars()
+            .position(|g| g == c)
+            .filter(|&i| i != 0x1b)
+        {
+            out.push(i as u8);
+        } else if let Some(&(_, code)) = GSM_EXT.iter().find(|(g, _)| *g == c) {
+            out.push(0x1b);
+            out.push(code);
+        } else {
+            return Coded {
+                data_coding: 0x08,
+                octets: text.encode_utf16().flat_map(|u| u.to_be_bytes()).collect(),
+            };
+        }
+    }
+    Coded {
+        data_coding: 0x00,
+        octets: out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_store::NewMessage;
+
+    fn n(s: &str) -> PhoneNumber {
+        PhoneNumber::parse_e164(s).unwrap()
+    }
+
+    #[test]
+    fn message_text_names_caller_length_time_and_link() {
+        let msg = NewMessage {
+            recipient: n("+15551230002"),
+            caller: Some(n("+15551230001")),
+            received_at_ms: 1_795_694_700_000,
+            samples: &[],
+        };
+        let f = SmsFacts {
+            message: &msg,
+            link_number: n("+18005550100"),
+            access_code: "042917",
+            duration_ms: 23_100,
+        };
+        assert_eq!(
+            message_sms(&f, AccessCodePolicy::WhenCallerIdMismatch, 0),
+            "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code 042917."
+        );
+        assert!(!message_sms(&f, AccessCodePolicy::Never, -300).contains("Code"));
+        assert!(message_sms(&f, AccessCodePolicy::Never, -300).contains("07:05"));
+    }
+
+    #[test]
+    fn gsm7_when_it_fits_else_ucs2() {
+        let c = encode("Hi @ 5€");
+        assert_eq!(c.data_coding, 0);
+        assert_eq!(c.octets, [0x48, 0x69, 0x20, 0x00, 0x20, 0x35, 0x1b, 0x65]);
+        let c = encode("Привет");
+        assert_eq!(c.data_coding, 8);
+        assert_eq!(c.octets.len(), 12);
+        assert_eq!(&c.octets[..2], &[0x04, 0x1f]);
+    }
+}

@@ -1,0 +1,685 @@
+//! The per-server store: message rows and the notification outbox in SQLite (WAL), audio
+//! as WAV files, written so that a committed message survives `kill -9` at any instant.
+//!
+//! Order of a deposit: the WAV is written under a temporary name, fsynced, renamed and the
+//! directory fsynced; then the message row, its link number and its outbox rows are
+//! committed in one transaction (`synchronous = FULL`). A crash before the commit leaves an
+//! orphan file that the next [`Store::open`] removes; after it, everything is there.
+#![warn(missing_docs)]
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The file system failed.
+    #[error("audio file: {0}")]
+    Io(#[from] std::io::Error),
+    /// WAV encoding failed.
+    #[error("wav: {0}")]
+    Wav(#[from] hound::Error),
+}
+
+/// Store result.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A message's life (INTERFACE.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageState {
+    /// Stored, not yet notified.
+    New,
+    /// The SMSC accepted the notification.
+    Notified,
+    /// Played to the end.
+    Heard,
+    /// Kept by the recipient.
+    Saved,
+    /// Deleted.
+    Deleted,
+}
+
+impl MessageState {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::New => "new",
+            MessageState::Notified => "notified",
+            MessageState::Heard => "heard",
+            MessageState::Saved => "saved",
+            MessageState::Deleted => "deleted",
+        }
+    }
+
+    fn parse(s: &str) -> MessageState {
+        match s {
+            "notified" => MessageState::Notified,
+            "heard" => MessageState::Heard,
+            "saved" => MessageState::Saved,
+            "deleted" => MessageState::Deleted,
+            _ => MessageState::New,
+        }
+    }
+}
+
+/// A notification's delivery record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notification {
+    /// `sms`.
+    pub channel: String,
+    /// `pending` | `sent`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+/// A stored message as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// `{server}-{16 hex}`.
+    pub id: String,
+    /// Who the message is for.
+    pub recipient: PhoneNumber,
+    /// Who left it, when known.
+    pub caller: Option<PhoneNumber>,
+    /// ms since the epoch.
+    pub received_at_ms: u64,
+    /// Length of the audio.
+    pub duration_ms: u64,
+    /// The number that plays it.
+    pub link_number: PhoneNumber,
+    /// The server holding it.
+    pub server: String,
+    /// Lifecycle state.
+    pub state: MessageState,
+    /// Per-channel delivery.
+    pub notifications: Vec<Notification>,
+}
+
+/// What a deposit stores.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    /// Recipient.
+    pub recipient: PhoneNumber,
+    /// Caller, if known.
+    pub caller: Option<PhoneNumber>,
+    /// When the call was answered (ms since epoch).
+    pub received_at_ms: u64,
+    /// 8 kHz mono audio.
+    pub samples: &'a [i16],
+}
+
+/// An SMS waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxJob {
+    /// Row id.
+    pub id: i64,
+    /// The message it notifies (None for a missed-call alert).
+    pub message_id: Option<String>,
+    /// Destination number.
+    pub destination: PhoneNumber,
+    /// Source number (the link number, or the caller for a missed-call alert).
+    pub source: Option<PhoneNumber>,
+    /// The text.
+    pub text: String,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// Everything the SMS text may mention, handed to the text renderer.
+#[derive(Debug, Clone, Copy)]
+pub struct SmsFacts<'a> {
+    /// The message.
+    pub message: &'a NewMessage<'a>,
+    /// Its link number.
+    pub link_number: PhoneNumber,
+    /// Its access code.
+    pub access_code: &'a str,
+    /// Length of the audio.
+    pub duration_ms: u64,
+}
+
+/// One server's store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    audio_dir: PathBuf,
+    server_id: String,
+    pool: LinkPool,
+    rng: Mutex<Rng>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    recipient INTEGER NOT NULL,
+    caller INTEGER,
+    received_at_ms INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    link_number INTEGER NOT NULL,
+    access_code TEXT NOT NULL,
+    state TEXT NOT NULL,
+    state_changed_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient, state);
+CREATE INDEX IF NOT EXISTS messages_link ON messages(link_number, recipient);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT,
+    channel TEXT NOT NULL,
+    destination INTEGER NOT NULL,
+    source INTEGER,
+    text TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    last_error TEXT,
+    sent_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_ms);
+";
+
+impl Store {
+    /// Opens (creating) `dir/messages.sqlite` and `dir/audio/`, removing leftovers of an
+    /// interrupted deposit.
+    pub fn open(dir: &Path, server_id: &str, pool: LinkPool) -> Result<Store> {
+        let audio_dir = dir.join("audio");
+        fs::create_dir_all(&audio_dir)?;
+        let conn = Connection::open(dir.join("messages.sqlite"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        let store = Store {
+            conn: Mutex::new(conn),
+            audio_dir,
+            server_id: server_id.to_string(),
+            pool,
+            rng: Mutex::new(Rng::from_entropy()),
+        };
+        store.remove_orphans()?;
+        Ok(store)
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock is a bug elsewhere; the connection itself stays usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remove_orphans(&self) -> Result<()> {
+        let db = self.db();
+        let mut known = db.prepare("SELECT 1 FROM messages WHERE id = ?1")?;
+        for entry in fs::read_dir(&self.audio_dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let orphan = match name.strip_suffix(".wav") {
+                Some(id) => !known.exists([id])?,
+                None => name.ends_with(".tmp"),
+            };
+            if orphan {
+                tracing::warn!(file = %path.display(), "removing audio of an uncommitted deposit");
+                fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The server this store belongs to.
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Where a message's audio lives.
+    pub fn audio_path(&self, id: &str) -> PathBuf {
+        self.audio_dir.join(format!("{id}.wav"))
+    }
+
+    fn new_id(&self) -> String {
+        let r = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_u64();
+        format!(
+            "{}-{:010x}{:06x}",
+            self.server_id,
+            now_ms() & 0xff_ffff_ffff,
+            r & 0xff_ffff
+        )
+    }
+
+    fn new_code(&self) -> String {
+        let r = self
+            .rng
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .below(1_000_000);
+        format!("{r:06}")
+    }
+
+    /// Stores a message durably and queues its SMS; returns what was stored.
+    /// `render` writes the SMS text from the facts chosen inside the transaction.
+    pub fn deposit(
+        &self,
+        msg: &NewMessage<'_>,
+        render: impl FnOnce(&SmsFacts<'_>) -> String,
+    ) -> Result<MessageInfo> {
+        let id = self.new_id();
+        let code = self.new_code();
+        let duration_ms = msg.samples.len() as u64 / 8;
+        self.write_wav(&id, msg.samples)?;
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let link = choose_link(&tx, &self.pool, msg.recipient)?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8)",
+            params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64],
+        )?;
+        let text = render(&SmsFacts {
+            message: msg,
+            link_number: link,
+            access_code: &code,
+            duration_ms,
+        });
+        tx.execute(
+            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms)
+             VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5)",
+            params![id, msg.recipient.as_u64() as i64, link.as_u64() as i64, text, now as i64],
+        )?;
+        tx.commit()?;
+        drop(db);
+        self.get(&id).map(|m| m.expect("row committed above"))
+    }
+
+    /// Queues a missed-call alert (no message kept).
+    pub fn missed_call(
+        &self,
+        recipient: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        text: &str,
+    ) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms)
+             VALUES (NULL, 'sms', ?1, ?2, ?3, 'pending', ?4)",
+            params![recipient.as_u64() as i64, caller.map(|c| c.as_u64() as i64), text, now_ms() as i64],
+        )?;
+        Ok(())
+    }
+
+    fn write_wav(&self, id: &str, samples: &[i16]) -> Result<()> {
+        let tmp = self.audio_dir.join(format!("{id}.wav.tmp"));
+        let spec = hound::WavSpec {
+            channels: 1,
+            sample_rate: 8000,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut bytes = Vec::with_capacity(44 + samples.len() * 2);
+        {
+            let mut w = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec)?;
+            let mut w16 = w.get_i16_writer(samples.len() as u32);
+            for &s in samples {
+                w16.write_sample(s);
+            }
+            w16.flush()?;
+            w.finalize()?;
+        }
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, self.audio_path(id))?;
+        fs::File::open(&self.audio_dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// One message.
+    pub fn get(&self, id: &str) -> Result<Option<MessageInfo>> {
+        let db = self.db();
+        let row = db
+            .query_row(
+                "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages WHERE id = ?1",
+                [id],
+                |r| self.row(r),
+            )
+            .optional()?;
+        match row {
+            Some(mut m) => {
+                m.notifications = notifications(&db, &m.id)?;
+                Ok(Some(m))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Messages, newest first, optionally for one recipient.
+    pub fn list(&self, recipient: Option<PhoneNumber>, limit: usize) -> Result<Vec<MessageInfo>> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages
+             WHERE (?1 IS NULL OR recipient = ?1) ORDER BY received_at_ms DESC, id LIMIT ?2",
+        )?;
+        let mut out: Vec<MessageInfo> = stmt
+            .query_map(
+                params![recipient.map(|r| r.as_u64() as i64), limit as i64],
+                |r| self.row(r),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        for m in &mut out {
+            m.notifications = notifications(&db, &m.id)?;
+        }
+        Ok(out)
+    }
+
+    fn row(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<MessageInfo> {
+        let num = |v: i64| PhoneNumber::parse_e164(&format!("+{v}"));
+        let recipient: i64 = r.get(1)?;
+        let caller: Option<i64> = r.get(2)?;
+        let link: i64 = r.get(5)?;
+        let state: String = r.get(6)?;
+        let bad = || {
+            rusqlite::Error::InvalidColumnType(1, "number".into(), rusqlite::types::Type::Integer)
+        };
+        Ok(MessageInfo {
+            id: r.get(0)?,
+            recipient: num(recipient).ok_or_else(bad)?,
+            caller: caller.and_then(num),
+            received_at_ms: r.get::<_, i64>(3)? as u64,
+            duration_ms: r.get::<_, i64>(4)? as u64,
+            link_number: num(link).ok_or_else(bad)?,
+            server: self.server_id.clone(),
+            state: MessageState::parse(&state),
+            notifications: Vec::new(),
+        })
+    }
+
+    /// Marks a message deleted and removes its audio. False if there is no such message.
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        let n = self.db().execute(
+            "UPDATE messages SET state = 'deleted', state_changed_ms = ?2 WHERE id = ?1",
+            params![id, now_ms() as i64],
+        )?;
+        if n > 0 {
+            match fs::remove_file(self.audio_path(id)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n > 0)
+    }
+
+    /// SMS due at `now`, oldest first.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<OutboxJob>> {
+        let db = self.db();
+        let mut stmt = db.prepare(
+            "SELECT id, message_id, destination, source, text, attempts FROM outbox
+             WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+        )?;
+        let jobs = stmt
+            .query_map(params![sql_ms(now), limit as i64], |r| {
+                let dest: i64 = r.get(2)?;
+                let src: Option<i64> = r.get(3)?;
+                Ok(OutboxJob {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    destination: PhoneNumber::parse_e164(&format!("+{dest}"))
+                        .ok_or(rusqlite::Error::InvalidQuery)?,
+                    source: src.and_then(|s| PhoneNumber::parse_e164(&format!("+{s}"))),
+                    text: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)? as u32,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(jobs)
+    }
+
+    /// When the next pending SMS is due, if any.
+    pub fn next_due(&self) -> Result<Option<u64>> {
+        let v: Option<i64> = self.db().query_row(
+            "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Pending SMS count.
+    pub fn pending(&self) -> Result<u64> {
+        let v: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v as u64)
+    }
+
+    /// The SMSC accepted the job: it is sent, and its message becomes `notified`.
+    pub fn sent(&self, job: &OutboxJob, now: u64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at_ms = ?2, last_error = NULL WHERE id = ?1",
+            params![job.id, now as i64],
+        )?;
+        if let Some(mid) = &job.message_id {
+            tx.execute(
+                "UPDATE messages SET state = 'notified', state_changed_ms = ?2 WHERE id = ?1 AND state = 'new'",
+                params![mid, now as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The attempt failed: try again at `next_at`.
+    pub fn failed(&self, job: &OutboxJob, next_at: u64, error: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
+            params![job.id, sql_ms(next_at), error],
+        )?;
+        Ok(())
+    }
+
+    /// Free bytes on the file system holding the audio.
+    pub fn free_disk(&self) -> u64 {
+        free_bytes(&self.audio_dir).unwrap_or(0)
+    }
+}
+
+/// The lowest link number of the pool that no unheard message of `recipient` uses; when
+/// every number is in use, the one with the fewest such messages (the number is then shared
+/// and retrieval plays them one after another).
+fn choose_link(
+    tx: &rusqlite::Transaction<'_>,
+    pool: &LinkPool,
+    recipient: PhoneNumber,
+) -> Result<PhoneNumber> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT link_number, COUNT(*) FROM messages WHERE recipient = ?1 AND state IN ('new', 'notified')
+         GROUP BY link_number",
+    )?;
+    let used: std::collections::HashMap<i64, i64> = stmt
+        .query_map([recipient.as_u64() as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut best: Option<(i64, PhoneNumber)> = None;
+    for n in pool.iter() {
+        let count = used.get(&(n.as_u64() as i64)).copied().unwrap_or(0);
+        if count == 0 {
+            return Ok(n);
+        }
+        if best.is_none_or(|(c, _)| count < c) {
+            best = Some((count, n));
+        }
+    }
+    // Config checks guarantee a non-empty pool, so some number was seen.
+    Ok(best.expect("link pool is not empty").1)
+}
+
+fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
+    let mut stmt = db.prepare_cached(
+        "SELECT channel, state, attempts, last_error FROM outbox WHERE message_id = ?1 ORDER BY id",
+    )?;
+    let v = stmt
+        .query_map([id], |r| {
+            Ok(Notification {
+                channel: r.get(0)?,
+                state: r.get(1)?,
+                attempts: r.get::<_, i64>(2)? as u32,
+                last_error: r.get(3)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(v)
+}
+
+/// A time in ms as SQLite's signed integer (saturating).
+fn sql_ms(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+/// Free bytes (for unprivileged users) of the file system holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(path).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> PhoneNumber {
+        PhoneNumber::parse_e164(s).unwrap()
+    }
+
+    fn store(dir: &Path) -> Store {
+        Store::open(
+            dir,
+            "ms1",
+            LinkPool::parse(&["+18005550100-+18005550101"]).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn deposit_is_listed_with_audio_and_outbox() {
+        let dir = tempdir();
+        let s = store(&dir);
+        let samples: Vec<i16> = (0..8000).map(|i| (i % 100) as i16).collect();
+        let msg = NewMessage {
+            recipient: n("+15551230002"),
+            caller: Some(n("+15551230001")),
+            received_at_ms: 1,
+            samples: &samples,
+        };
+        let m = s
+            .deposit(&msg, |f| {
+                format!("from {} link {}", f.message.caller.unwrap(), f.link_number)
+            })
+            .unwrap();
+        assert_eq!(m.duration_ms, 1000);
+        assert_eq!(m.link_number, n("+18005550100"));
+        assert_eq!(m.state, MessageState::New);
+        let r = hound::WavReader::open(s.audio_path(&m.id)).unwrap();
+        assert_eq!(r.spec().sample_rate, 8000);
+        let back: Vec<i16> = r.into_samples::<i16>().map(|x| x.unwrap()).collect();
+        assert_eq!(back, samples);
+        let jobs = s.due(u64::MAX, 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].text, "from +15551230001 link +18005550100");
+        s.failed(&jobs[0], u64::MAX - 1, "down").unwrap();
+        assert!(s.due(now_ms(), 10).unwrap().is_empty());
+        s.sent(&jobs[0], 5).unwrap();
+        let m = s.get(&m.id).unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Notified);
+        assert_eq!(m.notifications[0].attempts, 2);
+        assert_eq!(s.pending().unwrap(), 0);
+    }
+
+    #[test]
+    fn link_numbers_lowest_free_then_shared() {
+        let dir = tempdir();
+        let s = store(&dir);
+        let r = n("+15551230002");
+        let msg = NewMessage {
+            recipient: r,
+            caller: None,
+            received_at_ms: 1,
+            samples: &[0; 80],
+        };
+        let links: Vec<_> = (0..4)
+            .map(|_| {
+                s.deposit(&msg, |_| String::new())
+                    .unwrap()
+                    .link_number
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            links,
+            [
+                "+18005550100",
+                "+18005550101",
+                "+18005550100",
+                "+18005550101"
+            ]
+        );
+        let other = NewMessage {
+            recipient: n("+15551239999"),
+            ..msg
+        };
+        assert_eq!(
+            s.deposit(&other, |_| String::new()).unwrap().link_number,
+            n("+18005550100")
+        );
+        assert_eq!(s.list(Some(r), 100).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn reopen_keeps_committed_and_drops_orphans() {
+        let dir = tempdir();
+        let id = {
+            let s = store(&dir);
+            let msg = NewMessage {
+                recipient: n("+15551230002"),
+                caller: None,
+                received_at_ms: 1,
+                samples: &[1; 80],
+            };
+            s.deposit(&msg, |_| "x".into()).unwrap().id
+        };
+        fs::write(dir.join("audio/ms1-orphan.wav"), b"x").unwrap();
+        fs::write(dir.join("audio/ms1-half.wav.tmp"), b"x").unwrap();
+        let s = store(&dir);
+        assert!(s.get(&id).unwrap().is_some());
+        assert!(s.audio_path(&id).exists());
+        assert!(!dir.join("audio/ms1-orphan.wav").exists());
+        assert!(!dir.join("audio/ms1-half.wav.tmp").exists());
+        assert!(s.delete(&id).unwrap());
+        assert!(!s.audio_path(&id).exists());
+        assert_eq!(s.get(&id).unwrap().unwrap().state, MessageState::Deleted);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "boxless-store-{}-{}",
+            std::process::id(),
+            Rng::from_entropy().next_u64()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
