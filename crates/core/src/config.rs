@@ -222,6 +222,19 @@ pub struct MessagesConfig {
     pub min_seconds: u32,
     /// This much silence ends the recording.
     pub silence_seconds: u32,
+    /// `digits` ("You have reached <digits>..." then a tone) or `tone` (the tone alone).
+    pub greeting: Greeting,
+}
+
+/// The default greeting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Greeting {
+    /// Speaks the recipient's digits, then the tone.
+    #[default]
+    Digits,
+    /// The tone alone.
+    Tone,
 }
 
 impl Default for MessagesConfig {
@@ -230,6 +243,7 @@ impl Default for MessagesConfig {
             max_seconds: 180,
             min_seconds: 1,
             silence_seconds: 10,
+            greeting: Greeting::Digits,
         }
     }
 }

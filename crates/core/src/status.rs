@@ -138,6 +138,14 @@ impl ServerSlot {
         self.last_update_ms.store(v.last_update_ms, Relaxed);
     }
 
+    /// A server's periodic report; active calls are counted by [`ServerSlot::call_started`].
+    pub fn heartbeat(&self, state: ServerState, free_disk: u64, notifier_ok: bool, now_ms: u64) {
+        self.state.store(state as u8, Relaxed);
+        self.free_disk.store(free_disk, Relaxed);
+        self.notifier_ok.store(notifier_ok, Relaxed);
+        self.last_update_ms.store(now_ms, Relaxed);
+    }
+
     /// One more call in progress (returns the new count).
     pub fn call_started(&self) -> u32 {
         self.active.fetch_add(1, Relaxed) + 1

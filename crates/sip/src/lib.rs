@@ -4,6 +4,7 @@
 pub mod frame;
 pub mod hdr;
 pub mod parse;
+pub mod parties;
 pub mod write;
 
 pub use frame::{Frame, frame};

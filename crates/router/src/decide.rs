@@ -1,0 +1,383 @@
+//! What the router does with one request (sans-IO): deposit or retrieval, which server, or
+//! which error. Shared by the redirect and proxy modes.
+
+use std::fmt::Write as _;
+
+use boxless_core::{Numbering, PhoneNumber, Rng, RouterMode, StatusBoard};
+use boxless_sip::{Message, Method, parties, write_response};
+
+use crate::policy;
+
+/// The router's decision for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Answer with this status.
+    Respond {
+        /// Status code.
+        code: u16,
+        /// Reason phrase.
+        reason: &'static str,
+        /// Extra header to add.
+        extra: Extra,
+    },
+    /// Send the call to this server; `user` goes in the Contact / Request-URI.
+    Route {
+        /// Index on the status board.
+        server: usize,
+        /// Recipient (deposit) or link number (retrieval).
+        user: PhoneNumber,
+        /// True for a call to a link number.
+        retrieval: bool,
+    },
+    /// Nothing to send (ACK, stray responses).
+    Absorb,
+}
+
+/// A header a response needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extra {
+    /// None.
+    None,
+    /// `Retry-After: N`.
+    RetryAfter,
+    /// `Allow: ...`.
+    Allow,
+    /// `Unsupported: <the Require/Proxy-Require value>`.
+    Unsupported,
+}
+
+const ALLOW: &str = "INVITE, ACK, CANCEL, OPTIONS";
+
+/// The router's logic, shared by its socket tasks (read-only; each task has its own RNG).
+#[derive(Debug)]
+pub struct RouterCore {
+    /// Server status.
+    pub board: std::sync::Arc<StatusBoard>,
+    /// Number completion.
+    pub numbering: Numbering,
+    /// redirect | proxy
+    pub mode: RouterMode,
+    /// Status TTL.
+    pub ttl_ms: u64,
+    /// Retry-After for 503.
+    pub retry_after: u32,
+}
+
+impl RouterCore {
+    /// Decides what to do with a parsed request (responses are the proxy's business).
+    pub fn decide(&self, msg: &Message<'_>, now_ms: u64, rng: &mut Rng) -> Verdict {
+        let Some(method) = msg.method() else {
+            return Verdict::Absorb;
+        };
+        if let Some(d) = msg.defect {
+            return respond(d.code, d.reason);
+        }
+        match method {
+            Method::Invite => self.invite(msg, now_ms, rng),
+            Method::Ack => Verdict::Absorb,
+            Method::Options => Verdict::Respond {
+                code: 200,
+                reason: "OK",
+                extra: Extra::Allow,
+            },
+            Method::Cancel | Method::Bye => respond(481, "Call/Transaction Does Not Exist"),
+            Method::Register | Method::Info => Verdict::Respond {
+                code: 405,
+                reason: "Method Not Allowed",
+                extra: Extra::Allow,
+            },
+            Method::Other(_) => respond(501, "Not Implemented"),
+        }
+    }
+
+    fn invite(&self, msg: &Message<'_>, now_ms: u64, rng: &mut Rng) -> Verdict {
+        let proxy = self.mode == RouterMode::Proxy;
+        if proxy && msg.max_forwards == Some(0) {
+            return respond(483, "Too Many Hops");
+        }
+        let require = if proxy {
+            msg.header("proxy-require")
+        } else {
+            msg.header("require").or(msg.header("proxy-require"))
+        };
+        if require.is_some() {
+            return Verdict::Respond {
+                code: 420,
+                reason: "Bad Extension",
+                extra: Extra::Unsupported,
+            };
+        }
+        let diverted = msg.header("diversion").is_some() || msg.header("history-info").is_some();
+        let ruri_number = msg
+            .request_uri()
+            .and_then(parties::user)
+            .and_then(|u| self.numbering.normalize(&u));
+        if !diverted
+            && let Some(link) = ruri_number
+            && let Some(owner) = self.board.owner_of(link)
+        {
+            // Only the owner holds the message: never another server.
+            let v = self.board.slots[owner].view();
+            if !v.fresh(now_ms, self.ttl_ms) || v.state != boxless_core::ServerState::Up {
+                return Verdict::Respond {
+                    code: 480,
+                    reason: "Temporarily Unavailable",
+                    extra: Extra::RetryAfter,
+                };
+            }
+            return Verdict::Route {
+                server: owner,
+                user: link,
+                retrieval: true,
+            };
+        }
+        let Some(recipient) = parties::recipient(msg).and_then(|u| self.numbering.normalize(&u))
+        else {
+            return respond(404, "Not Found");
+        };
+        match policy::pick(&self.board, now_ms, self.ttl_ms, rng) {
+            Some(server) => Verdict::Route {
+                server,
+                user: recipient,
+                retrieval: false,
+            },
+            None => Verdict::Respond {
+                code: 503,
+                reason: "Service Unavailable",
+                extra: Extra::RetryAfter,
+            },
+        }
+    }
+
+    /// Writes the response a verdict calls for (redirect mode writes 302 for a route).
+    /// Returns false when nothing is to be sent.
+    pub fn write(
+        &self,
+        msg: &Message<'_>,
+        v: Verdict,
+        scratch: &mut String,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        scratch.clear();
+        let tag = boxless_sip::stateless_tag(msg);
+        let (code, reason) = match v {
+            Verdict::Absorb => return false,
+            Verdict::Route { server, user, .. } => {
+                let addr = self.board.slots[server].sip;
+                // Writing to a String cannot fail.
+                let _ = write!(scratch, "Contact: <sip:{user}@{addr}>\r\n");
+                (302, "Moved Temporarily")
+            }
+            Verdict::Respond {
+                code,
+                reason,
+                extra,
+            } => {
+                match extra {
+                    Extra::None => {}
+                    Extra::RetryAfter => {
+                        let _ = write!(scratch, "Retry-After: {}\r\n", self.retry_after);
+                    }
+                    Extra::Allow => {
+                        let _ = write!(scratch, "Allow: {ALLOW}\r\n");
+                    }
+                    Extra::Unsupported => {
+                        let req = msg
+                            .header("proxy-require")
+                            .or(msg.header("require"))
+                            .unwrap_or("");
+                        let _ = write!(scratch, "Unsupported: {req}\r\n");
+                    }
+                }
+                (code, reason)
+            }
+        };
+        let tag_hex = TagHex(tag);
+        let to_tag: Option<&dyn std::fmt::Display> =
+            if code >= 200 { Some(&tag_hex) } else { None };
+        write_response(
+            out,
+            msg,
+            code,
+            reason,
+            to_tag,
+            None,
+            scratch.as_bytes(),
+            None,
+        );
+        true
+    }
+}
+
+struct TagHex(u64);
+
+impl std::fmt::Display for TagHex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+fn respond(code: u16, reason: &'static str) -> Verdict {
+    Verdict::Respond {
+        code,
+        reason,
+        extra: Extra::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_core::{LinkPool, ServerSlot, ServerState, StatusView};
+    use std::sync::Arc;
+
+    fn core(mode: RouterMode) -> RouterCore {
+        let slots = ["+18005550100-+18005550149", "+18005550150-+18005550199"]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let s = ServerSlot::new(
+                    &format!("ms{}", i + 1),
+                    ([127, 0, 0, 1], 5070 + 2 * i as u16).into(),
+                    LinkPool::parse(&[*p]).unwrap(),
+                    10,
+                );
+                s.publish(StatusView {
+                    state: ServerState::Up,
+                    active: 0,
+                    capacity: 10,
+                    free_disk: u64::MAX,
+                    notifier_ok: true,
+                    last_update_ms: 1000,
+                });
+                s
+            })
+            .collect();
+        RouterCore {
+            board: Arc::new(StatusBoard { slots }),
+            numbering: Numbering::new("1").unwrap(),
+            mode,
+            ttl_ms: 3000,
+            retry_after: 30,
+        }
+    }
+
+    fn invite(ruri_user: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "INVITE sip:{ruri_user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKa\r\nFrom: <sip:+15551230001@h>;tag=1\r\nTo: <sip:{ruri_user}@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn decide(c: &RouterCore, b: &[u8]) -> Verdict {
+        c.decide(
+            &Message::parse(b, false).unwrap(),
+            2000,
+            &mut Rng::seeded(1),
+        )
+    }
+
+    #[test]
+    fn deposit_routes_national_recipient_and_writes_302() {
+        let c = core(RouterMode::Redirect);
+        let b = invite("5551230002", "");
+        let v = decide(&c, &b);
+        let Verdict::Route {
+            user,
+            retrieval: false,
+            ..
+        } = v
+        else {
+            panic!("{v:?}")
+        };
+        assert_eq!(user.to_string(), "+15551230002");
+        let mut out = Vec::new();
+        assert!(c.write(
+            &Message::parse(&b, false).unwrap(),
+            v,
+            &mut String::new(),
+            &mut out
+        ));
+        let s = String::from_utf8(out).unwrap();
+        assert!(s.starts_with("SIP/2.0 302 Moved Temporarily\r\n"));
+        assert!(
+            s.contains("Contact: <sip:+15551230002@127.0.0.1:507"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn link_numbers_go_to_their_owner_only() {
+        let c = core(RouterMode::Redirect);
+        assert!(matches!(
+            decide(&c, &invite("+18005550160", "")),
+            Verdict::Route {
+                server: 1,
+                retrieval: true,
+                ..
+            }
+        ));
+        let mut v = c.board.slots[1].view();
+        v.state = ServerState::Down;
+        c.board.slots[1].publish(v);
+        assert!(matches!(
+            decide(&c, &invite("+18005550160", "")),
+            Verdict::Respond { code: 480, .. }
+        ));
+        // A diverted call to a link number is a deposit for whoever was diverted.
+        let d = decide(
+            &c,
+            &invite("+18005550160", "Diversion: <sip:+15551230002@h>\r\n"),
+        );
+        assert!(
+            matches!(
+                d,
+                Verdict::Route {
+                    server: 0,
+                    retrieval: false,
+                    ..
+                }
+            ),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn errors_and_modes() {
+        let c = core(RouterMode::Redirect);
+        assert!(matches!(
+            decide(&c, &invite("alice", "")),
+            Verdict::Respond { code: 404, .. }
+        ));
+        assert!(matches!(
+            decide(&c, &invite("+15551230002", "Require: foo\r\n")),
+            Verdict::Respond { code: 420, .. }
+        ));
+        let zero = invite("+15551230002", "")
+            .iter()
+            .copied()
+            .collect::<Vec<u8>>();
+        let zero = String::from_utf8(zero)
+            .unwrap()
+            .replace("Max-Forwards: 70", "Max-Forwards: 0");
+        assert!(matches!(decide(&c, zero.as_bytes()), Verdict::Route { .. }));
+        assert!(matches!(
+            decide(&core(RouterMode::Proxy), zero.as_bytes()),
+            Verdict::Respond { code: 483, .. }
+        ));
+        for s in &c.board.slots {
+            s.call_started();
+            let mut v = s.view();
+            v.active = 10;
+            s.publish(v);
+        }
+        assert!(matches!(
+            decide(&c, &invite("+15551230002", "")),
+            Verdict::Respond {
+                code: 503,
+                extra: Extra::RetryAfter,
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,666 @@
+//! Proxy mode: a stateful INVITE proxy with failover (RFC 3261 §16), sans-IO core plus a
+//! one-task driver.
+//!
+//! The router adds its Via, rewrites the Request-URI to the chosen server and relays
+//! responses. A server that sends 408 or 5xx, or nothing within `answer_timeout`, is
+//! dropped for that call (ACKed or CANCELled) and the next available server is tried; the
+//! caller sees an error only when none is left. No Record-Route: ACK for 2xx and BYE go
+//! straight to the server's Contact, so the router holds no dialog state.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxless_core::{Rng, now_ms};
+use boxless_sip::{Message, Method, hdr, response_target, write_response};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::decide::{RouterCore, Verdict};
+
+/// Proxy timers.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// A server must send some response within this.
+    pub answer_timeout: Duration,
+    /// RFC 3261 T1 (INVITE retransmission over UDP).
+    pub t1: Duration,
+    /// How long a finished transaction is kept to absorb retransmissions.
+    pub linger: Duration,
+    /// After a provisional response, how long to wait for the final one.
+    pub ring_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            answer_timeout: Duration::from_secs(2),
+            t1: Duration::from_millis(500),
+            linger: Duration::from_secs(32),
+            ring_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the proxy must send.
+#[derive(Debug)]
+pub enum Output<R> {
+    /// To the caller, through its reply handle.
+    ToCaller {
+        /// Bytes.
+        bytes: Vec<u8>,
+        /// Where.
+        reply: R,
+    },
+    /// To a server.
+    ToServer {
+        /// Bytes.
+        bytes: Vec<u8>,
+        /// Its SIP address.
+        addr: SocketAddr,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum State {
+    Trying,
+    Proceeding,
+    Done,
+}
+
+#[derive(Debug)]
+struct Tsx<R> {
+    invite: Vec<u8>,
+    reply: R,
+    tried: Vec<usize>,
+    server: Option<usize>,
+    branch: String,
+    forwarded: Vec<u8>,
+    state: State,
+    deadline: Instant,
+    retransmit: Option<(Instant, Duration)>,
+    last_final: Option<Vec<u8>>,
+    cancelled: bool,
+}
+
+/// The proxy's transactions, keyed by the caller's branch.
+#[derive(Debug)]
+pub struct Proxy<R> {
+    core: Arc<RouterCore>,
+    local: SocketAddr,
+    s: ProxySettings,
+    rng: Rng,
+    tsx: HashMap<String, Tsx<R>>,
+    by_branch: HashMap<String, String>,
+    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    out: Vec<Output<R>>,
+    scratch: String,
+}
+
+impl<R: Clone> Proxy<R> {
+    /// A proxy whose Via names `local`.
+    pub fn new(core: Arc<RouterCore>, local: SocketAddr, s: ProxySettings, rng: Rng) -> Proxy<R> {
+        Proxy {
+            core,
+            local,
+            s,
+            rng,
+            tsx: HashMap::new(),
+            by_branch: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: Vec::new(),
+            scratch: String::new(),
+        }
+    }
+
+    /// Everything to send now.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, Output<R>> {
+        self.out.drain(..)
+    }
+
+    /// Transactions held.
+    pub fn len(&self) -> usize {
+        self.tsx.len()
+    }
+
+    /// True when no transaction is held.
+    pub fn is_empty(&self) -> bool {
+        self.tsx.is_empty()
+    }
+
+    /// The earliest timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// A message from the network. `from_server` is true when `src` is a server's address.
+    pub fn handle(&mut self, now: Instant, now_ms: u64, bytes: &[u8], stream: bool, reply: R) {
+        let Ok(msg) = Message::parse(bytes, stream) else {
+            return;
+        };
+        match msg.method() {
+            None => self.response(now, &msg),
+            Some(Method::Invite) if msg.defect.is_none() => {
+                self.invite(now, now_ms, &msg, bytes, reply)
+            }
+            Some(Method::Cancel) if msg.defect.is_none() => self.cancel(now, &msg, reply),
+            Some(Method::Ack) => {}
+            Some(_) => self.stateless(now_ms, &msg, reply),
+        }
+    }
+
+    fn stateless(&mut self, now_ms: u64, msg: &Message<'_>, reply: R) {
+        let v = self.core.decide(msg, now_ms, &mut self.rng);
+        let mut b = Vec::with_capacity(512);
+        if self.core.write(msg, v, &mut self.scratch, &mut b) {
+            self.out.push(Output::ToCaller { bytes: b, reply });
+        }
+    }
+
+    fn key(msg: &Message<'_>) -> Option<String> {
+        let v = msg.top_via()?;
+        let mut k = String::with_capacity(64);
+        let _ = write!(
+            k,
+            "{}|{}:{}|{}",
+            v.branch.unwrap_or(msg.call_id),
+            v.host,
+            v.port.unwrap_or(0),
+            msg.call_id
+        );
+        Some(k)
+    }
+
+    fn invite(&mut self, now: Instant, now_ms: u64, msg: &Message<'_>, bytes: &[u8], reply: R) {
+        let Some(key) = Self::key(msg) else { return };
+        if let Some(t) = self.tsx.get(&key) {
+            // A retransmission: repeat what the caller last got.
+            let b = match &t.last_final {
+                Some(f) => f.clone(),
+                None => simple(msg, 100, "Trying"),
+            };
+            self.out.push(Output::ToCaller { bytes: b, reply });
+            return;
+        }
+        let v = self.core.decide(msg, now_ms, &mut self.rng);
+        let Verdict::Route { server, .. } = v else {
+            let mut b = Vec::with_capacity(512);
+            if self.core.write(msg, v, &mut self.scratch, &mut b) {
+                self.out.push(Output::ToCaller { bytes: b, reply });
+            }
+            return;
+        };
+        self.out.push(Output::ToCaller {
+            bytes: simple(msg, 100, "Trying"),
+            reply: reply.clone(),
+        });
+        let t = Tsx {
+            invite: bytes.to_vec(),
+            reply,
+            tried: Vec::with_capacity(2),
+            server: None,
+            branch: String::new(),
+            forwarded: Vec::new(),
+            state: State::Trying,
+            deadline: now,
+            retransmit: None,
+            last_final: None,
+            cancelled: false,
+        };
+        self.tsx.insert(key.clone(), t);
+        self.forward_to(now, &key, server, v);
+    }
+
+    fn forward_to(&mut self, now: Instant, key: &str, server: usize, v: Verdict) {
+        let Verdict::Route { user, .. } = v else {
+            return;
+        };
+        let branch = format!("z9hG4bK{:016x}", self.rng.next_u64());
+        let addr = self.core.board.slots[server].sip;
+        let Some(t) = self.tsx.get_mut(key) else {
+            return;
+        };
+        let Ok(msg) = Message::parse(&t.invite, false) else {
+            return;
+        };
+        let fwd = build_forward(&msg, &format!("sip:{user}@{addr}"), self.local, &branch);
+        t.tried.push(server);
+        t.server = Some(server);
+        t.branch = branch.clone();
+        t.forwarded = fwd.clone();
+        t.state = State::Trying;
+        t.deadline = now + self.s.answer_timeout;
+        t.retransmit = Some((now + self.s.t1, self.s.t1));
+        self.by_branch.insert(branch, key.to_string());
+        self.timers.push(Reverse((
+            now + self.s.t1.min(self.s.answer_timeout),
+            key.to_string(),
+        )));
+        self.out.push(Output::ToServer { bytes: fwd, addr });
+        metrics::counter!("boxless_router_forwarded_total").increment(1);
+    }
+
+    /// Tries the next available server for `key`, or answers the caller with `fallback`.
+    fn failover(&mut self, now: Instant, now_ms: u64, key: &str, fallback: Option<Vec<u8>>) {
+        let Some(t) = self.tsx.get(key) else { return };
+        let Ok(msg) = Message::parse(&t.invite, false) else {
+            return;
+        };
+        let tried = t.tried.clone();
+        let cancelled = t.cancelled;
+        // Pick among servers not tried yet: mark tried ones unavailable by retrying the pick.
+        let mut choice = None;
+        if !cancelled {
+            for _ in 0..8 {
+                match self.core.decide(&msg, now_ms, &mut self.rng) {
+                    v @ Verdict::Route {
+                        server,
+                        retrieval: false,
+                        ..
+                    } if !tried.contains(&server) => {
+                        choice = Some((server, v));
+                        break;
+                    }
+                    Verdict::Route {
+                        retrieval: true, ..
+                    } => break,
+                    _ => {}
+                }
+            }
+            if choice.is_none() {
+                // Two random choices may keep landing on tried servers: scan the rest.
+                choice = self.core.board.slots.iter().enumerate().find_map(|(i, s)| {
+                    let avail = s.view().available(now_ms, self.core.ttl_ms) && !tried.contains(&i);
+                    let user = match self.core.decide(&msg, now_ms, &mut self.rng) {
+                        Verdict::Route {
+                            user,
+                            retrieval: false,
+                            ..
+                        } => user,
+                        _ => return None,
+                    };
+                    avail.then_some((
+                        i,
+                        Verdict::Route {
+                            server: i,
+                            user,
+                            retrieval: false,
+                        },
+                    ))
+                });
+            }
+        }
+        match choice {
+            Some((server, v)) => {
+                metrics::counter!("boxless_router_failovers_total").increment(1);
+                tracing::info!(server = %self.core.board.slots[server].id, "failing over");
+                self.forward_to(now, key, server, v);
+            }
+            None => {
+                let b = fallback.unwrap_or_else(|| {
+                    let mut b = Vec::new();
+                    let extra = format!("Retry-After: {}\r\n", self.core.retry_after);
+                    write_response(
+                        &mut b,
+                        &msg,
+                        503,
+                        "Service Unavailable",
+                        Some(&"proxy"),
+                        None,
+                        extra.as_bytes(),
+                        None,
+                    );
+                    b
+                });
+                self.finish(now, key, b);
+            }
+        }
+    }
+
+    fn finish(&mut self, now: Instant, key: &str, final_bytes: Vec<u8>) {
+        let Some(t) = self.tsx.get_mut(key) else {
+            return;
+        };
+        t.state = State::Done;
+        t.retransmit = None;
+        t.last_final = Some(final_bytes.clone());
+        t.deadline = now + self.s.linger;
+        self.out.push(Output::ToCaller {
+            bytes: final_bytes,
+            reply: t.reply.clone(),
+        });
+        self.timers.push(Reverse((t.deadline, key.to_string())));
+    }
+
+    fn response(&mut self, now: Instant, msg: &Message<'_>) {
+        if msg.defect.is_some() {
+            return;
+        }
+        let Some(via) = msg.top_via() else { return };
+        let Some(key) = via.branch.and_then(|b| self.by_branch.get(b)).cloned() else {
+            return;
+        };
+        let Some(t) = self.tsx.get_mut(&key) else {
+            return;
+        };
+        if via.branch != Some(t.branch.as_str()) {
+            return;
+        }
+        let code = msg.status().unwrap_or(500);
+        let is_invite = msg.cseq.is_some_and(|c| c.method == "INVITE");
+        if !is_invite {
+            return; // 200 to our CANCEL
+        }
+        let relayed = strip_top_via(msg);
+        let server_addr = t.server.map(|s| self.core.board.slots[s].sip);
+        match code {
+            100 => {
+                t.retransmit = None;
+            }
+            101..=199 => {
+                t.retransmit = None;
+                t.state = State::Proceeding;
+                t.deadline = now + self.s.ring_timeout;
+                self.timers.push(Reverse((t.deadline, key.clone())));
+                self.out.push(Output::ToCaller {
+                    bytes: relayed,
+                    reply: t.reply.clone(),
+                });
+            }
+            200..=299 => {
+                // 2xx (and its retransmissions) always reach the caller.
+                if t.state == State::Done {
+                    self.out.push(Output::ToCaller {
+                        bytes: relayed,
+                        reply: t.reply.clone(),
+                    });
+                } else {
+                    self.finish(now, &key, relayed);
+                }
+            }
+            _ => {
+                if let Some(addr) = server_addr
+                    && let Ok(inv) = Message::parse(&t.forwarded, false)
+                {
+                    self.out.push(Output::ToServer {
+                        bytes: build_ack(&inv, msg),
+                        addr,
+                    });
+                }
+                if t.state == State::Done {
+                    return;
+                }
+                if code == 408 || (500..600).contains(&code) {
+                    self.failover(now, now_ms(), &key, Some(relayed));
+                } else {
+                    self.finish(now, &key, relayed);
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, now: Instant, msg: &Message<'_>, reply: R) {
+        self.out.push(Output::ToCaller {
+            bytes: simple(msg, 200, "OK"),
+            reply,
+        });
+        let Some(key) = Self::key(msg) else { return };
+        let Some(t) = self.tsx.get_mut(&key) else {
+            return;
+        };
+        if t.state == State::Done {
+            return;
+        }
+        t.cancelled = true;
+        if let (Some(s), Ok(inv)) = (t.server, Message::parse(&t.forwarded, false)) {
+            self.out.push(Output::ToServer {
+                bytes: build_cancel(&inv),
+                addr: self.core.board.slots[s].sip,
+            });
+        }
+        // If the server never answers the CANCEL, the caller still gets its 487.
+        t.deadline = now + self.s.answer_timeout;
+        self.timers.push(Reverse((t.deadline, key)));
+    }
+
+    /// Runs due timers.
+    pub fn handle_timeout(&mut self, now: Instant, now_ms: u64) {
+        while let Some(Reverse((at, key))) = self.timers.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(t) = self.tsx.get_mut(&key) else {
+                continue;
+            };
+            if t.state == State::Done {
+                if now >= t.deadline {
+                    let t = self
+                        .tsx
+                        .remove(&key)
+                        .expect("present: looked up just above");
+                    self.by_branch.remove(&t.branch);
+                }
+                continue;
+            }
+            if let Some((rt, every)) = t.retransmit
+                && now >= rt
+                && now < t.deadline
+            {
+                let next = every * 2;
+                t.retransmit = Some((now + next, next));
+                if let Some(s) = t.server {
+                    self.out.push(Output::ToServer {
+                        bytes: t.forwarded.clone(),
+                        addr: self.core.board.slots[s].sip,
+                    });
+                }
+                let at = (now + next).min(t.deadline);
+                self.timers.push(Reverse((at, key.clone())));
+                continue;
+            }
+            if now >= t.deadline {
+                if t.cancelled {
+                    let Ok(inv) = Message::parse(&t.invite, false) else {
+                        continue;
+                    };
+                    let b = simple(&inv, 487, "Request Terminated");
+                    self.finish(now, &key, b);
+                    continue;
+                }
+                // No answer in time: CANCEL a ringing branch, then try the next server.
+                if t.state == State::Proceeding
+                    && let (Some(s), Ok(inv)) = (t.server, Message::parse(&t.forwarded, false))
+                {
+                    self.out.push(Output::ToServer {
+                        bytes: build_cancel(&inv),
+                        addr: self.core.board.slots[s].sip,
+                    });
+                }
+                tracing::warn!(server = ?t.server.map(|s| self.core.board.slots[s].id.clone()), "server did not answer in time");
+                self.failover(now, now_ms, &key, None);
+            } else {
+                self.timers.push(Reverse((t.deadline, key.clone())));
+            }
+        }
+    }
+}
+
+fn simple(msg: &Message<'_>, code: u16, reason: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(512);
+    let tag = format!("{:x}", boxless_sip::stateless_tag(msg));
+    let tag: Option<&dyn std::fmt::Display> = if code >= 200 { Some(&tag) } else { None };
+    write_response(&mut b, msg, code, reason, tag, None, b"", None);
+    b
+}
+
+/// The INVITE as forwarded: new Request-URI, our Via on top, Max-Forwards decremented.
+fn build_forward(msg: &Message<'_>, ruri: &str, local: SocketAddr, branch: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(msg.len + 128);
+    let _ = std::io::Write::write_fmt(
+        &mut b,
+        format_args!("INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n"),
+    );
+    let mut saw_mf = false;
+    for h in msg.headers() {
+        if h.is("content-length") {
+            continue;
+        }
+        if h.is("max-forwards") {
+            saw_mf = true;
+            let mf = msg.max_forwards.unwrap_or(70).saturating_sub(1);
+            let _ = std::io::Write::write_fmt(&mut b, format_args!("Max-Forwards: {mf}\r\n"));
+            continue;
+        }
+        let _ = std::io::Write::write_fmt(&mut b, format_args!("{}: {}\r\n", h.name, h.value));
+    }
+    if !saw_mf {
+        b.extend_from_slice(b"Max-Forwards: 69\r\n");
+    }
+    let _ = std::io::Write::write_fmt(
+        &mut b,
+        format_args!("Content-Length: {}\r\n\r\n", msg.body.len()),
+    );
+    b.extend_from_slice(msg.body);
+    b
+}
+
+/// A response with its top Via value removed.
+fn strip_top_via(msg: &Message<'_>) -> Vec<u8> {
+    let mut b = Vec::with_capacity(msg.len);
+    let (code, reason) = match msg.start {
+        boxless_sip::StartLine::Response { code, reason } => (code, reason),
+        boxless_sip::StartLine::Request { .. } => (500, ""),
+    };
+    let _ = std::io::Write::write_fmt(&mut b, format_args!("SIP/2.0 {code} {reason}\r\n"));
+    let mut stripped = false;
+    for h in msg.headers() {
+        if h.is("content-length") {
+            continue;
+        }
+        if h.is("via") && !stripped {
+            stripped = true;
+            let rest: Vec<&str> = hdr::split_commas(h.value).skip(1).collect();
+            if !rest.is_empty() {
+                let _ =
+                    std::io::Write::write_fmt(&mut b, format_args!("Via: {}\r\n", rest.join(", ")));
+            }
+            continue;
+        }
+        let _ = std::io::Write::write_fmt(&mut b, format_args!("{}: {}\r\n", h.name, h.value));
+    }
+    let _ = std::io::Write::write_fmt(
+        &mut b,
+        format_args!("Content-Length: {}\r\n\r\n", msg.body.len()),
+    );
+    b.extend_from_slice(msg.body);
+    b
+}
+
+/// The hop-by-hop ACK for a non-2xx final response to our forwarded INVITE.
+fn build_ack(inv: &Message<'_>, resp: &Message<'_>) -> Vec<u8> {
+    let ruri = inv.request_uri().unwrap_or("sip:invalid");
+    let via = inv.header_values("via").next().unwrap_or("");
+    let seq = inv.cseq.map_or(1, |c| c.seq);
+    format!(
+        "ACK {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
+        inv.from, resp.to, inv.call_id
+    )
+    .into_bytes()
+}
+
+/// CANCEL for our forwarded INVITE (same Via branch, RFC 3261 §9.1).
+fn build_cancel(inv: &Message<'_>) -> Vec<u8> {
+    let ruri = inv.request_uri().unwrap_or("sip:invalid");
+    let via = inv.header_values("via").next().unwrap_or("");
+    let seq = inv.cseq.map_or(1, |c| c.seq);
+    format!(
+        "CANCEL {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
+        inv.from, inv.to, inv.call_id
+    )
+    .into_bytes()
+}
+
+/// Where the proxy answers a caller.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Over the router's UDP socket to this address.
+    Udp(SocketAddr),
+    /// Over this TCP connection.
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// Input for the proxy task.
+#[derive(Debug)]
+pub enum ProxyInput {
+    /// A message received on UDP (`reply` None) or on a TCP connection.
+    Datagram {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Who sent it.
+        src: SocketAddr,
+        /// The TCP connection it came on.
+        reply: Option<mpsc::Sender<Vec<u8>>>,
+    },
+}
+
+/// The proxy task: owns the transactions, sends through the router's UDP socket.
+pub async fn run(
+    core: Arc<RouterCore>,
+    sock: Arc<UdpSocket>,
+    mut rx: mpsc::Receiver<ProxyInput>,
+    rng: Rng,
+    s: ProxySettings,
+    local: SocketAddr,
+) {
+    let mut p: Proxy<Reply> = Proxy::new(core, local, s, rng);
+    loop {
+        let deadline = p.poll_timeout();
+        tokio::select! {
+            input = rx.recv() => {
+                let Some(ProxyInput::Datagram { bytes, src, reply }) = input else { return };
+                let stream = reply.is_some();
+                let reply = match reply {
+                    Some(tx) => Reply::Tcp(tx),
+                    None => {
+                        // Responses are matched by branch; requests answer per §18.2.2.
+                        let target = Message::parse(&bytes, false).ok().and_then(|m| m.top_via().map(|v| response_target(&v, src)));
+                        Reply::Udp(target.unwrap_or(src))
+                    }
+                };
+                p.handle(Instant::now(), now_ms(), &bytes, stream, reply);
+            }
+            _ = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                p.handle_timeout(Instant::now(), now_ms());
+            }
+        }
+        for o in p.drain() {
+            match o {
+                Output::ToCaller {
+                    bytes,
+                    reply: Reply::Udp(a),
+                } => {
+                    let _ = sock.send_to(&bytes, a).await;
+                }
+                Output::ToCaller {
+                    bytes,
+                    reply: Reply::Tcp(tx),
+                } => {
+                    let _ = tx.try_send(bytes);
+                }
+                Output::ToServer { bytes, addr } => {
+                    let _ = sock.send_to(&bytes, addr).await;
+                }
+            }
+        }
+        metrics::gauge!("boxless_router_transactions").set(p.len() as f64);
+    }
+}

@@ -1,0 +1,707 @@
+//! The messaging server's tokio driver: one task per SIP socket (UDP, and one per TCP
+//! connection), one task per call owning its RTP socket and its sans-IO [`Deposit`].
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boxless_core::config::{AccessCodePolicy, Greeting};
+use boxless_core::{
+    Checked, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard, now_ms,
+};
+use boxless_media::{Prompts, RtpSender, negotiate, write_sdp};
+use boxless_notify::NotifierHandle;
+use boxless_notify::text;
+use boxless_sip::{
+    Frame, Message, Method, NameAddr, frame, parties, response_target, write_response,
+};
+use boxless_store::{NewMessage, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+use crate::deposit::{Deposit, DepositSettings, DialogInfo, EndReason, Output};
+
+/// Where SIP bytes for a peer go out.
+#[derive(Debug, Clone)]
+pub enum SipTx {
+    /// The server's UDP socket.
+    Udp(Arc<UdpSocket>),
+    /// One TCP connection's writer.
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+impl SipTx {
+    async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        match self {
+            SipTx::Udp(s) => {
+                if let Err(e) = s.send_to(bytes, to).await {
+                    tracing::debug!(error = %e, %to, "SIP send failed");
+                }
+            }
+            SipTx::Tcp(tx) => {
+                let _ = tx.try_send(bytes.to_vec());
+            }
+        }
+    }
+
+    fn via_transport(&self) -> &'static str {
+        match self {
+            SipTx::Udp(_) => "UDP",
+            SipTx::Tcp(_) => "TCP",
+        }
+    }
+}
+
+/// A SIP message for a call task.
+#[derive(Debug)]
+struct CallEvent {
+    bytes: Vec<u8>,
+    reply_to: SocketAddr,
+    stream: bool,
+}
+
+/// One running messaging server.
+#[derive(Debug)]
+pub struct MessagingServer {
+    id: String,
+    listen: SocketAddr,
+    slot: usize,
+    board: Arc<StatusBoard>,
+    numbering: Numbering,
+    store: Arc<Store>,
+    notifier: Arc<NotifierHandle>,
+    prompts: Arc<Prompts>,
+    tone: Arc<[i16]>,
+    greeting: Greeting,
+    settings: DepositSettings,
+    policy: AccessCodePolicy,
+    utc_offset: i32,
+    max_message: usize,
+    calls: Mutex<HashMap<String, mpsc::Sender<CallEvent>>>,
+    ports: Mutex<Vec<u16>>,
+    rng: Mutex<Rng>,
+    draining: AtomicBool,
+    ttl: Duration,
+}
+
+impl MessagingServer {
+    /// Binds the server's SIP sockets and starts its tasks (SIP, heartbeat).
+    pub async fn start(
+        cfg: &Checked,
+        spec: &ServerSpec,
+        board: Arc<StatusBoard>,
+        store: Arc<Store>,
+        notifier: Arc<NotifierHandle>,
+        prompts: Arc<Prompts>,
+    ) -> std::io::Result<Arc<MessagingServer>> {
+        let c = &cfg.config;
+        let slot = board
+            .slots
+            .iter()
+            .position(|s| s.id == spec.config.id)
+            .ok_or_else(|| std::io::Error::other("server missing from the status board"))?;
+        let ports: Vec<u16> = (spec.rtp_ports.0..=spec.rtp_ports.1)
+            .filter(|p| p % 2 == 0)
+            .rev()
+            .collect();
+        let server = Arc::new(MessagingServer {
+            id: spec.config.id.clone(),
+            listen: spec.config.listen,
+            slot,
+            board,
+            numbering: cfg.numbering.clone(),
+            store,
+            notifier,
+            tone: prompts.tone().into(),
+            prompts,
+            greeting: c.messages.greeting,
+            settings: DepositSettings {
+                t1: Duration::from_millis(c.sip.t1_ms),
+                t2: Duration::from_millis(c.sip.t2_ms),
+                max_samples: c.messages.max_seconds as usize * 8000,
+                min_samples: c.messages.min_seconds as usize * 8000,
+                silence: Duration::from_secs(c.messages.silence_seconds as u64),
+                voice_rms: 300.0,
+            },
+            policy: c.retrieval.access_code,
+            utc_offset: c.sms.utc_offset_minutes,
+            max_message: c.sip.max_message_bytes,
+            calls: Mutex::new(HashMap::new()),
+            ports: Mutex::new(ports),
+            rng: Mutex::new(Rng::from_entropy()),
+            draining: AtomicBool::new(false),
+            ttl: Duration::from_secs(c.control.ttl_seconds),
+        });
+        let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
+        let tcp = TcpListener::bind(spec.config.listen).await?;
+        tokio::spawn(server.clone().udp_loop(udp));
+        tokio::spawn(server.clone().tcp_accept(tcp));
+        tokio::spawn(server.clone().heartbeat());
+        server.report();
+        tracing::info!(server = %server.id, sip = %server.listen, "messaging server up");
+        Ok(server)
+    }
+
+    /// The server's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Its store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.lock_calls().len()
+    }
+
+    /// Stops taking new calls (SIGTERM); calls in progress go on.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.report();
+    }
+
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<CallEvent>>> {
+        // Poisoning only follows a panic elsewhere; the map itself is always consistent.
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report(&self) {
+        let state = if self.draining.load(Ordering::Relaxed) {
+            ServerState::Draining
+        } else {
+            ServerState::Up
+        };
+        let notifier_ok = self.notifier.healthy.load(Ordering::Relaxed);
+        self.board.slots[self.slot].heartbeat(state, self.store.free_disk(), notifier_ok, now_ms());
+    }
+
+    async fn heartbeat(self: Arc<Self>) {
+        let every = (self.ttl / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let s = self.clone();
+            let _ = tokio::task::spawn_blocking(move || s.report()).await;
+        }
+    }
+
+    async fn udp_loop(self: Arc<Self>, sock: Arc<UdpSocket>) {
+        let tx = SipTx::Udp(sock.clone());
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let (n, src) = match sock.recv_from(&mut buf).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive");
+                    continue;
+                }
+            };
+            if n > self.max_message {
+                metrics::counter!("boxless_sip_dropped_total", "reason" => "too_large")
+                    .increment(1);
+                continue;
+            }
+            self.on_message(&buf[..n], src, &tx, false).await;
+        }
+    }
+
+    async fn tcp_accept(self: Arc<Self>, l: TcpListener) {
+        loop {
+            let Ok((s, peer)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(self.clone().tcp_conn(s, peer));
+        }
+    }
+
+    async fn tcp_conn(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
+        let (mut rd, mut wr) = s.into_split();
+        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
+        tokio::spawn(async move {
+            while let Some(b) = wrx.recv().await {
+                if wr.write_all(&b).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let tx = SipTx::Tcp(wtx);
+        let mut buf: Vec<u8> = Vec::with_capacity(8192);
+        let mut chunk = vec![0u8; 8192];
+        loop {
+            match frame(&buf, self.max_message) {
+                Frame::Complete { skip, len } => {
+                    let msg = buf[skip..skip + len].to_vec();
+                    buf.drain(..skip + len);
+                    self.on_message(&msg, peer, &tx, true).await;
+                    continue;
+                }
+                Frame::Incomplete { .. } => {}
+                Frame::Invalid => {
+                    metrics::counter!("boxless_sip_dropped_total", "reason" => "bad_framing")
+                        .increment(1);
+                    return;
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(300), rd.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn on_message(self: &Arc<Self>, bytes: &[u8], src: SocketAddr, tx: &SipTx, stream: bool) {
+        let msg = match Message::parse(bytes, stream) {
+            Ok(m) => m,
+            Err(_) => {
+                metrics::counter!("boxless_sip_dropped_total", "reason" => "unparseable")
+                    .increment(1);
+                return;
+            }
+        };
+        let Some(method) = msg.method() else {
+            // Responses belong to a call (our BYE) or to nobody.
+            if msg.defect.is_none() {
+                self.forward(&msg, bytes, src, stream).await;
+            }
+            return;
+        };
+        let Some(via) = msg.top_via() else {
+            metrics::counter!("boxless_sip_dropped_total", "reason" => "no_via").increment(1);
+            return;
+        };
+        let reply_to = response_target(&via, src);
+        if let Some(d) = msg.defect {
+            self.respond(tx, &msg, d.code, d.reason, reply_to, b"")
+                .await;
+            return;
+        }
+        if self.forward(&msg, bytes, reply_to, stream).await {
+            return;
+        }
+        match method {
+            Method::Invite => self.new_call(&msg, src, reply_to, tx).await,
+            Method::Ack => {}
+            Method::Options => {
+                self.respond(
+                    tx,
+                    &msg,
+                    200,
+                    "OK",
+                    reply_to,
+                    b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nAccept: application/sdp\r\n",
+                )
+                .await
+            }
+            Method::Bye | Method::Cancel => {
+                self.respond(
+                    tx,
+                    &msg,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    reply_to,
+                    b"",
+                )
+                .await
+            }
+            Method::Register | Method::Info => {
+                self.respond(
+                    tx,
+                    &msg,
+                    405,
+                    "Method Not Allowed",
+                    reply_to,
+                    b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n",
+                )
+                .await
+            }
+            Method::Other(_) => {
+                self.respond(tx, &msg, 501, "Not Implemented", reply_to, b"")
+                    .await
+            }
+        }
+    }
+
+    /// Hands a message to its call; false if no call has that Call-ID.
+    async fn forward(
+        &self,
+        msg: &Message<'_>,
+        bytes: &[u8],
+        reply_to: SocketAddr,
+        stream: bool,
+    ) -> bool {
+        let tx = self.lock_calls().get(msg.call_id).cloned();
+        match tx {
+            Some(tx) => {
+                let ev = CallEvent {
+                    bytes: bytes.to_vec(),
+                    reply_to,
+                    stream,
+                };
+                if tx.try_send(ev).is_err() {
+                    metrics::counter!("boxless_sip_dropped_total", "reason" => "call_busy")
+                        .increment(1);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn respond(
+        &self,
+        tx: &SipTx,
+        msg: &Message<'_>,
+        code: u16,
+        reason: &str,
+        to: SocketAddr,
+        extra: &[u8],
+    ) {
+        let tag = format!("{:x}", boxless_sip::stateless_tag(msg));
+        let mut b = Vec::with_capacity(512);
+        let tag_ref: Option<&dyn std::fmt::Display> = if code >= 200 { Some(&tag) } else { None };
+        write_response(&mut b, msg, code, reason, tag_ref, None, extra, None);
+        tx.send(&b, to).await;
+    }
+
+    async fn new_call(
+        self: &Arc<Self>,
+        msg: &Message<'_>,
+        src: SocketAddr,
+        reply_to: SocketAddr,
+        tx: &SipTx,
+    ) {
+        if self.draining.load(Ordering::Relaxed) {
+            return self
+                .respond(
+                    tx,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    reply_to,
+                    b"Retry-After: 5\r\n",
+                )
+                .await;
+        }
+        let slot = &self.board.slots[self.slot];
+        if slot.view().active >= slot.view().capacity {
+            return self
+                .respond(
+                    tx,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    reply_to,
+                    b"Retry-After: 1\r\n",
+                )
+                .await;
+        }
+        if let Some(req) = msg.header("require").or(msg.header("proxy-require")) {
+            let extra = format!("Unsupported: {req}\r\n");
+            return self
+                .respond(tx, msg, 420, "Bad Extension", reply_to, extra.as_bytes())
+                .await;
+        }
+        if let Some(accept) = msg.header("accept")
+            && !accept.to_ascii_lowercase().contains("application/sdp")
+        {
+            return self
+                .respond(tx, msg, 406, "Not Acceptable", reply_to, b"")
+                .await;
+        }
+        let ctype = msg.header("content-type").unwrap_or("");
+        if !msg.body.is_empty()
+            && !ctype
+                .trim()
+                .to_ascii_lowercase()
+                .starts_with("application/sdp")
+        {
+            return self
+                .respond(
+                    tx,
+                    msg,
+                    415,
+                    "Unsupported Media Type",
+                    reply_to,
+                    b"Accept: application/sdp\r\n",
+                )
+                .await;
+        }
+        let Some(recipient) = parties::recipient(msg).and_then(|u| self.numbering.normalize(&u))
+        else {
+            return self.respond(tx, msg, 404, "Not Found", reply_to, b"").await;
+        };
+        let caller = parties::caller(msg).and_then(|u| self.numbering.normalize(&u));
+        let neg = match negotiate(msg.body) {
+            Ok(n) => n,
+            Err(e) => {
+                let extra = format!("Warning: 399 boxless \"{e}\"\r\n");
+                return self
+                    .respond(
+                        tx,
+                        msg,
+                        488,
+                        "Not Acceptable Here",
+                        reply_to,
+                        extra.as_bytes(),
+                    )
+                    .await;
+            }
+        };
+        let Some((rtp, port)) = self.bind_rtp().await else {
+            return self
+                .respond(
+                    tx,
+                    msg,
+                    503,
+                    "Service Unavailable",
+                    reply_to,
+                    b"Retry-After: 1\r\n",
+                )
+                .await;
+        };
+        let (events_tx, events_rx) = mpsc::channel(32);
+        {
+            let mut calls = self.lock_calls();
+            if calls.contains_key(msg.call_id) {
+                self.release_port(port);
+                return;
+            }
+            calls.insert(msg.call_id.to_string(), events_tx);
+        }
+        slot.call_started();
+        metrics::counter!("boxless_calls_total", "server" => self.id.clone()).increment(1);
+        let (tag, branch, ssrc, seq, ts, sess) = {
+            let mut r = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                format!("{:x}", r.next_u64()),
+                format!("z9hG4bK{:x}", r.next_u64()),
+                r.next_u64() as u32,
+                r.next_u64() as u16,
+                r.next_u64() as u32,
+                r.next_u64() >> 33,
+            )
+        };
+        let local_media = SocketAddr::new(self.listen.ip(), port);
+        let peer = contact_addr(msg).unwrap_or(src);
+        let dialog = DialogInfo {
+            reply_to,
+            peer,
+            local_tag: tag,
+            contact: format!("sip:{}@{}", recipient, self.listen),
+            via_host: self.listen.to_string(),
+            via_transport: tx.via_transport(),
+            bye_branch: branch,
+        };
+        let greeting: Arc<[i16]> = match self.greeting {
+            Greeting::Digits => self.prompts.greeting(&recipient.digits()).into(),
+            Greeting::Tone => self.tone.clone(),
+        };
+        let answer = write_sdp(local_media, sess, Some(&neg));
+        let now = Instant::now();
+        let machine = Deposit::new(
+            now,
+            self.settings.clone(),
+            msg,
+            &dialog,
+            &neg,
+            &answer,
+            greeting,
+            RtpSender::new(neg.codec, neg.pt, ssrc, seq, ts),
+        );
+        let call = Call {
+            server: self.clone(),
+            call_id: msg.call_id.to_string(),
+            machine,
+            tx: tx.clone(),
+            rtp,
+            port,
+            media_peer: neg.remote,
+            latched: None,
+            recipient,
+            caller,
+            answered_ms: now_ms(),
+            events: events_rx,
+        };
+        let span =
+            tracing::info_span!("call", call_id = %msg.call_id, server = %self.id, %recipient);
+        tokio::spawn(tracing::Instrument::instrument(call.run(), span));
+    }
+
+    async fn bind_rtp(&self) -> Option<(UdpSocket, u16)> {
+        for _ in 0..8 {
+            let port = self.ports.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+            match UdpSocket::bind(SocketAddr::new(self.listen.ip(), port)).await {
+                Ok(s) => return Some((s, port)),
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "RTP port busy; trying another");
+                    self.release_port(port);
+                }
+            }
+        }
+        None
+    }
+
+    fn release_port(&self, port: u16) {
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(0, port);
+    }
+
+    fn call_ended(&self, call_id: &str, port: u16) {
+        self.lock_calls().remove(call_id);
+        self.release_port(port);
+        self.board.slots[self.slot].call_ended();
+    }
+}
+
+/// The Contact's address when it is an IP literal (never a name to resolve).
+fn contact_addr(msg: &Message<'_>) -> Option<SocketAddr> {
+    let c = msg.header_values("contact").next()?;
+    let u = boxless_sip::Uri::parse(NameAddr::parse(c)?.uri)?;
+    let ip: IpAddr = u
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
+struct Call {
+    server: Arc<MessagingServer>,
+    call_id: String,
+    machine: Deposit,
+    tx: SipTx,
+    rtp: UdpSocket,
+    port: u16,
+    media_peer: SocketAddr,
+    latched: Option<SocketAddr>,
+    recipient: PhoneNumber,
+    caller: Option<PhoneNumber>,
+    answered_ms: u64,
+    events: mpsc::Receiver<CallEvent>,
+}
+
+impl Call {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; 2048];
+        let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut reason = EndReason::CallerBye;
+        'outer: loop {
+            while let Some(out) = self.machine.poll_output() {
+                match out {
+                    Output::Sip { bytes, to } => self.tx.send(&bytes, to).await,
+                    Output::Rtp => {
+                        let _ = self
+                            .rtp
+                            .send_to(
+                                self.machine.rtp_packet(),
+                                self.latched.unwrap_or(self.media_peer),
+                            )
+                            .await;
+                    }
+                    Output::Store { samples } => storing = Some(self.store(samples)),
+                    Output::MissedCall => storing = Some(self.missed_call()),
+                    Output::Ended(r) => {
+                        reason = r;
+                        break 'outer;
+                    }
+                }
+            }
+            let deadline = self.machine.poll_timeout();
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { break };
+                    if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
+                        self.machine.handle_sip(Instant::now(), &m, ev.reply_to);
+                    }
+                }
+                r = self.rtp.recv_from(&mut buf) => {
+                    if let Ok((n, from)) = r {
+                        // Only the caller's media IP; latch the first port it sends from.
+                        if from.ip() == self.media_peer.ip() && self.latched.is_none_or(|l| l == from) {
+                            self.latched = Some(from);
+                            self.machine.handle_rtp(Instant::now(), &buf[..n]);
+                        } else {
+                            metrics::counter!("boxless_rtp_ignored_total").increment(1);
+                        }
+                    }
+                }
+                ok = async { storing.as_mut().expect("guarded by the select condition").await }, if storing.is_some() => {
+                    storing = None;
+                    self.machine.handle_stored(Instant::now(), ok.unwrap_or(false));
+                }
+                _ = sleep_until(deadline) => {
+                    self.machine.handle_timeout(Instant::now());
+                }
+            }
+        }
+        if let Some(h) = storing {
+            let _ = h.await;
+        }
+        tracing::info!(?reason, "call ended");
+        self.server.call_ended(&self.call_id, self.port);
+    }
+
+    fn store(&self, samples: Vec<i16>) -> tokio::task::JoinHandle<bool> {
+        let server = self.server.clone();
+        let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
+        tokio::task::spawn_blocking(move || {
+            let msg = NewMessage {
+                recipient,
+                caller,
+                received_at_ms: at,
+                samples: &samples,
+            };
+            let (policy, offset) = (server.policy, server.utc_offset);
+            match server
+                .store
+                .deposit(&msg, |f| text::message_sms(f, policy, offset))
+            {
+                Ok(m) => {
+                    tracing::info!(message = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
+                    metrics::counter!("boxless_messages_stored_total", "server" => server.id.clone()).increment(1);
+                    server.notifier.wake.notify_one();
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "message NOT stored");
+                    metrics::counter!("boxless_store_errors_total").increment(1);
+                    false
+                }
+            }
+        })
+    }
+
+    fn missed_call(&self) -> tokio::task::JoinHandle<bool> {
+        let server = self.server.clone();
+        let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
+        tokio::task::spawn_blocking(move || {
+            let text = text::missed_call_sms(caller, at, server.utc_offset);
+            match server.store.missed_call(recipient, caller, &text) {
+                Ok(()) => {
+                    metrics::counter!("boxless_missed_calls_total").increment(1);
+                    server.notifier.wake.notify_one();
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "missed-call alert NOT stored");
+                    false
+                }
+            }
+        })
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}

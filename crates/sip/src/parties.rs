@@ -1,0 +1,121 @@
+//! Who a call is for and who placed it (INTERFACE.md "SIP").
+//!
+//! Recipient: the first Diversion entry (RFC 5806), else the History-Info entry that was
+//! retargeted from (RFC 7044 / RFC 4458), else the Request-URI user. Caller: the
+//! P-Asserted-Identity user (RFC 3325), else the From user. Users come back %-decoded;
+//! completing them into E.164 is the caller's business.
+
+use crate::hdr::{NameAddr, Uri, unescape_into};
+use crate::parse::Message;
+
+/// The recipient's user part, decoded.
+pub fn recipient(msg: &Message<'_>) -> Option<String> {
+    if let Some(d) = msg.header_values("diversion").next() {
+        return NameAddr::parse(d).and_then(|n| user(n.uri));
+    }
+    let hist: Vec<NameAddr<'_>> = msg
+        .header_values("history-info")
+        .filter_map(NameAddr::parse)
+        .collect();
+    if !hist.is_empty() {
+        if let Some(n) = history_retargeted_from(&hist) {
+            return user(n.uri);
+        }
+    }
+    msg.request_uri().and_then(user)
+}
+
+fn history_retargeted_from<'a>(hist: &[NameAddr<'a>]) -> Option<NameAddr<'a>> {
+    // RFC 4244/7044: the entry retargeted from carries the Reason in its URI headers.
+    if let Some(n) = hist.iter().find(|n| {
+        Uri::parse(n.uri)
+            .and_then(|u| u.headers)
+            .is_some_and(|h| h.to_ascii_lowercase().contains("reason="))
+    }) {
+        return Some(*n);
+    }
+    // RFC 4458: the new target carries `cause`; the entry before it was retargeted from.
+    if let Some(i) = hist
+        .iter()
+        .position(|n| Uri::parse(n.uri).is_some_and(|u| u.param("cause").is_some()))
+    {
+        return i.checked_sub(1).map(|j| hist[j]);
+    }
+    // Otherwise the last entry is this hop and the one before it the original target.
+    (hist.len() >= 2).then(|| hist[hist.len() - 2])
+}
+
+/// The caller's user part, decoded.
+pub fn caller(msg: &Message<'_>) -> Option<String> {
+    if let Some(pai) = msg.header_values("p-asserted-identity").next()
+        && let Some(u) = NameAddr::parse(pai).and_then(|n| user(n.uri))
+    {
+        return Some(u);
+    }
+    NameAddr::parse(msg.from).and_then(|n| user(n.uri))
+}
+
+/// The decoded user part of a sip:, sips: or tel: URI.
+pub fn user(uri: &str) -> Option<String> {
+    let u = Uri::parse(uri)?;
+    let raw = u.user?;
+    let mut out = String::with_capacity(raw.len());
+    unescape_into(raw, &mut out).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(extra: &str) -> Vec<u8> {
+        format!(
+            "INVITE sip:%2B15551230009@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\n\
+From: <sip:5551230001@h>;tag=1\r\nTo: <sip:x@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn parties(extra: &str) -> (Option<String>, Option<String>) {
+        let b = msg(extra);
+        let m = Message::parse(&b, false).unwrap();
+        (recipient(&m), caller(&m))
+    }
+
+    #[test]
+    fn request_uri_and_from_by_default() {
+        assert_eq!(
+            parties(""),
+            (Some("+15551230009".into()), Some("5551230001".into()))
+        );
+    }
+
+    #[test]
+    fn diversion_first_entry_wins() {
+        let (r, _) = parties(
+            "Diversion: <sip:+15551230002@a>;reason=no-answer, <sip:+15551230003@b>;reason=busy\r\nHistory-Info: <sip:+1999@h>;index=1\r\n",
+        );
+        assert_eq!(r.as_deref(), Some("+15551230002"));
+    }
+
+    #[test]
+    fn history_info_retargeted_from() {
+        let (r, _) = parties(
+            "History-Info: <sip:+15551230004@h?Reason=SIP%3Bcause%3D486>;index=1, <sip:vm@h>;index=1.1\r\n",
+        );
+        assert_eq!(r.as_deref(), Some("+15551230004"));
+        let (r, _) = parties(
+            "History-Info: <sip:+15551230005@h>;index=1, <sip:vm@h;cause=480>;index=1.1\r\n",
+        );
+        assert_eq!(r.as_deref(), Some("+15551230005"));
+        let (r, _) = parties(
+            "History-Info: <sip:+15551230006@h>;index=1\r\nHistory-Info: <sip:vm@h>;index=1.1\r\n",
+        );
+        assert_eq!(r.as_deref(), Some("+15551230006"));
+    }
+
+    #[test]
+    fn p_asserted_identity_beats_from() {
+        let (_, c) = parties("P-Asserted-Identity: \"A\" <tel:+15551230007>\r\n");
+        assert_eq!(c.as_deref(), Some("+15551230007"));
+    }
+}
