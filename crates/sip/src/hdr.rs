@@ -91,7 +91,7 @@ impl<'a> Via<'a> {
         if name != "SIP" || version != "2.0" {
             return None;
         }
-        let t_end = rest.find(|c: char| c == ' ' || c == '\t' || c == '\r' || c == '\n')?;
+        let t_end = rest.find([' ', '\t', '\r', '\n'])?;
         let transport = &rest[..t_end];
         if transport.is_empty() || !transport.bytes().all(is_token_char) {
             return None;

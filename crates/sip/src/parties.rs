@@ -17,10 +17,8 @@ pub fn recipient(msg: &Message<'_>) -> Option<String> {
         .header_values("history-info")
         .filter_map(NameAddr::parse)
         .collect();
-    if !hist.is_empty() {
-        if let Some(n) = history_retargeted_from(&hist) {
-            return user(n.uri);
-        }
+    if let Some(n) = history_retargeted_from(&hist) {
+        return user(n.uri);
     }
     msg.request_uri().and_then(user)
 }

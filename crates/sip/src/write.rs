@@ -39,6 +39,7 @@ pub fn stateless_tag(msg: &Message<'_>) -> u64 {
 /// Copies Via (adding `received`/`rport` to the top one when `source` is given), From, To
 /// (adding `to_tag` if the request had none), Call-ID and CSeq, then `extra` (complete
 /// header lines, each ending in CRLF), then Content-Type/Content-Length and `body`.
+#[allow(clippy::too_many_arguments)] // Mirrors the parts of a response; a builder would allocate.
 pub fn write_response(
     out: &mut Vec<u8>,
     req: &Message<'_>,

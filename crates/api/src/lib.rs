@@ -1,0 +1,280 @@
+//! The Boxless HTTP API (INTERFACE.md "HTTP API"): `/healthz`, `/metrics`,
+//! `/api/v1/servers`, `/api/v1/messages`, audio download and delete.
+#![warn(missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use boxless_core::{PhoneNumber, StatusBoard, now_ms, rfc3339};
+use boxless_store::{MessageInfo, Store};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// What the API reads.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Server status.
+    pub board: Arc<StatusBoard>,
+    /// Stores of the servers in this process.
+    pub stores: Vec<Arc<Store>>,
+    /// Status TTL (ms).
+    pub ttl_ms: u64,
+    /// Prometheus renderer.
+    pub metrics: PrometheusHandle,
+    /// False once the process drains.
+    pub taking_calls: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("stores", &self.stores.len())
+            .finish()
+    }
+}
+
+/// The routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/servers", get(servers))
+        .route("/api/v1/messages", get(messages))
+        .route("/api/v1/messages/{id}", get(message).delete(delete))
+        .route("/api/v1/messages/{id}/audio", get(audio))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see README \"HTTP API\"",
+            )
+        })
+        .with_state(state)
+}
+
+/// Serves the API on `addr` until the runtime stops.
+pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<SocketAddr> {
+    let l = tokio::net::TcpListener::bind(addr).await?;
+    let local = l.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(l, router(state)).await {
+            tracing::error!(error = %e, "HTTP API stopped");
+        }
+    });
+    tracing::info!(%local, "HTTP API up");
+    Ok(local)
+}
+
+fn error(code: StatusCode, error: &str, detail: &str) -> Response {
+    (
+        code,
+        axum::Json(json!({ "error": error, "detail": detail })),
+    )
+        .into_response()
+}
+
+async fn healthz(State(s): State<ApiState>) -> Response {
+    if s.taking_calls.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    }
+}
+
+async fn metrics_text(State(s): State<ApiState>) -> Response {
+    let now = now_ms();
+    for slot in &s.board.slots {
+        let v = slot.view();
+        let id = slot.id.clone();
+        metrics::gauge!("boxless_server_active_calls", "server" => id.clone()).set(v.active as f64);
+        metrics::gauge!("boxless_server_capacity", "server" => id.clone()).set(v.capacity as f64);
+        metrics::gauge!("boxless_server_free_disk_bytes", "server" => id.clone())
+            .set(v.free_disk as f64);
+        metrics::gauge!("boxless_server_available", "server" => id)
+            .set(if v.available(now, s.ttl_ms) { 1.0 } else { 0.0 });
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn servers(State(s): State<ApiState>) -> Response {
+    let now = now_ms();
+    let list: Vec<Value> = s
+        .board
+        .slots
+        .iter()
+        .map(|slot| {
+            let v = slot.view();
+            json!({
+                "id": slot.id,
+                "address": slot.sip.to_string(),
+                "state": v.effective_state(now, s.ttl_ms).as_str(),
+                "active_calls": v.active,
+                "capacity": v.capacity,
+                "free_disk_bytes": v.free_disk,
+                "last_seen_ms": if v.last_update_ms == 0 { Value::Null } else { json!(now.saturating_sub(v.last_update_ms)) },
+                "link_numbers": slot.pool.to_strings(),
+            })
+        })
+        .collect();
+    axum::Json(list).into_response()
+}
+
+/// `GET /api/v1/messages` query.
+#[derive(Debug, Deserialize)]
+pub struct MessagesQuery {
+    /// Only this recipient (E.164).
+    pub recipient: Option<String>,
+    /// At most this many per server (default 1000).
+    pub limit: Option<usize>,
+}
+
+fn json_message(m: &MessageInfo) -> Value {
+    json!({
+        "id": m.id,
+        "recipient": m.recipient.to_string(),
+        "caller": m.caller.map(|c| c.to_string()),
+        "received_at": rfc3339(m.received_at_ms),
+        "duration_ms": m.duration_ms,
+        "link_number": m.link_number.to_string(),
+        "server": m.server,
+        "state": m.state.as_str(),
+        "notifications": m.notifications.iter().map(|n| json!({
+            "channel": n.channel, "state": n.state, "attempts": n.attempts, "last_error": n.last_error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+async fn messages(State(s): State<ApiState>, Query(q): Query<MessagesQuery>) -> Response {
+    let recipient = match q.recipient.as_deref() {
+        None => None,
+        Some(r) => match PhoneNumber::parse_e164(r.trim()) {
+            Some(n) => Some(n),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "recipient must be E.164, e.g. +15551230002 (write + as %2B in a URL)",
+                );
+            }
+        },
+    };
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let stores = s.stores.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut all = Vec::new();
+        for st in &stores {
+            all.extend(st.list(recipient, limit)?);
+        }
+        all.sort_by(|a, b| {
+            b.received_at_ms
+                .cmp(&a.received_at_ms)
+                .then(a.id.cmp(&b.id))
+        });
+        Ok::<_, boxless_store::Error>(all)
+    })
+    .await;
+    match res {
+        Ok(Ok(list)) => {
+            axum::Json(list.iter().map(json_message).collect::<Vec<_>>()).into_response()
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+fn store_of<'a>(s: &'a ApiState, id: &str) -> Option<&'a Arc<Store>> {
+    s.stores.iter().find(|st| {
+        id.strip_prefix(st.server_id())
+            .is_some_and(|r| r.starts_with('-'))
+    })
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no message with that id",
+        );
+    };
+    match tokio::task::spawn_blocking(move || st.get(&id)).await {
+        Ok(Ok(Some(m))) => axum::Json(json_message(&m)).into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no message with that id",
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}
+
+async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no message with that id",
+        );
+    };
+    match tokio::fs::read(st.audio_path(&id)).await {
+        Ok(b) => ([(header::CONTENT_TYPE, "audio/wav")], b).into_response(),
+        Err(_) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no audio for that id (deleted or never stored)",
+        ),
+    }
+}
+
+async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)).cloned() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no message with that id",
+        );
+    };
+    let id2 = id.clone();
+    match tokio::task::spawn_blocking(move || st.delete(&id2)).await {
+        Ok(Ok(true)) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
+        Ok(Ok(false)) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no message with that id",
+        ),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            &e.to_string(),
+        ),
+    }
+}

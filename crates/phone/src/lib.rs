@@ -1,0 +1,422 @@
+//! A test phone: places a real SIP/RTP call over UDP (PCMU offered first), follows a `302`,
+//! plays audio, sends RFC 4733 digits, records what it hears and hangs up.
+//! `boxless call` and the end-to-end tests use it.
+#![warn(missing_docs)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use boxless_core::Rng;
+use boxless_media::{FRAME, RtpReceiver, RtpSender, negotiate, write_sdp};
+use boxless_sip::{Message, Method, NameAddr, Uri, write_response};
+use tokio::net::UdpSocket;
+use tokio::time::{Instant, sleep_until};
+
+/// What to do on the call.
+#[derive(Debug, Clone)]
+pub struct CallOptions {
+    /// Router or server to send the INVITE to.
+    pub via: SocketAddr,
+    /// Caller number (From user).
+    pub from: String,
+    /// Dialled number (Request-URI and To user).
+    pub to: String,
+    /// A `Diversion` entry naming who forwarded the call, if any.
+    pub diversion: Option<String>,
+    /// 8 kHz mono audio to play once answered.
+    pub play: Vec<i16>,
+    /// Seconds after answer to start playing.
+    pub play_at: f64,
+    /// RFC 4733 digits to send.
+    pub dtmf: String,
+    /// Seconds after answer to send them.
+    pub dtmf_at: f64,
+    /// Hang up this long after answer (None: when the audio and digits are done + 1 s).
+    pub seconds: Option<f64>,
+    /// Give up if nothing answers within this.
+    pub answer_timeout: Duration,
+}
+
+/// How the call went.
+#[derive(Debug, Clone, Default)]
+pub struct CallOutcome {
+    /// Every final response to an INVITE, in order (e.g. `[302, 200]`).
+    pub invite_finals: Vec<(u16, String)>,
+    /// True once a 200 answered.
+    pub answered: bool,
+    /// The response to our BYE, if we hung up.
+    pub bye_response: Option<u16>,
+    /// True if the far end hung up.
+    pub remote_hangup: bool,
+    /// What we heard (8 kHz mono).
+    pub heard: Vec<i16>,
+    /// RTP packets received.
+    pub rtp_packets: u64,
+}
+
+impl CallOutcome {
+    /// Answered, and ended with a BYE that got 200 (or the far end's BYE).
+    pub fn completed(&self) -> bool {
+        self.answered && (self.bye_response == Some(200) || self.remote_hangup)
+    }
+}
+
+/// Errors before a call could even start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PhoneError {
+    /// Socket trouble.
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    /// The numbers given are unusable.
+    #[error("{0}")]
+    Usage(String),
+}
+
+struct Leg {
+    target: SocketAddr,
+    ruri: String,
+    branch: String,
+    cseq: u32,
+    invite: Vec<u8>,
+}
+
+/// Places the call and returns what happened.
+pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
+    let local_ip: IpAddr = if opts.via.ip().is_loopback() {
+        opts.via.ip()
+    } else {
+        IpAddr::from([0, 0, 0, 0])
+    };
+    let sip = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+    let rtp = UdpSocket::bind(SocketAddr::new(local_ip, 0)).await?;
+    let sip_addr = sip.local_addr()?;
+    let rtp_addr = rtp.local_addr()?;
+    let mut rng = Rng::from_entropy();
+    let call_id = format!("{:016x}@boxless-phone", rng.next_u64());
+    let tag = format!("{:08x}", rng.next_u64() as u32);
+    let sdp = write_sdp(rtp_addr, rng.next_u64() >> 33, None);
+    let mut out = CallOutcome::default();
+    let mut leg = Leg {
+        target: opts.via,
+        ruri: format!("sip:{}@{}", opts.to, opts.via),
+        branch: String::new(),
+        cseq: 1,
+        invite: Vec::new(),
+    };
+    let build_invite = |leg: &mut Leg, rng: &mut Rng| {
+        leg.branch = format!("z9hG4bK{:x}", rng.next_u64());
+        let div = opts
+            .diversion
+            .as_ref()
+            .map(|d| {
+                format!(
+                    "Diversion: <sip:{d}@{}>;reason=no-answer\r\n",
+                    opts.via.ip()
+                )
+            })
+            .unwrap_or_default();
+        leg.invite = format!(
+            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{from}@{ip}>;tag={tag}\r\nTo: <sip:{to}@{ip}>\r\nCall-ID: {call_id}\r\nCSeq: {c} INVITE\r\nContact: <sip:{from}@{sip_addr}>\r\n{div}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
+            ruri = leg.ruri, b = leg.branch, from = opts.from, ip = sip_addr.ip(), to = opts.to, c = leg.cseq, len = sdp.len()
+        ).into_bytes();
+    };
+    build_invite(&mut leg, &mut rng);
+    let mut buf = vec![0u8; 65_536];
+    let mut mbuf = vec![0u8; 2048];
+    let give_up = Instant::now() + opts.answer_timeout;
+    let mut redirects = 0;
+    // INVITE transaction(s) until a 2xx.
+    let (answer, to_hdr, peer) = 'invite: loop {
+        sip.send_to(&leg.invite, leg.target).await?;
+        let mut retx = Duration::from_millis(500);
+        let mut next = Instant::now() + retx;
+        let mut provisional = false;
+        loop {
+            let r = tokio::select! {
+                r = sip.recv_from(&mut buf) => Some(r?),
+                _ = sleep_until(next.min(give_up)) => None,
+            };
+            let Some((n, src)) = r else {
+                if Instant::now() >= give_up {
+                    return Ok(out);
+                }
+                if !provisional {
+                    sip.send_to(&leg.invite, leg.target).await?;
+                }
+                retx = (retx * 2).min(Duration::from_secs(4));
+                next = Instant::now() + retx;
+                continue;
+            };
+            let Ok(m) = Message::parse(&buf[..n], false) else {
+                continue;
+            };
+            if m.call_id != call_id {
+                continue;
+            }
+            let Some(code) = m.status() else {
+                continue;
+            };
+            if m.cseq.map(|c| c.seq) != Some(leg.cseq) {
+                continue;
+            }
+            if code < 200 {
+                provisional = true;
+                continue;
+            }
+            let reason = match m.start {
+                boxless_sip::StartLine::Response { reason, .. } => reason.to_string(),
+                _ => String::new(),
+            };
+            out.invite_finals.push((code, reason));
+            if code >= 300 {
+                let ack = ack_for(&leg, &m, sip_addr);
+                sip.send_to(&ack, src).await?;
+            }
+            match code {
+                200..=299 => {
+                    let peer = contact_of(&m).unwrap_or(src);
+                    break 'invite (m.body.to_vec(), m.to.to_string(), (peer, contact_uri(&m)));
+                }
+                300..=399 if redirects < 3 => {
+                    let Some(c) = m.header_values("contact").next().and_then(NameAddr::parse)
+                    else {
+                        return Ok(out);
+                    };
+                    let Some(target) = uri_addr(c.uri) else {
+                        return Ok(out);
+                    };
+                    redirects += 1;
+                    leg.target = target;
+                    leg.ruri = c.uri.to_string();
+                    leg.cseq += 1;
+                    build_invite(&mut leg, &mut rng);
+                    continue 'invite;
+                }
+                _ => return Ok(out),
+            }
+        }
+    };
+    out.answered = true;
+    let (peer_addr, peer_uri) = peer;
+    let send_ack = |to_hdr: &str| {
+        format!(
+            "ACK {} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch=z9hG4bK{:x};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{}>;tag={tag}\r\nTo: {to_hdr}\r\nCall-ID: {call_id}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+            peer_uri.clone().unwrap_or_else(|| leg.ruri.clone()), Rng::from_entropy().next_u64(), opts.from, sip_addr.ip(), leg.cseq
+        ).into_bytes()
+    };
+    sip.send_to(&send_ack(&to_hdr), peer_addr).await?;
+    let neg = negotiate(&answer).map_err(|e| PhoneError::Usage(format!("bad SDP answer: {e}")))?;
+    let mut tx = RtpSender::new(
+        neg.codec,
+        neg.pt,
+        rng.next_u64() as u32,
+        rng.next_u64() as u16,
+        rng.next_u64() as u32,
+    );
+    let mut rx = RtpReceiver::new(neg.codec, neg.pt, neg.dtmf_pt, 8000 * 600);
+    let answered = Instant::now();
+    let play_start = answered + secs(opts.play_at);
+    let play_end = play_start + Duration::from_millis(opts.play.len() as u64 / 8);
+    let dtmf_start = answered + secs(opts.dtmf_at);
+    let dtmf_end = dtmf_start + Duration::from_millis(opts.dtmf.chars().count() as u64 * 300);
+    let hangup = match opts.seconds {
+        Some(s) => answered + secs(s),
+        None => {
+            play_end.max(if opts.dtmf.is_empty() {
+                answered
+            } else {
+                dtmf_end
+            }) + Duration::from_secs(1)
+        }
+    };
+    let mut frame_at = play_start;
+    let mut pos = 0usize;
+    let mut pkt = Vec::with_capacity(200);
+    let digits: Vec<char> = opts.dtmf.chars().collect();
+    let mut dtmf_step = 0usize; // packets sent for the current digit
+    let mut dtmf_idx = 0usize;
+    let mut dtmf_next = dtmf_start;
+    loop {
+        let now = Instant::now();
+        if now >= hangup {
+            break;
+        }
+        // Voice, 20 ms at a time.
+        if now >= frame_at && pos < opts.play.len() {
+            let end = (pos + FRAME).min(opts.play.len());
+            tx.voice(&opts.play[pos..end], &mut pkt);
+            rtp.send_to(&pkt, neg.remote).await?;
+            pos = end;
+            frame_at += Duration::from_millis(20);
+        }
+        // Digits: 3 progress packets 50 ms apart, then 3 end packets (RFC 4733 §2.5.1.4).
+        if let (Some(pt), Some(&d)) = (neg.dtmf_pt, digits.get(dtmf_idx))
+            && now >= dtmf_next
+        {
+            let duration = ((dtmf_step.min(3) + 1) * 400) as u16;
+            let end = dtmf_step >= 3;
+            tx.dtmf(pt, d, duration, end, dtmf_step == 0, &mut pkt);
+            rtp.send_to(&pkt, neg.remote).await?;
+            dtmf_step += 1;
+            dtmf_next = now + Duration::from_millis(if dtmf_step >= 6 { 150 } else { 50 });
+            if dtmf_step >= 6 {
+                tx.end_event(duration);
+                dtmf_step = 0;
+                dtmf_idx += 1;
+            }
+        }
+        let wake = [frame_at, dtmf_next, hangup]
+            .into_iter()
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(hangup);
+        tokio::select! {
+            r = rtp.recv_from(&mut mbuf) => {
+                let (n, _) = r?;
+                rx.receive(&mbuf[..n]);
+            }
+            r = sip.recv_from(&mut buf) => {
+                let (n, src) = r?;
+                if let Ok(m) = Message::parse(&buf[..n], false) {
+                    if m.method() == Some(Method::Bye) && m.call_id == call_id {
+                        let mut ok = Vec::new();
+                        write_response(&mut ok, &m, 200, "OK", None, None, b"", None);
+                        let target = m.top_via().map(|v| boxless_sip::response_target(&v, src)).unwrap_or(src);
+                        sip.send_to(&ok, target).await?;
+                        out.remote_hangup = true;
+                        break;
+                    }
+                    if m.status().is_some_and(|c| (200..300).contains(&c)) && m.cseq.is_some_and(|c| c.method == "INVITE") {
+                        sip.send_to(&send_ack(m.to), peer_addr).await?;
+                    }
+                }
+            }
+            _ = sleep_until(wake) => {}
+        }
+    }
+    // Drain late audio briefly and hang up.
+    if !out.remote_hangup {
+        let bye = format!(
+            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch=z9hG4bK{:x};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{}>;tag={tag}\r\nTo: {to_hdr}\r\nCall-ID: {call_id}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n",
+            peer_uri.clone().unwrap_or_else(|| leg.ruri.clone()), rng.next_u64(), opts.from, sip_addr.ip(), leg.cseq + 1
+        ).into_bytes();
+        let deadline = Instant::now() + Duration::from_secs(32);
+        let mut retx = Duration::from_millis(500);
+        sip.send_to(&bye, peer_addr).await?;
+        let mut next = Instant::now() + retx;
+        'bye: while Instant::now() < deadline {
+            tokio::select! {
+                r = sip.recv_from(&mut buf) => {
+                    let (n, _) = r?;
+                    if let Ok(m) = Message::parse(&buf[..n], false)
+                        && m.call_id == call_id
+                        && m.cseq.is_some_and(|c| c.method == "BYE")
+                        && let Some(code) = m.status()
+                        && code >= 200
+                    {
+                        out.bye_response = Some(code);
+                        break 'bye;
+                    }
+                }
+                r = rtp.recv_from(&mut mbuf) => {
+                    if let Ok((n, _)) = r {
+                        rx.receive(&mbuf[..n]);
+                    }
+                }
+                _ = sleep_until(next) => {
+                    sip.send_to(&bye, peer_addr).await?;
+                    retx = (retx * 2).min(Duration::from_secs(4));
+                    next = Instant::now() + retx;
+                }
+            }
+        }
+    }
+    out.rtp_packets = rx.packets;
+    out.heard = rx.into_samples();
+    Ok(out)
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+fn ack_for(leg: &Leg, resp: &Message<'_>, sip_addr: SocketAddr) -> Vec<u8> {
+    let inv = Message::parse(&leg.invite, false).ok();
+    let from = inv.as_ref().map(|i| i.from).unwrap_or("");
+    format!(
+        "ACK {} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
+        leg.ruri, leg.branch, resp.to, resp.call_id, leg.cseq
+    )
+    .into_bytes()
+}
+
+fn contact_uri(m: &Message<'_>) -> Option<String> {
+    m.header_values("contact")
+        .next()
+        .and_then(NameAddr::parse)
+        .map(|n| n.uri.to_string())
+}
+
+fn contact_of(m: &Message<'_>) -> Option<SocketAddr> {
+    m.header_values("contact")
+        .next()
+        .and_then(NameAddr::parse)
+        .and_then(|n| uri_addr(n.uri))
+}
+
+/// The address of a URI whose host is an IP literal.
+fn uri_addr(uri: &str) -> Option<SocketAddr> {
+    let u = Uri::parse(uri)?;
+    let ip: IpAddr = u
+        .host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+}
+
+/// Reads a WAV of any rate and channel count as 8 kHz mono.
+pub fn read_wav(path: &std::path::Path) -> Result<Vec<i16>, PhoneError> {
+    let r = hound::WavReader::open(path)
+        .map_err(|e| PhoneError::Usage(format!("{}: {e}", path.display())))?;
+    let spec = r.spec();
+    let samples: Vec<i16> = match spec.sample_format {
+        hound::SampleFormat::Int if spec.bits_per_sample <= 16 => {
+            r.into_samples::<i16>().map(|s| s.unwrap_or(0)).collect()
+        }
+        hound::SampleFormat::Int => {
+            let shift = spec.bits_per_sample.saturating_sub(16);
+            r.into_samples::<i32>()
+                .map(|s| (s.unwrap_or(0) >> shift) as i16)
+                .collect()
+        }
+        hound::SampleFormat::Float => r
+            .into_samples::<f32>()
+            .map(|s| (s.unwrap_or(0.0).clamp(-1.0, 1.0) * 32767.0) as i16)
+            .collect(),
+    };
+    Ok(boxless_media::audio::to_8k_mono(
+        &samples,
+        spec.sample_rate,
+        spec.channels,
+    ))
+}
+
+/// Writes 8 kHz mono 16-bit PCM.
+pub fn write_wav(path: &std::path::Path, samples: &[i16]) -> Result<(), PhoneError> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(path, spec)
+        .map_err(|e| PhoneError::Usage(format!("{}: {e}", path.display())))?;
+    for &s in samples {
+        w.write_sample(s)
+            .map_err(|e| PhoneError::Usage(e.to_string()))?;
+    }
+    w.finalize().map_err(|e| PhoneError::Usage(e.to_string()))
+}

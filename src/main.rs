@@ -1,0 +1,248 @@
+//! `boxless`: the command line (INTERFACE.md "CLI").
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "boxless",
+    version,
+    about = "Boxless: virtual voice messaging without mailboxes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Router + every [[servers]] entry + HTTP API in one process.
+    Serve {
+        /// TOML configuration (default: the embedded one, all on 127.0.0.1).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The router and the HTTP API alone (needs [control] backend = "nats").
+    Router {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// One [[servers]] entry (needs [control] backend = "nats").
+    Server {
+        /// TOML configuration.
+        #[arg(long)]
+        config: PathBuf,
+        /// The id of the [[servers]] entry to run.
+        #[arg(long)]
+        id: String,
+    },
+    /// A test phone: places a real SIP/RTP call (PCMU) and prints the outcome.
+    Call {
+        /// Router or server address.
+        #[arg(long)]
+        via: SocketAddr,
+        /// Caller number.
+        #[arg(long)]
+        from: String,
+        /// Dialled number.
+        #[arg(long)]
+        to: String,
+        /// Audio to play (WAV of any rate and channel count).
+        #[arg(long)]
+        play: Option<PathBuf>,
+        /// RFC 4733 digits to send.
+        #[arg(long, default_value = "")]
+        dtmf: String,
+        /// Seconds after answer to send the digits.
+        #[arg(long, default_value_t = 0.0)]
+        dtmf_at: f64,
+        /// Seconds after answer to start playing.
+        #[arg(long, default_value_t = 0.0)]
+        play_at: f64,
+        /// Write what the phone hears to this WAV file.
+        #[arg(long)]
+        record: Option<PathBuf>,
+        /// Hang up this many seconds after answer.
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Add a Diversion header: the call was forwarded from this number.
+        #[arg(long)]
+        diversion: Option<String>,
+    },
+    /// A table of servers: id, state, active/capacity, free disk, last seen.
+    Status {
+        /// The HTTP API.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        http: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("boxless: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Router { config } | Command::Server { config, .. } => {
+            let cfg = match boxless::load_config(Some(&config)) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let backend = cfg.config.control.backend;
+            eprintln!(
+                "config {}: key `control.backend`: separate router and server processes exchange status over NATS (backend = \"nats\"), which this version does not ship yet (found {backend:?}); run everything in one process with `boxless serve --config {}`",
+                config.display(),
+                config.display()
+            );
+            ExitCode::from(2)
+        }
+        Command::Call {
+            via,
+            from,
+            to,
+            play,
+            dtmf,
+            dtmf_at,
+            play_at,
+            record,
+            seconds,
+            diversion,
+        } => {
+            let play = match play.as_deref().map(boxless_phone::read_wav).transpose() {
+                Ok(p) => p.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("boxless call: --play {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let opts = boxless_phone::CallOptions {
+                via,
+                from,
+                to,
+                diversion,
+                play,
+                play_at,
+                dtmf,
+                dtmf_at,
+                seconds,
+                answer_timeout: Duration::from_secs(32),
+            };
+            let out = match boxless_phone::place_call(&opts).await {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("boxless call: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            for (code, reason) in &out.invite_finals {
+                println!("INVITE -> {code} {reason}");
+            }
+            if out.invite_finals.is_empty() {
+                println!("INVITE -> no answer");
+            }
+            if out.remote_hangup {
+                println!("BYE <- far end hung up");
+            }
+            if let Some(code) = out.bye_response {
+                println!("BYE -> {code}");
+            }
+            println!(
+                "heard {:.1} s of audio ({} RTP packets)",
+                out.heard.len() as f64 / 8000.0,
+                out.rtp_packets
+            );
+            if let Some(path) = record {
+                if let Err(e) = boxless_phone::write_wav(&path, &out.heard) {
+                    eprintln!("boxless call: --record {e}");
+                    return ExitCode::from(1);
+                }
+                println!("recorded to {}", path.display());
+            }
+            if out.completed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Command::Status { http } => match boxless::status::status_table(&http).await {
+            Ok(t) => {
+                print!("{t}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("boxless status: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> ExitCode {
+    let cfg = match boxless::load_config(config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rusmppc=warn")),
+        )
+        .init();
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("boxless: cannot install the metrics recorder: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let running = match boxless::app::serve(cfg, metrics).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("boxless: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(router = %running.router, http = %running.http, "boxless serving; SIGTERM drains");
+    wait_for_signal().await;
+    tracing::info!("draining: new calls refused, calls in progress finish");
+    running.drain(Duration::from_secs(60)).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
