@@ -73,6 +73,9 @@ enum Command {
         /// Add a Diversion header: the call was forwarded from this number.
         #[arg(long)]
         diversion: Option<String>,
+        /// Add a header line to the INVITE (`Name: value`); repeatable.
+        #[arg(long = "header")]
+        headers: Vec<String>,
     },
     /// A table of servers: id, state, active/capacity, free disk, last seen.
     Status {
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> ExitCode {
             record,
             seconds,
             diversion,
+            headers,
         } => {
             let play = match play.as_deref().map(boxless_phone::read_wav).transpose() {
                 Ok(p) => p.unwrap_or_default(),
@@ -140,6 +144,7 @@ async fn run(cli: Cli) -> ExitCode {
                 from,
                 to,
                 diversion,
+                headers,
                 play,
                 play_at,
                 dtmf,

@@ -23,6 +23,8 @@ pub struct CallOptions {
     pub to: String,
     /// A `Diversion` entry naming who forwarded the call, if any.
     pub diversion: Option<String>,
+    /// Extra header lines for the INVITE (`Name: value`).
+    pub headers: Vec<String>,
     /// 8 kHz mono audio to play once answered.
     pub play: Vec<i16>,
     /// Seconds after answer to start playing.
@@ -106,7 +108,7 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
     };
     let build_invite = |leg: &mut Leg, rng: &mut Rng| {
         leg.branch = format!("z9hG4bK{:x}", rng.next_u64());
-        let div = opts
+        let mut div = opts
             .diversion
             .as_ref()
             .map(|d| {
@@ -116,6 +118,10 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
                 )
             })
             .unwrap_or_default();
+        for h in &opts.headers {
+            div.push_str(h.trim_end());
+            div.push_str("\r\n");
+        }
         leg.invite = format!(
             "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{from}@{ip}>;tag={tag}\r\nTo: <sip:{to}@{ip}>\r\nCall-ID: {call_id}\r\nCSeq: {c} INVITE\r\nContact: <sip:{from}@{sip_addr}>\r\n{div}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
             ruri = leg.ruri, b = leg.branch, from = opts.from, ip = sip_addr.ip(), to = opts.to, c = leg.cseq, len = sdp.len()

@@ -1,0 +1,338 @@
+//! End to end on loopback: `serve` in-process, a fake SMSC, calls placed with the test
+//! phone. Each test runs its own system on its own ports.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use boxless_core::Config;
+use boxless_phone::{CallOptions, CallOutcome, place_call};
+use boxless_testkit::{FakeSmsc, Mode, free_port, http, http_get, voice};
+
+struct System {
+    running: boxless::app::Running,
+    smsc: FakeSmsc,
+    data: PathBuf,
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "boxless-e2e-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+async fn system(tag: &str, mode: &str, extra: &str) -> System {
+    let smsc = FakeSmsc::start().await.unwrap();
+    let data = temp_dir(tag);
+    let rtp = 30_000 + (free_port() % 300) * 100;
+    let cfg = format!(
+        r#"
+data_dir = "{data}"
+[router]
+listen = "127.0.0.1:{router}"
+mode = "{mode}"
+proxy_answer_ms = 500
+[http]
+listen = "127.0.0.1:0"
+[sms]
+transport = "smpp"
+address = "{smsc}"
+retry_initial_ms = 100
+retry_max_ms = 400
+[messages]
+greeting = "tone"
+silence_seconds = 3
+{extra}
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:{s1}"
+http = "127.0.0.1:{h1}"
+rtp_ports = "{r1a}-{r1b}"
+link_numbers = ["+18005550100-+18005550149"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:{s2}"
+http = "127.0.0.1:{h2}"
+rtp_ports = "{r2a}-{r2b}"
+link_numbers = ["+18005550150-+18005550199"]
+"#,
+        data = data.display(),
+        router = free_port(),
+        smsc = smsc.addr,
+        s1 = free_port(),
+        s2 = free_port(),
+        h1 = free_port(),
+        h2 = free_port(),
+        r1a = rtp,
+        r1b = rtp + 49,
+        r2a = rtp + 50,
+        r2b = rtp + 99,
+    );
+    let checked = Config::load_str(&cfg, "e2e.toml").unwrap();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let running = boxless::app::serve(checked, metrics).await.unwrap();
+    System {
+        running,
+        smsc,
+        data,
+    }
+}
+
+fn opts(via: SocketAddr, play: Vec<i16>) -> CallOptions {
+    CallOptions {
+        via,
+        from: "5551230001".into(),
+        to: "+18005559999".into(),
+        diversion: Some("5551230002".into()),
+        headers: Vec::new(),
+        play,
+        play_at: 0.6,
+        dtmf: String::new(),
+        dtmf_at: 0.0,
+        seconds: None,
+        answer_timeout: Duration::from_secs(10),
+    }
+}
+
+fn g711(samples: &[i16]) -> Vec<i16> {
+    let c = boxless_media::Codec::Pcmu;
+    samples.iter().map(|&s| c.decode(c.encode(s))).collect()
+}
+
+async fn messages(sys: &System, recipient: &str) -> Vec<serde_json::Value> {
+    let (code, body) = http_get(
+        sys.running.http,
+        &format!(
+            "/api/v1/messages?recipient={}",
+            recipient.replace('+', "%2B")
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+async fn stored_audio(sys: &System, id: &str) -> Vec<i16> {
+    let store = sys
+        .running
+        .servers
+        .iter()
+        .map(|s| s.store())
+        .find(|s| id.starts_with(s.server_id()))
+        .unwrap();
+    let r = hound::WavReader::open(store.audio_path(id)).unwrap();
+    assert_eq!(r.spec().sample_rate, 8000);
+    assert_eq!(r.spec().channels, 1);
+    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
+}
+
+fn assert_completed(out: &CallOutcome) {
+    assert!(out.completed(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_deposit_stores_the_audio_and_sends_the_sms() {
+    let sys = system("redirect", "redirect", "").await;
+    let played = voice(2500, 1);
+    let out = place_call(&opts(sys.running.router, played.clone()))
+        .await
+        .unwrap();
+    assert_completed(&out);
+    let codes: Vec<u16> = out.invite_finals.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes, [302, 200]);
+
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    let sms = &sms[0];
+    assert_eq!(sms.destination, "15551230002");
+    assert_eq!(sms.source_ton, 1);
+    assert!(sms.source.starts_with("1800555"), "{sms:?}");
+    assert!(sms.text.contains("+15551230001"), "{}", sms.text);
+    assert!(
+        sms.text.contains(&format!("+{}", sms.source)),
+        "{}",
+        sms.text
+    );
+
+    let list = messages(&sys, "+15551230002").await;
+    assert_eq!(list.len(), 1);
+    let m = &list[0];
+    assert_eq!(m["caller"], "+15551230001");
+    assert_eq!(m["link_number"], format!("+{}", sms.source));
+    let d = m["duration_ms"].as_u64().unwrap();
+    assert!((2400..=2700).contains(&d), "duration {d}");
+    // The SMSC accepted it: notified.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = &messages(&sys, "+15551230002").await[0];
+    assert_eq!(m["state"], "notified");
+    assert_eq!(m["notifications"][0]["state"], "sent");
+
+    let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
+    let (corr, _) = boxless_media::audio::best_correlation(&g711(&played), &stored, 800);
+    assert!(corr >= 0.9, "stored audio correlation {corr}");
+
+    let (code, wav) = http_get(
+        sys.running.http,
+        &format!("/api/v1/messages/{}/audio", m["id"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    assert!(wav.starts_with("RIFF"));
+    let (code, _) = http(
+        sys.running.http,
+        "DELETE",
+        &format!("/api/v1/messages/{}", m["id"].as_str().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    assert_eq!(messages(&sys, "+15551230002").await[0]["state"], "deleted");
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_history_info_and_national_numbers() {
+    let sys = system("proxy", "proxy", "").await;
+    let mut o = opts(sys.running.router, voice(1500, 2));
+    o.diversion = None;
+    o.to = "vm".into();
+    o.headers = vec![
+        "History-Info: <sip:5551230003@h?Reason=SIP%3Bcause%3D486>;index=1, <sip:vm@h>;index=1.1"
+            .into(),
+    ];
+    let out = place_call(&o).await.unwrap();
+    assert_completed(&out);
+    assert_eq!(
+        out.invite_finals
+            .iter()
+            .map(|(c, _)| *c)
+            .collect::<Vec<_>>(),
+        [200]
+    );
+    let mut o = opts(sys.running.router, voice(1500, 3));
+    o.diversion = None;
+    o.to = "5551230004".into();
+    assert_completed(&place_call(&o).await.unwrap());
+    let sms = sys.smsc.wait_for(2, Duration::from_secs(10)).await;
+    let mut dest: Vec<&str> = sms.iter().map(|s| s.destination.as_str()).collect();
+    dest.sort();
+    assert_eq!(dest, ["15551230003", "15551230004"]);
+    assert_eq!(messages(&sys, "+15551230003").await.len(), 1);
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smsc_refusing_then_throttling_only_delays_sms_and_never_duplicates() {
+    let sys = system("smsc", "redirect", "").await;
+    sys.smsc.set_mode(Mode::Refuse);
+    for i in 0..3 {
+        let out = place_call(&opts(sys.running.router, voice(1200, 10 + i)))
+            .await
+            .unwrap();
+        assert_completed(&out);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sys.smsc.accepted().is_empty());
+    assert!(sys.smsc.submits() >= 3);
+    let list = messages(&sys, "+15551230002").await;
+    assert_eq!(list.len(), 3);
+    assert!(
+        list.iter().all(
+            |m| m["state"] == "new" && m["notifications"][0]["attempts"].as_u64().unwrap() >= 1
+        )
+    );
+    assert!(list.iter().all(|m| {
+        m["notifications"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    }));
+    sys.smsc.set_mode(Mode::Throttle);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sys.smsc.set_mode(Mode::Accept);
+    let sms = sys.smsc.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(sms.len(), 3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sys.smsc.accepted().len(), 3, "no SMS twice");
+    let mut links: Vec<String> = sms.iter().map(|s| s.source.clone()).collect();
+    links.sort();
+    links.dedup();
+    assert_eq!(
+        links.len(),
+        3,
+        "each unheard message of one recipient has its own link number"
+    );
+    assert!(
+        messages(&sys, "+15551230002")
+            .await
+            .iter()
+            .all(|m| m["state"] == "notified")
+    );
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_too_short_leaves_a_missed_call_alert() {
+    let sys = system("short", "redirect", "").await;
+    let mut o = opts(sys.running.router, Vec::new());
+    o.seconds = Some(0.8);
+    assert_completed(&place_call(&o).await.unwrap());
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(sms.len(), 1);
+    assert!(
+        sms[0].text.starts_with("Missed call from +15551230001"),
+        "{}",
+        sms[0].text
+    );
+    assert_eq!(sms[0].source, "15551230001");
+    assert!(messages(&sys, "+15551230002").await.is_empty());
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pound_ends_the_recording_and_the_server_hangs_up() {
+    let sys = system("pound", "redirect", "").await;
+    let mut o = opts(sys.running.router, voice(1500, 4));
+    o.dtmf = "#".into();
+    o.dtmf_at = 2.3;
+    o.seconds = Some(8.0);
+    let out = place_call(&o).await.unwrap();
+    assert!(out.remote_hangup, "{out:?}");
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(sms.len(), 1);
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_reports_servers_and_errors_as_json() {
+    let sys = system("api", "redirect", "").await;
+    let (code, body) = http_get(sys.running.http, "/api/v1/servers").await.unwrap();
+    assert_eq!(code, 200);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(v.len(), 2);
+    assert_eq!(v[0]["state"], "up");
+    assert_eq!(v[0]["link_numbers"][0], "+18005550100-+18005550149");
+    let (code, body) = http_get(sys.running.http, "/api/v1/messages?recipient=555")
+        .await
+        .unwrap();
+    assert_eq!(code, 400);
+    assert!(body.contains("\"error\""));
+    let (code, _) = http_get(sys.running.http, "/api/v1/messages/ms1-nope/audio")
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    let (code, body) = http_get(sys.running.http, "/healthz").await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    let (code, body) = http_get(sys.running.http, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let _ = body;
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
