@@ -70,6 +70,10 @@ impl RouterCore {
             return Verdict::Absorb;
         };
         if let Some(d) = msg.defect {
+            // An ACK is never answered (RFC 3261 §17.2.1).
+            if method == Method::Ack {
+                return Verdict::Absorb;
+            }
             return respond(d.code, d.reason);
         }
         match method {
