@@ -76,6 +76,18 @@ impl RouterCore {
             }
             return respond(d.code, d.reason);
         }
+        // The router answers every request but INVITE itself, as a UAS: it supports no
+        // extension, so any Require or Proxy-Require is refused (RFC 3261 §8.2.2.3).
+        let answers_itself = !matches!(method, Method::Invite | Method::Ack | Method::Cancel);
+        if answers_itself
+            && (msg.header("require").is_some() || msg.header("proxy-require").is_some())
+        {
+            return Verdict::Respond {
+                code: 420,
+                reason: "Bad Extension",
+                extra: Extra::Unsupported,
+            };
+        }
         match method {
             Method::Invite => self.invite(msg, now_ms, rng),
             Method::Ack => Verdict::Absorb,

@@ -105,7 +105,7 @@ async fn udp_loop(
             });
             continue;
         }
-        let Some(target) = msg.top_via().map(|v| response_target(&v, src)) else {
+        let Some(target) = msg.reply_via().map(|v| response_target(&v, src)) else {
             continue;
         };
         let v = core.decide(&msg, now_ms(), &mut rng);

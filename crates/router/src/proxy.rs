@@ -627,7 +627,7 @@ pub async fn run(
                     Some(tx) => Reply::Tcp(tx),
                     None => {
                         // Responses are matched by branch; requests answer per §18.2.2.
-                        let target = Message::parse(&bytes, false).ok().and_then(|m| m.top_via().map(|v| response_target(&v, src)));
+                        let target = Message::parse(&bytes, false).ok().and_then(|m| m.reply_via().map(|v| response_target(&v, src)));
                         Reply::Udp(target.unwrap_or(src))
                     }
                 };

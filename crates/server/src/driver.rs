@@ -270,7 +270,7 @@ impl MessagingServer {
             }
             return;
         };
-        let Some(via) = msg.top_via() else {
+        let Some(via) = msg.reply_via() else {
             metrics::counter!("boxless_sip_dropped_total", "reason" => "no_via").increment(1);
             return;
         };

@@ -115,6 +115,28 @@ impl<'a> Via<'a> {
         })
     }
 
+    /// Reads only the sent-by of a Via whose version or parameters are malformed, so that
+    /// an error response can still go back (RFC 3261 §18.2.2). Parameters are dropped.
+    pub fn parse_sent_by(v: &'a str) -> Option<Via<'a>> {
+        let mut it = v.splitn(3, '/');
+        let _name = it.next()?;
+        let _version = it.next()?;
+        let rest = trim_lws(it.next()?);
+        let t_end = rest.find([' ', '\t', '\r', '\n'])?;
+        let transport = &rest[..t_end];
+        let rest = trim_lws(&rest[t_end..]);
+        let sent_by = rest.split([';', ',']).next().unwrap_or("");
+        let (host, port) = split_host_port(sent_by)?;
+        Some(Via {
+            transport,
+            host,
+            port,
+            branch: None,
+            rport: None,
+            params: "",
+        })
+    }
+
     /// True when the branch carries the RFC 3261 magic cookie and something after it.
     pub fn has_rfc3261_branch(&self) -> bool {
         self.branch

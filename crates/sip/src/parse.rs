@@ -258,6 +258,13 @@ impl<'a> Message<'a> {
         self.header_values("via").next().and_then(Via::parse)
     }
 
+    /// Where a response to this request goes: the top Via, or only its sent-by when the
+    /// rest is malformed (so that a `400` can still be sent).
+    pub fn reply_via(&self) -> Option<Via<'a>> {
+        let v = self.header_values("via").next()?;
+        Via::parse(v).or_else(|| Via::parse_sent_by(v))
+    }
+
     fn split_headers(&mut self, mut rest: &'a str) -> Result<(), Error> {
         while !rest.is_empty() {
             // A field runs until a line break not followed by white space (folding).

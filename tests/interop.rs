@@ -1,0 +1,511 @@
+//! Interop suite against programs no one here wrote: SIPp (Debian `sip-tester`), the npm
+//! `smpp` package as SMSC simulator, and the RFC 4475 torture messages from
+//! `../shared/conformance/rfc4475/`. `.ci/run` installs the peers and runs these with
+//! `cargo test --release --test interop -- --ignored --test-threads 1`.
+//!
+//! Every peer listens on 127.0.0.1 only; every run is bounded in calls and time.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use boxless_testkit::{free_port, http_get};
+
+const IGNORE: &str = "interop: needs sipp, node and ../shared; run by .ci/run";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn temp(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("boxless-interop-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Ports {
+    router: u16,
+    http: u16,
+    smsc: u16,
+    s1: u16,
+    s2: u16,
+}
+
+fn ports() -> Ports {
+    Ports {
+        router: free_port(),
+        http: free_port(),
+        smsc: free_port(),
+        s1: free_port(),
+        s2: free_port(),
+    }
+}
+
+fn write_config(dir: &Path, p: &Ports, mode: &str, sms: &str) -> PathBuf {
+    let cfg = format!(
+        r#"data_dir = "{data}"
+[router]
+listen = "127.0.0.1:{router}"
+mode = "{mode}"
+[http]
+listen = "127.0.0.1:{http}"
+[sms]
+transport = "{sms}"
+address = "127.0.0.1:{smsc}"
+retry_initial_ms = 200
+retry_max_ms = 2000
+[messages]
+greeting = "tone"
+silence_seconds = 5
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:{s1}"
+http = "127.0.0.1:{h1}"
+rtp_ports = "32000-32499"
+link_numbers = ["+18005550100-+18005550149"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:{s2}"
+http = "127.0.0.1:{h2}"
+rtp_ports = "32500-32999"
+link_numbers = ["+18005550150-+18005550199"]
+"#,
+        data = dir.join("data").display(),
+        router = p.router,
+        http = p.http,
+        smsc = p.smsc,
+        s1 = p.s1,
+        s2 = p.s2,
+        h1 = free_port(),
+        h2 = free_port(),
+    );
+    let path = dir.join("boxless.toml");
+    std::fs::write(&path, cfg).unwrap();
+    path
+}
+
+fn serve(cfg: &Path, http: u16, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_boxless"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("boxless binary runs");
+    let p = Proc(child);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], http)),
+        Duration::from_secs(15),
+    );
+    p
+}
+
+fn smsc(port: u16, out: &Path, mode: &str) -> Proc {
+    let child = Command::new("node")
+        .arg(root().join("interop/smsc/smsc.js"))
+        .arg(port.to_string())
+        .arg(out)
+        .env("SMSC_MODE", mode)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("node runs (apt-get install nodejs; npm install in interop/smsc)");
+    let p = Proc(child);
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(15),
+    );
+    p
+}
+
+fn wait_tcp(addr: SocketAddr, limit: Duration) {
+    let end = Instant::now() + limit;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "{addr} did not come up within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn read_wav(p: &Path) -> Vec<i16> {
+    hound::WavReader::open(p)
+        .unwrap()
+        .into_samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect()
+}
+
+/// The caller's voice: two committed espeak-ng prompts, and its PCMU pcap for SIPp.
+fn caller_audio(dir: &Path) -> (Vec<i16>, PathBuf) {
+    let prompts = root().join("crates/media/prompts");
+    let mut voice = read_wav(&prompts.join("you-have-reached.wav"));
+    voice.extend(read_wav(&prompts.join("leave-message.wav")));
+    let wav = dir.join("caller.wav");
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: 8000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).unwrap();
+    for &s in &voice {
+        w.write_sample(s).unwrap();
+    }
+    w.finalize().unwrap();
+    let pcap = dir.join("caller.pcap");
+    let st = Command::new("python3")
+        .arg(root().join("interop/make_pcap.py"))
+        .arg(&wav)
+        .arg(&pcap)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    (voice, pcap)
+}
+
+fn sipp(dir: &Path, router: u16, pcap: &Path, calls: u32, rate: u32) -> bool {
+    let mut child = Command::new("sipp")
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(root().join("interop/sipp/deposit.xml"))
+        .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+        .args([
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &(34000 + (free_port() % 500) * 2).to_string(),
+        ])
+        .arg("-key")
+        .arg("pcap")
+        .arg(pcap)
+        .args(["-key", "recipient", "5551230002"])
+        .arg(format!("127.0.0.1:{router}"))
+        .args([
+            "-m",
+            &calls.to_string(),
+            "-r",
+            &rate.to_string(),
+            "-l",
+            "30",
+        ])
+        .args([
+            "-timeout",
+            "120s",
+            "-nostdin",
+            "-trace_err",
+            "-trace_stat",
+            "-stf",
+            "stat.csv",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp runs (apt-get install sip-tester)");
+    let ok = child.wait().unwrap().success();
+    if !ok {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.file_name().to_string_lossy().ends_with("errors.log") {
+                eprintln!("{}", std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+    }
+    ok
+}
+
+fn sms_lines(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_sms(out: &Path, n: usize, limit: Duration) -> Vec<serde_json::Value> {
+    let end = Instant::now() + limit;
+    loop {
+        let v = sms_lines(out);
+        if v.len() >= n || Instant::now() >= end {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn api_messages(http: u16) -> Vec<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (code, body) = rt
+        .block_on(http_get(
+            SocketAddr::from(([127, 0, 0, 1], http)),
+            "/api/v1/messages?recipient=%2B15551230002",
+        ))
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn g711(samples: &[i16]) -> Vec<i16> {
+    let c = boxless_media::Codec::Pcmu;
+    samples.iter().map(|&s| c.decode(c.encode(s))).collect()
+}
+
+fn check_sms(sms: &serde_json::Value) {
+    assert_eq!(sms["destination"], "15551230002", "{sms}");
+    assert_eq!(sms["source_ton"], 1, "{sms}");
+    let link = sms["source"].as_str().unwrap();
+    let n: u64 = link.parse().unwrap();
+    assert!(
+        (18005550100..=18005550199).contains(&n),
+        "link number {link} from a pool"
+    );
+    let text = sms["text"].as_str().unwrap();
+    assert!(text.contains("+15551230001"), "{text}");
+    assert!(text.contains(&format!("+{link}")), "{text}");
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn sipp_leaves_messages_through_the_router_in_both_modes() {
+    let _ = IGNORE;
+    for mode in ["redirect", "proxy"] {
+        let dir = temp(&format!("sipp-{mode}"));
+        let (voice, pcap) = caller_audio(&dir);
+        let p = ports();
+        let out = dir.join("sms.jsonl");
+        let _smsc = smsc(p.smsc, &out, "accept");
+        let cfg = write_config(&dir, &p, mode, "smpp");
+        let _serve = serve(&cfg, p.http, &dir.join("serve.log"));
+        assert!(
+            sipp(&dir, p.router, &pcap, 3, 2),
+            "{mode}: SIPp calls failed"
+        );
+        let sms = wait_sms(&out, 3, Duration::from_secs(20));
+        assert_eq!(sms.len(), 3, "{mode}: {sms:?}");
+        sms.iter().for_each(check_sms);
+        std::thread::sleep(Duration::from_millis(300));
+        let msgs = api_messages(p.http);
+        assert_eq!(msgs.len(), 3, "{mode}");
+        for m in &msgs {
+            assert_eq!(m["state"], "notified", "{m}");
+            assert_eq!(m["caller"], "+15551230001");
+            let d = m["duration_ms"].as_u64().unwrap() as i64;
+            let want = (voice.len() / 8) as i64;
+            assert!(
+                (d - want).abs() <= 200,
+                "{mode}: duration {d} ms, played {want} ms"
+            );
+            let id = m["id"].as_str().unwrap();
+            let server = m["server"].as_str().unwrap();
+            let stored = read_wav(
+                &dir.join("data")
+                    .join(server)
+                    .join("audio")
+                    .join(format!("{id}.wav")),
+            );
+            let (corr, lag) = boxless_media::audio::best_correlation(&g711(&voice), &stored, 1600);
+            eprintln!("{mode}: {id} duration {d} ms, correlation {corr:.3} at lag {lag}");
+            assert!(corr >= 0.8, "{mode}: stored audio correlation {corr}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn smsc_outage_and_kill_9_lose_no_message_and_send_no_sms_twice() {
+    let dir = temp("outage");
+    let (_, pcap) = caller_audio(&dir);
+    let p = ports();
+    let out = dir.join("sms.jsonl");
+    let cfg = write_config(&dir, &p, "redirect", "smpp");
+    let mut smsc_proc = Some(smsc(p.smsc, &out, "accept"));
+    let mut serve_proc = serve(&cfg, p.http, &dir.join("serve.log"));
+    // The SMSC goes away as the 20 calls start.
+    let calls = {
+        let dir = dir.clone();
+        let pcap = pcap.clone();
+        std::thread::spawn(move || sipp(&dir, p.router, &pcap, 20, 4))
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(smsc_proc.take());
+    assert!(calls.join().unwrap(), "SIPp calls failed");
+    let before = sms_lines(&out).len();
+    eprintln!("SMS delivered before the SMSC stopped: {before}");
+    // Every caller got its 200 to BYE; now the process dies without warning.
+    let _ = serve_proc.0.kill();
+    let _ = serve_proc.0.wait();
+    serve_proc = serve(&cfg, p.http, &dir.join("serve2.log"));
+    let msgs = api_messages(p.http);
+    assert_eq!(msgs.len(), 20, "all 20 messages survived kill -9");
+    let restarted = Instant::now();
+    let _smsc2 = smsc(p.smsc, &out, "accept");
+    let sms = wait_sms(&out, 20, Duration::from_secs(60));
+    eprintln!(
+        "all SMS delivered {:?} after the SMSC came back",
+        restarted.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let sms_after = sms_lines(&out);
+    assert_eq!(sms.len(), 20, "{sms:?}");
+    assert_eq!(sms_after.len(), 20, "no SMS twice");
+    sms.iter().for_each(check_sms);
+    let distinct: HashSet<String> = sms.iter().map(|s| s["text"].to_string()).collect();
+    assert_eq!(distinct.len(), 20, "20 different notifications");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        api_messages(p.http)
+            .iter()
+            .all(|m| m["state"] == "notified")
+    );
+    drop(serve_proc);
+}
+
+/// What RFC 4475 expects of the router for each message (by file name).
+fn expected(name: &str, verdict: &str) -> Expect {
+    match name {
+        // Responses sent to the router are never answered.
+        "unreason" | "noreason" | "bcast" | "scalarlg" | "bigcode" => Expect::NoResponse,
+        "badvers" => Expect::Code(&[505]),
+        "mismatch02" => Expect::Code(&[501, 400]),
+        "unkscm" | "novelsc" => Expect::Code(&[416]),
+        "bext01" => Expect::Code(&[420]),
+        "intmeth" => Expect::Code(&[501, 405]),
+        "regaut01" | "cparam01" | "cparam02" | "regescrt" => Expect::Code(&[405]),
+        // An OPTIONS with Max-Forwards 0: the router answers it itself, as an endpoint.
+        "zeromf" => Expect::Code(&[200]),
+        // "may reject" / "400 acceptable" / "400 from elements that parse Date": we do.
+        "lwsstart" | "trws" | "escruri" | "baddate" => Expect::Code(&[400]),
+        _ => match verdict {
+            "valid" => Expect::NotBadRequest,
+            _ => Expect::Code(&[400]),
+        },
+    }
+}
+
+#[derive(Debug)]
+enum Expect {
+    NoResponse,
+    Code(&'static [u16]),
+    NotBadRequest,
+}
+
+fn sent_by_port(msg: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(msg);
+    let via = text
+        .lines()
+        .find(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("via") || l.starts_with("v:") || l.starts_with("v ")
+        })
+        .unwrap_or("");
+    // sent-by is the token after the protocol; a port follows its last ':'.
+    via.split(';')
+        .next()
+        .and_then(|h| h.rsplit_once(':'))
+        .and_then(|(_, p)| p.trim().parse().ok())
+        .unwrap_or(5060)
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn rfc4475_torture_messages_are_handled_as_the_rfc_expects() {
+    let corpus = std::env::var("BOXLESS_RFC4475")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("../shared/conformance/rfc4475"));
+    let index =
+        std::fs::read_to_string(corpus.join("index.tsv")).expect("RFC 4475 corpus in ../shared");
+    let dir = temp("rfc4475");
+    let p = ports();
+    let cfg = write_config(&dir, &p, "redirect", "log");
+    let mut serve_proc = serve(&cfg, p.http, &dir.join("serve.log"));
+    let router = SocketAddr::from(([127, 0, 0, 1], p.router));
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for line in index
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let (name, verdict) = (cols[0], cols[3]);
+        let msg = std::fs::read(corpus.join(format!("{name}.dat"))).unwrap();
+        let port = sent_by_port(&msg);
+        let sock = UdpSocket::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("{name}: bind 127.0.0.1:{port}: {e}"));
+        sock.set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        sock.send_to(&msg, router).unwrap();
+        let mut buf = [0u8; 65_536];
+        let mut codes = Vec::new();
+        while let Ok((n, _)) = sock.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let code: u16 = text
+                .split(' ')
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            codes.push(code);
+        }
+        let exp = expected(name, verdict);
+        let ok = match (&exp, codes.as_slice()) {
+            (Expect::NoResponse, []) => true,
+            (Expect::Code(want), [got]) => want.contains(got),
+            (Expect::NotBadRequest, [got]) => *got != 400 && *got != 500,
+            _ => false,
+        };
+        eprintln!(
+            "{name:<11} {verdict:<15} expected {exp:?}, got {codes:?} {}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        if !ok {
+            failures.push(name.to_string());
+        }
+        count += 1;
+    }
+    assert_eq!(count, 49, "all 49 messages of the corpus");
+    assert!(
+        serve_proc.0.try_wait().unwrap().is_none(),
+        "the process survived the corpus"
+    );
+    // Still serving calls afterwards.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let out = rt
+        .block_on(boxless_phone::place_call(&boxless_phone::CallOptions {
+            via: router,
+            from: "5551230001".into(),
+            to: "5551230002".into(),
+            diversion: None,
+            headers: Vec::new(),
+            play: boxless_testkit::voice(1500, 9),
+            play_at: 0.6,
+            dtmf: String::new(),
+            dtmf_at: 0.0,
+            seconds: None,
+            answer_timeout: Duration::from_secs(10),
+        }))
+        .unwrap();
+    assert!(out.completed(), "a call after the corpus: {out:?}");
+    assert!(
+        failures.is_empty(),
+        "not handled as RFC 4475 expects: {failures:?}"
+    );
+    let _ = serve_proc.0.kill();
+}
