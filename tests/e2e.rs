@@ -336,3 +336,16 @@ async fn api_reports_servers_and_errors_as_json() {
     let _ = body;
     let _ = std::fs::remove_dir_all(&sys.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_number_call_goes_to_its_owner_and_is_not_a_deposit() {
+    let sys = system("link", "redirect", "").await;
+    let mut o = opts(sys.running.router, voice(800, 5));
+    o.diversion = None;
+    o.to = "+18005550160".into();
+    let out = place_call(&o).await.unwrap();
+    let codes: Vec<u16> = out.invite_finals.iter().map(|(c, _)| *c).collect();
+    assert_eq!(codes, [302, 480], "{out:?}");
+    assert!(messages(&sys, "+18005550160").await.is_empty());
+    let _ = std::fs::remove_dir_all(&sys.data);
+}

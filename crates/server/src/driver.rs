@@ -431,6 +431,18 @@ impl MessagingServer {
                 )
                 .await;
         }
+        let diverted = msg.header("diversion").is_some() || msg.header("history-info").is_some();
+        let dialled = msg
+            .request_uri()
+            .and_then(parties::user)
+            .and_then(|u| self.numbering.normalize(&u));
+        if !diverted && dialled.is_some_and(|n| slot.pool.contains(n)) {
+            // A call to one of our link numbers: retrieval, which this server does not play yet.
+            let extra = b"Retry-After: 60\r\nWarning: 399 boxless \"message playback is not available\"\r\n";
+            return self
+                .respond(tx, msg, 480, "Temporarily Unavailable", reply_to, extra)
+                .await;
+        }
         let Some(recipient) = parties::recipient(msg).and_then(|u| self.numbering.normalize(&u))
         else {
             return self.respond(tx, msg, 404, "Not Found", reply_to, b"").await;
