@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn resampling_keeps_length_and_pitch() {
         let s: Vec<i16> = (0..16000)
-            .map(|i| ((i as f64 / 16000.0 * 2.0 * 3.14159 * 440.0 * 2.0).sin() * 1000.0) as i16)
+            .map(|i| ((i as f64 / 16000.0 * std::f64::consts::TAU * 880.0).sin() * 1000.0) as i16)
             .collect();
         let stereo: Vec<i16> = s.iter().flat_map(|&v| [v, v]).collect();
         let out = to_8k_mono(&stereo, 16000, 2);

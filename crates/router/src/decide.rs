@@ -369,10 +369,7 @@ mod tests {
             decide(&c, &invite("+15551230002", "Require: foo\r\n")),
             Verdict::Respond { code: 420, .. }
         ));
-        let zero = invite("+15551230002", "")
-            .iter()
-            .copied()
-            .collect::<Vec<u8>>();
+        let zero = invite("+15551230002", "");
         let zero = String::from_utf8(zero)
             .unwrap()
             .replace("Max-Forwards: 70", "Max-Forwards: 0");

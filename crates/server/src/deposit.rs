@@ -484,3 +484,244 @@ fn build_bye(invite: &Message<'_>, d: &DialogInfo) -> Option<Vec<u8>> {
         .into_bytes(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_media::{Codec, negotiate, write_sdp};
+
+    const T1: Duration = Duration::from_millis(500);
+
+    fn invite() -> Vec<u8> {
+        let sdp = write_sdp("127.0.0.1:6000".parse().unwrap(), 1, None);
+        format!(
+            "INVITE sip:+15551230002@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9000;branch=z9hG4bKinv\r\n\
+From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1>\r\nCall-ID: call-1\r\nCSeq: 1 INVITE\r\n\
+Contact: <sip:+15551230001@127.0.0.1:9000>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+        .into_bytes()
+    }
+
+    fn request(method: &str, cseq: u32) -> Vec<u8> {
+        format!(
+            "{method} sip:+15551230002@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9000;branch=z9hG4bK{method}{cseq}\r\n\
+From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1>;tag=srv\r\nCall-ID: call-1\r\nCSeq: {cseq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    struct Harness {
+        now: Instant,
+        d: Deposit,
+        sip: Vec<Vec<u8>>,
+        rtp: usize,
+        stored: Option<Vec<i16>>,
+        missed: bool,
+        ended: Option<EndReason>,
+        tx: RtpSender,
+    }
+
+    fn settings() -> DepositSettings {
+        DepositSettings {
+            t1: T1,
+            t2: Duration::from_secs(4),
+            max_samples: 8000 * 10,
+            min_samples: 8000,
+            silence: Duration::from_secs(3),
+            voice_rms: 300.0,
+        }
+    }
+
+    fn start(s: DepositSettings, greeting_ms: usize) -> Harness {
+        let now = Instant::now();
+        let inv = invite();
+        let m = Message::parse(&inv, false).unwrap();
+        let neg = negotiate(m.body).unwrap();
+        let dialog = DialogInfo {
+            reply_to: "127.0.0.1:9000".parse().unwrap(),
+            peer: "127.0.0.1:9000".parse().unwrap(),
+            local_tag: "srv".into(),
+            contact: "sip:+15551230002@127.0.0.1:5070".into(),
+            via_host: "127.0.0.1:5070".into(),
+            via_transport: "UDP",
+            bye_branch: "z9hG4bKbye".into(),
+        };
+        let greeting: Arc<[i16]> = vec![1000; greeting_ms * 8].into();
+        let d = Deposit::new(
+            now,
+            s,
+            &m,
+            &dialog,
+            &neg,
+            "v=0\r\n",
+            greeting,
+            RtpSender::new(Codec::Pcmu, 0, 1, 1, 1),
+        );
+        let mut h = Harness {
+            now,
+            d,
+            sip: Vec::new(),
+            rtp: 0,
+            stored: None,
+            missed: false,
+            ended: None,
+            tx: RtpSender::new(Codec::Pcmu, 0, 77, 5, 5),
+        };
+        h.drain();
+        h.run_until(now);
+        h
+    }
+
+    impl Harness {
+        fn drain(&mut self) {
+            while let Some(o) = self.d.poll_output() {
+                match o {
+                    Output::Sip { bytes, .. } => self.sip.push(bytes),
+                    Output::Rtp => self.rtp += 1,
+                    Output::Store { samples } => self.stored = Some(samples),
+                    Output::MissedCall => self.missed = true,
+                    Output::Ended(r) => self.ended = Some(r),
+                }
+            }
+        }
+
+        /// Advances virtual time to `until`, firing every timer on the way.
+        fn run_until(&mut self, until: Instant) {
+            while let Some(t) = self.d.poll_timeout() {
+                if t > until {
+                    break;
+                }
+                self.now = t.max(self.now);
+                self.d.handle_timeout(self.now);
+                self.drain();
+            }
+            self.now = until;
+        }
+
+        fn sip(&mut self, b: &[u8]) {
+            let m = Message::parse(b, false).unwrap();
+            self.d
+                .handle_sip(self.now, &m, "127.0.0.1:9000".parse().unwrap());
+            self.drain();
+        }
+
+        /// Caller speaks for `ms` (20 ms packets, virtual time advancing).
+        fn speak(&mut self, ms: u64, level: i16) {
+            let mut b = Vec::new();
+            for _ in 0..ms / 20 {
+                self.tx.voice(&[level; 160], &mut b);
+                self.d.handle_rtp(self.now, &b);
+                self.drain();
+                let next = self.now + Duration::from_millis(20);
+                self.run_until(next);
+            }
+        }
+
+        fn last_status(&self) -> Option<u16> {
+            self.sip
+                .last()
+                .and_then(|b| Message::parse(b, false).ok())
+                .and_then(|m| m.status())
+        }
+    }
+
+    #[test]
+    fn ok_is_retransmitted_until_ack() {
+        let mut h = start(settings(), 200);
+        assert_eq!(h.last_status(), Some(200));
+        let t0 = h.now;
+        h.run_until(t0 + Duration::from_millis(1600));
+        // 200 at 0, T1, 3*T1 (then 7*T1 would be next).
+        assert_eq!(h.sip.len(), 3);
+        h.sip(&request("ACK", 1));
+        h.run_until(t0 + Duration::from_secs(10));
+        assert_eq!(h.sip.len(), 3, "no retransmission after ACK");
+    }
+
+    #[test]
+    fn caller_bye_gets_200_only_after_the_store() {
+        let mut h = start(settings(), 400);
+        h.sip(&request("ACK", 1));
+        let t = h.now + Duration::from_millis(400);
+        h.run_until(t);
+        assert_eq!(h.rtp, 20, "400 ms of greeting in 20 ms packets");
+        h.speak(2000, 8000);
+        let before = h.sip.len();
+        h.sip(&request("BYE", 2));
+        assert_eq!(h.sip.len(), before, "no 200 before the store answered");
+        let samples = h.stored.take().expect("store requested");
+        assert_eq!(samples.len(), 16_000);
+        // A retransmitted BYE while storing is held too.
+        h.sip(&request("BYE", 2));
+        assert_eq!(h.sip.len(), before);
+        h.d.handle_stored(h.now, true);
+        h.drain();
+        assert_eq!(h.last_status(), Some(200));
+        assert_eq!(h.ended, Some(EndReason::CallerBye));
+    }
+
+    #[test]
+    fn failed_store_answers_500() {
+        let mut h = start(settings(), 20);
+        h.sip(&request("ACK", 1));
+        h.speak(1500, 8000);
+        h.sip(&request("BYE", 2));
+        h.d.handle_stored(h.now, false);
+        h.drain();
+        assert_eq!(h.last_status(), Some(500));
+    }
+
+    #[test]
+    fn silence_ends_the_recording_trims_it_and_hangs_up() {
+        let mut h = start(settings(), 20);
+        h.sip(&request("ACK", 1));
+        h.speak(1500, 8000);
+        h.speak(1000, 0);
+        let t = h.now + Duration::from_secs(5);
+        h.run_until(t);
+        let samples = h.stored.take().expect("stored after silence");
+        assert_eq!(samples.len(), 12_000, "trailing silence dropped");
+        h.d.handle_stored(h.now, true);
+        h.drain();
+        let bye = Message::parse(h.sip.last().unwrap(), false).unwrap();
+        assert_eq!(bye.method(), Some(Method::Bye));
+        assert_eq!(bye.request_uri(), Some("sip:+15551230001@127.0.0.1:9000"));
+        assert!(bye.from.contains("tag=srv"));
+        let resp = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKbye\r\nFrom: <sip:x@y>;tag=srv\r\nTo: <sip:a@b>;tag=caller\r\nCall-ID: call-1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n";
+        h.sip(resp.as_bytes());
+        assert_eq!(h.ended, Some(EndReason::Silence));
+    }
+
+    #[test]
+    fn short_call_is_a_missed_call_and_no_ack_ends_quietly() {
+        let mut h = start(settings(), 20);
+        h.sip(&request("ACK", 1));
+        h.speak(400, 8000);
+        h.sip(&request("BYE", 2));
+        assert!(h.missed && h.stored.is_none());
+        let mut s = settings();
+        s.silence = Duration::from_secs(600);
+        s.max_samples = 8000 * 600;
+        let mut h = start(s, 20);
+        let t = h.now + T1 * 65;
+        h.run_until(t);
+        assert!(!h.missed && h.stored.is_none());
+        // BYE sent after 64*T1 without ACK; its retransmissions run out.
+        let t = h.now + T1 * 70;
+        h.run_until(t);
+        assert_eq!(h.ended, Some(EndReason::NoAck));
+    }
+
+    #[test]
+    fn max_length_stops_recording() {
+        let mut s = settings();
+        s.max_samples = 8000 * 2;
+        let mut h = start(s, 20);
+        h.sip(&request("ACK", 1));
+        h.speak(3000, 8000);
+        // Whichever comes first: 2 s of samples or 2 s of time since recording began.
+        let n = h.stored.as_ref().map_or(0, |s| s.len());
+        assert!((15_800..=16_000).contains(&n), "{n}");
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Router CPU per redirected call under SIPp load, measured exactly as ../shared/bench/README.md
+# measures Kamailio's dispatcher: same SIPp scenario and command, CPU ticks of the whole
+# `boxless serve` process (router, two idle messaging servers, HTTP API) before and after.
+# Usage: bench/router-load.sh [RATE...]   (default: 5000 10000 20000; 10 s per rate)
+# Needs: sip-tester; loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rates=("${@:-5000 10000 20000}")
+[ $# -eq 0 ] && rates=(5000 10000 20000)
+scenario=../shared/bench/sipp-redirect-load.xml
+work=$(mktemp -d)
+trap 'kill $BP 2>/dev/null || true; rm -rf "$work"' EXIT
+cargo build --release -q
+sed -e 's#^data_dir = .*#data_dir = "'"$work"'/data"#' \
+    -e 's#^listen = "127.0.0.1:5060"#listen = "127.0.0.1:25160"#' \
+    -e 's#^listen = "127.0.0.1:8080"#listen = "127.0.0.1:28080"#' \
+    config/default.toml > "$work/bench.toml"
+RUST_LOG=warn ./target/release/boxless serve --config "$work/bench.toml" > "$work/serve.log" 2>&1 & BP=$!
+sleep 1
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+echo "| rate (calls/s) | calls | failed | boxless CPU per call |"
+echo "|---|---|---|---|"
+for r in "${rates[@]}"; do
+  n=$((r * 10))
+  t0=$(ticks $BP)
+  (cd "$work" && sipp -sf "$OLDPWD/$scenario" -s +15551230002 -i 127.0.0.1 -p 25090 127.0.0.1:25160 \
+       -r "$r" -m "$n" -l "$r" -buff_size 4194304 -timeout 40s -nostdin -trace_stat -stf "k$r.csv" \
+       >/dev/null 2>&1) || true
+  t1=$(ticks $BP)
+  failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/k$r.csv")
+  echo "| $r | $n | $failed | $(( (t1 - t0) * 10000 / n )) µs |"
+done
