@@ -664,3 +664,199 @@ pub async fn run(
         metrics::gauge!("boxless_router_transactions").set(p.len() as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_core::{
+        LinkPool, Numbering, RouterMode, ServerSlot, ServerState, StatusBoard, StatusView,
+    };
+
+    const A: &str = "127.0.0.1:5070";
+    const B: &str = "127.0.0.1:5072";
+
+    fn proxy() -> Proxy<u8> {
+        let slots = [A, B]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let s = ServerSlot::new(
+                    &format!("ms{}", i + 1),
+                    a.parse().unwrap(),
+                    LinkPool::parse(&[format!("+1800555010{i}")]).unwrap(),
+                    10,
+                );
+                s.publish(StatusView {
+                    state: ServerState::Up,
+                    active: 0,
+                    capacity: 10,
+                    free_disk: u64::MAX,
+                    notifier_ok: true,
+                    last_update_ms: now_ms(),
+                });
+                s
+            })
+            .collect();
+        let core = RouterCore {
+            board: Arc::new(StatusBoard { slots }),
+            numbering: Numbering::new("1").unwrap(),
+            mode: RouterMode::Proxy,
+            ttl_ms: 60_000,
+            retry_after: 30,
+        };
+        Proxy::new(
+            Arc::new(core),
+            "127.0.0.1:5060".parse().unwrap(),
+            ProxySettings::default(),
+            Rng::seeded(7),
+        )
+    }
+
+    fn invite(method: &str) -> Vec<u8> {
+        format!(
+            "{method} sip:+15551230002@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9000;branch=z9hG4bKcaller\r\n\
+From: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>\r\nCall-ID: pc\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn outputs(p: &mut Proxy<u8>) -> Vec<(Option<SocketAddr>, Vec<u8>)> {
+        p.drain()
+            .map(|o| match o {
+                Output::ToCaller { bytes, .. } => (None, bytes),
+                Output::ToServer { bytes, addr } => (Some(addr), bytes),
+            })
+            .collect()
+    }
+
+    /// The server's answer to the forwarded INVITE `fwd`.
+    fn answer(fwd: &[u8], code: u16) -> Vec<u8> {
+        let m = Message::parse(fwd, false).unwrap();
+        let mut b = Vec::new();
+        let extra = if code == 200 {
+            "Contact: <sip:+15551230002@127.0.0.1:5070>\r\n"
+        } else {
+            ""
+        };
+        write_response(
+            &mut b,
+            &m,
+            code,
+            "X",
+            Some(&"srv"),
+            None,
+            extra.as_bytes(),
+            None,
+        );
+        b
+    }
+
+    fn status(b: &[u8]) -> Option<u16> {
+        Message::parse(b, false).ok().and_then(|m| m.status())
+    }
+
+    #[test]
+    fn a_5xx_moves_the_call_to_the_other_server_unseen_by_the_caller() {
+        let mut p = proxy();
+        let t0 = Instant::now();
+        p.handle(t0, now_ms(), &invite("INVITE"), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!(status(&out[0].1), Some(100));
+        let (first, fwd) = out[1].clone();
+        let first = first.unwrap();
+        let m = Message::parse(&fwd, false).unwrap();
+        assert_eq!(m.max_forwards, Some(69));
+        assert_eq!(m.header_values("via").count(), 2);
+        assert!(
+            m.request_uri()
+                .unwrap()
+                .starts_with("sip:+15551230002@127.0.0.1:507")
+        );
+        p.handle(t0, now_ms(), &answer(&fwd, 503), false, 0);
+        let out = outputs(&mut p);
+        // ACK to the failed server, then the INVITE to the other one; nothing to the caller.
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].0, Some(first));
+        assert!(out[0].1.starts_with(b"ACK "));
+        let (second, fwd2) = out[1].clone();
+        assert_ne!(second.unwrap(), first);
+        p.handle(t0, now_ms(), &answer(&fwd2, 200), false, 0);
+        let out = outputs(&mut p);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, None);
+        let ok = Message::parse(&out[0].1, false).unwrap();
+        assert_eq!(ok.status(), Some(200));
+        assert_eq!(ok.header_values("via").count(), 1, "our Via stripped");
+        assert_eq!(ok.top_via().unwrap().branch, Some("z9hG4bKcaller"));
+        // A retransmitted INVITE gets the 200 again.
+        p.handle(t0, now_ms(), &invite("INVITE"), false, 1);
+        assert_eq!(status(&outputs(&mut p)[0].1), Some(200));
+    }
+
+    #[test]
+    fn silence_fails_over_then_503_when_none_is_left() {
+        let mut p = proxy();
+        let t0 = Instant::now();
+        p.handle(t0, now_ms(), &invite("INVITE"), false, 1);
+        let out = outputs(&mut p);
+        let first = out[1].0.unwrap();
+        // Retransmissions at T1, then the answer bound moves on.
+        let mut now = t0;
+        let mut tried = vec![first];
+        while let Some(t) = p.poll_timeout() {
+            if t > t0 + Duration::from_secs(10) {
+                break;
+            }
+            now = t;
+            p.handle_timeout(now, now_ms());
+            for (to, b) in outputs(&mut p) {
+                match to {
+                    Some(a) if b.starts_with(b"INVITE") && !tried.contains(&a) => tried.push(a),
+                    Some(_) => {}
+                    None => {
+                        assert_eq!(status(&b), Some(503), "caller told only when none is left");
+                        assert!(String::from_utf8_lossy(&b).contains("Retry-After: 30"));
+                        assert_eq!(tried.len(), 2);
+                        assert!(now - t0 >= Duration::from_secs(4));
+                        return;
+                    }
+                }
+            }
+        }
+        panic!("no final answer; tried {tried:?}");
+    }
+
+    #[test]
+    fn cancel_is_answered_and_relayed() {
+        let mut p = proxy();
+        let t0 = Instant::now();
+        p.handle(t0, now_ms(), &invite("INVITE"), false, 1);
+        let out = outputs(&mut p);
+        let (server, fwd) = out[1].clone();
+        let mut ringing = answer(&fwd, 180);
+        p.handle(t0, now_ms(), &ringing, false, 0);
+        assert_eq!(status(&outputs(&mut p)[0].1), Some(180));
+        p.handle(t0, now_ms(), &invite("CANCEL"), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!(status(&out[0].1), Some(200));
+        assert_eq!(out[1].0, server);
+        assert!(out[1].1.starts_with(b"CANCEL "));
+        let cancel = Message::parse(&out[1].1, false).unwrap();
+        assert_eq!(
+            cancel.top_via().unwrap().branch,
+            Message::parse(&fwd, false)
+                .unwrap()
+                .top_via()
+                .unwrap()
+                .branch
+        );
+        ringing = answer(&fwd, 487);
+        p.handle(t0, now_ms(), &ringing, false, 0);
+        let out = outputs(&mut p);
+        assert!(
+            out.iter()
+                .any(|(to, b)| to.is_none() && status(b) == Some(487)),
+            "{out:?}"
+        );
+    }
+}
