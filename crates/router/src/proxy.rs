@@ -801,13 +801,11 @@ From: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>\r\nCall-ID: pc\r\nC
         let out = outputs(&mut p);
         let first = out[1].0.unwrap();
         // Retransmissions at T1, then the answer bound moves on.
-        let mut now = t0;
         let mut tried = vec![first];
-        while let Some(t) = p.poll_timeout() {
-            if t > t0 + Duration::from_secs(10) {
+        while let Some(now) = p.poll_timeout() {
+            if now > t0 + Duration::from_secs(10) {
                 break;
             }
-            now = t;
             p.handle_timeout(now, now_ms());
             for (to, b) in outputs(&mut p) {
                 match to {
