@@ -25,7 +25,7 @@ const server = smpp.createServer({ debug: false }, (session) => {
     fs.appendFileSync(out, JSON.stringify({
       source: pdu.source_addr, source_ton: pdu.source_addr_ton,
       destination: pdu.destination_addr, dest_ton: pdu.dest_addr_ton,
-      data_coding: pdu.data_coding, text,
+      data_coding: pdu.data_coding, text, t: Date.now(),
     }) + '\n');
     n += 1;
     session.send(pdu.response({ message_id: 'sim' + n }));

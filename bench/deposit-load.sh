@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Whole-flow figures of the deposit path, on loopback:
+#  - CPU per call and memory per active call with ~50 concurrent SIPp calls (PCMU audio),
+#  - SMS latency after hang-up: `boxless call` returns on the 200 to its BYE; the time until
+#    the SMSC simulator (npm smpp) records the SMS.
+# Usage: bench/deposit-load.sh [CALLS] [RATE]   (default 100 calls at 10/s, ~55 concurrent)
+# Needs: sip-tester, nodejs + `npm ci` in interop/smsc, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+calls=${1:-100}
+rate=${2:-10}
+work=$(mktemp -d)
+trap 'kill $BP $SP 2>/dev/null || true; rm -rf "$work"' EXIT
+cargo build --release -q
+cat > "$work/b.toml" <<TOML
+data_dir = "$work/data"
+[router]
+listen = "127.0.0.1:25260"
+[http]
+listen = "127.0.0.1:28180"
+[sms]
+transport = "smpp"
+address = "127.0.0.1:22775"
+[messages]
+greeting = "tone"
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:25270"
+http = "127.0.0.1:28181"
+rtp_ports = "40000-40999"
+capacity = 200
+link_numbers = ["+18005550100-+18005550199"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:25272"
+http = "127.0.0.1:28182"
+rtp_ports = "41000-41999"
+capacity = 200
+link_numbers = ["+18005550200-+18005550299"]
+TOML
+node interop/smsc/smsc.js 22775 "$work/sms.jsonl" > /dev/null 2>&1 & SP=$!
+RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
+sleep 1
+cat crates/media/prompts/you-have-reached.wav > /dev/null
+sox crates/media/prompts/you-have-reached.wav crates/media/prompts/leave-message.wav "$work/caller.wav" 2>/dev/null \
+  || python3 - "$work/caller.wav" <<'PY'
+import sys, wave
+out = wave.open(sys.argv[1], "wb"); out.setnchannels(1); out.setsampwidth(2); out.setframerate(8000)
+for f in ("crates/media/prompts/you-have-reached.wav", "crates/media/prompts/leave-message.wav"):
+    w = wave.open(f, "rb"); out.writeframes(w.readframes(w.getnframes()))
+out.close()
+PY
+python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.pcap"
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
+base=$(rss $BP)
+t0=$(ticks $BP)
+( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!
+(cd "$work" && sipp -sf "$OLDPWD/interop/sipp/deposit.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 -p 25290 -mp 26000 \
+   -key pcap "$work/caller.pcap" -key recipient 5551230002 127.0.0.1:25260 \
+   -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -stf s.csv > /dev/null 2>&1) || true
+t1=$(ticks $BP)
+kill $RP 2>/dev/null || true
+peak=$(sort -n "$work/rss.txt" | tail -1)
+failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/s.csv")
+maxconc=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="CurrentCall") c=i} NR>1{if($c>m)m=$c} END{print m}' "$work/s.csv")
+sleep 3
+sms=$(wc -l < "$work/sms.jsonl")
+echo "calls: $calls at $rate/s, failed: $failed, peak concurrent (SIPp): $maxconc, SMS: $sms"
+echo "CPU per call: $(( (t1 - t0) * 10000 / calls )) µs (whole process, $(( t1 - t0 )) ticks)"
+echo "RSS: idle ${base} KiB, peak ${peak} KiB -> $(( (peak - base) / (maxconc > 0 ? maxconc : 1) )) KiB per active call"
+# SMS latency: 10 sequential calls with the test phone.
+lat=()
+for i in $(seq 1 10); do
+  before=$(wc -l < "$work/sms.jsonl")
+  ./target/release/boxless call --via 127.0.0.1:25260 --from 5551230001 --to 5551230003 --diversion 5551230003 \
+     --play "$work/caller.wav" --play-at 0.6 > /dev/null
+  t_hang=$(date +%s%3N)
+  while [ "$(wc -l < "$work/sms.jsonl")" -le "$before" ]; do sleep 0.002; done
+  t_sms=$(tail -1 "$work/sms.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["t"])')
+  lat+=($(( t_sms - t_hang )))
+done
+echo "SMS latency after hang-up (ms, 10 calls): ${lat[*]}"
