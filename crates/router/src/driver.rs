@@ -26,11 +26,15 @@ pub struct RouterSettings {
     pub proxy: proxy::ProxySettings,
 }
 
-/// Binds UDP and TCP on `settings.listen` and serves until the runtime stops.
+/// Binds UDP and TCP on `settings.listen` and serves until the process ends.
+///
+/// Redirect mode answers UDP from one dedicated OS thread with a blocking socket: the
+/// per-call work is two `recvfrom` and one `sendto` with no runtime in between, which is
+/// what keeps the router's CPU per call low. Proxy mode needs timers and runs as a task.
 pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::Result<SocketAddr> {
-    let udp = Arc::new(UdpSocket::bind(settings.listen).await?);
-    let tcp = TcpListener::bind(udp.local_addr()?).await?;
-    let local = udp.local_addr()?;
+    let std_udp = std::net::UdpSocket::bind(settings.listen)?;
+    let local = std_udp.local_addr()?;
+    let tcp = TcpListener::bind(local).await?;
     let rng = |salt: u64| {
         if settings.rng_seed == 0 {
             Rng::from_entropy()
@@ -39,6 +43,8 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
         }
     };
     let proxy_tx = if core.mode == RouterMode::Proxy {
+        std_udp.set_nonblocking(true)?;
+        let udp = Arc::new(UdpSocket::from_std(std_udp)?);
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(proxy::run(
             core.clone(),
@@ -48,17 +54,15 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
             settings.proxy.clone(),
             local,
         ));
+        tokio::spawn(udp_to_proxy(udp, settings.max_message, tx.clone()));
         Some(tx)
     } else {
+        let (core, max, rng) = (core.clone(), settings.max_message, rng(2));
+        std::thread::Builder::new()
+            .name("router-udp".into())
+            .spawn(move || redirect_udp(core, std_udp, max, rng))?;
         None
     };
-    tokio::spawn(udp_loop(
-        core.clone(),
-        udp,
-        settings.max_message,
-        rng(2),
-        proxy_tx.clone(),
-    ));
     tokio::spawn(tcp_accept(
         core,
         tcp,
@@ -70,16 +74,78 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
     Ok(local)
 }
 
-async fn udp_loop(
-    core: Arc<RouterCore>,
-    sock: Arc<UdpSocket>,
-    max: usize,
-    mut rng: Rng,
-    proxy: Option<mpsc::Sender<ProxyInput>>,
-) {
+/// Counters resolved once, so the hot path does no registry look-up.
+struct Counters {
+    deposit: metrics::Counter,
+    retrieval: metrics::Counter,
+    too_large: metrics::Counter,
+    unparseable: metrics::Counter,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            deposit: metrics::counter!("boxless_router_calls_total", "kind" => "deposit"),
+            retrieval: metrics::counter!("boxless_router_calls_total", "kind" => "retrieval"),
+            too_large: metrics::counter!("boxless_router_dropped_total", "reason" => "too_large"),
+            unparseable: metrics::counter!("boxless_router_dropped_total", "reason" => "unparseable"),
+        }
+    }
+
+    fn count(&self, v: &Verdict) {
+        match v {
+            Verdict::Route {
+                retrieval: false, ..
+            } => self.deposit.increment(1),
+            Verdict::Route {
+                retrieval: true, ..
+            } => self.retrieval.increment(1),
+            Verdict::Respond { code, .. } if *code >= 300 => {
+                metrics::counter!("boxless_router_rejected_total", "code" => code.to_string())
+                    .increment(1)
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The redirect hot path: one blocking thread per UDP socket.
+fn redirect_udp(core: Arc<RouterCore>, sock: std::net::UdpSocket, max: usize, mut rng: Rng) {
+    let counters = Counters::new();
     let mut buf = vec![0u8; 65_536];
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::with_capacity(256);
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive");
+                continue;
+            }
+        };
+        if n > max {
+            counters.too_large.increment(1);
+            continue;
+        }
+        let Ok(msg) = Message::parse(&buf[..n], false) else {
+            counters.unparseable.increment(1);
+            continue;
+        };
+        let Some(target) = msg.reply_via().map(|v| response_target(&v, src)) else {
+            continue;
+        };
+        let v = core.decide(&msg, now_ms(), &mut rng);
+        counters.count(&v);
+        if core.write(&msg, v, &mut scratch, &mut out) {
+            let _ = sock.send_to(&out, target);
+        }
+    }
+}
+
+/// Proxy mode: the UDP socket's reader feeds the proxy task.
+async fn udp_to_proxy(sock: Arc<UdpSocket>, max: usize, proxy: mpsc::Sender<ProxyInput>) {
+    let counters = Counters::new();
+    let mut buf = vec![0u8; 65_536];
     loop {
         let (n, src) = match sock.recv_from(&mut buf).await {
             Ok(v) => v,
@@ -89,46 +155,20 @@ async fn udp_loop(
             }
         };
         if n > max {
-            metrics::counter!("boxless_router_dropped_total", "reason" => "too_large").increment(1);
+            counters.too_large.increment(1);
             continue;
         }
-        let Ok(msg) = Message::parse(&buf[..n], false) else {
-            metrics::counter!("boxless_router_dropped_total", "reason" => "unparseable")
-                .increment(1);
-            continue;
-        };
-        if let Some(p) = &proxy {
-            let _ = p.try_send(ProxyInput::Datagram {
+        if proxy
+            .try_send(ProxyInput::Datagram {
                 bytes: buf[..n].to_vec(),
                 src,
                 reply: None,
-            });
-            continue;
+            })
+            .is_err()
+        {
+            metrics::counter!("boxless_router_dropped_total", "reason" => "proxy_busy")
+                .increment(1);
         }
-        let Some(target) = msg.reply_via().map(|v| response_target(&v, src)) else {
-            continue;
-        };
-        let v = core.decide(&msg, now_ms(), &mut rng);
-        count(&v);
-        if core.write(&msg, v, &mut scratch, &mut out) {
-            let _ = sock.send_to(&out, target).await;
-        }
-    }
-}
-
-fn count(v: &Verdict) {
-    match v {
-        Verdict::Route {
-            retrieval: false, ..
-        } => metrics::counter!("boxless_router_calls_total", "kind" => "deposit").increment(1),
-        Verdict::Route {
-            retrieval: true, ..
-        } => metrics::counter!("boxless_router_calls_total", "kind" => "retrieval").increment(1),
-        Verdict::Respond { code, .. } if *code >= 300 => {
-            metrics::counter!("boxless_router_rejected_total", "code" => code.to_string())
-                .increment(1)
-        }
-        _ => {}
     }
 }
 
@@ -175,6 +215,7 @@ async fn tcp_conn(
     let mut chunk = vec![0u8; 8192];
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::new();
+    let counters = Counters::new();
     loop {
         match frame(&buf, max) {
             Frame::Complete { skip, len } => {
@@ -188,7 +229,7 @@ async fn tcp_conn(
                         });
                     } else {
                         let v = core.decide(&msg, now_ms(), &mut rng);
-                        count(&v);
+                        counters.count(&v);
                         if core.write(&msg, v, &mut scratch, &mut out) {
                             let _ = wtx.try_send(out.clone());
                         }

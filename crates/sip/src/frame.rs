@@ -68,7 +68,7 @@ pub fn frame(buf: &[u8], max: usize) -> Frame {
 
 fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
-    while let Some(p) = buf[i..].iter().position(|&b| b == b'\n') {
+    while let Some(p) = memchr::memchr(b'\n', &buf[i..]) {
         let nl = i + p;
         match buf.get(nl + 1) {
             Some(b'\n') => return Some((nl, nl + 2)),

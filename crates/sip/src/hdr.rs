@@ -2,6 +2,72 @@
 
 use crate::parse::{is_token_char, parse_small_uint, trim_lws};
 
+/// A set of bytes as a lookup table, built at compile time.
+pub(crate) struct ByteSet([bool; 256]);
+
+impl ByteSet {
+    /// The set of `chars`, plus ASCII letters and digits when `alnum`.
+    pub(crate) const fn new(chars: &[u8], alnum: bool) -> ByteSet {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < chars.len() {
+            t[chars[i] as usize] = true;
+            i += 1;
+        }
+        if alnum {
+            let mut c = 0;
+            while c < 256 {
+                let b = c as u8;
+                if b.is_ascii_alphanumeric() {
+                    t[c] = true;
+                }
+                c += 1;
+            }
+        }
+        ByteSet(t)
+    }
+
+    #[inline]
+    pub(crate) fn has(&self, b: u8) -> bool {
+        self.0[b as usize]
+    }
+}
+
+/// Index of the first byte of `s` in `set`.
+#[inline]
+pub(crate) fn find_byte(s: &str, set: &ByteSet) -> Option<usize> {
+    s.bytes().position(|b| set.has(b))
+}
+
+const LWS: &ByteSet = &ByteSet::new(b" \t\r\n", false);
+const PARAM_SEP: &ByteSet = &ByteSet::new(b";,", false);
+const HOST: &ByteSet = &ByteSet::new(b"-.[]:_", true);
+const SCHEME: &ByteSet = &ByteSet::new(b"+-.", true);
+const URI_STOP: &ByteSet = &ByteSet::new(b" \t\r\n<>", false);
+const ADDR_SPEC_STOP: &ByteSet = &ByteSet::new(b"?,\"", false);
+
+/// Index of the first `b` (ASCII) in `s`: a plain byte loop, cheaper than a char pattern
+/// on the short strings of header values.
+#[inline]
+pub(crate) fn find1(s: &str, b: u8) -> Option<usize> {
+    s.bytes().position(|c| c == b)
+}
+
+/// `s` split around its first `b` (ASCII), without it.
+#[inline]
+pub(crate) fn split1(s: &str, b: u8) -> Option<(&str, &str)> {
+    // `b` is ASCII, so both sides are on char boundaries.
+    find1(s, b).map(|i| (&s[..i], &s[i + 1..]))
+}
+
+/// `s` split around its last `b` (ASCII), without it.
+#[inline]
+pub(crate) fn rsplit1(s: &str, b: u8) -> Option<(&str, &str)> {
+    s.bytes()
+        .rposition(|c| c == b)
+        .map(|i| (&s[..i], &s[i + 1..]))
+}
+
 /// Splits a header value at commas that are outside quotes and angle brackets.
 pub fn split_commas(value: &str) -> impl Iterator<Item = &str> {
     let mut rest = Some(value);
@@ -41,7 +107,7 @@ fn params(s: &str) -> impl Iterator<Item = Option<(&str, Option<&str>)>> {
     };
     std::iter::from_fn(move || {
         let p = parts.as_mut()?.next()?;
-        let (name, value) = match p.split_once('=') {
+        let (name, value) = match split1(p, b'=') {
             Some((n, v)) => (trim_lws(n), Some(trim_lws(v))),
             None => (trim_lws(p), None),
         };
@@ -91,13 +157,13 @@ impl<'a> Via<'a> {
         if name != "SIP" || version != "2.0" {
             return None;
         }
-        let t_end = rest.find([' ', '\t', '\r', '\n'])?;
+        let t_end = find_byte(rest, LWS)?;
         let transport = &rest[..t_end];
         if transport.is_empty() || !transport.bytes().all(is_token_char) {
             return None;
         }
         let rest = trim_lws(&rest[t_end..]);
-        let (sent_by, params_s) = match rest.find(';') {
+        let (sent_by, params_s) = match find1(rest, b';') {
             Some(i) => (trim_lws(&rest[..i]), &rest[i + 1..]),
             None => (rest, ""),
         };
@@ -122,10 +188,10 @@ impl<'a> Via<'a> {
         let _name = it.next()?;
         let _version = it.next()?;
         let rest = trim_lws(it.next()?);
-        let t_end = rest.find([' ', '\t', '\r', '\n'])?;
+        let t_end = find_byte(rest, LWS)?;
         let transport = &rest[..t_end];
         let rest = trim_lws(&rest[t_end..]);
-        let sent_by = rest.split([';', ',']).next().unwrap_or("");
+        let sent_by = &rest[..find_byte(rest, PARAM_SEP).unwrap_or(rest.len())];
         let (host, port) = split_host_port(sent_by)?;
         Some(Via {
             transport,
@@ -148,7 +214,7 @@ impl<'a> Via<'a> {
 pub fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
     let s = trim_lws(s);
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let close = rest.find(']')?;
+        let close = find1(rest, b']')?;
         let host = &s[..close + 2];
         let after = &rest[close + 1..];
         match after.strip_prefix(':') {
@@ -157,17 +223,13 @@ pub fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
             None => return None,
         }
     } else {
-        match s.split_once(':') {
+        match split1(s, b':') {
             Some((h, p)) => (h, Some(p)),
             None => (s, None),
         }
     };
     let host = trim_lws(host);
-    if host.is_empty()
-        || !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:_".contains(&b))
-    {
+    if host.is_empty() || !host.bytes().all(|b| HOST.has(b)) {
         return None;
     }
     let port = match port {
@@ -198,12 +260,10 @@ impl<'a> Uri<'a> {
     /// Parses a URI; unknown schemes parse with an opaque body.
     pub fn parse(s: &'a str) -> Option<Uri<'a>> {
         let s = trim_lws(s);
-        let (scheme, rest) = s.split_once(':')?;
+        let (scheme, rest) = split1(s, b':')?;
         if scheme.is_empty()
-            || !scheme
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-            || rest.contains([' ', '\t', '\r', '\n', '<', '>'])
+            || !scheme.bytes().all(|b| SCHEME.has(b))
+            || find_byte(rest, URI_STOP).is_some()
         {
             return None;
         }
@@ -216,7 +276,7 @@ impl<'a> Uri<'a> {
             headers: None,
         };
         if scheme.eq_ignore_ascii_case("tel") {
-            let (num, params) = rest.split_once(';').unwrap_or((rest, ""));
+            let (num, params) = split1(rest, b';').unwrap_or((rest, ""));
             uri.user = Some(num);
             uri.params = params;
             return Some(uri);
@@ -226,23 +286,23 @@ impl<'a> Uri<'a> {
         }
         // The user part ends at the first '@' (it may hold '?', ',' and ';'); headers
         // start at the first '?' after it.
-        let (user, after_user) = match rest.find('@') {
+        let (user, after_user) = match find1(rest, b'@') {
             Some(i) => (Some(&rest[..i]), &rest[i + 1..]),
             None => (None, rest),
         };
-        let (hostpart, headers) = match after_user.split_once('?') {
+        let (hostpart, headers) = match split1(after_user, b'?') {
             Some((r, h)) => (r, Some(h)),
             None => (after_user, None),
         };
         uri.headers = headers;
         if let Some(userinfo) = user {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let user = split1(userinfo, b':').map_or(userinfo, |(u, _)| u);
             if user.is_empty() {
                 return None;
             }
             uri.user = Some(user);
         }
-        let (hp, params) = hostpart.split_once(';').unwrap_or((hostpart, ""));
+        let (hp, params) = split1(hostpart, b';').unwrap_or((hostpart, ""));
         let (host, port) = split_host_port(hp)?;
         if !params_valid(params) {
             return None;
@@ -307,7 +367,7 @@ impl<'a> NameAddr<'a> {
                 if !valid_display_name(display) {
                     return None;
                 }
-                let gt = v[lt..].find('>')? + lt;
+                let gt = find1(&v[lt..], b'>')? + lt;
                 let uri = &v[lt + 1..gt];
                 Uri::parse(uri)?;
                 if uri != trim_lws(uri) {
@@ -326,9 +386,9 @@ impl<'a> NameAddr<'a> {
                 })
             }
             None => {
-                let (uri, params) = v.split_once(';').unwrap_or((v, ""));
+                let (uri, params) = split1(v, b';').unwrap_or((v, ""));
                 let uri = trim_lws(uri);
-                if uri.contains(['?', ',', '"']) {
+                if find_byte(uri, ADDR_SPEC_STOP).is_some() {
                     return None;
                 }
                 Uri::parse(uri)?;
@@ -383,7 +443,7 @@ impl<'a> CSeq<'a> {
     /// Parses `number LWS method`.
     pub fn parse(v: &'a str) -> Option<CSeq<'a>> {
         let v = trim_lws(v);
-        let split = v.find([' ', '\t', '\r', '\n'])?;
+        let split = find_byte(v, LWS)?;
         let seq = parse_small_uint(&v[..split], (1 << 31) - 1)? as u32;
         let method = trim_lws(&v[split..]);
         (!method.is_empty() && method.bytes().all(is_token_char)).then_some(CSeq { seq, method })

@@ -5,7 +5,7 @@
 //! not match the method, an unsupported version) are kept in [`Message::defect`] together with
 //! the status code to answer; problems that leave nothing to answer are an [`Error`].
 
-use crate::hdr::{self, CSeq, Via};
+use crate::hdr::{self, CSeq, Via, find1, rsplit1, split1};
 
 /// Most header fields one message may carry; more is refused as too large.
 pub const MAX_HEADERS: usize = 96;
@@ -123,12 +123,78 @@ pub struct Header<'a> {
     pub name: &'a str,
     /// The value, which may contain folded line breaks (CRLF followed by white space).
     pub value: &'a str,
+    kind: Kind,
 }
 
 impl Header<'_> {
     /// True if this field is `name` (case-insensitive; compact forms understood).
     pub fn is(&self, name: &str) -> bool {
-        header_is(self.name, name)
+        match Kind::of(name) {
+            Kind::Other => header_is(self.name, name),
+            k => self.kind == k,
+        }
+    }
+}
+
+impl Header<'_> {
+    #[inline]
+    fn matches(&self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::Other => self.kind == Kind::Other && header_is(self.name, name),
+            k => self.kind == k,
+        }
+    }
+}
+
+/// The header fields the parser itself looks at, classified once per message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Via,
+    From,
+    To,
+    CallId,
+    CSeq,
+    MaxForwards,
+    ContentLength,
+    Contact,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &str) -> Kind {
+        let b = name.as_bytes();
+        let Some(&first) = b.first() else {
+            return Kind::Other;
+        };
+        let first = first.to_ascii_lowercase();
+        if b.len() == 1 {
+            return match first {
+                b'v' => Kind::Via,
+                b'f' => Kind::From,
+                b't' => Kind::To,
+                b'i' => Kind::CallId,
+                b'l' => Kind::ContentLength,
+                b'm' => Kind::Contact,
+                _ => Kind::Other,
+            };
+        }
+        let second = b[1].to_ascii_lowercase();
+        let (kind, canonical) = match (b.len(), first, second) {
+            (3, b'v', _) => (Kind::Via, "via"),
+            (4, b'f', _) => (Kind::From, "from"),
+            (2, b't', _) => (Kind::To, "to"),
+            (7, b'c', b'a') => (Kind::CallId, "call-id"),
+            (7, b'c', b'o') => (Kind::Contact, "contact"),
+            (4, b'c', _) => (Kind::CSeq, "cseq"),
+            (12, b'm', _) => (Kind::MaxForwards, "max-forwards"),
+            (14, b'c', _) => (Kind::ContentLength, "content-length"),
+            _ => return Kind::Other,
+        };
+        if name.eq_ignore_ascii_case(canonical) {
+            kind
+        } else {
+            Kind::Other
+        }
     }
 }
 
@@ -160,6 +226,7 @@ pub struct Message<'a> {
 const EMPTY: Header<'static> = Header {
     name: "",
     value: "",
+    kind: Kind::Other,
 };
 
 impl<'a> Message<'a> {
@@ -200,7 +267,8 @@ impl<'a> Message<'a> {
         msg.split_headers(rest)?;
         msg.check_headers();
         msg.frame_body(buf, body_start, stream);
-        if msg.is_request() && msg.defect.is_none() {
+        // An ACK is never answered, so its deeper checks would change nothing.
+        if msg.is_request() && msg.defect.is_none() && msg.method() != Some(Method::Ack) {
             msg.check_request();
         }
         Ok(msg)
@@ -247,9 +315,10 @@ impl<'a> Message<'a> {
 
     /// Every value of the field `name`, split at top-level commas, in order.
     pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a str> + 's {
+        let kind = Kind::of(name);
         self.headers()
             .iter()
-            .filter(move |h| h.is(name))
+            .filter(move |h| h.matches(kind, name))
             .flat_map(|h| hdr::split_commas(h.value))
     }
 
@@ -290,7 +359,7 @@ impl<'a> Message<'a> {
             if line.is_empty() {
                 continue;
             }
-            let Some(colon) = line.find(':') else {
+            let Some(colon) = find1(line, b':') else {
                 self.note(Defect::bad("Malformed header field"));
                 continue;
             };
@@ -303,7 +372,11 @@ impl<'a> Message<'a> {
             if self.n_headers == MAX_HEADERS {
                 return Err(Error::TooManyHeaders);
             }
-            self.headers[self.n_headers] = Header { name, value };
+            self.headers[self.n_headers] = Header {
+                name,
+                value,
+                kind: Kind::of(name),
+            };
             self.n_headers += 1;
         }
         Ok(())
@@ -319,27 +392,34 @@ impl<'a> Message<'a> {
         let mut seen = [0u8; 5];
         for i in 0..self.n_headers {
             let h = self.headers[i];
-            if h.is("call-id") {
-                seen[0] += 1;
-                self.call_id = h.value;
-            } else if h.is("from") {
-                seen[1] += 1;
-                self.from = h.value;
-            } else if h.is("to") {
-                seen[2] += 1;
-                self.to = h.value;
-            } else if h.is("cseq") {
-                seen[3] += 1;
-                self.cseq = CSeq::parse(h.value);
-                if self.cseq.is_none() {
-                    self.note(Defect::bad("Malformed CSeq"));
+            match h.kind {
+                Kind::CallId => {
+                    seen[0] += 1;
+                    self.call_id = h.value;
                 }
-            } else if h.is("max-forwards") {
-                seen[4] += 1;
-                match parse_small_uint(h.value, 255) {
-                    Some(v) => self.max_forwards = Some(v as u8),
-                    None => self.note(Defect::bad("Malformed Max-Forwards")),
+                Kind::From => {
+                    seen[1] += 1;
+                    self.from = h.value;
                 }
+                Kind::To => {
+                    seen[2] += 1;
+                    self.to = h.value;
+                }
+                Kind::CSeq => {
+                    seen[3] += 1;
+                    self.cseq = CSeq::parse(h.value);
+                    if self.cseq.is_none() {
+                        self.note(Defect::bad("Malformed CSeq"));
+                    }
+                }
+                Kind::MaxForwards => {
+                    seen[4] += 1;
+                    match parse_small_uint(h.value, 255) {
+                        Some(v) => self.max_forwards = Some(v as u8),
+                        None => self.note(Defect::bad("Malformed Max-Forwards")),
+                    }
+                }
+                _ => {}
             }
         }
         if seen[..4].contains(&0) {
@@ -355,7 +435,7 @@ impl<'a> Message<'a> {
         let mut cl: Option<usize> = None;
         let mut bad = false;
         for h in self.headers() {
-            if !h.is("content-length") {
+            if h.kind != Kind::ContentLength {
                 continue;
             }
             match parse_small_uint(h.value, u32::MAX as u64) {
@@ -392,7 +472,14 @@ impl<'a> Message<'a> {
         let StartLine::Request { method, uri } = self.start else {
             return None;
         };
-        if self.top_via().is_none() || self.header_values("via").any(|v| Via::parse(v).is_none()) {
+        let mut vias = 0;
+        for v in self.header_values("via") {
+            vias += 1;
+            if Via::parse(v).is_none() {
+                return Some(Defect::bad("Malformed Via"));
+            }
+        }
+        if vias == 0 {
             return Some(Defect::bad("Malformed Via"));
         }
         if hdr::NameAddr::parse(self.from).is_none() || hdr::NameAddr::parse(self.to).is_none() {
@@ -440,11 +527,11 @@ fn parse_start_line<'a>(
 ) -> Result<StartLine<'a>, Error> {
     if let Some(rest) = line.strip_prefix("SIP/") {
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
-        let (version, rest) = rest.split_once(' ').ok_or(Error::StartLine)?;
+        let (version, rest) = split1(rest, b' ').ok_or(Error::StartLine)?;
         if version != "2.0" {
             return Err(Error::StartLine);
         }
-        let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (code, reason) = split1(rest, b' ').unwrap_or((rest, ""));
         if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
             return Err(Error::StatusCode);
         }
@@ -457,11 +544,11 @@ fn parse_start_line<'a>(
     let trimmed = line.trim_end_matches([' ', '\t']);
     let trailing_ws = trimmed.len() != line.len();
     let line = trimmed;
-    let (method, rest) = line.split_once(' ').ok_or(Error::StartLine)?;
+    let (method, rest) = split1(line, b' ').ok_or(Error::StartLine)?;
     if method.is_empty() || !method.bytes().all(is_token_char) {
         return Err(Error::StartLine);
     }
-    let (uri, version) = rest.rsplit_once(' ').ok_or(Error::StartLine)?;
+    let (uri, version) = rsplit1(rest, b' ').ok_or(Error::StartLine)?;
     let Some(v) = version.strip_prefix("SIP/") else {
         return Err(Error::StartLine);
     };
@@ -470,7 +557,11 @@ fn parse_start_line<'a>(
             code: 505,
             reason: "Version Not Supported",
         });
-    } else if trailing_ws || uri.is_empty() || uri.contains([' ', '\t']) || uri.starts_with('<') {
+    } else if trailing_ws
+        || uri.is_empty()
+        || uri.bytes().any(|b| b == b' ' || b == b'\t')
+        || uri.starts_with('<')
+    {
         *defect = Some(Defect::bad("Malformed Request-Line"));
     }
     Ok(StartLine::Request {
@@ -495,17 +586,26 @@ fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
 
 #[inline]
 fn memchr_nl(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', s)
 }
 
 /// Trims SP, HT, CR and LF from both ends.
+#[inline]
 pub(crate) fn trim_lws(s: &str) -> &str {
-    s.trim_matches([' ', '\t', '\r', '\n'])
+    let b = s.as_bytes();
+    let lws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let start = b.iter().position(|c| !lws(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !lws(c)).map_or(start, |i| i + 1);
+    // Both ends sit next to ASCII bytes, hence on char boundaries.
+    &s[start..end.max(start)]
 }
 
+const TOKEN: &hdr::ByteSet = &hdr::ByteSet::new(b"-.!%*_+`'~", true);
+
 /// RFC 3261 `token` characters.
+#[inline]
 pub(crate) fn is_token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN.has(b)
 }
 
 /// Parses a decimal number of at most `max`; leading zeros allowed, nothing else.
