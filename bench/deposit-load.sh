@@ -41,7 +41,6 @@ TOML
 node interop/smsc/smsc.js 22775 "$work/sms.jsonl" > /dev/null 2>&1 & SP=$!
 RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
 sleep 1
-cat crates/media/prompts/you-have-reached.wav > /dev/null
 sox crates/media/prompts/you-have-reached.wav crates/media/prompts/leave-message.wav "$work/caller.wav" 2>/dev/null \
   || python3 - "$work/caller.wav" <<'PY'
 import sys, wave
@@ -58,7 +57,7 @@ t0=$(ticks $BP)
 ( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!
 (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/deposit.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 -p 25290 -mp 26000 \
    -key pcap "$work/caller.pcap" -key recipient 5551230002 127.0.0.1:25260 \
-   -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -stf s.csv > /dev/null 2>&1) || true
+   -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -fd 1 -stf s.csv > /dev/null 2>&1) || true
 t1=$(ticks $BP)
 kill $RP 2>/dev/null || true
 peak=$(sort -n "$work/rss.txt" | tail -1)
@@ -73,11 +72,11 @@ echo "RSS: idle ${base} KiB, peak ${peak} KiB -> $(( (peak - base) / (maxconc > 
 lat=()
 for i in $(seq 1 10); do
   before=$(wc -l < "$work/sms.jsonl")
-  ./target/release/boxless call --via 127.0.0.1:25260 --from 5551230001 --to 5551230003 --diversion 5551230003 \
-     --play "$work/caller.wav" --play-at 0.6 > /dev/null
-  t_hang=$(date +%s%3N)
+  t_hang=$(./target/release/boxless call --via 127.0.0.1:25260 --from 5551230001 --to 5551230003 \
+     --diversion 5551230003 --play "$work/caller.wav" --play-at 0.6 \
+     | sed -n 's/^BYE -> 200 (sent at \([0-9]*\)\.\([0-9]*\) s.*/\1\2/p')
   while [ "$(wc -l < "$work/sms.jsonl")" -le "$before" ]; do sleep 0.002; done
   t_sms=$(tail -1 "$work/sms.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["t"])')
   lat+=($(( t_sms - t_hang )))
 done
-echo "SMS latency after hang-up (ms, 10 calls): ${lat[*]}"
+echo "SMS latency from the caller's BYE to the SMSC (ms, 10 calls): ${lat[*]}"

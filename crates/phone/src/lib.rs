@@ -48,6 +48,8 @@ pub struct CallOutcome {
     pub answered: bool,
     /// The response to our BYE, if we hung up.
     pub bye_response: Option<u16>,
+    /// When we sent our BYE (ms since the UNIX epoch).
+    pub hangup_at_ms: Option<u64>,
     /// True if the far end hung up.
     pub remote_hangup: bool,
     /// What we heard (8 kHz mono).
@@ -309,6 +311,7 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
         ).into_bytes();
         let deadline = Instant::now() + Duration::from_secs(32);
         let mut retx = Duration::from_millis(500);
+        out.hangup_at_ms = Some(boxless_core::now_ms());
         sip.send_to(&bye, peer_addr).await?;
         let mut next = Instant::now() + retx;
         'bye: while Instant::now() < deadline {
