@@ -170,7 +170,11 @@ async fn run(cli: Cli) -> ExitCode {
             }
             if let Some(code) = out.bye_response {
                 let at = out.hangup_at_ms.unwrap_or(0);
-                println!("BYE -> {code} (sent at {}.{:03} s since the epoch)", at / 1000, at % 1000);
+                println!(
+                    "BYE -> {code} (sent at {}.{:03} s since the epoch)",
+                    at / 1000,
+                    at % 1000
+                );
             }
             println!(
                 "heard {:.1} s of audio ({} RTP packets)",

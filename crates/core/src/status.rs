@@ -76,6 +76,18 @@ pub struct StatusView {
 }
 
 impl StatusView {
+    /// A server that is up, idle, with room and a healthy notifier, reported at `at_ms`.
+    pub fn up(capacity: u32, at_ms: u64) -> StatusView {
+        StatusView {
+            state: ServerState::Up,
+            active: 0,
+            capacity,
+            free_disk: u64::MAX,
+            notifier_ok: true,
+            last_update_ms: at_ms,
+        }
+    }
+
     /// The selection rule: fresh, up, below capacity, enough disk, notifier healthy.
     pub fn available(&self, now_ms: u64, ttl_ms: u64) -> bool {
         self.fresh(now_ms, ttl_ms)

@@ -376,14 +376,7 @@ fn contact_of(m: &Message<'_>) -> Option<SocketAddr> {
 
 /// The address of a URI whose host is an IP literal.
 fn uri_addr(uri: &str) -> Option<SocketAddr> {
-    let u = Uri::parse(uri)?;
-    let ip: IpAddr = u
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
-    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+    Uri::parse(uri)?.ip_addr()
 }
 
 /// Reads a WAV of any rate and channel count as 8 kHz mono.

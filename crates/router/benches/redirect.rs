@@ -2,9 +2,7 @@
 //! Run: `cargo bench -p boxless-router --bench redirect`
 use std::sync::Arc;
 
-use boxless_core::{
-    LinkPool, Numbering, Rng, RouterMode, ServerSlot, ServerState, StatusBoard, StatusView,
-};
+use boxless_core::{LinkPool, Numbering, Rng, RouterMode, ServerSlot, StatusBoard, StatusView};
 use boxless_router::RouterCore;
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 
@@ -19,14 +17,7 @@ fn bench(c: &mut Criterion) {
                 LinkPool::parse(&[format!("+1800555{:04}", 100 + i)]).unwrap(),
                 100,
             );
-            s.publish(StatusView {
-                state: ServerState::Up,
-                active: 0,
-                capacity: 100,
-                free_disk: u64::MAX,
-                notifier_ok: true,
-                last_update_ms: u64::MAX / 2,
-            });
+            s.publish(StatusView::up(100, u64::MAX / 2));
             s
         })
         .collect();

@@ -258,14 +258,7 @@ mod tests {
                     LinkPool::parse(&[*p]).unwrap(),
                     10,
                 );
-                s.publish(StatusView {
-                    state: ServerState::Up,
-                    active: 0,
-                    capacity: 10,
-                    free_disk: u64::MAX,
-                    notifier_ok: true,
-                    last_update_ms: 1000,
-                });
+                s.publish(StatusView::up(10, 1000));
                 s
             })
             .collect();

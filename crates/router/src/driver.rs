@@ -2,11 +2,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use boxless_core::{Rng, RouterMode, now_ms};
-use boxless_sip::{Frame, Message, frame, response_target};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use boxless_sip::{Message, response_target};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -202,52 +200,27 @@ async fn tcp_conn(
     mut rng: Rng,
     proxy: Option<mpsc::Sender<ProxyInput>>,
 ) {
-    let (mut rd, mut wr) = s.into_split();
-    let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
-    tokio::spawn(async move {
-        while let Some(b) = wrx.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut buf: Vec<u8> = Vec::with_capacity(8192);
-    let mut chunk = vec![0u8; 8192];
+    let mut conn = boxless_net::TcpSip::new(s, max);
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::new();
     let counters = Counters::new();
-    loop {
-        match frame(&buf, max) {
-            Frame::Complete { skip, len } => {
-                let bytes = &buf[skip..skip + len];
-                if let Ok(msg) = Message::parse(bytes, true) {
-                    if let Some(p) = &proxy {
-                        let _ = p.try_send(ProxyInput::Datagram {
-                            bytes: bytes.to_vec(),
-                            src: peer,
-                            reply: Some(wtx.clone()),
-                        });
-                    } else {
-                        let v = core.decide(&msg, now_ms(), &mut rng);
-                        counters.count(&v);
-                        if core.write(&msg, v, &mut scratch, &mut out) {
-                            let _ = wtx.try_send(out.clone());
-                        }
-                    }
-                }
-                buf.drain(..skip + len);
-                continue;
-            }
-            Frame::Incomplete { .. } => {}
-            Frame::Invalid => {
-                metrics::counter!("boxless_router_dropped_total", "reason" => "bad_framing")
-                    .increment(1);
-                return;
-            }
+    while let Some(bytes) = conn.next().await {
+        if let Some(p) = &proxy {
+            let _ = p.try_send(ProxyInput::Datagram {
+                bytes,
+                src: peer,
+                reply: Some(conn.writer.clone()),
+            });
+            continue;
         }
-        match tokio::time::timeout(Duration::from_secs(300), rd.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        let Ok(msg) = Message::parse(&bytes, true) else {
+            counters.unparseable.increment(1);
+            continue;
+        };
+        let v = core.decide(&msg, now_ms(), &mut rng);
+        counters.count(&v);
+        if core.write(&msg, v, &mut scratch, &mut out) {
+            let _ = conn.writer.try_send(out.clone());
         }
     }
 }

@@ -56,14 +56,7 @@ mod tests {
                         LinkPool::default(),
                         100,
                     );
-                    s.publish(StatusView {
-                        state: ServerState::Up,
-                        active: 0,
-                        capacity: 100,
-                        free_disk: u64::MAX,
-                        notifier_ok: true,
-                        last_update_ms: 4000,
-                    });
+                    s.publish(StatusView::up(100, 4000));
                     s
                 })
                 .collect(),

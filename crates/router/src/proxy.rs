@@ -668,9 +668,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use boxless_core::{
-        LinkPool, Numbering, RouterMode, ServerSlot, ServerState, StatusBoard, StatusView,
-    };
+    use boxless_core::{LinkPool, Numbering, RouterMode, ServerSlot, StatusBoard, StatusView};
 
     const A: &str = "127.0.0.1:5070";
     const B: &str = "127.0.0.1:5072";
@@ -686,14 +684,7 @@ mod tests {
                     LinkPool::parse(&[format!("+1800555010{i}")]).unwrap(),
                     10,
                 );
-                s.publish(StatusView {
-                    state: ServerState::Up,
-                    active: 0,
-                    capacity: 10,
-                    free_disk: u64::MAX,
-                    notifier_ok: true,
-                    last_update_ms: now_ms(),
-                });
+                s.publish(StatusView::up(10, now_ms()));
                 s
             })
             .collect();

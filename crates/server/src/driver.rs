@@ -2,7 +2,7 @@
 //! connection), one task per call owning its RTP socket and its sans-IO [`Deposit`].
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,11 +14,8 @@ use boxless_core::{
 use boxless_media::{Prompts, RtpSender, negotiate, write_sdp};
 use boxless_notify::NotifierHandle;
 use boxless_notify::text;
-use boxless_sip::{
-    Frame, Message, Method, NameAddr, frame, parties, response_target, write_response,
-};
+use boxless_sip::{Message, Method, NameAddr, parties, response_target, write_response};
 use boxless_store::{NewMessage, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -220,37 +217,10 @@ impl MessagingServer {
     }
 
     async fn tcp_conn(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
-        let (mut rd, mut wr) = s.into_split();
-        let (wtx, mut wrx) = mpsc::channel::<Vec<u8>>(64);
-        tokio::spawn(async move {
-            while let Some(b) = wrx.recv().await {
-                if wr.write_all(&b).await.is_err() {
-                    break;
-                }
-            }
-        });
-        let tx = SipTx::Tcp(wtx);
-        let mut buf: Vec<u8> = Vec::with_capacity(8192);
-        let mut chunk = vec![0u8; 8192];
-        loop {
-            match frame(&buf, self.max_message) {
-                Frame::Complete { skip, len } => {
-                    let msg = buf[skip..skip + len].to_vec();
-                    buf.drain(..skip + len);
-                    self.on_message(&msg, peer, &tx, true).await;
-                    continue;
-                }
-                Frame::Incomplete { .. } => {}
-                Frame::Invalid => {
-                    metrics::counter!("boxless_sip_dropped_total", "reason" => "bad_framing")
-                        .increment(1);
-                    return;
-                }
-            }
-            match tokio::time::timeout(Duration::from_secs(300), rd.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            }
+        let mut conn = boxless_net::TcpSip::new(s, self.max_message);
+        let tx = SipTx::Tcp(conn.writer.clone());
+        while let Some(msg) = conn.next().await {
+            self.on_message(&msg, peer, &tx, true).await;
         }
     }
 
@@ -575,14 +545,7 @@ impl MessagingServer {
 /// The Contact's address when it is an IP literal (never a name to resolve).
 fn contact_addr(msg: &Message<'_>) -> Option<SocketAddr> {
     let c = msg.header_values("contact").next()?;
-    let u = boxless_sip::Uri::parse(NameAddr::parse(c)?.uri)?;
-    let ip: IpAddr = u
-        .host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()?;
-    Some(SocketAddr::new(ip, u.port.unwrap_or(5060)))
+    boxless_sip::Uri::parse(NameAddr::parse(c)?.uri)?.ip_addr()
 }
 
 struct Call {

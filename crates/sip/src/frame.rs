@@ -1,6 +1,6 @@
 //! Stream framing (RFC 3261 §18.3): where one message ends in a TCP byte stream.
 
-use crate::parse::{header_is, parse_small_uint};
+use crate::parse::{find_head_end as head_end, header_is, parse_small_uint};
 
 /// What the front of a stream buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +64,6 @@ pub fn frame(buf: &[u8], max: usize) -> Frame {
     } else {
         Frame::Incomplete { skip }
     }
-}
-
-fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while let Some(p) = memchr::memchr(b'\n', &buf[i..]) {
-        let nl = i + p;
-        match buf.get(nl + 1) {
-            Some(b'\n') => return Some((nl, nl + 2)),
-            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some((nl, nl + 3)),
-            _ => i = nl + 1,
-        }
-    }
-    None
 }
 
 #[cfg(test)]

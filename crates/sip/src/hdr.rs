@@ -324,6 +324,18 @@ impl<'a> Uri<'a> {
     pub fn param(&self, name: &str) -> Option<Option<&'a str>> {
         param(self.params, name)
     }
+
+    /// The host and port as a socket address when the host is an IP literal (default port
+    /// 5060). Names are never resolved: nothing is sent to a host a message names.
+    pub fn ip_addr(&self) -> Option<std::net::SocketAddr> {
+        let ip: std::net::IpAddr = self
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()?;
+        Some(std::net::SocketAddr::new(ip, self.port.unwrap_or(5060)))
+    }
 }
 
 /// A name-addr or addr-spec with header parameters (From, To, Contact, Diversion, ...).

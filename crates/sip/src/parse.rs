@@ -571,7 +571,7 @@ fn parse_start_line<'a>(
 }
 
 /// Finds the end of the header section: returns (end of headers, start of body).
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while let Some(p) = memchr_nl(&buf[i..]) {
         let nl = i + p;
