@@ -2,11 +2,13 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+pub mod dtmf;
 pub mod g711;
 pub mod prompts;
 pub mod rtp;
 pub mod sdp;
 
+pub use dtmf::DtmfDetector;
 pub use g711::Codec;
 pub use prompts::Prompts;
 pub use rtp::{FRAME, Received, RtpReceiver, RtpSender};

@@ -5,6 +5,7 @@
 
 pub mod deposit;
 pub mod driver;
+pub mod menu;
 
 pub use deposit::{Deposit, DepositSettings, EndReason};
 pub use driver::MessagingServer;
