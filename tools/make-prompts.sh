@@ -15,3 +15,20 @@ say() { # name text
 say you-have-reached "You have reached"
 say leave-message "Please leave a message after the tone."
 for d in 0 1 2 3 4 5 6 7 8 9; do say "digit-$d" "$d"; done
+# Retrieval.
+say message-from "Message from"
+say unknown-caller "an unknown number"
+say received "received"
+say at "at"
+say enter-code "Please enter the access code from your text message."
+say wrong-code "That code is not right."
+say locked-out "Too many wrong codes. Please try again later."
+say no-messages "There are no messages for you on this number."
+say options "To hear the message again, press 1. To delete it, press 7. To save it, press 9. For the next message, press pound."
+say deleted "Message deleted."
+say saved "Message saved."
+say no-more "No more messages."
+say goodbye "Goodbye."
+for n in $(seq 0 59); do say "number-$n" "$n"; done
+months=(January February March April May June July August September October November December)
+for i in $(seq 1 12); do say "month-$i" "${months[$((i - 1))]}"; done

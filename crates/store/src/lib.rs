@@ -120,6 +120,21 @@ pub struct NewMessage<'a> {
     pub samples: &'a [i16],
 }
 
+/// An unheard message as retrieval sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkMessage {
+    /// Store id.
+    pub id: String,
+    /// Its recipient.
+    pub recipient: Option<PhoneNumber>,
+    /// Who left it.
+    pub caller: Option<PhoneNumber>,
+    /// When (ms since epoch).
+    pub received_at_ms: u64,
+    /// Its access code.
+    pub access_code: String,
+}
+
 /// An SMS waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxJob {
@@ -406,6 +421,70 @@ impl Store {
         })
     }
 
+    /// What a call to `link` from `caller` may hear: the unheard messages of that caller on
+    /// that link number when there are any (`true`: the caller-ID is the recipient), else
+    /// every unheard message on the link number (`false`: only an access code opens them).
+    /// Each comes with its access code, oldest first.
+    pub fn for_link(
+        &self,
+        link: PhoneNumber,
+        caller: Option<PhoneNumber>,
+    ) -> Result<(Vec<LinkMessage>, bool)> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT id, recipient, caller, received_at_ms, access_code FROM messages
+             WHERE link_number = ?1 AND state IN ('new', 'notified') ORDER BY received_at_ms, id",
+        )?;
+        let all: Vec<LinkMessage> = stmt
+            .query_map([link.as_u64() as i64], |r| {
+                let num =
+                    |v: Option<i64>| v.and_then(|v| PhoneNumber::parse_e164(&format!("+{v}")));
+                Ok(LinkMessage {
+                    id: r.get(0)?,
+                    recipient: num(r.get(1)?),
+                    caller: num(r.get(2)?),
+                    received_at_ms: r.get::<_, i64>(3)? as u64,
+                    access_code: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mine: Vec<LinkMessage> = all
+            .iter()
+            .filter(|m| caller.is_some() && m.recipient == caller)
+            .cloned()
+            .collect();
+        Ok(if mine.is_empty() {
+            (all, false)
+        } else {
+            (mine, true)
+        })
+    }
+
+    /// Records what retrieval did with a message: `heard` (played through; only from
+    /// `new`/`notified`), `saved` or `deleted` (audio removed). False if no such message.
+    pub fn set_state(&self, id: &str, state: MessageState) -> Result<bool> {
+        if state == MessageState::Deleted {
+            return self.delete(id);
+        }
+        let sql = match state {
+            MessageState::Heard => {
+                "UPDATE messages SET state = 'heard', state_changed_ms = ?2 WHERE id = ?1 AND state IN ('new', 'notified')"
+            }
+            MessageState::Saved => {
+                "UPDATE messages SET state = 'saved', state_changed_ms = ?2 WHERE id = ?1 AND state != 'deleted'"
+            }
+            _ => return Ok(false),
+        };
+        Ok(self.db().execute(sql, params![id, now_ms() as i64])? > 0)
+    }
+
+    /// A message's audio, 8 kHz mono.
+    pub fn audio(&self, id: &str) -> Result<Vec<i16>> {
+        let r = hound::WavReader::open(self.audio_path(id))?;
+        Ok(r.into_samples::<i16>()
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
     /// Marks a message deleted and removes its audio. False if there is no such message.
     pub fn delete(&self, id: &str) -> Result<bool> {
         let n = self.db().execute(
@@ -671,6 +750,52 @@ mod tests {
         assert!(s.delete(&id).unwrap());
         assert!(!s.audio_path(&id).exists());
         assert_eq!(s.get(&id).unwrap().unwrap().state, MessageState::Deleted);
+    }
+
+    #[test]
+    fn retrieval_finds_by_link_and_caller_and_states_move() {
+        let dir = tempdir();
+        let s = store(&dir);
+        let r = n("+15551230002");
+        let msg = NewMessage {
+            recipient: r,
+            caller: Some(n("+15551230001")),
+            received_at_ms: 1,
+            samples: &[7; 80],
+        };
+        let a = s.deposit(&msg, |_| String::new()).unwrap();
+        let other = NewMessage {
+            recipient: n("+15551239999"),
+            ..msg.clone()
+        };
+        let b = s.deposit(&other, |_| String::new()).unwrap();
+        assert_eq!(a.link_number, b.link_number);
+        let (mine, matched) = s.for_link(a.link_number, Some(r)).unwrap();
+        assert!(matched);
+        assert_eq!(
+            mine.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            [a.id.as_str()]
+        );
+        assert_eq!(mine[0].access_code.len(), 6);
+        let (all, matched) = s.for_link(a.link_number, Some(n("+15550000000"))).unwrap();
+        assert!(!matched);
+        assert_eq!(all.len(), 2);
+        assert_eq!(s.audio(&a.id).unwrap(), vec![7; 80]);
+        assert!(s.set_state(&a.id, MessageState::Heard).unwrap());
+        assert!(
+            !s.set_state(&a.id, MessageState::Heard).unwrap(),
+            "heard once"
+        );
+        assert_eq!(s.get(&a.id).unwrap().unwrap().state, MessageState::Heard);
+        // Heard: the pair (link, recipient) names it no more, and its number is free again.
+        assert!(!s.for_link(a.link_number, Some(r)).unwrap().1);
+        assert_eq!(
+            s.deposit(&msg, |_| String::new()).unwrap().link_number,
+            a.link_number
+        );
+        assert!(s.set_state(&b.id, MessageState::Saved).unwrap());
+        assert!(s.set_state(&b.id, MessageState::Deleted).unwrap());
+        assert!(!s.audio_path(&b.id).exists());
     }
 
     fn tempdir() -> PathBuf {
