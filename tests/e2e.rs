@@ -343,9 +343,115 @@ async fn a_link_number_call_goes_to_its_owner_and_is_not_a_deposit() {
     let mut o = opts(sys.running.router, voice(800, 5));
     o.diversion = None;
     o.to = "+18005550160".into();
+    o.seconds = Some(10.0);
     let out = place_call(&o).await.unwrap();
     let codes: Vec<u16> = out.invite_finals.iter().map(|(c, _)| *c).collect();
-    assert_eq!(codes, [302, 480], "{out:?}");
+    assert_eq!(codes, [302, 200], "{out:?}");
+    // "No messages for you on this number. Goodbye." and the server hangs up.
+    assert!(out.remote_hangup, "{out:?}");
     assert!(messages(&sys, "+18005550160").await.is_empty());
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+/// Best normalised correlation of `needle` anywhere inside `hay` (coarse, then refined).
+fn find_in(hay: &[i16], needle: &[i16]) -> f64 {
+    let span = hay.len().saturating_sub(needle.len());
+    let mut best = (0.0, 0usize);
+    let mut lag = 0;
+    while lag <= span {
+        let c = boxless_media::audio::correlation_at(needle, hay, lag as isize);
+        if c > best.0 {
+            best = (c, lag);
+        }
+        lag += 8;
+    }
+    for l in best.1.saturating_sub(8)..=(best.1 + 8).min(span) {
+        let c = boxless_media::audio::correlation_at(needle, hay, l as isize);
+        if c > best.0 {
+            best = (c, l);
+        }
+    }
+    best.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipient_calling_the_link_number_hears_the_message() {
+    let sys = system("retrieve", "redirect", "").await;
+    let played = voice(1500, 6);
+    assert_completed(
+        &place_call(&opts(sys.running.router, played.clone()))
+            .await
+            .unwrap(),
+    );
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    let link = format!("+{}", sms[0].source);
+    let m = messages(&sys, "+15551230002").await[0].clone();
+    let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
+
+    // The recipient's own phone calls the link number and listens past the audio.
+    let mut o = opts(sys.running.router, Vec::new());
+    o.from = "5551230002".into();
+    o.to = link.clone();
+    o.diversion = None;
+    o.seconds = Some(14.0);
+    let out = place_call(&o).await.unwrap();
+    assert_completed(&out);
+    let corr = find_in(&out.heard, &stored);
+    assert!(corr >= 0.8, "heard the message: correlation {corr}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = &messages(&sys, "+15551230002").await[0];
+    assert_eq!(m["state"], "heard", "{m}");
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_caller_needs_the_code_and_three_wrong_codes_lock_it() {
+    let sys = system("code", "redirect", "").await;
+    let played = voice(1500, 7);
+    assert_completed(
+        &place_call(&opts(sys.running.router, played.clone()))
+            .await
+            .unwrap(),
+    );
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    let link = format!("+{}", sms[0].source);
+    let code = sms[0]
+        .text
+        .rsplit("Code ")
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string();
+    assert_eq!(code.len(), 6, "{}", sms[0].text);
+    let m = messages(&sys, "+15551230002").await[0].clone();
+    let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
+    let stranger = |dtmf: String, seconds: f64| {
+        let mut o = opts(sys.running.router, Vec::new());
+        o.from = "5559990000".into();
+        o.to = link.clone();
+        o.diversion = None;
+        o.dtmf = dtmf;
+        o.dtmf_at = 4.0;
+        o.seconds = Some(seconds);
+        o
+    };
+    // Without the code: nothing of the message.
+    let out = place_call(&stranger(String::new(), 6.0)).await.unwrap();
+    assert!(
+        find_in(&out.heard, &stored) < 0.5,
+        "no audio without the code"
+    );
+    // With it: the message.
+    let out = place_call(&stranger(code.clone(), 22.0)).await.unwrap();
+    let corr = find_in(&out.heard, &stored);
+    assert!(corr >= 0.8, "heard with the code: {corr}");
+    // Three wrong codes: locked out, even with the right code afterwards.
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let out = place_call(&stranger(format!("{wrong}{wrong}{wrong}"), 14.0))
+        .await
+        .unwrap();
+    assert!(find_in(&out.heard, &stored) < 0.5);
+    let out = place_call(&stranger(code, 20.0)).await.unwrap();
+    assert!(find_in(&out.heard, &stored) < 0.5, "locked out");
     let _ = std::fs::remove_dir_all(&sys.data);
 }

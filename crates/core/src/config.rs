@@ -202,12 +202,18 @@ pub enum AccessCodePolicy {
 pub struct RetrievalConfig {
     /// never | when-caller-id-mismatch | always
     pub access_code: AccessCodePolicy,
+    /// Wrong codes before a caller is locked out of a link number.
+    pub max_wrong_codes: u32,
+    /// How long the lockout lasts.
+    pub lockout_minutes: u32,
 }
 
 impl Default for RetrievalConfig {
     fn default() -> Self {
         RetrievalConfig {
             access_code: AccessCodePolicy::WhenCallerIdMismatch,
+            max_wrong_codes: 3,
+            lockout_minutes: 15,
         }
     }
 }
@@ -384,6 +390,12 @@ impl Config {
         if m.silence_seconds == 0 {
             return Err(err(
                 "messages.silence_seconds".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.retrieval.max_wrong_codes == 0 {
+            return Err(err(
+                "retrieval.max_wrong_codes".into(),
                 "must be at least 1".into(),
             ));
         }

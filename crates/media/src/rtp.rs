@@ -147,6 +147,19 @@ impl RtpReceiver {
     }
 }
 
+/// Decodes the voice payload of an RTP packet of payload type `pt` into `out`; false for
+/// anything else (other payload types, malformed packets).
+pub fn decode_voice(datagram: &[u8], codec: Codec, pt: u8, out: &mut Vec<i16>) -> bool {
+    let Ok(p) = rtp_types::RtpPacket::parse(datagram) else {
+        return false;
+    };
+    if p.payload_type() != pt {
+        return false;
+    }
+    out.extend(p.payload().iter().map(|&b| codec.decode(b)));
+    true
+}
+
 /// The RFC 4733 event code of a DTMF character.
 pub fn event_code(c: char) -> Option<u8> {
     match c {

@@ -9,7 +9,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boxless_media::{FRAME, Negotiated, Received, RtpReceiver, RtpSender};
+use std::collections::HashMap;
+
+use boxless_core::util::civil;
+use boxless_media::{
+    Codec, DtmfDetector, FRAME, Negotiated, Prompts, Received, RtpReceiver, RtpSender,
+};
+
+use crate::menu::{Action, Mark, Menu, Prompt};
 use boxless_sip::{Message, Method, write_response};
 
 /// Timers and limits of a deposit.
@@ -40,6 +47,8 @@ pub enum EndReason {
     Silence,
     /// The maximum length was reached.
     MaxLength,
+    /// Retrieval: the menu said goodbye.
+    MenuDone,
     /// No ACK for the 200 (the call never got established).
     NoAck,
 }
@@ -63,12 +72,22 @@ pub enum Output {
     },
     /// Queue a missed-call alert durably, then call [`Deposit::handle_stored`].
     MissedCall,
+    /// Retrieval: record what became of a message.
+    Mark {
+        /// Message id.
+        id: String,
+        /// heard / saved / deleted.
+        mark: Mark,
+    },
+    /// Retrieval: a wrong access code (counts towards the caller's lockout).
+    WrongCode,
     /// The call is over; drop the machine.
     Ended(EndReason),
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {
+    Menu,
     Greeting,
     Recording,
     Storing,
@@ -105,6 +124,34 @@ pub struct Deposit {
     record_started: Option<Instant>,
     last_voice_at: Instant,
     last_voice_pos: usize,
+    retrieval: Option<Box<Retrieval>>,
+}
+
+/// What a retrieval call plays from: its menu, the prompts and the messages' audio.
+#[derive(Debug)]
+pub struct RetrievalSetup {
+    /// The menu, already started.
+    pub menu: Menu,
+    /// Spoken prompts.
+    pub prompts: Arc<Prompts>,
+    /// Audio of each message the menu may play, by id.
+    pub audio: HashMap<String, Arc<[i16]>>,
+    /// Minutes east of UTC for "received <date, time>".
+    pub utc_offset_min: i32,
+}
+
+#[derive(Debug)]
+struct Retrieval {
+    setup: RetrievalSetup,
+    seq: Vec<i16>,
+    pos: usize,
+    audio_end: Option<usize>,
+    playing: bool,
+    inband: DtmfDetector,
+    saw_events: bool,
+    decoded: Vec<i16>,
+    codec: Codec,
+    pt: u8,
 }
 
 /// What the driver knows about the dialog when the INVITE arrives.
@@ -178,6 +225,7 @@ impl Deposit {
             record_started: None,
             last_voice_at: now,
             last_voice_pos: 0,
+            retrieval: None,
             s,
         };
         d.out.push_back(Output::Sip {
@@ -185,6 +233,128 @@ impl Deposit {
             to: d.invite_reply_to,
         });
         d
+    }
+
+    /// Answers a call to a link number and runs `setup.menu` on it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_retrieval(
+        now: Instant,
+        s: DepositSettings,
+        invite: &Message<'_>,
+        dialog: &DialogInfo,
+        neg: &Negotiated,
+        sdp_answer: &str,
+        setup: RetrievalSetup,
+        tx: RtpSender,
+    ) -> Deposit {
+        let mut d = Deposit::new(
+            now,
+            s,
+            invite,
+            dialog,
+            neg,
+            sdp_answer,
+            Arc::from(Vec::new()),
+            tx,
+        );
+        // Digits only: the receiver keeps no audio.
+        d.rx = RtpReceiver::new(neg.codec, neg.pt, neg.dtmf_pt, 0);
+        d.phase = Phase::Menu;
+        d.retrieval = Some(Box::new(Retrieval {
+            setup,
+            seq: Vec::new(),
+            pos: 0,
+            audio_end: None,
+            playing: false,
+            inband: DtmfDetector::default(),
+            saw_events: false,
+            decoded: Vec::with_capacity(FRAME * 2),
+            codec: neg.codec,
+            pt: neg.pt,
+        }));
+        d.drain_menu(now);
+        d
+    }
+
+    fn drain_menu(&mut self, now: Instant) {
+        loop {
+            let Some(r) = self.retrieval.as_mut() else {
+                return;
+            };
+            let Some(action) = r.setup.menu.poll_action() else {
+                return;
+            };
+            match action {
+                Action::Play(seq) => {
+                    r.render(&seq);
+                    r.playing = true;
+                    self.next_frame = now;
+                }
+                Action::Mark { id, mark } => self.out.push_back(Output::Mark { id, mark }),
+                Action::WrongCode => self.out.push_back(Output::WrongCode),
+                Action::Hangup => {
+                    if self.phase == Phase::Menu {
+                        self.reason = Some(EndReason::MenuDone);
+                        self.close(now, true);
+                    }
+                }
+            }
+        }
+    }
+
+    fn menu_frame(&mut self, now: Instant) {
+        let Some(r) = self.retrieval.as_mut() else {
+            return;
+        };
+        if !r.playing {
+            return;
+        }
+        let end = (r.pos + FRAME).min(r.seq.len());
+        self.tx.voice(&r.seq[r.pos..end], &mut self.rtp_buf);
+        self.out.push_back(Output::Rtp);
+        r.pos = end;
+        self.next_frame += Duration::from_millis(20);
+        if self.next_frame + Duration::from_millis(200) < now {
+            self.next_frame = now;
+        }
+        if r.audio_end.is_some_and(|e| r.pos >= e) {
+            r.audio_end = None;
+            r.setup.menu.audio_finished();
+        }
+        if r.pos >= r.seq.len() {
+            r.playing = false;
+            r.setup.menu.played(now);
+        }
+        self.drain_menu(now);
+    }
+
+    fn menu_rtp(&mut self, now: Instant, datagram: &[u8]) {
+        let received = self.rx.receive(datagram);
+        let Some(r) = self.retrieval.as_mut() else {
+            return;
+        };
+        let mut digits: Vec<char> = Vec::new();
+        match received {
+            Received::DtmfEnd(c) => {
+                r.saw_events = true;
+                digits.push(c);
+            }
+            Received::DtmfProgress => r.saw_events = true,
+            // In-band tones only from gateways that send no RFC 4733 events.
+            _ if !r.saw_events => {
+                r.decoded.clear();
+                if boxless_media::rtp::decode_voice(datagram, r.codec, r.pt, &mut r.decoded) {
+                    r.inband.push(&r.decoded, |c| digits.push(c));
+                }
+            }
+            _ => {}
+        }
+        for c in digits {
+            if let Some(r) = self.retrieval.as_mut() {
+                r.setup.menu.digit(now, c);
+            }
+            self.drain_menu(now);
+        }
     }
 
     /// The next thing to do.
@@ -208,6 +378,16 @@ impl Deposit {
             at(i);
         }
         match self.phase {
+            Phase::Menu => {
+                if let Some(r) = &self.retrieval {
+                    if r.playing {
+                        at(self.next_frame);
+                    }
+                    if let Some(t) = r.setup.menu.poll_timeout() {
+                        at(t);
+                    }
+                }
+            }
             Phase::Greeting => at(self.next_frame),
             Phase::Recording => {
                 at(self.last_voice_at + self.s.silence);
@@ -245,9 +425,21 @@ impl Deposit {
             self.ack_deadline = None;
             if matches!(self.phase, Phase::Greeting | Phase::Recording) {
                 self.finish(now, EndReason::NoAck);
+            } else if self.phase == Phase::Menu {
+                self.reason = Some(EndReason::NoAck);
+                self.close(now, true);
             }
         }
         match self.phase {
+            Phase::Menu => {
+                if now >= self.next_frame {
+                    self.menu_frame(now);
+                }
+                if let Some(r) = self.retrieval.as_mut() {
+                    r.setup.menu.handle_timeout(now);
+                }
+                self.drain_menu(now);
+            }
             Phase::Greeting if now >= self.next_frame => self.play_frame(now),
             Phase::Recording => {
                 if now >= self.last_voice_at + self.s.silence {
@@ -358,6 +550,17 @@ impl Deposit {
             None,
         );
         match self.phase {
+            Phase::Menu => {
+                self.ok_retx = None;
+                self.ack_deadline = None;
+                self.reason = Some(EndReason::CallerBye);
+                self.bye_answer = Some((ok.clone(), reply_to));
+                self.out.push_back(Output::Sip {
+                    bytes: ok,
+                    to: reply_to,
+                });
+                self.end();
+            }
             Phase::Greeting | Phase::Recording => {
                 self.caller_bye = Some((ok, fail, reply_to));
                 self.ok_retx = None;
@@ -387,7 +590,7 @@ impl Deposit {
         self.phase = Phase::Storing;
         if reason == EndReason::NoAck {
             // Never established: nothing to keep, nobody to alert twice.
-            self.after_store(now, true);
+            self.close(now, true);
             return;
         }
         let rx = std::mem::replace(
@@ -412,11 +615,11 @@ impl Deposit {
     /// The store finished: `ok` tells whether the message (or alert) is durable.
     pub fn handle_stored(&mut self, now: Instant, ok: bool) {
         if self.phase == Phase::Storing {
-            self.after_store(now, ok);
+            self.close(now, ok);
         }
     }
 
-    fn after_store(&mut self, now: Instant, ok: bool) {
+    fn close(&mut self, now: Instant, ok: bool) {
         if let Some((ok_bytes, fail_bytes, to)) = self.caller_bye.take() {
             let b = if ok { ok_bytes } else { fail_bytes };
             self.bye_answer = Some((b.clone(), to));
@@ -444,6 +647,10 @@ impl Deposit {
 
     /// An RTP datagram from the caller's media address.
     pub fn handle_rtp(&mut self, now: Instant, datagram: &[u8]) {
+        if self.phase == Phase::Menu {
+            self.menu_rtp(now, datagram);
+            return;
+        }
         if self.phase != Phase::Recording {
             return;
         }
@@ -468,6 +675,64 @@ impl Deposit {
     }
 }
 
+impl Retrieval {
+    /// Turns a prompt sequence into audio; remembers where a message's audio ends.
+    fn render(&mut self, seq: &[Prompt]) {
+        let p = &self.setup.prompts;
+        let mut out = Vec::new();
+        let mut audio_end = None;
+        for item in seq {
+            match item {
+                Prompt::MessageFrom {
+                    caller,
+                    received_at_ms,
+                } => {
+                    out.extend_from_slice(p.get("message-from"));
+                    match caller {
+                        Some(c) => p.say_digits(&c.digits(), &mut out),
+                        None => out.extend_from_slice(p.get("unknown-caller")),
+                    }
+                    p.pause(200, &mut out);
+                    let (_, month, day, h, m, _) =
+                        civil(received_at_ms / 1000, self.setup.utc_offset_min);
+                    out.extend_from_slice(p.get("received"));
+                    out.extend_from_slice(p.get(&format!("month-{month}")));
+                    p.say_number(day, &mut out);
+                    out.extend_from_slice(p.get("at"));
+                    p.say_number(h, &mut out);
+                    p.say_number(m, &mut out);
+                    p.pause(500, &mut out);
+                }
+                Prompt::Audio(id) => {
+                    if let Some(a) = self.setup.audio.get(id) {
+                        out.extend_from_slice(a);
+                    }
+                    audio_end = Some(out.len());
+                    p.pause(500, &mut out);
+                }
+                other => {
+                    let name = match other {
+                        Prompt::EnterCode => "enter-code",
+                        Prompt::WrongCode => "wrong-code",
+                        Prompt::LockedOut => "locked-out",
+                        Prompt::NoMessages => "no-messages",
+                        Prompt::Options => "options",
+                        Prompt::Deleted => "deleted",
+                        Prompt::Saved => "saved",
+                        Prompt::NoMore => "no-more",
+                        _ => "goodbye",
+                    };
+                    out.extend_from_slice(p.get(name));
+                    p.pause(200, &mut out);
+                }
+            }
+        }
+        self.seq = out;
+        self.pos = 0;
+        self.audio_end = audio_end;
+    }
+}
+
 fn max_duration(max_samples: usize) -> Duration {
     Duration::from_millis(max_samples as u64 / 8)
 }
@@ -488,6 +753,7 @@ fn build_bye(invite: &Message<'_>, d: &DialogInfo) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::menu::{MenuMessage, MenuSettings};
     use boxless_media::{Codec, negotiate, write_sdp};
 
     const T1: Duration = Duration::from_millis(500);
@@ -520,6 +786,8 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
         missed: bool,
         ended: Option<EndReason>,
         tx: RtpSender,
+        marks: Vec<(String, Mark)>,
+        wrong: u32,
     }
 
     fn settings() -> DepositSettings {
@@ -533,12 +801,8 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
         }
     }
 
-    fn start(s: DepositSettings, greeting_ms: usize) -> Harness {
-        let now = Instant::now();
-        let inv = invite();
-        let m = Message::parse(&inv, false).unwrap();
-        let neg = negotiate(m.body).unwrap();
-        let dialog = DialogInfo {
+    fn dialog() -> DialogInfo {
+        DialogInfo {
             reply_to: "127.0.0.1:9000".parse().unwrap(),
             peer: "127.0.0.1:9000".parse().unwrap(),
             local_tag: "srv".into(),
@@ -546,18 +810,60 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
             via_host: "127.0.0.1:5070".into(),
             via_transport: "UDP",
             bye_branch: "z9hG4bKbye".into(),
-        };
+        }
+    }
+
+    fn start(s: DepositSettings, greeting_ms: usize) -> Harness {
         let greeting: Arc<[i16]> = vec![1000; greeting_ms * 8].into();
-        let d = Deposit::new(
-            now,
-            s,
-            &m,
-            &dialog,
-            &neg,
-            "v=0\r\n",
-            greeting,
-            RtpSender::new(Codec::Pcmu, 0, 1, 1, 1),
-        );
+        harness(|now, m, neg| {
+            Deposit::new(
+                now,
+                s,
+                m,
+                &dialog(),
+                neg,
+                "v=0\r\n",
+                greeting,
+                RtpSender::new(Codec::Pcmu, 0, 1, 1, 1),
+            )
+        })
+    }
+
+    fn start_retrieval(audio_ms: usize) -> Harness {
+        harness(|now, m, neg| {
+            let msg = MenuMessage {
+                id: "m1".into(),
+                caller: boxless_core::PhoneNumber::parse_e164("+15551230001"),
+                received_at_ms: 0,
+                access_code: "123456".into(),
+            };
+            let setup = RetrievalSetup {
+                menu: Menu::new(now, MenuSettings::default(), vec![msg], false, false),
+                prompts: Arc::new(boxless_media::Prompts::load()),
+                audio: HashMap::from([("m1".to_string(), Arc::from(vec![3000i16; audio_ms * 8]))]),
+                utc_offset_min: 0,
+            };
+            Deposit::new_retrieval(
+                now,
+                settings(),
+                m,
+                &dialog(),
+                neg,
+                "v=0\r\n",
+                setup,
+                RtpSender::new(Codec::Pcmu, 0, 1, 1, 1),
+            )
+        })
+    }
+
+    fn harness(
+        make: impl FnOnce(Instant, &Message<'_>, &boxless_media::Negotiated) -> Deposit,
+    ) -> Harness {
+        let now = Instant::now();
+        let inv = invite();
+        let m = Message::parse(&inv, false).unwrap();
+        let neg = negotiate(m.body).unwrap();
+        let d = make(now, &m, &neg);
         let mut h = Harness {
             now,
             d,
@@ -567,6 +873,8 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
             missed: false,
             ended: None,
             tx: RtpSender::new(Codec::Pcmu, 0, 77, 5, 5),
+            marks: Vec::new(),
+            wrong: 0,
         };
         h.drain();
         h.run_until(now);
@@ -581,6 +889,8 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
                     Output::Rtp => self.rtp += 1,
                     Output::Store { samples } => self.stored = Some(samples),
                     Output::MissedCall => self.missed = true,
+                    Output::Mark { id, mark } => self.marks.push((id, mark)),
+                    Output::WrongCode => self.wrong += 1,
                     Output::Ended(r) => self.ended = Some(r),
                 }
             }
@@ -711,6 +1021,43 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
         let t = h.now + T1 * 70;
         h.run_until(t);
         assert_eq!(h.ended, Some(EndReason::NoAck));
+    }
+
+    #[test]
+    fn retrieval_plays_through_marks_heard_then_says_goodbye() {
+        let mut h = start_retrieval(1000);
+        h.sip(&request("ACK", 1));
+        let t = h.now + Duration::from_secs(60);
+        h.run_until(t);
+        assert_eq!(h.marks, [("m1".to_string(), Mark::Heard)]);
+        assert!(
+            h.rtp > 500,
+            "header, audio, options, repeats, goodbye: {} packets",
+            h.rtp
+        );
+        let bye = Message::parse(h.sip.last().unwrap(), false).unwrap();
+        assert_eq!(
+            bye.method(),
+            Some(Method::Bye),
+            "the server hangs up after goodbye"
+        );
+    }
+
+    #[test]
+    fn retrieval_takes_rfc4733_digits_during_playback() {
+        let mut h = start_retrieval(30_000);
+        h.sip(&request("ACK", 1));
+        let t = h.now + Duration::from_secs(12);
+        h.run_until(t);
+        let mut b = Vec::new();
+        h.tx.dtmf(101, '7', 800, true, true, &mut b);
+        h.d.handle_rtp(h.now, &b);
+        h.drain();
+        // Deleted before it was heard through: never marked heard.
+        assert_eq!(h.marks, [("m1".to_string(), Mark::Deleted)]);
+        h.sip(&request("BYE", 2));
+        assert_eq!(h.last_status(), Some(200));
+        assert_eq!(h.ended, Some(EndReason::CallerBye));
     }
 
     #[test]

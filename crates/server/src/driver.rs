@@ -15,11 +15,12 @@ use boxless_media::{Prompts, RtpSender, negotiate, write_sdp};
 use boxless_notify::NotifierHandle;
 use boxless_notify::text;
 use boxless_sip::{Message, Method, NameAddr, parties, response_target, write_response};
-use boxless_store::{NewMessage, Store};
+use boxless_store::{MessageState, NewMessage, Store};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::deposit::{Deposit, DepositSettings, DialogInfo, EndReason, Output};
+use crate::deposit::{Deposit, DepositSettings, DialogInfo, EndReason, Output, RetrievalSetup};
+use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
 
 /// Where SIP bytes for a peer go out.
 #[derive(Debug, Clone)]
@@ -82,6 +83,9 @@ pub struct MessagingServer {
     rng: Mutex<Rng>,
     draining: AtomicBool,
     ttl: Duration,
+    lockouts: Mutex<HashMap<(u64, u64), (u32, Instant)>>,
+    max_wrong_codes: u32,
+    lockout: Duration,
 }
 
 impl MessagingServer {
@@ -131,6 +135,9 @@ impl MessagingServer {
             rng: Mutex::new(Rng::from_entropy()),
             draining: AtomicBool::new(false),
             ttl: Duration::from_secs(c.control.ttl_seconds),
+            lockouts: Mutex::new(HashMap::new()),
+            max_wrong_codes: c.retrieval.max_wrong_codes,
+            lockout: Duration::from_secs(c.retrieval.lockout_minutes as u64 * 60),
         });
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
@@ -406,18 +413,34 @@ impl MessagingServer {
             .request_uri()
             .and_then(parties::user)
             .and_then(|u| self.numbering.normalize(&u));
-        if !diverted && dialled.is_some_and(|n| slot.pool.contains(n)) {
-            // A call to one of our link numbers: retrieval, which this server does not play yet.
-            let extra = b"Retry-After: 60\r\nWarning: 399 boxless \"message playback is not available\"\r\n";
-            return self
-                .respond(tx, msg, 480, "Temporarily Unavailable", reply_to, extra)
-                .await;
-        }
-        let Some(recipient) = parties::recipient(msg).and_then(|u| self.numbering.normalize(&u))
-        else {
-            return self.respond(tx, msg, 404, "Not Found", reply_to, b"").await;
-        };
         let caller = parties::caller(msg).and_then(|u| self.numbering.normalize(&u));
+        // A call to one of our link numbers (not forwarded here) is a retrieval.
+        let link = dialled.filter(|n| !diverted && slot.pool.contains(*n));
+        let recipient = match link {
+            Some(l) => l,
+            None => match parties::recipient(msg).and_then(|u| self.numbering.normalize(&u)) {
+                Some(r) => r,
+                None => return self.respond(tx, msg, 404, "Not Found", reply_to, b"").await,
+            },
+        };
+        let retrieval = match link {
+            Some(l) => match self.retrieval_setup(l, caller).await {
+                Some(setup) => Some(setup),
+                None => {
+                    return self
+                        .respond(
+                            tx,
+                            msg,
+                            500,
+                            "Server Internal Error",
+                            reply_to,
+                            b"Retry-After: 5\r\n",
+                        )
+                        .await;
+                }
+            },
+            None => None,
+        };
         let neg = match negotiate(msg.body) {
             Ok(n) => n,
             Err(e) => {
@@ -479,22 +502,37 @@ impl MessagingServer {
             via_transport: tx.via_transport(),
             bye_branch: branch,
         };
-        let greeting: Arc<[i16]> = match self.greeting {
-            Greeting::Digits => self.prompts.greeting(&recipient.digits()).into(),
-            Greeting::Tone => self.tone.clone(),
-        };
         let answer = write_sdp(local_media, sess, Some(&neg));
         let now = Instant::now();
-        let machine = Deposit::new(
-            now,
-            self.settings.clone(),
-            msg,
-            &dialog,
-            &neg,
-            &answer,
-            greeting,
-            RtpSender::new(neg.codec, neg.pt, ssrc, seq, ts),
-        );
+        let rtp_tx = RtpSender::new(neg.codec, neg.pt, ssrc, seq, ts);
+        let machine = match retrieval {
+            Some(setup) => Deposit::new_retrieval(
+                now,
+                self.settings.clone(),
+                msg,
+                &dialog,
+                &neg,
+                &answer,
+                setup,
+                rtp_tx,
+            ),
+            None => {
+                let greeting: Arc<[i16]> = match self.greeting {
+                    Greeting::Digits => self.prompts.greeting(&recipient.digits()).into(),
+                    Greeting::Tone => self.tone.clone(),
+                };
+                Deposit::new(
+                    now,
+                    self.settings.clone(),
+                    msg,
+                    &dialog,
+                    &neg,
+                    &answer,
+                    greeting,
+                    rtp_tx,
+                )
+            }
+        };
         let call = Call {
             server: self.clone(),
             call_id: msg.call_id.to_string(),
@@ -506,12 +544,100 @@ impl MessagingServer {
             latched: None,
             recipient,
             caller,
+            link,
             answered_ms: now_ms(),
             events: events_rx,
         };
         let span =
             tracing::info_span!("call", call_id = %msg.call_id, server = %self.id, %recipient);
         tokio::spawn(tracing::Instrument::instrument(call.run(), span));
+    }
+
+    /// Loads what a call to `link` from `caller` may hear and starts its menu.
+    async fn retrieval_setup(
+        &self,
+        link: PhoneNumber,
+        caller: Option<PhoneNumber>,
+    ) -> Option<RetrievalSetup> {
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let (msgs, matched) = store.for_link(link, caller)?;
+            let mut audio = HashMap::new();
+            for m in &msgs {
+                audio.insert(m.id.clone(), Arc::<[i16]>::from(store.audio(&m.id)?));
+            }
+            Ok::<_, boxless_store::Error>((msgs, matched, audio))
+        })
+        .await;
+        let (msgs, matched, audio) = match loaded {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, %link, "cannot load messages for retrieval");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let code_required = match self.policy {
+            AccessCodePolicy::Never => false,
+            AccessCodePolicy::WhenCallerIdMismatch => !matched,
+            AccessCodePolicy::Always => true,
+        };
+        let menu_msgs = msgs
+            .into_iter()
+            .map(|m| MenuMessage {
+                id: m.id,
+                caller: m.caller,
+                received_at_ms: m.received_at_ms,
+                access_code: m.access_code,
+            })
+            .collect();
+        let menu = Menu::new(
+            Instant::now(),
+            MenuSettings {
+                max_wrong_codes: self.max_wrong_codes,
+                ..MenuSettings::default()
+            },
+            menu_msgs,
+            code_required,
+            self.locked_out(link, caller),
+        );
+        Some(RetrievalSetup {
+            menu,
+            prompts: self.prompts.clone(),
+            audio,
+            utc_offset_min: self.utc_offset,
+        })
+    }
+
+    fn lockouts(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), (u32, Instant)>> {
+        self.lockouts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True while `caller` is locked out of `link` after too many wrong codes.
+    fn locked_out(&self, link: PhoneNumber, caller: Option<PhoneNumber>) -> bool {
+        let key = (link.as_u64(), caller.map_or(0, |c| c.as_u64()));
+        let mut l = self.lockouts();
+        match l.get(&key) {
+            Some(&(n, until)) if n >= self.max_wrong_codes && Instant::now() < until => true,
+            Some(&(_, until)) if Instant::now() >= until => {
+                l.remove(&key);
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Counts a wrong code of `caller` on `link`; the lockout runs from the last one.
+    fn wrong_code(&self, link: PhoneNumber, caller: Option<PhoneNumber>) {
+        let key = (link.as_u64(), caller.map_or(0, |c| c.as_u64()));
+        let mut l = self.lockouts();
+        let e = l.entry(key).or_insert((0, Instant::now()));
+        e.0 += 1;
+        e.1 = Instant::now() + self.lockout;
+        metrics::counter!("boxless_wrong_access_codes_total").increment(1);
+        if e.0 >= self.max_wrong_codes {
+            tracing::warn!(%link, "link number locked for this caller after wrong access codes");
+        }
     }
 
     async fn bind_rtp(&self) -> Option<(UdpSocket, u16)> {
@@ -559,6 +685,7 @@ struct Call {
     latched: Option<SocketAddr>,
     recipient: PhoneNumber,
     caller: Option<PhoneNumber>,
+    link: Option<PhoneNumber>,
     answered_ms: u64,
     events: mpsc::Receiver<CallEvent>,
 }
@@ -583,6 +710,12 @@ impl Call {
                     }
                     Output::Store { samples } => storing = Some(self.store(samples)),
                     Output::MissedCall => storing = Some(self.missed_call()),
+                    Output::Mark { id, mark } => self.mark(id, mark),
+                    Output::WrongCode => {
+                        if let Some(link) = self.link {
+                            self.server.wrong_code(link, self.caller);
+                        }
+                    }
                     Output::Ended(r) => {
                         reason = r;
                         break 'outer;
@@ -652,6 +785,19 @@ impl Call {
                 }
             }
         })
+    }
+
+    fn mark(&self, id: String, mark: Mark) {
+        let store = self.server.store.clone();
+        let state = match mark {
+            Mark::Heard => MessageState::Heard,
+            Mark::Saved => MessageState::Saved,
+            Mark::Deleted => MessageState::Deleted,
+        };
+        tokio::task::spawn_blocking(move || match store.set_state(&id, state) {
+            Ok(_) => tracing::info!(message = %id, state = state.as_str(), "message state"),
+            Err(e) => tracing::error!(message = %id, error = %e, "message state NOT recorded"),
+        });
     }
 
     fn missed_call(&self) -> tokio::task::JoinHandle<bool> {
