@@ -230,6 +230,10 @@ pub struct MessagesConfig {
     pub silence_seconds: u32,
     /// `digits` ("You have reached <digits>..." then a tone) or `tone` (the tone alone).
     pub greeting: Greeting,
+    /// Heard messages are deleted this many days after they were heard (saved ones stay).
+    pub keep_heard_days: u32,
+    /// Unheard messages expire this many days after they arrived (a reminder SMS goes a day before).
+    pub keep_unheard_days: u32,
 }
 
 /// The default greeting.
@@ -250,6 +254,8 @@ impl Default for MessagesConfig {
             min_seconds: 1,
             silence_seconds: 10,
             greeting: Greeting::Digits,
+            keep_heard_days: 7,
+            keep_unheard_days: 30,
         }
     }
 }
@@ -385,6 +391,12 @@ impl Config {
             return Err(err(
                 "messages.min_seconds".into(),
                 format!("must be below messages.max_seconds ({})", m.max_seconds),
+            ));
+        }
+        if m.keep_unheard_days < 2 {
+            return Err(err(
+                "messages.keep_unheard_days".into(),
+                "must be at least 2 (the reminder goes one day before expiry)".into(),
             ));
         }
         if m.silence_seconds == 0 {

@@ -25,6 +25,20 @@ pub fn message_sms(f: &SmsFacts<'_>, policy: AccessCodePolicy, utc_offset_min: i
     s
 }
 
+/// The reminder a day before an unheard message expires.
+pub fn reminder_sms(
+    caller: Option<PhoneNumber>,
+    link: PhoneNumber,
+    expires_ms: u64,
+    utc_offset_min: i32,
+) -> String {
+    let (_, month, day, h, m, _) = civil(expires_ms / 1000, utc_offset_min);
+    let from = caller.map_or_else(|| "an unknown number".to_string(), |c| c.to_string());
+    format!(
+        "Reminder: a voice message from {from} is kept until {day:02}/{month:02} {h:02}:{m:02}. Call {link} to listen."
+    )
+}
+
 /// The alert for a call too short to keep.
 pub fn missed_call_sms(caller: Option<PhoneNumber>, at_ms: u64, utc_offset_min: i32) -> String {
     let (_, _, _, h, m, _) = civil(at_ms / 1000, utc_offset_min);

@@ -15,7 +15,7 @@ use boxless_media::{Prompts, RtpSender, negotiate, write_sdp};
 use boxless_notify::NotifierHandle;
 use boxless_notify::text;
 use boxless_sip::{Message, Method, NameAddr, parties, response_target, write_response};
-use boxless_store::{MessageState, NewMessage, Store};
+use boxless_store::{MessageState, NewMessage, Retention, Store};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -144,6 +144,10 @@ impl MessagingServer {
         tokio::spawn(server.clone().udp_loop(udp));
         tokio::spawn(server.clone().tcp_accept(tcp));
         tokio::spawn(server.clone().heartbeat());
+        tokio::spawn(server.clone().retention(Retention::days(
+            c.messages.keep_heard_days,
+            c.messages.keep_unheard_days,
+        )));
         server.report();
         tracing::info!(server = %server.id, sip = %server.listen, "messaging server up");
         Ok(server)
@@ -191,6 +195,35 @@ impl MessagingServer {
             tokio::time::sleep(every).await;
             let s = self.clone();
             let _ = tokio::task::spawn_blocking(move || s.report()).await;
+        }
+    }
+
+    /// Applies retention once a minute: reminders before expiry, deletion after it.
+    async fn retention(self: Arc<Self>, policy: Retention) {
+        loop {
+            let s = self.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let offset = s.utc_offset;
+                s.store.sweep(now_ms(), &policy, |m, expires| {
+                    text::reminder_sms(m.caller, m.link_number, expires, offset)
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(done)) if done.deleted + done.reminded > 0 => {
+                    tracing::info!(
+                        deleted = done.deleted,
+                        reminded = done.reminded,
+                        "retention sweep"
+                    );
+                    if done.reminded > 0 {
+                        self.notifier.wake.notify_one();
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
         }
     }
 
@@ -794,7 +827,7 @@ impl Call {
             Mark::Saved => MessageState::Saved,
             Mark::Deleted => MessageState::Deleted,
         };
-        tokio::task::spawn_blocking(move || match store.set_state(&id, state) {
+        tokio::task::spawn_blocking(move || match store.set_state(&id, state, now_ms()) {
             Ok(_) => tracing::info!(message = %id, state = state.as_str(), "message state"),
             Err(e) => tracing::error!(message = %id, error = %e, "message state NOT recorded"),
         });

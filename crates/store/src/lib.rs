@@ -15,6 +15,10 @@ use std::sync::Mutex;
 use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub mod retention;
+
+pub use retention::{Aging, Fate, Retention, Swept};
+
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -185,7 +189,8 @@ CREATE TABLE IF NOT EXISTS messages (
     link_number INTEGER NOT NULL,
     access_code TEXT NOT NULL,
     state TEXT NOT NULL,
-    state_changed_ms INTEGER NOT NULL
+    state_changed_ms INTEGER NOT NULL,
+    reminded INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS messages_recipient ON messages(recipient, state);
 CREATE INDEX IF NOT EXISTS messages_link ON messages(link_number, recipient);
@@ -216,6 +221,15 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Stores made before reminders existed lack the column.
+        let has_reminded = conn
+            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'reminded'")?
+            .exists([])?;
+        if !has_reminded {
+            conn.execute_batch(
+                "ALTER TABLE messages ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         let store = Store {
             conn: Mutex::new(conn),
             audio_dir,
@@ -462,7 +476,7 @@ impl Store {
 
     /// Records what retrieval did with a message: `heard` (played through; only from
     /// `new`/`notified`), `saved` or `deleted` (audio removed). False if no such message.
-    pub fn set_state(&self, id: &str, state: MessageState) -> Result<bool> {
+    pub fn set_state(&self, id: &str, state: MessageState, now_ms: u64) -> Result<bool> {
         if state == MessageState::Deleted {
             return self.delete(id);
         }
@@ -475,7 +489,7 @@ impl Store {
             }
             _ => return Ok(false),
         };
-        Ok(self.db().execute(sql, params![id, now_ms() as i64])? > 0)
+        Ok(self.db().execute(sql, params![id, now_ms as i64])? > 0)
     }
 
     /// A message's audio, 8 kHz mono.
@@ -781,9 +795,9 @@ mod tests {
         assert!(!matched);
         assert_eq!(all.len(), 2);
         assert_eq!(s.audio(&a.id).unwrap(), vec![7; 80]);
-        assert!(s.set_state(&a.id, MessageState::Heard).unwrap());
+        assert!(s.set_state(&a.id, MessageState::Heard, now_ms()).unwrap());
         assert!(
-            !s.set_state(&a.id, MessageState::Heard).unwrap(),
+            !s.set_state(&a.id, MessageState::Heard, now_ms()).unwrap(),
             "heard once"
         );
         assert_eq!(s.get(&a.id).unwrap().unwrap().state, MessageState::Heard);
@@ -793,9 +807,71 @@ mod tests {
             s.deposit(&msg, |_| String::new()).unwrap().link_number,
             a.link_number
         );
-        assert!(s.set_state(&b.id, MessageState::Saved).unwrap());
-        assert!(s.set_state(&b.id, MessageState::Deleted).unwrap());
+        assert!(s.set_state(&b.id, MessageState::Saved, now_ms()).unwrap());
+        assert!(s.set_state(&b.id, MessageState::Deleted, now_ms()).unwrap());
         assert!(!s.audio_path(&b.id).exists());
+    }
+
+    #[test]
+    fn sweep_reminds_then_expires_on_virtual_time() {
+        let dir = tempdir();
+        let s = store(&dir);
+        let day = 86_400_000u64;
+        let msg = NewMessage {
+            recipient: n("+15551230002"),
+            caller: Some(n("+15551230001")),
+            received_at_ms: 1000,
+            samples: &[1; 80],
+        };
+        let m = s.deposit(&msg, |_| "new".into()).unwrap();
+        let heard = s.deposit(&msg, |_| "new".into()).unwrap();
+        s.set_state(&heard.id, MessageState::Heard, 1000 + day)
+            .unwrap();
+        let p = Retention::days(7, 30);
+        let render = |a: &Aging, exp: u64| format!("reminder {} {exp}", a.id);
+        assert_eq!(
+            s.sweep(1000 + 28 * day, &p, render).unwrap(),
+            Swept {
+                deleted: 1,
+                reminded: 0
+            },
+            "heard one past 7 days"
+        );
+        assert!(!s.audio_path(&heard.id).exists());
+        assert_eq!(
+            s.sweep(1000 + 29 * day, &p, render).unwrap(),
+            Swept {
+                deleted: 0,
+                reminded: 1
+            }
+        );
+        assert_eq!(
+            s.sweep(1000 + 29 * day + 5, &p, render).unwrap(),
+            Swept::default(),
+            "one reminder only"
+        );
+        let texts: Vec<String> = s
+            .due(u64::MAX / 4, 10)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.text)
+            .collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.starts_with(&format!("reminder {}", m.id))),
+            "{texts:?}"
+        );
+        assert_eq!(
+            s.sweep(1000 + 30 * day, &p, render).unwrap(),
+            Swept {
+                deleted: 1,
+                reminded: 0
+            }
+        );
+        assert!(s.get(&m.id).unwrap().is_none());
+        assert!(!s.audio_path(&m.id).exists());
+        assert_eq!(s.pending().unwrap(), 0, "its SMS rows went with it");
     }
 
     fn tempdir() -> PathBuf {
