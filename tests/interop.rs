@@ -227,6 +227,28 @@ fn sipp(dir: &Path, router: u16, pcap: &Path, calls: u32, rate: u32) -> bool {
     ok
 }
 
+fn sipp_retrieval(dir: &Path, router: u16, link: &str) -> bool {
+    let st = Command::new("sipp")
+        .current_dir(dir)
+        .arg("-sf")
+        .arg(root().join("interop/sipp/retrieval.xml"))
+        .args(["-s", link, "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+        .args([
+            "-p",
+            &free_port().to_string(),
+            "-mp",
+            &(35000 + (free_port() % 500) * 2).to_string(),
+        ])
+        .args(["-key", "me", "15551230002"])
+        .arg(format!("127.0.0.1:{router}"))
+        .args(["-m", "1", "-timeout", "60s", "-nostdin", "-trace_err"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("sipp runs");
+    st.success()
+}
+
 fn sms_lines(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out)
         .unwrap_or_default()
@@ -323,6 +345,40 @@ fn sipp_leaves_messages_through_the_router_in_both_modes() {
             eprintln!("{mode}: {id} duration {d} ms, correlation {corr:.3} at lag {lag}");
             assert!(corr >= 0.8, "{mode}: stored audio correlation {corr}");
         }
+    }
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn sipp_calls_the_link_number_hears_it_through_and_saves_it_with_rfc4733() {
+    for mode in ["redirect", "proxy"] {
+        let dir = temp(&format!("retrieve-{mode}"));
+        let (_, pcap) = caller_audio(&dir);
+        let p = ports();
+        let out = dir.join("sms.jsonl");
+        let _smsc = smsc(p.smsc, &out, "accept");
+        let cfg = write_config(&dir, &p, mode, "smpp");
+        let _serve = serve(&cfg, p.http, &dir.join("serve.log"));
+        assert!(sipp(&dir, p.router, &pcap, 1, 1), "{mode}: deposit");
+        let sms = wait_sms(&out, 1, Duration::from_secs(20));
+        let link = format!("+{}", sms[0]["source"].as_str().unwrap());
+        assert!(
+            sipp_retrieval(&dir, p.router, &link),
+            "{mode}: SIPp retrieval call failed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let msgs = api_messages(p.http);
+        assert_eq!(msgs.len(), 1);
+        assert_eq!(
+            msgs[0]["state"], "saved",
+            "{mode}: heard through, then 9: {}",
+            msgs[0]
+        );
+        let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+        assert!(
+            log.contains("state=heard") && log.contains("state=saved"),
+            "{mode}: heard, then saved"
+        );
     }
 }
 

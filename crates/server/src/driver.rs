@@ -806,7 +806,7 @@ impl Call {
                 .deposit(&msg, |f| text::message_sms(f, policy, offset))
             {
                 Ok(m) => {
-                    tracing::info!(message = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
+                    tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
                     metrics::counter!("boxless_messages_stored_total", "server" => server.id.clone()).increment(1);
                     server.notifier.wake.notify_one();
                     true
@@ -828,8 +828,8 @@ impl Call {
             Mark::Deleted => MessageState::Deleted,
         };
         tokio::task::spawn_blocking(move || match store.set_state(&id, state, now_ms()) {
-            Ok(_) => tracing::info!(message = %id, state = state.as_str(), "message state"),
-            Err(e) => tracing::error!(message = %id, error = %e, "message state NOT recorded"),
+            Ok(_) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
+            Err(e) => tracing::error!(id = %id, error = %e, "message state NOT recorded"),
         });
     }
 
