@@ -176,6 +176,9 @@ async fn run(cli: Cli) -> ExitCode {
                     at % 1000
                 );
             }
+            if let Some(t) = out.first_audio {
+                println!("first audio {} ms after the 200 OK", t.as_millis());
+            }
             println!(
                 "heard {:.1} s of audio ({} RTP packets)",
                 out.heard.len() as f64 / 8000.0,

@@ -375,33 +375,69 @@ fn find_in(hay: &[i16], needle: &[i16]) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recipient_calling_the_link_number_hears_the_message() {
-    let sys = system("retrieve", "redirect", "").await;
-    let played = voice(1500, 6);
-    assert_completed(
-        &place_call(&opts(sys.running.router, played.clone()))
-            .await
-            .unwrap(),
-    );
-    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
-    let link = format!("+{}", sms[0].source);
-    let m = messages(&sys, "+15551230002").await[0].clone();
-    let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
+async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes() {
+    for mode in ["redirect", "proxy"] {
+        let sys = system(&format!("retrieve-{mode}"), mode, "").await;
+        let played = voice(1500, 6);
+        assert_completed(
+            &place_call(&opts(sys.running.router, played.clone()))
+                .await
+                .unwrap(),
+        );
+        let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+        let link = format!("+{}", sms[0].source);
+        let m = messages(&sys, "+15551230002").await[0].clone();
+        let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
 
-    // The recipient's own phone calls the link number and listens past the audio.
-    let mut o = opts(sys.running.router, Vec::new());
-    o.from = "5551230002".into();
-    o.to = link.clone();
-    o.diversion = None;
-    o.seconds = Some(14.0);
-    let out = place_call(&o).await.unwrap();
-    assert_completed(&out);
-    let corr = find_in(&out.heard, &stored);
-    assert!(corr >= 0.8, "heard the message: correlation {corr}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = &messages(&sys, "+15551230002").await[0];
-    assert_eq!(m["state"], "heard", "{m}");
-    let _ = std::fs::remove_dir_all(&sys.data);
+        // The recipient's own phone calls the link number and listens past the audio.
+        let mut o = opts(sys.running.router, Vec::new());
+        o.from = "5551230002".into();
+        o.to = link.clone();
+        o.diversion = None;
+        o.seconds = Some(14.0);
+        let out = place_call(&o).await.unwrap();
+        assert_completed(&out);
+        let corr = find_in(&out.heard, &stored);
+        eprintln!(
+            "{mode}: correlation {corr:.3}, first audio {:?} after the 200",
+            out.first_audio
+        );
+        assert!(corr >= 0.8, "{mode}: heard the message: correlation {corr}");
+        assert!(
+            out.first_audio
+                .is_some_and(|t| t < Duration::from_millis(500)),
+            "{:?}",
+            out.first_audio
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let list = messages(&sys, "+15551230002").await;
+        assert_eq!(list[0]["state"], "heard", "{mode}: {}", list[0]);
+
+        // A second message; the heard one freed the link number. 7 deletes it.
+        assert_completed(
+            &place_call(&opts(sys.running.router, voice(1500, 8)))
+                .await
+                .unwrap(),
+        );
+        let sms = sys.smsc.wait_for(2, Duration::from_secs(10)).await;
+        assert_eq!(
+            format!("+{}", sms[1].source),
+            link,
+            "{mode}: link number reused once heard"
+        );
+        o.dtmf = "7".into();
+        o.dtmf_at = 13.0;
+        o.seconds = Some(16.0);
+        assert_completed(&place_call(&o).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let list = messages(&sys, "+15551230002").await;
+        let states: Vec<&str> = list.iter().map(|m| m["state"].as_str().unwrap()).collect();
+        assert!(
+            states.contains(&"deleted") && states.contains(&"heard"),
+            "{mode}: {states:?}"
+        );
+        let _ = std::fs::remove_dir_all(&sys.data);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -250,6 +250,62 @@ mod tests {
         assert_eq!(detect(&single), "");
     }
 
+    /// The test set: 16 keys x 3 levels x 2 laws x 3 noise levels x 2 tone lengths, each
+    /// press as a 10-key string. Prints the detection rate; at least 99 % must be found
+    /// exactly, and no digit may appear that was not pressed.
+    #[test]
+    fn detection_rate_on_the_test_set() {
+        let keys: Vec<char> = "123A456B789C*0#D".chars().collect();
+        let (mut pressed, mut found, mut extra) = (0usize, 0usize, 0usize);
+        let mut seed = 7u32;
+        for &amp in &[1500.0, 4000.0, 9000.0] {
+            for codec in [Codec::Pcmu, Codec::Pcma] {
+                for &noise in &[0i32, 300, 900] {
+                    for &on_ms in &[70usize, 120] {
+                        let seq: String = (0..10)
+                            .map(|i| keys[(i * 7 + on_ms + noise as usize) % 16])
+                            .collect();
+                        let clean = sequence(&seq, on_ms, 80, amp);
+                        let sig: Vec<i16> = clean
+                            .iter()
+                            .map(|&x| {
+                                seed ^= seed << 13;
+                                seed ^= seed >> 17;
+                                seed ^= seed << 5;
+                                let n = if noise == 0 {
+                                    0
+                                } else {
+                                    (seed % (2 * noise as u32)) as i32 - noise
+                                };
+                                codec.decode(
+                                    codec.encode((x as i32 + n).clamp(-32768, 32767) as i16),
+                                )
+                            })
+                            .collect();
+                        let got = detect(&sig);
+                        pressed += seq.len();
+                        // Longest common subsequence is overkill: digits are found in order or not at all.
+                        let mut it = got.chars().peekable();
+                        for k in seq.chars() {
+                            if it.peek() == Some(&k) {
+                                found += 1;
+                                it.next();
+                            }
+                        }
+                        extra += it.count();
+                    }
+                }
+            }
+        }
+        let rate = found as f64 / pressed as f64;
+        println!(
+            "DTMF detection rate: {found}/{pressed} = {:.2} %, {extra} spurious",
+            rate * 100.0
+        );
+        assert!(rate >= 0.99, "rate {rate}");
+        assert_eq!(extra, 0);
+    }
+
     #[test]
     fn speech_gives_no_digits() {
         let p = crate::prompts::Prompts::load();
@@ -259,5 +315,17 @@ mod tests {
             "",
             "the greeting's speech, without its beep"
         );
+        // Every recorded phrase, plain and A-law coded.
+        let mut seconds = 0.0;
+        for (name, s) in p.all() {
+            assert_eq!(detect(s), "", "{name}");
+            let coded: Vec<i16> = s
+                .iter()
+                .map(|&x| Codec::Pcma.decode(Codec::Pcma.encode(x)))
+                .collect();
+            assert_eq!(detect(&coded), "", "{name} (A-law)");
+            seconds += s.len() as f64 / 8000.0;
+        }
+        println!("no false digit in {seconds:.0} s of speech");
     }
 }

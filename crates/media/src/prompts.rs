@@ -143,6 +143,11 @@ impl Prompts {
         self.by_name.get(name).map_or(&[], |v| v.as_slice())
     }
 
+    /// Every prompt with its name.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &[i16])> {
+        self.by_name.iter().map(|(n, v)| (*n, v.as_slice()))
+    }
+
     /// The beep before recording.
     pub fn tone(&self) -> &[i16] {
         &self.tone

@@ -49,7 +49,9 @@ impl Sender {
         match self {
             Sender::Log => {
                 let from = job.source.map(|s| s.to_string()).unwrap_or_default();
-                tracing::info!(target: "sms", to = %job.destination, from = %from, text = %job.text, "SMS");
+                // Access codes are never logged, not even here.
+                let text = crate::text::mask_code(&job.text);
+                tracing::info!(target: "sms", to = %job.destination, from = %from, text = %text, "SMS");
                 Ok(())
             }
             Sender::Smpp(s) => s.submit(job).await,

@@ -25,6 +25,21 @@ pub fn message_sms(f: &SmsFacts<'_>, policy: AccessCodePolicy, utc_offset_min: i
     s
 }
 
+/// The text with the digits of its access code (" Code 123456.") masked, for logs.
+pub fn mask_code(text: &str) -> String {
+    match text.rfind(" Code ") {
+        Some(i) => {
+            let (head, tail) = text.split_at(i + 6);
+            let masked: String = tail
+                .chars()
+                .map(|c| if c.is_ascii_digit() { '*' } else { c })
+                .collect();
+            format!("{head}{masked}")
+        }
+        None => text.to_string(),
+    }
+}
+
 /// The reminder a day before an unheard message expires.
 pub fn reminder_sms(
     caller: Option<PhoneNumber>,
@@ -127,6 +142,10 @@ mod tests {
             "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code 042917."
         );
         assert!(!message_sms(&f, AccessCodePolicy::Never, -300).contains("Code"));
+        assert_eq!(
+            mask_code(&message_sms(&f, AccessCodePolicy::Always, 0)),
+            "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code ******."
+        );
         assert!(message_sms(&f, AccessCodePolicy::Never, -300).contains("07:05"));
     }
 

@@ -56,6 +56,8 @@ pub struct CallOutcome {
     pub heard: Vec<i16>,
     /// RTP packets received.
     pub rtp_packets: u64,
+    /// Time from the 200 OK to the first audio packet.
+    pub first_audio: Option<Duration>,
 }
 
 impl CallOutcome {
@@ -282,7 +284,10 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
         tokio::select! {
             r = rtp.recv_from(&mut mbuf) => {
                 let (n, _) = r?;
-                rx.receive(&mbuf[..n]);
+                let got = rx.receive(&mbuf[..n]);
+                if out.first_audio.is_none() && matches!(got, boxless_media::Received::Audio { .. }) {
+                    out.first_audio = Some(answered.elapsed());
+                }
             }
             r = sip.recv_from(&mut buf) => {
                 let (n, src) = r?;

@@ -739,6 +739,10 @@ mod tests {
             n("+18005550100")
         );
         assert_eq!(s.list(Some(r), 100).unwrap().len(), 4);
+        // A shared number plays each of the recipient's messages on it, oldest first.
+        let (shared, mine) = s.for_link(n("+18005550100"), Some(r)).unwrap();
+        assert!(mine);
+        assert_eq!(shared.len(), 2, "pool exhaustion loses no message");
     }
 
     #[test]
