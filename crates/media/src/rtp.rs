@@ -13,9 +13,10 @@ pub enum Received {
         /// RMS of the packet's samples.
         rms: f64,
     },
-    /// An RFC 4733 event ended (reported once per event).
-    DtmfEnd(char),
-    /// A telephone-event packet that is not news (start, repeat, duplicate end).
+    /// A key pressed: reported once per RFC 4733 event, on its first packet, so that lost
+    /// end packets cannot lose the digit and repeated ones cannot double it.
+    Dtmf(char),
+    /// A telephone-event packet of an event already reported (repeat, end, duplicate end).
     DtmfProgress,
     /// Not ours: malformed, wrong payload type, or outside the recording window.
     Ignored,
@@ -111,16 +112,14 @@ impl RtpReceiver {
         if payload.len() < 4 {
             return Received::Ignored;
         }
-        let end = payload[1] & 0x80 != 0;
-        if !end {
-            return Received::DtmfProgress;
-        }
+        // An event is named by its timestamp (RFC 4733 §2.5.1): every packet of one key
+        // press carries the same one.
         if self.last_dtmf == Some((ssrc, ts)) {
             return Received::DtmfProgress;
         }
         self.last_dtmf = Some((ssrc, ts));
         match event_char(payload[0]) {
-            Some(c) => Received::DtmfEnd(c),
+            Some(c) => Received::Dtmf(c),
             None => Received::DtmfProgress,
         }
     }
@@ -322,15 +321,31 @@ mod tests {
     }
 
     #[test]
-    fn dtmf_end_reported_once() {
+    fn dtmf_once_per_event_with_repeats_duplicates_and_lost_ends() {
         let mut tx = RtpSender::new(Codec::Pcmu, 0, 5, 1, 1);
         let mut rx = RtpReceiver::new(Codec::Pcmu, 0, Some(101), 8000);
         let mut b = Vec::new();
         tx.dtmf(101, '#', 160, false, true, &mut b);
+        assert_eq!(rx.receive(&b), Received::Dtmf('#'));
+        tx.dtmf(101, '#', 480, false, false, &mut b);
+        assert_eq!(rx.receive(&b), Received::DtmfProgress, "a repeat");
+        for _ in 0..3 {
+            tx.dtmf(101, '#', 800, true, false, &mut b);
+            assert_eq!(
+                rx.receive(&b),
+                Received::DtmfProgress,
+                "the three end packets"
+            );
+        }
+        tx.end_event(800);
+        // The next press: its end packets are all lost, yet it counts once.
+        tx.dtmf(101, '#', 160, false, true, &mut b);
+        assert_eq!(rx.receive(&b), Received::Dtmf('#'));
+        tx.end_event(800);
+        // A press whose first packets were lost: its first end packet reports it.
+        tx.dtmf(101, '5', 800, true, false, &mut b);
+        assert_eq!(rx.receive(&b), Received::Dtmf('5'));
         assert_eq!(rx.receive(&b), Received::DtmfProgress);
-        tx.dtmf(101, '#', 800, true, false, &mut b);
-        assert_eq!(rx.receive(&b), Received::DtmfEnd('#'));
-        tx.dtmf(101, '#', 800, true, false, &mut b);
-        assert_eq!(rx.receive(&b), Received::DtmfProgress);
+        assert_eq!(rx.receive(&b[..3]), Received::Ignored);
     }
 }

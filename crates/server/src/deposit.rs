@@ -335,7 +335,7 @@ impl Deposit {
         };
         let mut digits: Vec<char> = Vec::new();
         match received {
-            Received::DtmfEnd(c) => {
+            Received::Dtmf(c) => {
                 r.saw_events = true;
                 digits.push(c);
             }
@@ -664,7 +664,7 @@ impl Deposit {
                     self.finish(now, EndReason::MaxLength);
                 }
             }
-            Received::DtmfEnd('#') => self.finish(now, EndReason::Pound),
+            Received::Dtmf('#') => self.finish(now, EndReason::Pound),
             _ => {}
         }
     }

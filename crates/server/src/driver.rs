@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::deposit::{Deposit, DepositSettings, DialogInfo, EndReason, Output, RetrievalSetup};
-use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
+use crate::menu::{Lockouts, Mark, Menu, MenuMessage, MenuSettings};
 
 /// Where SIP bytes for a peer go out.
 #[derive(Debug, Clone)]
@@ -83,9 +83,8 @@ pub struct MessagingServer {
     rng: Mutex<Rng>,
     draining: AtomicBool,
     ttl: Duration,
-    lockouts: Mutex<HashMap<(u64, u64), (u32, Instant)>>,
+    lockouts: Mutex<Lockouts>,
     max_wrong_codes: u32,
-    lockout: Duration,
 }
 
 impl MessagingServer {
@@ -135,9 +134,11 @@ impl MessagingServer {
             rng: Mutex::new(Rng::from_entropy()),
             draining: AtomicBool::new(false),
             ttl: Duration::from_secs(c.control.ttl_seconds),
-            lockouts: Mutex::new(HashMap::new()),
+            lockouts: Mutex::new(Lockouts::new(
+                c.retrieval.max_wrong_codes,
+                Duration::from_secs(c.retrieval.lockout_minutes as u64 * 60),
+            )),
             max_wrong_codes: c.retrieval.max_wrong_codes,
-            lockout: Duration::from_secs(c.retrieval.lockout_minutes as u64 * 60),
         });
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
@@ -642,33 +643,23 @@ impl MessagingServer {
         })
     }
 
-    fn lockouts(&self) -> std::sync::MutexGuard<'_, HashMap<(u64, u64), (u32, Instant)>> {
+    fn lockouts(&self) -> std::sync::MutexGuard<'_, Lockouts> {
         self.lockouts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// True while `caller` is locked out of `link` after too many wrong codes.
     fn locked_out(&self, link: PhoneNumber, caller: Option<PhoneNumber>) -> bool {
-        let key = (link.as_u64(), caller.map_or(0, |c| c.as_u64()));
-        let mut l = self.lockouts();
-        match l.get(&key) {
-            Some(&(n, until)) if n >= self.max_wrong_codes && Instant::now() < until => true,
-            Some(&(_, until)) if Instant::now() >= until => {
-                l.remove(&key);
-                false
-            }
-            _ => false,
-        }
+        self.lockouts()
+            .is_locked(lock_key(link, caller), Instant::now())
     }
 
     /// Counts a wrong code of `caller` on `link`; the lockout runs from the last one.
     fn wrong_code(&self, link: PhoneNumber, caller: Option<PhoneNumber>) {
-        let key = (link.as_u64(), caller.map_or(0, |c| c.as_u64()));
-        let mut l = self.lockouts();
-        let e = l.entry(key).or_insert((0, Instant::now()));
-        e.0 += 1;
-        e.1 = Instant::now() + self.lockout;
         metrics::counter!("boxless_wrong_access_codes_total").increment(1);
-        if e.0 >= self.max_wrong_codes {
+        if self
+            .lockouts()
+            .wrong(lock_key(link, caller), Instant::now())
+        {
             tracing::warn!(%link, "link number locked for this caller after wrong access codes");
         }
     }
@@ -699,6 +690,10 @@ impl MessagingServer {
         self.release_port(port);
         self.board.slots[self.slot].call_ended();
     }
+}
+
+fn lock_key(link: PhoneNumber, caller: Option<PhoneNumber>) -> (u64, u64) {
+    (link.as_u64(), caller.map_or(0, |c| c.as_u64()))
 }
 
 /// The Contact's address when it is an IP literal (never a name to resolve).

@@ -358,6 +358,53 @@ impl Menu {
     }
 }
 
+/// Wrong-code counts per (link number, caller-ID), on virtual time: `max` wrong codes lock
+/// the pair for `duration` from the last one. Entries expire, so memory stays bounded by
+/// the callers of the last `duration`.
+#[derive(Debug)]
+pub struct Lockouts {
+    max: u32,
+    duration: Duration,
+    map: std::collections::HashMap<(u64, u64), (u32, Instant)>,
+}
+
+impl Lockouts {
+    /// `max` wrong codes lock for `duration`.
+    pub fn new(max: u32, duration: Duration) -> Lockouts {
+        Lockouts {
+            max,
+            duration,
+            map: Default::default(),
+        }
+    }
+
+    /// True while the pair is locked.
+    pub fn is_locked(&mut self, key: (u64, u64), now: Instant) -> bool {
+        match self.map.get(&key) {
+            Some(&(_, until)) if now >= until => {
+                self.map.remove(&key);
+                false
+            }
+            Some(&(n, _)) => n >= self.max,
+            None => false,
+        }
+    }
+
+    /// Counts a wrong code; true when the pair is now locked.
+    pub fn wrong(&mut self, key: (u64, u64), now: Instant) -> bool {
+        if self.map.len() >= 10_000 {
+            self.map.retain(|_, (_, until)| now < *until);
+        }
+        if self.is_locked(key, now) {
+            return true;
+        }
+        let e = self.map.entry(key).or_insert((0, now));
+        e.0 += 1;
+        e.1 = now + self.duration;
+        e.0 >= self.max
+    }
+}
+
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -536,6 +583,30 @@ mod tests {
         assert!(h.log.len() < 1010);
         h.key("#");
         assert_eq!(h.last_play()[1], Prompt::Audio("ms1-1".into()));
+    }
+
+    #[test]
+    fn lockout_counts_per_pair_and_expires() {
+        let t0 = Instant::now();
+        let mut l = Lockouts::new(3, Duration::from_secs(900));
+        let (a, b) = ((1, 2), (1, 3));
+        assert!(!l.wrong(a, t0));
+        assert!(!l.wrong(a, t0 + Duration::from_secs(1)));
+        assert!(!l.is_locked(a, t0 + Duration::from_secs(2)));
+        assert!(l.wrong(a, t0 + Duration::from_secs(2)));
+        assert!(
+            l.is_locked(a, t0 + Duration::from_secs(901)),
+            "15 minutes from the last wrong code"
+        );
+        assert!(
+            !l.is_locked(b, t0 + Duration::from_secs(3)),
+            "another caller is not locked"
+        );
+        assert!(!l.is_locked(a, t0 + Duration::from_secs(903)));
+        assert!(
+            !l.wrong(a, t0 + Duration::from_secs(904)),
+            "counting starts again"
+        );
     }
 
     #[test]
