@@ -212,37 +212,50 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no message with that id",
-        );
+fn no_message() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no message with that id",
+    )
+}
+
+/// Runs `f` on the store that holds message `id`, off the async worker threads.
+async fn with_store<T: Send + 'static>(
+    s: &ApiState,
+    id: &str,
+    f: impl FnOnce(&Store, &str) -> boxless_store::Result<T> + Send + 'static,
+) -> Result<T, Response> {
+    let Some(st) = store_of(s, id).filter(|_| valid_id(id)).cloned() else {
+        return Err(no_message());
     };
-    match tokio::task::spawn_blocking(move || st.get(&id)).await {
-        Ok(Ok(Some(m))) => axum::Json(json_message(&m)).into_response(),
-        Ok(Ok(None)) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no message with that id",
-        ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
-        Err(e) => error(
+    let id = id.to_string();
+    match tokio::task::spawn_blocking(move || f(&st, &id)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store",
+            &e.to_string(),
+        )),
+        Err(e) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             &e.to_string(),
-        ),
+        )),
+    }
+}
+
+async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    match with_store(&s, &id, |st, id| st.get(id)).await {
+        Ok(Some(m)) => axum::Json(json_message(&m)).into_response(),
+        Ok(None) => no_message(),
+        Err(r) => r,
     }
 }
 
 async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no message with that id",
-        );
+        return no_message();
     };
     match tokio::fs::read(st.audio_path(&id)).await {
         Ok(b) => ([(header::CONTENT_TYPE, "audio/wav")], b).into_response(),
@@ -255,26 +268,9 @@ async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
 }
 
 async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
-    let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)).cloned() else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no message with that id",
-        );
-    };
-    let id2 = id.clone();
-    match tokio::task::spawn_blocking(move || st.delete(&id2)).await {
-        Ok(Ok(true)) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
-        Ok(Ok(false)) => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no message with that id",
-        ),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+    match with_store(&s, &id, |st, id| st.delete(id)).await {
+        Ok(true) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
+        Ok(false) => no_message(),
+        Err(r) => r,
     }
 }

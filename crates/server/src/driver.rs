@@ -294,47 +294,20 @@ impl MessagingServer {
         if self.forward(&msg, bytes, reply_to, stream).await {
             return;
         }
-        match method {
-            Method::Invite => self.new_call(&msg, src, reply_to, tx).await,
-            Method::Ack => {}
-            Method::Options => {
-                self.respond(
-                    tx,
-                    &msg,
-                    200,
-                    "OK",
-                    reply_to,
-                    b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nAccept: application/sdp\r\n",
-                )
-                .await
-            }
-            Method::Bye | Method::Cancel => {
-                self.respond(
-                    tx,
-                    &msg,
-                    481,
-                    "Call/Transaction Does Not Exist",
-                    reply_to,
-                    b"",
-                )
-                .await
-            }
-            Method::Register | Method::Info => {
-                self.respond(
-                    tx,
-                    &msg,
-                    405,
-                    "Method Not Allowed",
-                    reply_to,
-                    b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n",
-                )
-                .await
-            }
-            Method::Other(_) => {
-                self.respond(tx, &msg, 501, "Not Implemented", reply_to, b"")
-                    .await
-            }
-        }
+        const ALLOW: &[u8] = b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n";
+        let (code, reason, extra): (u16, &str, &[u8]) = match method {
+            Method::Invite => return self.new_call(&msg, src, reply_to, tx).await,
+            Method::Ack => return,
+            Method::Options => (
+                200,
+                "OK",
+                b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nAccept: application/sdp\r\n",
+            ),
+            Method::Bye | Method::Cancel => (481, "Call/Transaction Does Not Exist", b""),
+            Method::Register | Method::Info => (405, "Method Not Allowed", ALLOW),
+            Method::Other(_) => (501, "Not Implemented", b""),
+        };
+        self.respond(tx, &msg, code, reason, reply_to, extra).await;
     }
 
     /// Hands a message to its call; false if no call has that Call-ID.
