@@ -420,11 +420,14 @@ async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes()
                 .unwrap(),
         );
         let sms = sys.smsc.wait_for(2, Duration::from_secs(10)).await;
-        assert_eq!(
-            format!("+{}", sms[1].source),
-            link,
-            "{mode}: link number reused once heard"
+        // Whichever server took it, the first message no longer holds a number there: the
+        // lowest of that server's pool is free again.
+        let link2 = format!("+{}", sms[1].source);
+        assert!(
+            ["+18005550100", "+18005550150"].contains(&link2.as_str()),
+            "{mode}: {link2}"
         );
+        o.to = link2;
         o.dtmf = "7".into();
         o.dtmf_at = 13.0;
         o.seconds = Some(16.0);
