@@ -1,14 +1,15 @@
 //! Wiring: builds the router, the messaging servers, their notifiers and the HTTP API from
-//! a checked configuration, and drains them on SIGTERM.
+//! a checked configuration — all in one process (`serve`), or one part per process
+//! (`router`, `server`) with status over NATS — and drains them on SIGTERM.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
-use boxless_core::config::SmsTransport;
-use boxless_core::{Checked, Rng, ServerSlot, StatusBoard};
+use anyhow::{Context as _, bail};
+use boxless_core::config::{ControlBackend, SmsTransport};
+use boxless_core::{Checked, Rng, ServerSlot, ServerSpec, StatusBoard};
 use boxless_media::Prompts;
 use boxless_notify::{Backoff, NotifierHandle, Sender, Smpp, SmppSettings};
 use boxless_router::RouterCore;
@@ -17,9 +18,9 @@ use boxless_server::MessagingServer;
 use boxless_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-/// A running `serve`: addresses actually bound and handles for tests and shutdown.
+/// A running process: addresses actually bound and handles for tests and shutdown.
 pub struct Running {
-    /// The router's SIP address.
+    /// The router's SIP address (the server's own in a `server` process).
     pub router: SocketAddr,
     /// The HTTP API address.
     pub http: SocketAddr,
@@ -29,10 +30,9 @@ pub struct Running {
     pub taking_calls: Arc<AtomicBool>,
 }
 
-/// Starts everything `boxless serve` runs. Must be called inside a tokio runtime.
-pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
-    let c = &cfg.config;
-    let board = Arc::new(StatusBoard {
+/// Every configured server's slot, each down until its status arrives.
+fn board_of(cfg: &Checked) -> Arc<StatusBoard> {
+    Arc::new(StatusBoard {
         slots: cfg
             .servers
             .iter()
@@ -45,52 +45,60 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
                 )
             })
             .collect(),
-    });
-    let prompts = Arc::new(Prompts::load());
-    let mut servers = Vec::new();
-    let mut stores = Vec::new();
-    for spec in &cfg.servers {
-        let id = &spec.config.id;
-        let dir = c.data_dir.join(id);
-        let store =
-            Arc::new(Store::open(&dir, id, spec.pool.clone()).with_context(|| {
-                format!("opening the store of server `{id}` in {}", dir.display())
-            })?);
-        let notifier = Arc::new(NotifierHandle::default());
-        let sender = match c.sms.transport {
-            SmsTransport::Log => Sender::Log,
-            SmsTransport::Smpp => Sender::Smpp(Smpp::new(SmppSettings {
-                address: c.sms.address.clone(),
-                system_id: c.sms.system_id.clone(),
-                password: c.sms.password.clone(),
-                enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
-            })),
-        };
-        let backoff = Backoff::new(
-            c.sms.retry_initial_ms,
-            c.sms.retry_max_ms,
-            Rng::from_entropy(),
-        );
-        tokio::spawn(boxless_notify::worker::run(
-            store.clone(),
-            sender,
-            backoff,
-            notifier.clone(),
-        ));
-        notifier.healthy.store(true, Ordering::Relaxed);
-        let server = MessagingServer::start(
-            &cfg,
-            spec,
-            board.clone(),
-            store.clone(),
-            notifier,
-            prompts.clone(),
-        )
-        .await
-        .with_context(|| format!("starting server `{id}` on {}", spec.config.listen))?;
-        servers.push(server);
-        stores.push(store);
-    }
+    })
+}
+
+/// Opens one server's store, starts its notifier and its SIP side.
+async fn start_server(
+    cfg: &Checked,
+    spec: &ServerSpec,
+    board: &Arc<StatusBoard>,
+    prompts: &Arc<Prompts>,
+) -> anyhow::Result<(Arc<MessagingServer>, Arc<Store>)> {
+    let c = &cfg.config;
+    let id = &spec.config.id;
+    let dir = c.data_dir.join(id);
+    let store = Arc::new(
+        Store::open(&dir, id, spec.pool.clone())
+            .with_context(|| format!("opening the store of server `{id}` in {}", dir.display()))?,
+    );
+    let notifier = Arc::new(NotifierHandle::default());
+    let sender = match c.sms.transport {
+        SmsTransport::Log => Sender::Log,
+        SmsTransport::Smpp => Sender::Smpp(Smpp::new(SmppSettings {
+            address: c.sms.address.clone(),
+            system_id: c.sms.system_id.clone(),
+            password: c.sms.password.clone(),
+            enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
+        })),
+    };
+    let backoff = Backoff::new(
+        c.sms.retry_initial_ms,
+        c.sms.retry_max_ms,
+        Rng::from_entropy(),
+    );
+    tokio::spawn(boxless_notify::worker::run(
+        store.clone(),
+        sender,
+        backoff,
+        notifier.clone(),
+    ));
+    notifier.healthy.store(true, Ordering::Relaxed);
+    let server = MessagingServer::start(
+        cfg,
+        spec,
+        board.clone(),
+        store.clone(),
+        notifier,
+        prompts.clone(),
+    )
+    .await
+    .with_context(|| format!("starting server `{id}` on {}", spec.config.listen))?;
+    Ok((server, store))
+}
+
+async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result<SocketAddr> {
+    let c = &cfg.config;
     let core = Arc::new(RouterCore {
         board: board.clone(),
         numbering: cfg.numbering.clone(),
@@ -98,7 +106,7 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         ttl_ms: c.control.ttl_seconds * 1000,
         retry_after: c.router.retry_after_seconds,
     });
-    let router = boxless_router::start(
+    boxless_router::start(
         core,
         boxless_router::RouterSettings {
             listen: c.router.listen,
@@ -112,24 +120,157 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         },
     )
     .await
-    .with_context(|| format!("starting the router on {}", c.router.listen))?;
+    .with_context(|| format!("starting the router on {}", c.router.listen))
+}
+
+async fn start_api(
+    cfg: &Checked,
+    listen: SocketAddr,
+    board: Arc<StatusBoard>,
+    stores: Vec<Arc<Store>>,
+    metrics: PrometheusHandle,
+    taking_calls: Arc<AtomicBool>,
+) -> anyhow::Result<SocketAddr> {
+    let api = boxless_api::ApiState {
+        board,
+        stores,
+        ttl_ms: cfg.config.control.ttl_seconds * 1000,
+        metrics,
+        taking_calls,
+    };
+    boxless_api::serve(listen, api)
+        .await
+        .with_context(|| format!("starting the HTTP API on {listen}"))
+}
+
+fn need_nats(cfg: &Checked, what: &str) -> anyhow::Result<()> {
+    if cfg.config.control.backend != ControlBackend::Nats {
+        bail!(
+            "key `control.backend`: `boxless {what}` runs one part of the system and exchanges status over NATS; set backend = \"nats\" (and url), or run everything with `boxless serve`"
+        );
+    }
+    Ok(())
+}
+
+/// Starts everything `boxless serve` runs. Must be called inside a tokio runtime.
+pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
+    let board = board_of(&cfg);
+    let prompts = Arc::new(Prompts::load());
+    let mut servers = Vec::new();
+    let mut stores = Vec::new();
+    for spec in &cfg.servers {
+        let (server, store) = start_server(&cfg, spec, &board, &prompts).await?;
+        servers.push(server);
+        stores.push(store);
+    }
+    if cfg.config.control.backend == ControlBackend::Nats {
+        let client = boxless_control::connect(&cfg.config.control.url, "boxless serve").await?;
+        let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
+        for s in &servers {
+            tokio::spawn(boxless_control::publish_status(
+                client.clone(),
+                board.clone(),
+                s.id().to_string(),
+                ttl,
+                Duration::from_millis(200),
+            ));
+        }
+    }
+    let router = start_router(&cfg, &board).await?;
     let taking_calls = Arc::new(AtomicBool::new(true));
-    let http = boxless_api::serve(
-        c.http.listen,
-        boxless_api::ApiState {
-            board,
-            stores,
-            ttl_ms: c.control.ttl_seconds * 1000,
-            metrics,
-            taking_calls: taking_calls.clone(),
-        },
+    let http = start_api(
+        &cfg,
+        cfg.config.http.listen,
+        board,
+        stores,
+        metrics,
+        taking_calls.clone(),
     )
-    .await
-    .with_context(|| format!("starting the HTTP API on {}", c.http.listen))?;
+    .await?;
     Ok(Running {
         router,
         http,
         servers,
+        taking_calls,
+    })
+}
+
+/// `boxless router`: the router and the HTTP API; status comes over NATS.
+pub async fn router(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
+    need_nats(&cfg, "router")?;
+    let board = board_of(&cfg);
+    let client = boxless_control::connect(&cfg.config.control.url, "boxless router")
+        .await
+        .with_context(|| {
+            format!(
+                "key `control.url`: cannot reach NATS at {}",
+                cfg.config.control.url
+            )
+        })?;
+    tokio::spawn(boxless_control::follow_status(client, board.clone()));
+    let router = start_router(&cfg, &board).await?;
+    let taking_calls = Arc::new(AtomicBool::new(true));
+    let http = start_api(
+        &cfg,
+        cfg.config.http.listen,
+        board,
+        Vec::new(),
+        metrics,
+        taking_calls.clone(),
+    )
+    .await?;
+    Ok(Running {
+        router,
+        http,
+        servers: Vec::new(),
+        taking_calls,
+    })
+}
+
+/// `boxless server --id ID`: one messaging server and its own HTTP API; it publishes its
+/// status over NATS.
+pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow::Result<Running> {
+    need_nats(&cfg, "server")?;
+    let Some(spec) = cfg.servers.iter().find(|s| s.config.id == id) else {
+        let ids: Vec<&str> = cfg.servers.iter().map(|s| s.config.id.as_str()).collect();
+        bail!(
+            "--id {id}: no [[servers]] entry has that id (configured: {})",
+            ids.join(", ")
+        );
+    };
+    let board = board_of(&cfg);
+    let prompts = Arc::new(Prompts::load());
+    let (server, store) = start_server(&cfg, spec, &board, &prompts).await?;
+    let client = boxless_control::connect(&cfg.config.control.url, &format!("boxless server {id}"))
+        .await
+        .with_context(|| {
+            format!(
+                "key `control.url`: cannot reach NATS at {}",
+                cfg.config.control.url
+            )
+        })?;
+    let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
+    tokio::spawn(boxless_control::publish_status(
+        client,
+        board.clone(),
+        id.to_string(),
+        ttl,
+        Duration::from_millis(200),
+    ));
+    let taking_calls = Arc::new(AtomicBool::new(true));
+    let http = start_api(
+        &cfg,
+        spec.config.http,
+        board,
+        vec![store],
+        metrics,
+        taking_calls.clone(),
+    )
+    .await?;
+    Ok(Running {
+        router: spec.config.listen,
+        http,
+        servers: vec![server],
         taking_calls,
     })
 }

@@ -102,23 +102,9 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Serve { config } => serve(config).await,
-        Command::Router { config } | Command::Server { config, .. } => {
-            let cfg = match boxless::load_config(Some(&config)) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let backend = cfg.config.control.backend;
-            eprintln!(
-                "config {}: key `control.backend`: separate router and server processes exchange status over NATS (backend = \"nats\"), which this version does not ship yet (found {backend:?}); run everything in one process with `boxless serve --config {}`",
-                config.display(),
-                config.display()
-            );
-            ExitCode::from(2)
-        }
+        Command::Serve { config } => daemon(config, Part::All).await,
+        Command::Router { config } => daemon(Some(config), Part::Router).await,
+        Command::Server { config, id } => daemon(Some(config), Part::Server(id)).await,
         Command::Call {
             via,
             from,
@@ -210,7 +196,14 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> ExitCode {
+/// Which part of the system a process runs.
+enum Part {
+    All,
+    Router,
+    Server(String),
+}
+
+async fn daemon(config: Option<PathBuf>, part: Part) -> ExitCode {
     let cfg = match boxless::load_config(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -222,8 +215,9 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rusmppc=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rusmppc=warn,async_nats=warn")
+            }),
         )
         .init();
     let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
@@ -233,14 +227,24 @@ async fn serve(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let running = match boxless::app::serve(cfg, metrics).await {
+    let file = config
+        .as_ref()
+        .map_or("<embedded default>".to_string(), |p| {
+            p.display().to_string()
+        });
+    let started = match part {
+        Part::All => boxless::app::serve(cfg, metrics).await,
+        Part::Router => boxless::app::router(cfg, metrics).await,
+        Part::Server(id) => boxless::app::server(cfg, &id, metrics).await,
+    };
+    let running = match started {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("boxless: {e:#}");
+            eprintln!("boxless: config {file}: {e:#}");
             return ExitCode::from(1);
         }
     };
-    tracing::info!(router = %running.router, http = %running.http, "boxless serving; SIGTERM drains");
+    tracing::info!(sip = %running.router, http = %running.http, "boxless running; SIGTERM drains");
     wait_for_signal().await;
     tracing::info!("draining: new calls refused, calls in progress finish");
     running.drain(Duration::from_secs(60)).await;

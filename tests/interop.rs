@@ -55,6 +55,18 @@ fn ports() -> Ports {
 }
 
 fn write_config(dir: &Path, p: &Ports, mode: &str, sms: &str) -> PathBuf {
+    write_config_with(dir, p, mode, sms, "", free_port(), free_port())
+}
+
+fn write_config_with(
+    dir: &Path,
+    p: &Ports,
+    mode: &str,
+    sms: &str,
+    extra: &str,
+    h1: u16,
+    h2: u16,
+) -> PathBuf {
     let cfg = format!(
         r#"data_dir = "{data}"
 [router]
@@ -70,6 +82,7 @@ retry_max_ms = 2000
 [messages]
 greeting = "tone"
 silence_seconds = 5
+{extra}
 [[servers]]
 id = "ms1"
 listen = "127.0.0.1:{s1}"
@@ -89,8 +102,6 @@ link_numbers = ["+18005550150-+18005550199"]
         smsc = p.smsc,
         s1 = p.s1,
         s2 = p.s2,
-        h1 = free_port(),
-        h2 = free_port(),
     );
     let path = dir.join("boxless.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -98,9 +109,15 @@ link_numbers = ["+18005550150-+18005550199"]
 }
 
 fn serve(cfg: &Path, http: u16, log: &Path) -> Proc {
+    boxless(&["serve"], cfg, http, log)
+}
+
+/// Runs `boxless ARGS --config CFG` and waits for its HTTP API on `http`.
+fn boxless(args: &[&str], cfg: &Path, http: u16, log: &Path) -> Proc {
     let log = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_boxless"))
-        .args(["serve", "--config"])
+        .args(args)
+        .arg("--config")
         .arg(cfg)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -430,6 +447,116 @@ fn smsc_outage_and_kill_9_lose_no_message_and_send_no_sms_twice() {
             .all(|m| m["state"] == "notified")
     );
     drop(serve_proc);
+}
+
+fn api_servers(http: u16) -> Vec<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    match rt.block_on(http_get(
+        SocketAddr::from(([127, 0, 0, 1], http)),
+        "/api/v1/servers",
+    )) {
+        Ok((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+fn state_of(http: u16, id: &str) -> String {
+    api_servers(http)
+        .iter()
+        .find(|s| s["id"] == id)
+        .and_then(|s| s["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Waits until `id` reads `state` on the router's API; returns how long it took.
+fn wait_state(http: u16, id: &str, state: &str, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while state_of(http, id) != state {
+        assert!(
+            t0.elapsed() < limit,
+            "{id} not {state} within {limit:?}: {:?}",
+            api_servers(http)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+fn phone_call(router: u16, from: &str, seconds: f64) -> boxless_phone::CallOutcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(boxless_phone::place_call(&boxless_phone::CallOptions {
+        via: SocketAddr::from(([127, 0, 0, 1], router)),
+        from: from.into(),
+        to: "5551230002".into(),
+        diversion: Some("5551230002".into()),
+        headers: Vec::new(),
+        play: boxless_testkit::voice(1200, 3),
+        play_at: 0.6,
+        dtmf: String::new(),
+        dtmf_at: 0.0,
+        seconds: Some(seconds),
+        answer_timeout: Duration::from_secs(10),
+    }))
+    .unwrap()
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn router_and_servers_as_processes_over_nats() {
+    let dir = temp("nats");
+    let p = ports();
+    let nats_port = free_port();
+    let _nats = Proc(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (apt-get install nats-server)"),
+    );
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], nats_port)),
+        Duration::from_secs(10),
+    );
+    let (h1, h2) = (free_port(), free_port());
+    let control = format!(
+        "[control]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:{nats_port}\"\nttl_seconds = 2"
+    );
+    let cfg = write_config_with(&dir, &p, "proxy", "log", &control, h1, h2);
+    let mut ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1.log"));
+    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
+    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
+    let t = wait_state(p.http, "ms1", "up", Duration::from_secs(5));
+    wait_state(p.http, "ms2", "up", Duration::from_secs(5));
+    eprintln!("router saw both servers up {t:?} after its API answered");
+    for i in 0..4 {
+        let out = phone_call(p.router, &format!("555123000{i}"), 2.5);
+        assert!(out.completed(), "call {i} through the router: {out:?}");
+    }
+    // kill -9 of one server: the router stops choosing it within two TTLs.
+    let _ = ms1.0.kill();
+    let _ = ms1.0.wait();
+    let killed = Instant::now();
+    let detect = wait_state(p.http, "ms1", "down", Duration::from_secs(4));
+    eprintln!(
+        "ms1 killed: router marked it down after {:?}",
+        killed.elapsed().max(detect)
+    );
+    for i in 0..3 {
+        let out = phone_call(p.router, &format!("555124000{i}"), 2.5);
+        assert!(out.completed(), "call {i} with ms1 dead: {out:?}");
+    }
+    // The restarted server rejoins by itself.
+    let restarted = Instant::now();
+    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1b.log"));
+    wait_state(p.http, "ms1", "up", Duration::from_secs(10));
+    eprintln!("ms1 rejoined {:?} after its restart", restarted.elapsed());
 }
 
 /// What RFC 4475 expects of the router for each message (by file name).

@@ -1,0 +1,259 @@
+//! The control plane: each messaging server publishes its status on NATS whenever it
+//! changes (at most every `min_gap`) and at least three times per TTL; routers keep the
+//! latest status per server and ask every server for it when they start. NATS is the
+//! distributed engine (a cluster for several hosts); Boxless never gossips on its own.
+//!
+//! Subjects: `boxless.status.<server id>` (status), `boxless.status.request` (ask).
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use boxless_core::{ServerSlot, ServerState, StatusBoard, StatusView, now_ms};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Subject a server publishes its status on.
+pub fn status_subject(id: &str) -> String {
+    format!("boxless.status.{id}")
+}
+
+/// Where routers ask every server for its status.
+pub const REQUEST_SUBJECT: &str = "boxless.status.request";
+
+/// A status as it travels (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusMessage {
+    /// Server id.
+    pub id: String,
+    /// up | draining | down
+    pub state: String,
+    /// Calls in progress.
+    pub active_calls: u32,
+    /// Most concurrent calls.
+    pub capacity: u32,
+    /// Free bytes on its data disk.
+    pub free_disk_bytes: u64,
+    /// True while its notifier can send.
+    pub notifier_ok: bool,
+}
+
+impl StatusMessage {
+    /// The status of `slot` now.
+    pub fn of(slot: &ServerSlot) -> StatusMessage {
+        let v = slot.view();
+        StatusMessage {
+            id: slot.id.clone(),
+            state: v.state.as_str().to_string(),
+            active_calls: v.active,
+            capacity: v.capacity,
+            free_disk_bytes: v.free_disk,
+            notifier_ok: v.notifier_ok,
+        }
+    }
+
+    /// Writes it into the router's slot for that server. Freshness is the router's own
+    /// receive time, so clocks of different hosts never need to agree.
+    pub fn apply(&self, board: &StatusBoard, received_ms: u64) -> bool {
+        let Some(slot) = board.by_id(&self.id) else {
+            return false;
+        };
+        let state = match self.state.as_str() {
+            "up" => ServerState::Up,
+            "draining" => ServerState::Draining,
+            _ => ServerState::Down,
+        };
+        slot.publish(StatusView {
+            state,
+            active: self.active_calls,
+            capacity: self.capacity,
+            free_disk: self.free_disk_bytes,
+            notifier_ok: self.notifier_ok,
+            last_update_ms: received_ms,
+        });
+        true
+    }
+
+    /// True when a router would decide differently after this change.
+    pub fn differs(&self, other: &StatusMessage) -> bool {
+        self.state != other.state
+            || self.notifier_ok != other.notifier_ok
+            || (self.active_calls >= self.capacity) != (other.active_calls >= other.capacity)
+            || self.active_calls != other.active_calls
+    }
+}
+
+/// Connects to NATS, retrying in the background until it answers.
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(url)
+        .await
+}
+
+/// A server's side: publish on change (at most every `min_gap`) and every `ttl / 3`;
+/// answer routers' requests. Runs until the process ends.
+pub async fn publish_status(
+    client: async_nats::Client,
+    board: Arc<StatusBoard>,
+    id: String,
+    ttl: Duration,
+    min_gap: Duration,
+) {
+    let subject = status_subject(&id);
+    let Some(index) = board.slots.iter().position(|s| s.id == id) else {
+        tracing::error!(%id, "server missing from the status board; status not published");
+        return;
+    };
+    let mut requests = match client.subscribe(REQUEST_SUBJECT).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to status requests");
+            None
+        }
+    };
+    let every = (ttl / 3).max(Duration::from_millis(100));
+    let mut last: Option<StatusMessage> = None;
+    let mut last_sent = tokio::time::Instant::now() - every;
+    let mut tick = tokio::time::interval(min_gap.min(every));
+    loop {
+        let mut reply_to = None;
+        tokio::select! {
+            _ = tick.tick() => {}
+            req = async {
+                match requests.as_mut() {
+                    Some(r) => r.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                match req {
+                    Some(m) => reply_to = m.reply,
+                    None => requests = None,
+                }
+            }
+        }
+        let now = StatusMessage::of(&board.slots[index]);
+        let due = last_sent.elapsed() >= every;
+        let changed =
+            last.as_ref().is_none_or(|l| l.differs(&now)) && last_sent.elapsed() >= min_gap;
+        let Ok(payload) = serde_json::to_vec(&now) else {
+            continue;
+        };
+        if let Some(reply) = reply_to
+            && let Err(e) = client.publish(reply, payload.clone().into()).await
+        {
+            tracing::debug!(error = %e, "status reply not sent");
+        }
+        if due || changed {
+            match client.publish(subject.clone(), payload.into()).await {
+                Ok(()) => {
+                    last = Some(now);
+                    last_sent = tokio::time::Instant::now();
+                }
+                Err(e) => tracing::debug!(error = %e, "status not published (NATS unreachable?)"),
+            }
+        }
+    }
+}
+
+/// A router's side: take every server's status as it comes; ask all of them once at start.
+pub async fn follow_status(client: async_nats::Client, board: Arc<StatusBoard>) {
+    let mut sub = match client.subscribe("boxless.status.*").await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to server status");
+            return;
+        }
+    };
+    // Ask instead of waiting for the next periodic status.
+    let inbox = client.new_inbox();
+    match client.subscribe(inbox.clone()).await {
+        Ok(mut replies) => {
+            if let Err(e) = client
+                .publish_with_reply(REQUEST_SUBJECT, inbox, "".into())
+                .await
+            {
+                tracing::warn!(error = %e, "status request not sent");
+            }
+            let board2 = board.clone();
+            tokio::spawn(async move {
+                let end = tokio::time::sleep(Duration::from_secs(2));
+                tokio::pin!(end);
+                loop {
+                    tokio::select! {
+                        _ = &mut end => break,
+                        m = replies.next() => {
+                            let Some(m) = m else { break };
+                            if let Ok(s) = serde_json::from_slice::<StatusMessage>(&m.payload) {
+                                s.apply(&board2, now_ms());
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot subscribe to status replies"),
+    }
+    while let Some(m) = sub.next().await {
+        if m.subject.as_str() == REQUEST_SUBJECT {
+            continue;
+        }
+        match serde_json::from_slice::<StatusMessage>(&m.payload) {
+            Ok(s) => {
+                if !s.apply(&board, now_ms()) {
+                    tracing::debug!(id = %s.id, "status of a server not in this router's configuration");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "malformed status message ignored"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_core::LinkPool;
+
+    #[test]
+    fn status_round_trips_and_freshness_is_the_receivers() {
+        let slot = ServerSlot::new(
+            "ms1",
+            ([127, 0, 0, 1], 5070).into(),
+            LinkPool::default(),
+            10,
+        );
+        slot.publish(StatusView::up(10, 1));
+        slot.call_started();
+        let m = StatusMessage::of(&slot);
+        let wire = serde_json::to_vec(&m).unwrap();
+        let back: StatusMessage = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(back, m);
+        let board = StatusBoard {
+            slots: vec![ServerSlot::new(
+                "ms1",
+                ([127, 0, 0, 1], 5070).into(),
+                LinkPool::default(),
+                10,
+            )],
+        };
+        assert!(!board.slots[0].view().fresh(5000, 3000));
+        assert!(back.apply(&board, 4000));
+        let v = board.slots[0].view();
+        assert_eq!((v.active, v.last_update_ms), (1, 4000));
+        assert!(v.available(5000, 3000));
+        let stranger = StatusMessage {
+            id: "ms9".into(),
+            ..back.clone()
+        };
+        assert!(!stranger.apply(&board, 4000));
+        let mut draining = back.clone();
+        draining.state = "draining".into();
+        assert!(draining.differs(&back));
+        assert!(!back.differs(&back.clone()));
+    }
+}
