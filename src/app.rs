@@ -109,6 +109,12 @@ async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result
     boxless_router::start(
         core,
         boxless_router::RouterSettings {
+            probe: (c.router.probe_interval_ms > 0).then(|| boxless_router::probe::ProbeSettings {
+                interval: Duration::from_millis(c.router.probe_interval_ms),
+                timeout: Duration::from_millis(c.router.probe_timeout_ms),
+                down_after: c.router.probe_down_after,
+                up_after: c.router.probe_up_after,
+            }),
             listen: c.router.listen,
             max_message: c.sip.max_message_bytes,
             rng_seed: c.router.rng_seed,

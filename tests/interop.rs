@@ -72,6 +72,7 @@ fn write_config_with(
 [router]
 listen = "127.0.0.1:{router}"
 mode = "{mode}"
+{extra}
 [http]
 listen = "127.0.0.1:{http}"
 [sms]
@@ -82,7 +83,6 @@ retry_max_ms = 2000
 [messages]
 greeting = "tone"
 silence_seconds = 5
-{extra}
 [[servers]]
 id = "ms1"
 listen = "127.0.0.1:{s1}"

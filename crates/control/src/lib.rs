@@ -70,6 +70,7 @@ impl StatusMessage {
             free_disk: self.free_disk_bytes,
             notifier_ok: self.notifier_ok,
             last_update_ms: received_ms,
+            probe_down: false,
         });
         true
     }

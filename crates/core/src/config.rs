@@ -89,6 +89,14 @@ pub struct RouterConfig {
     pub retry_after_seconds: u32,
     /// Seed for the server-choice RNG (0: from the OS).
     pub rng_seed: u64,
+    /// SIP OPTIONS probe of each server every this many ms (0: no probes).
+    pub probe_interval_ms: u64,
+    /// A probe unanswered this long failed.
+    pub probe_timeout_ms: u64,
+    /// Failed probes in a row before a server is taken out.
+    pub probe_down_after: u32,
+    /// Good probes in a row before it is back.
+    pub probe_up_after: u32,
 }
 
 impl Default for RouterConfig {
@@ -99,6 +107,10 @@ impl Default for RouterConfig {
             proxy_answer_ms: 2000,
             retry_after_seconds: 30,
             rng_seed: 0,
+            probe_interval_ms: 500,
+            probe_timeout_ms: 400,
+            probe_down_after: 3,
+            probe_up_after: 2,
         }
     }
 }
@@ -403,6 +415,15 @@ impl Config {
             return Err(err(
                 "messages.silence_seconds".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        let r = &self.router;
+        if r.probe_interval_ms > 0
+            && (r.probe_timeout_ms == 0 || r.probe_down_after == 0 || r.probe_up_after == 0)
+        {
+            return Err(err(
+                "router.probe_timeout_ms".into(),
+                "with probes on, probe_timeout_ms, probe_down_after and probe_up_after must be at least 1".into(),
             ));
         }
         if self.retrieval.max_wrong_codes == 0 {

@@ -56,6 +56,7 @@ pub struct ServerSlot {
     free_disk: AtomicU64,
     notifier_ok: AtomicBool,
     last_update_ms: AtomicU64,
+    probe_down: AtomicBool,
 }
 
 /// A consistent-enough copy of a slot for decisions and the API.
@@ -73,6 +74,8 @@ pub struct StatusView {
     pub notifier_ok: bool,
     /// When the status was last written (ms since the UNIX epoch).
     pub last_update_ms: u64,
+    /// The router's own SIP OPTIONS probes find it dead (never published).
+    pub probe_down: bool,
 }
 
 impl StatusView {
@@ -85,12 +88,14 @@ impl StatusView {
             free_disk: u64::MAX,
             notifier_ok: true,
             last_update_ms: at_ms,
+            probe_down: false,
         }
     }
 
     /// The selection rule: fresh, up, below capacity, enough disk, notifier healthy.
     pub fn available(&self, now_ms: u64, ttl_ms: u64) -> bool {
         self.fresh(now_ms, ttl_ms)
+            && !self.probe_down
             && self.state == ServerState::Up
             && self.active < self.capacity
             && self.free_disk >= MIN_FREE_DISK
@@ -104,7 +109,7 @@ impl StatusView {
 
     /// The state an operator should see: a stale status reads as down.
     pub fn effective_state(&self, now_ms: u64, ttl_ms: u64) -> ServerState {
-        if self.fresh(now_ms, ttl_ms) {
+        if self.fresh(now_ms, ttl_ms) && !self.probe_down {
             self.state
         } else {
             ServerState::Down
@@ -125,6 +130,7 @@ impl ServerSlot {
             free_disk: AtomicU64::new(0),
             notifier_ok: AtomicBool::new(false),
             last_update_ms: AtomicU64::new(0),
+            probe_down: AtomicBool::new(false),
         }
     }
 
@@ -137,10 +143,16 @@ impl ServerSlot {
             free_disk: self.free_disk.load(Relaxed),
             notifier_ok: self.notifier_ok.load(Relaxed),
             last_update_ms: self.last_update_ms.load(Relaxed),
+            probe_down: self.probe_down.load(Relaxed),
         }
     }
 
-    /// Writes a whole status.
+    /// The router's probes find the server dead (true) or alive again (false).
+    pub fn set_probe_down(&self, down: bool) {
+        self.probe_down.store(down, Relaxed);
+    }
+
+    /// Writes a whole status (the router's probe verdict is its own and stays).
     pub fn publish(&self, v: StatusView) {
         self.state.store(v.state as u8, Relaxed);
         self.active.store(v.active, Relaxed);

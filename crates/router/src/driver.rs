@@ -14,6 +14,8 @@ use crate::proxy::{self, ProxyInput};
 /// Router settings beyond the decision logic.
 #[derive(Debug, Clone)]
 pub struct RouterSettings {
+    /// SIP OPTIONS probes of the servers (None: off).
+    pub probe: Option<crate::probe::ProbeSettings>,
     /// UDP and TCP address.
     pub listen: SocketAddr,
     /// Largest SIP message accepted.
@@ -61,6 +63,10 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
             .spawn(move || redirect_udp(core, std_udp, max, rng))?;
         None
     };
+    if let Some(p) = settings.probe {
+        let sock = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+        tokio::spawn(probe_servers(core.board.clone(), sock, p));
+    }
     tokio::spawn(tcp_accept(
         core,
         tcp,
@@ -70,6 +76,58 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
     ));
     tracing::info!(%local, "router up");
     Ok(local)
+}
+
+/// Probes every server with SIP OPTIONS and takes dead ones out before their status goes
+/// stale (see [`crate::probe`]).
+async fn probe_servers(
+    board: Arc<boxless_core::StatusBoard>,
+    sock: UdpSocket,
+    s: crate::probe::ProbeSettings,
+) {
+    let local = match sock.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let mut p = crate::probe::Prober::new(std::time::Instant::now(), board.slots.len(), s);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let now = std::time::Instant::now();
+        p.handle_timeout(now);
+        while let Some((i, seq)) = p.poll_probe(now) {
+            let to = board.slots[i].sip;
+            let req = format!(
+                "OPTIONS sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKprobe{seq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:router@{local}>;tag=probe\r\nTo: <sip:{to}>\r\nCall-ID: probe-{seq}@{local}\r\nCSeq: {} OPTIONS\r\nContent-Length: 0\r\n\r\n",
+                seq % (1 << 31)
+            );
+            if let Err(e) = sock.send_to(req.as_bytes(), to).await {
+                tracing::debug!(error = %e, %to, "probe not sent");
+            }
+        }
+        while let Some(v) = p.poll_change() {
+            let slot = &board.slots[v.server];
+            slot.set_probe_down(v.down);
+            if v.down {
+                tracing::warn!(server = %slot.id, "server does not answer OPTIONS: taken out");
+            } else {
+                tracing::info!(server = %slot.id, "server answers OPTIONS again");
+            }
+        }
+        let wake = p.poll_timeout().unwrap_or(now + s.interval);
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, _)) = r else { continue };
+                let Ok(m) = Message::parse(&buf[..n], false) else { continue };
+                let (Some(code), Some(seq)) = (m.status(), m.call_id.strip_prefix("probe-").and_then(|r| r.split('@').next()).and_then(|s| s.parse().ok())) else {
+                    continue;
+                };
+                if code >= 200 {
+                    p.answered(seq, crate::probe::alive(code));
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
 }
 
 /// Counters resolved once, so the hot path does no registry look-up.

@@ -6,6 +6,7 @@
 pub mod decide;
 pub mod driver;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 
 pub use decide::{RouterCore, Verdict};
