@@ -149,6 +149,13 @@ async fn start_api(
         .with_context(|| format!("starting the HTTP API on {listen}"))
 }
 
+async fn nats(cfg: &Checked, name: &str) -> anyhow::Result<boxless_control::Client> {
+    let url = &cfg.config.control.url;
+    boxless_control::connect(url, name)
+        .await
+        .with_context(|| format!("key `control.url`: cannot reach NATS at {url}"))
+}
+
 fn need_nats(cfg: &Checked, what: &str) -> anyhow::Result<()> {
     if cfg.config.control.backend != ControlBackend::Nats {
         bail!(
@@ -170,7 +177,7 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         stores.push(store);
     }
     if cfg.config.control.backend == ControlBackend::Nats {
-        let client = boxless_control::connect(&cfg.config.control.url, "boxless serve").await?;
+        let client = nats(&cfg, "boxless serve").await?;
         let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
         for s in &servers {
             tokio::spawn(boxless_control::publish_status(
@@ -205,14 +212,7 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
 pub async fn router(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
     need_nats(&cfg, "router")?;
     let board = board_of(&cfg);
-    let client = boxless_control::connect(&cfg.config.control.url, "boxless router")
-        .await
-        .with_context(|| {
-            format!(
-                "key `control.url`: cannot reach NATS at {}",
-                cfg.config.control.url
-            )
-        })?;
+    let client = nats(&cfg, "boxless router").await?;
     tokio::spawn(boxless_control::follow_status(client, board.clone()));
     let router = start_router(&cfg, &board).await?;
     let taking_calls = Arc::new(AtomicBool::new(true));
@@ -247,14 +247,7 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
     let board = board_of(&cfg);
     let prompts = Arc::new(Prompts::load());
     let (server, store) = start_server(&cfg, spec, &board, &prompts).await?;
-    let client = boxless_control::connect(&cfg.config.control.url, &format!("boxless server {id}"))
-        .await
-        .with_context(|| {
-            format!(
-                "key `control.url`: cannot reach NATS at {}",
-                cfg.config.control.url
-            )
-        })?;
+    let client = nats(&cfg, &format!("boxless server {id}")).await?;
     let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
     tokio::spawn(boxless_control::publish_status(
         client,

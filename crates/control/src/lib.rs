@@ -13,6 +13,9 @@ use boxless_core::{ServerSlot, ServerState, StatusBoard, StatusView, now_ms};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+/// The NATS client type.
+pub use async_nats::Client;
+
 /// Subject a server publishes its status on.
 pub fn status_subject(id: &str) -> String {
     format!("boxless.status.{id}")

@@ -352,6 +352,19 @@ impl MessagingServer {
         tx.send(&b, to).await;
     }
 
+    /// `503` with a short Retry-After: no room for this call right now.
+    async fn busy(&self, tx: &SipTx, msg: &Message<'_>, reply_to: SocketAddr) {
+        self.respond(
+            tx,
+            msg,
+            503,
+            "Service Unavailable",
+            reply_to,
+            b"Retry-After: 1\r\n",
+        )
+        .await
+    }
+
     async fn new_call(
         self: &Arc<Self>,
         msg: &Message<'_>,
@@ -373,16 +386,7 @@ impl MessagingServer {
         }
         let slot = &self.board.slots[self.slot];
         if slot.view().active >= slot.view().capacity {
-            return self
-                .respond(
-                    tx,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    reply_to,
-                    b"Retry-After: 1\r\n",
-                )
-                .await;
+            return self.busy(tx, msg, reply_to).await;
         }
         if let Some(req) = msg.header("require").or(msg.header("proxy-require")) {
             let extra = format!("Unsupported: {req}\r\n");
@@ -465,16 +469,7 @@ impl MessagingServer {
             }
         };
         let Some((rtp, port)) = self.bind_rtp().await else {
-            return self
-                .respond(
-                    tx,
-                    msg,
-                    503,
-                    "Service Unavailable",
-                    reply_to,
-                    b"Retry-After: 1\r\n",
-                )
-                .await;
+            return self.busy(tx, msg, reply_to).await;
         };
         let (events_tx, events_rx) = mpsc::channel(32);
         {
