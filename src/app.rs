@@ -137,12 +137,25 @@ async fn start_api(
     metrics: PrometheusHandle,
     taking_calls: Arc<AtomicBool>,
 ) -> anyhow::Result<SocketAddr> {
+    // A router process asks every server's own API for messages.
+    let remotes = if stores.is_empty() {
+        cfg.servers
+            .iter()
+            .map(|s| boxless_api::Remote {
+                id: s.config.id.clone(),
+                http: s.config.http,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let api = boxless_api::ApiState {
         board,
         stores,
         ttl_ms: cfg.config.control.ttl_seconds * 1000,
         metrics,
         taking_calls,
+        remotes,
     };
     boxless_api::serve(listen, api)
         .await

@@ -485,6 +485,28 @@ fn wait_state(http: u16, id: &str, state: &str, limit: Duration) -> Duration {
     t0.elapsed()
 }
 
+/// The router's gathered `/api/v1/messages` and the servers it says are missing.
+fn router_messages(http: u16) -> (String, Vec<serde_json::Value>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let a = rt
+        .block_on(boxless_net::http::request(
+            SocketAddr::from(([127, 0, 0, 1], http)),
+            "GET",
+            "/api/v1/messages?recipient=%2B15551230002",
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert_eq!(a.status, 200);
+    let missing = a
+        .header(boxless_api::MISSING_HEADER)
+        .unwrap_or("")
+        .to_string();
+    (missing, serde_json::from_slice(&a.body).unwrap())
+}
+
 fn phone_call(router: u16, from: &str, seconds: f64) -> boxless_phone::CallOutcome {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -539,6 +561,28 @@ fn router_and_servers_as_processes_over_nats() {
         let out = phone_call(p.router, &format!("555123000{i}"), 2.5);
         assert!(out.completed(), "call {i} through the router: {out:?}");
     }
+    // The router's API gathers messages from both servers' APIs, and forwards by id.
+    std::thread::sleep(Duration::from_millis(300));
+    let (missing, msgs) = router_messages(p.http);
+    assert_eq!((missing.as_str(), msgs.len()), ("", 4), "{msgs:?}");
+    let id = msgs[0]["id"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let audio = rt
+        .block_on(boxless_net::http::request(
+            SocketAddr::from(([127, 0, 0, 1], p.http)),
+            "GET",
+            &format!("/api/v1/messages/{id}/audio"),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert_eq!(
+        (audio.status, audio.content_type.as_deref()),
+        (200, Some("audio/wav"))
+    );
+    assert!(audio.body.starts_with(b"RIFF"));
     // kill -9 of one server: the router stops choosing it within two TTLs.
     let _ = ms1.0.kill();
     let _ = ms1.0.wait();
@@ -552,11 +596,20 @@ fn router_and_servers_as_processes_over_nats() {
         let out = phone_call(p.router, &format!("555124000{i}"), 2.5);
         assert!(out.completed(), "call {i} with ms1 dead: {out:?}");
     }
+    let (missing, msgs) = router_messages(p.http);
+    assert_eq!(missing, "ms1", "the answer says whose messages are missing");
+    assert!(msgs.len() >= 3, "{msgs:?}");
     // The restarted server rejoins by itself.
     let restarted = Instant::now();
     let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1b.log"));
     wait_state(p.http, "ms1", "up", Duration::from_secs(10));
     eprintln!("ms1 rejoined {:?} after its restart", restarted.elapsed());
+    let (missing, msgs) = router_messages(p.http);
+    assert_eq!(
+        (missing.as_str(), msgs.len()),
+        ("", 7),
+        "every message, none lost to the kill"
+    );
 }
 
 /// What RFC 4475 expects of the router for each message (by file name).

@@ -30,7 +30,24 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// False once the process drains.
     pub taking_calls: Arc<AtomicBool>,
+    /// Servers in other processes whose HTTP API this one asks (a router's API).
+    pub remotes: Vec<Remote>,
 }
+
+/// A messaging server reached through its own HTTP API.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// Server id (the prefix of its message ids).
+    pub id: String,
+    /// Its HTTP API.
+    pub http: SocketAddr,
+}
+
+/// How long the router's API waits for a server's API.
+const REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Header naming the servers whose messages are missing from a gathered answer.
+pub const MISSING_HEADER: &str = "boxless-missing-servers";
 
 impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -176,25 +193,83 @@ async fn messages(State(s): State<ApiState>, Query(q): Query<MessagesQuery>) -> 
         for st in &stores {
             all.extend(st.list(recipient, limit)?);
         }
-        all.sort_by(|a, b| {
-            b.received_at_ms
-                .cmp(&a.received_at_ms)
-                .then(a.id.cmp(&b.id))
-        });
         Ok::<_, boxless_store::Error>(all)
     })
     .await;
-    match res {
-        Ok(Ok(list)) => {
-            axum::Json(list.iter().map(json_message).collect::<Vec<_>>()).into_response()
+    let mut list: Vec<Value> = match res {
+        Ok(Ok(list)) => list.iter().map(json_message).collect(),
+        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            );
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
-        Err(e) => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+    };
+    // Servers in other processes: asked at once, each within a bound.
+    let query = match recipient {
+        Some(r) => format!("/api/v1/messages?recipient=%2B{}&limit={limit}", r.digits()),
+        None => format!("/api/v1/messages?limit={limit}"),
+    };
+    let mut asks = tokio::task::JoinSet::new();
+    for r in s.remotes.clone() {
+        let q = query.clone();
+        asks.spawn(async move {
+            let got = boxless_net::http::request(r.http, "GET", &q, REMOTE_TIMEOUT).await;
+            let items = match got {
+                Ok(a) if a.status == 200 => serde_json::from_slice::<Vec<Value>>(&a.body).ok(),
+                _ => None,
+            };
+            (r.id, items)
+        });
     }
+    let mut missing = Vec::new();
+    while let Some(done) = asks.join_next().await {
+        match done {
+            Ok((_, Some(items))) => list.extend(items),
+            Ok((id, None)) => missing.push(id),
+            Err(_) => {}
+        }
+    }
+    // RFC 3339 UTC times sort as text: newest first.
+    list.sort_by(|a, b| {
+        b["received_at"]
+            .as_str()
+            .cmp(&a["received_at"].as_str())
+            .then(a["id"].as_str().cmp(&b["id"].as_str()))
+    });
+    let mut resp = axum::Json(list).into_response();
+    if !missing.is_empty() {
+        missing.sort();
+        tracing::warn!(servers = %missing.join(","), "messages of some servers missing: their API did not answer");
+        if let Ok(v) = missing.join(",").parse() {
+            resp.headers_mut().insert(MISSING_HEADER, v);
+        }
+    }
+    resp
+}
+
+/// Forwards a request about message `id` to the remote server that holds it.
+async fn forward(s: &ApiState, method: &str, path: &str, id: &str) -> Option<Response> {
+    let r = s.remotes.iter().find(|r| {
+        id.strip_prefix(r.id.as_str())
+            .is_some_and(|x| x.starts_with('-'))
+    })?;
+    Some(
+        match boxless_net::http::request(r.http, method, path, REMOTE_TIMEOUT).await {
+            Ok(a) => {
+                let code = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let ctype = a.content_type.unwrap_or_else(|| "application/json".into());
+                (code, [(header::CONTENT_TYPE, ctype)], a.body).into_response()
+            }
+            Err(e) => error(
+                StatusCode::BAD_GATEWAY,
+                "server_unreachable",
+                &format!("server {}: {e}", r.id),
+            ),
+        },
+    )
 }
 
 fn store_of<'a>(s: &'a ApiState, id: &str) -> Option<&'a Arc<Store>> {
@@ -246,6 +321,11 @@ async fn with_store<T: Send + 'static>(
 }
 
 async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    if valid_id(&id)
+        && let Some(r) = forward(&s, "GET", &format!("/api/v1/messages/{id}"), &id).await
+    {
+        return r;
+    }
     match with_store(&s, &id, |st, id| st.get(id)).await {
         Ok(Some(m)) => axum::Json(json_message(&m)).into_response(),
         Ok(None) => no_message(),
@@ -254,6 +334,11 @@ async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response 
 }
 
 async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    if valid_id(&id)
+        && let Some(r) = forward(&s, "GET", &format!("/api/v1/messages/{id}/audio"), &id).await
+    {
+        return r;
+    }
     let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)) else {
         return no_message();
     };
@@ -268,6 +353,11 @@ async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
 }
 
 async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+    if valid_id(&id)
+        && let Some(r) = forward(&s, "DELETE", &format!("/api/v1/messages/{id}"), &id).await
+    {
+        return r;
+    }
     match with_store(&s, &id, |st, id| st.delete(id)).await {
         Ok(true) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
         Ok(false) => no_message(),

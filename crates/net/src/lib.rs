@@ -68,3 +68,131 @@ impl TcpSip {
         }
     }
 }
+
+/// A minimal HTTP/1.1 client for the Boxless APIs (loopback and LAN; no TLS, no redirects).
+pub mod http {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// An HTTP answer.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Answer {
+        /// Status code.
+        pub status: u16,
+        /// Content-Type, if any.
+        pub content_type: Option<String>,
+        /// Every header field, names lower-cased.
+        pub headers: Vec<(String, String)>,
+        /// The body (de-chunked).
+        pub body: Vec<u8>,
+    }
+
+    impl Answer {
+        /// The value of header `name` (lower case).
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Sends `METHOD path` to `addr` and reads the whole answer, all within `limit`.
+    pub async fn request(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        limit: Duration,
+    ) -> std::io::Result<Answer> {
+        tokio::time::timeout(limit, async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.write_all(
+                format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).await?;
+            parse(&buf).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
+    }
+
+    fn parse(buf: &[u8]) -> Option<Answer> {
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = std::str::from_utf8(&buf[..end]).ok()?;
+        let body = &buf[end + 4..];
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        let mut content_type = None;
+        let mut chunked = false;
+        let mut headers = Vec::new();
+        for line in head.lines().skip(1) {
+            let (k, v) = line.split_once(':')?;
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            if k.eq_ignore_ascii_case("content-type") {
+                content_type = Some(v.trim().to_string());
+            } else if k.eq_ignore_ascii_case("transfer-encoding")
+                && v.to_ascii_lowercase().contains("chunked")
+            {
+                chunked = true;
+            }
+        }
+        let body = if chunked {
+            dechunk(body)?
+        } else {
+            body.to_vec()
+        };
+        Some(Answer {
+            status,
+            content_type,
+            headers,
+            body,
+        })
+    }
+
+    fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let nl = b.windows(2).position(|w| w == b"\r\n")?;
+            let size = usize::from_str_radix(
+                std::str::from_utf8(&b[..nl])
+                    .ok()?
+                    .split(';')
+                    .next()?
+                    .trim(),
+                16,
+            )
+            .ok()?;
+            b = &b[nl + 2..];
+            if size == 0 {
+                return Some(out);
+            }
+            out.extend_from_slice(b.get(..size)?);
+            b = b.get(size + 2..)?;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn plain_and_chunked_answers() {
+            let a = parse(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]",
+            )
+            .unwrap();
+            assert_eq!(
+                (a.status, a.content_type.as_deref(), a.body.as_slice()),
+                (200, Some("application/json"), &b"[]"[..])
+            );
+            let a = parse(b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+            assert_eq!((a.status, a.body.as_slice()), (404, &b"abcde"[..]));
+            assert!(parse(b"garbage").is_none());
+        }
+    }
+}
