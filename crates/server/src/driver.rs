@@ -1,5 +1,5 @@
 //! The messaging server's tokio driver: one task per SIP socket (UDP, and one per TCP
-//! connection), one task per call owning its RTP socket and its sans-IO [`Deposit`].
+//! connection), one task per call owning its RTP socket and its sans-IO [`CallFlow`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use boxless_store::{MessageState, NewMessage, Retention, Store};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::deposit::{Deposit, DepositSettings, DialogInfo, EndReason, Output, RetrievalSetup};
+use crate::call::{CallFlow, CallSettings, DialogInfo, EndReason, Output, RetrievalSetup};
 use crate::menu::{Lockouts, Mark, Menu, MenuMessage, MenuSettings};
 
 /// Where SIP bytes for a peer go out.
@@ -74,7 +74,7 @@ pub struct MessagingServer {
     prompts: Arc<Prompts>,
     tone: Arc<[i16]>,
     greeting: Greeting,
-    settings: DepositSettings,
+    settings: CallSettings,
     policy: AccessCodePolicy,
     utc_offset: i32,
     max_message: usize,
@@ -118,7 +118,7 @@ impl MessagingServer {
             tone: prompts.tone().into(),
             prompts,
             greeting: c.messages.greeting,
-            settings: DepositSettings {
+            settings: CallSettings {
                 t1: Duration::from_millis(c.sip.t1_ms),
                 t2: Duration::from_millis(c.sip.t2_ms),
                 max_samples: c.messages.max_seconds as usize * 8000,
@@ -508,7 +508,7 @@ impl MessagingServer {
         let now = Instant::now();
         let rtp_tx = RtpSender::new(neg.codec, neg.pt, ssrc, seq, ts);
         let machine = match retrieval {
-            Some(setup) => Deposit::new_retrieval(
+            Some(setup) => CallFlow::new_retrieval(
                 now,
                 self.settings.clone(),
                 msg,
@@ -523,7 +523,7 @@ impl MessagingServer {
                     Greeting::Digits => self.prompts.greeting(&recipient.digits()).into(),
                     Greeting::Tone => self.tone.clone(),
                 };
-                Deposit::new(
+                CallFlow::new(
                     now,
                     self.settings.clone(),
                     msg,
@@ -673,7 +673,7 @@ fn contact_addr(msg: &Message<'_>) -> Option<SocketAddr> {
 struct Call {
     server: Arc<MessagingServer>,
     call_id: String,
-    machine: Deposit,
+    machine: CallFlow,
     tx: SipTx,
     rtp: UdpSocket,
     port: u16,

@@ -1,11 +1,12 @@
 //! The Boxless messaging server: answers forwarded calls, plays the greeting, records,
-//! stores durably and queues the SMS. The call flow is a sans-IO machine ([`deposit`]);
-//! [`driver`] runs it on tokio sockets.
+//! stores durably and queues the SMS; answers calls to its link numbers and plays the
+//! messages. The call flow ([`call`]) and the retrieval menu ([`menu`]) are sans-IO
+//! machines; [`driver`] runs them on tokio sockets.
 #![warn(missing_docs)]
 
-pub mod deposit;
+pub mod call;
 pub mod driver;
 pub mod menu;
 
-pub use deposit::{Deposit, DepositSettings, EndReason};
+pub use call::{CallFlow, CallSettings, EndReason};
 pub use driver::MessagingServer;

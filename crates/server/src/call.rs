@@ -1,7 +1,8 @@
-//! The deposit call flow as a sans-IO state machine: answer, greeting and tone, record
-//! until BYE / `#` / silence / max length, store, then hang up.
+//! One call as a sans-IO state machine. A deposit: answer, greeting and tone, record until
+//! BYE / `#` / silence / max length, store, then hang up. A retrieval
+//! ([`CallFlow::new_retrieval`]): answer and run the menu, playing prompts and messages.
 //!
-//! The promise it keeps: the caller's BYE is answered `200` only after the store reported
+//! The promise a deposit keeps: the caller's BYE is answered `200` only after the store reported
 //! the message (or the missed-call alert) durable. A failed store answers `500`.
 
 use std::collections::VecDeque;
@@ -21,7 +22,7 @@ use boxless_sip::{Message, Method, write_response};
 
 /// Timers and limits of a deposit.
 #[derive(Debug, Clone)]
-pub struct DepositSettings {
+pub struct CallSettings {
     /// RFC 3261 T1.
     pub t1: Duration,
     /// RFC 3261 T2.
@@ -63,14 +64,14 @@ pub enum Output {
         /// Where.
         to: SocketAddr,
     },
-    /// Send the RTP packet in [`Deposit::rtp_packet`] to the caller's media address.
+    /// Send the RTP packet in [`CallFlow::rtp_packet`] to the caller's media address.
     Rtp,
-    /// Store this recording durably, then call [`Deposit::handle_stored`].
+    /// Store this recording durably, then call [`CallFlow::handle_stored`].
     Store {
         /// 8 kHz mono audio.
         samples: Vec<i16>,
     },
-    /// Queue a missed-call alert durably, then call [`Deposit::handle_stored`].
+    /// Queue a missed-call alert durably, then call [`CallFlow::handle_stored`].
     MissedCall,
     /// Retrieval: record what became of a message.
     Mark {
@@ -97,8 +98,8 @@ enum Phase {
 
 /// One deposit call.
 #[derive(Debug)]
-pub struct Deposit {
-    s: DepositSettings,
+pub struct CallFlow {
+    s: CallSettings,
     phase: Phase,
     reason: Option<EndReason>,
     out: VecDeque<Output>,
@@ -173,19 +174,19 @@ pub struct DialogInfo {
     pub bye_branch: String,
 }
 
-impl Deposit {
+impl CallFlow {
     /// Answers `invite` with `sdp_answer` and starts the greeting.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         now: Instant,
-        s: DepositSettings,
+        s: CallSettings,
         invite: &Message<'_>,
         dialog: &DialogInfo,
         neg: &Negotiated,
         sdp_answer: &str,
         greeting: Arc<[i16]>,
         tx: RtpSender,
-    ) -> Deposit {
+    ) -> CallFlow {
         let mut ok = Vec::with_capacity(1024);
         let extra = format!(
             "Contact: <{}>\r\nAllow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\nServer: boxless\r\n",
@@ -202,7 +203,7 @@ impl Deposit {
             Some(("application/sdp", sdp_answer.as_bytes())),
         );
         let bye = build_bye(invite, dialog);
-        let mut d = Deposit {
+        let mut d = CallFlow {
             rx: RtpReceiver::new(neg.codec, neg.pt, neg.dtmf_pt, s.max_samples),
             phase: Phase::Greeting,
             reason: None,
@@ -239,15 +240,15 @@ impl Deposit {
     #[allow(clippy::too_many_arguments)]
     pub fn new_retrieval(
         now: Instant,
-        s: DepositSettings,
+        s: CallSettings,
         invite: &Message<'_>,
         dialog: &DialogInfo,
         neg: &Negotiated,
         sdp_answer: &str,
         setup: RetrievalSetup,
         tx: RtpSender,
-    ) -> Deposit {
-        let mut d = Deposit::new(
+    ) -> CallFlow {
+        let mut d = CallFlow::new(
             now,
             s,
             invite,
@@ -367,7 +368,7 @@ impl Deposit {
         &self.rtp_buf
     }
 
-    /// When [`Deposit::handle_timeout`] wants to run next.
+    /// When [`CallFlow::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t: Option<Instant> = None;
         let mut at = |i: Instant| t = Some(t.map_or(i, |x| x.min(i)));
@@ -779,7 +780,7 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
 
     struct Harness {
         now: Instant,
-        d: Deposit,
+        d: CallFlow,
         sip: Vec<Vec<u8>>,
         rtp: usize,
         stored: Option<Vec<i16>>,
@@ -790,8 +791,8 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
         wrong: u32,
     }
 
-    fn settings() -> DepositSettings {
-        DepositSettings {
+    fn settings() -> CallSettings {
+        CallSettings {
             t1: T1,
             t2: Duration::from_secs(4),
             max_samples: 8000 * 10,
@@ -813,10 +814,10 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
         }
     }
 
-    fn start(s: DepositSettings, greeting_ms: usize) -> Harness {
+    fn start(s: CallSettings, greeting_ms: usize) -> Harness {
         let greeting: Arc<[i16]> = vec![1000; greeting_ms * 8].into();
         harness(|now, m, neg| {
-            Deposit::new(
+            CallFlow::new(
                 now,
                 s,
                 m,
@@ -843,7 +844,7 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
                 audio: HashMap::from([("m1".to_string(), Arc::from(vec![3000i16; audio_ms * 8]))]),
                 utc_offset_min: 0,
             };
-            Deposit::new_retrieval(
+            CallFlow::new_retrieval(
                 now,
                 settings(),
                 m,
@@ -857,7 +858,7 @@ From: <sip:+15551230001@127.0.0.1>;tag=caller\r\nTo: <sip:+15551230002@127.0.0.1
     }
 
     fn harness(
-        make: impl FnOnce(Instant, &Message<'_>, &boxless_media::Negotiated) -> Deposit,
+        make: impl FnOnce(Instant, &Message<'_>, &boxless_media::Negotiated) -> CallFlow,
     ) -> Harness {
         let now = Instant::now();
         let inv = invite();
