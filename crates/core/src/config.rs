@@ -240,7 +240,7 @@ pub struct MessagesConfig {
     pub min_seconds: u32,
     /// This much silence ends the recording.
     pub silence_seconds: u32,
-    /// `digits` ("You have reached <digits>..." then a tone) or `tone` (the tone alone).
+    /// `digits` ("You have reached \<digits\>..." then a tone) or `tone` (the tone alone).
     pub greeting: Greeting,
     /// Heard messages are deleted this many days after they were heard (saved ones stay).
     pub keep_heard_days: u32,

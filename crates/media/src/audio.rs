@@ -57,7 +57,7 @@ pub fn best_correlation(a: &[i16], b: &[i16], max_lag: usize) -> (f64, isize) {
     best
 }
 
-/// Normalised correlation of a[i] with b[i + lag] over their overlap.
+/// Normalised correlation of `a[i]` with `b[i + lag]` over their overlap.
 pub fn correlation_at(a: &[i16], b: &[i16], lag: isize) -> f64 {
     let (mut sab, mut saa, mut sbb) = (0f64, 0f64, 0f64);
     for (i, &x) in a.iter().enumerate() {

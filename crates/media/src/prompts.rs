@@ -1,5 +1,5 @@
 //! Spoken prompts, recorded once with espeak-ng (`tools/make-prompts.sh`) and committed as
-//! 8 kHz mono WAV: the default greeting ("You have reached <digits>. Please leave a message
+//! 8 kHz mono WAV: the default greeting ("You have reached \<digits\>. Please leave a message
 //! after the tone.") and the retrieval phrases, numbers 0-59 and month names.
 
 use std::collections::HashMap;

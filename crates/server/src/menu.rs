@@ -32,7 +32,7 @@ pub enum Prompt {
     LockedOut,
     /// "There are no messages for you on this number."
     NoMessages,
-    /// "Message from <digits>, received <date, time>."
+    /// "Message from \<digits\>, received \<date, time\>."
     MessageFrom {
         /// The caller, if known.
         caller: Option<PhoneNumber>,

@@ -234,7 +234,7 @@ impl<'a> Message<'a> {
     ///
     /// With `stream == false` (a datagram) a message without Content-Length takes the rest
     /// of the buffer as its body; with `stream == true` Content-Length is mandatory and the
-    /// caller must have framed the message with [`crate::frame`] first.
+    /// caller must have framed the message with [`crate::frame()`] first.
     pub fn parse(buf: &'a [u8], stream: bool) -> Result<Message<'a>, Error> {
         // A datagram ends the message even when the final empty line is missing.
         let head_end = match find_head_end(buf) {
