@@ -55,7 +55,8 @@ rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
 base=$(rss $BP)
 t0=$(ticks $BP)
 ( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!
-(cd "$work" && sipp -sf "$OLDPWD/interop/sipp/deposit.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 -p 25290 -mp 26000 \
+printf 'SEQUENTIAL\n+15551230001;\n' > "$work/callers.csv"
+(cd "$work" && sipp -sf "$OLDPWD/interop/sipp/deposit.xml" -inf "$work/callers.csv" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 -p 25290 -mp 26000 \
    -key pcap "$work/caller.pcap" -key recipient 5551230002 127.0.0.1:25260 \
    -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -fd 1 -stf s.csv > /dev/null 2>&1) || true
 t1=$(ticks $BP)

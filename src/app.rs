@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use boxless_core::config::{ControlBackend, SmsTransport};
-use boxless_core::{Checked, Rng, ServerSlot, ServerSpec, StatusBoard};
+use boxless_core::{Checked, ControlLink, Rng, ServerSlot, ServerSpec, StatusBoard, now_ms};
 use boxless_media::Prompts;
 use boxless_notify::{Backoff, NotifierHandle, Sender, Smpp, SmppSettings};
 use boxless_router::RouterCore;
@@ -28,11 +28,20 @@ pub struct Running {
     pub servers: Vec<Arc<MessagingServer>>,
     /// Cleared when draining.
     pub taking_calls: Arc<AtomicBool>,
+    /// Where the servers' status goes (NATS), for their last word when they stop.
+    pub control: Option<(boxless_control::Client, Arc<StatusBoard>)>,
 }
 
-/// Every configured server's slot, each down until its status arrives.
-fn board_of(cfg: &Checked) -> Arc<StatusBoard> {
+/// Every configured server's slot, each down until its status arrives; `remote` when the
+/// statuses come over NATS (the link's outages are then bridged for the configured grace).
+fn board_of(cfg: &Checked, remote: bool) -> Arc<StatusBoard> {
+    let control = if remote {
+        ControlLink::nats(cfg.config.control.outage_grace_seconds * 1000, now_ms())
+    } else {
+        ControlLink::default()
+    };
     Arc::new(StatusBoard {
+        control,
         slots: cfg
             .servers
             .iter()
@@ -162,9 +171,14 @@ async fn start_api(
         .with_context(|| format!("starting the HTTP API on {listen}"))
 }
 
-async fn nats(cfg: &Checked, name: &str) -> anyhow::Result<boxless_control::Client> {
+async fn nats(
+    cfg: &Checked,
+    name: &str,
+    board: &Arc<StatusBoard>,
+) -> anyhow::Result<boxless_control::Link> {
     let url = &cfg.config.control.url;
-    boxless_control::connect(url, name)
+    let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
+    boxless_control::connect(url, name, ttl, board.clone())
         .await
         .with_context(|| format!("key `control.url`: cannot reach NATS at {url}"))
 }
@@ -180,7 +194,7 @@ fn need_nats(cfg: &Checked, what: &str) -> anyhow::Result<()> {
 
 /// Starts everything `boxless serve` runs. Must be called inside a tokio runtime.
 pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
-    let board = board_of(&cfg);
+    let board = board_of(&cfg, false);
     let prompts = Arc::new(Prompts::load());
     let mut servers = Vec::new();
     let mut stores = Vec::new();
@@ -189,8 +203,10 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         servers.push(server);
         stores.push(store);
     }
+    let mut control = None;
     if cfg.config.control.backend == ControlBackend::Nats {
-        let client = nats(&cfg, "boxless serve").await?;
+        let client = nats(&cfg, "boxless serve", &board).await?.client;
+        control = Some((client.clone(), board.clone()));
         let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
         for s in &servers {
             tokio::spawn(boxless_control::publish_status(
@@ -218,15 +234,16 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         http,
         servers,
         taking_calls,
+        control,
     })
 }
 
 /// `boxless router`: the router and the HTTP API; status comes over NATS.
 pub async fn router(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
     need_nats(&cfg, "router")?;
-    let board = board_of(&cfg);
-    let client = nats(&cfg, "boxless router").await?;
-    tokio::spawn(boxless_control::follow_status(client, board.clone()));
+    let board = board_of(&cfg, true);
+    let link = nats(&cfg, "boxless router", &board).await?;
+    tokio::spawn(boxless_control::follow_status(link, board.clone()));
     let router = start_router(&cfg, &board).await?;
     let taking_calls = Arc::new(AtomicBool::new(true));
     let http = start_api(
@@ -243,6 +260,7 @@ pub async fn router(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<R
         http,
         servers: Vec::new(),
         taking_calls,
+        control: None,
     })
 }
 
@@ -257,13 +275,16 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
             ids.join(", ")
         );
     };
-    let board = board_of(&cfg);
+    let board = board_of(&cfg, true);
     let prompts = Arc::new(Prompts::load());
     let (server, store) = start_server(&cfg, spec, &board, &prompts).await?;
-    let client = nats(&cfg, &format!("boxless server {id}")).await?;
+    let client = nats(&cfg, &format!("boxless server {id}"), &board)
+        .await?
+        .client;
     let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
+    let board_for_exit = board.clone();
     tokio::spawn(boxless_control::publish_status(
-        client,
+        client.clone(),
         board.clone(),
         id.to_string(),
         ttl,
@@ -284,6 +305,7 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
         http,
         servers: vec![server],
         taking_calls,
+        control: Some((client, board_for_exit)),
     })
 }
 
@@ -299,13 +321,20 @@ impl Running {
             let active: usize = self.servers.iter().map(|s| s.active_calls()).sum();
             if active == 0 {
                 tracing::info!("drained: no call in progress");
-                return;
+                break;
             }
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(active, "drain bound reached with calls in progress");
-                return;
+                break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The last word: down, so routers forget these servers now rather than at the TTL.
+        for s in &self.servers {
+            s.stop();
+            if let Some((client, board)) = &self.control {
+                boxless_control::publish_now(client, board, s.id()).await;
+            }
         }
     }
 }

@@ -232,6 +232,8 @@ async fn daemon(config: Option<PathBuf>, part: Part) -> ExitCode {
         .map_or("<embedded default>".to_string(), |p| {
             p.display().to_string()
         });
+    // Calls in progress may run to the longest recording plus the greeting.
+    let drain_bound = Duration::from_secs(u64::from(cfg.config.messages.max_seconds) + 60);
     let started = match part {
         Part::All => boxless::app::serve(cfg, metrics).await,
         Part::Router => boxless::app::router(cfg, metrics).await,
@@ -247,7 +249,7 @@ async fn daemon(config: Option<PathBuf>, part: Part) -> ExitCode {
     tracing::info!(sip = %running.router, http = %running.http, "boxless running; SIGTERM drains");
     wait_for_signal().await;
     tracing::info!("draining: new calls refused, calls in progress finish");
-    running.drain(Duration::from_secs(60)).await;
+    running.drain(drain_bound).await;
     ExitCode::SUCCESS
 }
 

@@ -68,6 +68,14 @@ pub async fn status_table(base: &str) -> anyhow::Result<String> {
             seen
         ));
     }
+    // A router whose control plane is down says so (INTERFACE: degraded health).
+    if let Some(line) = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("boxless-health"))
+            .map(|(_, v)| v.trim())
+    }) {
+        out.push_str(&format!("health: {line}\n"));
+    }
     Ok(out)
 }
 

@@ -196,10 +196,14 @@ fn caller_audio(dir: &Path) -> (Vec<i16>, PathBuf) {
 }
 
 fn sipp(dir: &Path, router: u16, pcap: &Path, calls: u32, rate: u32) -> bool {
+    let callers = dir.join("callers.csv");
+    std::fs::write(&callers, "SEQUENTIAL\n+15551230001;\n").unwrap();
     let mut child = Command::new("sipp")
         .current_dir(dir)
         .arg("-sf")
         .arg(root().join("interop/sipp/deposit.xml"))
+        .arg("-inf")
+        .arg(&callers)
         .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
         .args([
             "-p",

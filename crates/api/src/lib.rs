@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use boxless_core::{PhoneNumber, StatusBoard, now_ms, rfc3339};
+use boxless_core::{ControlHealth, PhoneNumber, StatusBoard, now_ms, rfc3339};
 use boxless_store::{MessageInfo, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
@@ -61,6 +61,7 @@ impl std::fmt::Debug for ApiState {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/api/v1/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/servers", get(servers))
         .route("/api/v1/messages", get(messages))
@@ -97,9 +98,64 @@ fn error(code: StatusCode, error: &str, detail: &str) -> Response {
         .into_response()
 }
 
+/// Header naming a degraded control plane on `/healthz` and `/api/v1/servers`.
+pub const HEALTH_HEADER: &str = "boxless-health";
+
+/// `degraded: ...` while the control plane is down, else None.
+fn degraded(s: &ApiState) -> Option<String> {
+    match s.board.control.health(now_ms()) {
+        ControlHealth::Ok => None,
+        ControlHealth::Degraded {
+            down_for_ms,
+            grace_left_ms,
+        } => Some(format!(
+            "degraded; control plane (NATS) unreachable for {} s; routing on the last known status for {} s more",
+            down_for_ms / 1000,
+            grace_left_ms.div_ceil(1000)
+        )),
+    }
+}
+
+/// Adds the degraded-health header when there is one to add.
+fn with_health(s: &ApiState, mut r: Response) -> Response {
+    if let Some(d) = degraded(s)
+        && let Ok(v) = header::HeaderValue::from_str(&d)
+    {
+        r.headers_mut().insert(HEALTH_HEADER, v);
+    }
+    r
+}
+
+/// `GET /api/v1/health`: the process's health in full.
+async fn health(State(s): State<ApiState>) -> Response {
+    let taking = s.taking_calls.load(Ordering::Relaxed);
+    let (connected, down_for, grace_left) = match s.board.control.health(now_ms()) {
+        ControlHealth::Ok => (true, Value::Null, Value::Null),
+        ControlHealth::Degraded {
+            down_for_ms,
+            grace_left_ms,
+        } => (false, json!(down_for_ms), json!(grace_left_ms)),
+    };
+    let status = match (taking, connected) {
+        (false, _) => "draining",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
+    axum::Json(json!({
+        "status": status,
+        "taking_calls": taking,
+        "control": {
+            "connected": connected,
+            "down_for_ms": down_for,
+            "grace_left_ms": grace_left,
+        },
+    }))
+    .into_response()
+}
+
 async fn healthz(State(s): State<ApiState>) -> Response {
     if s.taking_calls.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok").into_response()
+        with_health(&s, (StatusCode::OK, "ok").into_response())
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     }
@@ -107,6 +163,12 @@ async fn healthz(State(s): State<ApiState>) -> Response {
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {
     let now = now_ms();
+    let at = s.board.status_time(now);
+    metrics::gauge!("boxless_control_connected").set(if s.board.control.connected() {
+        1.0
+    } else {
+        0.0
+    });
     for slot in &s.board.slots {
         let v = slot.view();
         let id = slot.id.clone();
@@ -115,7 +177,7 @@ async fn metrics_text(State(s): State<ApiState>) -> Response {
         metrics::gauge!("boxless_server_free_disk_bytes", "server" => id.clone())
             .set(v.free_disk as f64);
         metrics::gauge!("boxless_server_available", "server" => id)
-            .set(if v.available(now, s.ttl_ms) { 1.0 } else { 0.0 });
+            .set(if v.available(at, s.ttl_ms) { 1.0 } else { 0.0 });
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -126,6 +188,7 @@ async fn metrics_text(State(s): State<ApiState>) -> Response {
 
 async fn servers(State(s): State<ApiState>) -> Response {
     let now = now_ms();
+    let at = s.board.status_time(now);
     let list: Vec<Value> = s
         .board
         .slots
@@ -135,7 +198,7 @@ async fn servers(State(s): State<ApiState>) -> Response {
             json!({
                 "id": slot.id,
                 "address": slot.sip.to_string(),
-                "state": v.effective_state(now, s.ttl_ms).as_str(),
+                "state": v.effective_state(at, s.ttl_ms).as_str(),
                 "active_calls": v.active,
                 "capacity": v.capacity,
                 "free_disk_bytes": v.free_disk,
@@ -144,7 +207,7 @@ async fn servers(State(s): State<ApiState>) -> Response {
             })
         })
         .collect();
-    axum::Json(list).into_response()
+    with_health(&s, axum::Json(list).into_response())
 }
 
 /// `GET /api/v1/messages` query.

@@ -87,17 +87,60 @@ impl StatusMessage {
     }
 }
 
-/// Connects to NATS, retrying in the background until it answers.
+/// A NATS connection and what its state changes drive.
+pub struct Link {
+    /// The client.
+    pub client: async_nats::Client,
+    /// Woken each time the connection is (re)established.
+    pub connected: Arc<tokio::sync::Notify>,
+}
+
+/// Connects to NATS, retrying in the background until it answers (and again after every
+/// outage, at most a second apart). The link's state is written into `board.control`:
+/// while NATS is unreachable the board is judged on the last known status for the
+/// configured grace. Pings every `ttl / 3` find a silent partition within about a TTL.
 pub async fn connect(
     url: &str,
     name: &str,
-) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    ttl: Duration,
+    board: Arc<StatusBoard>,
+) -> Result<Link, async_nats::ConnectError> {
+    let connected = Arc::new(tokio::sync::Notify::new());
+    let wake = connected.clone();
+    let client = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
+        .ping_interval((ttl / 3).max(Duration::from_millis(250)))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(50u64 << attempts.clamp(1, 5) as u32).min(Duration::from_secs(1))
+        })
+        .event_callback(move |event| {
+            let board = board.clone();
+            let wake = wake.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        board.control_up(now_ms());
+                        metrics::gauge!("boxless_control_connected").set(1.0);
+                        tracing::info!("control plane (NATS) connected");
+                        wake.notify_one();
+                    }
+                    async_nats::Event::Disconnected => {
+                        board.control.down(now_ms());
+                        metrics::gauge!("boxless_control_connected").set(0.0);
+                        tracing::warn!(
+                            "control plane (NATS) unreachable: routing on the last known status and SIP probes for the grace period"
+                        );
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        })
         .connect(url)
-        .await
+        .await?;
+    metrics::gauge!("boxless_control_connected").set(0.0);
+    Ok(Link { client, connected })
 }
 
 /// A server's side: publish on change (at most every `min_gap`) and every `ttl / 3`;
@@ -153,7 +196,10 @@ pub async fn publish_status(
         {
             tracing::debug!(error = %e, "status reply not sent");
         }
-        if due || changed {
+        // While NATS is away nothing is queued: the first status after it returns is
+        // current, not a backlog of old ones.
+        let up = client.connection_state() == async_nats::connection::State::Connected;
+        if up && (due || changed) {
             match client.publish(subject.clone(), payload.into()).await {
                 Ok(()) => {
                     last = Some(now);
@@ -165,8 +211,37 @@ pub async fn publish_status(
     }
 }
 
-/// A router's side: take every server's status as it comes; ask all of them once at start.
-pub async fn follow_status(client: async_nats::Client, board: Arc<StatusBoard>) {
+/// Publishes server `id`'s status once, now, and waits (up to a second) until NATS has
+/// it: the last word of a server that stops.
+pub async fn publish_now(client: &async_nats::Client, board: &StatusBoard, id: &str) {
+    let Some(slot) = board.by_id(id) else {
+        return;
+    };
+    let Ok(payload) = serde_json::to_vec(&StatusMessage::of(slot)) else {
+        return;
+    };
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return;
+    }
+    let sent = async {
+        client
+            .publish(status_subject(id), payload.into())
+            .await
+            .ok()?;
+        client.flush().await.ok()
+    };
+    if tokio::time::timeout(Duration::from_secs(1), sent)
+        .await
+        .is_err()
+    {
+        tracing::debug!(%id, "final status not confirmed by NATS");
+    }
+}
+
+/// A router's side: take every server's status as it comes; ask all of them each time
+/// the connection is established (at start and after an outage) instead of waiting.
+pub async fn follow_status(link: Link, board: Arc<StatusBoard>) {
+    let client = link.client;
     let mut sub = match client.subscribe("boxless.status.*").await {
         Ok(s) => s,
         Err(e) => {
@@ -174,36 +249,44 @@ pub async fn follow_status(client: async_nats::Client, board: Arc<StatusBoard>) 
             return;
         }
     };
-    // Ask instead of waiting for the next periodic status.
+    // Replies to our requests come to one inbox for the router's life.
     let inbox = client.new_inbox();
-    match client.subscribe(inbox.clone()).await {
-        Ok(mut replies) => {
-            if let Err(e) = client
-                .publish_with_reply(REQUEST_SUBJECT, inbox, "".into())
-                .await
-            {
-                tracing::warn!(error = %e, "status request not sent");
-            }
-            let board2 = board.clone();
-            tokio::spawn(async move {
-                let end = tokio::time::sleep(Duration::from_secs(2));
-                tokio::pin!(end);
-                loop {
-                    tokio::select! {
-                        _ = &mut end => break,
-                        m = replies.next() => {
-                            let Some(m) = m else { break };
-                            if let Ok(s) = serde_json::from_slice::<StatusMessage>(&m.payload) {
-                                s.apply(&board2, now_ms());
-                            }
-                        }
-                    }
-                }
-            });
+    let mut replies = match client.subscribe(inbox.clone()).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to status replies");
+            None
         }
-        Err(e) => tracing::warn!(error = %e, "cannot subscribe to status replies"),
-    }
-    while let Some(m) = sub.next().await {
+    };
+    loop {
+        let m = tokio::select! {
+            _ = link.connected.notified() => {
+                if replies.is_some()
+                    && let Err(e) = client
+                        .publish_with_reply(REQUEST_SUBJECT, inbox.clone(), "".into())
+                        .await
+                {
+                    tracing::warn!(error = %e, "status request not sent");
+                }
+                continue;
+            }
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            m = async {
+                match replies.as_mut() {
+                    Some(r) => r.next().await,
+                    None => std::future::pending().await,
+                }
+            } => match m {
+                Some(m) => m,
+                None => {
+                    replies = None;
+                    continue;
+                }
+            },
+        };
         if m.subject.as_str() == REQUEST_SUBJECT {
             continue;
         }
@@ -237,14 +320,12 @@ mod tests {
         let wire = serde_json::to_vec(&m).unwrap();
         let back: StatusMessage = serde_json::from_slice(&wire).unwrap();
         assert_eq!(back, m);
-        let board = StatusBoard {
-            slots: vec![ServerSlot::new(
-                "ms1",
-                ([127, 0, 0, 1], 5070).into(),
-                LinkPool::default(),
-                10,
-            )],
-        };
+        let board = StatusBoard::new(vec![ServerSlot::new(
+            "ms1",
+            ([127, 0, 0, 1], 5070).into(),
+            LinkPool::default(),
+            10,
+        )]);
         assert!(!board.slots[0].view().fresh(5000, 3000));
         assert!(back.apply(&board, 4000));
         let v = board.slots[0].view();

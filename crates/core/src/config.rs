@@ -293,6 +293,9 @@ pub struct ControlConfig {
     pub url: String,
     /// A status older than this is not available.
     pub ttl_seconds: u64,
+    /// While NATS is unreachable, routers keep routing on the last known status (and
+    /// their SIP OPTIONS probes) for at most this long.
+    pub outage_grace_seconds: u64,
 }
 
 impl Default for ControlConfig {
@@ -301,6 +304,7 @@ impl Default for ControlConfig {
             backend: ControlBackend::Local,
             url: "nats://127.0.0.1:4222".into(),
             ttl_seconds: 3,
+            outage_grace_seconds: 30,
         }
     }
 }

@@ -9,5 +9,5 @@ pub mod util;
 
 pub use config::{Checked, Config, ConfigError, RouterMode, ServerSpec};
 pub use number::{LinkPool, Numbering, PhoneNumber};
-pub use status::{ServerSlot, ServerState, StatusBoard, StatusView};
+pub use status::{ControlHealth, ControlLink, ServerSlot, ServerState, StatusBoard, StatusView};
 pub use util::{Rng, now_ms, rfc3339};

@@ -38,6 +38,98 @@ impl ServerState {
     }
 }
 
+/// The link to the control plane (NATS) as the router sees it.
+#[derive(Debug)]
+pub struct ControlLink {
+    connected: AtomicBool,
+    /// When the link went down (ms since the UNIX epoch); 0 while it is up.
+    down_since_ms: AtomicU64,
+    grace_ms: u64,
+}
+
+impl Default for ControlLink {
+    /// The local backend: always connected.
+    fn default() -> Self {
+        ControlLink {
+            connected: AtomicBool::new(true),
+            down_since_ms: AtomicU64::new(0),
+            grace_ms: 0,
+        }
+    }
+}
+
+/// What a process tells operators about its control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlHealth {
+    /// Connected (or in-process).
+    Ok,
+    /// Unreachable for `down_for_ms`; statuses stay usable for `grace_left_ms` more.
+    Degraded {
+        /// How long the link has been down.
+        down_for_ms: u64,
+        /// How much longer the last known status is routed on (0: no longer).
+        grace_left_ms: u64,
+    },
+}
+
+impl ControlLink {
+    /// A NATS link, down until it connects; outages are bridged for `grace_ms`.
+    pub fn nats(grace_ms: u64, now_ms: u64) -> ControlLink {
+        ControlLink {
+            connected: AtomicBool::new(false),
+            down_since_ms: AtomicU64::new(now_ms.max(1)),
+            grace_ms,
+        }
+    }
+
+    /// The link dropped at `now_ms`.
+    pub fn down(&self, now_ms: u64) {
+        if self.connected.swap(false, Relaxed) {
+            self.down_since_ms.store(now_ms.max(1), Relaxed);
+        }
+    }
+
+    /// The link is up at `now_ms`; returns when it had gone down if the outage is still
+    /// within its grace (the statuses frozen since then can be thawed).
+    fn up(&self, now_ms: u64) -> Option<u64> {
+        if self.connected.swap(true, Relaxed) {
+            return None;
+        }
+        let since = self.down_since_ms.swap(0, Relaxed);
+        (since != 0 && now_ms < since.saturating_add(self.grace_ms)).then_some(since)
+    }
+
+    /// True while connected.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Relaxed)
+    }
+
+    /// See [`StatusBoard::status_time`].
+    pub fn status_time(&self, now_ms: u64) -> u64 {
+        if self.connected.load(Relaxed) {
+            return now_ms;
+        }
+        let since = self.down_since_ms.load(Relaxed);
+        if since != 0 && now_ms < since.saturating_add(self.grace_ms) {
+            since.min(now_ms)
+        } else {
+            now_ms
+        }
+    }
+
+    /// Health for `/healthz`, `/metrics` and `boxless status`.
+    pub fn health(&self, now_ms: u64) -> ControlHealth {
+        if self.connected.load(Relaxed) {
+            return ControlHealth::Ok;
+        }
+        let since = self.down_since_ms.load(Relaxed);
+        ControlHealth::Degraded {
+            down_for_ms: now_ms.saturating_sub(since),
+            grace_left_ms: since.saturating_add(self.grace_ms).saturating_sub(now_ms),
+        }
+    }
+}
+
 /// Free disk below this makes a server unavailable (bytes).
 pub const MIN_FREE_DISK: u64 = 64 * 1024 * 1024;
 
@@ -183,14 +275,45 @@ impl ServerSlot {
     }
 }
 
-/// Every server's slot, in configuration order.
+/// Every server's slot, in configuration order, and the state of the link that fills them.
 #[derive(Debug, Default)]
 pub struct StatusBoard {
     /// The slots.
     pub slots: Vec<ServerSlot>,
+    /// The control plane's link (always up with the local backend).
+    pub control: ControlLink,
 }
 
 impl StatusBoard {
+    /// A board over `slots` with an in-process (always connected) control plane.
+    pub fn new(slots: Vec<ServerSlot>) -> StatusBoard {
+        StatusBoard {
+            slots,
+            control: ControlLink::default(),
+        }
+    }
+
+    /// The time statuses are judged at: `now`, except while the control plane is down and
+    /// the outage is younger than its grace, when time stands still at the outage's start
+    /// (the last known status stays as fresh as it was when the link went down).
+    pub fn status_time(&self, now_ms: u64) -> u64 {
+        self.control.status_time(now_ms)
+    }
+
+    /// The control plane is back at `now_ms`: statuses that were frozen during a short
+    /// outage age again from where they stood, so that none goes stale in the moment
+    /// before the servers' fresh statuses arrive.
+    pub fn control_up(&self, now_ms: u64) {
+        let Some(since) = self.control.up(now_ms) else {
+            return;
+        };
+        let outage = now_ms.saturating_sub(since);
+        for s in &self.slots {
+            let _ = s.last_update_ms.fetch_update(Relaxed, Relaxed, |t| {
+                (t != 0 && t <= since).then(|| (t + outage).min(now_ms))
+            });
+        }
+    }
     /// The slot whose pool holds `n`, if any (retrieval routing).
     pub fn owner_of(&self, n: PhoneNumber) -> Option<usize> {
         self.slots.iter().position(|s| s.pool.contains(n))
@@ -199,5 +322,94 @@ impl StatusBoard {
     /// A slot by id.
     pub fn by_id(&self, id: &str) -> Option<&ServerSlot> {
         self.slots.iter().find(|s| s.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn board(grace_ms: u64) -> StatusBoard {
+        let slot = ServerSlot::new(
+            "ms1",
+            ([127, 0, 0, 1], 5070).into(),
+            LinkPool::default(),
+            10,
+        );
+        StatusBoard {
+            slots: vec![slot],
+            control: ControlLink::nats(grace_ms, 1_000),
+        }
+    }
+
+    fn fresh_at(b: &StatusBoard, now: u64) -> bool {
+        b.slots[0].view().fresh(b.status_time(now), 3_000)
+    }
+
+    #[test]
+    fn an_outage_within_its_grace_keeps_the_last_status_usable() {
+        let b = board(30_000);
+        b.control_up(1_500);
+        b.slots[0].publish(StatusView::up(10, 10_000));
+        assert!(fresh_at(&b, 12_000));
+        assert!(!fresh_at(&b, 13_500), "stale after the TTL while connected");
+        // NATS goes away 2 s after the last status: time stands still for statuses.
+        b.control.down(12_000);
+        assert!(fresh_at(&b, 13_500));
+        assert!(fresh_at(&b, 41_999));
+        assert_eq!(
+            b.control.health(20_000),
+            ControlHealth::Degraded {
+                down_for_ms: 8_000,
+                grace_left_ms: 22_000
+            }
+        );
+        // Back after 20 s: the status is as old as it was at the outage (2 s), and ages on.
+        b.control_up(32_000);
+        assert_eq!(b.control.health(32_000), ControlHealth::Ok);
+        assert_eq!(b.slots[0].view().last_update_ms, 30_000);
+        assert!(fresh_at(&b, 32_900));
+        assert!(!fresh_at(&b, 33_000));
+    }
+
+    #[test]
+    fn past_its_grace_the_last_status_goes_stale() {
+        let b = board(5_000);
+        b.control_up(1_500);
+        b.slots[0].publish(StatusView::up(10, 10_000));
+        b.control.down(11_000);
+        assert!(fresh_at(&b, 15_999));
+        assert!(!fresh_at(&b, 16_000));
+        assert_eq!(
+            b.control.health(17_000),
+            ControlHealth::Degraded {
+                down_for_ms: 6_000,
+                grace_left_ms: 0
+            }
+        );
+        // Coming back after the grace thaws nothing: only new statuses count.
+        b.control_up(20_000);
+        assert_eq!(b.slots[0].view().last_update_ms, 10_000);
+        assert!(!fresh_at(&b, 20_000));
+    }
+
+    #[test]
+    fn before_the_first_connection_nothing_is_known_and_health_is_degraded() {
+        let b = board(30_000);
+        assert!(!fresh_at(&b, 2_000));
+        assert!(matches!(
+            b.control.health(2_000),
+            ControlHealth::Degraded { .. }
+        ));
+        // A second "down" while already down keeps the first outage's start.
+        b.control.down(5_000);
+        assert_eq!(
+            b.control.health(6_000),
+            ControlHealth::Degraded {
+                down_for_ms: 5_000,
+                grace_left_ms: 25_000
+            }
+        );
+        assert_eq!(StatusBoard::default().control.health(9), ControlHealth::Ok);
     }
 }

@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let core = RouterCore {
-        board: Arc::new(StatusBoard { slots }),
+        board: Arc::new(StatusBoard::new(slots)),
         numbering: Numbering::new("1").unwrap(),
         mode: RouterMode::Redirect,
         ttl_ms: u64::MAX / 2,

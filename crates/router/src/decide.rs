@@ -134,7 +134,9 @@ impl RouterCore {
         {
             // Only the owner holds the message: never another server.
             let v = self.board.slots[owner].view();
-            if !v.fresh(now_ms, self.ttl_ms) || v.state != boxless_core::ServerState::Up {
+            if !v.fresh(self.board.status_time(now_ms), self.ttl_ms)
+                || v.state != boxless_core::ServerState::Up
+            {
                 return Verdict::Respond {
                     code: 480,
                     reason: "Temporarily Unavailable",
@@ -151,7 +153,12 @@ impl RouterCore {
         else {
             return respond(404, "Not Found");
         };
-        match policy::pick(&self.board, now_ms, self.ttl_ms, rng) {
+        match policy::pick(
+            &self.board,
+            self.board.status_time(now_ms),
+            self.ttl_ms,
+            rng,
+        ) {
             Some(server) => Verdict::Route {
                 server,
                 user: recipient,
@@ -263,7 +270,7 @@ mod tests {
             })
             .collect();
         RouterCore {
-            board: Arc::new(StatusBoard { slots }),
+            board: Arc::new(StatusBoard::new(slots)),
             numbering: Numbering::new("1").unwrap(),
             mode,
             ttl_ms: 3000,

@@ -47,8 +47,8 @@ mod tests {
     use boxless_core::{LinkPool, ServerSlot, ServerState, StatusView};
 
     fn board(n: usize) -> StatusBoard {
-        StatusBoard {
-            slots: (0..n)
+        StatusBoard::new(
+            (0..n)
                 .map(|i| {
                     let s = ServerSlot::new(
                         &format!("ms{i}"),
@@ -60,7 +60,7 @@ mod tests {
                     s
                 })
                 .collect(),
-        }
+        )
     }
 
     #[test]

@@ -272,8 +272,9 @@ impl<R: Clone> Proxy<R> {
             }
             if choice.is_none() {
                 // Two random choices may keep landing on tried servers: scan the rest.
+                let at = self.core.board.status_time(now_ms);
                 choice = self.core.board.slots.iter().enumerate().find_map(|(i, s)| {
-                    let avail = s.view().available(now_ms, self.core.ttl_ms) && !tried.contains(&i);
+                    let avail = s.view().available(at, self.core.ttl_ms) && !tried.contains(&i);
                     let user = match self.core.decide(&msg, now_ms, &mut self.rng) {
                         Verdict::Route {
                             user,
@@ -689,7 +690,7 @@ mod tests {
             })
             .collect();
         let core = RouterCore {
-            board: Arc::new(StatusBoard { slots }),
+            board: Arc::new(StatusBoard::new(slots)),
             numbering: Numbering::new("1").unwrap(),
             mode: RouterMode::Proxy,
             ttl_ms: 60_000,

@@ -82,6 +82,7 @@ pub struct MessagingServer {
     ports: Mutex<Vec<u16>>,
     rng: Mutex<Rng>,
     draining: AtomicBool,
+    stopped: AtomicBool,
     ttl: Duration,
     lockouts: Mutex<Lockouts>,
     max_wrong_codes: u32,
@@ -133,6 +134,7 @@ impl MessagingServer {
             ports: Mutex::new(ports),
             rng: Mutex::new(Rng::from_entropy()),
             draining: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             ttl: Duration::from_secs(c.control.ttl_seconds),
             lockouts: Mutex::new(Lockouts::new(
                 c.retrieval.max_wrong_codes,
@@ -175,13 +177,22 @@ impl MessagingServer {
         self.report();
     }
 
+    /// Drained and about to exit: reports itself down so that routers forget it at once.
+    pub fn stop(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.stopped.store(true, Ordering::Relaxed);
+        self.report();
+    }
+
     fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<CallEvent>>> {
         // Poisoning only follows a panic elsewhere; the map itself is always consistent.
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn report(&self) {
-        let state = if self.draining.load(Ordering::Relaxed) {
+        let state = if self.stopped.load(Ordering::Relaxed) {
+            ServerState::Down
+        } else if self.draining.load(Ordering::Relaxed) {
             ServerState::Draining
         } else {
             ServerState::Up

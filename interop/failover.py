@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""Failover under steady SIPp load, with real peers, on 127.0.0.1 only.
+
+Starts nats-server, the npm `smpp` SMSC simulator, `boxless router` (proxy mode) and two
+`boxless server` processes, drives SIPp (deposit.xml, one distinct caller number per call)
+at a steady rate through the router, and does one thing to the system mid-load:
+
+  kill   kill -9 of server ms1, restarted a few seconds later
+  drain  SIGTERM of server ms2 (must exit 0), restarted afterwards
+  nats   nats-server stopped and, after longer than the status TTL, started again
+
+Then it checks, per scenario:
+  - kill:  the router marks ms1 down within two TTLs; every failed call was answered by
+           ms1 (connected to it when it died); the restarted ms1 is `up` again.
+  - drain: no call fails; ms2 is seen `draining`, exits 0 and rejoins when restarted.
+  - nats:  no call fails; the router reports degraded health while NATS is away and
+           healthy again once it is back.
+  - all:   every call SIPp completed has its message listed by the router's API (which
+           asks every server) and an SMS at the SMSC naming its caller, none twice.
+
+It prints the figures (detection, rejoin, failed calls, router CPU per call) and exits
+1 when a check fails. Usage:
+
+  cargo build --release
+  python3 interop/failover.py [--bin target/release/boxless] [--rate 10] [--seconds 20] \
+      [kill] [drain] [nats]
+"""
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import wave
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TTL_S = 3
+RECIPIENT = "+15551230002"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+    # The SIP ports take UDP and TCP; make sure both are free.
+    with socket.socket() as t:
+        try:
+            t.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def wait_tcp(port, limit=20.0):
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"127.0.0.1:{port} did not come up within {limit} s")
+
+
+def http_get(port, path, timeout=2.0):
+    """(status, headers, parsed JSON or text); status 0 when nothing answered."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            body = r.read().decode()
+            try:
+                body = json.loads(body)
+            except ValueError:
+                pass
+            return r.status, dict(r.headers), body
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read().decode()
+    except OSError:
+        return 0, {}, None
+
+
+def server_state(http, sid):
+    code, _, body = http_get(http, "/api/v1/servers", timeout=1.0)
+    if code != 200:
+        return None
+    for s in body:
+        if s["id"] == sid:
+            return s
+    return None
+
+
+def cpu_ns(pid):
+    """CPU time of every thread of `pid` so far, in ns (schedstat: ns precision)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            pass
+    return total
+
+
+class System:
+    """Every process of one scenario; stops them all on exit."""
+
+    def __init__(self, binary, work):
+        self.bin = binary
+        self.work = work
+        self.procs = {}
+        self.p = {k: free_port() for k in ("nats", "router", "http", "smsc", "s1", "s2", "h1", "h2")}
+        self.sms_out = os.path.join(work, "sms.jsonl")
+        self.cfg = os.path.join(work, "boxless.toml")
+        with open(self.cfg, "w") as f:
+            f.write(f"""data_dir = "{work}/data"
+[router]
+listen = "127.0.0.1:{self.p['router']}"
+mode = "proxy"
+[http]
+listen = "127.0.0.1:{self.p['http']}"
+[sms]
+transport = "smpp"
+address = "127.0.0.1:{self.p['smsc']}"
+retry_initial_ms = 200
+retry_max_ms = 2000
+[messages]
+greeting = "tone"
+silence_seconds = 5
+[control]
+backend = "nats"
+url = "nats://127.0.0.1:{self.p['nats']}"
+ttl_seconds = {TTL_S}
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:{self.p['s1']}"
+http = "127.0.0.1:{self.p['h1']}"
+rtp_ports = "36000-36999"
+link_numbers = ["+18005550000-+18005550999"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:{self.p['s2']}"
+http = "127.0.0.1:{self.p['h2']}"
+rtp_ports = "37000-37999"
+link_numbers = ["+18005551000-+18005551999"]
+""")
+
+    def start(self, name, argv, port=None, env=None):
+        log = open(os.path.join(self.work, f"{name}.log"), "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=self.work)
+        self.procs[name] = proc
+        if port:
+            wait_tcp(port)
+        return proc
+
+    def nats(self):
+        return self.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(self.p["nats"])],
+                          self.p["nats"])
+
+    def smsc(self):
+        return self.start("smsc", ["node", os.path.join(ROOT, "interop/smsc/smsc.js"),
+                                   str(self.p["smsc"]), self.sms_out], self.p["smsc"])
+
+    def router(self):
+        return self.start("router", [self.bin, "router", "--config", self.cfg], self.p["http"])
+
+    def server(self, sid):
+        port = self.p["h1"] if sid == "ms1" else self.p["h2"]
+        return self.start(sid, [self.bin, "server", "--config", self.cfg, "--id", sid], port)
+
+    def up(self):
+        self.nats()
+        self.smsc()
+        self.server("ms1")
+        self.server("ms2")
+        self.router()
+        for sid in ("ms1", "ms2"):
+            wait_until(lambda s=sid: (server_state(self.p["http"], s) or {}).get("state") == "up",
+                       10, f"{sid} up at the router")
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def wait_until(cond, limit, what):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out after {limit} s waiting for: {what}")
+
+
+def caller_pcap(work):
+    """The caller's voice (two committed prompts) as a PCMU pcap for SIPp."""
+    prompts = os.path.join(ROOT, "crates/media/prompts")
+    frames = b""
+    for name in ("you-have-reached.wav", "leave-message.wav"):
+        with wave.open(os.path.join(prompts, name)) as w:
+            params = w.getparams()
+            frames += w.readframes(w.getnframes())
+    wav = os.path.join(work, "caller.wav")
+    with wave.open(wav, "wb") as w:
+        w.setparams(params)
+        w.writeframes(frames)
+    pcap = os.path.join(work, "caller.pcap")
+    subprocess.run([sys.executable, os.path.join(ROOT, "interop/make_pcap.py"), wav, pcap],
+                   check=True)
+    return pcap
+
+
+class Load:
+    """SIPp at a steady rate through the router; one distinct caller per call."""
+
+    def __init__(self, system, rate, seconds):
+        self.s = system
+        self.calls = rate * seconds
+        self.rate = rate
+        self.callers = [f"+1555{3000000 + i}" for i in range(self.calls)]
+        self.dir = os.path.join(system.work, "sipp")
+        os.makedirs(self.dir)
+        with open(os.path.join(self.dir, "callers.csv"), "w") as f:
+            f.write("SEQUENTIAL\n" + "".join(f"{c};\n" for c in self.callers))
+        self.pcap = caller_pcap(self.dir)
+
+    def start(self):
+        argv = ["sipp", "-sf", os.path.join(ROOT, "interop/sipp/deposit.xml"),
+                "-inf", "callers.csv", "-s", RECIPIENT[1:], "-i", "127.0.0.1",
+                "-mi", "127.0.0.1", "-p", str(free_port()), "-mp", str(38000 + free_port() % 500 * 2),
+                "-key", "pcap", self.pcap, "-key", "recipient", RECIPIENT[2:],
+                f"127.0.0.1:{self.s.p['router']}", "-m", str(self.calls), "-r", str(self.rate),
+                "-l", "200", "-max_non_invite_retrans", "3", "-timeout", "180s", "-nostdin",
+                "-trace_stat", "-stf", "stat.csv", "-trace_calldebug", "-trace_err"]
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(argv, cwd=self.dir, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+
+    def wait(self):
+        self.proc.wait(timeout=300)
+        self.elapsed = time.monotonic() - self.t0
+
+    def stats(self):
+        with open(os.path.join(self.dir, "stat.csv")) as f:
+            rows = [line.rstrip("\n").split(";") for line in f if line.strip()]
+        head, last = rows[0], rows[-1]
+        col = {name: i for i, name in enumerate(head)}
+        return int(last[col["SuccessfulCall(C)"]]), int(last[col["FailedCall(C)"]])
+
+    def failed_calls(self):
+        """{caller: server port that answered it (None if never answered)} of every failed
+        call, from SIPp's call debug log (the ACK carries X-Answered-By)."""
+        out = {}
+        for name in os.listdir(self.dir):
+            if not name.endswith("calldebug.log"):
+                continue
+            with open(os.path.join(self.dir, name), errors="replace") as f:
+                text = f.read()
+            # One block per failed call.
+            for block in text.split("Call debugging information for call")[1:]:
+                callers = re.findall(r"From: <sip:(\+\d+)@", block)
+                if not callers:
+                    continue
+                port = re.search(r"X-Answered-By: sip:[^@]*@127\.0\.0\.1:(\d+)", block)
+                out[callers[0]] = int(port.group(1)) if port else None
+        return out
+
+
+def check_messages(system, load, failed, wait_s=30.0):
+    """Every completed call's message is listed and notified once; returns problems."""
+    done = [c for c in load.callers if c not in failed]
+    problems = []
+    listed = set()
+
+    def all_listed():
+        code, headers, body = http_get(system.p["http"], f"/api/v1/messages?recipient=%2B{RECIPIENT[1:]}",
+                                       timeout=5.0)
+        if code != 200:
+            return False
+        listed.clear()
+        listed.update(m["caller"] for m in body)
+        return all(c in listed for c in done) and "boxless-missing-servers" not in {
+            k.lower() for k in headers}
+
+    def all_notified():
+        return all(c in sms_callers(system) for c in done)
+
+    try:
+        wait_until(all_listed, wait_s, "every completed call's message listed")
+    except RuntimeError:
+        missing = [c for c in done if c not in listed]
+        problems.append(f"{len(missing)} completed calls have no message: {missing[:5]}")
+    try:
+        wait_until(all_notified, wait_s, "every completed call notified")
+    except RuntimeError:
+        got = sms_callers(system)
+        missing = [c for c in done if c not in got]
+        problems.append(f"{len(missing)} completed calls have no SMS: {missing[:5]}")
+    counts = {}
+    for c in sms_callers(system, unique=False):
+        counts[c] = counts.get(c, 0) + 1
+    twice = [c for c, n in counts.items() if n > 1]
+    if twice:
+        problems.append(f"{len(twice)} callers got two SMS: {twice[:5]}")
+    return problems, len(done), len(listed)
+
+
+def sms_callers(system, unique=True):
+    out = []
+    try:
+        with open(system.sms_out) as f:
+            for line in f:
+                m = re.search(r"\+1555\d{7}", json.loads(line)["text"])
+                if m:
+                    out.append(m.group(0))
+    except OSError:
+        pass
+    return set(out) if unique else out
+
+
+def watch(cond, stop):
+    """Polls `cond()` every 20 ms in a thread; returns a list that gets the first time
+    (seconds since the watch started) at which it held."""
+    seen = []
+    t0 = time.monotonic()
+
+    def run():
+        while not stop.is_set():
+            if cond():
+                seen.append(time.monotonic() - t0)
+                return
+            time.sleep(0.02)
+
+    threading.Thread(target=run, daemon=True).start()
+    return seen
+
+
+def scenario(name, binary, rate, seconds):
+    work = tempfile.mkdtemp(prefix=f"boxless-failover-{name}-")
+    system = System(binary, work)
+    figures = {}
+    problems = []
+    try:
+        system.up()
+        load = Load(system, rate, seconds)
+        router_pid = system.procs["router"].pid
+        # Router CPU: idle (probes, NATS) over 2 s, then under load until the event, with
+        # nothing else asking the router anything.
+        c = cpu_ns(router_pid)
+        time.sleep(2)
+        idle_us_per_s = (cpu_ns(router_pid) - c) / 1000 / 2
+        cpu0 = cpu_ns(router_pid)
+        load.start()
+        time.sleep(seconds * 0.4)
+        busy = time.monotonic() - load.t0
+        per_call = (cpu_ns(router_pid) - cpu0) / 1000 / (busy * rate)
+        figures["router CPU per call (proxy mode, NATS and probes included)"] = (
+            f"{per_call:.0f} µs; idle {idle_us_per_s / 1000:.1f} ms/s, i.e. "
+            f"{idle_us_per_s / rate:.0f} µs per call at {rate}/s")
+        http = system.p["http"]
+        stop = threading.Event()
+        if name == "kill":
+            active = (server_state(system.p["h1"], "ms1") or {}).get("active_calls")
+            system.procs["ms1"].kill()
+            seen = watch(lambda: (server_state(http, "ms1") or {}).get("state") == "down", stop)
+            time.sleep(2 * TTL_S)
+            figures["ms1 calls in progress at the kill"] = active
+            if not seen:
+                problems.append(f"router still chose ms1 {2 * TTL_S} s (two TTLs) after kill -9")
+            else:
+                figures["detection (kill -9 -> router marks ms1 down)"] = f"{seen[0]:.2f} s"
+            t = time.monotonic()
+            system.server("ms1")
+            rejoin = wait_until(lambda: (server_state(http, "ms1") or {}).get("state") == "up",
+                                3 * TTL_S, "restarted ms1 up at the router")
+            figures["rejoin (restart -> router marks ms1 up)"] = f"{time.monotonic() - t:.2f} s"
+            figures["  of which after ms1's API answered"] = f"{rejoin:.2f} s"
+        elif name == "drain":
+            proc = system.procs["ms2"]
+            active = (server_state(system.p["h2"], "ms2") or {}).get("active_calls")
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            seen = watch(lambda: (server_state(http, "ms2") or {}).get("state") in ("draining", "down"),
+                         stop)
+            try:
+                code = proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                code = None
+            figures["ms2 calls in progress at SIGTERM"] = active
+            figures["ms2 exit status after SIGTERM"] = f"{code}, {time.monotonic() - t_term:.2f} s later"
+            if not active:
+                problems.append("ms2 had no call in progress at SIGTERM: nothing was drained")
+            if code != 0:
+                problems.append(f"ms2 exited {code} after SIGTERM, not 0")
+            if seen:
+                figures["router saw ms2 draining"] = f"{seen[0]:.2f} s after SIGTERM"
+            else:
+                problems.append("the router never saw ms2 draining")
+            t = time.monotonic()
+            system.server("ms2")
+            wait_until(lambda: (server_state(http, "ms2") or {}).get("state") == "up",
+                       3 * TTL_S, "restarted ms2 up at the router")
+            figures["rejoin (restart -> router marks ms2 up)"] = f"{time.monotonic() - t:.2f} s"
+        elif name == "nats":
+            outage = TTL_S + 2
+            system.procs["nats"].terminate()
+            system.procs["nats"].wait()
+            seen = watch(lambda: (http_get(http, "/api/v1/health")[2] or {}).get("status") == "degraded",
+                         stop)
+            time.sleep(outage)
+            if seen:
+                figures["router reported degraded health"] = f"{seen[0]:.2f} s after NATS stopped"
+            else:
+                problems.append("the router never reported degraded health while NATS was down")
+            code, _, body = http_get(http, "/healthz")
+            if code != 200:
+                problems.append(f"/healthz answered {code} during the NATS outage, not 200")
+            t = time.monotonic()
+            system.nats()
+            back = wait_until(
+                lambda: (http_get(http, "/api/v1/health")[2] or {}).get("status") == "ok",
+                15, "router healthy again after NATS returned")
+            figures["NATS outage"] = f"{outage} s (TTL {TTL_S} s)"
+            figures["recovery (NATS back -> router healthy)"] = f"{time.monotonic() - t:.2f} s"
+            del back
+            for sid in ("ms1", "ms2"):
+                wait_until(lambda s=sid: (server_state(http, s) or {}).get("state") == "up",
+                           2 * TTL_S, f"{sid} up after NATS returned")
+        stop.set()
+        load.wait()
+        ok, failed_n = load.stats()
+        failed = load.failed_calls()
+        figures["calls: completed / failed"] = f"{ok} / {failed_n} of {load.calls} at {rate}/s"
+        if len(failed) != failed_n:
+            problems.append(f"SIPp counted {failed_n} failed calls, its debug log names {len(failed)}")
+        if name == "kill":
+            others = {c: p for c, p in failed.items() if p != system.p["s1"]}
+            if others:
+                problems.append(f"{len(others)} failed calls were not on the killed server: "
+                                f"{list(others.items())[:5]}")
+        elif failed_n:
+            problems.append(f"{failed_n} calls failed: {list(failed.items())[:5]}")
+        more, completed, listed = check_messages(system, load, failed)
+        problems += more
+        figures["messages listed / SMS callers for completed calls"] = (
+            f"{listed} / {len(sms_callers(system))} (completed {completed})")
+    except Exception as e:  # a scenario that cannot run is a failure with its reason
+        problems.append(f"{type(e).__name__}: {e}")
+    finally:
+        system.stop()
+    print(f"== {name}  (logs in {work})")
+    for k, v in figures.items():
+        print(f"   {k}: {v}")
+    for p in problems:
+        print(f"   FAIL: {p}")
+    return not problems
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
+    ap.add_argument("--rate", type=int, default=10, help="calls per second")
+    ap.add_argument("--seconds", type=int, default=20, help="seconds of new calls")
+    ap.add_argument("scenarios", nargs="*", default=["kill", "drain", "nats"],
+                    choices=["kill", "drain", "nats"])
+    a = ap.parse_args()
+    ok = all([scenario(s, a.bin, a.rate, a.seconds) for s in a.scenarios])
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
