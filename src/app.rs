@@ -52,6 +52,7 @@ fn board_of(cfg: &Checked, remote: bool) -> Arc<StatusBoard> {
                     s.pool.clone(),
                     s.config.capacity,
                 )
+                .with_weight(s.config.weight)
             })
             .collect(),
     })
@@ -114,6 +115,7 @@ async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result
         mode: c.router.mode,
         ttl_ms: c.control.ttl_seconds * 1000,
         retry_after: c.router.retry_after_seconds,
+        redirect_contacts: c.router.redirect_contacts,
     });
     boxless_router::start(
         core,

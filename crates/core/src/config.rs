@@ -97,6 +97,9 @@ pub struct RouterConfig {
     pub probe_down_after: u32,
     /// Good probes in a row before it is back.
     pub probe_up_after: u32,
+    /// Redirect mode: Contacts a 302 lists for a deposit (the chosen server, then the next
+    /// best available ones in q-order), 1 to 4.
+    pub redirect_contacts: u32,
 }
 
 impl Default for RouterConfig {
@@ -111,6 +114,7 @@ impl Default for RouterConfig {
             probe_timeout_ms: 400,
             probe_down_after: 3,
             probe_up_after: 2,
+            redirect_contacts: 2,
         }
     }
 }
@@ -348,11 +352,22 @@ pub struct ServerConfig {
     pub capacity: u32,
     /// Link-number ranges or single numbers.
     pub link_numbers: Vec<String>,
+    /// Share of new calls relative to the other servers (0: standby, chosen only when
+    /// no server with a weight is available).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
 }
 
 fn default_capacity() -> u32 {
     100
 }
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The largest `weight`.
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// A server entry after its checks.
 #[derive(Debug, Clone)]
@@ -430,6 +445,12 @@ impl Config {
                 "with probes on, probe_timeout_ms, probe_down_after and probe_up_after must be at least 1".into(),
             ));
         }
+        if !(1..=4).contains(&self.router.redirect_contacts) {
+            return Err(err(
+                "router.redirect_contacts".into(),
+                format!("must be 1 to 4; got {}", self.router.redirect_contacts),
+            ));
+        }
         if self.retrieval.max_wrong_codes == 0 {
             return Err(err(
                 "retrieval.max_wrong_codes".into(),
@@ -482,6 +503,12 @@ impl Config {
             }
             if s.capacity == 0 {
                 return Err(err(key("capacity"), "must be at least 1".into()));
+            }
+            if s.weight > MAX_WEIGHT {
+                return Err(err(
+                    key("weight"),
+                    format!("must be 0 (standby) to {MAX_WEIGHT}; got {}", s.weight),
+                ));
             }
             let pool = LinkPool::parse(&s.link_numbers).map_err(|p| err(key("link_numbers"), p))?;
             if pool.is_empty() {

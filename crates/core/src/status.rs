@@ -149,6 +149,8 @@ pub struct ServerSlot {
     notifier_ok: AtomicBool,
     last_update_ms: AtomicU64,
     probe_down: AtomicBool,
+    /// Share of new calls (0: standby); from the configuration.
+    pub weight: u32,
 }
 
 /// A consistent-enough copy of a slot for decisions and the API.
@@ -223,7 +225,14 @@ impl ServerSlot {
             notifier_ok: AtomicBool::new(false),
             last_update_ms: AtomicU64::new(0),
             probe_down: AtomicBool::new(false),
+            weight: 1,
         }
+    }
+
+    /// The same slot with `weight` (see `[[servers]] weight`).
+    pub fn with_weight(mut self, weight: u32) -> ServerSlot {
+        self.weight = weight;
+        self
     }
 
     /// Reads the slot.

@@ -27,6 +27,7 @@ fn bench(c: &mut Criterion) {
         mode: RouterMode::Redirect,
         ttl_ms: u64::MAX / 2,
         retry_after: 30,
+        redirect_contacts: 2,
     };
     let mut rng = Rng::seeded(1);
     let mut out = Vec::with_capacity(2048);

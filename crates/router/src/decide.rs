@@ -28,6 +28,8 @@ pub enum Verdict {
         user: PhoneNumber,
         /// True for a call to a link number.
         retrieval: bool,
+        /// Redirect mode: the servers a 302 lists after this one.
+        alternates: policy::Alternates,
     },
     /// Nothing to send (ACK, stray responses).
     Absorb,
@@ -61,6 +63,8 @@ pub struct RouterCore {
     pub ttl_ms: u64,
     /// Retry-After for 503.
     pub retry_after: u32,
+    /// Contacts in a 302 for a deposit (1 to 4).
+    pub redirect_contacts: u32,
 }
 
 impl RouterCore {
@@ -147,22 +151,31 @@ impl RouterCore {
                 server: owner,
                 user: link,
                 retrieval: true,
+                alternates: policy::Alternates::default(),
             };
         }
         let Some(recipient) = parties::recipient(msg).and_then(|u| self.numbering.normalize(&u))
         else {
             return respond(404, "Not Found");
         };
-        match policy::pick(
-            &self.board,
-            self.board.status_time(now_ms),
-            self.ttl_ms,
-            rng,
-        ) {
+        let at = self.board.status_time(now_ms);
+        match policy::pick(&self.board, at, self.ttl_ms, rng) {
             Some(server) => Verdict::Route {
                 server,
                 user: recipient,
                 retrieval: false,
+                // The proxy fails over by itself; a 302 lets the caller do it.
+                alternates: if proxy {
+                    policy::Alternates::default()
+                } else {
+                    policy::alternates(
+                        &self.board,
+                        at,
+                        self.ttl_ms,
+                        server,
+                        self.redirect_contacts.saturating_sub(1) as usize,
+                    )
+                },
             },
             None => Verdict::Respond {
                 code: 503,
@@ -185,10 +198,24 @@ impl RouterCore {
         let tag = boxless_sip::stateless_tag(msg);
         let (code, reason) = match v {
             Verdict::Absorb => return false,
-            Verdict::Route { server, user, .. } => {
+            Verdict::Route {
+                server,
+                user,
+                alternates,
+                ..
+            } => {
                 let addr = self.board.slots[server].sip;
                 // Writing to a String cannot fail.
-                let _ = write!(scratch, "Contact: <sip:{user}@{addr}>\r\n");
+                let _ = write!(scratch, "Contact: <sip:{user}@{addr}>");
+                // Alternatives in q-order (RFC 3261 §8.1.3.4): 1.0 for the chosen one.
+                if !alternates.as_slice().is_empty() {
+                    scratch.push_str(";q=1.0");
+                }
+                for (k, &i) in alternates.as_slice().iter().enumerate() {
+                    let addr = self.board.slots[i as usize].sip;
+                    let _ = write!(scratch, ", <sip:{user}@{addr}>;q=0.{}", 9 - k);
+                }
+                scratch.push_str("\r\n");
                 (302, "Moved Temporarily")
             }
             Verdict::Respond {
@@ -275,6 +302,7 @@ mod tests {
             mode,
             ttl_ms: 3000,
             retry_after: 30,
+            redirect_contacts: 2,
         }
     }
 
@@ -316,10 +344,44 @@ mod tests {
         ));
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("SIP/2.0 302 Moved Temporarily\r\n"));
+        // The chosen server first, the other one after it in q-order.
+        let Verdict::Route { server, .. } = v else {
+            unreachable!()
+        };
+        let (first, second) = (5070 + 2 * server, 5072 - 2 * server);
         assert!(
-            s.contains("Contact: <sip:+15551230002@127.0.0.1:507"),
+            s.contains(&format!(
+                "Contact: <sip:+15551230002@127.0.0.1:{first}>;q=1.0, <sip:+15551230002@127.0.0.1:{second}>;q=0.9\r\n"
+            )),
             "{s}"
         );
+        // One Contact when the other server is down, or when configured so.
+        let mut down = c.board.slots[1 - server].view();
+        down.state = ServerState::Down;
+        c.board.slots[1 - server].publish(down);
+        let mut out = Vec::new();
+        let v = decide(&c, &b);
+        c.write(
+            &Message::parse(&b, false).unwrap(),
+            v,
+            &mut String::new(),
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains(&format!(
+                "Contact: <sip:+15551230002@127.0.0.1:{first}>\r\n"
+            )),
+            "{s}"
+        );
+        let one = RouterCore {
+            redirect_contacts: 1,
+            ..core(RouterMode::Redirect)
+        };
+        let Verdict::Route { alternates, .. } = decide(&one, &b) else {
+            unreachable!()
+        };
+        assert!(alternates.as_slice().is_empty());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Server selection (sans-IO): available = fresh ∧ up ∧ active < capacity ∧ enough free
-//! disk ∧ notifier healthy; among the available, the less loaded of two random choices
-//! ("power of two choices"), so that a stale view cannot herd every call onto one server.
+//! disk ∧ notifier healthy. Among the available, two candidates are drawn at random in
+//! proportion to their `weight` and the less loaded (active / capacity) wins, ties to the
+//! first ("power of two choices"): a stale view cannot herd every call onto one server,
+//! light traffic splits by weight, heavy traffic evens out the load relative to capacity.
+//! Servers of weight 0 are standby: drawn only when no weighted server is available.
 
 use boxless_core::{Rng, StatusBoard};
 
@@ -11,21 +14,35 @@ pub const MAX_SERVERS: usize = 256;
 pub fn pick(board: &StatusBoard, now_ms: u64, ttl_ms: u64, rng: &mut Rng) -> Option<usize> {
     let mut avail = [0u16; MAX_SERVERS];
     let mut n = 0;
+    let mut total = 0u64;
     for (i, s) in board.slots.iter().enumerate().take(MAX_SERVERS) {
         if s.view().available(now_ms, ttl_ms) {
             avail[n] = i as u16;
             n += 1;
+            total += u64::from(s.weight);
         }
     }
+    let avail = &avail[..n];
+    // Only standby servers left: they share the calls evenly.
+    let standby = total == 0;
+    let weight = |i: usize| {
+        if standby {
+            1
+        } else {
+            u64::from(board.slots[i].weight)
+        }
+    };
+    let total = if standby { n as u64 } else { total };
     match n {
         0 => None,
         1 => Some(avail[0] as usize),
         _ => {
-            let a = avail[rng.below(n as u64) as usize] as usize;
-            let mut b = avail[rng.below(n as u64 - 1) as usize] as usize;
-            if b == a {
-                b = avail[n - 1] as usize;
+            let a = draw(avail, &weight, total, None, rng);
+            let rest = total - weight(a);
+            if rest == 0 {
+                return Some(a);
             }
+            let b = draw(avail, &weight, rest, Some(a), rng);
             Some(if load(board, b) < load(board, a) {
                 b
             } else {
@@ -33,6 +50,90 @@ pub fn pick(board: &StatusBoard, now_ms: u64, ttl_ms: u64, rng: &mut Rng) -> Opt
             })
         }
     }
+}
+
+/// One server drawn in proportion to `weight` (`total` = the sum over `avail` but `skip`).
+fn draw(
+    avail: &[u16],
+    weight: &impl Fn(usize) -> u64,
+    total: u64,
+    skip: Option<usize>,
+    rng: &mut Rng,
+) -> usize {
+    let mut r = rng.below(total);
+    let mut last = avail[0] as usize;
+    for &i in avail {
+        let i = i as usize;
+        if Some(i) == skip {
+            continue;
+        }
+        let w = weight(i);
+        if r < w {
+            return i;
+        }
+        r -= w;
+        last = i;
+    }
+    last
+}
+
+/// Most servers a 302 lists after the chosen one.
+pub const MAX_ALTERNATES: usize = 3;
+
+/// Other available servers a 302 offers after the chosen one, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Alternates {
+    n: u8,
+    idx: [u16; MAX_ALTERNATES],
+}
+
+impl Alternates {
+    /// Board indices, best first.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.idx[..self.n as usize]
+    }
+}
+
+/// Up to `k` available servers other than `chosen`, weighted before standby, then the
+/// least loaded first.
+pub fn alternates(
+    board: &StatusBoard,
+    now_ms: u64,
+    ttl_ms: u64,
+    chosen: usize,
+    k: usize,
+) -> Alternates {
+    let k = k.min(MAX_ALTERNATES);
+    let mut out = Alternates::default();
+    if k == 0 {
+        return out;
+    }
+    let rank = |i: usize| (board.slots[i].weight == 0, load(board, i));
+    let mut ranks = [(false, 0u64); MAX_ALTERNATES];
+    for (i, s) in board.slots.iter().enumerate().take(MAX_SERVERS) {
+        if i == chosen || !s.view().available(now_ms, ttl_ms) {
+            continue;
+        }
+        let r = rank(i);
+        // Insertion into a short sorted list.
+        let n = out.n as usize;
+        let mut at = n;
+        while at > 0 && r < ranks[at - 1] {
+            at -= 1;
+        }
+        if at >= k {
+            continue;
+        }
+        let end = n.min(k - 1);
+        for j in (at..end).rev() {
+            out.idx[j + 1] = out.idx[j];
+            ranks[j + 1] = ranks[j];
+        }
+        out.idx[at] = i as u16;
+        ranks[at] = r;
+        out.n = (n + 1).min(k) as u8;
+    }
+    out
 }
 
 /// Load as a fraction of capacity, in parts per million (integer maths, no float).
@@ -105,5 +206,77 @@ mod tests {
         // Calls never end here, so two choices keep the three within a few calls.
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(max - min <= 10, "{counts:?}");
+    }
+
+    #[test]
+    fn alternates_are_the_next_best_available_servers() {
+        let b = weighted(&[1, 1, 0, 1, 1]);
+        for (i, active) in [(0, 5), (1, 9), (2, 0), (3, 2), (4, 7)] {
+            for _ in 0..active {
+                b.slots[i].call_started();
+            }
+        }
+        let mut v = b.slots[4].view();
+        v.state = ServerState::Draining;
+        b.slots[4].publish(v);
+        let alt = |chosen, k| alternates(&b, 5000, 3000, chosen, k).as_slice().to_vec();
+        // Weighted by load (3, then 1), standby last, never the chosen or a draining one.
+        assert_eq!(alt(0, 3), vec![3, 1, 2]);
+        assert_eq!(alt(0, 1), vec![3]);
+        assert_eq!(alt(3, 2), vec![0, 1]);
+        assert_eq!(alt(0, 0), Vec::<u16>::new());
+        assert_eq!(alt(0, 9), vec![3, 1, 2]);
+    }
+
+    fn weighted(weights: &[u32]) -> StatusBoard {
+        let b = board(weights.len());
+        StatusBoard::new(
+            b.slots
+                .into_iter()
+                .zip(weights)
+                .map(|(s, &w)| s.with_weight(w))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn light_traffic_splits_by_weight() {
+        // Calls end before the next one comes: every server idle, weights decide.
+        let b = weighted(&[3, 1, 0]);
+        let mut rng = Rng::seeded(7);
+        let mut counts = [0u32; 3];
+        for _ in 0..40_000 {
+            counts[pick(&b, 5000, 3000, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[2], 0, "standby chosen while weighted servers are up");
+        let share = counts[0] as f64 / 40_000.0;
+        assert!((share - 0.75).abs() < 0.02, "{counts:?}");
+    }
+
+    #[test]
+    fn heavy_traffic_evens_out_load_whatever_the_weights() {
+        let b = weighted(&[5, 1]);
+        let mut rng = Rng::seeded(9);
+        for _ in 0..100 {
+            let i = pick(&b, 5000, 3000, &mut rng).unwrap();
+            b.slots[i].call_started();
+        }
+        let (a, c) = (b.slots[0].view().active, b.slots[1].view().active);
+        assert!(a + c == 100 && a.abs_diff(c) <= 20, "{a} vs {c}");
+    }
+
+    #[test]
+    fn standby_servers_take_calls_only_when_no_weighted_one_is_available() {
+        let b = weighted(&[2, 0, 0]);
+        let mut v = b.slots[0].view();
+        v.state = ServerState::Draining;
+        b.slots[0].publish(v);
+        let mut rng = Rng::seeded(1);
+        let mut counts = [0u32; 3];
+        for _ in 0..1000 {
+            counts[pick(&b, 5000, 3000, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[0], 0);
+        assert!(counts[1] > 400 && counts[2] > 400, "{counts:?}");
     }
 }

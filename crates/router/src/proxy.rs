@@ -289,6 +289,7 @@ impl<R: Clone> Proxy<R> {
                             server: i,
                             user,
                             retrieval: false,
+                            alternates: crate::policy::Alternates::default(),
                         },
                     ))
                 });
@@ -695,6 +696,7 @@ mod tests {
             mode: RouterMode::Proxy,
             ttl_ms: 60_000,
             retry_after: 30,
+            redirect_contacts: 2,
         };
         Proxy::new(
             Arc::new(core),
