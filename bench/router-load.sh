@@ -2,24 +2,42 @@
 # Router CPU per redirected call under SIPp load, measured exactly as ../shared/bench/README.md
 # measures Kamailio's dispatcher: same SIPp scenario and command, CPU ticks of the whole
 # `boxless serve` process (router, two idle messaging servers, HTTP API) before and after.
-# Usage: bench/router-load.sh [RATE...]   (default: 5000 10000 20000; 10 s per rate)
-# Needs: sip-tester; loopback only.
+# With --nats: the router alone as `boxless router`, status from two `boxless server`
+# processes over a local nats-server, OPTIONS probes on; only the router's CPU counts.
+# Usage: bench/router-load.sh [--nats] [RATE...]   (default: 5000 10000 20000; 10 s per rate)
+# Needs: sip-tester (and nats-server for --nats); loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rates=("${@:-5000 10000 20000}")
+nats=0
+if [ "${1:-}" = "--nats" ]; then nats=1; shift; fi
+rates=("$@")
 [ $# -eq 0 ] && rates=(5000 10000 20000)
 scenario=../shared/bench/sipp-redirect-load.xml
 work=$(mktemp -d)
-trap 'kill $BP 2>/dev/null || true; rm -rf "$work"' EXIT
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 cargo build --release -q
 sed -e 's#^data_dir = .*#data_dir = "'"$work"'/data"#' \
     -e 's#^listen = "127.0.0.1:5060"#listen = "127.0.0.1:25160"#' \
     -e 's#^listen = "127.0.0.1:8080"#listen = "127.0.0.1:28080"#' \
+    -e 's#^url = .*#url = "nats://127.0.0.1:24222"#' \
     config/default.toml > "$work/bench.toml"
-RUST_LOG=warn ./target/release/boxless serve --config "$work/bench.toml" > "$work/serve.log" 2>&1 & BP=$!
-sleep 1
+if [ $nats = 1 ]; then
+  sed -i 's#^backend = "local"#backend = "nats"#' "$work/bench.toml"
+  nats-server -a 127.0.0.1 -p 24222 > "$work/nats.log" 2>&1 & pids+=($!)
+  sleep 0.5
+  for id in ms1 ms2; do
+    RUST_LOG=warn ./target/release/boxless server --config "$work/bench.toml" --id $id > "$work/$id.log" 2>&1 & pids+=($!)
+  done
+  RUST_LOG=warn ./target/release/boxless router --config "$work/bench.toml" > "$work/router.log" 2>&1 & BP=$!
+else
+  RUST_LOG=warn ./target/release/boxless serve --config "$work/bench.toml" > "$work/serve.log" 2>&1 & BP=$!
+fi
+pids+=($BP)
+sleep 2
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-echo "| rate (calls/s) | calls | failed | boxless CPU per call |"
+[ $nats = 1 ] && what="router CPU per call (NATS)" || what="boxless CPU per call"
+echo "| rate (calls/s) | calls | failed | $what |"
 echo "|---|---|---|---|"
 for r in "${rates[@]}"; do
   n=$((r * 10))

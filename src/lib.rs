@@ -21,3 +21,19 @@ pub fn load_config(path: Option<&std::path::Path>) -> Result<Checked, ConfigErro
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_core::config::ControlBackend;
+
+    #[test]
+    fn the_deployment_examples_are_valid_configurations() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (file, servers) in [("deploy/one-box.toml", 2), ("deploy/hosts.toml", 2)] {
+            let cfg = load_config(Some(&root.join(file))).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(cfg.config.control.backend, ControlBackend::Nats, "{file}");
+            assert_eq!(cfg.servers.len(), servers, "{file}");
+        }
+    }
+}

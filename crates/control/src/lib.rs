@@ -87,6 +87,15 @@ impl StatusMessage {
     }
 }
 
+/// `control.url` may list several servers of a cluster, comma-separated; the client
+/// connects to any of them and learns the rest of the cluster from it.
+fn servers(url: &str) -> Vec<&str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
 /// A NATS connection and what its state changes drive.
 pub struct Link {
     /// The client.
@@ -137,7 +146,7 @@ pub async fn connect(
                 }
             }
         })
-        .connect(url)
+        .connect(servers(url))
         .await?;
     metrics::gauge!("boxless_control_connected").set(0.0);
     Ok(Link { client, connected })
@@ -305,6 +314,15 @@ pub async fn follow_status(link: Link, board: Arc<StatusBoard>) {
 mod tests {
     use super::*;
     use boxless_core::LinkPool;
+
+    #[test]
+    fn url_lists_every_cluster_server() {
+        assert_eq!(
+            servers("nats://a:4222, nats://b:4222,,nats://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(servers("nats://127.0.0.1:4222"), ["nats://127.0.0.1:4222"]);
+    }
 
     #[test]
     fn status_round_trips_and_freshness_is_the_receivers() {

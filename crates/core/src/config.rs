@@ -457,6 +457,14 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if self.control.backend == ControlBackend::Nats
+            && self.control.url.split(',').all(|u| u.trim().is_empty())
+        {
+            return Err(err(
+                "control.url".into(),
+                "must name at least one NATS server, e.g. \"nats://127.0.0.1:4222\" (several: comma-separated)".into(),
+            ));
+        }
         if self.control.ttl_seconds == 0 {
             return Err(err(
                 "control.ttl_seconds".into(),
@@ -543,10 +551,13 @@ impl Config {
                         format!("address already used by server `{other}`"),
                     ));
                 }
-                if o.rtp_ports.0 <= rtp_ports.1 && rtp_ports.0 <= o.rtp_ports.1 {
+                // RTP ranges may repeat on different hosts, never on one address.
+                let (a, b) = (o.config.listen.ip(), s.listen.ip());
+                let same_host = a == b || a.is_unspecified() || b.is_unspecified();
+                if same_host && o.rtp_ports.0 <= rtp_ports.1 && rtp_ports.0 <= o.rtp_ports.1 {
                     return Err(err(
                         key("rtp_ports"),
-                        format!("overlap with server `{other}`"),
+                        format!("overlap with server `{other}` on the same address"),
                     ));
                 }
             }
@@ -631,6 +642,21 @@ mod tests {
         assert_eq!(c.config.router.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!(c.config.http.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(c.config.sms.transport, SmsTransport::Log);
+    }
+
+    #[test]
+    fn rtp_ranges_may_repeat_on_different_hosts_only() {
+        let two = |ip1: &str, ip2: &str| {
+            format!(
+                "[[servers]]\nid = \"a\"\nlisten = \"{ip1}:5060\"\nhttp = \"{ip1}:8080\"\nrtp_ports = \"20000-20999\"\nlink_numbers = [\"+18005550100\"]\n\
+                 [[servers]]\nid = \"b\"\nlisten = \"{ip2}:5062\"\nhttp = \"{ip2}:8082\"\nrtp_ports = \"20500-21999\"\nlink_numbers = [\"+18005550101\"]\n"
+            )
+        };
+        assert!(Config::load_str(&two("10.0.0.31", "10.0.0.32"), "x.toml").is_ok());
+        for (a, b) in [("10.0.0.31", "10.0.0.31"), ("0.0.0.0", "10.0.0.32")] {
+            let e = Config::load_str(&two(a, b), "x.toml").unwrap_err();
+            assert_eq!(e.key, "servers[1].rtp_ports", "{a} {b}");
+        }
     }
 
     #[test]
