@@ -471,7 +471,8 @@ def main():
     ap.add_argument("scenarios", nargs="*", default=["kill", "drain", "nats"],
                     choices=["kill", "drain", "nats"])
     a = ap.parse_args()
-    ok = all([scenario(s, a.bin, a.rate, a.seconds) for s in a.scenarios])
+    binary = os.path.abspath(a.bin)
+    ok = all([scenario(s, binary, a.rate, a.seconds) for s in a.scenarios])
     sys.exit(0 if ok else 1)
 
 
