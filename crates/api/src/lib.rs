@@ -107,6 +107,13 @@ fn degraded(s: &ApiState) -> Option<String> {
         ControlHealth::Ok => None,
         ControlHealth::Degraded {
             down_for_ms,
+            grace_left_ms: 0,
+        } => Some(format!(
+            "degraded; control plane (NATS) unreachable for {} s; grace over: no server status is trusted",
+            down_for_ms / 1000
+        )),
+        ControlHealth::Degraded {
+            down_for_ms,
             grace_left_ms,
         } => Some(format!(
             "degraded; control plane (NATS) unreachable for {} s; routing on the last known status for {} s more",
@@ -425,5 +432,63 @@ async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
         Ok(true) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
         Ok(false) => no_message(),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boxless_core::ControlLink;
+
+    fn state(control: ControlLink) -> ApiState {
+        ApiState {
+            board: Arc::new(StatusBoard {
+                slots: Vec::new(),
+                control,
+            }),
+            stores: Vec::new(),
+            ttl_ms: 3000,
+            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            taking_calls: Arc::new(AtomicBool::new(true)),
+            remotes: Vec::new(),
+        }
+    }
+
+    async fn body(r: Response) -> Value {
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_control_plane_outage_is_reported_as_degraded_health() {
+        let link = ControlLink::nats(30_000, now_ms() - 5_000);
+        let s = state(link);
+        let r = healthz(State(s.clone())).await;
+        assert_eq!(r.status(), StatusCode::OK, "calls are still taken");
+        let h = r.headers()[HEALTH_HEADER].to_str().unwrap().to_string();
+        assert!(
+            h.starts_with("degraded; control plane (NATS) unreachable for 5 s"),
+            "{h}"
+        );
+        let v = body(health(State(s.clone())).await).await;
+        assert_eq!(v["status"], "degraded");
+        assert_eq!(v["control"]["connected"], false);
+        assert!(v["control"]["grace_left_ms"].as_u64().unwrap() > 20_000);
+        s.taking_calls.store(false, Ordering::Relaxed);
+        assert_eq!(body(health(State(s)).await).await["status"], "draining");
+
+        // Past the grace the header says nothing is trusted any more.
+        let s = state(ControlLink::nats(1_000, now_ms() - 5_000));
+        let r = healthz(State(s)).await;
+        let h = r.headers()[HEALTH_HEADER].to_str().unwrap();
+        assert!(h.contains("grace over"), "{h}");
+
+        // Connected (or in-process): plain ok, no header.
+        let s = state(ControlLink::default());
+        let r = healthz(State(s.clone())).await;
+        assert!(r.headers().get(HEALTH_HEADER).is_none());
+        assert_eq!(body(health(State(s)).await).await["status"], "ok");
     }
 }

@@ -131,13 +131,11 @@ pub async fn connect(
                 match event {
                     async_nats::Event::Connected => {
                         board.control_up(now_ms());
-                        metrics::gauge!("boxless_control_connected").set(1.0);
                         tracing::info!("control plane (NATS) connected");
                         wake.notify_one();
                     }
                     async_nats::Event::Disconnected => {
                         board.control.down(now_ms());
-                        metrics::gauge!("boxless_control_connected").set(0.0);
                         tracing::warn!(
                             "control plane (NATS) unreachable: routing on the last known status and SIP probes for the grace period"
                         );
@@ -148,7 +146,6 @@ pub async fn connect(
         })
         .connect(servers(url))
         .await?;
-    metrics::gauge!("boxless_control_connected").set(0.0);
     Ok(Link { client, connected })
 }
 
