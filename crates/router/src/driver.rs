@@ -48,13 +48,13 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(proxy::run(
             core.clone(),
-            udp.clone(),
+            udp,
             rx,
             rng(1),
             settings.proxy.clone(),
             local,
+            settings.max_message,
         ));
-        tokio::spawn(udp_to_proxy(udp, settings.max_message, tx.clone()));
         Some(tx)
     } else {
         let (core, max, rng) = (core.clone(), settings.max_message, rng(2));
@@ -194,36 +194,6 @@ fn redirect_udp(core: Arc<RouterCore>, sock: std::net::UdpSocket, max: usize, mu
         counters.count(&v);
         if core.write(&msg, v, &mut scratch, &mut out) {
             let _ = sock.send_to(&out, target);
-        }
-    }
-}
-
-/// Proxy mode: the UDP socket's reader feeds the proxy task.
-async fn udp_to_proxy(sock: Arc<UdpSocket>, max: usize, proxy: mpsc::Sender<ProxyInput>) {
-    let counters = Counters::new();
-    let mut buf = vec![0u8; 65_536];
-    loop {
-        let (n, src) = match sock.recv_from(&mut buf).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::debug!(error = %e, "UDP receive");
-                continue;
-            }
-        };
-        if n > max {
-            counters.too_large.increment(1);
-            continue;
-        }
-        if proxy
-            .try_send(ProxyInput::Datagram {
-                bytes: buf[..n].to_vec(),
-                src,
-                reply: None,
-            })
-            .is_err()
-        {
-            metrics::counter!("boxless_router_dropped_total", "reason" => "proxy_busy")
-                .increment(1);
         }
     }
 }

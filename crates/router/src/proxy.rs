@@ -598,7 +598,8 @@ pub enum Reply {
 /// Input for the proxy task.
 #[derive(Debug)]
 pub enum ProxyInput {
-    /// A message received on UDP (`reply` None) or on a TCP connection.
+    /// A message received on a TCP connection (`reply`: its writer queue; None answers
+    /// over UDP to `src`). UDP itself is read by the proxy task.
     Datagram {
         /// The bytes.
         bytes: Vec<u8>,
@@ -617,21 +618,42 @@ pub async fn run(
     rng: Rng,
     s: ProxySettings,
     local: SocketAddr,
+    max_message: usize,
 ) {
     let mut p: Proxy<Reply> = Proxy::new(core, local, s, rng);
+    // UDP is read here, in the task that owns the transactions: no copy, no hand-off.
+    let mut buf = vec![0u8; 65_536];
+    let transactions = metrics::gauge!("boxless_router_transactions");
+    let too_large = metrics::counter!("boxless_router_dropped_total", "reason" => "too_large");
     loop {
         let deadline = p.poll_timeout();
         tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let (n, src) = match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive");
+                        continue;
+                    }
+                };
+                if n > max_message {
+                    too_large.increment(1);
+                    continue;
+                }
+                let bytes = &buf[..n];
+                // Responses are matched by branch; requests answer per §18.2.2.
+                let target = Message::parse(bytes, false)
+                    .ok()
+                    .and_then(|m| m.reply_via().map(|v| response_target(&v, src)));
+                p.handle(Instant::now(), now_ms(), bytes, false, Reply::Udp(target.unwrap_or(src)));
+            }
             input = rx.recv() => {
+                // Streams (TCP connections) hand their messages over with a reply queue.
                 let Some(ProxyInput::Datagram { bytes, src, reply }) = input else { return };
                 let stream = reply.is_some();
                 let reply = match reply {
                     Some(tx) => Reply::Tcp(tx),
-                    None => {
-                        // Responses are matched by branch; requests answer per §18.2.2.
-                        let target = Message::parse(&bytes, false).ok().and_then(|m| m.reply_via().map(|v| response_target(&v, src)));
-                        Reply::Udp(target.unwrap_or(src))
-                    }
+                    None => Reply::Udp(src),
                 };
                 p.handle(Instant::now(), now_ms(), &bytes, stream, reply);
             }
@@ -663,7 +685,7 @@ pub async fn run(
                 }
             }
         }
-        metrics::gauge!("boxless_router_transactions").set(p.len() as f64);
+        transactions.set(p.len() as f64);
     }
 }
 
