@@ -141,14 +141,26 @@ impl<R: Clone> Proxy<R> {
         let Ok(msg) = Message::parse(bytes, stream) else {
             return;
         };
+        self.handle_parsed(now, now_ms, &msg, bytes, reply);
+    }
+
+    /// [`Proxy::handle`] for a message the caller has parsed already (`bytes` its source).
+    pub fn handle_parsed(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        msg: &Message<'_>,
+        bytes: &[u8],
+        reply: R,
+    ) {
         match msg.method() {
-            None => self.response(now, &msg),
+            None => self.response(now, msg),
             Some(Method::Invite) if msg.defect.is_none() => {
-                self.invite(now, now_ms, &msg, bytes, reply)
+                self.invite(now, now_ms, msg, bytes, reply)
             }
-            Some(Method::Cancel) if msg.defect.is_none() => self.cancel(now, &msg, reply),
+            Some(Method::Cancel) if msg.defect.is_none() => self.cancel(now, msg, reply),
             Some(Method::Ack) => {}
-            Some(_) => self.stateless(now_ms, &msg, reply),
+            Some(_) => self.stateless(now_ms, msg, reply),
         }
     }
 
@@ -625,6 +637,7 @@ pub async fn run(
     let mut buf = vec![0u8; 65_536];
     let transactions = metrics::gauge!("boxless_router_transactions");
     let too_large = metrics::counter!("boxless_router_dropped_total", "reason" => "too_large");
+    let unparseable = metrics::counter!("boxless_router_dropped_total", "reason" => "unparseable");
     loop {
         let deadline = p.poll_timeout();
         tokio::select! {
@@ -641,11 +654,13 @@ pub async fn run(
                     continue;
                 }
                 let bytes = &buf[..n];
+                let Ok(msg) = Message::parse(bytes, false) else {
+                    unparseable.increment(1);
+                    continue;
+                };
                 // Responses are matched by branch; requests answer per §18.2.2.
-                let target = Message::parse(bytes, false)
-                    .ok()
-                    .and_then(|m| m.reply_via().map(|v| response_target(&v, src)));
-                p.handle(Instant::now(), now_ms(), bytes, false, Reply::Udp(target.unwrap_or(src)));
+                let target = msg.reply_via().map_or(src, |v| response_target(&v, src));
+                p.handle_parsed(Instant::now(), now_ms(), &msg, bytes, Reply::Udp(target));
             }
             input = rx.recv() => {
                 // Streams (TCP connections) hand their messages over with a reply queue.
