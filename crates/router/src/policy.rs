@@ -12,11 +12,22 @@ pub const MAX_SERVERS: usize = 256;
 
 /// Picks a server index for a new deposit, or None when none is available.
 pub fn pick(board: &StatusBoard, now_ms: u64, ttl_ms: u64, rng: &mut Rng) -> Option<usize> {
+    pick_where(board, now_ms, ttl_ms, rng, |_| true)
+}
+
+/// [`pick`] among the servers `allowed` admits (a proxy's failover: those not tried yet).
+pub fn pick_where(
+    board: &StatusBoard,
+    now_ms: u64,
+    ttl_ms: u64,
+    rng: &mut Rng,
+    allowed: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let mut avail = [0u16; MAX_SERVERS];
     let mut n = 0;
     let mut total = 0u64;
     for (i, s) in board.slots.iter().enumerate().take(MAX_SERVERS) {
-        if s.view().available(now_ms, ttl_ms) {
+        if allowed(i) && s.view().available(now_ms, ttl_ms) {
             avail[n] = i as u16;
             n += 1;
             total += u64::from(s.weight);
@@ -206,6 +217,22 @@ mod tests {
         // Calls never end here, so two choices keep the three within a few calls.
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(max - min <= 10, "{counts:?}");
+    }
+
+    #[test]
+    fn failover_picks_among_the_servers_not_tried() {
+        let b = weighted(&[1, 1, 0]);
+        let mut rng = Rng::seeded(5);
+        for _ in 0..200 {
+            let i = pick_where(&b, 5000, 3000, &mut rng, |i| i != 0).unwrap();
+            assert_eq!(i, 1, "the weighted untried server before standby");
+        }
+        assert_eq!(
+            pick_where(&b, 5000, 3000, &mut rng, |i| i == 2),
+            Some(2),
+            "standby when nothing else is left"
+        );
+        assert_eq!(pick_where(&b, 5000, 3000, &mut rng, |_| false), None);
     }
 
     #[test]

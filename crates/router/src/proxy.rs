@@ -14,12 +14,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boxless_core::{Rng, now_ms};
+use boxless_core::{PhoneNumber, Rng, now_ms};
 use boxless_sip::{Message, Method, hdr, response_target, write_response};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::decide::{RouterCore, Verdict};
+use crate::policy;
 
 /// Proxy timers.
 #[derive(Debug, Clone)]
@@ -75,6 +76,10 @@ enum State {
 struct Tsx<R> {
     invite: Vec<u8>,
     reply: R,
+    /// Recipient (deposit) or link number (retrieval), as first decided.
+    user: PhoneNumber,
+    /// Retrievals go to the owner only: never failed over.
+    retrieval: bool,
     tried: Vec<usize>,
     server: Option<usize>,
     branch: String,
@@ -198,7 +203,13 @@ impl<R: Clone> Proxy<R> {
             return;
         }
         let v = self.core.decide(msg, now_ms, &mut self.rng);
-        let Verdict::Route { server, .. } = v else {
+        let Verdict::Route {
+            server,
+            user,
+            retrieval,
+            ..
+        } = v
+        else {
             let mut b = Vec::with_capacity(512);
             if self.core.write(msg, v, &mut self.scratch, &mut b) {
                 self.out.push(Output::ToCaller { bytes: b, reply });
@@ -212,6 +223,8 @@ impl<R: Clone> Proxy<R> {
         let t = Tsx {
             invite: bytes.to_vec(),
             reply,
+            user,
+            retrieval,
             tried: Vec::with_capacity(2),
             server: None,
             branch: String::new(),
@@ -223,13 +236,10 @@ impl<R: Clone> Proxy<R> {
             cancelled: false,
         };
         self.tsx.insert(key.clone(), t);
-        self.forward_to(now, &key, server, v);
+        self.forward_to(now, &key, server);
     }
 
-    fn forward_to(&mut self, now: Instant, key: &str, server: usize, v: Verdict) {
-        let Verdict::Route { user, .. } = v else {
-            return;
-        };
+    fn forward_to(&mut self, now: Instant, key: &str, server: usize) {
         let branch = format!("z9hG4bK{:016x}", self.rng.next_u64());
         let addr = self.core.board.slots[server].sip;
         let Some(t) = self.tsx.get_mut(key) else {
@@ -238,7 +248,7 @@ impl<R: Clone> Proxy<R> {
         let Ok(msg) = Message::parse(&t.invite, false) else {
             return;
         };
-        let fwd = build_forward(&msg, &format!("sip:{user}@{addr}"), self.local, &branch);
+        let fwd = build_forward(&msg, &format!("sip:{}@{addr}", t.user), self.local, &branch);
         t.tried.push(server);
         t.server = Some(server);
         t.branch = branch.clone();
@@ -258,77 +268,49 @@ impl<R: Clone> Proxy<R> {
     /// Tries the next available server for `key`, or answers the caller with `fallback`.
     fn failover(&mut self, now: Instant, now_ms: u64, key: &str, fallback: Option<Vec<u8>>) {
         let Some(t) = self.tsx.get(key) else { return };
-        let Ok(msg) = Message::parse(&t.invite, false) else {
-            return;
+        // The same policy as a first choice, among the servers not tried yet.
+        let choice = if t.cancelled || t.retrieval {
+            None
+        } else {
+            let tried = &t.tried;
+            policy::pick_where(
+                &self.core.board,
+                self.core.board.status_time(now_ms),
+                self.core.ttl_ms,
+                &mut self.rng,
+                |i| !tried.contains(&i),
+            )
         };
-        let tried = t.tried.clone();
-        let cancelled = t.cancelled;
-        // Pick among servers not tried yet: mark tried ones unavailable by retrying the pick.
-        let mut choice = None;
-        if !cancelled {
-            for _ in 0..8 {
-                match self.core.decide(&msg, now_ms, &mut self.rng) {
-                    v @ Verdict::Route {
-                        server,
-                        retrieval: false,
-                        ..
-                    } if !tried.contains(&server) => {
-                        choice = Some((server, v));
-                        break;
-                    }
-                    Verdict::Route {
-                        retrieval: true, ..
-                    } => break,
-                    _ => {}
-                }
-            }
-            if choice.is_none() {
-                // Two random choices may keep landing on tried servers: scan the rest.
-                let at = self.core.board.status_time(now_ms);
-                choice = self.core.board.slots.iter().enumerate().find_map(|(i, s)| {
-                    let avail = s.view().available(at, self.core.ttl_ms) && !tried.contains(&i);
-                    let user = match self.core.decide(&msg, now_ms, &mut self.rng) {
-                        Verdict::Route {
-                            user,
-                            retrieval: false,
-                            ..
-                        } => user,
-                        _ => return None,
-                    };
-                    avail.then_some((
-                        i,
-                        Verdict::Route {
-                            server: i,
-                            user,
-                            retrieval: false,
-                            alternates: crate::policy::Alternates::default(),
-                        },
-                    ))
-                });
-            }
-        }
         match choice {
-            Some((server, v)) => {
+            Some(server) => {
                 metrics::counter!("boxless_router_failovers_total").increment(1);
                 tracing::info!(server = %self.core.board.slots[server].id, "failing over");
-                self.forward_to(now, key, server, v);
+                self.forward_to(now, key, server);
             }
             None => {
-                let b = fallback.unwrap_or_else(|| {
-                    let mut b = Vec::new();
-                    let extra = format!("Retry-After: {}\r\n", self.core.retry_after);
-                    write_response(
-                        &mut b,
-                        &msg,
-                        503,
-                        "Service Unavailable",
-                        Some(&"proxy"),
-                        None,
-                        extra.as_bytes(),
-                        None,
-                    );
-                    b
-                });
+                let b = match fallback {
+                    Some(b) => b,
+                    None => {
+                        let Some(Ok(msg)) =
+                            self.tsx.get(key).map(|t| Message::parse(&t.invite, false))
+                        else {
+                            return;
+                        };
+                        let mut b = Vec::new();
+                        let extra = format!("Retry-After: {}\r\n", self.core.retry_after);
+                        write_response(
+                            &mut b,
+                            &msg,
+                            503,
+                            "Service Unavailable",
+                            Some(&"proxy"),
+                            None,
+                            extra.as_bytes(),
+                            None,
+                        );
+                        b
+                    }
+                };
                 self.finish(now, key, b);
             }
         }
