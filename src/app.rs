@@ -146,8 +146,9 @@ async fn start_api(
     board: Arc<StatusBoard>,
     stores: Vec<Arc<Store>>,
     metrics: PrometheusHandle,
-    taking_calls: Arc<AtomicBool>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<(SocketAddr, Arc<AtomicBool>)> {
+    // Cleared when the process drains; /healthz reads it.
+    let taking_calls = Arc::new(AtomicBool::new(true));
     // A router process asks every server's own API for messages.
     let remotes = if stores.is_empty() {
         cfg.servers
@@ -165,12 +166,13 @@ async fn start_api(
         stores,
         ttl_ms: cfg.config.control.ttl_seconds * 1000,
         metrics,
-        taking_calls,
+        taking_calls: taking_calls.clone(),
         remotes,
     };
-    boxless_api::serve(listen, api)
+    let http = boxless_api::serve(listen, api)
         .await
-        .with_context(|| format!("starting the HTTP API on {listen}"))
+        .with_context(|| format!("starting the HTTP API on {listen}"))?;
+    Ok((http, taking_calls))
 }
 
 async fn nats(
@@ -221,16 +223,8 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         }
     }
     let router = start_router(&cfg, &board).await?;
-    let taking_calls = Arc::new(AtomicBool::new(true));
-    let http = start_api(
-        &cfg,
-        cfg.config.http.listen,
-        board,
-        stores,
-        metrics,
-        taking_calls.clone(),
-    )
-    .await?;
+    let (http, taking_calls) =
+        start_api(&cfg, cfg.config.http.listen, board, stores, metrics).await?;
     Ok(Running {
         router,
         http,
@@ -247,16 +241,8 @@ pub async fn router(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<R
     let link = nats(&cfg, "boxless router", &board).await?;
     tokio::spawn(boxless_control::follow_status(link, board.clone()));
     let router = start_router(&cfg, &board).await?;
-    let taking_calls = Arc::new(AtomicBool::new(true));
-    let http = start_api(
-        &cfg,
-        cfg.config.http.listen,
-        board,
-        Vec::new(),
-        metrics,
-        taking_calls.clone(),
-    )
-    .await?;
+    let (http, taking_calls) =
+        start_api(&cfg, cfg.config.http.listen, board, Vec::new(), metrics).await?;
     Ok(Running {
         router,
         http,
@@ -292,16 +278,8 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
         ttl,
         Duration::from_millis(200),
     ));
-    let taking_calls = Arc::new(AtomicBool::new(true));
-    let http = start_api(
-        &cfg,
-        spec.config.http,
-        board,
-        vec![store],
-        metrics,
-        taking_calls.clone(),
-    )
-    .await?;
+    let (http, taking_calls) =
+        start_api(&cfg, spec.config.http, board, vec![store], metrics).await?;
     Ok(Running {
         router: spec.config.listen,
         http,
