@@ -424,12 +424,11 @@ def scenario(name, binary, rate, seconds):
                 problems.append(f"/healthz answered {code} during the NATS outage, not 200")
             t = time.monotonic()
             system.nats()
-            back = wait_until(
+            wait_until(
                 lambda: (http_get(http, "/api/v1/health")[2] or {}).get("status") == "ok",
                 15, "router healthy again after NATS returned")
             figures["NATS outage"] = f"{outage} s (TTL {TTL_S} s)"
             figures["recovery (NATS back -> router healthy)"] = f"{time.monotonic() - t:.2f} s"
-            del back
             for sid in ("ms1", "ms2"):
                 wait_until(lambda s=sid: (server_state(http, s) or {}).get("state") == "up",
                            2 * TTL_S, f"{sid} up after NATS returned")
