@@ -78,7 +78,7 @@ async fn start_server(
         SmsTransport::Smpp => Sender::Smpp(Smpp::new(SmppSettings {
             address: c.sms.address.clone(),
             system_id: c.sms.system_id.clone(),
-            password: c.sms.password.clone(),
+            password: cfg.secrets.sms_password.expose().to_string(),
             enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
         })),
     };
@@ -116,6 +116,11 @@ async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result
         ttl_ms: c.control.ttl_seconds * 1000,
         retry_after: c.router.retry_after_seconds,
         redirect_contacts: c.router.redirect_contacts,
+        gate: boxless_router::decide::Gate::new(
+            cfg.peers.clone(),
+            c.sip.max_invites_per_second_per_peer,
+            Rng::from_entropy().next_u64(),
+        ),
     });
     boxless_router::start(
         core,
@@ -161,6 +166,27 @@ async fn start_api(
     } else {
         Vec::new()
     };
+    let h = &cfg.config.http;
+    let tls = if h.tls_cert.is_empty() {
+        None
+    } else {
+        let c = boxless_net::tls::server_config(h.tls_cert.as_ref(), h.tls_key.as_ref())
+            .map_err(|e| anyhow::anyhow!("key `http.tls_cert`/`http.tls_key`: {e}"))?;
+        Some(c)
+    };
+    // The servers' APIs speak HTTPS when this file gives them certificates.
+    let ca = if h.tls_ca.is_empty() {
+        &h.tls_cert
+    } else {
+        &h.tls_ca
+    };
+    let remote_tls = if remotes.is_empty() || ca.is_empty() {
+        None
+    } else {
+        let c = boxless_net::tls::client_config(ca.as_ref())
+            .map_err(|e| anyhow::anyhow!("key `http.tls_ca`: {e}"))?;
+        Some(c)
+    };
     let api = boxless_api::ApiState {
         board,
         stores,
@@ -168,8 +194,13 @@ async fn start_api(
         metrics,
         taking_calls: taking_calls.clone(),
         remotes,
+        remote_tls,
+        auth: Arc::new(boxless_api::auth::Auth {
+            required: h.auth == boxless_core::config::HttpAuth::Token,
+            tokens: cfg.tokens.clone(),
+        }),
     };
-    let http = boxless_api::serve(listen, api)
+    let http = boxless_api::serve(listen, api, tls)
         .await
         .with_context(|| format!("starting the HTTP API on {listen}"))?;
     Ok((http, taking_calls))
@@ -180,9 +211,20 @@ async fn nats(
     name: &str,
     board: &Arc<StatusBoard>,
 ) -> anyhow::Result<boxless_control::Link> {
-    let url = &cfg.config.control.url;
-    let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
-    boxless_control::connect(url, name, ttl, board.clone())
+    let k = &cfg.config.control;
+    let url = &k.url;
+    let ttl = Duration::from_secs(k.ttl_seconds);
+    let file = |f: &str| (!f.is_empty()).then(|| std::path::PathBuf::from(f));
+    let auth = boxless_control::ConnectAuth {
+        user: cfg
+            .secrets
+            .control_password
+            .clone()
+            .map(|p| (k.user.clone(), p)),
+        credentials_file: file(&k.credentials_file),
+        tls_ca_file: file(&k.tls_ca_file),
+    };
+    boxless_control::connect(url, name, ttl, board.clone(), &auth)
         .await
         .with_context(|| format!("key `control.url`: cannot reach NATS at {url}"))
 }

@@ -29,11 +29,40 @@ mod tests {
 
     #[test]
     fn the_deployment_examples_are_valid_configurations() {
+        use std::os::unix::fs::PermissionsExt as _;
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        // The secrets the examples name under /etc/boxless, made here (mode 600).
+        let etc = std::env::temp_dir().join(format!("boxless-deploy-{}", std::process::id()));
+        std::fs::create_dir_all(&etc).unwrap();
+        for f in ["smpp.password", "nats.password"] {
+            std::fs::write(etc.join(f), "s3cret\n").unwrap();
+            std::fs::set_permissions(etc.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         for (file, servers) in [("deploy/one-box.toml", 2), ("deploy/hosts.toml", 2)] {
-            let cfg = load_config(Some(&root.join(file))).unwrap_or_else(|e| panic!("{e}"));
+            let text = std::fs::read_to_string(root.join(file))
+                .unwrap()
+                .replace("/etc/boxless/", &format!("{}/", etc.display()));
+            let cfg = Config::load_str(&text, file).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(cfg.config.control.backend, ControlBackend::Nats, "{file}");
             assert_eq!(cfg.servers.len(), servers, "{file}");
+            assert_eq!(
+                cfg.config.http.auth,
+                boxless_core::config::HttpAuth::Token,
+                "{file}: the examples use tokens"
+            );
         }
+        let hosts = std::fs::read_to_string(root.join("deploy/hosts.toml")).unwrap();
+        let cfg = Config::load_str(
+            &hosts.replace("/etc/boxless/", &format!("{}/", etc.display())),
+            "h",
+        )
+        .unwrap();
+        assert!(
+            !cfg.config.http.tls_cert.is_empty(),
+            "hosts.toml serves HTTPS"
+        );
+        assert!(!cfg.peers.allows("192.0.2.1".parse().unwrap()));
+        assert_eq!(cfg.secrets.sms_password.expose(), "s3cret");
+        std::fs::remove_dir_all(&etc).unwrap();
     }
 }

@@ -79,9 +79,34 @@ enum Command {
     },
     /// A table of servers: id, state, active/capacity, free disk, last seen.
     Status {
-        /// The HTTP API.
+        /// The HTTP API (http:// or https://).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         http: String,
+        /// A file holding the API token (else the BOXLESS_TOKEN environment variable).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// CA or certificate to trust for an https:// API.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Prints a fresh random token and the [[http.tokens]] lines (with its SHA-256) to
+    /// paste into the config; the config never holds the token itself.
+    New {
+        /// Who will hold it (shown in logs).
+        #[arg(long)]
+        name: String,
+        /// read (GET only) or admin (everything).
+        #[arg(long, value_parser = ["read", "admin"])]
+        scope: String,
     },
 }
 
@@ -183,16 +208,53 @@ async fn run(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Status { http } => match boxless::status::status_table(&http).await {
-            Ok(t) => {
-                print!("{t}");
+        Command::Token {
+            command: TokenCommand::New { name, scope },
+        } => match boxless_api::auth::new_token() {
+            Ok((token, sha)) => {
+                println!("token: {token}");
+                println!("# Give the token to {name}; paste these lines into the config:");
+                println!(
+                    "[[http.tokens]]\nname = \"{name}\"\nsha256 = \"{sha}\"\nscope = \"{scope}\""
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("boxless status: {e:#}");
+                eprintln!("boxless token new: no randomness from the OS: {e}");
                 ExitCode::from(1)
             }
         },
+        Command::Status {
+            http,
+            token_file,
+            ca,
+        } => {
+            let token = match token_file {
+                Some(f) => match std::fs::read_to_string(&f) {
+                    Ok(t) => Some(t.lines().next().unwrap_or("").trim().to_string()),
+                    Err(e) => {
+                        eprintln!("boxless status: --token-file {}: {e}", f.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => std::env::var("BOXLESS_TOKEN").ok(),
+            };
+            let access = boxless::status::Access { token, ca };
+            status(&http, &access).await
+        }
+    }
+}
+
+async fn status(http: &str, access: &boxless::status::Access) -> ExitCode {
+    match boxless::status::status_table(http, access).await {
+        Ok(t) => {
+            print!("{t}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("boxless status: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -1,16 +1,41 @@
 //! `boxless status`: a table of servers from the HTTP API.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use boxless_net::http::{Target, request_with};
+
+/// How `boxless status` reaches an API that wants a token or speaks HTTPS.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// The bearer token (from `BOXLESS_TOKEN` or `--token-file`, never from the command
+    /// line, where other users could read it).
+    pub token: Option<String>,
+    /// CA (or the server's own certificate) for an `https://` URL.
+    pub ca: Option<std::path::PathBuf>,
+}
 
 /// Fetches `GET {base}/api/v1/servers` and renders the table.
-pub async fn status_table(base: &str) -> anyhow::Result<String> {
-    let rest = base
-        .strip_prefix("http://")
-        .context("--http must start with http:// (TLS is not spoken here)")?;
+pub async fn status_table(base: &str, access: &Access) -> anyhow::Result<String> {
+    let (https, rest) = if let Some(r) = base.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = base.strip_prefix("http://") {
+        (false, r)
+    } else {
+        bail!("--http must start with http:// or https://");
+    };
     let (host, path_prefix) = rest.split_once('/').map_or((rest, ""), |(h, p)| (h, p));
+    let addr: SocketAddr = host
+        .parse()
+        .with_context(|| format!("--http: `{host}` is not IP:PORT"))?;
+    let tls = match (https, &access.ca) {
+        (false, _) => None,
+        (true, Some(ca)) => {
+            Some(boxless_net::tls::client_config(ca).map_err(|e| anyhow::anyhow!("--ca: {e}"))?)
+        }
+        (true, None) => bail!("an https:// URL needs --ca FILE (the CA or the API's certificate)"),
+    };
     let path = format!(
         "/{}api/v1/servers",
         if path_prefix.is_empty() {
@@ -19,34 +44,22 @@ pub async fn status_table(base: &str) -> anyhow::Result<String> {
             format!("{}/", path_prefix.trim_end_matches('/'))
         }
     );
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
-        .await
-        .context("connecting timed out")?
-        .with_context(|| format!("connecting to {host}"))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    let auth = access.token.as_ref().map(|t| format!("Bearer {t}"));
+    let a = request_with(
+        &Target { addr, tls },
+        "GET",
+        &path,
+        auth.as_deref(),
+        Duration::from_secs(5),
     )
-    .await?;
-    let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut resp))
-        .await
-        .context("reading timed out")??;
-    let text = String::from_utf8_lossy(&resp);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("{}", head.lines().next().unwrap_or(""));
+    .await
+    .with_context(|| format!("asking {base}"))?;
+    match a.status {
+        200 => {}
+        401 => bail!("401: the API wants a token; set BOXLESS_TOKEN or --token-file"),
+        code => bail!("the API answered {code}"),
     }
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    let servers: Vec<serde_json::Value> = serde_json::from_str(&body)
+    let servers: Vec<serde_json::Value> = serde_json::from_slice(&a.body)
         .context("the API answered something that is not a server list")?;
     let mut out = format!(
         "{:<12} {:<9} {:>15} {:>12} {:>10}\n",
@@ -69,28 +82,8 @@ pub async fn status_table(base: &str) -> anyhow::Result<String> {
         ));
     }
     // A router whose control plane is down says so (INTERFACE: degraded health).
-    if let Some(line) = head.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(name, _)| name.trim().eq_ignore_ascii_case("boxless-health"))
-            .map(|(_, v)| v.trim())
-    }) {
+    if let Some(line) = a.header("boxless-health") {
         out.push_str(&format!("health: {line}\n"));
     }
     Ok(out)
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
 }

@@ -2,13 +2,15 @@
 //! `/api/v1/servers`, `/api/v1/messages`, audio download and delete.
 #![warn(missing_docs)]
 
+pub mod auth;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use boxless_core::{ControlHealth, PhoneNumber, StatusBoard, now_ms, rfc3339};
@@ -32,6 +34,10 @@ pub struct ApiState {
     pub taking_calls: Arc<AtomicBool>,
     /// Servers in other processes whose HTTP API this one asks (a router's API).
     pub remotes: Vec<Remote>,
+    /// HTTPS to those servers with this client configuration (None: plain HTTP).
+    pub remote_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    /// Who may call.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// A messaging server reached through its own HTTP API.
@@ -59,6 +65,7 @@ impl std::fmt::Debug for ApiState {
 
 /// The routes.
 pub fn router(state: ApiState) -> Router {
+    let auth = state.auth.clone();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/health", get(health))
@@ -74,20 +81,70 @@ pub fn router(state: ApiState) -> Router {
                 "no such endpoint; see README \"HTTP API\"",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .with_state(state)
 }
 
-/// Serves the API on `addr` until the runtime stops.
-pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<SocketAddr> {
+/// Serves the API on `addr` until the runtime stops: HTTPS when `tls` is given.
+pub async fn serve(
+    addr: SocketAddr,
+    state: ApiState,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+) -> std::io::Result<SocketAddr> {
     let l = tokio::net::TcpListener::bind(addr).await?;
     let local = l.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(l, router(state)).await {
-            tracing::error!(error = %e, "HTTP API stopped");
+    let app = router(state);
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!(error = %e, "HTTP API stopped");
+                }
+            });
+            tracing::info!(%local, "HTTP API up");
         }
-    });
-    tracing::info!(%local, "HTTP API up");
+        Some(cfg) => {
+            tokio::spawn(serve_tls(l, app, cfg));
+            tracing::info!(%local, "HTTPS API up");
+        }
+    }
     Ok(local)
+}
+
+/// A TLS handshake must finish within this, so a silent client cannot hold a task.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_tls(
+    l: tokio::net::TcpListener,
+    app: Router,
+    cfg: Arc<tokio_rustls::rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    loop {
+        let Ok((tcp, peer)) = l.accept().await else {
+            continue;
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let conn =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = conn
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "HTTPS connection ended");
+            }
+        });
+    }
 }
 
 fn error(code: StatusCode, error: &str, detail: &str) -> Response {
@@ -242,7 +299,25 @@ fn json_message(m: &MessageInfo) -> Value {
     })
 }
 
-async fn messages(State(s): State<ApiState>, Query(q): Query<MessagesQuery>) -> Response {
+/// The caller's `Authorization` value, passed on to the servers a router's API asks.
+fn authorization(h: &HeaderMap) -> Option<String> {
+    h.get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn target(s: &ApiState, r: &Remote) -> boxless_net::http::Target {
+    boxless_net::http::Target {
+        addr: r.http,
+        tls: s.remote_tls.clone(),
+    }
+}
+
+async fn messages(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<MessagesQuery>,
+) -> Response {
     let recipient = match q.recipient.as_deref() {
         None => None,
         Some(r) => match PhoneNumber::parse_e164(r.trim()) {
@@ -283,10 +358,14 @@ async fn messages(State(s): State<ApiState>, Query(q): Query<MessagesQuery>) -> 
         None => format!("/api/v1/messages?limit={limit}"),
     };
     let mut asks = tokio::task::JoinSet::new();
+    let auth = authorization(&headers);
     for r in s.remotes.clone() {
         let q = query.clone();
+        let (t, auth) = (target(&s, &r), auth.clone());
         asks.spawn(async move {
-            let got = boxless_net::http::request(r.http, "GET", &q, REMOTE_TIMEOUT).await;
+            let got =
+                boxless_net::http::request_with(&t, "GET", &q, auth.as_deref(), REMOTE_TIMEOUT)
+                    .await;
             let items = match got {
                 Ok(a) if a.status == 200 => serde_json::from_slice::<Vec<Value>>(&a.body).ok(),
                 _ => None,
@@ -320,14 +399,30 @@ async fn messages(State(s): State<ApiState>, Query(q): Query<MessagesQuery>) -> 
     resp
 }
 
-/// Forwards a request about message `id` to the remote server that holds it.
-async fn forward(s: &ApiState, method: &str, path: &str, id: &str) -> Option<Response> {
+/// Forwards a request about message `id` to the remote server that holds it, with the
+/// caller's `Authorization`: the server judges it again.
+async fn forward(
+    s: &ApiState,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    id: &str,
+) -> Option<Response> {
     let r = s.remotes.iter().find(|r| {
         id.strip_prefix(r.id.as_str())
             .is_some_and(|x| x.starts_with('-'))
     })?;
+    let auth = authorization(headers);
     Some(
-        match boxless_net::http::request(r.http, method, path, REMOTE_TIMEOUT).await {
+        match boxless_net::http::request_with(
+            &target(s, r),
+            method,
+            path,
+            auth.as_deref(),
+            REMOTE_TIMEOUT,
+        )
+        .await
+        {
             Ok(a) => {
                 let code = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_GATEWAY);
                 let ctype = a.content_type.unwrap_or_else(|| "application/json".into());
@@ -390,9 +485,13 @@ async fn with_store<T: Send + 'static>(
     }
 }
 
-async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn message(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if valid_id(&id)
-        && let Some(r) = forward(&s, "GET", &format!("/api/v1/messages/{id}"), &id).await
+        && let Some(r) = forward(&s, &headers, "GET", &format!("/api/v1/messages/{id}"), &id).await
     {
         return r;
     }
@@ -403,9 +502,16 @@ async fn message(State(s): State<ApiState>, Path(id): Path<String>) -> Response 
     }
 }
 
-async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn audio(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if valid_id(&id)
-        && let Some(r) = forward(&s, "GET", &format!("/api/v1/messages/{id}/audio"), &id).await
+        && let Some(r) = forward(
+            &s,
+            &headers,
+            "GET",
+            &format!("/api/v1/messages/{id}/audio"),
+            &id,
+        )
+        .await
     {
         return r;
     }
@@ -422,9 +528,16 @@ async fn audio(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn delete(State(s): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn delete(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if valid_id(&id)
-        && let Some(r) = forward(&s, "DELETE", &format!("/api/v1/messages/{id}"), &id).await
+        && let Some(r) = forward(
+            &s,
+            &headers,
+            "DELETE",
+            &format!("/api/v1/messages/{id}"),
+            &id,
+        )
+        .await
     {
         return r;
     }
@@ -453,6 +566,8 @@ mod tests {
                 .handle(),
             taking_calls: Arc::new(AtomicBool::new(true)),
             remotes: Vec::new(),
+            remote_tls: None,
+            auth: Arc::new(auth::Auth::default()),
         }
     }
 

@@ -96,6 +96,18 @@ fn servers(url: &str) -> Vec<&str> {
         .collect()
 }
 
+/// How a process proves itself to NATS (`control.user`/`password_file`, or
+/// `credentials_file`) and which CA the NATS servers' TLS certificates chain to.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectAuth {
+    /// User and password.
+    pub user: Option<(String, boxless_core::config::Secret)>,
+    /// A credentials file (JWT and NKey seed).
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// CA file: set, the connection requires TLS and verifies the server against it.
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
 /// A NATS connection and what its state changes drive.
 pub struct Link {
     /// The client.
@@ -113,10 +125,23 @@ pub async fn connect(
     name: &str,
     ttl: Duration,
     board: Arc<StatusBoard>,
+    auth: &ConnectAuth,
 ) -> Result<Link, async_nats::ConnectError> {
     let connected = Arc::new(tokio::sync::Notify::new());
     let wake = connected.clone();
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some((user, password)) = &auth.user {
+        options = options.user_and_password(user.clone(), password.expose().to_string());
+    }
+    if let Some(creds) = &auth.credentials_file {
+        options = options.credentials_file(creds).await.map_err(|e| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::Io, e)
+        })?;
+    }
+    if let Some(ca) = &auth.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = options
         .name(name)
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
@@ -140,6 +165,13 @@ pub async fn connect(
                             "control plane (NATS) unreachable: routing on the last known status and SIP probes for the grace period"
                         );
                     }
+                    async_nats::Event::ClientError(e) => {
+                        // Wrong credentials or a refused subject: say so loudly, once per event.
+                        tracing::error!(error = %e, "control plane (NATS) refused this client");
+                    }
+                    async_nats::Event::ServerError(e) => {
+                        tracing::error!(error = %e, "control plane (NATS) error");
+                    }
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             }
@@ -150,7 +182,9 @@ pub async fn connect(
 }
 
 /// A server's side: publish on change (at most every `min_gap`) and every `ttl / 3`;
-/// answer routers' requests. Runs until the process ends.
+/// answer routers' requests by publishing at once, on its own subject like every status
+/// (a router takes a status from no other subject, and NATS permissions can allow each
+/// server that one subject alone). Runs until the process ends.
 pub async fn publish_status(
     client: async_nats::Client,
     board: Arc<StatusBoard>,
@@ -175,7 +209,7 @@ pub async fn publish_status(
     let mut last_sent = tokio::time::Instant::now() - every;
     let mut tick = tokio::time::interval(min_gap.min(every));
     loop {
-        let mut reply_to = None;
+        let mut asked = false;
         tokio::select! {
             _ = tick.tick() => {}
             req = async {
@@ -185,7 +219,7 @@ pub async fn publish_status(
                 }
             } => {
                 match req {
-                    Some(m) => reply_to = m.reply,
+                    Some(_) => asked = true,
                     None => requests = None,
                 }
             }
@@ -197,15 +231,10 @@ pub async fn publish_status(
         let Ok(payload) = serde_json::to_vec(&now) else {
             continue;
         };
-        if let Some(reply) = reply_to
-            && let Err(e) = client.publish(reply, payload.clone().into()).await
-        {
-            tracing::debug!(error = %e, "status reply not sent");
-        }
         // While NATS is away nothing is queued: the first status after it returns is
         // current, not a backlog of old ones.
         let up = client.connection_state() == async_nats::connection::State::Connected;
-        if up && (due || changed) {
+        if up && (due || changed || asked) {
             match client.publish(subject.clone(), payload.into()).await {
                 Ok(()) => {
                     last = Some(now);
@@ -255,23 +284,12 @@ pub async fn follow_status(link: Link, board: Arc<StatusBoard>) {
             return;
         }
     };
-    // Replies to our requests come to one inbox for the router's life.
-    let inbox = client.new_inbox();
-    let mut replies = match client.subscribe(inbox.clone()).await {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot subscribe to status replies");
-            None
-        }
-    };
+    let rejected = metrics::counter!("boxless_control_rejected_total");
     loop {
         let m = tokio::select! {
             _ = link.connected.notified() => {
-                if replies.is_some()
-                    && let Err(e) = client
-                        .publish_with_reply(REQUEST_SUBJECT, inbox.clone(), "".into())
-                        .await
-                {
+                // Servers answer on their own subjects, which this subscription reads.
+                if let Err(e) = client.publish(REQUEST_SUBJECT, "".into()).await {
                     tracing::warn!(error = %e, "status request not sent");
                 }
                 continue;
@@ -280,31 +298,53 @@ pub async fn follow_status(link: Link, board: Arc<StatusBoard>) {
                 Some(m) => m,
                 None => return,
             },
-            m = async {
-                match replies.as_mut() {
-                    Some(r) => r.next().await,
-                    None => std::future::pending().await,
-                }
-            } => match m {
-                Some(m) => m,
-                None => {
-                    replies = None;
-                    continue;
-                }
-            },
         };
         if m.subject.as_str() == REQUEST_SUBJECT {
             continue;
         }
-        match serde_json::from_slice::<StatusMessage>(&m.payload) {
-            Ok(s) => {
-                if !s.apply(&board, now_ms()) {
-                    tracing::debug!(id = %s.id, "status of a server not in this router's configuration");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "malformed status message ignored"),
+        if let Err(why) = accept(&board, m.subject.as_str(), &m.payload, now_ms()) {
+            rejected.increment(1);
+            tracing::debug!(subject = %m.subject, %why, "status ignored");
         }
     }
+}
+
+/// Why a status message was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejected {
+    /// Not JSON of a status.
+    #[error("malformed status: {0}")]
+    Malformed(String),
+    /// The id in the payload is not the one its subject names.
+    #[error("status of `{id}` published on another server's subject")]
+    WrongSubject {
+        /// The id the payload claims.
+        id: String,
+    },
+    /// The id is not in this router's configuration.
+    #[error("`{0}` is not a configured server")]
+    Unknown(String),
+}
+
+/// Takes a status received on `subject` into the board: only a configured server's, and
+/// only from that server's own subject (`boxless.status.<id>`), so a client allowed to
+/// publish as one server cannot speak for another.
+pub fn accept(
+    board: &StatusBoard,
+    subject: &str,
+    payload: &[u8],
+    received_ms: u64,
+) -> Result<(), Rejected> {
+    let s: StatusMessage =
+        serde_json::from_slice(payload).map_err(|e| Rejected::Malformed(e.to_string()))?;
+    if subject != status_subject(&s.id) {
+        return Err(Rejected::WrongSubject { id: s.id });
+    }
+    if !s.apply(board, received_ms) {
+        return Err(Rejected::Unknown(s.id));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -351,6 +391,23 @@ mod tests {
             ..back.clone()
         };
         assert!(!stranger.apply(&board, 4000));
+        // Only from its own subject, and only a configured id.
+        let payload = serde_json::to_vec(&back).unwrap();
+        assert_eq!(accept(&board, "boxless.status.ms1", &payload, 4100), Ok(()));
+        assert_eq!(
+            accept(&board, "boxless.status.ms2", &payload, 4200),
+            Err(Rejected::WrongSubject { id: "ms1".into() })
+        );
+        assert_eq!(board.slots[0].view().last_update_ms, 4100, "nothing taken");
+        let ms9 = serde_json::to_vec(&stranger).unwrap();
+        assert_eq!(
+            accept(&board, "boxless.status.ms9", &ms9, 4300),
+            Err(Rejected::Unknown("ms9".into()))
+        );
+        assert!(matches!(
+            accept(&board, "boxless.status.ms1", b"{", 4300),
+            Err(Rejected::Malformed(_))
+        ));
         let mut draining = back.clone();
         draining.state = "draining".into();
         assert!(draining.differs(&back));

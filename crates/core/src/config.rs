@@ -7,7 +7,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::acl::PeerFilter;
 use crate::number::{LinkPool, Numbering};
+
+mod trust;
+
+pub use trust::{ApiToken, Secret, Secrets};
 
 /// The configuration `boxless serve` uses when no file is given.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
@@ -125,14 +130,73 @@ impl Default for RouterConfig {
 pub struct HttpConfig {
     /// Address of the HTTP API.
     pub listen: SocketAddr,
+    /// none | token
+    pub auth: HttpAuth,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`).
+    pub tls_cert: String,
+    /// PEM private key.
+    pub tls_key: String,
+    /// PEM CA certificates that the servers' API certificates chain to, for a router's
+    /// API asking them over HTTPS (default: the certificates in `tls_cert`).
+    pub tls_ca: String,
+    /// `[[http.tokens]]`: who may call the API.
+    pub tokens: Vec<TokenConfig>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
+            auth: HttpAuth::None,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_ca: String::new(),
+            tokens: Vec::new(),
         }
     }
+}
+
+/// How HTTP requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpAuth {
+    /// No authentication: allowed only when every HTTP address is loopback.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`, checked against `[[http.tokens]]`.
+    Token,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// GET only.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+impl Scope {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+/// One `[[http.tokens]]` entry: the config holds the token's SHA-256, never the token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it (shown in logs instead of the token).
+    pub name: String,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// read | admin
+    pub scope: Scope,
 }
 
 /// `[numbering]`
@@ -172,8 +236,10 @@ pub struct SmsConfig {
     pub address: String,
     /// SMPP system_id.
     pub system_id: String,
-    /// SMPP password.
-    pub password: String,
+    /// SMPP password (default `secret`; or `password_file`).
+    pub password: Option<Secret>,
+    /// A file holding the SMPP password instead (its first line).
+    pub password_file: String,
     /// Seconds between enquire_link PDUs.
     pub enquire_link_seconds: u64,
     /// First retry delay after a failed submit, doubled per attempt.
@@ -190,7 +256,8 @@ impl Default for SmsConfig {
             transport: SmsTransport::Log,
             address: "127.0.0.1:2775".into(),
             system_id: "boxless".into(),
-            password: "secret".into(),
+            password: None,
+            password_file: String::new(),
             enquire_link_seconds: 30,
             retry_initial_ms: 500,
             retry_max_ms: 60_000,
@@ -220,7 +287,7 @@ pub struct RetrievalConfig {
     pub access_code: AccessCodePolicy,
     /// Wrong codes before a caller is locked out of a link number.
     pub max_wrong_codes: u32,
-    /// How long the lockout lasts.
+    /// The lockout window.
     pub lockout_minutes: u32,
 }
 
@@ -300,6 +367,17 @@ pub struct ControlConfig {
     /// While NATS is unreachable, routers keep routing on the last known status (and
     /// their SIP OPTIONS probes) for at most this long.
     pub outage_grace_seconds: u64,
+    /// NATS user (with `password` or `password_file`).
+    pub user: String,
+    /// NATS password.
+    pub password: Option<Secret>,
+    /// A file holding the NATS password instead.
+    pub password_file: String,
+    /// A NATS credentials file (JWT + NKey seed), instead of user/password.
+    pub credentials_file: String,
+    /// CA certificate (PEM) that the NATS servers' TLS certificates chain to; set, the
+    /// connection requires TLS.
+    pub tls_ca_file: String,
 }
 
 impl Default for ControlConfig {
@@ -309,6 +387,11 @@ impl Default for ControlConfig {
             url: "nats://127.0.0.1:4222".into(),
             ttl_seconds: 3,
             outage_grace_seconds: 30,
+            user: String::new(),
+            password: None,
+            password_file: String::new(),
+            credentials_file: String::new(),
+            tls_ca_file: String::new(),
         }
     }
 }
@@ -323,6 +406,10 @@ pub struct SipConfig {
     pub t2_ms: u64,
     /// Largest message accepted, bytes.
     pub max_message_bytes: usize,
+    /// Networks (CIDR) whose requests reach call handling; others get `403`.
+    pub trusted_peers: Vec<String>,
+    /// New INVITEs per second from one address; above it `503` with Retry-After.
+    pub max_invites_per_second_per_peer: u32,
 }
 
 impl Default for SipConfig {
@@ -331,6 +418,8 @@ impl Default for SipConfig {
             t1_ms: 500,
             t2_ms: 4000,
             max_message_bytes: 16 * 1024,
+            trusted_peers: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_invites_per_second_per_peer: 500,
         }
     }
 }
@@ -389,6 +478,12 @@ pub struct Checked {
     pub numbering: Numbering,
     /// Servers with parsed pools, in file order.
     pub servers: Vec<ServerSpec>,
+    /// `sip.trusted_peers`, parsed.
+    pub peers: PeerFilter,
+    /// `[[http.tokens]]`, parsed.
+    pub tokens: Vec<ApiToken>,
+    /// Passwords, read from their files where a `*_file` key names one.
+    pub secrets: Secrets,
 }
 
 impl Config {
@@ -498,6 +593,7 @@ impl Config {
                     .into(),
             ));
         }
+        let trust = trust::check(&self, &err)?;
         let mut servers: Vec<ServerSpec> = Vec::with_capacity(self.servers.len());
         for (i, s) in self.servers.iter().enumerate() {
             let key = |k: &str| format!("servers[{i}].{k}");
@@ -573,10 +669,14 @@ impl Config {
                 rtp_ports,
             });
         }
+        trust::check_http_exposure(&self, &err)?;
         Ok(Checked {
             config: self,
             numbering,
             servers,
+            peers: trust.peers,
+            tokens: trust.tokens,
+            secrets: trust.secrets,
         })
     }
 }
@@ -622,8 +722,17 @@ fn key_at(text: &str, pos: usize) -> String {
             table = t.trim().to_string();
         }
     }
+    // The error is about a table header itself (an unknown table): name that table, not
+    // the one before it.
+    if let Some(t) = line
+        .strip_prefix("[[")
+        .and_then(|t| t.split("]]").next())
+        .or_else(|| line.strip_prefix('[').and_then(|t| t.split(']').next()))
+    {
+        return t.trim().to_string();
+    }
     let key = line.split('=').next().unwrap_or("").trim();
-    match (table.is_empty(), key.is_empty() || line.starts_with('[')) {
+    match (table.is_empty(), key.is_empty()) {
         (true, true) => "(top level)".into(),
         (true, false) => key.to_string(),
         (false, true) => table,
@@ -648,8 +757,10 @@ mod tests {
     fn rtp_ranges_may_repeat_on_different_hosts_only() {
         let two = |ip1: &str, ip2: &str| {
             format!(
-                "[[servers]]\nid = \"a\"\nlisten = \"{ip1}:5060\"\nhttp = \"{ip1}:8080\"\nrtp_ports = \"20000-20999\"\nlink_numbers = [\"+18005550100\"]\n\
-                 [[servers]]\nid = \"b\"\nlisten = \"{ip2}:5062\"\nhttp = \"{ip2}:8082\"\nrtp_ports = \"20500-21999\"\nlink_numbers = [\"+18005550101\"]\n"
+                "[http]\nauth = \"token\"\n[[http.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nscope = \"admin\"\n\
+                 [[servers]]\nid = \"a\"\nlisten = \"{ip1}:5060\"\nhttp = \"{ip1}:8080\"\nrtp_ports = \"20000-20999\"\nlink_numbers = [\"+18005550100\"]\n\
+                 [[servers]]\nid = \"b\"\nlisten = \"{ip2}:5062\"\nhttp = \"{ip2}:8082\"\nrtp_ports = \"20500-21999\"\nlink_numbers = [\"+18005550101\"]\n",
+                "0".repeat(64)
             )
         };
         assert!(Config::load_str(&two("10.0.0.31", "10.0.0.32"), "x.toml").is_ok());
@@ -671,6 +782,19 @@ mod tests {
         assert!(!e.to_string().contains('\n'));
         let e = Config::load_str("[messages]\nmax_secs = 3\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "messages.max_secs");
+        // An unknown table is named itself, not after the table before it.
+        let e = Config::load_str("[messages]\nmax_seconds = 30\n[emial]\nx = 1\n", "x.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "emial", "{e}");
+        let e = Config::load_str("[sip]\nt1_ms = 500\n[[servres]]\nid = \"a\"\n", "x.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "servres", "{e}");
+        let e = Config::load_str(
+            "[http]\n[[http.tokens]]\nname = \"a\"\nsha256 = \"00\"\nscope = \"root\"\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "http.tokens[0].scope", "{e}");
         let two = DEFAULT_CONFIG.replace("+18005550150-+18005550199", "+18005550140-+18005550199");
         let e = Config::load_str(&two, "x.toml").unwrap_err();
         assert_eq!(e.key, "servers[1].link_numbers");

@@ -2,11 +2,13 @@
 //! server status, clock and randomness helpers.
 #![warn(missing_docs)]
 
+pub mod acl;
 pub mod config;
 pub mod number;
 pub mod status;
 pub mod util;
 
+pub use acl::{Admission, FloodGuard, Gate, PeerFilter};
 pub use config::{Checked, Config, ConfigError, RouterMode, ServerSpec};
 pub use number::{LinkPool, Numbering, PhoneNumber};
 pub use status::{ControlHealth, ControlLink, ServerSlot, ServerState, StatusBoard, StatusView};

@@ -12,6 +12,34 @@ use tokio::sync::mpsc;
 /// A connection closes after this long without a byte.
 pub const TCP_IDLE: Duration = Duration::from_secs(300);
 
+/// An untrusted peer's connection gets this long to send its one message (answered `403`)
+/// before it is closed: a stranger cannot hold connections open.
+pub const UNTRUSTED_TCP_GRACE: Duration = Duration::from_secs(2);
+
+/// SIP-over-TCP connections one listener holds at once; past it, accepting waits.
+pub const MAX_TCP_CONNECTIONS: usize = 4096;
+
+/// Bounds the connections of one listener: each accepted connection holds a permit.
+#[derive(Debug, Clone)]
+pub struct ConnLimit(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl ConnLimit {
+    /// At most `n` connections at once.
+    pub fn new(n: usize) -> ConnLimit {
+        ConnLimit(std::sync::Arc::new(tokio::sync::Semaphore::new(n)))
+    }
+
+    /// Waits for room for one more connection; the permit frees it when dropped.
+    pub async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
+        // The semaphore is never closed, so acquiring cannot fail.
+        self.0
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("connection semaphore is never closed")
+    }
+}
+
 /// One SIP-over-TCP connection (RFC 3261 §18.3): a writer task fed by a bounded queue,
 /// and a reader that hands out whole messages.
 #[derive(Debug)]
@@ -21,6 +49,7 @@ pub struct TcpSip {
     reader: OwnedReadHalf,
     buf: Vec<u8>,
     max: usize,
+    idle: Duration,
 }
 
 impl TcpSip {
@@ -40,7 +69,13 @@ impl TcpSip {
             reader,
             buf: Vec::with_capacity(8192),
             max,
+            idle: TCP_IDLE,
         }
+    }
+
+    /// Closes the connection after `d` without a byte (default [`TCP_IDLE`]).
+    pub fn set_idle(&mut self, d: Duration) {
+        self.idle = d;
     }
 
     /// The next whole message; None when the peer closed, went idle, or sent a stream that
@@ -61,7 +96,7 @@ impl TcpSip {
                     return None;
                 }
             }
-            match tokio::time::timeout(TCP_IDLE, self.reader.read(&mut chunk)).await {
+            match tokio::time::timeout(self.idle, self.reader.read(&mut chunk)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
             }
@@ -69,7 +104,10 @@ impl TcpSip {
     }
 }
 
-/// A minimal HTTP/1.1 client for the Boxless APIs (loopback and LAN; no TLS, no redirects).
+pub mod tls;
+
+/// A minimal HTTP/1.1 client for the Boxless APIs (loopback and LAN; HTTPS with a
+/// configured CA; no redirects).
 pub mod http {
     use std::net::SocketAddr;
     use std::time::Duration;
@@ -107,19 +145,79 @@ pub mod http {
         path: &str,
         limit: Duration,
     ) -> std::io::Result<Answer> {
+        request_with(&Target::plain(addr), method, path, None, limit).await
+    }
+
+    /// Where a request goes: an address, over TLS when a client configuration is given
+    /// (the server's certificate must name the address's IP).
+    #[derive(Debug, Clone)]
+    pub struct Target {
+        /// The API's address.
+        pub addr: SocketAddr,
+        /// HTTPS with this configuration.
+        pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    }
+
+    impl Target {
+        /// Plain HTTP.
+        pub fn plain(addr: SocketAddr) -> Target {
+            Target { addr, tls: None }
+        }
+    }
+
+    /// Sends `METHOD path` with an optional `Authorization` value and reads the whole
+    /// answer, all within `limit`.
+    pub async fn request_with(
+        target: &Target,
+        method: &str,
+        path: &str,
+        authorization: Option<&str>,
+        limit: Duration,
+    ) -> std::io::Result<Answer> {
+        let addr = target.addr;
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        if let Some(a) = authorization {
+            // A value with a line break would smuggle headers; such a one is not sent.
+            if a.bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(std::io::Error::other("bad Authorization value"));
+            }
+            head.push_str("Authorization: ");
+            head.push_str(a);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
         tokio::time::timeout(limit, async {
-            let mut s = TcpStream::connect(addr).await?;
-            s.write_all(
-                format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
+            let s = TcpStream::connect(addr).await?;
             let mut buf = Vec::new();
-            s.read_to_end(&mut buf).await?;
+            match &target.tls {
+                None => exchange(s, head.as_bytes(), &mut buf).await?,
+                Some(cfg) => {
+                    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                    let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                        .connect(name, s)
+                        .await?;
+                    exchange(tls, head.as_bytes(), &mut buf).await?
+                }
+            }
             parse(&buf).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))
         })
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
+    }
+
+    async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut s: S,
+        head: &[u8],
+        buf: &mut Vec<u8>,
+    ) -> std::io::Result<()> {
+        s.write_all(head).await?;
+        s.flush().await?;
+        match s.read_to_end(buf).await {
+            Ok(_) => Ok(()),
+            // A TLS peer that closes without close_notify after a complete answer.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn parse(buf: &[u8]) -> Option<Answer> {

@@ -28,14 +28,24 @@ fn bench(c: &mut Criterion) {
         ttl_ms: u64::MAX / 2,
         retry_after: 30,
         redirect_contacts: 2,
+        gate: boxless_router::decide::Gate::new(
+            boxless_core::PeerFilter::parse(&["10.0.0.0/8", "127.0.0.0/8", "::1/128"]).unwrap(),
+            u32::MAX,
+            1,
+        ),
     };
+    let src: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let mut rng = Rng::seeded(1);
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::with_capacity(256);
     c.bench_function("redirect_invite", |b| {
         b.iter(|| {
             let m = boxless_sip::Message::parse(black_box(INVITE), false).unwrap();
-            let v = core.decide(&m, u64::MAX / 2 + 1, &mut rng);
+            let now = u64::MAX / 2 + 1;
+            let v = match core.admit(&m, src, now) {
+                boxless_router::decide::Admission::Pass => core.decide(&m, now, &mut rng),
+                a => RouterCore::refuse(a),
+            };
             core.write(&m, v, &mut scratch, &mut out);
             out.len()
         })

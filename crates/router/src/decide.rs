@@ -3,6 +3,9 @@
 
 use std::fmt::Write as _;
 
+use std::net::IpAddr;
+
+pub use boxless_core::acl::{Admission, Gate, REFUSALS_PER_SECOND};
 use boxless_core::{Numbering, PhoneNumber, Rng, RouterMode, StatusBoard};
 use boxless_sip::{Message, Method, parties, write_response};
 
@@ -42,6 +45,8 @@ pub enum Extra {
     None,
     /// `Retry-After: N`.
     RetryAfter,
+    /// `Retry-After: 1` (a peer over its INVITE rate).
+    RetryAfterOne,
     /// `Allow: ...`.
     Allow,
     /// `Unsupported: <the Require/Proxy-Require value>`.
@@ -65,9 +70,36 @@ pub struct RouterCore {
     pub retry_after: u32,
     /// Contacts in a 302 for a deposit (1 to 4).
     pub redirect_contacts: u32,
+    /// The trust boundary and the flood guard.
+    pub gate: Gate,
 }
 
 impl RouterCore {
+    /// The trust boundary: only trusted peers reach the decision, each within its INVITE
+    /// rate; responses are taken only from trusted peers and our own servers.
+    pub fn admit(&self, msg: &Message<'_>, src: IpAddr, now_ms: u64) -> Admission {
+        match msg.method() {
+            None if self.board.slots.iter().any(|s| s.sip.ip() == src) => Admission::Pass,
+            None => self.gate.response(src),
+            Some(m) => self
+                .gate
+                .request(src, m == Method::Ack, m == Method::Invite, now_ms),
+        }
+    }
+
+    /// The verdict for a message the gate did not pass.
+    pub fn refuse(a: Admission) -> Verdict {
+        match a {
+            Admission::Forbidden => respond(403, "Forbidden"),
+            Admission::Flood => Verdict::Respond {
+                code: 503,
+                reason: "Service Unavailable",
+                extra: Extra::RetryAfterOne,
+            },
+            Admission::Pass | Admission::Drop => Verdict::Absorb,
+        }
+    }
+
     /// Decides what to do with a parsed request (responses are the proxy's business).
     pub fn decide(&self, msg: &Message<'_>, now_ms: u64, rng: &mut Rng) -> Verdict {
         let Some(method) = msg.method() else {
@@ -228,6 +260,7 @@ impl RouterCore {
                     Extra::RetryAfter => {
                         let _ = write!(scratch, "Retry-After: {}\r\n", self.retry_after);
                     }
+                    Extra::RetryAfterOne => scratch.push_str("Retry-After: 1\r\n"),
                     Extra::Allow => {
                         let _ = write!(scratch, "Allow: {ALLOW}\r\n");
                     }
@@ -303,6 +336,7 @@ mod tests {
             ttl_ms: 3000,
             retry_after: 30,
             redirect_contacts: 2,
+            gate: Gate::new(boxless_core::PeerFilter::loopback(), 3, 1),
         }
     }
 
@@ -378,6 +412,7 @@ mod tests {
             redirect_contacts: 1,
             ..core(RouterMode::Redirect)
         };
+        assert_eq!(one.redirect_contacts, 1);
         let Verdict::Route { alternates, .. } = decide(&one, &b) else {
             unreachable!()
         };
@@ -418,6 +453,61 @@ mod tests {
             ),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn only_trusted_peers_pass_and_each_within_its_rate() {
+        let c = core(RouterMode::Redirect);
+        let b = invite("+15551230002", "");
+        let m = Message::parse(&b, false).unwrap();
+        let stranger: IpAddr = "192.0.2.9".parse().unwrap();
+        let peer: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(c.admit(&m, stranger, 1000), Admission::Forbidden);
+        let mut out = Vec::new();
+        assert!(c.write(
+            &m,
+            RouterCore::refuse(Admission::Forbidden),
+            &mut String::new(),
+            &mut out
+        ));
+        assert!(out.starts_with(b"SIP/2.0 403 Forbidden\r\n"));
+        // Refusals to one source are bounded per second; the rest are dropped unanswered.
+        let refused = (0..50)
+            .filter(|_| c.admit(&m, stranger, 1000) == Admission::Forbidden)
+            .count();
+        assert_eq!(refused, REFUSALS_PER_SECOND as usize - 1);
+        // An untrusted ACK or response is never answered.
+        let ack = String::from_utf8(b.clone())
+            .unwrap()
+            .replacen("INVITE", "ACK", 2);
+        let ack = Message::parse(ack.as_bytes(), false).unwrap();
+        assert_eq!(
+            c.admit(&ack, "192.0.2.10".parse().unwrap(), 1000),
+            Admission::Drop
+        );
+        let resp = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKa\r\nFrom: <sip:a@h>;tag=1\r\nTo: <sip:b@h>;tag=2\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let resp = Message::parse(resp, false).unwrap();
+        assert_eq!(c.admit(&resp, stranger, 1000), Admission::Drop);
+        assert_eq!(
+            c.admit(&resp, "127.0.0.1".parse().unwrap(), 1000),
+            Admission::Pass
+        );
+        // A trusted peer: three INVITEs a second (this core's limit), then 503.
+        assert!((0..3).all(|_| c.admit(&m, peer, 5000) == Admission::Pass));
+        assert_eq!(c.admit(&m, peer, 5999), Admission::Flood);
+        let mut out = Vec::new();
+        c.write(
+            &m,
+            RouterCore::refuse(Admission::Flood),
+            &mut String::new(),
+            &mut out,
+        );
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.starts_with("SIP/2.0 503 ") && s.contains("Retry-After: 1\r\n"),
+            "{s}"
+        );
+        assert_eq!(c.admit(&m, peer, 6000), Admission::Pass);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use boxless_sip::{Message, response_target};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
-use crate::decide::{RouterCore, Verdict};
+use crate::decide::{Admission, RouterCore, Verdict};
 use crate::proxy::{self, ProxyInput};
 
 /// Router settings beyond the decision logic.
@@ -116,7 +116,14 @@ async fn probe_servers(
         let wake = p.poll_timeout().unwrap_or(now + s.interval);
         tokio::select! {
             r = sock.recv_from(&mut buf) => {
-                let Ok((n, _)) = r else { continue };
+                let Ok((n, from)) = r else { continue };
+                // Only our servers answer probes; anything else on this port is noise.
+                let ours = |a: SocketAddr| {
+                    a.port() == from.port() && (a.ip() == from.ip() || a.ip().is_unspecified())
+                };
+                if !board.slots.iter().any(|s| ours(s.sip)) {
+                    continue;
+                }
                 let Ok(m) = Message::parse(&buf[..n], false) else { continue };
                 let (Some(code), Some(seq)) = (m.status(), m.call_id.strip_prefix("probe-").and_then(|r| r.split('@').next()).and_then(|s| s.parse().ok())) else {
                     continue;
@@ -131,20 +138,40 @@ async fn probe_servers(
 }
 
 /// Counters resolved once, so the hot path does no registry look-up.
-struct Counters {
+pub(crate) struct Counters {
     deposit: metrics::Counter,
     retrieval: metrics::Counter,
-    too_large: metrics::Counter,
-    unparseable: metrics::Counter,
+    pub(crate) too_large: metrics::Counter,
+    pub(crate) unparseable: metrics::Counter,
+    untrusted: metrics::Counter,
+    flood: metrics::Counter,
 }
 
 impl Counters {
-    fn new() -> Counters {
+    pub(crate) fn new() -> Counters {
         Counters {
             deposit: metrics::counter!("boxless_router_calls_total", "kind" => "deposit"),
             retrieval: metrics::counter!("boxless_router_calls_total", "kind" => "retrieval"),
             too_large: metrics::counter!("boxless_router_dropped_total", "reason" => "too_large"),
             unparseable: metrics::counter!("boxless_router_dropped_total", "reason" => "unparseable"),
+            untrusted: metrics::counter!("boxless_sip_refused_total", "reason" => "untrusted"),
+            flood: metrics::counter!("boxless_sip_refused_total", "reason" => "flood"),
+        }
+    }
+
+    /// Counts what the gate refused (every message from an untrusted source, answered or
+    /// not, and every INVITE over a peer's rate).
+    pub(crate) fn refused(&self, a: Admission, src: std::net::IpAddr) {
+        match a {
+            Admission::Pass => {}
+            Admission::Flood => {
+                self.flood.increment(1);
+                tracing::debug!(%src, "INVITE over the peer's rate: 503");
+            }
+            Admission::Forbidden | Admission::Drop => {
+                self.untrusted.increment(1);
+                tracing::debug!(%src, "untrusted source refused");
+            }
         }
     }
 
@@ -190,7 +217,14 @@ fn redirect_udp(core: Arc<RouterCore>, sock: std::net::UdpSocket, max: usize, mu
         let Some(target) = msg.reply_via().map(|v| response_target(&v, src)) else {
             continue;
         };
-        let v = core.decide(&msg, now_ms(), &mut rng);
+        let now = now_ms();
+        let v = match core.admit(&msg, src.ip(), now) {
+            Admission::Pass => core.decide(&msg, now, &mut rng),
+            a => {
+                counters.refused(a, src.ip());
+                RouterCore::refuse(a)
+            }
+        };
         counters.count(&v);
         if core.write(&msg, v, &mut scratch, &mut out) {
             let _ = sock.send_to(&out, target);
@@ -206,7 +240,9 @@ async fn tcp_accept(
     proxy: Option<mpsc::Sender<ProxyInput>>,
 ) {
     let mut n = 0u64;
+    let limit = boxless_net::ConnLimit::new(boxless_net::MAX_TCP_CONNECTIONS);
     loop {
+        let permit = limit.acquire().await;
         let Ok((s, peer)) = l.accept().await else {
             continue;
         };
@@ -216,7 +252,11 @@ async fn tcp_accept(
         } else {
             Rng::seeded(seed ^ (n << 8))
         };
-        tokio::spawn(tcp_conn(core.clone(), s, peer, max, rng, proxy.clone()));
+        let conn = tcp_conn(core.clone(), s, peer, max, rng, proxy.clone());
+        tokio::spawn(async move {
+            conn.await;
+            drop(permit);
+        });
     }
 }
 
@@ -229,10 +269,30 @@ async fn tcp_conn(
     proxy: Option<mpsc::Sender<ProxyInput>>,
 ) {
     let mut conn = boxless_net::TcpSip::new(s, max);
+    let trusted = core.gate.peers.allows(peer.ip());
+    if !trusted {
+        conn.set_idle(boxless_net::UNTRUSTED_TCP_GRACE);
+    }
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::new();
     let counters = Counters::new();
     while let Some(bytes) = conn.next().await {
+        let Ok(msg) = Message::parse(&bytes, true) else {
+            counters.unparseable.increment(1);
+            continue;
+        };
+        let now = now_ms();
+        let admission = core.admit(&msg, peer.ip(), now);
+        if admission != Admission::Pass {
+            counters.refused(admission, peer.ip());
+            if core.write(&msg, RouterCore::refuse(admission), &mut scratch, &mut out) {
+                let _ = conn.writer.try_send(out.clone());
+            }
+            if !trusted {
+                break; // one answer, then the connection closes
+            }
+            continue;
+        }
         if let Some(p) = &proxy {
             let _ = p.try_send(ProxyInput::Datagram {
                 bytes,
@@ -241,11 +301,7 @@ async fn tcp_conn(
             });
             continue;
         }
-        let Ok(msg) = Message::parse(&bytes, true) else {
-            counters.unparseable.increment(1);
-            continue;
-        };
-        let v = core.decide(&msg, now_ms(), &mut rng);
+        let v = core.decide(&msg, now, &mut rng);
         counters.count(&v);
         if core.write(&msg, v, &mut scratch, &mut out) {
             let _ = conn.writer.try_send(out.clone());

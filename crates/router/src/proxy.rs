@@ -19,7 +19,7 @@ use boxless_sip::{Message, Method, hdr, response_target, write_response};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::decide::{RouterCore, Verdict};
+use crate::decide::{Admission, RouterCore, Verdict};
 use crate::policy;
 
 /// Proxy timers.
@@ -33,6 +33,9 @@ pub struct ProxySettings {
     pub linger: Duration,
     /// After a provisional response, how long to wait for the final one.
     pub ring_timeout: Duration,
+    /// Transactions held at once (each lingers `linger` after its final response); a new
+    /// INVITE past it gets `503`.
+    pub max_transactions: usize,
 }
 
 impl Default for ProxySettings {
@@ -42,6 +45,7 @@ impl Default for ProxySettings {
             t1: Duration::from_millis(500),
             linger: Duration::from_secs(32),
             ring_timeout: Duration::from_secs(60),
+            max_transactions: 32_768,
         }
     }
 }
@@ -200,6 +204,20 @@ impl<R: Clone> Proxy<R> {
                 None => simple(msg, 100, "Trying"),
             };
             self.out.push(Output::ToCaller { bytes: b, reply });
+            return;
+        }
+        if self.tsx.len() >= self.s.max_transactions {
+            metrics::counter!("boxless_sip_refused_total", "reason" => "transactions_full")
+                .increment(1);
+            let mut b = Vec::with_capacity(512);
+            let full = crate::decide::Verdict::Respond {
+                code: 503,
+                reason: "Service Unavailable",
+                extra: crate::decide::Extra::RetryAfterOne,
+            };
+            if self.core.write(msg, full, &mut self.scratch, &mut b) {
+                self.out.push(Output::ToCaller { bytes: b, reply });
+            }
             return;
         }
         let v = self.core.decide(msg, now_ms, &mut self.rng);
@@ -614,12 +632,13 @@ pub async fn run(
     local: SocketAddr,
     max_message: usize,
 ) {
-    let mut p: Proxy<Reply> = Proxy::new(core, local, s, rng);
+    let mut p: Proxy<Reply> = Proxy::new(core.clone(), local, s, rng);
     // UDP is read here, in the task that owns the transactions: no copy, no hand-off.
     let mut buf = vec![0u8; 65_536];
+    let mut refusal = Vec::with_capacity(512);
+    let mut scratch = String::new();
     let transactions = metrics::gauge!("boxless_router_transactions");
-    let too_large = metrics::counter!("boxless_router_dropped_total", "reason" => "too_large");
-    let unparseable = metrics::counter!("boxless_router_dropped_total", "reason" => "unparseable");
+    let counters = crate::driver::Counters::new();
     loop {
         let deadline = p.poll_timeout();
         tokio::select! {
@@ -632,17 +651,29 @@ pub async fn run(
                     }
                 };
                 if n > max_message {
-                    too_large.increment(1);
+                    counters.too_large.increment(1);
                     continue;
                 }
                 let bytes = &buf[..n];
                 let Ok(msg) = Message::parse(bytes, false) else {
-                    unparseable.increment(1);
+                    counters.unparseable.increment(1);
                     continue;
                 };
                 // Responses are matched by branch; requests answer per §18.2.2.
                 let target = msg.reply_via().map_or(src, |v| response_target(&v, src));
-                p.handle_parsed(Instant::now(), now_ms(), &msg, bytes, Reply::Udp(target));
+                let now = now_ms();
+                match core.admit(&msg, src.ip(), now) {
+                    Admission::Pass => {
+                        p.handle_parsed(Instant::now(), now, &msg, bytes, Reply::Udp(target))
+                    }
+                    a => {
+                        counters.refused(a, src.ip());
+                        refusal.clear();
+                        if core.write(&msg, RouterCore::refuse(a), &mut scratch, &mut refusal) {
+                            let _ = sock.send_to(&refusal, target).await;
+                        }
+                    }
+                }
             }
             input = rx.recv() => {
                 // Streams (TCP connections) hand their messages over with a reply queue.
@@ -716,11 +747,15 @@ mod tests {
             ttl_ms: 60_000,
             retry_after: 30,
             redirect_contacts: 2,
+            gate: crate::decide::Gate::new(boxless_core::PeerFilter::loopback(), 500, 1),
         };
         Proxy::new(
             Arc::new(core),
             "127.0.0.1:5060".parse().unwrap(),
-            ProxySettings::default(),
+            ProxySettings {
+                max_transactions: 4,
+                ..ProxySettings::default()
+            },
             Rng::seeded(7),
         )
     }
@@ -869,5 +904,26 @@ From: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>\r\nCall-ID: pc\r\nC
                 .any(|(to, b)| to.is_none() && status(b) == Some(487)),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn transaction_table_is_bounded() {
+        let mut p = proxy();
+        let t0 = Instant::now();
+        for i in 0..6 {
+            let b = String::from_utf8(invite("INVITE"))
+                .unwrap()
+                .replace("z9hG4bKcaller", &format!("z9hG4bKcaller{i}"))
+                .replace("Call-ID: pc", &format!("Call-ID: pc{i}"));
+            p.handle(t0, now_ms(), b.as_bytes(), false, 1);
+            let out = outputs(&mut p);
+            if i < 4 {
+                assert_eq!(status(&out[0].1), Some(100), "call {i}");
+            } else {
+                assert_eq!(status(&out[0].1), Some(503), "call {i}: the table is full");
+                assert_eq!(out.len(), 1, "nothing forwarded");
+            }
+        }
+        assert_eq!(p.len(), 4);
     }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use boxless_core::config::{AccessCodePolicy, Greeting};
 use boxless_core::{
-    Checked, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard, now_ms,
+    Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
+    now_ms,
 };
 use boxless_media::{Prompts, RtpSender, negotiate, write_sdp};
 use boxless_notify::NotifierHandle;
@@ -53,6 +54,37 @@ impl SipTx {
     }
 }
 
+/// A call as the SIP socket tasks see it: where its messages go, and the identity an
+/// in-dialog request must carry to reach it (RFC 3261 §12.2.2: Call-ID and both tags;
+/// §9.2 and §17.2.3: a CANCEL or an INVITE retransmission by the INVITE's branch).
+#[derive(Debug)]
+struct CallEntry {
+    tx: mpsc::Sender<CallEvent>,
+    local_tag: String,
+    remote_tag: Option<String>,
+    invite_branch: Option<String>,
+    bye_branch: String,
+}
+
+impl CallEntry {
+    /// True when `msg` (same Call-ID) belongs to this call.
+    fn matches(&self, msg: &Message<'_>) -> bool {
+        let branch = msg.top_via().and_then(|v| v.branch);
+        if msg.method().is_none() {
+            // A response: only to the BYE we sent.
+            return branch == Some(self.bye_branch.as_str());
+        }
+        let from_tag = NameAddr::parse(msg.from).and_then(|n| n.tag());
+        if from_tag != self.remote_tag.as_deref() {
+            return false;
+        }
+        match NameAddr::parse(msg.to).and_then(|n| n.tag()) {
+            Some(to_tag) => to_tag == self.local_tag,
+            None => branch.is_some() && branch == self.invite_branch.as_deref(),
+        }
+    }
+}
+
 /// A SIP message for a call task.
 #[derive(Debug)]
 struct CallEvent {
@@ -78,7 +110,7 @@ pub struct MessagingServer {
     policy: AccessCodePolicy,
     utc_offset: i32,
     max_message: usize,
-    calls: Mutex<HashMap<String, mpsc::Sender<CallEvent>>>,
+    calls: Mutex<HashMap<String, CallEntry>>,
     ports: Mutex<Vec<u16>>,
     rng: Mutex<Rng>,
     draining: AtomicBool,
@@ -86,6 +118,7 @@ pub struct MessagingServer {
     ttl: Duration,
     lockouts: Mutex<Lockouts>,
     max_wrong_codes: u32,
+    gate: Gate,
 }
 
 impl MessagingServer {
@@ -141,6 +174,11 @@ impl MessagingServer {
                 Duration::from_secs(c.retrieval.lockout_minutes as u64 * 60),
             )),
             max_wrong_codes: c.retrieval.max_wrong_codes,
+            gate: Gate::new(
+                cfg.peers.clone(),
+                c.sip.max_invites_per_second_per_peer,
+                Rng::from_entropy().next_u64(),
+            ),
         });
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
@@ -184,7 +222,7 @@ impl MessagingServer {
         self.report();
     }
 
-    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<CallEvent>>> {
+    fn lock_calls(&self) -> std::sync::MutexGuard<'_, HashMap<String, CallEntry>> {
         // Poisoning only follows a panic elsewhere; the map itself is always consistent.
         self.calls.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -260,19 +298,32 @@ impl MessagingServer {
     }
 
     async fn tcp_accept(self: Arc<Self>, l: TcpListener) {
+        let limit = boxless_net::ConnLimit::new(boxless_net::MAX_TCP_CONNECTIONS);
         loop {
+            let permit = limit.acquire().await;
             let Ok((s, peer)) = l.accept().await else {
                 continue;
             };
-            tokio::spawn(self.clone().tcp_conn(s, peer));
+            let conn = self.clone().tcp_conn(s, peer);
+            tokio::spawn(async move {
+                conn.await;
+                drop(permit);
+            });
         }
     }
 
     async fn tcp_conn(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
         let mut conn = boxless_net::TcpSip::new(s, self.max_message);
+        let trusted = self.gate.peers.allows(peer.ip());
+        if !trusted {
+            conn.set_idle(boxless_net::UNTRUSTED_TCP_GRACE);
+        }
         let tx = SipTx::Tcp(conn.writer.clone());
         while let Some(msg) = conn.next().await {
             self.on_message(&msg, peer, &tx, true).await;
+            if !trusted {
+                break; // one answer (403), then the connection closes
+            }
         }
     }
 
@@ -286,9 +337,9 @@ impl MessagingServer {
             }
         };
         let Some(method) = msg.method() else {
-            // Responses belong to a call (our BYE) or to nobody.
-            if msg.defect.is_none() {
-                self.forward(&msg, bytes, src, stream).await;
+            // Responses belong to a call (our BYE) or to nobody; only trusted peers' count.
+            if msg.defect.is_none() && self.gate.response(src.ip()) == Admission::Pass {
+                self.forward(&msg, bytes, src, stream, tx).await;
             }
             return;
         };
@@ -297,12 +348,46 @@ impl MessagingServer {
             return;
         };
         let reply_to = response_target(&via, src);
+        // The trust boundary first: strangers reach nothing, not even a parse error.
+        let initial_invite =
+            method == Method::Invite && NameAddr::parse(msg.to).and_then(|n| n.tag()).is_none();
+        match self
+            .gate
+            .request(src.ip(), method == Method::Ack, initial_invite, now_ms())
+        {
+            Admission::Pass => {}
+            Admission::Forbidden => {
+                metrics::counter!("boxless_sip_refused_total", "reason" => "untrusted")
+                    .increment(1);
+                return self
+                    .respond(tx, &msg, 403, "Forbidden", reply_to, b"")
+                    .await;
+            }
+            Admission::Drop => {
+                metrics::counter!("boxless_sip_refused_total", "reason" => "untrusted")
+                    .increment(1);
+                return;
+            }
+            Admission::Flood => {
+                metrics::counter!("boxless_sip_refused_total", "reason" => "flood").increment(1);
+                return self
+                    .respond(
+                        tx,
+                        &msg,
+                        503,
+                        "Service Unavailable",
+                        reply_to,
+                        b"Retry-After: 1\r\n",
+                    )
+                    .await;
+            }
+        }
         if let Some(d) = msg.defect {
             self.respond(tx, &msg, d.code, d.reason, reply_to, b"")
                 .await;
             return;
         }
-        if self.forward(&msg, bytes, reply_to, stream).await {
+        if self.forward(&msg, bytes, reply_to, stream, tx).await {
             return;
         }
         const ALLOW: &[u8] = b"Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\r\n";
@@ -321,30 +406,55 @@ impl MessagingServer {
         self.respond(tx, &msg, code, reason, reply_to, extra).await;
     }
 
-    /// Hands a message to its call; false if no call has that Call-ID.
+    /// Hands a message to its call; false if no call has that Call-ID. A message with a
+    /// call's Call-ID that does not match its dialog changes nothing: a request gets `481`
+    /// (`482` for an INVITE that would merge into it), an ACK or a response is dropped.
     async fn forward(
         &self,
         msg: &Message<'_>,
         bytes: &[u8],
         reply_to: SocketAddr,
         stream: bool,
+        sip: &SipTx,
     ) -> bool {
-        let tx = self.lock_calls().get(msg.call_id).cloned();
-        match tx {
-            Some(tx) => {
-                let ev = CallEvent {
-                    bytes: bytes.to_vec(),
-                    reply_to,
-                    stream,
-                };
-                if tx.try_send(ev).is_err() {
-                    metrics::counter!("boxless_sip_dropped_total", "reason" => "call_busy")
-                        .increment(1);
+        let found = self
+            .lock_calls()
+            .get(msg.call_id)
+            .map(|c| (c.matches(msg), c.tx.clone()));
+        let Some((matches, tx)) = found else {
+            return false;
+        };
+        if !matches {
+            metrics::counter!("boxless_sip_refused_total", "reason" => "no_dialog").increment(1);
+            match msg.method() {
+                None | Some(Method::Ack) => {}
+                Some(Method::Invite) => {
+                    self.respond(sip, msg, 482, "Loop Detected", reply_to, b"")
+                        .await
                 }
-                true
+                Some(_) => {
+                    self.respond(
+                        sip,
+                        msg,
+                        481,
+                        "Call/Transaction Does Not Exist",
+                        reply_to,
+                        b"",
+                    )
+                    .await
+                }
             }
-            None => false,
+            return true;
         }
+        let ev = CallEvent {
+            bytes: bytes.to_vec(),
+            reply_to,
+            stream,
+        };
+        if tx.try_send(ev).is_err() {
+            metrics::counter!("boxless_sip_dropped_total", "reason" => "call_busy").increment(1);
+        }
+        true
     }
 
     async fn respond(
@@ -482,17 +592,6 @@ impl MessagingServer {
         let Some((rtp, port)) = self.bind_rtp().await else {
             return self.busy(tx, msg, reply_to).await;
         };
-        let (events_tx, events_rx) = mpsc::channel(32);
-        {
-            let mut calls = self.lock_calls();
-            if calls.contains_key(msg.call_id) {
-                self.release_port(port);
-                return;
-            }
-            calls.insert(msg.call_id.to_string(), events_tx);
-        }
-        slot.call_started();
-        metrics::counter!("boxless_calls_total", "server" => self.id.clone()).increment(1);
         let (tag, branch, ssrc, seq, ts, sess) = {
             let mut r = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             (
@@ -504,6 +603,26 @@ impl MessagingServer {
                 r.next_u64() >> 33,
             )
         };
+        let (events_tx, events_rx) = mpsc::channel(32);
+        {
+            let mut calls = self.lock_calls();
+            if calls.contains_key(msg.call_id) {
+                self.release_port(port);
+                return;
+            }
+            let entry = CallEntry {
+                tx: events_tx,
+                local_tag: tag.clone(),
+                remote_tag: NameAddr::parse(msg.from)
+                    .and_then(|n| n.tag())
+                    .map(str::to_string),
+                invite_branch: msg.top_via().and_then(|v| v.branch).map(str::to_string),
+                bye_branch: branch.clone(),
+            };
+            calls.insert(msg.call_id.to_string(), entry);
+        }
+        slot.call_started();
+        metrics::counter!("boxless_calls_total", "server" => self.id.clone()).increment(1);
         let local_media = SocketAddr::new(self.listen.ip(), port);
         let peer = contact_addr(msg).unwrap_or(src);
         let dialog = DialogInfo {
@@ -734,18 +853,19 @@ impl Call {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break };
                     if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
+                        if m.method() == Some(Method::Bye) {
+                            // Media sent before the BYE may still wait in the socket (both
+                            // were ready and select! took the BYE): keep it.
+                            while let Ok((n, from)) = self.rtp.try_recv_from(&mut buf) {
+                                self.on_rtp(&buf[..n], from);
+                            }
+                        }
                         self.machine.handle_sip(Instant::now(), &m, ev.reply_to);
                     }
                 }
                 r = self.rtp.recv_from(&mut buf) => {
                     if let Ok((n, from)) = r {
-                        // Only the caller's media IP; latch the first port it sends from.
-                        if from.ip() == self.media_peer.ip() && self.latched.is_none_or(|l| l == from) {
-                            self.latched = Some(from);
-                            self.machine.handle_rtp(Instant::now(), &buf[..n]);
-                        } else {
-                            metrics::counter!("boxless_rtp_ignored_total").increment(1);
-                        }
+                        self.on_rtp(&buf[..n], from);
                     }
                 }
                 ok = async { storing.as_mut().expect("guarded by the select condition").await }, if storing.is_some() => {
@@ -762,6 +882,16 @@ impl Call {
         }
         tracing::info!(?reason, "call ended");
         self.server.call_ended(&self.call_id, self.port);
+    }
+
+    /// Only the caller's media IP; latch the first port it sends from.
+    fn on_rtp(&mut self, packet: &[u8], from: SocketAddr) {
+        if from.ip() == self.media_peer.ip() && self.latched.is_none_or(|l| l == from) {
+            self.latched = Some(from);
+            self.machine.handle_rtp(Instant::now(), packet);
+        } else {
+            metrics::counter!("boxless_rtp_ignored_total").increment(1);
+        }
     }
 
     fn store(&self, samples: Vec<i16>) -> tokio::task::JoinHandle<bool> {
@@ -831,5 +961,71 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> CallEntry {
+        CallEntry {
+            tx: mpsc::channel(1).0,
+            local_tag: "ours".into(),
+            remote_tag: Some("theirs".into()),
+            invite_branch: Some("z9hG4bKinv".into()),
+            bye_branch: "z9hG4bKbye".into(),
+        }
+    }
+
+    fn msg(start: &str, branch: &str, from_tag: &str, to_tag: &str, cseq: &str) -> Vec<u8> {
+        let tag = |t: &str| {
+            if t.is_empty() {
+                String::new()
+            } else {
+                format!(";tag={t}")
+            }
+        };
+        format!(
+            "{start}\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch={branch}\r\nFrom: <sip:+15551230001@h>{}\r\nTo: <sip:+15551230002@h>{}\r\nCall-ID: c1\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+            tag(from_tag),
+            tag(to_tag)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn in_dialog_requests_need_both_tags() {
+        let e = entry();
+        let check = |b: Vec<u8>| e.matches(&Message::parse(&b, false).unwrap());
+        let bye = "BYE sip:x@127.0.0.1 SIP/2.0";
+        assert!(check(msg(bye, "z9hG4bK1", "theirs", "ours", "2 BYE")));
+        assert!(
+            !check(msg(bye, "z9hG4bK1", "theirs", "other", "2 BYE")),
+            "wrong To tag"
+        );
+        assert!(
+            !check(msg(bye, "z9hG4bK1", "forged", "ours", "2 BYE")),
+            "wrong From tag"
+        );
+        assert!(
+            !check(msg(bye, "z9hG4bK1", "", "ours", "2 BYE")),
+            "no From tag"
+        );
+        assert!(
+            !check(msg(bye, "z9hG4bK1", "theirs", "", "2 BYE")),
+            "no To tag"
+        );
+        // A CANCEL or an INVITE retransmission: the INVITE's branch and From tag.
+        let cancel = "CANCEL sip:x@127.0.0.1 SIP/2.0";
+        assert!(check(msg(cancel, "z9hG4bKinv", "theirs", "", "1 CANCEL")));
+        assert!(!check(msg(cancel, "z9hG4bKelse", "theirs", "", "1 CANCEL")));
+        let invite = "INVITE sip:x@127.0.0.1 SIP/2.0";
+        assert!(check(msg(invite, "z9hG4bKinv", "theirs", "", "1 INVITE")));
+        assert!(!check(msg(invite, "z9hG4bKnew", "other", "", "1 INVITE")));
+        // Responses: only to our BYE.
+        let ok = "SIP/2.0 200 OK";
+        assert!(check(msg(ok, "z9hG4bKbye", "ours", "theirs", "1 BYE")));
+        assert!(!check(msg(ok, "z9hG4bKguess", "ours", "theirs", "1 BYE")));
     }
 }

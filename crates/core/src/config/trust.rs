@@ -1,0 +1,355 @@
+//! The trust-boundary keys (INTERFACE.md "Trust boundary"): trusted SIP peers, API tokens,
+//! secrets read from files, and the refusal to expose an unauthenticated API or an
+//! unauthenticated control plane beyond this host.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::{Config, ConfigError, ControlBackend, HttpAuth, Scope};
+use crate::acl::PeerFilter;
+
+/// A secret from the config or a file: its `Debug` never shows it, so a logged config
+/// cannot leak it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Passwords after `*_file` keys were read.
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    /// The SMPP password.
+    pub sms_password: Secret,
+    /// The NATS password, with `control.user`.
+    pub control_password: Option<Secret>,
+}
+
+/// An API token as the server checks it: the SHA-256 of the token, never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    /// Who holds it.
+    pub name: String,
+    /// SHA-256 of the token.
+    pub sha256: [u8; 32],
+    /// What it may do.
+    pub scope: Scope,
+}
+
+/// What [`check`] parsed.
+pub(super) struct Trust {
+    pub(super) peers: PeerFilter,
+    pub(super) tokens: Vec<ApiToken>,
+    pub(super) secrets: Secrets,
+}
+
+type Err<'a> = &'a dyn Fn(String, String) -> ConfigError;
+
+/// Checks and parses the trust-boundary keys.
+pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
+    let e = |k: &str, p: &str| err(k.to_string(), p.to_string());
+    if c.sip.trusted_peers.is_empty() {
+        return Err(e(
+            "sip.trusted_peers",
+            "lists no network, so no call could arrive; list the router's and the SBCs' networks, e.g. [\"10.0.0.0/24\"]",
+        ));
+    }
+    let peers =
+        PeerFilter::parse(&c.sip.trusted_peers).map_err(|p| err("sip.trusted_peers".into(), p))?;
+    if c.sip.max_invites_per_second_per_peer == 0 {
+        return Err(e(
+            "sip.max_invites_per_second_per_peer",
+            "must be at least 1 (default 500)",
+        ));
+    }
+    let tokens = tokens(c, err)?;
+    let h = &c.http;
+    if h.tls_cert.is_empty() != h.tls_key.is_empty() {
+        return Err(e(
+            "http.tls_key",
+            "set both http.tls_cert and http.tls_key (PEM files), or neither",
+        ));
+    }
+    let sms_password = match (&c.sms.password, c.sms.password_file.as_str()) {
+        (Some(_), f) if !f.is_empty() => {
+            return Err(e(
+                "sms.password_file",
+                "set sms.password or sms.password_file, not both",
+            ));
+        }
+        (_, f) if !f.is_empty() => read_secret(f, "sms.password_file", err)?,
+        (Some(p), _) => p.clone(),
+        (None, _) => Secret::new("secret"),
+    };
+    if c.retrieval.lockout_minutes == 0 {
+        return Err(e("retrieval.lockout_minutes", "must be at least 1"));
+    }
+    let control_password = control(c, err)?;
+    Ok(Trust {
+        peers,
+        tokens,
+        secrets: Secrets {
+            sms_password,
+            control_password,
+        },
+    })
+}
+
+fn tokens(c: &Config, err: Err<'_>) -> Result<Vec<ApiToken>, ConfigError> {
+    let mut out: Vec<ApiToken> = Vec::with_capacity(c.http.tokens.len());
+    for (i, t) in c.http.tokens.iter().enumerate() {
+        let key = |k: &str| format!("http.tokens[{i}].{k}");
+        if t.name.trim().is_empty() {
+            return Err(err(
+                key("name"),
+                "give the token a name (who holds it)".into(),
+            ));
+        }
+        if out.iter().any(|o| o.name == t.name) {
+            return Err(err(
+                key("name"),
+                format!("`{}` is used twice; names must be unique", t.name),
+            ));
+        }
+        let sha256 = parse_sha256(&t.sha256).ok_or_else(|| {
+            err(
+                key("sha256"),
+                "must be 64 hex digits: the SHA-256 of the token, as `boxless token new` prints it"
+                    .into(),
+            )
+        })?;
+        out.push(ApiToken {
+            name: t.name.clone(),
+            sha256,
+            scope: t.scope,
+        });
+    }
+    if c.http.auth == HttpAuth::Token && out.is_empty() {
+        return Err(err(
+            "http.tokens".into(),
+            "auth = \"token\" needs at least one [[http.tokens]] entry; `boxless token new --name ops --scope admin` prints one".into(),
+        ));
+    }
+    Ok(out)
+}
+
+fn control(c: &Config, err: Err<'_>) -> Result<Option<Secret>, ConfigError> {
+    let k = &c.control;
+    let e = |key: &str, p: &str| err(key.to_string(), p.to_string());
+    let password = match (&k.password, k.password_file.as_str()) {
+        (Some(_), f) if !f.is_empty() => {
+            return Err(e(
+                "control.password_file",
+                "set control.password or control.password_file, not both",
+            ));
+        }
+        (_, f) if !f.is_empty() => Some(read_secret(f, "control.password_file", err)?),
+        (p, _) => p.clone(),
+    };
+    if k.user.is_empty() != password.is_none() {
+        return Err(e(
+            "control.user",
+            "NATS user and password go together: set control.user and control.password_file",
+        ));
+    }
+    if !k.user.is_empty() && !k.credentials_file.is_empty() {
+        return Err(e(
+            "control.credentials_file",
+            "use a credentials file or user/password, not both",
+        ));
+    }
+    let authenticated = !k.user.is_empty() || !k.credentials_file.is_empty();
+    let far = k
+        .url
+        .split(',')
+        .map(str::trim)
+        .find(|u| !u.is_empty() && !url_is_loopback(u));
+    if k.backend == ControlBackend::Nats
+        && !authenticated
+        && let Some(far) = far
+    {
+        return Err(err(
+            "control.user".into(),
+            format!(
+                "NATS at `{far}` is not on this host, and whoever can publish there steers every call; set control.user + control.password_file (or control.credentials_file) and enable authorization on NATS (deploy/nats-server.conf)"
+            ),
+        ));
+    }
+    Ok(password)
+}
+
+/// Refuses an API without authentication on any address but loopback.
+pub(super) fn check_http_exposure(c: &Config, err: Err<'_>) -> Result<(), ConfigError> {
+    if c.http.auth != HttpAuth::None {
+        return Ok(());
+    }
+    let mut addrs: Vec<(String, SocketAddr)> = vec![("http.listen".into(), c.http.listen)];
+    for (i, s) in c.servers.iter().enumerate() {
+        addrs.push((format!("servers[{i}].http"), s.http));
+    }
+    if let Some((key, addr)) = addrs.into_iter().find(|(_, a)| !a.ip().is_loopback()) {
+        return Err(err(
+            "http.auth".into(),
+            format!(
+                "is \"none\" but `{key}` = {addr} is reachable from other hosts, where anyone could read and delete messages; set auth = \"token\" with [[http.tokens]] (`boxless token new`), or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `nats://127.0.0.1:4222`, `tls://localhost`, `[::1]:4222`: on this host.
+fn url_is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host_port = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host_port.split([':', '/']).next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn parse_sha256(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim().as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in s.chunks(2).enumerate() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        out[i] = (hex(pair[0])? * 16 + hex(pair[1])?) as u8;
+    }
+    Some(out)
+}
+
+/// The first line of a secret file. A file anyone on the host may read is refused: the
+/// point of the file is that only the service user can.
+fn read_secret(path: &str, key: &str, err: Err<'_>) -> Result<Secret, ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| err(key.into(), format!("cannot read `{path}`: {e}")))?;
+    if meta.permissions().mode() & 0o004 != 0 {
+        return Err(err(
+            key.into(),
+            format!("`{path}` is readable by every user; `chmod o-r {path}` (or 600)"),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err(key.into(), format!("cannot read `{path}`: {e}")))?;
+    let line = text.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return Err(err(key.into(), format!("`{path}` is empty")));
+    }
+    Ok(Secret::new(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+    use super::*;
+
+    fn load(s: &str) -> Result<super::super::Checked, ConfigError> {
+        Config::load_str(s, "x.toml")
+    }
+
+    #[test]
+    fn defaults_trust_loopback_only() {
+        let c = Config::embedded();
+        assert!(c.peers.is_loopback_only());
+        assert!(c.peers.allows("127.0.0.1".parse().unwrap()));
+        assert!(!c.peers.allows("10.0.0.1".parse().unwrap()));
+        assert_eq!(c.secrets.sms_password.expose(), "secret");
+        assert_eq!(format!("{:?}", c.secrets.sms_password), "Secret(***)");
+    }
+
+    #[test]
+    fn unauthenticated_api_refused_beyond_loopback() {
+        let e = load("[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!(e.key, "http.auth");
+        assert!(
+            e.problem.contains("http.listen") && e.problem.contains("token"),
+            "{e}"
+        );
+        let sha = "ab".repeat(32);
+        let ok = format!(
+            "[http]\nlisten = \"0.0.0.0:8080\"\nauth = \"token\"\n[[http.tokens]]\nname = \"ops\"\nsha256 = \"{sha}\"\nscope = \"read\"\n"
+        );
+        let c = load(&ok).unwrap();
+        assert_eq!(c.tokens[0].sha256, [0xab; 32]);
+        assert_eq!(c.tokens[0].scope, Scope::Read);
+        let e = load("[http]\nauth = \"token\"\n").unwrap_err();
+        assert_eq!(e.key, "http.tokens");
+        let e = load(&ok.replace(&sha, "abc")).unwrap_err();
+        assert_eq!(e.key, "http.tokens[0].sha256");
+    }
+
+    #[test]
+    fn bad_trust_keys_are_named() {
+        let e = load("[sip]\ntrusted_peers = [\"10.0.0.0/24\", \"nope\"]\n").unwrap_err();
+        assert_eq!(e.key, "sip.trusted_peers");
+        assert!(e.problem.contains("nope"));
+        let e =
+            load("[control]\nbackend = \"nats\"\nurl = \"nats://10.0.0.11:4222\"\n").unwrap_err();
+        assert_eq!(e.key, "control.user");
+        assert!(load("[control]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n").is_ok());
+        let e = load("[control]\nuser = \"a\"\n").unwrap_err();
+        assert_eq!(e.key, "control.user");
+    }
+
+    #[test]
+    fn secrets_come_from_private_files() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("boxless-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("smpp.pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = format!("[sms]\npassword_file = \"{}\"\n", f.display());
+        let c = load(&text).unwrap();
+        assert_eq!(c.secrets.sms_password.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = load(&text).unwrap_err();
+        assert_eq!(e.key, "sms.password_file");
+        assert!(e.problem.contains("chmod"), "{e}");
+        let e = load(&format!("{text}password = \"x\"\n")).unwrap_err();
+        assert_eq!(e.key, "sms.password_file");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for u in [
+            "nats://127.0.0.1:4222",
+            "tls://localhost:4222",
+            "nats://[::1]:4222",
+            "nats://u:p@127.0.0.2",
+        ] {
+            assert!(url_is_loopback(u), "{u}");
+        }
+        for u in ["nats://10.0.0.1:4222", "nats://nats.example.net"] {
+            assert!(!url_is_loopback(u), "{u}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! What the loopback end-to-end tests share: a whole `serve` system on its own ports with
+//! a fake SMSC, and the test phone's options.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use boxless_core::Config;
+use boxless_phone::CallOptions;
+use boxless_testkit::{FakeSmsc, free_port, http_get};
+
+pub struct System {
+    pub running: boxless::app::Running,
+    pub smsc: FakeSmsc,
+    pub data: PathBuf,
+}
+
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "boxless-e2e-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+pub async fn system(tag: &str, mode: &str, extra: &str) -> System {
+    system_with(tag, mode, "", extra).await
+}
+
+/// A system whose `[http]` table gets `http_extra` too.
+pub async fn system_with(tag: &str, mode: &str, http_extra: &str, extra: &str) -> System {
+    let smsc = FakeSmsc::start().await.unwrap();
+    let data = temp_dir(tag);
+    let rtp = 30_000 + (free_port() % 300) * 100;
+    let cfg = format!(
+        r#"
+data_dir = "{data}"
+[router]
+listen = "127.0.0.1:{router}"
+mode = "{mode}"
+proxy_answer_ms = 500
+[http]
+listen = "127.0.0.1:0"
+{http_extra}
+[sms]
+transport = "smpp"
+address = "{smsc}"
+retry_initial_ms = 100
+retry_max_ms = 400
+[messages]
+greeting = "tone"
+silence_seconds = 3
+{extra}
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:{s1}"
+http = "127.0.0.1:{h1}"
+rtp_ports = "{r1a}-{r1b}"
+link_numbers = ["+18005550100-+18005550149"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:{s2}"
+http = "127.0.0.1:{h2}"
+rtp_ports = "{r2a}-{r2b}"
+link_numbers = ["+18005550150-+18005550199"]
+"#,
+        data = data.display(),
+        router = free_port(),
+        smsc = smsc.addr,
+        s1 = free_port(),
+        s2 = free_port(),
+        h1 = free_port(),
+        h2 = free_port(),
+        r1a = rtp,
+        r1b = rtp + 49,
+        r2a = rtp + 50,
+        r2b = rtp + 99,
+    );
+    let checked = Config::load_str(&cfg, "e2e.toml").unwrap();
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .build_recorder()
+        .handle();
+    let running = boxless::app::serve(checked, metrics).await.unwrap();
+    System {
+        running,
+        smsc,
+        data,
+    }
+}
+
+pub fn opts(via: SocketAddr, play: Vec<i16>) -> CallOptions {
+    CallOptions {
+        via,
+        from: "5551230001".into(),
+        to: "+18005559999".into(),
+        diversion: Some("5551230002".into()),
+        headers: Vec::new(),
+        play,
+        play_at: 0.6,
+        dtmf: String::new(),
+        dtmf_at: 0.0,
+        seconds: None,
+        answer_timeout: Duration::from_secs(10),
+    }
+}
+
+pub fn g711(samples: &[i16]) -> Vec<i16> {
+    let c = boxless_media::Codec::Pcmu;
+    samples.iter().map(|&s| c.decode(c.encode(s))).collect()
+}
+
+pub async fn messages(sys: &System, recipient: &str) -> Vec<serde_json::Value> {
+    let (code, body) = http_get(
+        sys.running.http,
+        &format!(
+            "/api/v1/messages?recipient={}",
+            recipient.replace('+', "%2B")
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}

@@ -1,0 +1,177 @@
+//! The trust boundary end to end on loopback: strangers' SIP gets `403` and creates
+//! nothing, the API wants tokens (over HTTPS), secrets stay out of the way.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use boxless_net::http::{Target, request_with};
+use common::{messages, system, system_with};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn invite(to: SocketAddr, from_ip: &str, call_id: &str) -> String {
+    format!(
+        "INVITE sip:+15551230002@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from_ip}:5099;branch=z9hG4bK{call_id}\r\n\
+         From: <sip:+15551230001@{from_ip}>;tag=a\r\nTo: <sip:+15551230002@{to}>\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nDiversion: <sip:+23480000001@x>\r\nContact: <sip:a@{from_ip}:5099>\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Sends `msg` from `from` (its Via's port 5099 replaced by the socket's) and waits for
+/// an answer.
+async fn udp_ask(from: &str, to: SocketAddr, msg: &str) -> Option<String> {
+    let sock = tokio::net::UdpSocket::bind(format!("{from}:0"))
+        .await
+        .unwrap();
+    let port = sock.local_addr().unwrap().port();
+    let msg = msg.replace(":5099", &format!(":{port}"));
+    sock.send_to(msg.as_bytes(), to).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_get_403_and_nothing_is_created() {
+    let sys = system(
+        "trust",
+        "redirect",
+        "[sip]\ntrusted_peers = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let server = sys.running.servers[0].id().to_string();
+    assert_eq!(server, "ms1");
+    let ms1: SocketAddr = {
+        let (code, body) = boxless_testkit::http_get(sys.running.http, "/api/v1/servers")
+            .await
+            .unwrap();
+        assert_eq!(code, 200);
+        let v: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+        v[0]["address"].as_str().unwrap().parse().unwrap()
+    };
+    // UDP from 127.0.0.3 to the router and straight to a server.
+    for (i, to) in [sys.running.router, ms1].into_iter().enumerate() {
+        let got = udp_ask("127.0.0.3", to, &invite(to, "127.0.0.3", &format!("s{i}")))
+            .await
+            .expect("an answer");
+        assert!(got.starts_with("SIP/2.0 403 Forbidden\r\n"), "{got}");
+    }
+    // TCP: one 403, then the connection is closed.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let mut c = s.connect(sys.running.router).await.unwrap();
+    c.write_all(invite(sys.running.router, "127.0.0.3", "t1").as_bytes())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut all))
+        .await
+        .expect("closed by the router")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("SIP/2.0 403 Forbidden\r\n"), "{text}");
+    // The same INVITE from the trusted address is routed.
+    let got = udp_ask(
+        "127.0.0.1",
+        sys.running.router,
+        &invite(sys.running.router, "127.0.0.1", "ok1"),
+    )
+    .await
+    .unwrap();
+    assert!(got.starts_with("SIP/2.0 302 "), "{got}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sys.smsc.accepted().is_empty(), "no SMS for a stranger");
+    assert!(messages(&sys, "+23480000001").await.is_empty());
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_wants_a_token_and_speaks_https() {
+    use sha2::Digest as _;
+    let dir = common::temp_dir("tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let cert = params.self_signed(&key).unwrap();
+    let (crt, pem_key) = (dir.join("api.crt"), dir.join("api.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+    let hex = |t: &str| {
+        sha2::Sha256::digest(t.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let (admin, read) = (
+        "admin-token-0123456789abcdef",
+        "read-token-0123456789abcdef",
+    );
+    let http = format!(
+        "auth = \"token\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n\
+         [[http.tokens]]\nname = \"ops\"\nsha256 = \"{}\"\nscope = \"admin\"\n\
+         [[http.tokens]]\nname = \"dash\"\nsha256 = \"{}\"\nscope = \"read\"\n",
+        crt.display(),
+        pem_key.display(),
+        hex(admin),
+        hex(read)
+    );
+    let sys = system_with("tls", "redirect", &http, "").await;
+    let t = Target {
+        addr: sys.running.http,
+        tls: Some(boxless_net::tls::client_config(&crt).unwrap()),
+    };
+    let ask = |method: &'static str, path: &'static str, token: Option<&'static str>| {
+        let t = t.clone();
+        async move {
+            let auth = token.map(|k| format!("Bearer {k}"));
+            request_with(&t, method, path, auth.as_deref(), Duration::from_secs(5))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        ask("GET", "/healthz", None).await.status,
+        200,
+        "health stays open"
+    );
+    let a = ask("GET", "/api/v1/messages", None).await;
+    assert_eq!(a.status, 401);
+    assert!(a.header("www-authenticate").is_some());
+    assert_eq!(
+        ask("GET", "/api/v1/messages", Some("wrong")).await.status,
+        401
+    );
+    assert_eq!(ask("GET", "/metrics", None).await.status, 401);
+    assert_eq!(ask("GET", "/api/v1/messages", Some(read)).await.status, 200);
+    assert_eq!(ask("GET", "/metrics", Some(read)).await.status, 200);
+    assert_eq!(
+        ask("DELETE", "/api/v1/messages/ms1-00", Some(read))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        ask("DELETE", "/api/v1/messages/ms1-00", Some(admin))
+            .await
+            .status,
+        404
+    );
+    // Plain HTTP to the HTTPS port gets nothing useful.
+    let plain = request_with(
+        &Target::plain(sys.running.http),
+        "GET",
+        "/healthz",
+        None,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(plain.is_err() || plain.unwrap().status != 200);
+    let _ = std::fs::remove_dir_all(&sys.data);
+    let _ = std::fs::remove_dir_all(&dir);
+}
