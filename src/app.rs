@@ -87,10 +87,20 @@ async fn start_server(
         c.sms.retry_max_ms,
         Rng::from_entropy(),
     );
+    let spend = boxless_notify::SpendPolicy {
+        allowed_prefixes: c.sms.allowed_prefixes.clone(),
+    };
+    if c.sms.transport == SmsTransport::Smpp && spend.allowed_prefixes.is_empty() {
+        tracing::warn!(
+            server = %id,
+            "sms.allowed_prefixes is empty: SMS may go to any number in the world (see README \"Security\")"
+        );
+    }
     tokio::spawn(boxless_notify::worker::run(
         store.clone(),
         sender,
         backoff,
+        spend,
         notifier.clone(),
     ));
     notifier.healthy.store(true, Ordering::Relaxed);

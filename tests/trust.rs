@@ -121,7 +121,7 @@ async fn the_api_wants_a_token_and_speaks_https() {
         hex(admin),
         hex(read)
     );
-    let sys = system_with("tls", "redirect", &http, "").await;
+    let sys = system_with("tls", "redirect", &http, "", "").await;
     let t = Target {
         addr: sys.running.http,
         tls: Some(boxless_net::tls::client_config(&crt).unwrap()),
@@ -174,4 +174,38 @@ async fn the_api_wants_a_token_and_speaks_https() {
     assert!(plain.is_err() || plain.unwrap().status != 200);
     let _ = std::fs::remove_dir_all(&sys.data);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_to_numbers_outside_the_allowed_prefixes_are_blocked_and_the_message_kept() {
+    let sys = system_with("prefix", "redirect", "", "allowed_prefixes = [\"+1\"]", "").await;
+    for (i, div) in ["+23480000001", "+15551230002"].iter().enumerate() {
+        let mut o = common::opts(
+            sys.running.router,
+            boxless_testkit::voice(1500, 40 + i as u32),
+        );
+        o.diversion = Some(div.to_string());
+        let out = boxless_phone::place_call(&o).await.unwrap();
+        assert!(out.completed(), "{out:?}");
+    }
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let sent: Vec<String> = sys
+        .smsc
+        .accepted()
+        .iter()
+        .map(|s| s.destination.clone())
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sms[0].destination.ends_with("15551230002"), "{sent:?}");
+    let blocked = messages(&sys, "+23480000001").await;
+    assert_eq!(blocked.len(), 1, "the message itself is stored");
+    assert_eq!(blocked[0]["notifications"][0]["state"], "blocked");
+    assert!(
+        blocked[0]["notifications"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("allowed_prefixes")
+    );
+    let _ = std::fs::remove_dir_all(&sys.data);
 }

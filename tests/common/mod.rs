@@ -27,11 +27,17 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 }
 
 pub async fn system(tag: &str, mode: &str, extra: &str) -> System {
-    system_with(tag, mode, "", extra).await
+    system_with(tag, mode, "", "", extra).await
 }
 
-/// A system whose `[http]` table gets `http_extra` too.
-pub async fn system_with(tag: &str, mode: &str, http_extra: &str, extra: &str) -> System {
+/// A system whose `[http]` and `[sms]` tables get `http_extra` and `sms_extra` too.
+pub async fn system_with(
+    tag: &str,
+    mode: &str,
+    http_extra: &str,
+    sms_extra: &str,
+    extra: &str,
+) -> System {
     let smsc = FakeSmsc::start().await.unwrap();
     let data = temp_dir(tag);
     let rtp = 30_000 + (free_port() % 300) * 100;
@@ -50,6 +56,7 @@ transport = "smpp"
 address = "{smsc}"
 retry_initial_ms = 100
 retry_max_ms = 400
+{sms_extra}
 [messages]
 greeting = "tone"
 silence_seconds = 3

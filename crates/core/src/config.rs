@@ -248,6 +248,8 @@ pub struct SmsConfig {
     pub retry_max_ms: u64,
     /// Minutes east of UTC for the time printed in the SMS.
     pub utc_offset_minutes: i32,
+    /// SMS go only to numbers starting with one of these (`+1`, `+4420`); empty: any.
+    pub allowed_prefixes: Vec<String>,
 }
 
 impl Default for SmsConfig {
@@ -262,6 +264,7 @@ impl Default for SmsConfig {
             retry_initial_ms: 500,
             retry_max_ms: 60_000,
             utc_offset_minutes: 0,
+            allowed_prefixes: Vec::new(),
         }
     }
 }

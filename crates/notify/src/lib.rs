@@ -4,9 +4,11 @@
 
 pub mod backoff;
 pub mod sender;
+pub mod spend;
 pub mod text;
 pub mod worker;
 
 pub use backoff::Backoff;
 pub use sender::{SendError, Sender, Smpp, SmppSettings};
+pub use spend::SpendPolicy;
 pub use worker::NotifierHandle;

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::sender::Sender;
+use crate::spend::SpendPolicy;
 
 /// Pending SMS above this make the notifier report itself unhealthy.
 pub const MAX_BACKLOG: u64 = 100_000;
@@ -29,6 +30,7 @@ pub async fn run(
     store: Arc<Store>,
     mut sender: Sender,
     mut backoff: Backoff,
+    spend: SpendPolicy,
     handle: Arc<NotifierHandle>,
 ) {
     handle.healthy.store(true, Ordering::Relaxed);
@@ -47,6 +49,19 @@ pub async fn run(
         for job in jobs {
             let span = tracing::info_span!("outbox", job = job.id, to = %job.destination);
             let _e = span.enter();
+            if !spend.allows(job.destination) {
+                metrics::counter!("boxless_sms_blocked_total", "reason" => "prefix").increment(1);
+                tracing::warn!("SMS blocked: destination outside sms.allowed_prefixes");
+                let s = store.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    s.blocked(&job, "destination not in sms.allowed_prefixes")
+                })
+                .await;
+                if let Ok(Err(e)) = res {
+                    tracing::error!(error = %e, "outbox: recording a block failed");
+                }
+                continue;
+            }
             let outcome = sender.submit(&job).await;
             let s = store.clone();
             let now = now_ms();

@@ -80,7 +80,7 @@ impl MessageState {
 pub struct Notification {
     /// `sms`.
     pub channel: String,
-    /// `pending` | `sent`.
+    /// `pending` | `sent` | `blocked`.
     pub state: String,
     /// Attempts made.
     pub attempts: u32,
@@ -575,6 +575,16 @@ impl Store {
             )?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The job will never be sent (`why` says which limit stopped it); its message stays
+    /// stored and retrievable.
+    pub fn blocked(&self, job: &OutboxJob, why: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE outbox SET state = 'blocked', last_error = ?2 WHERE id = ?1",
+            params![job.id, why],
+        )?;
         Ok(())
     }
 

@@ -98,6 +98,17 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
         (Some(p), _) => p.clone(),
         (None, _) => Secret::new("secret"),
     };
+    for (i, p) in c.sms.allowed_prefixes.iter().enumerate() {
+        let digits = p.strip_prefix('+').unwrap_or("");
+        if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err(
+                format!("sms.allowed_prefixes[{i}]"),
+                format!(
+                    "`{p}` is not an E.164 prefix; write `+` and digits, e.g. \"+1\" or \"+4420\""
+                ),
+            ));
+        }
+    }
     if c.retrieval.lockout_minutes == 0 {
         return Err(e("retrieval.lockout_minutes", "must be at least 1"));
     }
