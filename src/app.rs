@@ -87,8 +87,13 @@ async fn start_server(
         c.sms.retry_max_ms,
         Rng::from_entropy(),
     );
+    // Calls for one number spread over every server, and servers share nothing: each
+    // takes an equal share of the hourly limit, so the cluster as a whole never exceeds
+    // it (at least one each).
+    let servers = cfg.servers.len().max(1) as u32;
     let spend = boxless_notify::SpendPolicy {
         allowed_prefixes: c.sms.allowed_prefixes.clone(),
+        max_per_hour: (c.sms.max_per_recipient_per_hour / servers).max(1),
     };
     if c.sms.transport == SmsTransport::Smpp && spend.allowed_prefixes.is_empty() {
         tracing::warn!(
@@ -101,6 +106,7 @@ async fn start_server(
         sender,
         backoff,
         spend,
+        c.sms.utc_offset_minutes,
         notifier.clone(),
     ));
     notifier.healthy.store(true, Ordering::Relaxed);

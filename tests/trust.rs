@@ -209,3 +209,48 @@ async fn sms_to_numbers_outside_the_allowed_prefixes_are_blocked_and_the_message
     );
     let _ = std::fs::remove_dir_all(&sys.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_hourly_limit_notices_wait_for_one_digest_and_bursts_are_one_sms() {
+    let sms = "max_per_recipient_per_hour = 2";
+    let sys = system_with("pump", "redirect", "", sms, "").await;
+    // Four messages for one number (from four callers): two SMS, two merged.
+    for i in 0..4u32 {
+        let mut o = common::opts(sys.running.router, boxless_testkit::voice(1500, 60 + i));
+        o.from = format!("555123001{i}");
+        assert!(boxless_phone::place_call(&o).await.unwrap().completed());
+    }
+    sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Two servers, each with half of the limit: never more than 2 whatever the spread.
+    let sent = sys.smsc.accepted().len();
+    assert!((1..=2).contains(&sent), "the limit: {sent}");
+    let list = messages(&sys, "+15551230002").await;
+    assert_eq!(list.len(), 4, "every message stored");
+    let states: Vec<&str> = list
+        .iter()
+        .map(|m| m["notifications"][0]["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states.iter().filter(|s| **s == "merged").count(),
+        4 - sent,
+        "{states:?}"
+    );
+    // Three short calls from one caller to another number: one missed-call SMS per server.
+    for _ in 0..3 {
+        let mut o = common::opts(sys.running.router, Vec::new());
+        o.diversion = Some("5551239999".into());
+        o.seconds = Some(0.8);
+        assert!(boxless_phone::place_call(&o).await.unwrap().completed());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let alerts: Vec<_> = sys
+        .smsc
+        .accepted()
+        .into_iter()
+        .filter(|s| s.destination.ends_with("15551239999"))
+        .collect();
+    // One per server at most: each server merges the bursts it sees.
+    assert!((1..=2).contains(&alerts.len()), "{alerts:?}");
+    let _ = std::fs::remove_dir_all(&sys.data);
+}

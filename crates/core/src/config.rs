@@ -250,6 +250,11 @@ pub struct SmsConfig {
     pub utc_offset_minutes: i32,
     /// SMS go only to numbers starting with one of these (`+1`, `+4420`); empty: any.
     pub allowed_prefixes: Vec<String>,
+    /// SMS to one number per rolling hour (per server); past it, notices are merged into
+    /// a digest.
+    pub max_per_recipient_per_hour: u32,
+    /// Missed-call alerts from one caller to one recipient this close together are one SMS.
+    pub missed_call_merge_minutes: u32,
 }
 
 impl Default for SmsConfig {
@@ -265,6 +270,8 @@ impl Default for SmsConfig {
             retry_max_ms: 60_000,
             utc_offset_minutes: 0,
             allowed_prefixes: Vec::new(),
+            max_per_recipient_per_hour: 10,
+            missed_call_merge_minutes: 10,
         }
     }
 }

@@ -54,15 +54,69 @@ pub fn reminder_sms(
     )
 }
 
-/// The alert for a call too short to keep.
-pub fn missed_call_sms(caller: Option<PhoneNumber>, at_ms: u64, utc_offset_min: i32) -> String {
+/// The alert for `calls` calls too short to keep (a burst from one caller is one SMS),
+/// the last at `at_ms`.
+pub fn missed_call_sms(
+    caller: Option<PhoneNumber>,
+    calls: u32,
+    at_ms: u64,
+    utc_offset_min: i32,
+) -> String {
     let (_, _, _, h, m, _) = civil(at_ms / 1000, utc_offset_min);
-    match caller {
-        Some(c) => format!("Missed call from {c} at {h:02}:{m:02}. No message was left."),
-        None => {
-            format!("Missed call from an unknown number at {h:02}:{m:02}. No message was left.")
+    let from = caller.map_or_else(|| "an unknown number".to_string(), |c| c.to_string());
+    if calls <= 1 {
+        format!("Missed call from {from} at {h:02}:{m:02}. No message was left.")
+    } else {
+        format!("{calls} missed calls from {from}, the last at {h:02}:{m:02}. No message was left.")
+    }
+}
+
+/// The digest that stands for notices past the hourly limit, e.g. `3 voice messages and
+/// 2 missed calls from +15551230001, +15551230003 and 1 more since 14:05. Call
+/// +18005550100 to listen.` Short enough for one SMS: at most two callers are named.
+pub fn digest_sms(f: &boxless_store::DigestFacts, utc_offset_min: i32) -> String {
+    let (_, _, _, h, m, _) = civil(f.since_ms / 1000, utc_offset_min);
+    let plural = |n: u32, one: &str, many: &str| {
+        if n == 1 {
+            format!("1 {one}")
+        } else {
+            format!("{n} {many}")
+        }
+    };
+    let mut parts = Vec::new();
+    if f.messages > 0 {
+        parts.push(plural(f.messages, "voice message", "voice messages"));
+    }
+    if f.missed_calls > 0 {
+        parts.push(plural(f.missed_calls, "missed call", "missed calls"));
+    }
+    if f.reminders > 0 {
+        parts.push(plural(f.reminders, "reminder", "reminders"));
+    }
+    let what = if parts.is_empty() {
+        "Notices".to_string()
+    } else {
+        parts.join(" and ")
+    };
+    let names: Vec<String> = f
+        .callers
+        .iter()
+        .take(2)
+        .map(|c| c.map_or_else(|| "an unknown number".to_string(), |c| c.to_string()))
+        .collect();
+    let mut s = what;
+    if !names.is_empty() {
+        s.push_str(" from ");
+        s.push_str(&names.join(", "));
+        if f.callers.len() > 2 {
+            s.push_str(&format!(" and {} more", f.callers.len() - 2));
         }
     }
+    s.push_str(&format!(" since {h:02}:{m:02}."));
+    if let Some(l) = f.link {
+        s.push_str(&format!(" Call {l} to listen."));
+    }
+    s
 }
 
 /// SMPP data_coding and the octets of a text.

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxless_core::now_ms;
-use boxless_store::Store;
+use boxless_store::{JobKind, OutboxJob, Store};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
 use crate::sender::Sender;
-use crate::spend::SpendPolicy;
+use crate::spend::{Spend, SpendPolicy};
 
 /// Pending SMS above this make the notifier report itself unhealthy.
 pub const MAX_BACKLOG: u64 = 100_000;
@@ -31,6 +31,7 @@ pub async fn run(
     mut sender: Sender,
     mut backoff: Backoff,
     spend: SpendPolicy,
+    utc_offset_min: i32,
     handle: Arc<NotifierHandle>,
 ) {
     handle.healthy.store(true, Ordering::Relaxed);
@@ -49,23 +50,18 @@ pub async fn run(
         for job in jobs {
             let span = tracing::info_span!("outbox", job = job.id, to = %job.destination);
             let _e = span.enter();
-            if !spend.allows(job.destination) {
-                metrics::counter!("boxless_sms_blocked_total", "reason" => "prefix").increment(1);
-                tracing::warn!("SMS blocked: destination outside sms.allowed_prefixes");
-                let s = store.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    s.blocked(&job, "destination not in sms.allowed_prefixes")
-                })
-                .await;
-                if let Ok(Err(e)) = res {
-                    tracing::error!(error = %e, "outbox: recording a block failed");
-                }
+            let Some(mut job) = apply_spend(&store, &spend, job, utc_offset_min).await else {
                 continue;
-            }
+            };
             let outcome = sender.submit(&job).await;
             let s = store.clone();
             let now = now_ms();
             let res = match outcome {
+                Ok(()) if job.kind == JobKind::Digest => {
+                    metrics::counter!("boxless_sms_sent_total").increment(1);
+                    let text = std::mem::take(&mut job.text);
+                    tokio::task::spawn_blocking(move || s.digest_sent(&job, &text, now)).await
+                }
                 Ok(()) => {
                     metrics::counter!("boxless_sms_sent_total").increment(1);
                     tokio::task::spawn_blocking(move || s.sent(&job, now)).await
@@ -102,6 +98,66 @@ pub async fn run(
         tokio::select! {
             _ = handle.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
+}
+
+/// Applies the spend limits to a due job: the job to submit (a digest with its text and
+/// link written now), or None when it is blocked, merged or deferred.
+async fn apply_spend(
+    store: &Arc<Store>,
+    spend: &SpendPolicy,
+    job: OutboxJob,
+    utc_offset_min: i32,
+) -> Option<OutboxJob> {
+    let s = store.clone();
+    let policy = spend.clone();
+    let res = tokio::task::spawn_blocking(move || -> boxless_store::Result<Option<OutboxJob>> {
+        let now = now_ms();
+        let window = s.window(job.destination, now)?;
+        match policy.decide(&job, window, now) {
+            Spend::Send if job.kind == JobKind::Digest => {
+                let facts = s.digest_facts(job.id)?;
+                Ok(Some(OutboxJob {
+                    text: crate::text::digest_sms(&facts, utc_offset_min),
+                    source: facts.link,
+                    ..job
+                }))
+            }
+            Spend::Send => Ok(Some(job)),
+            Spend::Block => {
+                metrics::counter!("boxless_sms_blocked_total", "reason" => "prefix").increment(1);
+                tracing::warn!(to = %job.destination, "SMS blocked: destination outside sms.allowed_prefixes");
+                s.blocked(&job, "destination not in sms.allowed_prefixes")?;
+                Ok(None)
+            }
+            Spend::Merge { digest_at } => {
+                metrics::counter!("boxless_sms_merged_total", "reason" => "hourly_limit")
+                    .increment(1);
+                tracing::warn!(
+                    to = %job.destination,
+                    sent_last_hour = window.sent,
+                    "SMS merged into a digest: sms.max_per_recipient_per_hour reached"
+                );
+                s.merge(&job, now, digest_at)?;
+                Ok(None)
+            }
+            Spend::Defer { until } => {
+                s.defer(&job, until)?;
+                Ok(None)
+            }
+        }
+    })
+    .await;
+    match res {
+        Ok(Ok(j)) => j,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "outbox: applying spend limits failed");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "outbox: spend task failed");
+            None
         }
     }
 }

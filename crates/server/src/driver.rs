@@ -119,6 +119,7 @@ pub struct MessagingServer {
     lockouts: Mutex<Lockouts>,
     max_wrong_codes: u32,
     gate: Gate,
+    missed_call_merge_ms: u64,
 }
 
 impl MessagingServer {
@@ -179,6 +180,7 @@ impl MessagingServer {
                 c.sip.max_invites_per_second_per_peer,
                 Rng::from_entropy().next_u64(),
             ),
+            missed_call_merge_ms: u64::from(c.sms.missed_call_merge_minutes) * 60_000,
         });
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
@@ -941,11 +943,24 @@ impl Call {
         let server = self.server.clone();
         let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
         tokio::task::spawn_blocking(move || {
-            let text = text::missed_call_sms(caller, at, server.utc_offset);
-            match server.store.missed_call(recipient, caller, &text) {
-                Ok(()) => {
+            let offset = server.utc_offset;
+            let render = |calls| text::missed_call_sms(caller, calls, at, offset);
+            match server.store.missed_call(
+                recipient,
+                caller,
+                at,
+                server.missed_call_merge_ms,
+                render,
+            ) {
+                Ok(queued) => {
                     metrics::counter!("boxless_missed_calls_total").increment(1);
-                    server.notifier.wake.notify_one();
+                    if queued {
+                        server.notifier.wake.notify_one();
+                    } else {
+                        metrics::counter!("boxless_sms_merged_total", "reason" => "missed_call_burst")
+                            .increment(1);
+                        tracing::info!(%recipient, "missed-call alert merged: the same caller's alert went out just now");
+                    }
                     true
                 }
                 Err(e) => {

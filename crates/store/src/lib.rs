@@ -15,8 +15,10 @@ use std::sync::Mutex;
 use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub mod outbox;
 pub mod retention;
 
+pub use outbox::{DigestFacts, JobKind, OutboxJob, Window};
 pub use retention::{Aging, Fate, Retention, Swept};
 
 /// Store errors.
@@ -139,23 +141,6 @@ pub struct LinkMessage {
     pub access_code: String,
 }
 
-/// An SMS waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxJob {
-    /// Row id.
-    pub id: i64,
-    /// The message it notifies (None for a missed-call alert).
-    pub message_id: Option<String>,
-    /// Destination number.
-    pub destination: PhoneNumber,
-    /// Source number (the link number, or the caller for a missed-call alert).
-    pub source: Option<PhoneNumber>,
-    /// The text.
-    pub text: String,
-    /// Attempts so far.
-    pub attempts: u32,
-}
-
 /// Everything the SMS text may mention, handed to the text renderer.
 #[derive(Debug, Clone, Copy)]
 pub struct SmsFacts<'a> {
@@ -230,6 +215,7 @@ impl Store {
                 "ALTER TABLE messages ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0",
             )?;
         }
+        outbox::migrate(&conn)?;
         let store = Store {
             conn: Mutex::new(conn),
             audio_dir,
@@ -324,28 +310,13 @@ impl Store {
             duration_ms,
         });
         tx.execute(
-            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms)
-             VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5)",
-            params![id, msg.recipient.as_u64() as i64, link.as_u64() as i64, text, now as i64],
+            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
+             VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5, 'message', ?6, ?5)",
+            params![id, msg.recipient.as_u64() as i64, link.as_u64() as i64, text, now as i64, msg.caller.map(|c| c.as_u64() as i64)],
         )?;
         tx.commit()?;
         drop(db);
         self.get(&id).map(|m| m.expect("row committed above"))
-    }
-
-    /// Queues a missed-call alert (no message kept).
-    pub fn missed_call(
-        &self,
-        recipient: PhoneNumber,
-        caller: Option<PhoneNumber>,
-        text: &str,
-    ) -> Result<()> {
-        self.db().execute(
-            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms)
-             VALUES (NULL, 'sms', ?1, ?2, ?3, 'pending', ?4)",
-            params![recipient.as_u64() as i64, caller.map(|c| c.as_u64() as i64), text, now_ms() as i64],
-        )?;
-        Ok(())
     }
 
     fn write_wav(&self, id: &str, samples: &[i16]) -> Result<()> {
@@ -513,88 +484,6 @@ impl Store {
             }
         }
         Ok(n > 0)
-    }
-
-    /// SMS due at `now`, oldest first.
-    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<OutboxJob>> {
-        let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT id, message_id, destination, source, text, attempts FROM outbox
-             WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
-        )?;
-        let jobs = stmt
-            .query_map(params![sql_ms(now), limit as i64], |r| {
-                let dest: i64 = r.get(2)?;
-                let src: Option<i64> = r.get(3)?;
-                Ok(OutboxJob {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    destination: PhoneNumber::parse_e164(&format!("+{dest}"))
-                        .ok_or(rusqlite::Error::InvalidQuery)?,
-                    source: src.and_then(|s| PhoneNumber::parse_e164(&format!("+{s}"))),
-                    text: r.get(4)?,
-                    attempts: r.get::<_, i64>(5)? as u32,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(jobs)
-    }
-
-    /// When the next pending SMS is due, if any.
-    pub fn next_due(&self) -> Result<Option<u64>> {
-        let v: Option<i64> = self.db().query_row(
-            "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(v.map(|v| v as u64))
-    }
-
-    /// Pending SMS count.
-    pub fn pending(&self) -> Result<u64> {
-        let v: i64 = self.db().query_row(
-            "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(v as u64)
-    }
-
-    /// The SMSC accepted the job: it is sent, and its message becomes `notified`.
-    pub fn sent(&self, job: &OutboxJob, now: u64) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at_ms = ?2, last_error = NULL WHERE id = ?1",
-            params![job.id, now as i64],
-        )?;
-        if let Some(mid) = &job.message_id {
-            tx.execute(
-                "UPDATE messages SET state = 'notified', state_changed_ms = ?2 WHERE id = ?1 AND state = 'new'",
-                params![mid, now as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The job will never be sent (`why` says which limit stopped it); its message stays
-    /// stored and retrievable.
-    pub fn blocked(&self, job: &OutboxJob, why: &str) -> Result<()> {
-        self.db().execute(
-            "UPDATE outbox SET state = 'blocked', last_error = ?2 WHERE id = ?1",
-            params![job.id, why],
-        )?;
-        Ok(())
-    }
-
-    /// The attempt failed: try again at `next_at`.
-    pub fn failed(&self, job: &OutboxJob, next_at: u64, error: &str) -> Result<()> {
-        self.db().execute(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
-            params![job.id, sql_ms(next_at), error],
-        )?;
-        Ok(())
     }
 
     /// Free bytes on the file system holding the audio.

@@ -146,8 +146,8 @@ impl Store {
                     let tx = db.transaction()?;
                     tx.execute("UPDATE messages SET reminded = 1 WHERE id = ?1", [&m.id])?;
                     tx.execute(
-                        "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms)
-                         VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5)",
+                        "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, created_ms)
+                         VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5, 'reminder', ?5)",
                         params![m.id, m.recipient.as_u64() as i64, m.link_number.as_u64() as i64, text, now_ms as i64],
                     )?;
                     tx.commit()?;

@@ -109,6 +109,12 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             ));
         }
     }
+    if c.sms.max_per_recipient_per_hour == 0 {
+        return Err(e(
+            "sms.max_per_recipient_per_hour",
+            "must be at least 1 (default 10); notices past it are merged into a digest",
+        ));
+    }
     if c.retrieval.lockout_minutes == 0 {
         return Err(e("retrieval.lockout_minutes", "must be at least 1"));
     }

@@ -1,0 +1,536 @@
+//! The notification outbox: due jobs, their outcomes, and the spend limits that live in
+//! the store so that a restart resets none of them (INTERFACE.md: "rate-limit counters
+//! survive a restart").
+//!
+//! - A burst of missed-call alerts from one caller to one recipient is one SMS: a new
+//!   alert within `merge_ms` of the previous one joins it (while it waits) or is kept as
+//!   `merged` (once it went out).
+//! - Past `max_per_recipient_per_hour` SMS sent to a number in the last rolling hour,
+//!   further jobs for it are `merged` into one pending digest, due when the window has
+//!   room again; the digest counts as an SMS too, so a number never gets more than the
+//!   limit per rolling hour from one server.
+//!
+//! Every function takes `now`, so tests run on virtual time.
+
+use boxless_core::PhoneNumber;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Result, Store, sql_ms};
+
+/// One rolling hour.
+pub const HOUR_MS: u64 = 3_600_000;
+
+/// What a job notifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// A stored message.
+    Message,
+    /// A call too short to keep (possibly several, merged).
+    MissedCall,
+    /// A message about to expire.
+    Reminder,
+    /// Notices merged after the hourly limit.
+    Digest,
+}
+
+impl JobKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Message => "message",
+            JobKind::MissedCall => "missed_call",
+            JobKind::Reminder => "reminder",
+            JobKind::Digest => "digest",
+        }
+    }
+
+    fn parse(s: &str) -> JobKind {
+        match s {
+            "missed_call" => JobKind::MissedCall,
+            "reminder" => JobKind::Reminder,
+            "digest" => JobKind::Digest,
+            _ => JobKind::Message,
+        }
+    }
+}
+
+/// An SMS waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxJob {
+    /// Row id.
+    pub id: i64,
+    /// The message it notifies (None for a missed-call alert or a digest).
+    pub message_id: Option<String>,
+    /// What it notifies.
+    pub kind: JobKind,
+    /// Destination number.
+    pub destination: PhoneNumber,
+    /// Source number (the link number, or the caller for a missed-call alert).
+    pub source: Option<PhoneNumber>,
+    /// The text (empty for a digest: written when it goes).
+    pub text: String,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// SMS sent to one number in the last rolling hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// How many.
+    pub sent: u32,
+    /// When the oldest of them went (ms); the window has room again an hour later.
+    pub oldest_ms: Option<u64>,
+}
+
+/// What a digest says.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DigestFacts {
+    /// Voice messages merged into it.
+    pub messages: u32,
+    /// Missed calls merged into it.
+    pub missed_calls: u32,
+    /// Reminders merged into it.
+    pub reminders: u32,
+    /// Distinct callers, most recent first (None: withheld).
+    pub callers: Vec<Option<PhoneNumber>>,
+    /// The link number of the newest message, to call back.
+    pub link: Option<PhoneNumber>,
+    /// When the first merged notice was queued (ms).
+    pub since_ms: u64,
+}
+
+/// Adds the outbox columns of stores made before spend limits existed.
+pub(crate) fn migrate(conn: &Connection) -> Result<()> {
+    for (col, ddl) in [
+        (
+            "kind",
+            "ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'message'",
+        ),
+        ("caller", "ALTER TABLE outbox ADD COLUMN caller INTEGER"),
+        (
+            "created_ms",
+            "ALTER TABLE outbox ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0",
+        ),
+        (
+            "digest_id",
+            "ALTER TABLE outbox ADD COLUMN digest_id INTEGER",
+        ),
+        (
+            "merged_count",
+            "ALTER TABLE outbox ADD COLUMN merged_count INTEGER NOT NULL DEFAULT 1",
+        ),
+    ] {
+        let has = conn
+            .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = ?1")?
+            .exists([col])?;
+        if !has {
+            conn.execute_batch(ddl)?;
+        }
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS outbox_dest_sent ON outbox(destination, state, sent_at_ms);
+         CREATE INDEX IF NOT EXISTS outbox_missed ON outbox(destination, kind, created_ms);",
+    )?;
+    Ok(())
+}
+
+fn number(v: Option<i64>) -> Option<PhoneNumber> {
+    v.and_then(|v| PhoneNumber::parse_e164(&format!("+{v}")))
+}
+
+impl Store {
+    /// Queues a missed-call alert (no message kept). Within `merge_ms` of the previous
+    /// alert from the same caller to the same recipient it joins that one: a waiting
+    /// alert is rewritten by `render(calls, now)`; one already sent (or blocked) stays the
+    /// only SMS and this call is recorded as `merged`. Returns true when an SMS is queued
+    /// or rewritten.
+    pub fn missed_call(
+        &self,
+        recipient: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        now: u64,
+        merge_ms: u64,
+        render: impl FnOnce(u32) -> String,
+    ) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let (dest, from) = (recipient.as_u64() as i64, caller.map(|c| c.as_u64() as i64));
+        let previous: Option<(i64, String, u32)> = tx
+            .query_row(
+                "SELECT id, state, merged_count FROM outbox
+                 WHERE destination = ?1 AND kind = 'missed_call' AND caller IS ?2 AND created_ms >= ?3
+                 ORDER BY created_ms DESC, id DESC LIMIT 1",
+                params![dest, from, sql_ms(now.saturating_sub(merge_ms))],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u32)),
+            )
+            .optional()?;
+        let queued = match previous {
+            Some((id, state, count)) if state == "pending" => {
+                tx.execute(
+                    "UPDATE outbox SET merged_count = ?2, created_ms = ?3, text = ?4 WHERE id = ?1",
+                    params![id, count + 1, sql_ms(now), render(count + 1)],
+                )?;
+                true
+            }
+            Some(_) => {
+                tx.execute(
+                    "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, last_error)
+                     VALUES (NULL, 'sms', ?1, ?2, '', 'merged', ?3, 'missed_call', ?2, ?3, 'same caller as an alert just sent')",
+                    params![dest, from, sql_ms(now)],
+                )?;
+                false
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
+                     VALUES (NULL, 'sms', ?1, ?2, ?3, 'pending', ?4, 'missed_call', ?2, ?4)",
+                    params![dest, from, render(1), sql_ms(now)],
+                )?;
+                true
+            }
+        };
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    /// SMS due at `now`, oldest first.
+    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<OutboxJob>> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT id, message_id, destination, source, text, attempts, kind FROM outbox
+             WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+        )?;
+        let jobs = stmt
+            .query_map(params![sql_ms(now), limit as i64], |r| {
+                let kind: String = r.get(6)?;
+                Ok(OutboxJob {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    kind: JobKind::parse(&kind),
+                    destination: number(r.get(2)?).ok_or(rusqlite::Error::InvalidQuery)?,
+                    source: number(r.get(3)?),
+                    text: r.get(4)?,
+                    attempts: r.get::<_, i64>(5)? as u32,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(jobs)
+    }
+
+    /// SMS sent to `to` in the rolling hour before `now`.
+    pub fn window(&self, to: PhoneNumber, now: u64) -> Result<Window> {
+        let (sent, oldest): (i64, Option<i64>) = self.db().query_row(
+            "SELECT COUNT(*), MIN(sent_at_ms) FROM outbox
+             WHERE destination = ?1 AND state = 'sent' AND sent_at_ms > ?2",
+            params![to.as_u64() as i64, sql_ms(now.saturating_sub(HOUR_MS))],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(Window {
+            sent: sent as u32,
+            oldest_ms: oldest.map(|v| v as u64),
+        })
+    }
+
+    /// Merges `job` into its destination's pending digest (made, due at `digest_at`, if
+    /// there is none). Returns the digest's row id.
+    pub fn merge(&self, job: &OutboxJob, now: u64, digest_at: u64) -> Result<i64> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let dest = job.destination.as_u64() as i64;
+        let existing: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM outbox WHERE destination = ?1 AND kind = 'digest' AND state = 'pending'
+                 ORDER BY id LIMIT 1",
+                [dest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let digest = match existing {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, created_ms)
+                     VALUES (NULL, 'sms', ?1, NULL, '', 'pending', ?2, 'digest', ?3)",
+                    params![dest, sql_ms(digest_at), sql_ms(now)],
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.execute(
+            "UPDATE outbox SET state = 'merged', digest_id = ?2, last_error = 'over sms.max_per_recipient_per_hour: in a digest' WHERE id = ?1",
+            params![job.id, digest],
+        )?;
+        tx.commit()?;
+        Ok(digest)
+    }
+
+    /// A job that may not go before `at` (its number's hour is full): waits, no attempt
+    /// counted.
+    pub fn defer(&self, job: &OutboxJob, at: u64) -> Result<()> {
+        self.db().execute(
+            "UPDATE outbox SET next_attempt_ms = ?2 WHERE id = ?1",
+            params![job.id, sql_ms(at)],
+        )?;
+        Ok(())
+    }
+
+    /// What digest `id` carries.
+    pub fn digest_facts(&self, id: i64) -> Result<DigestFacts> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT kind, merged_count, caller, source, created_ms FROM outbox
+             WHERE digest_id = ?1 ORDER BY created_ms DESC, id DESC",
+        )?;
+        let mut f = DigestFacts::default();
+        let rows = stmt.query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u32,
+                number(r.get(2)?),
+                number(r.get(3)?),
+                r.get::<_, i64>(4)? as u64,
+            ))
+        })?;
+        for row in rows {
+            let (kind, count, caller, source, created) = row?;
+            match JobKind::parse(&kind) {
+                JobKind::Message => {
+                    f.messages += 1;
+                    if f.link.is_none() {
+                        f.link = source;
+                    }
+                }
+                JobKind::MissedCall => f.missed_calls += count,
+                JobKind::Reminder => f.reminders += 1,
+                JobKind::Digest => {}
+            }
+            if kind != "reminder" && !f.callers.contains(&caller) {
+                f.callers.push(caller);
+            }
+            f.since_ms = created;
+        }
+        Ok(f)
+    }
+
+    /// The digest `job` went out as `text` from `source`: it is sent, and every message
+    /// it carries is `notified`.
+    pub fn digest_sent(&self, job: &OutboxJob, text: &str, now: u64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at_ms = ?2, last_error = NULL, text = ?3 WHERE id = ?1",
+            params![job.id, now as i64, text],
+        )?;
+        tx.execute(
+            "UPDATE messages SET state = 'notified', state_changed_ms = ?2
+             WHERE state = 'new' AND id IN (SELECT message_id FROM outbox WHERE digest_id = ?1)",
+            params![job.id, now as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// When the next pending SMS is due, if any.
+    pub fn next_due(&self) -> Result<Option<u64>> {
+        let v: Option<i64> = self.db().query_row(
+            "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v.map(|v| v as u64))
+    }
+
+    /// Pending SMS count.
+    pub fn pending(&self) -> Result<u64> {
+        let v: i64 = self.db().query_row(
+            "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(v as u64)
+    }
+
+    /// The SMSC accepted the job: it is sent, and its message becomes `notified`.
+    pub fn sent(&self, job: &OutboxJob, now: u64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at_ms = ?2, last_error = NULL WHERE id = ?1",
+            params![job.id, now as i64],
+        )?;
+        if let Some(mid) = &job.message_id {
+            tx.execute(
+                "UPDATE messages SET state = 'notified', state_changed_ms = ?2 WHERE id = ?1 AND state = 'new'",
+                params![mid, now as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The job will never be sent (`why` says which limit stopped it); its message stays
+    /// stored and retrievable.
+    pub fn blocked(&self, job: &OutboxJob, why: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE outbox SET state = 'blocked', last_error = ?2 WHERE id = ?1",
+            params![job.id, why],
+        )?;
+        Ok(())
+    }
+
+    /// The attempt failed: try again at `next_at`.
+    pub fn failed(&self, job: &OutboxJob, next_at: u64, error: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
+            params![job.id, sql_ms(next_at), error],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewMessage;
+    use boxless_core::{LinkPool, Rng};
+
+    fn n(s: &str) -> PhoneNumber {
+        PhoneNumber::parse_e164(s).unwrap()
+    }
+
+    fn store() -> (Store, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!(
+            "boxless-outbox-{}-{}",
+            std::process::id(),
+            Rng::from_entropy().next_u64()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        let s = Store::open(
+            &d,
+            "ms1",
+            LinkPool::parse(&["+18005550100-+18005550109"]).unwrap(),
+        )
+        .unwrap();
+        (s, d)
+    }
+
+    fn state(s: &Store, id: i64) -> String {
+        s.db()
+            .query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_burst_of_missed_calls_from_one_caller_is_one_sms() {
+        let (s, dir) = store();
+        let (r, c) = (n("+15551230002"), Some(n("+15551230001")));
+        let min = 60_000;
+        let t = 1_000_000_000;
+        assert!(
+            s.missed_call(r, c, t, 10 * min, |k| format!("{k} calls"))
+                .unwrap()
+        );
+        assert!(
+            s.missed_call(r, c, t + min, 10 * min, |k| format!("{k} calls"))
+                .unwrap()
+        );
+        let jobs = s.due(t + 2 * min, 10).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].text, "2 calls");
+        assert_eq!(jobs[0].kind, JobKind::MissedCall);
+        s.sent(&jobs[0], t + 2 * min).unwrap();
+        // Sent already: a third in the burst is kept as merged, not sent again.
+        assert!(
+            !s.missed_call(r, c, t + 3 * min, 10 * min, |k| format!("{k} calls"))
+                .unwrap()
+        );
+        assert!(s.due(t + 4 * min, 10).unwrap().is_empty());
+        // Another caller, or the same one after a quiet spell, is a new alert.
+        assert!(
+            s.missed_call(r, Some(n("+15551230009")), t + 4 * min, 10 * min, |_| "x"
+                .into())
+                .unwrap()
+        );
+        assert!(
+            s.missed_call(r, c, t + 30 * min, 10 * min, |_| "y".into())
+                .unwrap()
+        );
+        assert_eq!(s.due(t + 31 * min, 10).unwrap().len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn merged_notices_become_one_digest_that_says_what_it_carries() {
+        let (s, dir) = store();
+        let r = n("+15551230002");
+        // Deposits stamp their rows with the wall clock; the rest follows it.
+        let t = boxless_core::now_ms();
+        let deposit = |caller: &str, at: u64| {
+            let m = NewMessage {
+                recipient: r,
+                caller: Some(n(caller)),
+                received_at_ms: at,
+                samples: &[0i16; 800],
+            };
+            s.deposit(&m, |_| "msg".into()).unwrap()
+        };
+        // Two sent in this hour.
+        for k in 0..2 {
+            deposit("+15551230001", t);
+            let j = s.due(u64::MAX / 2, 10).unwrap();
+            s.sent(&j[0], t + k).unwrap();
+        }
+        let w = s.window(r, t + 10).unwrap();
+        assert_eq!((w.sent, w.oldest_ms), (2, Some(t)));
+        assert_eq!(
+            s.window(r, t + HOUR_MS + 1).unwrap().sent,
+            0,
+            "an hour later"
+        );
+        // Two more messages and a missed call merge into one digest.
+        deposit("+15551230003", t + 20);
+        deposit("+15551230004", t + 30);
+        s.missed_call(r, Some(n("+15551230005")), t + 10_000, 0, |_| {
+            "missed".into()
+        })
+        .unwrap();
+        let due = s.due(u64::MAX / 2, 10).unwrap();
+        assert_eq!(due.len(), 3);
+        let digest_at = t + HOUR_MS;
+        let ids: Vec<i64> = due
+            .iter()
+            .map(|j| s.merge(j, t + 50, digest_at).unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "one digest");
+        assert!(due.iter().all(|j| state(&s, j.id) == "merged"));
+        assert!(
+            s.due(digest_at - 1, 10).unwrap().is_empty(),
+            "not before the hour has room"
+        );
+        let digest = s.due(digest_at, 10).unwrap();
+        assert_eq!(digest.len(), 1);
+        assert_eq!(digest[0].kind, JobKind::Digest);
+        let f = s.digest_facts(digest[0].id).unwrap();
+        assert_eq!((f.messages, f.missed_calls, f.reminders), (2, 1, 0));
+        assert_eq!(f.callers.len(), 3);
+        assert_eq!(f.callers[0], Some(n("+15551230005")), "newest first");
+        assert!(f.link.is_some());
+        s.digest_sent(&digest[0], "digest text", digest_at).unwrap();
+        let listed = s.list(Some(r), 10).unwrap();
+        assert!(
+            listed
+                .iter()
+                .all(|m| m.state == crate::MessageState::Notified)
+        );
+        assert_eq!(state(&s, digest[0].id), "sent");
+        assert_eq!(
+            s.window(r, digest_at + 1).unwrap(),
+            Window {
+                sent: 1,
+                oldest_ms: Some(digest_at)
+            },
+            "the digest counts; the first two aged out"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
