@@ -7,21 +7,7 @@ use std::time::Duration;
 
 use boxless_phone::{CallOutcome, place_call};
 use boxless_testkit::{Mode, http, http_get, voice};
-use common::{System, g711, messages, opts, system};
-
-async fn stored_audio(sys: &System, id: &str) -> Vec<i16> {
-    let store = sys
-        .running
-        .servers
-        .iter()
-        .map(|s| s.store())
-        .find(|s| id.starts_with(s.server_id()))
-        .unwrap();
-    let r = hound::WavReader::open(store.audio_path(id)).unwrap();
-    assert_eq!(r.spec().sample_rate, 8000);
-    assert_eq!(r.spec().channels, 1);
-    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
-}
+use common::{find_in, g711, messages, opts, stored_audio, system};
 
 fn assert_completed(out: &CallOutcome) {
     assert!(out.completed(), "{out:?}");
@@ -244,26 +230,6 @@ async fn a_link_number_call_goes_to_its_owner_and_is_not_a_deposit() {
 }
 
 /// Best normalised correlation of `needle` anywhere inside `hay` (coarse, then refined).
-fn find_in(hay: &[i16], needle: &[i16]) -> f64 {
-    let span = hay.len().saturating_sub(needle.len());
-    let mut best = (0.0, 0usize);
-    let mut lag = 0;
-    while lag <= span {
-        let c = boxless_media::audio::correlation_at(needle, hay, lag as isize);
-        if c > best.0 {
-            best = (c, lag);
-        }
-        lag += 8;
-    }
-    for l in best.1.saturating_sub(8)..=(best.1 + 8).min(span) {
-        let c = boxless_media::audio::correlation_at(needle, hay, l as isize);
-        if c > best.0 {
-            best = (c, l);
-        }
-    }
-    best.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes() {
     for mode in ["redirect", "proxy"] {
@@ -334,8 +300,13 @@ async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_caller_needs_the_code_and_three_wrong_codes_lock_it() {
-    let sys = system("code", "redirect", "").await;
+async fn another_caller_needs_the_code_and_wrong_codes_lock_the_link_for_everyone() {
+    let sys = system(
+        "code",
+        "redirect",
+        "[retrieval]\nmax_wrong_codes_per_link = 3\n",
+    )
+    .await;
     let played = voice(1500, 7);
     assert_completed(
         &place_call(&opts(sys.running.router, played.clone()))
@@ -374,13 +345,48 @@ async fn another_caller_needs_the_code_and_three_wrong_codes_lock_it() {
     let out = place_call(&stranger(code.clone(), 22.0)).await.unwrap();
     let corr = find_in(&out.heard, &stored);
     assert!(corr >= 0.8, "heard with the code: {corr}");
-    // Three wrong codes: locked out, even with the right code afterwards.
+    // A second message on the server holding the link: the first was heard, so it
+    // takes the same link number.
+    let (_, servers) = http_get(sys.running.http, "/api/v1/servers").await.unwrap();
+    let servers: Vec<serde_json::Value> = serde_json::from_str(&servers).unwrap();
+    let owner: std::net::SocketAddr =
+        servers.iter().find(|v| v["id"] == m["server"]).unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    let second = voice(1500, 8);
+    assert_completed(&place_call(&opts(owner, second)).await.unwrap());
+    let sms = sys.smsc.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(format!("+{}", sms[1].source), link);
+    let code = sms[1]
+        .text
+        .rsplit("Code ")
+        .next()
+        .unwrap()
+        .trim_end_matches('.')
+        .to_string();
+    let list = messages(&sys, "+15551230002").await;
+    let m2 = list.iter().find(|m| m["state"] != "heard").unwrap();
+    let stored = stored_audio(&sys, m2["id"].as_str().unwrap()).await;
+    // Three wrong codes on the link: locked for every caller, even with the right code
+    // and another caller-ID afterwards.
     let wrong = if code == "000000" { "111111" } else { "000000" };
     let out = place_call(&stranger(format!("{wrong}{wrong}{wrong}"), 14.0))
         .await
         .unwrap();
     assert!(find_in(&out.heard, &stored) < 0.5);
-    let out = place_call(&stranger(code, 20.0)).await.unwrap();
+    let mut other = stranger(code, 20.0);
+    other.from = "5558880000".into();
+    let out = place_call(&other).await.unwrap();
     assert!(find_in(&out.heard, &stored) < 0.5, "locked out");
+    // The recipient's own caller-ID (from a trusted peer) still opens it.
+    let mut own = stranger(String::new(), 22.0);
+    own.from = "5551230002".into();
+    let out = place_call(&own).await.unwrap();
+    assert!(
+        find_in(&out.heard, &stored) >= 0.8,
+        "the recipient still hears it"
+    );
     let _ = std::fs::remove_dir_all(&sys.data);
 }

@@ -254,3 +254,54 @@ async fn past_the_hourly_limit_notices_wait_for_one_digest_and_bursts_are_one_sm
     assert!((1..=2).contains(&alerts.len()), "{alerts:?}");
     let _ = std::fs::remove_dir_all(&sys.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_caller_id_alone_stands_in_for_the_code() {
+    let extra = "[retrieval]\ntrust_caller_id = \"verified\"\n";
+    let sys = system("verstat", "redirect", extra).await;
+    let played = boxless_testkit::voice(1500, 77);
+    let out = boxless_phone::place_call(&common::opts(sys.running.router, played))
+        .await
+        .unwrap();
+    assert!(out.completed());
+    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
+    let link = format!("+{}", sms[0].source);
+    let m = messages(&sys, "+15551230002").await[0].clone();
+    let stored = common::stored_audio(&sys, m["id"].as_str().unwrap()).await;
+    let recipient = |pai: Option<&str>, seconds: f64| {
+        let mut o = common::opts(sys.running.router, Vec::new());
+        o.from = "5551230002".into();
+        o.to = link.clone();
+        o.diversion = None;
+        o.seconds = Some(seconds);
+        if let Some(p) = pai {
+            o.headers.push(format!("P-Asserted-Identity: {p}"));
+        }
+        o
+    };
+    // The recipient's number, unverified: a forger's view; the code is asked for.
+    let out = boxless_phone::place_call(&recipient(None, 6.0))
+        .await
+        .unwrap();
+    assert!(
+        common::find_in(&out.heard, &stored) < 0.5,
+        "no audio unverified"
+    );
+    let failed = "<sip:+15551230002;verstat=TN-Validation-Failed@h;user=phone>";
+    let out = boxless_phone::place_call(&recipient(Some(failed), 6.0))
+        .await
+        .unwrap();
+    assert!(
+        common::find_in(&out.heard, &stored) < 0.5,
+        "no audio when verification failed"
+    );
+    let passed = "<sip:+15551230002;verstat=TN-Validation-Passed@h;user=phone>";
+    let out = boxless_phone::place_call(&recipient(Some(passed), 22.0))
+        .await
+        .unwrap();
+    assert!(
+        common::find_in(&out.heard, &stored) >= 0.8,
+        "verified: heard"
+    );
+    let _ = std::fs::remove_dir_all(&sys.data);
+}

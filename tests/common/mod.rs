@@ -132,3 +132,39 @@ pub async fn messages(sys: &System, recipient: &str) -> Vec<serde_json::Value> {
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
+
+/// The audio of stored message `id`, from its server's store.
+pub async fn stored_audio(sys: &System, id: &str) -> Vec<i16> {
+    let store = sys
+        .running
+        .servers
+        .iter()
+        .map(|s| s.store())
+        .find(|s| id.starts_with(s.server_id()))
+        .unwrap();
+    let r = hound::WavReader::open(store.audio_path(id)).unwrap();
+    assert_eq!(r.spec().sample_rate, 8000);
+    assert_eq!(r.spec().channels, 1);
+    r.into_samples::<i16>().map(|s| s.unwrap()).collect()
+}
+
+/// The best normalised correlation of `needle` anywhere in `hay`.
+pub fn find_in(hay: &[i16], needle: &[i16]) -> f64 {
+    let span = hay.len().saturating_sub(needle.len());
+    let mut best = (0.0, 0usize);
+    let mut lag = 0;
+    while lag <= span {
+        let c = boxless_media::audio::correlation_at(needle, hay, lag as isize);
+        if c > best.0 {
+            best = (c, lag);
+        }
+        lag += 8;
+    }
+    for l in best.1.saturating_sub(8)..=(best.1 + 8).min(span) {
+        let c = boxless_media::audio::correlation_at(needle, hay, l as isize);
+        if c > best.0 {
+            best = (c, l);
+        }
+    }
+    best.0
+}

@@ -289,14 +289,30 @@ pub enum AccessCodePolicy {
     Always,
 }
 
+/// Which caller-IDs may stand in for the access code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustCallerId {
+    /// Any caller-ID that arrives from a trusted peer.
+    #[default]
+    TrustedPeer,
+    /// Only one that carries `verstat=TN-Validation-Passed` (STIR/SHAKEN, RFC 8588).
+    Verified,
+}
+
 /// `[retrieval]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrievalConfig {
     /// never | when-caller-id-mismatch | always
     pub access_code: AccessCodePolicy,
-    /// Wrong codes before a caller is locked out of a link number.
+    /// trusted-peer | verified
+    pub trust_caller_id: TrustCallerId,
+    /// Wrong codes in one call before it is ended.
     pub max_wrong_codes: u32,
+    /// Wrong codes on one link number, from all callers together, per lockout window;
+    /// past it no code opens that link number until the window ends.
+    pub max_wrong_codes_per_link: u32,
     /// The lockout window.
     pub lockout_minutes: u32,
 }
@@ -305,7 +321,9 @@ impl Default for RetrievalConfig {
     fn default() -> Self {
         RetrievalConfig {
             access_code: AccessCodePolicy::WhenCallerIdMismatch,
+            trust_caller_id: TrustCallerId::TrustedPeer,
             max_wrong_codes: 3,
+            max_wrong_codes_per_link: 10,
             lockout_minutes: 15,
         }
     }

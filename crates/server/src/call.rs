@@ -358,6 +358,14 @@ impl CallFlow {
         }
     }
 
+    /// The link number got locked (see [`crate::menu::Menu::lock_out`]).
+    pub fn lock_out(&mut self, now: Instant) {
+        if let Some(r) = self.retrieval.as_mut() {
+            r.setup.menu.lock_out();
+        }
+        self.drain_menu(now);
+    }
+
     /// The next thing to do.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use boxless_core::config::{AccessCodePolicy, Greeting};
+use boxless_core::config::{AccessCodePolicy, Greeting, TrustCallerId};
 use boxless_core::{
     Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
     now_ms,
@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::call::{CallFlow, CallSettings, DialogInfo, EndReason, Output, RetrievalSetup};
-use crate::menu::{Lockouts, Mark, Menu, MenuMessage, MenuSettings};
+use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
 
 /// Where SIP bytes for a peer go out.
 #[derive(Debug, Clone)]
@@ -116,8 +116,10 @@ pub struct MessagingServer {
     draining: AtomicBool,
     stopped: AtomicBool,
     ttl: Duration,
-    lockouts: Mutex<Lockouts>,
     max_wrong_codes: u32,
+    max_wrong_codes_per_link: u32,
+    lockout_ms: u64,
+    trust_caller_id: TrustCallerId,
     gate: Gate,
     missed_call_merge_ms: u64,
 }
@@ -170,11 +172,10 @@ impl MessagingServer {
             draining: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             ttl: Duration::from_secs(c.control.ttl_seconds),
-            lockouts: Mutex::new(Lockouts::new(
-                c.retrieval.max_wrong_codes,
-                Duration::from_secs(c.retrieval.lockout_minutes as u64 * 60),
-            )),
             max_wrong_codes: c.retrieval.max_wrong_codes,
+            max_wrong_codes_per_link: c.retrieval.max_wrong_codes_per_link,
+            lockout_ms: u64::from(c.retrieval.lockout_minutes) * 60_000,
+            trust_caller_id: c.retrieval.trust_caller_id,
             gate: Gate::new(
                 cfg.peers.clone(),
                 c.sip.max_invites_per_second_per_peer,
@@ -558,7 +559,10 @@ impl MessagingServer {
             },
         };
         let retrieval = match link {
-            Some(l) => match self.retrieval_setup(l, caller).await {
+            Some(l) => match self
+                .retrieval_setup(l, caller, parties::caller_verified(msg))
+                .await
+            {
                 Some(setup) => Some(setup),
                 None => {
                     return self
@@ -688,22 +692,26 @@ impl MessagingServer {
     }
 
     /// Loads what a call to `link` from `caller` may hear and starts its menu.
+    /// `verified`: the caller's identity carries STIR/SHAKEN's `TN-Validation-Passed`.
     async fn retrieval_setup(
         &self,
         link: PhoneNumber,
         caller: Option<PhoneNumber>,
+        verified: bool,
     ) -> Option<RetrievalSetup> {
         let store = self.store.clone();
+        let now = now_ms();
         let loaded = tokio::task::spawn_blocking(move || {
             let (msgs, matched) = store.for_link(link, caller)?;
+            let locked = store.link_locked(link, now)?;
             let mut audio = HashMap::new();
             for m in &msgs {
                 audio.insert(m.id.clone(), Arc::<[i16]>::from(store.audio(&m.id)?));
             }
-            Ok::<_, boxless_store::Error>((msgs, matched, audio))
+            Ok::<_, boxless_store::Error>((msgs, matched, locked, audio))
         })
         .await;
-        let (msgs, matched, audio) = match loaded {
+        let (msgs, matched, locked, audio) = match loaded {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, %link, "cannot load messages for retrieval");
@@ -711,9 +719,15 @@ impl MessagingServer {
             }
             Err(_) => return None,
         };
+        // Caller-ID may stand in for the code only as far as the operator trusts it.
+        let trusted_id = matched
+            && match self.trust_caller_id {
+                TrustCallerId::TrustedPeer => true,
+                TrustCallerId::Verified => verified,
+            };
         let code_required = match self.policy {
             AccessCodePolicy::Never => false,
-            AccessCodePolicy::WhenCallerIdMismatch => !matched,
+            AccessCodePolicy::WhenCallerIdMismatch => !trusted_id,
             AccessCodePolicy::Always => true,
         };
         let menu_msgs = msgs
@@ -733,7 +747,9 @@ impl MessagingServer {
             },
             menu_msgs,
             code_required,
-            self.locked_out(link, caller),
+            // A locked link number takes no code; the recipient's trusted caller-ID
+            // needs none.
+            code_required && locked,
         );
         Some(RetrievalSetup {
             menu,
@@ -743,24 +759,27 @@ impl MessagingServer {
         })
     }
 
-    fn lockouts(&self) -> std::sync::MutexGuard<'_, Lockouts> {
-        self.lockouts.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// True while `caller` is locked out of `link` after too many wrong codes.
-    fn locked_out(&self, link: PhoneNumber, caller: Option<PhoneNumber>) -> bool {
-        self.lockouts()
-            .is_locked(lock_key(link, caller), Instant::now())
-    }
-
-    /// Counts a wrong code of `caller` on `link`; the lockout runs from the last one.
-    fn wrong_code(&self, link: PhoneNumber, caller: Option<PhoneNumber>) {
+    /// Counts a wrong code on `link` (from any caller); true when the link is now locked.
+    async fn wrong_code(&self, link: PhoneNumber) -> bool {
         metrics::counter!("boxless_wrong_access_codes_total").increment(1);
-        if self
-            .lockouts()
-            .wrong(lock_key(link, caller), Instant::now())
-        {
-            tracing::warn!(%link, "link number locked for this caller after wrong access codes");
+        let store = self.store.clone();
+        let (max, window) = (self.max_wrong_codes_per_link, self.lockout_ms);
+        let res =
+            tokio::task::spawn_blocking(move || store.wrong_code(link, now_ms(), max, window))
+                .await;
+        match res {
+            Ok(Ok(true)) => {
+                metrics::counter!("boxless_link_lockouts_total").increment(1);
+                tracing::warn!(%link, "link number locked: too many wrong access codes");
+                true
+            }
+            Ok(Ok(false)) => false,
+            Ok(Err(e)) => {
+                // Unrecorded, a wrong code must not open the door: treat it as locked.
+                tracing::error!(%link, error = %e, "wrong access code NOT recorded; locking this call out");
+                true
+            }
+            Err(_) => true,
         }
     }
 
@@ -790,10 +809,6 @@ impl MessagingServer {
         self.release_port(port);
         self.board.slots[self.slot].call_ended();
     }
-}
-
-fn lock_key(link: PhoneNumber, caller: Option<PhoneNumber>) -> (u64, u64) {
-    (link.as_u64(), caller.map_or(0, |c| c.as_u64()))
 }
 
 /// The Contact's address when it is an IP literal (never a name to resolve).
@@ -840,8 +855,10 @@ impl Call {
                     Output::MissedCall => storing = Some(self.missed_call()),
                     Output::Mark { id, mark } => self.mark(id, mark),
                     Output::WrongCode => {
-                        if let Some(link) = self.link {
-                            self.server.wrong_code(link, self.caller);
+                        if let Some(link) = self.link
+                            && self.server.wrong_code(link).await
+                        {
+                            self.machine.lock_out(Instant::now());
                         }
                     }
                     Output::Ended(r) => {

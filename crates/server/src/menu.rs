@@ -330,6 +330,14 @@ impl Menu {
         }
     }
 
+    /// The link number was locked (too many wrong codes on it, from any caller) while this
+    /// caller was still to enter a code: no code opens it now, the right one neither.
+    pub fn lock_out(&mut self) {
+        if let State::Code { .. } = self.state {
+            self.end(vec![Prompt::LockedOut, Prompt::Goodbye]);
+        }
+    }
+
     /// Runs a due timer: silence after a question repeats it, then says goodbye.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.deadline.is_none_or(|d| now < d) {
@@ -355,53 +363,6 @@ impl Menu {
             }
             _ => {}
         }
-    }
-}
-
-/// Wrong-code counts per (link number, caller-ID), on virtual time: `max` wrong codes lock
-/// the pair for `duration` from the last one. Entries expire, so memory stays bounded by
-/// the callers of the last `duration`.
-#[derive(Debug)]
-pub struct Lockouts {
-    max: u32,
-    duration: Duration,
-    map: std::collections::HashMap<(u64, u64), (u32, Instant)>,
-}
-
-impl Lockouts {
-    /// `max` wrong codes lock for `duration`.
-    pub fn new(max: u32, duration: Duration) -> Lockouts {
-        Lockouts {
-            max,
-            duration,
-            map: Default::default(),
-        }
-    }
-
-    /// True while the pair is locked.
-    pub fn is_locked(&mut self, key: (u64, u64), now: Instant) -> bool {
-        match self.map.get(&key) {
-            Some(&(_, until)) if now >= until => {
-                self.map.remove(&key);
-                false
-            }
-            Some(&(n, _)) => n >= self.max,
-            None => false,
-        }
-    }
-
-    /// Counts a wrong code; true when the pair is now locked.
-    pub fn wrong(&mut self, key: (u64, u64), now: Instant) -> bool {
-        if self.map.len() >= 10_000 {
-            self.map.retain(|_, (_, until)| now < *until);
-        }
-        if self.is_locked(key, now) {
-            return true;
-        }
-        let e = self.map.entry(key).or_insert((0, now));
-        e.0 += 1;
-        e.1 = now + self.duration;
-        e.0 >= self.max
     }
 }
 
@@ -586,27 +547,20 @@ mod tests {
     }
 
     #[test]
-    fn lockout_counts_per_pair_and_expires() {
-        let t0 = Instant::now();
-        let mut l = Lockouts::new(3, Duration::from_secs(900));
-        let (a, b) = ((1, 2), (1, 3));
-        assert!(!l.wrong(a, t0));
-        assert!(!l.wrong(a, t0 + Duration::from_secs(1)));
-        assert!(!l.is_locked(a, t0 + Duration::from_secs(2)));
-        assert!(l.wrong(a, t0 + Duration::from_secs(2)));
-        assert!(
-            l.is_locked(a, t0 + Duration::from_secs(901)),
-            "15 minutes from the last wrong code"
-        );
-        assert!(
-            !l.is_locked(b, t0 + Duration::from_secs(3)),
-            "another caller is not locked"
-        );
-        assert!(!l.is_locked(a, t0 + Duration::from_secs(903)));
-        assert!(
-            !l.wrong(a, t0 + Duration::from_secs(904)),
-            "counting starts again"
-        );
+    fn a_link_locked_while_entering_a_code_refuses_even_the_right_one() {
+        let mut h = H::new(1, true, false);
+        h.key("9");
+        h.m.lock_out();
+        h.drain();
+        assert_eq!(h.last_play(), vec![Prompt::LockedOut, Prompt::Goodbye]);
+        h.key("123450");
+        h.drain();
+        assert!(h.marks().is_empty(), "nothing played or marked");
+        // Past the code, a lock changes nothing.
+        let mut h = H::new(1, false, false);
+        h.m.lock_out();
+        h.drain();
+        assert_ne!(h.last_play(), vec![Prompt::LockedOut, Prompt::Goodbye]);
     }
 
     #[test]

@@ -53,6 +53,30 @@ pub fn caller(msg: &Message<'_>) -> Option<String> {
     NameAddr::parse(msg.from).and_then(|n| user(n.uri))
 }
 
+/// True when the identity the caller is taken from (P-Asserted-Identity, else From)
+/// carries `verstat=TN-Validation-Passed`: the operator's STIR/SHAKEN verification
+/// service vouched for the number (RFC 8588; 3GPP TS 24.229 puts the parameter in the
+/// URI, as a tel or user parameter, some switches on the header).
+pub fn caller_verified(msg: &Message<'_>) -> bool {
+    let id = msg
+        .header_values("p-asserted-identity")
+        .next()
+        .filter(|v| NameAddr::parse(v).is_some())
+        .unwrap_or(msg.from);
+    verstat(id).is_some_and(|v| v.eq_ignore_ascii_case("TN-Validation-Passed"))
+}
+
+/// The value of the first `verstat=` parameter anywhere in a name-addr.
+fn verstat(v: &str) -> Option<&str> {
+    let lower = v.to_ascii_lowercase();
+    let at = lower.find(";verstat=")? + ";verstat=".len();
+    let rest = &v[at..];
+    let end = rest
+        .find([';', '>', '@', ',', ' ', '?'])
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
 /// The decoded user part of a sip:, sips: or tel: URI.
 pub fn user(uri: &str) -> Option<String> {
     let u = Uri::parse(uri)?;
@@ -64,6 +88,46 @@ pub fn user(uri: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verstat_is_read_from_the_callers_identity() {
+        let m = |extra: &str, from: &str| {
+            format!(
+                "INVITE sip:+18005550100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bKx\r\n\
+                 From: {from};tag=1\r\nTo: <sip:+18005550100@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra}Content-Length: 0\r\n\r\n"
+            )
+            .into_bytes()
+        };
+        let ok = |b: Vec<u8>| caller_verified(&Message::parse(&b, false).unwrap());
+        let plain = "<sip:+15551230002@h>";
+        assert!(!ok(m("", plain)));
+        assert!(ok(m(
+            "",
+            "<sip:+15551230002;verstat=TN-Validation-Passed@h;user=phone>"
+        )));
+        assert!(ok(m("", "<tel:+15551230002;verstat=TN-Validation-Passed>")));
+        assert!(!ok(m(
+            "",
+            "<tel:+15551230002;verstat=TN-Validation-Failed>"
+        )));
+        assert!(!ok(m("", "<tel:+15551230002;verstat=No-TN-Validation>")));
+        // P-Asserted-Identity is the identity when present: a verstat in From alone
+        // does not vouch for it.
+        let pai = "P-Asserted-Identity: <sip:+15551230002@h;verstat=TN-Validation-Passed>\r\n";
+        assert!(ok(m(pai, plain)));
+        let pai_plain = "P-Asserted-Identity: <sip:+15551230002@h>\r\n";
+        assert!(!ok(m(
+            pai_plain,
+            "<sip:+15551230002;verstat=TN-Validation-Passed@h>"
+        )));
+        // The user part still reads as the number.
+        let b = m(
+            "",
+            "<sip:+15551230002;verstat=TN-Validation-Passed@h;user=phone>",
+        );
+        let c = caller(&Message::parse(&b, false).unwrap()).unwrap();
+        assert!(c.starts_with("+15551230002"), "{c}");
+    }
 
     fn msg(extra: &str) -> Vec<u8> {
         format!(

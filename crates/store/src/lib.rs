@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod lockout;
 pub mod outbox;
 pub mod retention;
 
@@ -206,6 +207,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(lockout::SCHEMA)?;
         // Stores made before reminders existed lack the column.
         let has_reminded = conn
             .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'reminded'")?
@@ -274,13 +276,18 @@ impl Store {
         )
     }
 
-    fn new_code(&self) -> String {
-        let r = self
-            .rng
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .below(1_000_000);
-        format!("{r:06}")
+    /// A 6-digit access code from the OS's randomness (not the id generator, whose
+    /// outputs the API shows), uniform by rejection.
+    fn new_code(&self) -> Result<String> {
+        loop {
+            let mut b = [0u8; 4];
+            getrandom::fill(&mut b).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            let v = u32::from_le_bytes(b);
+            // 4_294_000_000 is the largest multiple of 10^6 below 2^32.
+            if v < 4_294_000_000 {
+                return Ok(format!("{:06}", v % 1_000_000));
+            }
+        }
     }
 
     /// Stores a message durably and queues its SMS; returns what was stored.
@@ -291,7 +298,7 @@ impl Store {
         render: impl FnOnce(&SmsFacts<'_>) -> String,
     ) -> Result<MessageInfo> {
         let id = self.new_id();
-        let code = self.new_code();
+        let code = self.new_code()?;
         let duration_ms = msg.samples.len() as u64 / 8;
         self.write_wav(&id, msg.samples)?;
         let mut db = self.db();

@@ -115,6 +115,12 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             "must be at least 1 (default 10); notices past it are merged into a digest",
         ));
     }
+    if c.retrieval.max_wrong_codes_per_link == 0 {
+        return Err(e(
+            "retrieval.max_wrong_codes_per_link",
+            "must be at least 1 (default 10)",
+        ));
+    }
     if c.retrieval.lockout_minutes == 0 {
         return Err(e("retrieval.lockout_minutes", "must be at least 1"));
     }
