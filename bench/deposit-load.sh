@@ -21,6 +21,7 @@ listen = "127.0.0.1:28180"
 [sms]
 transport = "smpp"
 address = "127.0.0.1:22775"
+max_per_recipient_per_hour = 100000   # every call is for one number
 [messages]
 greeting = "tone"
 [[servers]]

@@ -129,6 +129,8 @@ transport = "smpp"
 address = "127.0.0.1:{self.p['smsc']}"
 retry_initial_ms = 200
 retry_max_ms = 2000
+# Every call is for one number: lift the hourly SMS limit (interop/abuse.py tests it).
+max_per_recipient_per_hour = 100000
 [messages]
 greeting = "tone"
 silence_seconds = 5

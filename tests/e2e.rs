@@ -9,6 +9,13 @@ use boxless_phone::{CallOutcome, place_call};
 use boxless_testkit::{Mode, http, http_get, voice};
 use common::{find_in, g711, messages, opts, stored_audio, system};
 
+/// The access code an SMS carries (" Code 123456.").
+fn code_in(text: &str) -> String {
+    let code = text.rsplit("Code ").next().unwrap().trim_end_matches('.');
+    assert_eq!(code.len(), 6, "{text}");
+    code.to_string()
+}
+
 fn assert_completed(out: &CallOutcome) {
     assert!(out.completed(), "{out:?}");
 }
@@ -315,14 +322,7 @@ async fn another_caller_needs_the_code_and_wrong_codes_lock_the_link_for_everyon
     );
     let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
     let link = format!("+{}", sms[0].source);
-    let code = sms[0]
-        .text
-        .rsplit("Code ")
-        .next()
-        .unwrap()
-        .trim_end_matches('.')
-        .to_string();
-    assert_eq!(code.len(), 6, "{}", sms[0].text);
+    let code = code_in(&sms[0].text);
     let m = messages(&sys, "+15551230002").await[0].clone();
     let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
     let stranger = |dtmf: String, seconds: f64| {
@@ -359,13 +359,7 @@ async fn another_caller_needs_the_code_and_wrong_codes_lock_the_link_for_everyon
     assert_completed(&place_call(&opts(owner, second)).await.unwrap());
     let sms = sys.smsc.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(format!("+{}", sms[1].source), link);
-    let code = sms[1]
-        .text
-        .rsplit("Code ")
-        .next()
-        .unwrap()
-        .trim_end_matches('.')
-        .to_string();
+    let code = code_in(&sms[1].text);
     let list = messages(&sys, "+15551230002").await;
     let m2 = list.iter().find(|m| m["state"] != "heard").unwrap();
     let stored = stored_audio(&sys, m2["id"].as_str().unwrap()).await;

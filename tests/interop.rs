@@ -80,6 +80,8 @@ transport = "{sms}"
 address = "127.0.0.1:{smsc}"
 retry_initial_ms = 200
 retry_max_ms = 2000
+# Every call here is for one number; the hourly SMS limit is the abuse suite's business.
+max_per_recipient_per_hour = 100000
 [messages]
 greeting = "tone"
 silence_seconds = 5
