@@ -163,7 +163,7 @@ impl<R: Clone> Proxy<R> {
         reply: R,
     ) {
         match msg.method() {
-            None => self.response(now, msg),
+            None => self.response(now, now_ms, msg),
             Some(Method::Invite) if msg.defect.is_none() => {
                 self.invite(now, now_ms, msg, bytes, reply)
             }
@@ -349,7 +349,7 @@ impl<R: Clone> Proxy<R> {
         self.timers.push(Reverse((t.deadline, key.to_string())));
     }
 
-    fn response(&mut self, now: Instant, msg: &Message<'_>) {
+    fn response(&mut self, now: Instant, now_ms: u64, msg: &Message<'_>) {
         if msg.defect.is_some() {
             return;
         }
@@ -408,7 +408,7 @@ impl<R: Clone> Proxy<R> {
                     return;
                 }
                 if code == 408 || (500..600).contains(&code) {
-                    self.failover(now, now_ms(), &key, Some(relayed));
+                    self.failover(now, now_ms, &key, Some(relayed));
                 } else {
                     self.finish(now, &key, relayed);
                 }
