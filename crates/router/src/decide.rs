@@ -169,10 +169,11 @@ impl RouterCore {
             && let Some(owner) = self.board.owner_of(link)
         {
             // Only the owner holds the message: never another server.
+            // Fresh, up, and answering this router's probes: else the caller hears 480
+            // now rather than a proxy timeout later.
             let v = self.board.slots[owner].view();
-            if !v.fresh(self.board.status_time(now_ms), self.ttl_ms)
-                || v.state != boxless_core::ServerState::Up
-            {
+            let state = v.effective_state(self.board.status_time(now_ms), self.ttl_ms);
+            if state != boxless_core::ServerState::Up {
                 return Verdict::Respond {
                     code: 480,
                     reason: "Temporarily Unavailable",
@@ -430,6 +431,13 @@ mod tests {
                 ..
             }
         ));
+        // Fresh and up by its status, but dead to this router's probes: 480.
+        c.board.slots[1].set_probe_down(true);
+        assert!(matches!(
+            decide(&c, &invite("+18005550160", "")),
+            Verdict::Respond { code: 480, .. }
+        ));
+        c.board.slots[1].set_probe_down(false);
         let mut v = c.board.slots[1].view();
         v.state = ServerState::Down;
         c.board.slots[1].publish(v);
