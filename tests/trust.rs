@@ -61,20 +61,17 @@ async fn strangers_get_403_and_nothing_is_created() {
             .expect("an answer");
         assert!(got.starts_with("SIP/2.0 403 Forbidden\r\n"), "{got}");
     }
-    // TCP: one 403, then the connection is closed.
-    let s = tokio::net::TcpSocket::new_v4().unwrap();
-    s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
-    let mut c = s.connect(sys.running.router).await.unwrap();
-    c.write_all(invite(sys.running.router, "127.0.0.3", "t1").as_bytes())
-        .await
-        .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut all))
-        .await
-        .expect("closed by the router")
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
+    // TCP: one 403, then the connection is closed (read_to_end returns).
+    let to = sys.running.router;
+    let (text, closed) = tcp_ask(
+        "127.0.0.3",
+        to,
+        &invite(to, "127.0.0.3", "t1"),
+        Duration::from_secs(3),
+    )
+    .await;
     assert!(text.starts_with("SIP/2.0 403 Forbidden\r\n"), "{text}");
+    assert!(closed, "closed by the router after its one answer");
     // The same INVITE from the trusted address is routed.
     let got = udp_ask(
         "127.0.0.1",
@@ -302,6 +299,50 @@ async fn verified_caller_id_alone_stands_in_for_the_code() {
     assert!(
         common::find_in(&out.heard, &stored) >= 0.8,
         "verified: heard"
+    );
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+/// Sends `msg` over TCP from `from` and reads what comes back within `wait`; true when
+/// the far end closed the connection in that time.
+async fn tcp_ask(from: &str, to: SocketAddr, msg: &str, wait: Duration) -> (String, bool) {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut c = s.connect(to).await.unwrap();
+    c.write_all(msg.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let closed = tokio::time::timeout(wait, c.read_to_end(&mut all))
+        .await
+        .is_ok();
+    (String::from_utf8_lossy(&all).into_owned(), closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_mode_over_tcp_keeps_the_same_boundary() {
+    let sys = system(
+        "tcpproxy",
+        "proxy",
+        "[sip]\ntrusted_peers = [\"127.0.0.1/32\"]\n",
+    )
+    .await;
+    let to = sys.running.router;
+    let (got, closed) = tcp_ask(
+        "127.0.0.3",
+        to,
+        &invite(to, "127.0.0.3", "tp1"),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        got.starts_with("SIP/2.0 403 Forbidden\r\n") && closed,
+        "{got}"
+    );
+    // Trusted: the proxy takes it (100 Trying, then the server's answer relayed).
+    let inv = invite(to, "127.0.0.1", "tp2").replace("UDP", "TCP");
+    let (got, closed) = tcp_ask("127.0.0.1", to, &inv, Duration::from_millis(1500)).await;
+    assert!(
+        got.starts_with("SIP/2.0 100 Trying\r\n") && !closed,
+        "{got}"
     );
     let _ = std::fs::remove_dir_all(&sys.data);
 }

@@ -277,6 +277,16 @@ async fn tcp_conn(
     let mut scratch = String::new();
     let counters = Counters::new();
     while let Some(bytes) = conn.next().await {
+        // A trusted peer's messages go to the proxy task unparsed: it parses each once
+        // and runs the flood guard there.
+        if trusted && let Some(p) = &proxy {
+            let _ = p.try_send(ProxyInput::Datagram {
+                bytes,
+                src: peer,
+                reply: Some(conn.writer.clone()),
+            });
+            continue;
+        }
         let Ok(msg) = Message::parse(&bytes, true) else {
             counters.unparseable.increment(1);
             continue;
@@ -291,14 +301,6 @@ async fn tcp_conn(
             if !trusted {
                 break; // one answer, then the connection closes
             }
-            continue;
-        }
-        if let Some(p) = &proxy {
-            let _ = p.try_send(ProxyInput::Datagram {
-                bytes,
-                src: peer,
-                reply: Some(conn.writer.clone()),
-            });
             continue;
         }
         let v = core.decide(&msg, now, &mut rng);

@@ -678,12 +678,27 @@ pub async fn run(
             input = rx.recv() => {
                 // Streams (TCP connections) hand their messages over with a reply queue.
                 let Some(ProxyInput::Datagram { bytes, src, reply }) = input else { return };
-                let stream = reply.is_some();
+                let Ok(msg) = Message::parse(&bytes, reply.is_some()) else {
+                    counters.unparseable.increment(1);
+                    continue;
+                };
+                let now = now_ms();
+                let admission = core.admit(&msg, src.ip(), now);
+                if admission != Admission::Pass {
+                    counters.refused(admission, src.ip());
+                    refusal.clear();
+                    if let Some(tx) = &reply
+                        && core.write(&msg, RouterCore::refuse(admission), &mut scratch, &mut refusal)
+                    {
+                        let _ = tx.try_send(refusal.clone());
+                    }
+                    continue;
+                }
                 let reply = match reply {
                     Some(tx) => Reply::Tcp(tx),
                     None => Reply::Udp(src),
                 };
-                p.handle(Instant::now(), now_ms(), &bytes, stream, reply);
+                p.handle_parsed(Instant::now(), now, &msg, &bytes, reply);
             }
             _ = async {
                 match deadline {
