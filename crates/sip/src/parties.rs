@@ -60,13 +60,16 @@ pub fn caller(msg: &Message<'_>) -> Option<String> {
 pub fn caller_verified(msg: &Message<'_>) -> bool {
     let id = msg
         .header_values("p-asserted-identity")
-        .next()
-        .filter(|v| NameAddr::parse(v).is_some())
-        .unwrap_or(msg.from);
-    verstat(id).is_some_and(|v| v.eq_ignore_ascii_case("TN-Validation-Passed"))
+        .find_map(NameAddr::parse)
+        .or_else(|| NameAddr::parse(msg.from));
+    // In the URI or the header's parameters only: a display name is the caller's own
+    // text, and a forger could write anything there.
+    id.and_then(|n| verstat(n.uri).or_else(|| crate::hdr::param(n.params, "verstat").flatten()))
+        .is_some_and(|v| v.eq_ignore_ascii_case("TN-Validation-Passed"))
 }
 
-/// The value of the first `verstat=` parameter anywhere in a name-addr.
+/// The value of the first `verstat=` parameter in a URI (a tel or user parameter, or a
+/// URI parameter).
 fn verstat(v: &str) -> Option<&str> {
     let lower = v.to_ascii_lowercase();
     let at = lower.find(";verstat=")? + ";verstat=".len();
@@ -115,6 +118,20 @@ mod tests {
         // does not vouch for it.
         let pai = "P-Asserted-Identity: <sip:+15551230002@h;verstat=TN-Validation-Passed>\r\n";
         assert!(ok(m(pai, plain)));
+        // Hostile: the text in a display name, an empty value, a look-alike value.
+        assert!(!ok(m(
+            "",
+            "\"x;verstat=TN-Validation-Passed\" <sip:+15551230002@h>"
+        )));
+        assert!(!ok(m("", "<sip:+15551230002;verstat=@h>")));
+        assert!(!ok(m(
+            "",
+            "<tel:+15551230002;verstat=TN-Validation-Passed-Not>"
+        )));
+        assert!(ok(m(
+            "",
+            "<sip:+15551230002@h>;verstat=TN-Validation-Passed"
+        )));
         let pai_plain = "P-Asserted-Identity: <sip:+15551230002@h>\r\n";
         assert!(!ok(m(
             pai_plain,
