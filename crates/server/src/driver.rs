@@ -257,7 +257,11 @@ impl MessagingServer {
             let s = self.clone();
             let res = tokio::task::spawn_blocking(move || {
                 let offset = s.utc_offset;
-                s.store.sweep(now_ms(), &policy, |m, expires| {
+                let now = now_ms();
+                if let Err(e) = s.store.prune_outbox(now) {
+                    tracing::error!(error = %e, "pruning finished notifications failed");
+                }
+                s.store.sweep(now, &policy, |m, expires| {
                     text::reminder_sms(m.caller, m.link_number, expires, offset)
                 })
             })

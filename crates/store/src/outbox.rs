@@ -20,6 +20,12 @@ use crate::{Result, Store, sql_ms};
 /// One rolling hour.
 pub const HOUR_MS: u64 = 3_600_000;
 
+/// Finished rows that belong to no message (missed-call alerts, digests and the notices
+/// merged into them) are kept this long after their last change, longer than the hour
+/// they count in and than any missed-call merge window, then pruned: a flood of short
+/// calls cannot grow the outbox without end.
+pub const KEEP_FINISHED_MS: u64 = 2 * HOUR_MS;
+
 /// What a job notifies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JobKind {
@@ -34,16 +40,6 @@ pub enum JobKind {
 }
 
 impl JobKind {
-    /// The stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Message => "message",
-            JobKind::MissedCall => "missed_call",
-            JobKind::Reminder => "reminder",
-            JobKind::Digest => "digest",
-        }
-    }
-
     fn parse(s: &str) -> JobKind {
         match s {
             "missed_call" => JobKind::MissedCall,
@@ -264,6 +260,17 @@ impl Store {
         Ok(digest)
     }
 
+    /// Removes the finished rows of no message older than [`KEEP_FINISHED_MS`] (never one
+    /// merged into a digest that is still to go). Returns how many went.
+    pub fn prune_outbox(&self, now: u64) -> Result<usize> {
+        Ok(self.db().execute(
+            "DELETE FROM outbox WHERE message_id IS NULL AND state IN ('sent', 'blocked', 'merged')
+             AND COALESCE(sent_at_ms, created_ms) < ?1
+             AND NOT EXISTS (SELECT 1 FROM outbox d WHERE d.id = outbox.digest_id AND d.state = 'pending')",
+            [sql_ms(now.saturating_sub(KEEP_FINISHED_MS))],
+        )?)
+    }
+
     /// A job that may not go before `at` (its number's hour is full): waits, no attempt
     /// counted.
     pub fn defer(&self, job: &OutboxJob, at: u64) -> Result<()> {
@@ -293,7 +300,8 @@ impl Store {
         })?;
         for row in rows {
             let (kind, count, caller, source, created) = row?;
-            match JobKind::parse(&kind) {
+            let kind = JobKind::parse(&kind);
+            match kind {
                 JobKind::Message => {
                     f.messages += 1;
                     if f.link.is_none() {
@@ -304,7 +312,7 @@ impl Store {
                 JobKind::Reminder => f.reminders += 1,
                 JobKind::Digest => {}
             }
-            if kind != "reminder" && !f.callers.contains(&caller) {
+            if kind != JobKind::Reminder && !f.callers.contains(&caller) {
                 f.callers.push(caller);
             }
             f.since_ms = created;
