@@ -87,6 +87,15 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             "set both http.tls_cert and http.tls_key (PEM files), or neither",
         ));
     }
+    for (key, path) in [
+        ("http.tls_cert", &h.tls_cert),
+        ("http.tls_key", &h.tls_key),
+        ("http.tls_ca", &h.tls_ca),
+        ("control.credentials_file", &c.control.credentials_file),
+        ("control.tls_ca_file", &c.control.tls_ca_file),
+    ] {
+        readable(path, key, err)?;
+    }
     let sms_password = match (&c.sms.password, c.sms.password_file.as_str()) {
         (Some(_), f) if !f.is_empty() => {
             return Err(e(
@@ -113,6 +122,12 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
         return Err(e(
             "sms.max_per_recipient_per_hour",
             "must be at least 1 (default 10); notices past it are merged into a digest",
+        ));
+    }
+    if c.sms.missed_call_merge_minutes > 60 {
+        return Err(e(
+            "sms.missed_call_merge_minutes",
+            "must be 0 (no merging) to 60 (default 10)",
         ));
     }
     if c.retrieval.max_wrong_codes_per_link == 0 {
@@ -266,6 +281,17 @@ fn parse_sha256(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A file a key names must be there to read (empty: not set), so that start-up, not the
+/// first HTTPS client or NATS reconnect, says which key is wrong.
+fn readable(path: &str, key: &str, err: Err<'_>) -> Result<(), ConfigError> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|e| err(key.into(), format!("cannot read `{path}`: {e}")))
+}
+
 /// The first line of a secret file. A file anyone on the host may read is refused: the
 /// point of the file is that only the service user can.
 fn read_secret(path: &str, key: &str, err: Err<'_>) -> Result<Secret, ConfigError> {
@@ -338,6 +364,66 @@ mod tests {
         assert!(load("[control]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:4222\"\n").is_ok());
         let e = load("[control]\nuser = \"a\"\n").unwrap_err();
         assert_eq!(e.key, "control.user");
+        for (text, key) in [
+            (
+                "[sip]\nmax_invites_per_second_per_peer = 0\n",
+                "sip.max_invites_per_second_per_peer",
+            ),
+            ("[sip]\ntrusted_peers = []\n", "sip.trusted_peers"),
+            (
+                "[sip]\ntrusted_peers = [\"10.0.0.0/8\", 7]\n",
+                "sip.trusted_peers",
+            ),
+            (
+                "[sms]\nmax_per_recipient_per_hour = 0\n",
+                "sms.max_per_recipient_per_hour",
+            ),
+            (
+                "[sms]\nmissed_call_merge_minutes = 61\n",
+                "sms.missed_call_merge_minutes",
+            ),
+            (
+                "[sms]\nallowed_prefixes = [\"+\"]\n",
+                "sms.allowed_prefixes[0]",
+            ),
+            (
+                "[sms]\nallowed_prefixes = [\"+1234567890123456\"]\n",
+                "sms.allowed_prefixes[0]",
+            ),
+            (
+                "[retrieval]\nmax_wrong_codes_per_link = 0\n",
+                "retrieval.max_wrong_codes_per_link",
+            ),
+            (
+                "[retrieval]\ntrust_caller_id = \"anyone\"\n",
+                "retrieval.trust_caller_id",
+            ),
+            ("[http]\nauth = \"basic\"\n", "http.auth"),
+            (
+                "[http]\ntls_cert = \"/nonexistent/api.crt\"\n",
+                "http.tls_key",
+            ),
+            (
+                "[http]\ntls_cert = \"/nonexistent/a.crt\"\ntls_key = \"/nonexistent/a.key\"\n",
+                "http.tls_cert",
+            ),
+            (
+                "[control]\ntls_ca_file = \"/nonexistent/ca.crt\"\n",
+                "control.tls_ca_file",
+            ),
+            (
+                "[control]\ncredentials_file = \"/nonexistent/x.creds\"\n",
+                "control.credentials_file",
+            ),
+            (
+                "[control]\npassword_file = \"/nonexistent/pw\"\n",
+                "control.password_file",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert_eq!(e.key, key, "{text}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
     }
 
     #[test]
