@@ -35,6 +35,8 @@ pub async fn run(
     handle: Arc<NotifierHandle>,
 ) {
     handle.healthy.store(true, Ordering::Relaxed);
+    // Shared with each job's blocking step without copying the prefix list.
+    let spend = Arc::new(spend);
     loop {
         let now = now_ms();
         let s = store.clone();
@@ -106,7 +108,7 @@ pub async fn run(
 /// link written now), or None when it is blocked, merged or deferred.
 async fn apply_spend(
     store: &Arc<Store>,
-    spend: &SpendPolicy,
+    spend: &Arc<SpendPolicy>,
     job: OutboxJob,
     utc_offset_min: i32,
 ) -> Option<OutboxJob> {

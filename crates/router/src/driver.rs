@@ -159,11 +159,18 @@ impl Counters {
         }
     }
 
-    /// Counts what the gate refused (every message from an untrusted source, answered or
-    /// not, and every INVITE over a peer's rate).
-    pub(crate) fn refused(&self, a: Admission, src: std::net::IpAddr) {
+    /// Asks the trust boundary about `msg` from `src`: None when it goes on, else the
+    /// refusal to write for it (counted; `Absorb` when nothing is to be answered).
+    pub(crate) fn gate(
+        &self,
+        core: &RouterCore,
+        msg: &Message<'_>,
+        src: std::net::IpAddr,
+        now: u64,
+    ) -> Option<Verdict> {
+        let a = core.admit(msg, src, now);
         match a {
-            Admission::Pass => {}
+            Admission::Pass => return None,
             Admission::Flood => {
                 self.flood.increment(1);
                 tracing::debug!(%src, "INVITE over the peer's rate: 503");
@@ -173,6 +180,7 @@ impl Counters {
                 tracing::debug!(%src, "untrusted source refused");
             }
         }
+        Some(RouterCore::refuse(a))
     }
 
     fn count(&self, v: &Verdict) {
@@ -218,13 +226,9 @@ fn redirect_udp(core: Arc<RouterCore>, sock: std::net::UdpSocket, max: usize, mu
             continue;
         };
         let now = now_ms();
-        let v = match core.admit(&msg, src.ip(), now) {
-            Admission::Pass => core.decide(&msg, now, &mut rng),
-            a => {
-                counters.refused(a, src.ip());
-                RouterCore::refuse(a)
-            }
-        };
+        let v = counters
+            .gate(&core, &msg, src.ip(), now)
+            .unwrap_or_else(|| core.decide(&msg, now, &mut rng));
         counters.count(&v);
         if core.write(&msg, v, &mut scratch, &mut out) {
             let _ = sock.send_to(&out, target);
@@ -292,10 +296,8 @@ async fn tcp_conn(
             continue;
         };
         let now = now_ms();
-        let admission = core.admit(&msg, peer.ip(), now);
-        if admission != Admission::Pass {
-            counters.refused(admission, peer.ip());
-            if core.write(&msg, RouterCore::refuse(admission), &mut scratch, &mut out) {
+        if let Some(refusal) = counters.gate(&core, &msg, peer.ip(), now) {
+            if core.write(&msg, refusal, &mut scratch, &mut out) {
                 let _ = conn.writer.try_send(out.clone());
             }
             if !trusted {

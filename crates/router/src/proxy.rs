@@ -19,7 +19,7 @@ use boxless_sip::{Message, Method, hdr, response_target, write_response};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::decide::{Admission, RouterCore, Verdict};
+use crate::decide::{RouterCore, Verdict};
 use crate::policy;
 
 /// Proxy timers.
@@ -662,14 +662,11 @@ pub async fn run(
                 // Responses are matched by branch; requests answer per §18.2.2.
                 let target = msg.reply_via().map_or(src, |v| response_target(&v, src));
                 let now = now_ms();
-                match core.admit(&msg, src.ip(), now) {
-                    Admission::Pass => {
-                        p.handle_parsed(Instant::now(), now, &msg, bytes, Reply::Udp(target))
-                    }
-                    a => {
-                        counters.refused(a, src.ip());
+                match counters.gate(&core, &msg, src.ip(), now) {
+                    None => p.handle_parsed(Instant::now(), now, &msg, bytes, Reply::Udp(target)),
+                    Some(v) => {
                         refusal.clear();
-                        if core.write(&msg, RouterCore::refuse(a), &mut scratch, &mut refusal) {
+                        if core.write(&msg, v, &mut scratch, &mut refusal) {
                             let _ = sock.send_to(&refusal, target).await;
                         }
                     }
@@ -683,12 +680,10 @@ pub async fn run(
                     continue;
                 };
                 let now = now_ms();
-                let admission = core.admit(&msg, src.ip(), now);
-                if admission != Admission::Pass {
-                    counters.refused(admission, src.ip());
+                if let Some(v) = counters.gate(&core, &msg, src.ip(), now) {
                     refusal.clear();
                     if let Some(tx) = &reply
-                        && core.write(&msg, RouterCore::refuse(admission), &mut scratch, &mut refusal)
+                        && core.write(&msg, v, &mut scratch, &mut refusal)
                     {
                         let _ = tx.try_send(refusal.clone());
                     }
