@@ -12,4 +12,4 @@ pub use dtmf::DtmfDetector;
 pub use g711::Codec;
 pub use prompts::Prompts;
 pub use rtp::{FRAME, Received, RtpReceiver, RtpSender};
-pub use sdp::{Negotiated, SdpError, negotiate, write_sdp};
+pub use sdp::{Direction, Negotiated, SdpError, negotiate, write_sdp};

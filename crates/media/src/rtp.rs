@@ -59,6 +59,11 @@ impl RtpReceiver {
         }
     }
 
+    /// The payload types after a new offer/answer (a codec change keeps the recording).
+    pub fn set_payload(&mut self, codec: Codec, pt: u8, dtmf_pt: Option<u8>) {
+        (self.codec, self.pt, self.dtmf_pt) = (codec, pt, dtmf_pt);
+    }
+
     /// Takes one datagram.
     pub fn receive(&mut self, datagram: &[u8]) -> Received {
         let Ok(p) = rtp_types::RtpPacket::parse(datagram) else {
@@ -205,6 +210,13 @@ impl RtpSender {
             codec,
             pt,
             marker: true,
+        }
+    }
+
+    /// The voice codec after a new offer/answer; the stream (SSRC, sequence) goes on.
+    pub fn set_payload(&mut self, codec: Codec, pt: u8) {
+        if (codec, pt) != (self.codec, self.pt) {
+            (self.codec, self.pt, self.marker) = (codec, pt, true);
         }
     }
 

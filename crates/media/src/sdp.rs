@@ -23,6 +23,61 @@ pub enum SdpError {
     BadAddress,
 }
 
+/// Which way media flows, as one side's SDP says it (RFC 3264 §5.1, §8.4: hold).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    /// Both ways (the default).
+    #[default]
+    SendRecv,
+    /// This side only sends (the other is put on hold).
+    SendOnly,
+    /// This side only receives.
+    RecvOnly,
+    /// Neither (both on hold).
+    Inactive,
+}
+
+impl Direction {
+    /// The attribute name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::SendRecv => "sendrecv",
+            Direction::SendOnly => "sendonly",
+            Direction::RecvOnly => "recvonly",
+            Direction::Inactive => "inactive",
+        }
+    }
+
+    /// What an answer to an offer with this direction says (RFC 3264 §6.1).
+    pub fn answer(self) -> Direction {
+        match self {
+            Direction::SendOnly => Direction::RecvOnly,
+            Direction::RecvOnly => Direction::SendOnly,
+            d => d,
+        }
+    }
+
+    /// True when the side whose SDP this is will send media.
+    pub fn sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+
+    /// True when the side whose SDP this is wants media.
+    pub fn receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+
+    fn parse(attr: &str) -> Option<Direction> {
+        Some(match attr.to_ascii_lowercase().as_str() {
+            "sendrecv" => Direction::SendRecv,
+            "sendonly" => Direction::SendOnly,
+            "recvonly" => Direction::RecvOnly,
+            "inactive" => Direction::Inactive,
+            _ => return None,
+        })
+    }
+}
+
 /// The outcome of an offer: what both ends will use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Negotiated {
@@ -32,8 +87,17 @@ pub struct Negotiated {
     pub pt: u8,
     /// telephone-event payload type, if offered.
     pub dtmf_pt: Option<u8>,
-    /// Where the peer wants RTP.
+    /// Where the peer wants RTP (`0.0.0.0`: RFC 2543 hold, send nothing).
     pub remote: SocketAddr,
+    /// The peer's direction.
+    pub direction: Direction,
+}
+
+impl Negotiated {
+    /// True when the peer wants media from us now (not on hold, a real address).
+    pub fn peer_receives(&self) -> bool {
+        self.direction.receives() && !self.remote.ip().is_unspecified()
+    }
 }
 
 /// Picks the first offered codec Boxless speaks, keeping the offer's order (RFC 3264 §6.1).
@@ -90,23 +154,38 @@ pub fn negotiate(offer: &[u8]) -> Result<Negotiated, SdpError> {
         }
     }
     let (codec, pt) = codec.ok_or(SdpError::NoCommonCodec)?;
+    // A media-level direction overrides the session-level one (RFC 4566 §6).
+    let direction = media
+        .attributes
+        .iter()
+        .chain(s.attributes.iter())
+        .find_map(|a| Direction::parse(&a.attribute))
+        .unwrap_or_default();
     Ok(Negotiated {
         codec,
         pt,
         dtmf_pt,
         remote: SocketAddr::new(ip, media.port),
+        direction,
     })
 }
 
-/// Writes an answer (or, with `offer_all`, an offer of PCMU, PCMA and telephone-event 101).
-pub fn write_sdp(local: SocketAddr, session_id: u64, neg: Option<&Negotiated>) -> String {
+/// Writes an answer to `neg` (or, without it, an offer of PCMU, PCMA and telephone-event
+/// 101). `version` is the `o=` line's: it rises with every new offer or answer in a
+/// session (RFC 3264 §8).
+pub fn write_sdp(
+    local: SocketAddr,
+    session_id: u64,
+    version: u64,
+    neg: Option<&Negotiated>,
+) -> String {
     let ipv = if local.is_ipv4() { "IP4" } else { "IP6" };
     let ip = local.ip();
     let mut s = String::with_capacity(256);
     // Writing to a String cannot fail.
     let _ = write!(
         s,
-        "v=0\r\no=boxless {session_id} {session_id} IN {ipv} {ip}\r\ns=boxless\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n"
+        "v=0\r\no=boxless {session_id} {version} IN {ipv} {ip}\r\ns=boxless\r\nc=IN {ipv} {ip}\r\nt=0 0\r\n"
     );
     let (voice, dtmf): (Vec<(u8, &str)>, Option<u8>) = match neg {
         Some(n) => (vec![(n.pt, n.codec.name())], n.dtmf_pt),
@@ -129,7 +208,8 @@ pub fn write_sdp(local: SocketAddr, session_id: u64, neg: Option<&Negotiated>) -
             "a=rtpmap:{d} telephone-event/8000\r\na=fmtp:{d} 0-16\r\n"
         );
     }
-    s.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    let direction = neg.map_or(Direction::SendRecv, |n| n.direction.answer());
+    let _ = write!(s, "a=ptime:20\r\na={}\r\n", direction.as_str());
     s
 }
 
@@ -145,10 +225,29 @@ mod tests {
         assert_eq!(n.codec, Codec::Pcma);
         assert_eq!(n.dtmf_pt, Some(101));
         assert_eq!(n.remote, "127.0.0.1:6000".parse().unwrap());
-        let ans = write_sdp("127.0.0.1:20000".parse().unwrap(), 5, Some(&n));
+        assert_eq!(n.direction, Direction::SendRecv);
+        let ans = write_sdp("127.0.0.1:20000".parse().unwrap(), 5, 5, Some(&n));
         let back = negotiate(ans.as_bytes()).unwrap();
         assert_eq!(back.codec, Codec::Pcma);
         assert_eq!(back.remote.port(), 20000);
+    }
+
+    #[test]
+    fn hold_is_answered_in_the_reverse_direction() {
+        let held = format!("{OFFER}a=sendonly\r\n");
+        let n = negotiate(held.as_bytes()).unwrap();
+        assert_eq!(n.direction, Direction::SendOnly);
+        assert!(!n.peer_receives());
+        let ans = write_sdp("127.0.0.1:20000".parse().unwrap(), 5, 6, Some(&n));
+        assert!(ans.contains("a=recvonly\r\n") && ans.contains("o=boxless 5 6 "));
+        let old = OFFER.replace("c=IN IP4 127.0.0.1", "c=IN IP4 0.0.0.0");
+        let n = negotiate(old.as_bytes()).unwrap();
+        assert!(!n.peer_receives(), "RFC 2543 hold");
+        let session = OFFER.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n");
+        assert_eq!(
+            negotiate(session.as_bytes()).unwrap().direction,
+            Direction::Inactive
+        );
     }
 
     #[test]

@@ -101,7 +101,8 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
     let mut rng = Rng::from_entropy();
     let call_id = format!("{:016x}@boxless-phone", rng.next_u64());
     let tag = format!("{:08x}", rng.next_u64() as u32);
-    let sdp = write_sdp(rtp_addr, rng.next_u64() >> 33, None);
+    let sess = rng.next_u64() >> 33;
+    let sdp = write_sdp(rtp_addr, sess, sess, None);
     let mut out = CallOutcome::default();
     let mut leg = Leg {
         target: opts.via,

@@ -132,7 +132,9 @@ impl RouterCore {
                 reason: "OK",
                 extra: Extra::Allow,
             },
-            Method::Cancel | Method::Bye => respond(481, "Call/Transaction Does Not Exist"),
+            Method::Cancel | Method::Bye | Method::Update => {
+                respond(481, "Call/Transaction Does Not Exist")
+            }
             Method::Register | Method::Info => Verdict::Respond {
                 code: 405,
                 reason: "Method Not Allowed",
@@ -159,37 +161,41 @@ impl RouterCore {
                 extra: Extra::Unsupported,
             };
         }
-        let diverted = msg.header("diversion").is_some() || msg.header("history-info").is_some();
-        let ruri_number = msg
-            .request_uri()
-            .and_then(parties::user)
-            .and_then(|u| self.numbering.normalize(&u));
-        if !diverted
-            && let Some(link) = ruri_number
-            && let Some(owner) = self.board.owner_of(link)
-        {
-            // Only the owner holds the message: never another server.
-            // Fresh, up, and answering this router's probes: else the caller hears 480
-            // now rather than a proxy timeout later.
-            let v = self.board.slots[owner].view();
-            let state = v.effective_state(self.board.status_time(now_ms), self.ttl_ms);
-            if state != boxless_core::ServerState::Up {
-                return Verdict::Respond {
-                    code: 480,
-                    reason: "Temporarily Unavailable",
-                    extra: Extra::RetryAfter,
+        let owner = std::cell::Cell::new(None);
+        let target = parties::target(
+            msg,
+            |u| self.numbering.normalize(u),
+            |n| {
+                owner.set(self.board.owner_of(n));
+                owner.get().is_some()
+            },
+        );
+        let recipient = match target {
+            None => return respond(404, "Not Found"),
+            Some(parties::Target::Deposit(r)) => r,
+            Some(parties::Target::Retrieval(link)) => {
+                // Only the owner holds the message: never another server.
+                // Fresh, up, and answering this router's probes: else the caller hears 480
+                // now rather than a proxy timeout later.
+                let Some(owner) = owner.get() else {
+                    return respond(404, "Not Found");
+                };
+                let v = self.board.slots[owner].view();
+                let state = v.effective_state(self.board.status_time(now_ms), self.ttl_ms);
+                if state != boxless_core::ServerState::Up {
+                    return Verdict::Respond {
+                        code: 480,
+                        reason: "Temporarily Unavailable",
+                        extra: Extra::RetryAfter,
+                    };
+                }
+                return Verdict::Route {
+                    server: owner,
+                    user: link,
+                    retrieval: true,
+                    alternates: policy::Alternates::default(),
                 };
             }
-            return Verdict::Route {
-                server: owner,
-                user: link,
-                retrieval: true,
-                alternates: policy::Alternates::default(),
-            };
-        }
-        let Some(recipient) = parties::recipient(msg).and_then(|u| self.numbering.normalize(&u))
-        else {
-            return respond(404, "Not Found");
         };
         let at = self.board.status_time(now_ms);
         match policy::pick(&self.board, at, self.ttl_ms, rng) {

@@ -1,13 +1,19 @@
-//! SIP messages for Boxless: zero-copy parsing, stream framing and printing, with no I/O.
+//! SIP for Boxless with no I/O: zero-copy parsing, stream framing, printing, and the
+//! transaction and dialog state a UAS needs (time is an argument, output is returned).
 #![warn(missing_docs)]
 
+pub mod dialog;
 pub mod frame;
 pub mod hdr;
 pub mod parse;
 pub mod parties;
+pub mod session;
+pub mod tsx;
 pub mod write;
 
+pub use dialog::{Dialog, DialogError, DialogId, Local};
 pub use frame::{Frame, frame};
 pub use hdr::{CSeq, NameAddr, Uri, Via};
 pub use parse::{Defect, Error, Header, Message, Method, StartLine};
-pub use write::{response_target, stateless_tag, write_response};
+pub use tsx::{Fired, SipTimers, UacNonInvite, UasInvite};
+pub use write::{Request, response_target, stateless_tag, write_request, write_response};

@@ -48,6 +48,8 @@ pub enum Method<'a> {
     Register,
     /// INFO
     Info,
+    /// UPDATE (RFC 3311)
+    Update,
     /// Any other method token.
     Other(&'a str),
 }
@@ -63,6 +65,7 @@ impl<'a> Method<'a> {
             "OPTIONS" => Method::Options,
             "REGISTER" => Method::Register,
             "INFO" => Method::Info,
+            "UPDATE" => Method::Update,
             other => Method::Other(other),
         }
     }
@@ -77,6 +80,7 @@ impl<'a> Method<'a> {
             Method::Options => "OPTIONS",
             Method::Register => "REGISTER",
             Method::Info => "INFO",
+            Method::Update => "UPDATE",
             Method::Other(s) => s,
         }
     }
@@ -631,6 +635,7 @@ pub fn header_is(name: &str, canonical: &str) -> bool {
             b'f' => "from",
             b's' => "subject",
             b'k' => "supported",
+            b'x' => "session-expires",
             b't' => "to",
             b'v' => "via",
             _ => return name.eq_ignore_ascii_case(canonical),

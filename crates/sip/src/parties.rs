@@ -8,6 +8,35 @@
 use crate::hdr::{NameAddr, Uri, unescape_into};
 use crate::parse::Message;
 
+/// What a call is for (INTERFACE.md "SIP"): the one rule the router and the servers share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<N> {
+    /// A call to a link number, not forwarded: play that number's messages.
+    Retrieval(N),
+    /// Anything else: leave a message for this recipient.
+    Deposit(N),
+}
+
+/// Deposit or retrieval: a Request-URI that `normalize`s to a number `is_link` knows is a
+/// retrieval unless the call was forwarded (Diversion or History-Info: someone forwarded
+/// their phone to a number that happens to be a link number). `None`: no recipient.
+pub fn target<N: Copy>(
+    msg: &Message<'_>,
+    normalize: impl Fn(&str) -> Option<N>,
+    is_link: impl Fn(N) -> bool,
+) -> Option<Target<N>> {
+    let diverted = msg.header("diversion").is_some() || msg.header("history-info").is_some();
+    if !diverted
+        && let Some(n) = msg.request_uri().and_then(user).and_then(|u| normalize(&u))
+        && is_link(n)
+    {
+        return Some(Target::Retrieval(n));
+    }
+    recipient(msg)
+        .and_then(|u| normalize(&u))
+        .map(Target::Deposit)
+}
+
 /// The recipient's user part, decoded.
 pub fn recipient(msg: &Message<'_>) -> Option<String> {
     if let Some(d) = msg.header_values("diversion").next() {

@@ -1,4 +1,5 @@
-//! Printing responses into a caller-owned buffer (no allocation once the buffer is warm).
+//! Printing requests and responses into a caller-owned buffer (no allocation once the
+//! buffer is warm).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -87,6 +88,66 @@ pub fn write_response(
         let _ = write!(out, "CSeq: {} {}\r\n", cseq.seq, cseq.method);
     }
     out.extend_from_slice(extra);
+    write_body(out, body);
+}
+
+/// A request to print: the parts a UAC chooses. Dialog requests get these from
+/// [`crate::Dialog::request`]; out-of-dialog ones (a test phone's INVITE) fill them in.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Method token (`BYE`, `UPDATE`, ...).
+    pub method: &'a str,
+    /// Request-URI.
+    pub uri: &'a str,
+    /// Via transport token (`UDP`, `TCP`, `TLS`).
+    pub transport: &'a str,
+    /// Via sent-by (`host:port`).
+    pub sent_by: &'a str,
+    /// Via branch (starts with the RFC 3261 magic cookie).
+    pub branch: &'a str,
+    /// Route header values, in order.
+    pub route: &'a [String],
+    /// From value, with its tag.
+    pub from: &'a str,
+    /// To value (with the remote tag inside a dialog).
+    pub to: &'a str,
+    /// Call-ID.
+    pub call_id: &'a str,
+    /// CSeq number (the method is `method`).
+    pub cseq: u32,
+    /// Contact URI, if the request carries one.
+    pub contact: Option<&'a str>,
+    /// Further complete header lines, each ending in CRLF.
+    pub extra: &'a [u8],
+    /// Content type and body.
+    pub body: Option<(&'a str, &'a [u8])>,
+}
+
+/// Writes `r` into `out` (cleared first), with `Max-Forwards: 70`.
+pub fn write_request(out: &mut Vec<u8>, r: &Request<'_>) {
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{} {} SIP/2.0\r\nVia: SIP/2.0/{} {};branch={};rport\r\nMax-Forwards: 70\r\n",
+        r.method, r.uri, r.transport, r.sent_by, r.branch
+    );
+    for route in r.route {
+        let _ = write!(out, "Route: {route}\r\n");
+    }
+    let _ = write!(
+        out,
+        "From: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {}\r\n",
+        r.from, r.to, r.call_id, r.cseq, r.method
+    );
+    if let Some(c) = r.contact {
+        let _ = write!(out, "Contact: <{c}>\r\n");
+    }
+    out.extend_from_slice(r.extra);
+    write_body(out, r.body);
+}
+
+fn write_body(out: &mut Vec<u8>, body: Option<(&str, &[u8])>) {
     match body {
         Some((ctype, b)) => {
             let _ = write!(

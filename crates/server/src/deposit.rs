@@ -1,0 +1,388 @@
+//! A deposit: greeting and tone, record until BYE / `#` / silence / maximum length, store,
+//! then hang up. Sans-IO, over the caller's [`Leg`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxless_core::TimerTable;
+use boxless_media::{Codec, FRAME, Negotiated, Received, RtpReceiver};
+use boxless_sip::Message;
+
+use crate::call::{Answer, CallSettings, EndReason, Output, Playout};
+use crate::leg::{Leg, LegEvent, PendingBye};
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    /// Late offer: answered, the media comes with the ACK.
+    AwaitingMedia,
+    Greeting,
+    Recording,
+    Storing,
+    /// Our BYE is out.
+    Closing,
+    Done,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// The next greeting packet.
+    Frame,
+    /// Silence ends the recording.
+    Silence,
+    /// The longest message.
+    MaxLength,
+}
+
+impl From<Timer> for usize {
+    fn from(t: Timer) -> usize {
+        t as usize
+    }
+}
+
+/// One deposit call.
+#[derive(Debug)]
+pub struct Deposit {
+    s: CallSettings,
+    leg: Leg,
+    out: VecDeque<Output>,
+    phase: Phase,
+    reason: Option<EndReason>,
+    timers: TimerTable<Timer, 3>,
+    greeting: Arc<[i16]>,
+    play_pos: usize,
+    playout: Playout,
+    rx: RtpReceiver,
+    last_voice_pos: usize,
+    /// The caller's BYE, answered once the store has spoken.
+    caller_bye: Option<PendingBye>,
+}
+
+impl Deposit {
+    /// Answers the INVITE and, once media is agreed, plays `greeting`.
+    pub fn new(now: Instant, s: CallSettings, answer: Answer<'_>, greeting: Arc<[i16]>) -> Deposit {
+        let (leg, out, tx) = answer.leg(now);
+        let mut d = Deposit {
+            rx: RtpReceiver::new(Codec::Pcmu, 0, None, s.max_samples),
+            s,
+            leg,
+            out,
+            phase: Phase::AwaitingMedia,
+            reason: None,
+            timers: TimerTable::default(),
+            greeting,
+            play_pos: 0,
+            playout: Playout::new(tx, now),
+            last_voice_pos: 0,
+            caller_bye: None,
+        };
+        if let Some(neg) = d.leg.media().copied() {
+            d.media(now, neg);
+        }
+        d
+    }
+
+    /// The next thing to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// The packet announced by [`Output::Rtp`].
+    pub fn rtp_packet(&self) -> &[u8] {
+        self.playout.packet()
+    }
+
+    /// When [`Deposit::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.leg.poll_timeout(), self.timers.next()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Advances timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(ev) = self.leg.handle_timeout(now, &mut self.out) {
+            self.leg_event(now, ev);
+        }
+        if self.timers.fired(Timer::Frame, now) {
+            self.play_frame(now);
+        }
+        if self.timers.fired(Timer::Silence, now) {
+            self.finish(now, EndReason::Silence);
+        }
+        if self.timers.fired(Timer::MaxLength, now) {
+            self.finish(now, EndReason::MaxLength);
+        }
+    }
+
+    /// A SIP message of this dialog.
+    pub fn handle_sip(&mut self, now: Instant, msg: &Message<'_>, reply_to: SocketAddr) {
+        if let Some(ev) = self.leg.handle_sip(now, msg, reply_to, &mut self.out) {
+            self.leg_event(now, ev);
+        }
+    }
+
+    /// An RTP datagram from the caller's media address.
+    pub fn handle_rtp(&mut self, now: Instant, datagram: &[u8]) {
+        if self.phase != Phase::Recording {
+            return;
+        }
+        match self.rx.receive(datagram) {
+            Received::Audio { rms } => {
+                if rms >= self.s.voice_rms {
+                    self.timers.set(Timer::Silence, now + self.s.silence);
+                    self.last_voice_pos = self.rx.len();
+                }
+                if self.rx.len() >= self.s.max_samples {
+                    self.finish(now, EndReason::MaxLength);
+                }
+            }
+            Received::Dtmf('#') => self.finish(now, EndReason::Pound),
+            _ => {}
+        }
+    }
+
+    /// The store finished: `ok` tells whether the message (or alert) is durable.
+    pub fn handle_stored(&mut self, now: Instant, ok: bool) {
+        if self.phase == Phase::Storing {
+            self.close(now, ok);
+        }
+    }
+
+    fn leg_event(&mut self, now: Instant, ev: LegEvent) {
+        match ev {
+            LegEvent::Media(neg) => self.media(now, neg),
+            LegEvent::Bye(bye) => self.caller_bye(now, bye),
+            LegEvent::NoAck => self.finish(now, EndReason::NoAck),
+            LegEvent::NoMedia => {
+                // The leg hung up already; nothing was said, nobody to alert.
+                self.reason = Some(EndReason::NoMedia);
+                self.stop_media();
+                self.phase = Phase::Closing;
+            }
+            LegEvent::Expired => self.finish(now, EndReason::SessionExpired),
+            LegEvent::Closed => self.end(),
+        }
+    }
+
+    /// Media agreed or changed (late offer's answer, re-INVITE, UPDATE): the recording goes
+    /// on in the new codec; a hold or a new address restarts the silence count.
+    fn media(&mut self, now: Instant, neg: Negotiated) {
+        self.rx.set_payload(neg.codec, neg.pt, neg.dtmf_pt);
+        self.playout.media(&neg);
+        self.out.push_back(Output::MediaPeer(neg.remote));
+        match self.phase {
+            Phase::AwaitingMedia => {
+                self.phase = Phase::Greeting;
+                self.playout.next = now;
+                self.timers.set(Timer::Frame, now);
+            }
+            Phase::Recording => self.timers.set(Timer::Silence, now + self.s.silence),
+            _ => {}
+        }
+    }
+
+    fn play_frame(&mut self, now: Instant) {
+        if self.phase != Phase::Greeting {
+            return;
+        }
+        let end = (self.play_pos + FRAME).min(self.greeting.len());
+        let frame = &self.greeting[self.play_pos..end];
+        self.playout
+            .frame(now, frame, self.leg.may_send(), &mut self.out);
+        self.play_pos = end;
+        if self.play_pos >= self.greeting.len() {
+            self.phase = Phase::Recording;
+            self.timers.set(Timer::Silence, now + self.s.silence);
+            self.timers
+                .set(Timer::MaxLength, now + max_duration(self.s.max_samples));
+        } else {
+            self.timers.set(Timer::Frame, self.playout.next);
+        }
+    }
+
+    fn caller_bye(&mut self, now: Instant, bye: PendingBye) {
+        match self.phase {
+            Phase::AwaitingMedia | Phase::Greeting | Phase::Recording => {
+                self.caller_bye = Some(bye);
+                self.finish(now, EndReason::CallerBye);
+            }
+            Phase::Storing => {
+                self.caller_bye.get_or_insert(bye);
+            }
+            Phase::Closing | Phase::Done => {
+                // Both hung up at once: whatever was to be stored is.
+                self.leg.answer_bye(bye, true, &mut self.out);
+                self.end();
+            }
+        }
+    }
+
+    fn stop_media(&mut self) {
+        self.timers.clear(Timer::Frame);
+        self.timers.clear(Timer::Silence);
+        self.timers.clear(Timer::MaxLength);
+    }
+
+    fn finish(&mut self, now: Instant, reason: EndReason) {
+        if !matches!(
+            self.phase,
+            Phase::AwaitingMedia | Phase::Greeting | Phase::Recording
+        ) {
+            return;
+        }
+        self.reason = Some(reason);
+        self.phase = Phase::Storing;
+        self.stop_media();
+        if reason == EndReason::NoAck {
+            // Never established: nothing to keep, nobody to alert twice.
+            self.close(now, true);
+            return;
+        }
+        let rx = std::mem::replace(&mut self.rx, RtpReceiver::new(Codec::Pcmu, 0, None, 0));
+        let mut samples = rx.into_samples();
+        if reason == EndReason::Silence {
+            // Drop the trailing silence that ended the recording.
+            samples.truncate(
+                self.last_voice_pos
+                    .max(self.s.min_samples.min(samples.len())),
+            );
+        }
+        if samples.len() >= self.s.min_samples {
+            self.out.push_back(Output::Store { samples });
+        } else {
+            self.out.push_back(Output::MissedCall);
+        }
+    }
+
+    fn close(&mut self, now: Instant, ok: bool) {
+        if let Some(bye) = self.caller_bye.take() {
+            self.leg.answer_bye(bye, ok, &mut self.out);
+            self.end();
+            return;
+        }
+        self.phase = Phase::Closing;
+        let reason = self.reason.unwrap_or(EndReason::CallerBye);
+        self.leg.bye(now, reason.header(), &mut self.out);
+    }
+
+    fn end(&mut self) {
+        if self.phase != Phase::Done {
+            self.phase = Phase::Done;
+            self.out
+                .push_back(Output::Ended(self.reason.unwrap_or(EndReason::CallerBye)));
+        }
+    }
+}
+
+fn max_duration(max_samples: usize) -> Duration {
+    Duration::from_millis(max_samples as u64 / 8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::{T1, deposit, invite, request, settings};
+    use boxless_sip::Method;
+
+    #[test]
+    fn ok_is_retransmitted_until_ack() {
+        let mut h = deposit(settings(), 200, &invite(true, ""));
+        assert_eq!(h.last_status(), Some(200));
+        let t0 = h.now;
+        h.run_until(t0 + Duration::from_millis(1600));
+        // 200 at 0, T1, 3*T1 (then 7*T1 would be next).
+        assert_eq!(h.sip.len(), 3);
+        h.sip(&request("ACK", 1, "", ""));
+        h.run_until(t0 + Duration::from_secs(10));
+        assert_eq!(h.sip.len(), 3, "no retransmission after ACK");
+    }
+
+    #[test]
+    fn caller_bye_gets_200_only_after_the_store() {
+        let mut h = deposit(settings(), 400, &invite(true, ""));
+        h.sip(&request("ACK", 1, "", ""));
+        h.wait(Duration::from_millis(400));
+        assert_eq!(h.rtp, 20, "400 ms of greeting in 20 ms packets");
+        h.speak(2000, 8000);
+        let before = h.sip.len();
+        h.sip(&request("BYE", 2, "", ""));
+        assert_eq!(h.sip.len(), before, "no 200 before the store answered");
+        let samples = h.stored.take().expect("store requested");
+        assert_eq!(samples.len(), 16_000);
+        // A retransmitted BYE while storing is held too.
+        h.sip(&request("BYE", 2, "", ""));
+        assert_eq!(h.sip.len(), before);
+        h.d.handle_stored(h.now, true);
+        h.drain();
+        assert_eq!(h.last_status(), Some(200));
+        assert_eq!(h.ended, Some(EndReason::CallerBye));
+    }
+
+    #[test]
+    fn failed_store_answers_500() {
+        let mut h = deposit(settings(), 20, &invite(true, ""));
+        h.sip(&request("ACK", 1, "", ""));
+        h.speak(1500, 8000);
+        h.sip(&request("BYE", 2, "", ""));
+        h.d.handle_stored(h.now, false);
+        h.drain();
+        assert_eq!(h.last_status(), Some(500));
+    }
+
+    #[test]
+    fn silence_ends_the_recording_trims_it_and_hangs_up() {
+        let mut h = deposit(settings(), 20, &invite(true, ""));
+        h.sip(&request("ACK", 1, "", ""));
+        h.speak(1500, 8000);
+        h.speak(1000, 0);
+        h.wait(Duration::from_secs(5));
+        let samples = h.stored.take().expect("stored after silence");
+        assert_eq!(samples.len(), 12_000, "trailing silence dropped");
+        h.d.handle_stored(h.now, true);
+        h.drain();
+        let bye = h.last();
+        assert_eq!(bye.method(), Some(Method::Bye));
+        assert_eq!(bye.request_uri(), Some("sip:+15551230001@127.0.0.1:9000"));
+        assert!(bye.from.contains("tag=srv"));
+        assert!(bye.header("reason").unwrap().starts_with("Q.850;cause=16"));
+        let branch = bye.top_via().unwrap().branch.unwrap().to_string();
+        let resp = format!(
+            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\nFrom: <sip:x@y>;tag=srv\r\nTo: <sip:a@b>;tag=caller\r\nCall-ID: call-1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
+        );
+        h.sip(resp.as_bytes());
+        assert_eq!(h.ended, Some(EndReason::Silence));
+    }
+
+    #[test]
+    fn short_call_is_a_missed_call_and_no_ack_ends_quietly() {
+        let mut h = deposit(settings(), 20, &invite(true, ""));
+        h.sip(&request("ACK", 1, "", ""));
+        h.speak(400, 8000);
+        h.sip(&request("BYE", 2, "", ""));
+        assert!(h.missed && h.stored.is_none());
+        let mut s = settings();
+        s.silence = Duration::from_secs(600);
+        s.max_samples = 8000 * 600;
+        let mut h = deposit(s, 20, &invite(true, ""));
+        h.wait(T1 * 65);
+        assert!(!h.missed && h.stored.is_none());
+        // BYE sent after 64*T1 without ACK; its retransmissions run out.
+        h.wait(T1 * 70);
+        assert_eq!(h.ended, Some(EndReason::NoAck));
+    }
+
+    #[test]
+    fn max_length_stops_recording() {
+        let mut s = settings();
+        s.max_samples = 8000 * 2;
+        let mut h = deposit(s, 20, &invite(true, ""));
+        h.sip(&request("ACK", 1, "", ""));
+        h.speak(3000, 8000);
+        // Whichever comes first: 2 s of samples or 2 s of time since recording began.
+        let n = h.stored.as_ref().map_or(0, |s| s.len());
+        assert!((15_800..=16_000).contains(&n), "{n}");
+    }
+}
