@@ -153,6 +153,7 @@ async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result
             proxy: ProxySettings {
                 answer_timeout: Duration::from_millis(c.router.proxy_answer_ms),
                 t1: Duration::from_millis(c.sip.t1_ms),
+                record_route: c.router.record_route,
                 ..ProxySettings::default()
             },
         },

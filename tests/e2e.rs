@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use boxless_phone::{CallOutcome, place_call};
 use boxless_testkit::{Mode, http, http_get, voice};
-use common::{find_in, g711, messages, opts, stored_audio, system};
+use common::{find_in, g711, messages, opts, stored_audio, system, system_full};
 
 /// The access code an SMS carries (" Code 123456.").
 fn code_in(text: &str) -> String {
@@ -240,7 +240,13 @@ async fn a_link_number_call_goes_to_its_owner_and_is_not_a_deposit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes() {
     for mode in ["redirect", "proxy"] {
-        let sys = system(&format!("retrieve-{mode}"), mode, "").await;
+        // Proxy mode with Record-Route: the whole dialog passes the router.
+        let rr = if mode == "proxy" {
+            "record_route = true"
+        } else {
+            ""
+        };
+        let sys = system_full(&format!("retrieve-{mode}"), mode, rr, "", "", "").await;
         let played = voice(1500, 6);
         assert_completed(
             &place_call(&opts(sys.running.router, played.clone()))
@@ -260,6 +266,12 @@ async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes()
         o.seconds = Some(14.0);
         let out = place_call(&o).await.unwrap();
         assert_completed(&out);
+        assert_eq!(
+            out.dialog_peer == Some(sys.running.router),
+            mode == "proxy",
+            "{mode}: in-dialog requests via {:?}",
+            out.dialog_peer
+        );
         let corr = find_in(&out.heard, &stored);
         eprintln!(
             "{mode}: correlation {corr:.3}, first audio {:?} after the 200",

@@ -38,6 +38,18 @@ pub async fn system_with(
     sms_extra: &str,
     extra: &str,
 ) -> System {
+    system_full(tag, mode, "", http_extra, sms_extra, extra).await
+}
+
+/// A system whose `[router]` table gets `router_extra` too.
+pub async fn system_full(
+    tag: &str,
+    mode: &str,
+    router_extra: &str,
+    http_extra: &str,
+    sms_extra: &str,
+    extra: &str,
+) -> System {
     let smsc = FakeSmsc::start().await.unwrap();
     let data = temp_dir(tag);
     let rtp = 30_000 + (free_port() % 300) * 100;
@@ -48,6 +60,7 @@ data_dir = "{data}"
 listen = "127.0.0.1:{router}"
 mode = "{mode}"
 proxy_answer_ms = 500
+{router_extra}
 [http]
 listen = "127.0.0.1:0"
 {http_extra}

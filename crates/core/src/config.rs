@@ -105,6 +105,8 @@ pub struct RouterConfig {
     /// Redirect mode: Contacts a 302 lists for a deposit (the chosen server, then the next
     /// best available ones in q-order), 1 to 4.
     pub redirect_contacts: u32,
+    /// Proxy mode: add Record-Route, so that in-dialog requests pass the router.
+    pub record_route: bool,
 }
 
 impl Default for RouterConfig {
@@ -120,6 +122,7 @@ impl Default for RouterConfig {
             probe_down_after: 3,
             probe_up_after: 2,
             redirect_contacts: 2,
+            record_route: false,
         }
     }
 }
@@ -574,6 +577,21 @@ impl Config {
                 format!("must be 1 to 4; got {}", self.router.redirect_contacts),
             ));
         }
+        if r.record_route && r.mode != RouterMode::Proxy {
+            return Err(err(
+                "router.record_route".into(),
+                "applies to proxy mode only (a 302 leaves the dialog); set router.mode = \"proxy\" or remove it".into(),
+            ));
+        }
+        if r.record_route && r.listen.ip().is_unspecified() {
+            return Err(err(
+                "router.record_route".into(),
+                format!(
+                    "needs an address callers and servers can reach in its Record-Route; router.listen is {}: set it to the router's own address",
+                    r.listen
+                ),
+            ));
+        }
         if self.retrieval.max_wrong_codes == 0 {
             return Err(err(
                 "retrieval.max_wrong_codes".into(),
@@ -830,5 +848,22 @@ mod tests {
         assert_eq!(e.key, "numbering.country_code");
         let e = Config::load_str("[[servers]]\nid = \"a\"\nlisten = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\nrtp_ports = \"9-3\"\nlink_numbers = [\"+1800\"]\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "servers[0].rtp_ports");
+        let e = Config::load_str("[router]\nrecord_route = true\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "router.record_route");
+        assert!(e.to_string().contains("proxy mode only"), "{e}");
+        let e = Config::load_str(
+            "[router]\nmode = \"proxy\"\nlisten = \"0.0.0.0:5060\"\nrecord_route = true\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "router.record_route");
+        assert!(e.to_string().contains("0.0.0.0:5060"), "{e}");
+        assert!(
+            Config::load_str(
+                "[router]\nmode = \"proxy\"\nrecord_route = true\n",
+                "x.toml"
+            )
+            .is_ok()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use boxless_core::Rng;
 use boxless_media::{FRAME, RtpReceiver, RtpSender, negotiate, write_sdp};
-use boxless_sip::{Message, Method, NameAddr, Uri, write_response};
+use boxless_sip::{Message, Method, NameAddr, Request, Uri, write_request, write_response};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, sleep_until};
 
@@ -58,6 +58,10 @@ pub struct CallOutcome {
     pub rtp_packets: u64,
     /// Time from the 200 OK to the first audio packet.
     pub first_audio: Option<Duration>,
+    /// Where our in-dialog requests went: the first Record-Route hop, else the Contact.
+    pub dialog_peer: Option<SocketAddr>,
+    /// Where the far end's BYE came from.
+    pub bye_from: Option<SocketAddr>,
 }
 
 impl CallOutcome {
@@ -127,10 +131,27 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
             div.push_str(h.trim_end());
             div.push_str("\r\n");
         }
-        leg.invite = format!(
-            "INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch={b};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{from}@{ip}>;tag={tag}\r\nTo: <sip:{to}@{ip}>\r\nCall-ID: {call_id}\r\nCSeq: {c} INVITE\r\nContact: <sip:{from}@{sip_addr}>\r\n{div}Content-Type: application/sdp\r\nContent-Length: {len}\r\n\r\n{sdp}",
-            ruri = leg.ruri, b = leg.branch, from = opts.from, ip = sip_addr.ip(), to = opts.to, c = leg.cseq, len = sdp.len()
-        ).into_bytes();
+        let from = format!("<sip:{}@{}>;tag={tag}", opts.from, sip_addr.ip());
+        let to = format!("<sip:{}@{}>", opts.to, sip_addr.ip());
+        let contact = format!("sip:{}@{sip_addr}", opts.from);
+        write_request(
+            &mut leg.invite,
+            &Request {
+                method: "INVITE",
+                uri: &leg.ruri,
+                transport: "UDP",
+                sent_by: &sip_addr.to_string(),
+                branch: &leg.branch,
+                route: &[],
+                from: &from,
+                to: &to,
+                call_id: &call_id,
+                cseq: leg.cseq,
+                contact: Some(&contact),
+                extra: div.as_bytes(),
+                body: Some(("application/sdp", sdp.as_bytes())),
+            },
+        );
     };
     build_invite(&mut leg, &mut rng);
     let mut buf = vec![0u8; 65_536];
@@ -186,8 +207,23 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
             }
             match code {
                 200..=299 => {
-                    let peer = contact_of(&m).unwrap_or(src);
-                    break 'invite (m.body.to_vec(), m.to.to_string(), (peer, contact_uri(&m)));
+                    // The UAC's route set: Record-Route reversed (RFC 3261 §12.1.2); the first
+                    // hop is the first route, else the remote target.
+                    let mut route: Vec<String> = m
+                        .header_values("record-route")
+                        .map(str::to_string)
+                        .collect();
+                    route.reverse();
+                    let first_hop = route
+                        .first()
+                        .and_then(|r| NameAddr::parse(r))
+                        .and_then(|n| uri_addr(n.uri));
+                    let peer = first_hop.or(contact_of(&m)).unwrap_or(src);
+                    break 'invite (
+                        m.body.to_vec(),
+                        m.to.to_string(),
+                        (peer, contact_uri(&m), route),
+                    );
                 }
                 300..=399 if redirects < 3 => {
                     let Some(c) = m.header_values("contact").next().and_then(NameAddr::parse)
@@ -209,13 +245,35 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
         }
     };
     out.answered = true;
-    let (peer_addr, peer_uri) = peer;
-    let send_ack = |to_hdr: &str| {
-        format!(
-            "ACK {} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch=z9hG4bK{:x};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{}>;tag={tag}\r\nTo: {to_hdr}\r\nCall-ID: {call_id}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-            peer_uri.clone().unwrap_or_else(|| leg.ruri.clone()), Rng::from_entropy().next_u64(), opts.from, sip_addr.ip(), leg.cseq
-        ).into_bytes()
+    let (peer_addr, peer_uri, route) = peer;
+    out.dialog_peer = Some(peer_addr);
+    let target_uri = peer_uri.clone().unwrap_or_else(|| leg.ruri.clone());
+    let from = format!("<sip:{}@{}>;tag={tag}", opts.from, sip_addr.ip());
+    let sent_by = sip_addr.to_string();
+    let in_dialog = |method: &str, cseq: u32, to_hdr: &str| {
+        let mut b = Vec::with_capacity(512);
+        let branch = format!("z9hG4bK{:x}", Rng::from_entropy().next_u64());
+        write_request(
+            &mut b,
+            &Request {
+                method,
+                uri: &target_uri,
+                transport: "UDP",
+                sent_by: &sent_by,
+                branch: &branch,
+                route: &route,
+                from: &from,
+                to: to_hdr,
+                call_id: &call_id,
+                cseq,
+                contact: None,
+                extra: b"",
+                body: None,
+            },
+        );
+        b
     };
+    let send_ack = |to_hdr: &str| in_dialog("ACK", leg.cseq, to_hdr);
     sip.send_to(&send_ack(&to_hdr), peer_addr).await?;
     let neg = negotiate(&answer).map_err(|e| PhoneError::Usage(format!("bad SDP answer: {e}")))?;
     let mut tx = RtpSender::new(
@@ -299,6 +357,7 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
                         let target = m.top_via().map(|v| boxless_sip::response_target(&v, src)).unwrap_or(src);
                         sip.send_to(&ok, target).await?;
                         out.remote_hangup = true;
+                        out.bye_from = Some(src);
                         break;
                     }
                     if m.status().is_some_and(|c| (200..300).contains(&c)) && m.cseq.is_some_and(|c| c.method == "INVITE") {
@@ -311,10 +370,7 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
     }
     // Drain late audio briefly and hang up.
     if !out.remote_hangup {
-        let bye = format!(
-            "BYE {} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch=z9hG4bK{:x};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{}@{}>;tag={tag}\r\nTo: {to_hdr}\r\nCall-ID: {call_id}\r\nCSeq: {} BYE\r\nContent-Length: 0\r\n\r\n",
-            peer_uri.clone().unwrap_or_else(|| leg.ruri.clone()), rng.next_u64(), opts.from, sip_addr.ip(), leg.cseq + 1
-        ).into_bytes();
+        let bye = in_dialog("BYE", leg.cseq + 1, &to_hdr);
         let deadline = Instant::now() + Duration::from_secs(32);
         let mut retx = Duration::from_millis(500);
         out.hangup_at_ms = Some(boxless_core::now_ms());
@@ -356,14 +412,30 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
 }
 
+/// The ACK for a non-2xx final response: same branch, same Request-URI (§17.1.1.3).
 fn ack_for(leg: &Leg, resp: &Message<'_>, sip_addr: SocketAddr) -> Vec<u8> {
     let inv = Message::parse(&leg.invite, false).ok();
     let from = inv.as_ref().map(|i| i.from).unwrap_or("");
-    format!(
-        "ACK {} SIP/2.0\r\nVia: SIP/2.0/UDP {sip_addr};branch={};rport\r\nMax-Forwards: 70\r\nFrom: {from}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} ACK\r\nContent-Length: 0\r\n\r\n",
-        leg.ruri, leg.branch, resp.to, resp.call_id, leg.cseq
-    )
-    .into_bytes()
+    let mut b = Vec::with_capacity(512);
+    write_request(
+        &mut b,
+        &Request {
+            method: "ACK",
+            uri: &leg.ruri,
+            transport: "UDP",
+            sent_by: &sip_addr.to_string(),
+            branch: &leg.branch,
+            route: &[],
+            from,
+            to: resp.to,
+            call_id: resp.call_id,
+            cseq: leg.cseq,
+            contact: None,
+            extra: b"",
+            body: None,
+        },
+    );
+    b
 }
 
 fn contact_uri(m: &Message<'_>) -> Option<String> {

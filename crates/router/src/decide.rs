@@ -76,10 +76,13 @@ pub struct RouterCore {
 
 impl RouterCore {
     /// The trust boundary: only trusted peers reach the decision, each within its INVITE
-    /// rate; responses are taken only from trusted peers and our own servers.
+    /// rate; responses are taken only from trusted peers and our own servers, and in proxy
+    /// mode our servers' in-dialog requests too (their BYE through a Record-Route).
     pub fn admit(&self, msg: &Message<'_>, src: IpAddr, now_ms: u64) -> Admission {
+        let from_server = || self.board.slots.iter().any(|s| s.sip.ip() == src);
         match msg.method() {
-            None if self.board.slots.iter().any(|s| s.sip.ip() == src) => Admission::Pass,
+            None if from_server() => Admission::Pass,
+            Some(_) if self.mode == RouterMode::Proxy && from_server() => Admission::Pass,
             None => self.gate.response(src),
             Some(m) => self
                 .gate

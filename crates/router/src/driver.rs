@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use boxless_core::{Rng, RouterMode, now_ms};
+use std::time::Instant;
+
 use boxless_sip::{Message, response_target};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::decide::{Admission, RouterCore, Verdict};
-use crate::proxy::{self, ProxyInput};
+use crate::proxy::{self, Output, Proxy, ProxySettings};
 
 /// Router settings beyond the decision logic.
 #[derive(Debug, Clone)]
@@ -46,7 +48,7 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
         std_udp.set_nonblocking(true)?;
         let udp = Arc::new(UdpSocket::from_std(std_udp)?);
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(proxy::run(
+        tokio::spawn(run_proxy(
             core.clone(),
             udp,
             rx,
@@ -310,5 +312,134 @@ async fn tcp_conn(
         if core.write(&msg, v, &mut scratch, &mut out) {
             let _ = conn.writer.try_send(out.clone());
         }
+    }
+}
+
+/// Where the proxy answers a caller.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Over the router's UDP socket to this address.
+    Udp(SocketAddr),
+    /// Over this TCP connection.
+    Tcp(mpsc::Sender<Vec<u8>>),
+}
+
+/// Input for the proxy task.
+#[derive(Debug)]
+pub enum ProxyInput {
+    /// A message received on a TCP connection (`reply`: its writer queue; None answers
+    /// over UDP to `src`). UDP itself is read by the proxy task.
+    Datagram {
+        /// The bytes.
+        bytes: Vec<u8>,
+        /// Who sent it.
+        src: SocketAddr,
+        /// The TCP connection it came on.
+        reply: Option<mpsc::Sender<Vec<u8>>>,
+    },
+}
+
+/// The proxy task: owns the transactions, sends through the router's UDP socket.
+async fn run_proxy(
+    core: Arc<RouterCore>,
+    sock: Arc<UdpSocket>,
+    mut rx: mpsc::Receiver<ProxyInput>,
+    rng: Rng,
+    s: ProxySettings,
+    local: SocketAddr,
+    max_message: usize,
+) {
+    let mut p: Proxy<Reply> = Proxy::new(core.clone(), local, s, rng);
+    // UDP is read here, in the task that owns the transactions: no copy, no hand-off.
+    let mut buf = vec![0u8; 65_536];
+    let mut refusal = Vec::with_capacity(512);
+    let mut scratch = String::new();
+    let transactions = metrics::gauge!("boxless_router_transactions");
+    let counters = Counters::new();
+    loop {
+        let deadline = p.poll_timeout();
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let (n, src) = match r {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "UDP receive");
+                        continue;
+                    }
+                };
+                if n > max_message {
+                    counters.too_large.increment(1);
+                    continue;
+                }
+                let bytes = &buf[..n];
+                let Ok(msg) = Message::parse(bytes, false) else {
+                    counters.unparseable.increment(1);
+                    continue;
+                };
+                // Responses are matched by branch; requests answer per §18.2.2.
+                let target = msg.reply_via().map_or(src, |v| response_target(&v, src));
+                let now = now_ms();
+                match counters.gate(&core, &msg, src.ip(), now) {
+                    None => p.handle_parsed(Instant::now(), now, &msg, bytes, Reply::Udp(target)),
+                    Some(v) => {
+                        refusal.clear();
+                        if core.write(&msg, v, &mut scratch, &mut refusal) {
+                            let _ = sock.send_to(&refusal, target).await;
+                        }
+                    }
+                }
+            }
+            input = rx.recv() => {
+                // Streams (TCP connections) hand their messages over with a reply queue.
+                let Some(ProxyInput::Datagram { bytes, src, reply }) = input else { return };
+                let Ok(msg) = Message::parse(&bytes, reply.is_some()) else {
+                    counters.unparseable.increment(1);
+                    continue;
+                };
+                let now = now_ms();
+                if let Some(v) = counters.gate(&core, &msg, src.ip(), now) {
+                    refusal.clear();
+                    if let Some(tx) = &reply
+                        && core.write(&msg, v, &mut scratch, &mut refusal)
+                    {
+                        let _ = tx.try_send(refusal.clone());
+                    }
+                    continue;
+                }
+                let reply = match reply {
+                    Some(tx) => Reply::Tcp(tx),
+                    None => Reply::Udp(src),
+                };
+                p.handle_parsed(Instant::now(), now, &msg, &bytes, reply);
+            }
+            _ = async {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                p.handle_timeout(Instant::now(), now_ms());
+            }
+        }
+        for o in p.drain() {
+            match o {
+                Output::ToCaller {
+                    bytes,
+                    reply: Reply::Udp(a),
+                } => {
+                    let _ = sock.send_to(&bytes, a).await;
+                }
+                Output::ToCaller {
+                    bytes,
+                    reply: Reply::Tcp(tx),
+                } => {
+                    let _ = tx.try_send(bytes);
+                }
+                Output::ToServer { bytes, addr } | Output::Relay { bytes, addr } => {
+                    let _ = sock.send_to(&bytes, addr).await;
+                }
+            }
+        }
+        transactions.set(p.len() as f64);
     }
 }

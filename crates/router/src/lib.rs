@@ -8,6 +8,7 @@ pub mod driver;
 pub mod policy;
 pub mod probe;
 pub mod proxy;
+mod relay;
 
 pub use decide::{RouterCore, Verdict};
 pub use driver::{RouterSettings, start};

@@ -1,11 +1,15 @@
-//! Proxy mode: a stateful INVITE proxy with failover (RFC 3261 §16), sans-IO core plus a
-//! one-task driver.
+//! Proxy mode: a stateful INVITE proxy with failover (RFC 3261 §16), sans-IO: time comes
+//! in as arguments, what to send is drained; the task that owns the socket is in
+//! [`crate::driver`].
 //!
 //! The router adds its Via, rewrites the Request-URI to the chosen server and relays
 //! responses. A server that sends 408 or 5xx, or nothing within `answer_timeout`, is
 //! dropped for that call (ACKed or CANCELled) and the next available server is tried; the
-//! caller sees an error only when none is left. No Record-Route: ACK for 2xx and BYE go
-//! straight to the server's Contact, so the router holds no dialog state.
+//! caller sees an error only when none is left. With `record_route` the forwarded INVITE
+//! carries our Record-Route, and in-dialog requests (ACK, BYE, re-INVITE, UPDATE) that
+//! come back with our Route are forwarded statelessly as a loose router (§16.12), their
+//! responses relayed by Via; the router still holds no dialog state. Without it, ACK for
+//! 2xx and BYE go straight to the server's Contact.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -14,13 +18,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boxless_core::{PhoneNumber, Rng, now_ms};
-use boxless_sip::{Message, Method, hdr, response_target, write_response};
-use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use boxless_core::{PhoneNumber, Rng};
+use boxless_sip::{Message, Method, write_response};
 
 use crate::decide::{RouterCore, Verdict};
-use crate::policy;
+use crate::{policy, relay};
+
+/// Branches of statelessly forwarded in-dialog requests start with this.
+const STATELESS_BRANCH: &str = "z9hG4bKrr";
 
 /// Proxy timers.
 #[derive(Debug, Clone)]
@@ -36,6 +41,8 @@ pub struct ProxySettings {
     /// Transactions held at once (each lingers `linger` after its final response); a new
     /// INVITE past it gets `503`.
     pub max_transactions: usize,
+    /// Add Record-Route, so that in-dialog requests pass the router.
+    pub record_route: bool,
 }
 
 impl Default for ProxySettings {
@@ -46,6 +53,7 @@ impl Default for ProxySettings {
             linger: Duration::from_secs(32),
             ring_timeout: Duration::from_secs(60),
             max_transactions: 32_768,
+            record_route: false,
         }
     }
 }
@@ -65,6 +73,13 @@ pub enum Output<R> {
         /// Bytes.
         bytes: Vec<u8>,
         /// Its SIP address.
+        addr: SocketAddr,
+    },
+    /// Loose routing: an in-dialog request or its response, to the next hop over UDP.
+    Relay {
+        /// Bytes.
+        bytes: Vec<u8>,
+        /// The next hop.
         addr: SocketAddr,
     },
 }
@@ -107,12 +122,21 @@ pub struct Proxy<R> {
     timers: BinaryHeap<Reverse<(Instant, String)>>,
     out: Vec<Output<R>>,
     scratch: String,
+    /// Keys the branches of statelessly forwarded requests (§16.11: deterministic, and
+    /// not guessable from outside).
+    branch_key: u64,
 }
 
 impl<R: Clone> Proxy<R> {
     /// A proxy whose Via names `local`.
-    pub fn new(core: Arc<RouterCore>, local: SocketAddr, s: ProxySettings, rng: Rng) -> Proxy<R> {
+    pub fn new(
+        core: Arc<RouterCore>,
+        local: SocketAddr,
+        s: ProxySettings,
+        mut rng: Rng,
+    ) -> Proxy<R> {
         Proxy {
+            branch_key: rng.next_u64(),
             core,
             local,
             s,
@@ -162,6 +186,13 @@ impl<R: Clone> Proxy<R> {
         bytes: &[u8],
         reply: R,
     ) {
+        if self.s.record_route
+            && msg.is_request()
+            && msg.defect.is_none()
+            && relay::routed_to_us(msg, self.local)
+        {
+            return self.loose_route(msg, reply);
+        }
         match msg.method() {
             None => self.response(now, now_ms, msg),
             Some(Method::Invite) if msg.defect.is_none() => {
@@ -171,6 +202,41 @@ impl<R: Clone> Proxy<R> {
             Some(Method::Ack) => {}
             Some(_) => self.stateless(now_ms, msg, reply),
         }
+    }
+
+    /// An in-dialog request that names us in its top Route: on to the next hop, provided
+    /// that is one of our servers or a trusted peer (never a relay to strangers).
+    fn loose_route(&mut self, msg: &Message<'_>, reply: R) {
+        let answer = |p: &mut Self, code, reason| {
+            if msg.method() != Some(Method::Ack) {
+                p.out.push(Output::ToCaller {
+                    bytes: relay::simple(msg, code, reason),
+                    reply: reply.clone(),
+                });
+            }
+        };
+        if msg.max_forwards == Some(0) {
+            return answer(self, 483, "Too Many Hops");
+        }
+        let theirs = msg.top_via().and_then(|v| v.branch).unwrap_or(msg.call_id);
+        let mut h = self.branch_key ^ 0xcbf2_9ce4_8422_2325;
+        for b in theirs.bytes().chain(msg.call_id.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        let branch = format!("{STATELESS_BRANCH}{h:016x}");
+        let Some((bytes, addr)) = relay::forward_in_dialog(msg, self.local, &branch) else {
+            return answer(self, 404, "Not Found");
+        };
+        let known = self.core.board.slots.iter().any(|s| s.sip == addr)
+            || self.core.gate.peers.allows(addr.ip());
+        if !known || addr == self.local {
+            metrics::counter!("boxless_sip_refused_total", "reason" => "route_to_stranger")
+                .increment(1);
+            return answer(self, 403, "Forbidden");
+        }
+        metrics::counter!("boxless_router_routed_total").increment(1);
+        self.out.push(Output::Relay { bytes, addr });
     }
 
     fn stateless(&mut self, now_ms: u64, msg: &Message<'_>, reply: R) {
@@ -201,7 +267,7 @@ impl<R: Clone> Proxy<R> {
             // A retransmission: repeat what the caller last got.
             let b = match &t.last_final {
                 Some(f) => f.clone(),
-                None => simple(msg, 100, "Trying"),
+                None => relay::simple(msg, 100, "Trying"),
             };
             self.out.push(Output::ToCaller { bytes: b, reply });
             return;
@@ -235,7 +301,7 @@ impl<R: Clone> Proxy<R> {
             return;
         };
         self.out.push(Output::ToCaller {
-            bytes: simple(msg, 100, "Trying"),
+            bytes: relay::simple(msg, 100, "Trying"),
             reply: reply.clone(),
         });
         let t = Tsx {
@@ -266,7 +332,13 @@ impl<R: Clone> Proxy<R> {
         let Ok(msg) = Message::parse(&t.invite, false) else {
             return;
         };
-        let fwd = build_forward(&msg, &format!("sip:{}@{addr}", t.user), self.local, &branch);
+        let fwd = relay::build_forward(
+            &msg,
+            &format!("sip:{}@{addr}", t.user),
+            self.local,
+            &branch,
+            self.s.record_route,
+        );
         t.tried.push(server);
         t.server = Some(server);
         t.branch = branch.clone();
@@ -354,6 +426,13 @@ impl<R: Clone> Proxy<R> {
             return;
         }
         let Some(via) = msg.top_via() else { return };
+        if via.branch.is_some_and(|b| b.starts_with(STATELESS_BRANCH))
+            && let Some((bytes, addr)) = relay::relay_response(msg)
+        {
+            // A response to an in-dialog request we routed.
+            self.out.push(Output::Relay { bytes, addr });
+            return;
+        }
         let Some(key) = via.branch.and_then(|b| self.by_branch.get(b)).cloned() else {
             return;
         };
@@ -368,7 +447,7 @@ impl<R: Clone> Proxy<R> {
         if !is_invite {
             return; // 200 to our CANCEL
         }
-        let relayed = strip_top_via(msg);
+        let relayed = relay::strip_top_via(msg);
         let server_addr = t.server.map(|s| self.core.board.slots[s].sip);
         match code {
             100 => {
@@ -400,7 +479,7 @@ impl<R: Clone> Proxy<R> {
                     && let Ok(inv) = Message::parse(&t.forwarded, false)
                 {
                     self.out.push(Output::ToServer {
-                        bytes: build_ack(&inv, msg),
+                        bytes: relay::build_ack(&inv, msg),
                         addr,
                     });
                 }
@@ -418,7 +497,7 @@ impl<R: Clone> Proxy<R> {
 
     fn cancel(&mut self, now: Instant, msg: &Message<'_>, reply: R) {
         self.out.push(Output::ToCaller {
-            bytes: simple(msg, 200, "OK"),
+            bytes: relay::simple(msg, 200, "OK"),
             reply,
         });
         let Some(key) = Self::key(msg) else { return };
@@ -431,7 +510,7 @@ impl<R: Clone> Proxy<R> {
         t.cancelled = true;
         if let (Some(s), Ok(inv)) = (t.server, Message::parse(&t.forwarded, false)) {
             self.out.push(Output::ToServer {
-                bytes: build_cancel(&inv),
+                bytes: relay::build_cancel(&inv),
                 addr: self.core.board.slots[s].sip,
             });
         }
@@ -481,7 +560,7 @@ impl<R: Clone> Proxy<R> {
                     let Ok(inv) = Message::parse(&t.invite, false) else {
                         continue;
                     };
-                    let b = simple(&inv, 487, "Request Terminated");
+                    let b = relay::simple(&inv, 487, "Request Terminated");
                     self.finish(now, &key, b);
                     continue;
                 }
@@ -490,7 +569,7 @@ impl<R: Clone> Proxy<R> {
                     && let (Some(s), Ok(inv)) = (t.server, Message::parse(&t.forwarded, false))
                 {
                     self.out.push(Output::ToServer {
-                        bytes: build_cancel(&inv),
+                        bytes: relay::build_cancel(&inv),
                         addr: self.core.board.slots[s].sip,
                     });
                 }
@@ -503,239 +582,22 @@ impl<R: Clone> Proxy<R> {
     }
 }
 
-fn simple(msg: &Message<'_>, code: u16, reason: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(512);
-    let tag = format!("{:x}", boxless_sip::stateless_tag(msg));
-    let tag: Option<&dyn std::fmt::Display> = if code >= 200 { Some(&tag) } else { None };
-    write_response(&mut b, msg, code, reason, tag, None, b"", None);
-    b
-}
-
-/// The INVITE as forwarded: new Request-URI, our Via on top, Max-Forwards decremented.
-fn build_forward(msg: &Message<'_>, ruri: &str, local: SocketAddr, branch: &str) -> Vec<u8> {
-    let mut b = Vec::with_capacity(msg.len + 128);
-    let _ = std::io::Write::write_fmt(
-        &mut b,
-        format_args!("INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n"),
-    );
-    let mut saw_mf = false;
-    for h in msg.headers() {
-        if h.is("content-length") {
-            continue;
-        }
-        if h.is("max-forwards") {
-            saw_mf = true;
-            let mf = msg.max_forwards.unwrap_or(70).saturating_sub(1);
-            let _ = std::io::Write::write_fmt(&mut b, format_args!("Max-Forwards: {mf}\r\n"));
-            continue;
-        }
-        let _ = std::io::Write::write_fmt(&mut b, format_args!("{}: {}\r\n", h.name, h.value));
-    }
-    if !saw_mf {
-        b.extend_from_slice(b"Max-Forwards: 69\r\n");
-    }
-    let _ = std::io::Write::write_fmt(
-        &mut b,
-        format_args!("Content-Length: {}\r\n\r\n", msg.body.len()),
-    );
-    b.extend_from_slice(msg.body);
-    b
-}
-
-/// A response with its top Via value removed.
-fn strip_top_via(msg: &Message<'_>) -> Vec<u8> {
-    let mut b = Vec::with_capacity(msg.len);
-    let (code, reason) = match msg.start {
-        boxless_sip::StartLine::Response { code, reason } => (code, reason),
-        boxless_sip::StartLine::Request { .. } => (500, ""),
-    };
-    let _ = std::io::Write::write_fmt(&mut b, format_args!("SIP/2.0 {code} {reason}\r\n"));
-    let mut stripped = false;
-    for h in msg.headers() {
-        if h.is("content-length") {
-            continue;
-        }
-        if h.is("via") && !stripped {
-            stripped = true;
-            let rest: Vec<&str> = hdr::split_commas(h.value).skip(1).collect();
-            if !rest.is_empty() {
-                let _ =
-                    std::io::Write::write_fmt(&mut b, format_args!("Via: {}\r\n", rest.join(", ")));
-            }
-            continue;
-        }
-        let _ = std::io::Write::write_fmt(&mut b, format_args!("{}: {}\r\n", h.name, h.value));
-    }
-    let _ = std::io::Write::write_fmt(
-        &mut b,
-        format_args!("Content-Length: {}\r\n\r\n", msg.body.len()),
-    );
-    b.extend_from_slice(msg.body);
-    b
-}
-
-/// The hop-by-hop ACK for a non-2xx final response to our forwarded INVITE.
-fn build_ack(inv: &Message<'_>, resp: &Message<'_>) -> Vec<u8> {
-    let ruri = inv.request_uri().unwrap_or("sip:invalid");
-    let via = inv.header_values("via").next().unwrap_or("");
-    let seq = inv.cseq.map_or(1, |c| c.seq);
-    format!(
-        "ACK {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
-        inv.from, resp.to, inv.call_id
-    )
-    .into_bytes()
-}
-
-/// CANCEL for our forwarded INVITE (same Via branch, RFC 3261 §9.1).
-fn build_cancel(inv: &Message<'_>) -> Vec<u8> {
-    let ruri = inv.request_uri().unwrap_or("sip:invalid");
-    let via = inv.header_values("via").next().unwrap_or("");
-    let seq = inv.cseq.map_or(1, |c| c.seq);
-    format!(
-        "CANCEL {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
-        inv.from, inv.to, inv.call_id
-    )
-    .into_bytes()
-}
-
-/// Where the proxy answers a caller.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    /// Over the router's UDP socket to this address.
-    Udp(SocketAddr),
-    /// Over this TCP connection.
-    Tcp(mpsc::Sender<Vec<u8>>),
-}
-
-/// Input for the proxy task.
-#[derive(Debug)]
-pub enum ProxyInput {
-    /// A message received on a TCP connection (`reply`: its writer queue; None answers
-    /// over UDP to `src`). UDP itself is read by the proxy task.
-    Datagram {
-        /// The bytes.
-        bytes: Vec<u8>,
-        /// Who sent it.
-        src: SocketAddr,
-        /// The TCP connection it came on.
-        reply: Option<mpsc::Sender<Vec<u8>>>,
-    },
-}
-
-/// The proxy task: owns the transactions, sends through the router's UDP socket.
-pub async fn run(
-    core: Arc<RouterCore>,
-    sock: Arc<UdpSocket>,
-    mut rx: mpsc::Receiver<ProxyInput>,
-    rng: Rng,
-    s: ProxySettings,
-    local: SocketAddr,
-    max_message: usize,
-) {
-    let mut p: Proxy<Reply> = Proxy::new(core.clone(), local, s, rng);
-    // UDP is read here, in the task that owns the transactions: no copy, no hand-off.
-    let mut buf = vec![0u8; 65_536];
-    let mut refusal = Vec::with_capacity(512);
-    let mut scratch = String::new();
-    let transactions = metrics::gauge!("boxless_router_transactions");
-    let counters = crate::driver::Counters::new();
-    loop {
-        let deadline = p.poll_timeout();
-        tokio::select! {
-            r = sock.recv_from(&mut buf) => {
-                let (n, src) = match r {
-                    Ok(v) => v,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "UDP receive");
-                        continue;
-                    }
-                };
-                if n > max_message {
-                    counters.too_large.increment(1);
-                    continue;
-                }
-                let bytes = &buf[..n];
-                let Ok(msg) = Message::parse(bytes, false) else {
-                    counters.unparseable.increment(1);
-                    continue;
-                };
-                // Responses are matched by branch; requests answer per §18.2.2.
-                let target = msg.reply_via().map_or(src, |v| response_target(&v, src));
-                let now = now_ms();
-                match counters.gate(&core, &msg, src.ip(), now) {
-                    None => p.handle_parsed(Instant::now(), now, &msg, bytes, Reply::Udp(target)),
-                    Some(v) => {
-                        refusal.clear();
-                        if core.write(&msg, v, &mut scratch, &mut refusal) {
-                            let _ = sock.send_to(&refusal, target).await;
-                        }
-                    }
-                }
-            }
-            input = rx.recv() => {
-                // Streams (TCP connections) hand their messages over with a reply queue.
-                let Some(ProxyInput::Datagram { bytes, src, reply }) = input else { return };
-                let Ok(msg) = Message::parse(&bytes, reply.is_some()) else {
-                    counters.unparseable.increment(1);
-                    continue;
-                };
-                let now = now_ms();
-                if let Some(v) = counters.gate(&core, &msg, src.ip(), now) {
-                    refusal.clear();
-                    if let Some(tx) = &reply
-                        && core.write(&msg, v, &mut scratch, &mut refusal)
-                    {
-                        let _ = tx.try_send(refusal.clone());
-                    }
-                    continue;
-                }
-                let reply = match reply {
-                    Some(tx) => Reply::Tcp(tx),
-                    None => Reply::Udp(src),
-                };
-                p.handle_parsed(Instant::now(), now, &msg, &bytes, reply);
-            }
-            _ = async {
-                match deadline {
-                    Some(t) => tokio::time::sleep_until(t.into()).await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                p.handle_timeout(Instant::now(), now_ms());
-            }
-        }
-        for o in p.drain() {
-            match o {
-                Output::ToCaller {
-                    bytes,
-                    reply: Reply::Udp(a),
-                } => {
-                    let _ = sock.send_to(&bytes, a).await;
-                }
-                Output::ToCaller {
-                    bytes,
-                    reply: Reply::Tcp(tx),
-                } => {
-                    let _ = tx.try_send(bytes);
-                }
-                Output::ToServer { bytes, addr } => {
-                    let _ = sock.send_to(&bytes, addr).await;
-                }
-            }
-        }
-        transactions.set(p.len() as f64);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use boxless_core::{LinkPool, Numbering, RouterMode, ServerSlot, StatusBoard, StatusView};
+    use boxless_core::{
+        LinkPool, Numbering, RouterMode, ServerSlot, StatusBoard, StatusView, now_ms,
+    };
+    use std::net::SocketAddr;
 
     const A: &str = "127.0.0.1:5070";
     const B: &str = "127.0.0.1:5072";
 
     fn proxy() -> Proxy<u8> {
+        proxy_with(false)
+    }
+
+    fn proxy_with(record_route: bool) -> Proxy<u8> {
         let slots = [A, B]
             .iter()
             .enumerate()
@@ -764,6 +626,7 @@ mod tests {
             "127.0.0.1:5060".parse().unwrap(),
             ProxySettings {
                 max_transactions: 4,
+                record_route,
                 ..ProxySettings::default()
             },
             Rng::seeded(7),
@@ -782,7 +645,9 @@ From: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>\r\nCall-ID: pc\r\nC
         p.drain()
             .map(|o| match o {
                 Output::ToCaller { bytes, .. } => (None, bytes),
-                Output::ToServer { bytes, addr } => (Some(addr), bytes),
+                Output::ToServer { bytes, addr } | Output::Relay { bytes, addr } => {
+                    (Some(addr), bytes)
+                }
             })
             .collect()
     }
@@ -792,9 +657,13 @@ From: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>\r\nCall-ID: pc\r\nC
         let m = Message::parse(fwd, false).unwrap();
         let mut b = Vec::new();
         let extra = if code == 200 {
-            "Contact: <sip:+15551230002@127.0.0.1:5070>\r\n"
+            let rr: String = m
+                .header_values("record-route")
+                .map(|v| format!("Record-Route: {v}\r\n"))
+                .collect();
+            format!("{rr}Contact: <sip:+15551230002@127.0.0.1:5070>\r\n")
         } else {
-            ""
+            String::new()
         };
         write_response(
             &mut b,
@@ -811,6 +680,76 @@ From: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>\r\nCall-ID: pc\r\nC
 
     fn status(b: &[u8]) -> Option<u16> {
         Message::parse(b, false).ok().and_then(|m| m.status())
+    }
+
+    #[test]
+    fn record_route_takes_the_dialog_through_the_router_and_only_to_known_hops() {
+        let mut p = proxy_with(true);
+        let t0 = Instant::now();
+        let inv = String::from_utf8(invite("INVITE"))
+            .unwrap()
+            .replace("Max-Forwards: 70\r\n", "Max-Forwards: 70\r\nRecord-Route: <sip:10.1.1.1;lr>\r\nContact: <sip:+15551230001@127.0.0.1:9000>\r\n");
+        p.handle(t0, now_ms(), inv.as_bytes(), false, 1);
+        let out = outputs(&mut p);
+        let fwd = &out.last().unwrap().1;
+        let m = Message::parse(fwd, false).unwrap();
+        let rr: Vec<_> = m.header_values("record-route").collect();
+        assert_eq!(
+            rr,
+            ["<sip:127.0.0.1:5060;lr>", "<sip:10.1.1.1;lr>"],
+            "ours on top"
+        );
+        p.handle(t0, now_ms(), &answer(fwd, 200), false, 0);
+        let ok = outputs(&mut p);
+        let ok = Message::parse(&ok[0].1, false).unwrap();
+        assert_eq!(ok.status(), Some(200));
+        assert!(
+            ok.header_values("record-route")
+                .any(|r| r.contains("127.0.0.1:5060"))
+        );
+
+        // The caller's BYE, loose-routed through us to the server's Contact.
+        let bye = "BYE sip:+15551230002@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9000;branch=z9hG4bKbye1\r\n\
+Route: <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:+15551230001@h>;tag=c\r\nTo: <sip:+15551230002@h>;tag=srv\r\n\
+Call-ID: pc\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        p.handle(t0, now_ms(), bye.as_bytes(), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, Some(A.parse().unwrap()));
+        let fwd = Message::parse(&out[0].1, false).unwrap();
+        assert_eq!(fwd.header("route"), None, "our Route is consumed");
+        assert_eq!(fwd.max_forwards, Some(69));
+        assert_eq!(fwd.header_values("via").count(), 2);
+        // A retransmission is forwarded with the same branch.
+        p.handle(t0, now_ms(), bye.as_bytes(), false, 1);
+        let again = outputs(&mut p);
+        let b2 = Message::parse(&again[0].1, false).unwrap();
+        assert_eq!(b2.top_via().unwrap().branch, fwd.top_via().unwrap().branch);
+        // The server's 200 goes back by Via, without ours.
+        let mut ok = Vec::new();
+        write_response(&mut ok, &fwd, 200, "OK", None, None, b"", None);
+        p.handle(t0, now_ms(), &ok, false, 0);
+        let out = outputs(&mut p);
+        assert_eq!(out[0].0, Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(
+            Message::parse(&out[0].1, false)
+                .unwrap()
+                .header_values("via")
+                .count(),
+            1
+        );
+
+        // A Route through us towards a stranger: refused, nothing relayed.
+        let stranger = bye.replace(
+            "sip:+15551230002@127.0.0.1:5070 SIP",
+            "sip:x@192.0.2.9:5060 SIP",
+        );
+        p.handle(t0, now_ms(), stranger.as_bytes(), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!(
+            (out.len(), out[0].0, status(&out[0].1)),
+            (1, None, Some(403))
+        );
     }
 
     #[test]

@@ -564,8 +564,18 @@ impl Leg {
 
     fn ok(&self, req: &Message<'_>, sdp: Option<&str>) -> Vec<u8> {
         let timer = self.timer.map(|t| t.header()).unwrap_or_default();
+        // A 2xx to an INVITE carries the request's Record-Route (§12.1.1), so that the
+        // caller's side builds the same route set.
+        let mut rr = String::new();
+        if req.method() == Some(Method::Invite) {
+            for v in req.header_values("record-route") {
+                rr.push_str("Record-Route: ");
+                rr.push_str(v);
+                rr.push_str("\r\n");
+            }
+        }
         let extra = format!(
-            "Contact: <{}>\r\n{ALLOW}{SUPPORTED}{timer}Server: boxless\r\n",
+            "{rr}Contact: <{}>\r\n{ALLOW}{SUPPORTED}{timer}Server: boxless\r\n",
             self.dialog.contact()
         );
         let mut b = Vec::with_capacity(1024);
@@ -669,6 +679,35 @@ mod tests {
             h.stored.as_ref().map(Vec::len),
             Some(12_000),
             "PCMA recorded"
+        );
+    }
+
+    #[test]
+    fn record_route_is_copied_into_the_200_and_our_bye_follows_it() {
+        let rr = "Record-Route: <sip:127.0.0.5:5060;lr>\r\n";
+        let mut h = deposit(settings(), 20, &invite(true, rr));
+        assert_eq!(
+            h.last().header("record-route"),
+            Some("<sip:127.0.0.5:5060;lr>")
+        );
+        h.sip(&request("ACK", 1, "", ""));
+        h.speak(1500, 8000);
+        h.wait(Duration::from_secs(4));
+        h.d.handle_stored(h.now, true);
+        let mut to = None;
+        while let Some(o) = h.d.poll_output() {
+            if let crate::call::Output::Sip { bytes, to: t } = o {
+                h.sip.push(bytes);
+                to = Some(t);
+            }
+        }
+        let bye = h.last();
+        assert_eq!(bye.method(), Some(Method::Bye));
+        assert_eq!(bye.header("route"), Some("<sip:127.0.0.5:5060;lr>"));
+        assert_eq!(
+            to,
+            Some("127.0.0.5:5060".parse().unwrap()),
+            "to the router first"
         );
     }
 
