@@ -198,12 +198,24 @@ fn caller_audio(dir: &Path) -> (Vec<i16>, PathBuf) {
 }
 
 fn sipp(dir: &Path, router: u16, pcap: &Path, calls: u32, rate: u32) -> bool {
+    sipp_scenario(dir, "deposit.xml", router, pcap, calls, rate)
+}
+
+/// Runs a deposit-like SIPp scenario of `interop/sipp/` against the router.
+fn sipp_scenario(
+    dir: &Path,
+    scenario: &str,
+    router: u16,
+    pcap: &Path,
+    calls: u32,
+    rate: u32,
+) -> bool {
     let callers = dir.join("callers.csv");
     std::fs::write(&callers, "SEQUENTIAL\n+15551230001;\n").unwrap();
     let mut child = Command::new("sipp")
         .current_dir(dir)
         .arg("-sf")
-        .arg(root().join("interop/sipp/deposit.xml"))
+        .arg(root().join("interop/sipp").join(scenario))
         .arg("-inf")
         .arg(&callers)
         .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
@@ -402,6 +414,54 @@ fn sipp_calls_the_link_number_hears_it_through_and_saves_it_with_rfc4733() {
             log.contains("state=heard") && log.contains("state=saved"),
             "{mode}: heard, then saved"
         );
+    }
+}
+
+/// Checks that `n` messages were stored with the whole of `voice`.
+fn check_full_messages(dir: &Path, http: u16, n: usize, voice: &[i16], what: &str) {
+    let msgs = api_messages(http);
+    assert_eq!(msgs.len(), n, "{what}: {msgs:?}");
+    for m in &msgs {
+        let d = m["duration_ms"].as_u64().unwrap() as i64;
+        let want = (voice.len() / 8) as i64;
+        let id = m["id"].as_str().unwrap();
+        let server = m["server"].as_str().unwrap();
+        let stored = read_wav(
+            &dir.join("data")
+                .join(server)
+                .join("audio")
+                .join(format!("{id}.wav")),
+        );
+        let (corr, _) = boxless_media::audio::best_correlation(&g711(voice), &stored, 1600);
+        eprintln!("{what}: {id} duration {d} ms (played {want}), correlation {corr:.3}");
+        assert!(d >= want - 200, "{what}: duration {d} ms, played {want} ms");
+        assert!(corr >= 0.8, "{what}: stored audio correlation {corr}");
+    }
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn sipp_late_offer_reinvite_hold_and_update_in_redirect_and_record_routed_proxy_mode() {
+    for (mode, extra) in [("redirect", ""), ("proxy", "record_route = true")] {
+        let dir = temp(&format!("dialog-{mode}"));
+        let (voice, pcap) = caller_audio(&dir);
+        let p = ports();
+        let out = dir.join("sms.jsonl");
+        let _smsc = smsc(p.smsc, &out, "accept");
+        let cfg = write_config_with(&dir, &p, mode, "smpp", extra, free_port(), free_port());
+        let _serve = serve(&cfg, p.http, &dir.join("serve.log"));
+        assert!(
+            sipp_scenario(&dir, "late-offer.xml", p.router, &pcap, 2, 2),
+            "{mode}: late-offer calls failed"
+        );
+        assert_eq!(wait_sms(&out, 2, Duration::from_secs(20)).len(), 2);
+        check_full_messages(&dir, p.http, 2, &voice, &format!("{mode} late offer"));
+        assert!(
+            sipp_scenario(&dir, "reinvite.xml", p.router, &pcap, 2, 2),
+            "{mode}: re-INVITE/UPDATE calls failed"
+        );
+        assert_eq!(wait_sms(&out, 4, Duration::from_secs(20)).len(), 4);
+        check_full_messages(&dir, p.http, 4, &voice, &format!("{mode} re-INVITE"));
     }
 }
 
