@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Real peers in front of and behind Boxless, on loopback only, and the interop matrix.
+
+  switch   Kamailio (Debian `kamailio`) as the operator's switch in front of the router:
+           it record-routes, adds a Diversion and relays the call; in redirect mode it
+           follows the router's 302 itself (uac_redirect), in proxy mode the router
+           (router.record_route) relays it. SIPp calls the switch; the ACK and BYE follow
+           the route set. Every message must be stored whole, for the Diversion's number.
+  baresip  baresip (Debian `baresip`), a real softphone, leaves a message (its WAV file as
+           the microphone) in both modes, then calls the link number from the SMS from
+           the recipient's number and records what it hears: that must match the stored
+           message. Offered codecs: PCMU, then G.722 first (wideband).
+
+Prints one line per peer × mode × transport × codec with pass/fail and its figures, and
+exits 1 when one fails. Usage:
+
+  cargo build --release
+  python3 interop/peers.py [--bin target/release/boxless] [switch baresip]
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import wave
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from failover import ROOT, caller_pcap, free_port, http_get, wait_tcp, wait_until  # noqa: E402
+
+RECIPIENT = "+15551230002"
+FORWARDED = "5551230002"
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
+MATRIX = []
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, what):
+    if not cond:
+        raise Fail(what)
+    print(f"  ok: {what}")
+
+
+class System:
+    """`boxless serve` (two servers) and the SMSC simulator."""
+
+    def __init__(self, binary, work, mode, router_extra=""):
+        self.bin, self.work, self.mode = binary, work, mode
+        os.makedirs(work, exist_ok=True)
+        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2", "h1", "h2")}
+        self.sms_out = os.path.join(work, "sms.jsonl")
+        self.cfg = os.path.join(work, "boxless.toml")
+        self.procs = []
+        with open(self.cfg, "w") as f:
+            f.write(f"""data_dir = "{work}/data"
+[router]
+listen = "127.0.0.1:{self.p['router']}"
+mode = "{mode}"
+{router_extra}
+[http]
+listen = "127.0.0.1:{self.p['http']}"
+[sms]
+transport = "smpp"
+address = "127.0.0.1:{self.p['smsc']}"
+retry_initial_ms = 200
+retry_max_ms = 2000
+max_per_recipient_per_hour = 100000
+[messages]
+greeting = "tone"
+silence_seconds = 5
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:{self.p['s1']}"
+http = "127.0.0.1:{self.p['h1']}"
+rtp_ports = "41000-41499"
+link_numbers = ["+18005550100-+18005550149"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:{self.p['s2']}"
+http = "127.0.0.1:{self.p['h2']}"
+rtp_ports = "41500-41999"
+link_numbers = ["+18005550150-+18005550199"]
+""")
+
+    def start(self):
+        log = open(os.path.join(self.work, "smsc.log"), "ab")
+        self.procs.append(subprocess.Popen(
+            ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(self.p["smsc"]), self.sms_out],
+            stdout=log, stderr=log))
+        wait_tcp(self.p["smsc"])
+        log = open(os.path.join(self.work, "serve.log"), "ab")
+        self.procs.append(subprocess.Popen([self.bin, "serve", "--config", self.cfg],
+                                           stdout=log, stderr=log, cwd=self.work))
+        wait_tcp(self.p["http"])
+        wait_until(lambda: all(s["state"] == "up"
+                               for s in (http_get(self.p["http"], "/api/v1/servers")[2] or [])),
+                   10, "both servers up")
+        return self
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+    def messages(self):
+        code, _, body = http_get(self.p["http"], f"/api/v1/messages?recipient=%2B{RECIPIENT[1:]}")
+        return body if code == 200 else []
+
+    def sms(self):
+        import json
+        if not os.path.exists(self.sms_out):
+            return []
+        with open(self.sms_out) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def audio(self, m):
+        return read_wav(os.path.join(self.work, "data", m["server"], "audio", f"{m['id']}.wav"))
+
+
+def read_wav(path):
+    with wave.open(path) as w:
+        raw = w.readframes(w.getnframes())
+        rate, width, ch = w.getframerate(), w.getsampwidth(), w.getnchannels()
+    samples = [int.from_bytes(raw[i:i + 2], "little", signed=True)
+               for i in range(0, len(raw), 2 * ch)] if width == 2 else []
+    return rate, samples
+
+
+def to_8k(rate, samples):
+    if rate == 8000:
+        return samples
+    step = rate // 8000
+    return [sum(samples[i:i + step]) // step for i in range(0, len(samples) - step + 1, step)]
+
+
+def best_correlation(a, b, max_lag):
+    """Normalised correlation of `a` (the needle) within `b` at the best lag in ±max_lag:
+    the lag found first on 20 ms energy envelopes, then refined sample by sample."""
+    import math
+
+    def corr(xs, ys, lag):
+        if lag >= 0:
+            ys = ys[lag:lag + len(xs)]
+        else:
+            xs, ys = xs[-lag:], ys[:len(xs) + lag]
+        n = min(len(xs), len(ys))
+        if n < 40:
+            return 0.0
+        xs, ys = xs[:n], ys[:n]
+        sxy = sum(x * y for x, y in zip(xs, ys))
+        sxx = sum(x * x for x in xs)
+        syy = sum(y * y for y in ys)
+        return sxy / math.sqrt(sxx * syy) if sxx and syy else 0.0
+
+    def envelope(v):
+        return [math.sqrt(sum(x * x for x in v[i:i + 160]) / 160) for i in range(0, len(v) - 159, 160)]
+
+    ea, eb = envelope(a), envelope(b)
+    frames = max_lag // 160
+    # Zero-mean envelopes: silence against silence must not look like a match.
+    ma, mb = sum(ea) / max(len(ea), 1), sum(eb) / max(len(eb), 1)
+    ea, eb = [x - ma for x in ea], [x - mb for x in eb]
+    coarse = max(range(-frames, frames + 1), key=lambda f: corr(ea, eb, f)) * 160
+    best = max(range(coarse - 240, coarse + 241), key=lambda lag: corr(a, b, lag))
+    return corr(a, b, best), best
+
+
+def sipp(work, scenario, target, pcap, calls, extra=()):
+    d = os.path.join(work, f"sipp-{scenario}-{time.monotonic_ns()}")
+    os.makedirs(d)
+    with open(os.path.join(d, "callers.csv"), "w") as f:
+        f.write("SEQUENTIAL\n+15551230001;\n")
+    argv = ["sipp", "-sf", os.path.join(ROOT, "interop/sipp", scenario), "-inf", "callers.csv",
+            "-s", FORWARDED if scenario != "via-switch.xml" else "15557000000",
+            "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
+            "-mp", str(43000 + free_port() % 400 * 2), "-key", "pcap", pcap,
+            *extra, target, "-m", str(calls), "-r", "1", "-l", "5", "-timeout", "60s",
+            "-nostdin", "-trace_stat", "-stf", "stat.csv", "-trace_err"]
+    r = subprocess.run(argv, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=120)
+    with open(os.path.join(d, "stat.csv")) as f:
+        rows = [line.rstrip("\n").split(";") for line in f if line.strip()]
+    col = {n: i for i, n in enumerate(rows[0])}
+    ok, failed = int(rows[-1][col["SuccessfulCall(C)"]]), int(rows[-1][col["FailedCall(C)"]])
+    if failed and os.environ.get("PEERS_DEBUG"):
+        print(r.stdout[-2000:])
+    return ok, failed
+
+
+def kamailio(work, port, router):
+    with open(os.path.join(ROOT, "interop/kamailio/switch.cfg")) as f:
+        cfg = f.read()
+    for k, v in (("PORT", port), ("MPATH", KAMAILIO_MODULES), ("FORWARDED", FORWARDED),
+                 ("ROUTER", router)):
+        cfg = cfg.replace(f"@@{k}@@", str(v))
+    path = os.path.join(work, "kamailio.cfg")
+    with open(path, "w") as f:
+        f.write(cfg)
+    log = open(os.path.join(work, "kamailio.log"), "ab")
+    p = subprocess.Popen(["kamailio", "-f", path, "-DD", "-E", "-m", "64", "-M", "8",
+                          "-P", os.path.join(work, "kamailio.pid"), "-Y", work],
+                         stdout=log, stderr=log)
+    wait_tcp(port)
+    return p
+
+
+def voice_ms(pcap_dir):
+    _, v = read_wav(os.path.join(pcap_dir, "caller.wav"))
+    return len(v) // 8, v
+
+
+def switch(binary, work):
+    for mode, extra in (("redirect", ""), ("proxy", "record_route = true")):
+        w = os.path.join(work, f"switch-{mode}")
+        s = System(binary, w, mode, extra).start()
+        k = None
+        try:
+            port = free_port()
+            k = kamailio(w, port, s.p["router"])
+            pcap = caller_pcap(w)
+            want, voice = voice_ms(w)
+            ok, failed = sipp(w, "via-switch.xml", f"127.0.0.1:{port}", pcap, 2)
+            print(f"  {mode}: SIPp through Kamailio: {ok} completed, {failed} failed")
+            wait_until(lambda: len(s.messages()) >= ok and len(s.sms()) >= ok, 20, "messages")
+            msgs = s.messages()
+            durations = sorted(m["duration_ms"] for m in msgs)
+            corrs = []
+            for m in msgs:
+                rate, got = s.audio(m)
+                corrs.append(best_correlation(voice, to_8k(rate, got), 1600)[0])
+            print(f"  {mode}: stored {len(msgs)} for {RECIPIENT} (the switch's Diversion): "
+                  f"{durations} ms for {want} ms spoken, correlation "
+                  + ", ".join(f"{c:.3f}" for c in corrs))
+            with open(os.path.join(w, "kamailio.log"), errors="replace") as f:
+                followed = f.read().count("following its Contact")
+            print(f"  {mode}: 302s Kamailio followed: {followed}")
+            passed = (ok == 2 and failed == 0 and len(msgs) == 2
+                      and all(abs(d - want) <= 200 for d in durations)
+                      and all(c >= 0.9 for c in corrs)
+                      and (followed == 2) == (mode == "redirect"))
+            MATRIX.append(("Kamailio 5.6 + SIPp", mode + (" +RR" if extra else ""), "UDP",
+                           "PCMU", passed, f"{ok}/2 calls, {durations} ms, corr "
+                           + "/".join(f"{c:.2f}" for c in corrs)))
+            check(passed, f"{mode}: calls through the switch stored whole")
+        finally:
+            if k and k.poll() is None:
+                k.terminate()
+                k.wait(timeout=10)
+            s.stop()
+
+
+def wav_file(path, lead_ms, samples, tail_ms, rate=8000):
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"\0\0" * (rate * lead_ms // 1000))
+        w.writeframes(b"".join(int(x).to_bytes(2, "little", signed=True) for x in samples))
+        w.writeframes(b"\0\0" * (rate * tail_ms // 1000))
+
+
+class Baresip:
+    """One baresip user agent: `user` calls `target` playing `source`, records what it hears."""
+
+    def __init__(self, work, name, user, codecs):
+        self.dir = os.path.join(work, name)
+        self.rec = os.path.join(self.dir, "rec")
+        os.makedirs(self.rec, exist_ok=True)
+        self.user = user
+        modules = "".join(f"module {c}.so\n" for c in codecs)
+        rtp = 44000 + free_port() % 200 * 10
+        with open(os.path.join(self.dir, "config"), "w") as f:
+            f.write(f"""poll_method epoll
+sip_listen 127.0.0.1:{free_port()}
+sip_trans_def udp
+audio_player alsa,null
+audio_alert alsa,null
+audio_source aufile,{self.dir}/source.wav
+rtp_ports {rtp}-{rtp + 9}
+module_path /usr/lib/baresip/modules
+module menu.so
+{modules}module aufile.so
+module alsa.so
+module sndfile.so
+module account.so
+snd_path {self.rec}
+""")
+        with open(os.path.join(self.dir, "accounts"), "w") as f:
+            f.write(f"<sip:{user}@127.0.0.1>;regint=0\n")
+
+    def call(self, target, source, seconds):
+        """Plays `source` (a WAV) to `target`; hangs up at its end. Returns (log, heard)."""
+        shutil.copy(source, os.path.join(self.dir, "source.wav"))
+        for f in os.listdir(self.rec):
+            os.remove(os.path.join(self.rec, f))
+        # -n 127.0.0.1: its SDP names loopback, the address its RTP comes from.
+        r = subprocess.run(["baresip", "-f", self.dir, "-n", "127.0.0.1", "-e", f"/dial {target}",
+                            "-t", str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=seconds + 20)
+        heard = [f for f in os.listdir(self.rec) if f.endswith("-dec.wav")]
+        return r.stdout, (read_wav(os.path.join(self.rec, heard[0])) if heard else (8000, []))
+
+
+def codec_of(log):
+    dec = [l for l in log.splitlines() if "Set audio decoder:" in l]
+    return dec[-1].split("decoder:")[1].strip() if dec else "?"
+
+
+def baresip(binary, work):
+    _, spoken = read_wav(os.path.join(ROOT, "crates/media/prompts/you-have-reached.wav"))
+    _, more = read_wav(os.path.join(ROOT, "crates/media/prompts/leave-message.wav"))
+    spoken += more
+    voice = os.path.join(work, "baresip-voice.wav")
+    wav_file(voice, 1200, spoken, 800)   # after the greeting tone; a pause before hanging up
+    quiet = os.path.join(work, "baresip-quiet.wav")
+    wav_file(quiet, 16000, [], 0)        # listens for 16 s
+    for mode, extra in (("redirect", ""), ("proxy", "record_route = true")):
+        for label, codecs in (("PCMU", ["g711"]), ("G.722 first", ["g722", "g711"])):
+            w = os.path.join(work, f"baresip-{mode}-{label.split()[0]}")
+            s = System(binary, w, mode, extra).start()
+            try:
+                caller = Baresip(w, "caller", "+15551230001", codecs)
+                log, _ = caller.call(f"sip:{RECIPIENT}@127.0.0.1:{s.p['router']}", voice, 15)
+                wait_until(lambda: s.messages() and s.sms(), 20, "the message and its SMS")
+                m = s.messages()[0]
+                rate, stored = s.audio(m)
+                stored8 = to_8k(rate, stored)
+                c_dep, _ = best_correlation(to_8k(8000, spoken)[:16000], stored8, 12000)
+                print(f"  {mode}, {label}: deposit {codec_of(log)}: stored {m['duration_ms']} ms "
+                      f"({rate} Hz), correlation with what baresip played {c_dep:.3f}")
+                link = "+" + s.sms()[0]["source"]
+                me = Baresip(w, "recipient", RECIPIENT, codecs)
+                log2, (hrate, heard) = me.call(f"sip:{link}@127.0.0.1:{s.p['router']}", quiet, 16)
+                c_ret, _ = best_correlation(stored8[:16000], to_8k(hrate, heard), 8000 * 14)
+                time.sleep(0.5)
+                state = s.messages()[0]["state"]
+                print(f"  {mode}, {label}: retrieval {codec_of(log2)} from {RECIPIENT} to {link}: "
+                      f"heard {len(heard) / hrate:.1f} s, correlation with the stored message "
+                      f"{c_ret:.3f}, message {state}")
+                passed = c_dep >= 0.8 and c_ret >= 0.8 and state == "heard"
+                MATRIX.append(("baresip 1.0", mode + (" +RR" if extra else ""), "UDP",
+                               f"{label} -> {codec_of(log)}", passed,
+                               f"deposit corr {c_dep:.2f}, retrieval corr {c_ret:.2f}, {state}"))
+                check(passed, f"{mode}, {label}: baresip left a message and heard it back")
+            finally:
+                s.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
+    ap.add_argument("scenarios", nargs="*", default=["switch", "baresip"])
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="boxless-peers-")
+    failed = []
+    for name in a.scenarios:
+        print(f"== {name}")
+        try:
+            globals()[name](a.bin, work)
+        except (Fail, RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"  FAIL: {e}")
+            failed.append(name)
+    print("\ninterop matrix (peer | mode | transport | codec | result | figures)")
+    for peer, mode, transport, codec, passed, figures in MATRIX:
+        print(f"  {peer:<22} {mode:<12} {transport:<5} {codec:<6} "
+              f"{'pass' if passed else 'FAIL':<5} {figures}")
+    if failed:
+        print(f"failed: {failed}; work directory kept: {work}")
+        sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
