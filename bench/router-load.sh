@@ -24,7 +24,8 @@ sed -e 's#^data_dir = .*#data_dir = "'"$work"'/data"#' \
     config/default.toml > "$work/bench.toml"
 # SIPp is one peer sending far above the default flood guard (500 INVITEs/s per peer):
 # raise it so that the guard counts every call, as in production, without refusing them.
-printf '\n[sip]\nmax_invites_per_second_per_peer = 1000000\n' >> "$work/bench.toml"
+sed -i 's#^max_invites_per_second_per_peer = .*#max_invites_per_second_per_peer = 1000000#' "$work/bench.toml"
+grep -q '^max_invites_per_second_per_peer = 1000000' "$work/bench.toml"
 if [ $nats = 1 ]; then
   sed -i 's#^backend = "local"#backend = "nats"#' "$work/bench.toml"
   nats-server -a 127.0.0.1 -p 24222 > "$work/nats.log" 2>&1 & pids+=($!)
