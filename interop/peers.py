@@ -9,7 +9,8 @@
   baresip  baresip (Debian `baresip`), a real softphone, leaves a message (its WAV file as
            the microphone) in both modes, then calls the link number from the SMS from
            the recipient's number and records what it hears: that must match the stored
-           message. Offered codecs: PCMU, then G.722 first (wideband).
+           message. Offered codecs: PCMU, then G.722 first (wideband); and over TLS (the
+           router and each server with sip.tls_listen, one self-signed certificate).
 
 Prints one line per peer × mode × transport × codec with pass/fail and its figures, and
 exits 1 when one fails. Usage:
@@ -49,10 +50,24 @@ def check(cond, what):
 class System:
     """`boxless serve` (two servers) and the SMSC simulator."""
 
-    def __init__(self, binary, work, mode, router_extra=""):
+    def __init__(self, binary, work, mode, router_extra="", tls=False):
         self.bin, self.work, self.mode = binary, work, mode
         os.makedirs(work, exist_ok=True)
-        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2", "h1", "h2")}
+        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2", "h1", "h2",
+                                           "tls", "t1", "t2")}
+        sip, s1_tls, s2_tls = "", "", ""
+        if tls:
+            # SIP over TLS on the router and on each server, one self-signed certificate.
+            self.crt, key = os.path.join(work, "sip.crt"), os.path.join(work, "sip.key")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
+                            "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                            "-keyout", key, "-out", self.crt],
+                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            sip = (f"[sip]\ntls_listen = \"127.0.0.1:{self.p['tls']}\"\n"
+                   f"tls_cert = \"{self.crt}\"\ntls_key = \"{key}\"\n")
+            s1_tls = f"tls_listen = \"127.0.0.1:{self.p['t1']}\"\n"
+            s2_tls = f"tls_listen = \"127.0.0.1:{self.p['t2']}\"\n"
         self.sms_out = os.path.join(work, "sms.jsonl")
         self.cfg = os.path.join(work, "boxless.toml")
         self.procs = []
@@ -62,7 +77,7 @@ class System:
 listen = "127.0.0.1:{self.p['router']}"
 mode = "{mode}"
 {router_extra}
-[http]
+{sip}[http]
 listen = "127.0.0.1:{self.p['http']}"
 [sms]
 transport = "smpp"
@@ -76,13 +91,13 @@ silence_seconds = 5
 [[servers]]
 id = "ms1"
 listen = "127.0.0.1:{self.p['s1']}"
-http = "127.0.0.1:{self.p['h1']}"
+{s1_tls}http = "127.0.0.1:{self.p['h1']}"
 rtp_ports = "41000-41499"
 link_numbers = ["+18005550100-+18005550149"]
 [[servers]]
 id = "ms2"
 listen = "127.0.0.1:{self.p['s2']}"
-http = "127.0.0.1:{self.p['h2']}"
+{s2_tls}http = "127.0.0.1:{self.p['h2']}"
 rtp_ports = "41500-41999"
 link_numbers = ["+18005550150-+18005550199"]
 """)
@@ -271,7 +286,7 @@ def wav_file(path, lead_ms, samples, tail_ms, rate=8000):
 class Baresip:
     """One baresip user agent: `user` calls `target` playing `source`, records what it hears."""
 
-    def __init__(self, work, name, user, codecs):
+    def __init__(self, work, name, user, codecs, cafile=None):
         self.dir = os.path.join(work, name)
         self.rec = os.path.join(self.dir, "rec")
         os.makedirs(self.rec, exist_ok=True)
@@ -282,6 +297,7 @@ class Baresip:
             f.write(f"""poll_method epoll
 sip_listen 127.0.0.1:{free_port()}
 sip_trans_def udp
+{f"sip_cafile {cafile}" if cafile else ""}
 audio_player alsa,null
 audio_alert alsa,null
 audio_source aufile,{self.dir}/source.wav
@@ -323,34 +339,42 @@ def baresip(binary, work):
     wav_file(voice, 1200, spoken, 800)   # after the greeting tone; a pause before hanging up
     quiet = os.path.join(work, "baresip-quiet.wav")
     wav_file(quiet, 16000, [], 0)        # listens for 16 s
-    for mode, extra in (("redirect", ""), ("proxy", "record_route = true")):
-        for label, codecs in (("PCMU", ["g711"]), ("G.722 first", ["g722", "g711"])):
-            w = os.path.join(work, f"baresip-{mode}-{label.split()[0]}")
-            s = System(binary, w, mode, extra).start()
+    runs = [(mode, extra, label, codecs, tls)
+            for mode, extra in (("redirect", ""), ("proxy", "record_route = true"))
+            for label, codecs, tls in (("PCMU", ["g711"], False),
+                                       ("G.722 first", ["g722", "g711"], False),
+                                       ("PCMU", ["g711"], True))]
+    for mode, extra, label, codecs, tls in runs:
+        transport = "TLS" if tls else "UDP"
+        w = os.path.join(work, f"baresip-{mode}-{label.split()[0]}-{transport}")
+        if True:
+            s = System(binary, w, mode, extra, tls=tls).start()
+            ca = s.crt if tls else None
+            port, suffix = (s.p["tls"], ";transport=tls") if tls else (s.p["router"], "")
             try:
-                caller = Baresip(w, "caller", "+15551230001", codecs)
-                log, _ = caller.call(f"sip:{RECIPIENT}@127.0.0.1:{s.p['router']}", voice, 15)
+                caller = Baresip(w, "caller", "+15551230001", codecs, ca)
+                log, _ = caller.call(f"sip:{RECIPIENT}@127.0.0.1:{port}{suffix}", voice, 15)
                 wait_until(lambda: s.messages() and s.sms(), 20, "the message and its SMS")
                 m = s.messages()[0]
                 rate, stored = s.audio(m)
                 stored8 = to_8k(rate, stored)
                 c_dep, _ = best_correlation(to_8k(8000, spoken)[:16000], stored8, 12000)
-                print(f"  {mode}, {label}: deposit {codec_of(log)}: stored {m['duration_ms']} ms "
+                print(f"  {mode}, {transport}, {label}: deposit {codec_of(log)}: stored {m['duration_ms']} ms "
                       f"({rate} Hz), correlation with what baresip played {c_dep:.3f}")
                 link = "+" + s.sms()[0]["source"]
-                me = Baresip(w, "recipient", RECIPIENT, codecs)
-                log2, (hrate, heard) = me.call(f"sip:{link}@127.0.0.1:{s.p['router']}", quiet, 16)
+                me = Baresip(w, "recipient", RECIPIENT, codecs, ca)
+                log2, (hrate, heard) = me.call(f"sip:{link}@127.0.0.1:{port}{suffix}", quiet, 16)
                 c_ret, _ = best_correlation(stored8[:16000], to_8k(hrate, heard), 8000 * 14)
                 time.sleep(0.5)
                 state = s.messages()[0]["state"]
-                print(f"  {mode}, {label}: retrieval {codec_of(log2)} from {RECIPIENT} to {link}: "
+                print(f"  {mode}, {transport}, {label}: retrieval {codec_of(log2)} from {RECIPIENT} to {link}: "
                       f"heard {len(heard) / hrate:.1f} s, correlation with the stored message "
                       f"{c_ret:.3f}, message {state}")
                 passed = c_dep >= 0.8 and c_ret >= 0.8 and state == "heard"
-                MATRIX.append(("baresip 1.0", mode + (" +RR" if extra else ""), "UDP",
+                MATRIX.append(("baresip 1.0", mode + (" +RR" if extra else ""), transport,
                                f"{label} -> {codec_of(log)}", passed,
                                f"deposit corr {c_dep:.2f}, retrieval corr {c_ret:.2f}, {state}"))
-                check(passed, f"{mode}, {label}: baresip left a message and heard it back")
+                check(passed, f"{mode}, {transport}, {label}: baresip left a message and heard it back")
             finally:
                 s.stop()
 

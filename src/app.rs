@@ -53,6 +53,7 @@ fn board_of(cfg: &Checked, remote: bool) -> Arc<StatusBoard> {
                     s.config.capacity,
                 )
                 .with_weight(s.config.weight)
+                .with_tls(s.config.tls_listen)
             })
             .collect(),
     })
@@ -138,9 +139,21 @@ async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result
             Rng::from_entropy().next_u64(),
         ),
     });
+    let tls = match cfg.sip_tls {
+        Some(addr) => Some((
+            addr,
+            boxless_net::tls::sip_server_config(
+                std::path::Path::new(&c.sip.tls_cert),
+                std::path::Path::new(&c.sip.tls_key),
+            )
+            .map_err(|e| anyhow::anyhow!("sip.tls_cert / sip.tls_key: {e}"))?,
+        )),
+        None => None,
+    };
     boxless_router::start(
         core,
         boxless_router::RouterSettings {
+            tls,
             probe: (c.router.probe_interval_ms > 0).then(|| boxless_router::probe::ProbeSettings {
                 interval: Duration::from_millis(c.router.probe_interval_ms),
                 timeout: Duration::from_millis(c.router.probe_timeout_ms),
@@ -154,6 +167,7 @@ async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result
                 answer_timeout: Duration::from_millis(c.router.proxy_answer_ms),
                 t1: Duration::from_millis(c.sip.t1_ms),
                 record_route: c.router.record_route,
+                tls_local: cfg.sip_tls,
                 ..ProxySettings::default()
             },
         },

@@ -346,3 +346,55 @@ async fn proxy_mode_over_tcp_keeps_the_same_boundary() {
     );
     let _ = std::fs::remove_dir_all(&sys.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sip_over_tls_closes_on_strangers_before_the_handshake_and_serves_trusted_peers() {
+    let dir = common::temp_dir("siptls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    let cert = params.self_signed(&key).unwrap();
+    let (crt, pem_key) = (dir.join("sip.crt"), dir.join("sip.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+    let port = boxless_testkit::free_port();
+    let tls: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let extra = format!(
+        "[sip]\ntrusted_peers = [\"127.0.0.1/32\"]\ntls_listen = \"{tls}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        crt.display(),
+        pem_key.display()
+    );
+    let sys = system("siptls", "redirect", &extra).await;
+    // A stranger: closed at once, not even a handshake (a ClientHello gets nothing back).
+    let t0 = std::time::Instant::now();
+    let (got, closed) = tcp_ask(
+        "127.0.0.3",
+        tls,
+        "\u{16}\u{3}\u{1}\0\u{5}hello",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(got.is_empty() && closed, "{got:?}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // A trusted peer: a TLS session, an OPTIONS answered on it.
+    let connector =
+        tokio_rustls::TlsConnector::from(boxless_net::tls::client_config(&crt).unwrap());
+    let tcp = tokio::net::TcpStream::connect(tls).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut s = connector.connect(name, tcp).await.expect("TLS handshake");
+    let options = format!(
+        "OPTIONS sip:{tls} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1\r\n\
+From: <sip:ops@127.0.0.1>;tag=o\r\nTo: <sip:{tls}>\r\nCall-ID: tls-options\r\nCSeq: 1 OPTIONS\r\n\
+Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(options.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let got = String::from_utf8_lossy(&buf[..n]);
+    assert!(got.starts_with("SIP/2.0 200 OK\r\n"), "{got}");
+    let _ = std::fs::remove_dir_all(&sys.data);
+}

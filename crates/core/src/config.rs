@@ -441,6 +441,12 @@ pub struct SipConfig {
     pub trusted_peers: Vec<String>,
     /// New INVITEs per second from one address; above it `503` with Retry-After.
     pub max_invites_per_second_per_peer: u32,
+    /// The router's SIP-over-TLS address (`""`: none).
+    pub tls_listen: String,
+    /// PEM certificate chain of every SIP-over-TLS listener.
+    pub tls_cert: String,
+    /// Its private key.
+    pub tls_key: String,
 }
 
 impl Default for SipConfig {
@@ -451,6 +457,9 @@ impl Default for SipConfig {
             max_message_bytes: 16 * 1024,
             trusted_peers: vec!["127.0.0.0/8".into(), "::1/128".into()],
             max_invites_per_second_per_peer: 500,
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -463,6 +472,9 @@ pub struct ServerConfig {
     pub id: String,
     /// SIP address (UDP and TCP).
     pub listen: SocketAddr,
+    /// SIP over TLS on this address too (with `sip.tls_cert`).
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
     /// Its own HTTP API when run as `boxless server`.
     pub http: SocketAddr,
     /// `"FIRST-LAST"` RTP ports (even ports used).
@@ -515,6 +527,8 @@ pub struct Checked {
     pub tokens: Vec<ApiToken>,
     /// Passwords, read from their files where a `*_file` key names one.
     pub secrets: Secrets,
+    /// The router's SIP-over-TLS address.
+    pub sip_tls: Option<SocketAddr>,
 }
 
 impl Config {
@@ -720,6 +734,7 @@ impl Config {
             config: self,
             numbering,
             servers,
+            sip_tls: trust.sip_tls,
             peers: trust.peers,
             tokens: trust.tokens,
             secrets: trust.secrets,

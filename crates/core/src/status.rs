@@ -140,6 +140,8 @@ pub struct ServerSlot {
     pub id: String,
     /// Its SIP address.
     pub sip: SocketAddr,
+    /// Its SIP-over-TLS address, if it has one.
+    pub sip_tls: Option<SocketAddr>,
     /// Its link numbers.
     pub pool: LinkPool,
     state: AtomicU8,
@@ -217,6 +219,7 @@ impl ServerSlot {
         ServerSlot {
             id: id.to_string(),
             sip,
+            sip_tls: None,
             pool,
             state: AtomicU8::new(2),
             active: AtomicU32::new(0),
@@ -232,6 +235,12 @@ impl ServerSlot {
     /// The same slot with `weight` (see `[[servers]] weight`).
     pub fn with_weight(mut self, weight: u32) -> ServerSlot {
         self.weight = weight;
+        self
+    }
+
+    /// The same slot with a SIP-over-TLS address.
+    pub fn with_tls(mut self, addr: Option<SocketAddr>) -> ServerSlot {
+        self.sip_tls = addr;
         self
     }
 

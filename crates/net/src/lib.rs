@@ -1,12 +1,13 @@
 //! Transport drivers shared by the router and the messaging server.
 #![warn(missing_docs)]
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use boxless_sip::{Frame, frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 /// A connection closes after this long without a byte.
@@ -18,6 +19,9 @@ pub const UNTRUSTED_TCP_GRACE: Duration = Duration::from_secs(2);
 
 /// SIP-over-TCP connections one listener holds at once; past it, accepting waits.
 pub const MAX_TCP_CONNECTIONS: usize = 4096;
+
+/// A TLS handshake must finish within this, or the connection is closed.
+pub const TLS_HANDSHAKE: Duration = Duration::from_secs(5);
 
 /// Bounds the connections of one listener: each accepted connection holds a permit.
 #[derive(Debug, Clone)]
@@ -40,22 +44,40 @@ impl ConnLimit {
     }
 }
 
-/// One SIP-over-TCP connection (RFC 3261 §18.3): a writer task fed by a bounded queue,
-/// and a reader that hands out whole messages.
-#[derive(Debug)]
+/// One SIP connection over TCP or TLS (RFC 3261 §18.3, RFC 5630): a writer task fed by a
+/// bounded queue, and a reader that hands out whole messages.
 pub struct TcpSip {
     /// Queue of bytes to write; a full queue drops (the peer is not reading).
     pub writer: mpsc::Sender<Vec<u8>>,
-    reader: OwnedReadHalf,
+    /// True over TLS.
+    pub tls: bool,
+    reader: Box<dyn AsyncRead + Send + Unpin>,
     buf: Vec<u8>,
     max: usize,
     idle: Duration,
 }
 
+impl std::fmt::Debug for TcpSip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpSip")
+            .field("tls", &self.tls)
+            .field("buffered", &self.buf.len())
+            .finish()
+    }
+}
+
 impl TcpSip {
     /// Splits `stream` and starts its writer task; messages above `max` bytes close it.
     pub fn new(stream: TcpStream, max: usize) -> TcpSip {
-        let (reader, mut wr) = stream.into_split();
+        TcpSip::over(stream, max, false)
+    }
+
+    /// [`TcpSip::new`] over any byte stream (a TLS session).
+    pub fn over<S>(stream: S, max: usize, tls: bool) -> TcpSip
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (reader, mut wr) = tokio::io::split(stream);
         let (writer, mut queue) = mpsc::channel::<Vec<u8>>(64);
         tokio::spawn(async move {
             while let Some(b) = queue.recv().await {
@@ -66,7 +88,8 @@ impl TcpSip {
         });
         TcpSip {
             writer,
-            reader,
+            tls,
+            reader: Box::new(reader),
             buf: Vec::with_capacity(8192),
             max,
             idle: TCP_IDLE,
@@ -101,6 +124,58 @@ impl TcpSip {
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
             }
         }
+    }
+}
+
+/// Accepts SIP connections on `l`, over TLS when `tls` is set, at most
+/// [`MAX_TCP_CONNECTIONS`] at once, and runs `conn(connection, peer, trusted)` in a task of
+/// its own for each. `trusted` tells whether the peer may reach call handling: a stranger
+/// over TCP gets [`UNTRUSTED_TCP_GRACE`] to send its one message (the caller answers it
+/// `403`), a stranger over TLS is closed before the handshake (no CPU spent on it); a
+/// handshake that takes longer than [`TLS_HANDSHAKE`] is dropped.
+pub async fn accept_sip<F, Fut>(
+    l: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    max: usize,
+    trusted: impl Fn(IpAddr) -> bool,
+    conn: F,
+) where
+    F: Fn(TcpSip, SocketAddr, bool) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let limit = ConnLimit::new(MAX_TCP_CONNECTIONS);
+    loop {
+        let permit = limit.acquire().await;
+        let Ok((s, peer)) = l.accept().await else {
+            continue;
+        };
+        let ok = trusted(peer.ip());
+        let Some(acceptor) = tls.clone() else {
+            let mut c = TcpSip::new(s, max);
+            if !ok {
+                c.set_idle(UNTRUSTED_TCP_GRACE);
+            }
+            let task = conn(c, peer, ok);
+            tokio::spawn(async move {
+                task.await;
+                drop(permit);
+            });
+            continue;
+        };
+        if !ok {
+            metrics::counter!("boxless_sip_refused_total", "reason" => "untrusted").increment(1);
+            continue;
+        }
+        // The handshake runs in the connection's own task: a slow one holds no one up.
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(s)).await {
+                Ok(Ok(stream)) => conn(TcpSip::over(stream, max, true), peer, true).await,
+                _ => metrics::counter!("boxless_sip_dropped_total", "reason" => "tls_handshake")
+                    .increment(1),
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -1,5 +1,5 @@
-//! TLS set-up from PEM files (rustls with *ring*): the API's server side and the router's
-//! client side when it asks the servers' APIs over HTTPS.
+//! TLS set-up from PEM files (rustls with *ring*): the API's and SIP's server side, and the
+//! router's client side when it asks the servers' APIs over HTTPS.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,19 +37,29 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// A server configuration from a PEM certificate chain and its private key.
+/// A server configuration for HTTPS (ALPN h2, http/1.1).
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut c = base_server(cert, key)?;
+    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(c))
+}
+
+/// A server configuration for SIP over TLS (RFC 5630; no ALPN).
+pub fn sip_server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    Ok(Arc::new(base_server(cert, key)?))
+}
+
+/// A server configuration from a PEM certificate chain and its private key.
+fn base_server(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let chain = certs(cert)?;
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError(format!("`{}`: {e}", key.display())))?;
-    let mut c = rustls::ServerConfig::builder_with_provider(provider())
+    rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| TlsError(format!("`{}`: {e}", cert.display())))?;
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(c))
+        .map_err(|e| TlsError(format!("`{}`: {e}", cert.display())))
 }
 
 /// A client configuration that trusts the certificates in `ca` (a CA, or a server's own

@@ -246,16 +246,29 @@ impl RouterCore {
                 alternates,
                 ..
             } => {
-                let addr = self.board.slots[server].sip;
-                // Writing to a String cannot fail.
-                let _ = write!(scratch, "Contact: <sip:{user}@{addr}>");
+                // A caller on TLS is sent to the servers' TLS listeners (RFC 5630), one
+                // that has none to its plain address.
+                let tls = msg
+                    .top_via()
+                    .is_some_and(|v| v.transport.eq_ignore_ascii_case("TLS"));
+                let contact = |scratch: &mut String, i: usize| {
+                    let slot = &self.board.slots[i];
+                    // Writing to a String cannot fail.
+                    let _ = match slot.sip_tls.filter(|_| tls) {
+                        Some(t) => write!(scratch, "<sip:{user}@{t};transport=tls>"),
+                        None => write!(scratch, "<sip:{user}@{}>", slot.sip),
+                    };
+                };
+                scratch.push_str("Contact: ");
+                contact(scratch, server);
                 // Alternatives in q-order (RFC 3261 §8.1.3.4): 1.0 for the chosen one.
                 if !alternates.as_slice().is_empty() {
                     scratch.push_str(";q=1.0");
                 }
                 for (k, &i) in alternates.as_slice().iter().enumerate() {
-                    let addr = self.board.slots[i as usize].sip;
-                    let _ = write!(scratch, ", <sip:{user}@{addr}>;q=0.{}", 9 - k);
+                    scratch.push_str(", ");
+                    contact(scratch, i as usize);
+                    let _ = write!(scratch, ";q=0.{}", 9 - k);
                 }
                 scratch.push_str("\r\n");
                 (302, "Moved Temporarily")
@@ -334,7 +347,9 @@ mod tests {
                     ([127, 0, 0, 1], 5070 + 2 * i as u16).into(),
                     LinkPool::parse(&[*p]).unwrap(),
                     10,
-                );
+                )
+                // ms1 has a TLS listener, ms2 none.
+                .with_tls((i == 0).then(|| ([127, 0, 0, 1], 5061).into()));
                 s.publish(StatusView::up(10, 1000));
                 s
             })
@@ -355,6 +370,39 @@ mod tests {
             "INVITE sip:{ruri_user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKa\r\nFrom: <sip:+15551230001@h>;tag=1\r\nTo: <sip:{ruri_user}@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
         )
         .into_bytes()
+    }
+
+    #[test]
+    fn a_caller_on_tls_is_redirected_to_the_servers_tls_listeners() {
+        let c = core(RouterMode::Redirect);
+        let b = String::from_utf8(invite(
+            "+15551230002",
+            "Diversion: <sip:+15551230002@h>\r\n",
+        ))
+        .unwrap()
+        .replace("SIP/2.0/UDP 127.0.0.1:9", "SIP/2.0/TLS 127.0.0.1:9");
+        let m = Message::parse(b.as_bytes(), false).unwrap();
+        let mut out = Vec::new();
+        let v = decide(&c, b.as_bytes());
+        assert!(c.write(&m, v, &mut String::new(), &mut out));
+        let r = Message::parse(&out, false).unwrap();
+        let contacts: Vec<_> = r.header_values("contact").collect();
+        assert_eq!(contacts.len(), 2);
+        assert!(
+            contacts.contains(&"<sip:+15551230002@127.0.0.1:5061;transport=tls>;q=1.0")
+                || contacts.contains(&"<sip:+15551230002@127.0.0.1:5061;transport=tls>;q=0.9"),
+            "{contacts:?}"
+        );
+        assert!(
+            contacts.iter().any(|c| c.contains("127.0.0.1:5072>")),
+            "a server without TLS keeps its plain address: {contacts:?}"
+        );
+        // The same call over UDP: plain addresses only.
+        let udp = invite("+15551230002", "Diversion: <sip:+15551230002@h>\r\n");
+        let m = Message::parse(&udp, false).unwrap();
+        let v = decide(&c, &udp);
+        assert!(c.write(&m, v, &mut String::new(), &mut out));
+        assert!(!String::from_utf8_lossy(&out).contains("transport=tls"));
     }
 
     fn decide(c: &RouterCore, b: &[u8]) -> Verdict {

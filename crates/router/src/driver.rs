@@ -7,7 +7,7 @@ use boxless_core::{Rng, RouterMode, now_ms};
 use std::time::Instant;
 
 use boxless_sip::{Message, response_target};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::decide::{Admission, RouterCore, Verdict};
@@ -26,6 +26,8 @@ pub struct RouterSettings {
     pub rng_seed: u64,
     /// Proxy timers.
     pub proxy: proxy::ProxySettings,
+    /// SIP over TLS: its address and certificate.
+    pub tls: Option<(SocketAddr, Arc<tokio_rustls::rustls::ServerConfig>)>,
 }
 
 /// Binds UDP and TCP on `settings.listen` and serves until the process ends.
@@ -69,9 +71,22 @@ pub async fn start(core: Arc<RouterCore>, settings: RouterSettings) -> std::io::
         let sock = UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
         tokio::spawn(probe_servers(core.board.clone(), sock, p));
     }
-    tokio::spawn(tcp_accept(
+    if let Some((addr, cfg)) = settings.tls.clone() {
+        let l = TcpListener::bind(addr).await?;
+        tokio::spawn(stream_accept(
+            core.clone(),
+            l,
+            Some(tokio_rustls::TlsAcceptor::from(cfg)),
+            settings.max_message,
+            settings.rng_seed ^ 0x7715,
+            proxy_tx.clone(),
+        ));
+        tracing::info!(sip_tls = %addr, "router: SIP over TLS");
+    }
+    tokio::spawn(stream_accept(
         core,
         tcp,
+        None,
         settings.max_message,
         settings.rng_seed,
         proxy_tx,
@@ -238,47 +253,42 @@ fn redirect_udp(core: Arc<RouterCore>, sock: std::net::UdpSocket, max: usize, mu
     }
 }
 
-async fn tcp_accept(
+async fn stream_accept(
     core: Arc<RouterCore>,
     l: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     max: usize,
     seed: u64,
     proxy: Option<mpsc::Sender<ProxyInput>>,
 ) {
-    let mut n = 0u64;
-    let limit = boxless_net::ConnLimit::new(boxless_net::MAX_TCP_CONNECTIONS);
-    loop {
-        let permit = limit.acquire().await;
-        let Ok((s, peer)) = l.accept().await else {
-            continue;
-        };
-        n += 1;
-        let rng = if seed == 0 {
-            Rng::from_entropy()
-        } else {
-            Rng::seeded(seed ^ (n << 8))
-        };
-        let conn = tcp_conn(core.clone(), s, peer, max, rng, proxy.clone());
-        tokio::spawn(async move {
-            conn.await;
-            drop(permit);
-        });
-    }
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let gate = core.clone();
+    boxless_net::accept_sip(
+        l,
+        tls,
+        max,
+        move |ip| gate.gate.peers.allows(ip),
+        move |conn, peer, trusted| {
+            let k = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let rng = if seed == 0 {
+                Rng::from_entropy()
+            } else {
+                Rng::seeded(seed ^ (k << 8))
+            };
+            stream_conn(core.clone(), conn, peer, trusted, rng, proxy.clone())
+        },
+    )
+    .await;
 }
 
-async fn tcp_conn(
+async fn stream_conn(
     core: Arc<RouterCore>,
-    s: TcpStream,
+    mut conn: boxless_net::TcpSip,
     peer: SocketAddr,
-    max: usize,
+    trusted: bool,
     mut rng: Rng,
     proxy: Option<mpsc::Sender<ProxyInput>>,
 ) {
-    let mut conn = boxless_net::TcpSip::new(s, max);
-    let trusted = core.gate.peers.allows(peer.ip());
-    if !trusted {
-        conn.set_idle(boxless_net::UNTRUSTED_TCP_GRACE);
-    }
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::new();
     let counters = Counters::new();
@@ -356,6 +366,7 @@ async fn run_proxy(
     let mut scratch = String::new();
     let transactions = metrics::gauge!("boxless_router_transactions");
     let counters = Counters::new();
+    let mut conns = Streams::default();
     loop {
         let deadline = p.poll_timeout();
         tokio::select! {
@@ -407,7 +418,10 @@ async fn run_proxy(
                     continue;
                 }
                 let reply = match reply {
-                    Some(tx) => Reply::Tcp(tx),
+                    Some(tx) => {
+                        conns.learn(&msg, src, &tx);
+                        Reply::Tcp(tx)
+                    }
                     None => Reply::Udp(src),
                 };
                 p.handle_parsed(Instant::now(), now, &msg, &bytes, reply);
@@ -435,11 +449,65 @@ async fn run_proxy(
                 } => {
                     let _ = tx.try_send(bytes);
                 }
-                Output::ToServer { bytes, addr } | Output::Relay { bytes, addr } => {
+                Output::ToServer { bytes, addr } => {
                     let _ = sock.send_to(&bytes, addr).await;
                 }
+                Output::Relay { bytes, addr } => match conns.get(addr) {
+                    // A peer on TCP or TLS is reached on its connection (RFC 5923's reuse).
+                    Some(tx) => {
+                        let _ = tx.try_send(bytes);
+                    }
+                    None => {
+                        let _ = sock.send_to(&bytes, addr).await;
+                    }
+                },
             }
         }
         transactions.set(p.len() as f64);
+    }
+}
+
+/// The proxy task's table of open TCP/TLS connections by the addresses a peer is known
+/// by: its source, its top Via's sent-by and its Contact (IP literals). Requests and
+/// responses loose-routed to one of those go on that connection, not over UDP. Bounded;
+/// closed connections are pruned when it fills.
+#[derive(Debug, Default)]
+struct Streams(std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>);
+
+impl Streams {
+    const MAX: usize = 3 * boxless_net::MAX_TCP_CONNECTIONS;
+
+    fn learn(&mut self, msg: &Message<'_>, src: SocketAddr, tx: &mpsc::Sender<Vec<u8>>) {
+        let via = msg.top_via().and_then(|v| {
+            let ip = v
+                .host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?;
+            Some(SocketAddr::new(ip, v.port.unwrap_or(5060)))
+        });
+        let contact = msg
+            .header_values("contact")
+            .next()
+            .and_then(boxless_sip::NameAddr::parse)
+            .and_then(|n| boxless_sip::Uri::parse(n.uri))
+            .and_then(|u| u.ip_addr());
+        for addr in [Some(src), via, contact].into_iter().flatten() {
+            if self.0.get(&addr).is_some_and(|t| t.same_channel(tx)) {
+                continue;
+            }
+            if self.0.len() >= Self::MAX {
+                self.0.retain(|_, t| !t.is_closed());
+                if self.0.len() >= Self::MAX {
+                    return;
+                }
+            }
+            self.0.insert(addr, tx.clone());
+        }
+    }
+
+    fn get(&self, addr: SocketAddr) -> Option<&mpsc::Sender<Vec<u8>>> {
+        self.0.get(&addr).filter(|t| !t.is_closed())
     }
 }

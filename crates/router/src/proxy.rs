@@ -43,6 +43,9 @@ pub struct ProxySettings {
     pub max_transactions: usize,
     /// Add Record-Route, so that in-dialog requests pass the router.
     pub record_route: bool,
+    /// The router's SIP-over-TLS address: a caller on TLS gets a second Record-Route
+    /// naming it (RFC 5658), the first one facing the servers over UDP.
+    pub tls_local: Option<SocketAddr>,
 }
 
 impl Default for ProxySettings {
@@ -54,6 +57,7 @@ impl Default for ProxySettings {
             ring_timeout: Duration::from_secs(60),
             max_transactions: 32_768,
             record_route: false,
+            tls_local: None,
         }
     }
 }
@@ -186,12 +190,12 @@ impl<R: Clone> Proxy<R> {
         bytes: &[u8],
         reply: R,
     ) {
-        if self.s.record_route
-            && msg.is_request()
-            && msg.defect.is_none()
-            && relay::routed_to_us(msg, self.local)
-        {
-            return self.loose_route(msg, reply);
+        if self.s.record_route && msg.is_request() && msg.defect.is_none() {
+            let ours = [self.local, self.s.tls_local.unwrap_or(self.local)];
+            let skip = relay::routes_to_us(msg, &ours);
+            if skip > 0 {
+                return self.loose_route(msg, reply, skip);
+            }
         }
         match msg.method() {
             None => self.response(now, now_ms, msg),
@@ -206,7 +210,7 @@ impl<R: Clone> Proxy<R> {
 
     /// An in-dialog request that names us in its top Route: on to the next hop, provided
     /// that is one of our servers or a trusted peer (never a relay to strangers).
-    fn loose_route(&mut self, msg: &Message<'_>, reply: R) {
+    fn loose_route(&mut self, msg: &Message<'_>, reply: R, skip: usize) {
         let answer = |p: &mut Self, code, reason| {
             if msg.method() != Some(Method::Ack) {
                 p.out.push(Output::ToCaller {
@@ -225,7 +229,7 @@ impl<R: Clone> Proxy<R> {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
         let branch = format!("{STATELESS_BRANCH}{h:016x}");
-        let Some((bytes, addr)) = relay::forward_in_dialog(msg, self.local, &branch) else {
+        let Some((bytes, addr)) = relay::forward_in_dialog(msg, self.local, &branch, skip) else {
             return answer(self, 404, "Not Found");
         };
         let known = self.core.board.slots.iter().any(|s| s.sip == addr)
@@ -332,12 +336,13 @@ impl<R: Clone> Proxy<R> {
         let Ok(msg) = Message::parse(&t.invite, false) else {
             return;
         };
+        let rr = record_route_lines(&self.s, self.local, &msg);
         let fwd = relay::build_forward(
             &msg,
             &format!("sip:{}@{addr}", t.user),
             self.local,
             &branch,
-            self.s.record_route,
+            &rr,
         );
         t.tried.push(server);
         t.server = Some(server);
@@ -582,6 +587,27 @@ impl<R: Clone> Proxy<R> {
     }
 }
 
+/// Our Record-Route lines for a forwarded INVITE: one facing the servers (UDP), and a
+/// second facing a caller on TCP or TLS (RFC 5658 double record-routing).
+fn record_route_lines(s: &ProxySettings, local: SocketAddr, inv: &Message<'_>) -> String {
+    if !s.record_route {
+        return String::new();
+    }
+    let mut rr = format!("Record-Route: <sip:{};lr>\r\n", local);
+    let transport = inv.top_via().map(|v| v.transport.to_ascii_uppercase());
+    match (transport.as_deref(), s.tls_local) {
+        (Some("TLS"), Some(t)) => {
+            rr.push_str(&format!("Record-Route: <sip:{t};transport=tls;lr>\r\n"))
+        }
+        (Some("TCP"), _) => rr.push_str(&format!(
+            "Record-Route: <sip:{};transport=tcp;lr>\r\n",
+            local
+        )),
+        _ => {}
+    }
+    rr
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,6 +775,43 @@ Call-ID: pc\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(
             (out.len(), out[0].0, status(&out[0].1)),
             (1, None, Some(403))
+        );
+    }
+
+    #[test]
+    fn a_caller_on_tls_gets_two_record_routes_and_both_are_consumed() {
+        let mut p = proxy_with(true);
+        p.s.tls_local = Some("127.0.0.1:5061".parse().unwrap());
+        let t0 = Instant::now();
+        let inv = String::from_utf8(invite("INVITE"))
+            .unwrap()
+            .replace("SIP/2.0/UDP 127.0.0.1:9000", "SIP/2.0/TLS 127.0.0.1:9000")
+            .replace(
+                "Max-Forwards: 70\r\n",
+                "Max-Forwards: 70\r\nContact: <sip:c@127.0.0.1:9000;transport=tls>\r\n",
+            );
+        p.handle(t0, now_ms(), inv.as_bytes(), true, 1);
+        let out = outputs(&mut p);
+        let fwd = Message::parse(&out.last().unwrap().1, false).unwrap();
+        let rr: Vec<_> = fwd.header_values("record-route").collect();
+        assert_eq!(
+            rr,
+            [
+                "<sip:127.0.0.1:5060;lr>",
+                "<sip:127.0.0.1:5061;transport=tls;lr>"
+            ],
+            "the servers' side on top, the caller's below (RFC 5658)"
+        );
+        // The caller's BYE names both (its route set is the list reversed).
+        let bye = "BYE sip:+15551230002@127.0.0.1:5070 SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:9000;branch=z9hG4bKbye2\r\n\
+Route: <sip:127.0.0.1:5061;transport=tls;lr>, <sip:127.0.0.1:5060;lr>\r\nFrom: <sip:+15551230001@h>;tag=c\r\n\
+To: <sip:+15551230002@h>;tag=srv\r\nCall-ID: pc\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
+        p.handle(t0, now_ms(), bye.as_bytes(), true, 1);
+        let out = outputs(&mut p);
+        assert_eq!(out[0].0, Some(A.parse().unwrap()), "on to the server");
+        assert_eq!(
+            Message::parse(&out[0].1, false).unwrap().header("route"),
+            None
         );
     }
 

@@ -20,18 +20,15 @@ pub(crate) fn build_forward(
     ruri: &str,
     local: SocketAddr,
     branch: &str,
-    record_route: bool,
+    record_route: &str,
 ) -> Vec<u8> {
     let mut b = Vec::with_capacity(msg.len + 128);
     let _ = std::io::Write::write_fmt(
         &mut b,
         format_args!("INVITE {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n"),
     );
-    if record_route {
-        // Ours on top of any already there (§16.6 step 4).
-        let _ =
-            std::io::Write::write_fmt(&mut b, format_args!("Record-Route: <sip:{local};lr>\r\n"));
-    }
+    // Ours on top of any already there (§16.6 step 4): complete header lines.
+    b.extend_from_slice(record_route.as_bytes());
     let mut saw_mf = false;
     for h in msg.headers() {
         if h.is("content-length") {
@@ -112,17 +109,21 @@ pub(crate) fn build_cancel(inv: &Message<'_>) -> Vec<u8> {
     .into_bytes()
 }
 
-/// True when the top Route of `msg` names this router (it Record-Routed the dialog).
-pub(crate) fn routed_to_us(msg: &Message<'_>, local: SocketAddr) -> bool {
+/// How many of the top Route values of `msg` name this router (its addresses `ours`): one,
+/// or two when it record-routed twice for a change of transport (RFC 5658).
+pub(crate) fn routes_to_us(msg: &Message<'_>, ours: &[SocketAddr]) -> usize {
     msg.header_values("route")
-        .next()
-        .and_then(NameAddr::parse)
-        .and_then(|n| Uri::parse(n.uri))
-        .and_then(|u| u.ip_addr())
-        == Some(local)
+        .take(2)
+        .take_while(|r| {
+            NameAddr::parse(r)
+                .and_then(|n| Uri::parse(n.uri))
+                .and_then(|u| u.ip_addr())
+                .is_some_and(|a| ours.contains(&a))
+        })
+        .count()
 }
 
-/// An in-dialog request whose top Route is ours, forwarded statelessly: that Route gone,
+/// An in-dialog request whose top `skip` Routes are ours, forwarded statelessly: those gone,
 /// our Via on top with `branch` (derived from the request's own, so a retransmission is
 /// forwarded alike, §16.11), Max-Forwards decremented. Returns the bytes and the next
 /// hop: the next Route's address, else the Request-URI's; `None` when that is not an IP
@@ -131,12 +132,13 @@ pub(crate) fn forward_in_dialog(
     msg: &Message<'_>,
     local: SocketAddr,
     branch: &str,
+    skip: usize,
 ) -> Option<(Vec<u8>, SocketAddr)> {
     let (method, ruri) = match msg.start {
         boxless_sip::StartLine::Request { method, uri, .. } => (method.as_str(), uri),
         boxless_sip::StartLine::Response { .. } => return None,
     };
-    let mut routes = msg.header_values("route").skip(1);
+    let mut routes = msg.header_values("route").skip(skip);
     let next = match routes.next() {
         Some(r) => Uri::parse(NameAddr::parse(r)?.uri)?.ip_addr()?,
         None => Uri::parse(ruri)?.ip_addr()?,
@@ -146,19 +148,18 @@ pub(crate) fn forward_in_dialog(
         &mut b,
         format_args!("{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch}\r\n"),
     );
-    let mut dropped_route = false;
+    let mut to_drop = skip;
     for h in msg.headers() {
         if h.is("content-length") || h.is("max-forwards") {
             continue;
         }
-        if h.is("route") && !dropped_route {
-            dropped_route = true;
-            let rest: Vec<&str> = hdr::split_commas(h.value).skip(1).collect();
-            if !rest.is_empty() {
-                let _ = std::io::Write::write_fmt(
-                    &mut b,
-                    format_args!("Route: {}\r\n", rest.join(", ")),
-                );
+        if h.is("route") && to_drop > 0 {
+            let values: Vec<&str> = hdr::split_commas(h.value).collect();
+            let gone = to_drop.min(values.len());
+            to_drop -= gone;
+            if values.len() > gone {
+                let rest = values[gone..].join(", ");
+                let _ = std::io::Write::write_fmt(&mut b, format_args!("Route: {rest}\r\n"));
             }
             continue;
         }

@@ -20,7 +20,7 @@ use boxless_sip::{
     Dialog, DialogId, Local, Message, Method, NameAddr, SipTimers, response_target, write_response,
 };
 use boxless_store::{MessageState, NewMessage, Retention, Store};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
 use crate::admission::{self, Context, Refusal};
@@ -35,8 +35,8 @@ use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
 pub enum SipTx {
     /// The server's UDP socket.
     Udp(Arc<UdpSocket>),
-    /// One TCP connection's writer.
-    Tcp(mpsc::Sender<Vec<u8>>),
+    /// One TCP or TLS connection's writer (`true`: TLS).
+    Stream(mpsc::Sender<Vec<u8>>, bool),
 }
 
 impl SipTx {
@@ -47,7 +47,7 @@ impl SipTx {
                     tracing::debug!(error = %e, %to, "SIP send failed");
                 }
             }
-            SipTx::Tcp(tx) => {
+            SipTx::Stream(tx, _) => {
                 let _ = tx.try_send(bytes.to_vec());
             }
         }
@@ -56,8 +56,13 @@ impl SipTx {
     fn via_transport(&self) -> &'static str {
         match self {
             SipTx::Udp(_) => "UDP",
-            SipTx::Tcp(_) => "TCP",
+            SipTx::Stream(_, false) => "TCP",
+            SipTx::Stream(_, true) => "TLS",
         }
+    }
+
+    fn is_tls(&self) -> bool {
+        matches!(self, SipTx::Stream(_, true))
     }
 }
 
@@ -82,6 +87,7 @@ struct CallEvent {
 pub struct MessagingServer {
     id: String,
     listen: SocketAddr,
+    tls_listen: Option<SocketAddr>,
     slot: usize,
     board: Arc<StatusBoard>,
     numbering: Numbering,
@@ -132,6 +138,7 @@ impl MessagingServer {
         let server = Arc::new(MessagingServer {
             id: spec.config.id.clone(),
             listen: spec.config.listen,
+            tls_listen: spec.config.tls_listen,
             slot,
             board,
             numbering: cfg.numbering.clone(),
@@ -173,7 +180,21 @@ impl MessagingServer {
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
         tokio::spawn(server.clone().udp_loop(udp));
-        tokio::spawn(server.clone().tcp_accept(tcp));
+        tokio::spawn(server.clone().stream_accept(tcp, None));
+        if let Some(addr) = spec.config.tls_listen {
+            let tls = boxless_net::tls::sip_server_config(
+                std::path::Path::new(&c.sip.tls_cert),
+                std::path::Path::new(&c.sip.tls_key),
+            )
+            .map_err(|e| std::io::Error::other(format!("sip.tls_cert: {e}")))?;
+            let l = TcpListener::bind(addr).await?;
+            tokio::spawn(
+                server
+                    .clone()
+                    .stream_accept(l, Some(tokio_rustls::TlsAcceptor::from(tls))),
+            );
+            tracing::info!(server = %server.id, sip_tls = %addr, "SIP over TLS");
+        }
         tokio::spawn(server.clone().heartbeat());
         tokio::spawn(server.clone().retention(Retention::days(
             c.messages.keep_heard_days,
@@ -291,28 +312,29 @@ impl MessagingServer {
         }
     }
 
-    async fn tcp_accept(self: Arc<Self>, l: TcpListener) {
-        let limit = boxless_net::ConnLimit::new(boxless_net::MAX_TCP_CONNECTIONS);
-        loop {
-            let permit = limit.acquire().await;
-            let Ok((s, peer)) = l.accept().await else {
-                continue;
-            };
-            let conn = self.clone().tcp_conn(s, peer);
-            tokio::spawn(async move {
-                conn.await;
-                drop(permit);
-            });
-        }
+    async fn stream_accept(
+        self: Arc<Self>,
+        l: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
+        let gate = self.clone();
+        boxless_net::accept_sip(
+            l,
+            tls,
+            self.max_message,
+            move |ip| gate.gate.peers.allows(ip),
+            move |conn, peer, trusted| self.clone().stream_conn(conn, peer, trusted),
+        )
+        .await;
     }
 
-    async fn tcp_conn(self: Arc<Self>, s: TcpStream, peer: SocketAddr) {
-        let mut conn = boxless_net::TcpSip::new(s, self.max_message);
-        let trusted = self.gate.peers.allows(peer.ip());
-        if !trusted {
-            conn.set_idle(boxless_net::UNTRUSTED_TCP_GRACE);
-        }
-        let tx = SipTx::Tcp(conn.writer.clone());
+    async fn stream_conn(
+        self: Arc<Self>,
+        mut conn: boxless_net::TcpSip,
+        peer: SocketAddr,
+        trusted: bool,
+    ) {
+        let tx = SipTx::Stream(conn.writer.clone(), conn.tls);
         while let Some(msg) = conn.next().await {
             self.on_message(&msg, peer, &tx, true).await;
             if !trusted {
@@ -526,11 +548,27 @@ impl MessagingServer {
                 r.next_u64() >> 33,
             )
         };
+        // Over TLS our Contact and Via name the TLS listener (RFC 5630: `transport=tls`,
+        // `sips:` when the caller asked for it).
+        let (contact, sent_by) = match (tx.is_tls(), self.tls_listen) {
+            (true, Some(t)) => {
+                let sips = msg.request_uri().is_some_and(|u| u.starts_with("sips:"));
+                let scheme = if sips { "sips" } else { "sip" };
+                (
+                    format!("{scheme}:{recipient}@{t};transport=tls"),
+                    t.to_string(),
+                )
+            }
+            _ => (
+                format!("sip:{}@{}", recipient, self.listen),
+                self.listen.to_string(),
+            ),
+        };
         let local = Local {
             tag,
-            contact: format!("sip:{}@{}", recipient, self.listen),
+            contact,
             transport: tx.via_transport(),
-            sent_by: self.listen.to_string(),
+            sent_by,
             branch_prefix: branch,
         };
         let dialog = match Dialog::uas(msg, local) {

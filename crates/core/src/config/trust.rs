@@ -55,12 +55,52 @@ pub struct ApiToken {
 
 /// What [`check`] parsed.
 pub(super) struct Trust {
+    pub(super) sip_tls: Option<std::net::SocketAddr>,
     pub(super) peers: PeerFilter,
     pub(super) tokens: Vec<ApiToken>,
     pub(super) secrets: Secrets,
 }
 
 type Err<'a> = &'a dyn Fn(String, String) -> ConfigError;
+
+/// SIP over TLS: the router's address, with the certificate every TLS listener uses.
+fn sip_tls(c: &Config, err: Err<'_>) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let e = |k: &str, p: &str| err(k.to_string(), p.to_string());
+    let s = &c.sip;
+    if s.tls_cert.is_empty() != s.tls_key.is_empty() {
+        return Err(e(
+            "sip.tls_key",
+            "set both sip.tls_cert and sip.tls_key (PEM files), or neither",
+        ));
+    }
+    readable(&s.tls_cert, "sip.tls_cert", err)?;
+    readable(&s.tls_key, "sip.tls_key", err)?;
+    let listen = match s.tls_listen.trim() {
+        "" => None,
+        a => Some(a.parse().map_err(|_| {
+            err(
+                "sip.tls_listen".into(),
+                format!("`{a}` is not an address; write IP:port, e.g. \"0.0.0.0:5061\", or \"\" for no SIP over TLS"),
+            )
+        })?),
+    };
+    let servers_tls = c.servers.iter().position(|v| v.tls_listen.is_some());
+    if s.tls_cert.is_empty() {
+        if listen.is_some() {
+            return Err(e(
+                "sip.tls_cert",
+                "sip.tls_listen needs a certificate: set sip.tls_cert and sip.tls_key (PEM files)",
+            ));
+        }
+        if let Some(i) = servers_tls {
+            return Err(err(
+                format!("servers[{i}].tls_listen"),
+                "needs a certificate: set sip.tls_cert and sip.tls_key (PEM files)".into(),
+            ));
+        }
+    }
+    Ok(listen)
+}
 
 /// Checks and parses the trust-boundary keys.
 pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
@@ -79,6 +119,7 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             "must be at least 1 (default 500)",
         ));
     }
+    let sip_tls = sip_tls(c, err)?;
     let tokens = tokens(c, err)?;
     let h = &c.http;
     if h.tls_cert.is_empty() != h.tls_key.is_empty() {
@@ -141,6 +182,7 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
     }
     let control_password = control(c, err)?;
     Ok(Trust {
+        sip_tls,
         peers,
         tokens,
         secrets: Secrets {
