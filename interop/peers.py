@@ -337,8 +337,13 @@ def baresip(binary, work):
     spoken += more
     voice = os.path.join(work, "baresip-voice.wav")
     wav_file(voice, 1200, spoken, 800)   # after the greeting tone; a pause before hanging up
+    # baresip 1.0's file source does not resample: a G.722 call reads a 16 kHz file.
+    voice16 = os.path.join(work, "baresip-voice-16k.wav")
+    wav_file(voice16, 1200, [x for s in spoken for x in (s, s)], 800, rate=16000)
     quiet = os.path.join(work, "baresip-quiet.wav")
     wav_file(quiet, 16000, [], 0)        # listens for 16 s
+    quiet16 = os.path.join(work, "baresip-quiet-16k.wav")
+    wav_file(quiet16, 16000, [], 0, rate=16000)
     runs = [(mode, extra, label, codecs, tls)
             for mode, extra in (("redirect", ""), ("proxy", "record_route = true"))
             for label, codecs, tls in (("PCMU", ["g711"], False),
@@ -352,8 +357,10 @@ def baresip(binary, work):
             ca = s.crt if tls else None
             port, suffix = (s.p["tls"], ";transport=tls") if tls else (s.p["router"], "")
             try:
+                wide = codecs[0] == "g722"
                 caller = Baresip(w, "caller", "+15551230001", codecs, ca)
-                log, _ = caller.call(f"sip:{RECIPIENT}@127.0.0.1:{port}{suffix}", voice, 15)
+                log, _ = caller.call(f"sip:{RECIPIENT}@127.0.0.1:{port}{suffix}",
+                                     voice16 if wide else voice, 15)
                 wait_until(lambda: s.messages() and s.sms(), 20, "the message and its SMS")
                 m = s.messages()[0]
                 rate, stored = s.audio(m)
@@ -363,7 +370,8 @@ def baresip(binary, work):
                       f"({rate} Hz), correlation with what baresip played {c_dep:.3f}")
                 link = "+" + s.sms()[0]["source"]
                 me = Baresip(w, "recipient", RECIPIENT, codecs, ca)
-                log2, (hrate, heard) = me.call(f"sip:{link}@127.0.0.1:{port}{suffix}", quiet, 16)
+                log2, (hrate, heard) = me.call(f"sip:{link}@127.0.0.1:{port}{suffix}",
+                                               quiet16 if wide else quiet, 16)
                 c_ret, _ = best_correlation(stored8[:16000], to_8k(hrate, heard), 8000 * 14)
                 time.sleep(0.5)
                 state = s.messages()[0]["state"]

@@ -25,6 +25,35 @@ pub fn to_8k_mono(samples: &[i16], rate: u32, channels: u16) -> Vec<i16> {
         .collect()
 }
 
+/// Appends `samples` at `from` Hz to `out` at `to` Hz, for the two telephone rates (8 and
+/// 16 kHz): halving averages pairs (a crude low-pass, enough below 3.4 kHz), doubling
+/// interpolates linearly. Any other pair is copied as it is.
+pub fn convert_into(samples: &[i16], from: u32, to: u32, out: &mut Vec<i16>) {
+    if from == to * 2 {
+        out.extend(
+            samples
+                .chunks(2)
+                .map(|p| ((p[0] as i32 + *p.get(1).unwrap_or(&p[0]) as i32) / 2) as i16),
+        );
+    } else if to == from * 2 {
+        for (i, &s) in samples.iter().enumerate() {
+            let next = *samples.get(i + 1).unwrap_or(&s);
+            out.push(s);
+            out.push(((s as i32 + next as i32) / 2) as i16);
+        }
+    } else {
+        out.extend_from_slice(samples);
+    }
+}
+
+/// [`convert_into`] into a new vector.
+pub fn convert(samples: &[i16], from: u32, to: u32) -> Vec<i16> {
+    let mut out =
+        Vec::with_capacity(samples.len() * (to as usize).max(1) / (from as usize).max(1) + 1);
+    convert_into(samples, from, to, &mut out);
+    out
+}
+
 /// Root mean square of a block.
 pub fn rms(samples: &[i16]) -> f64 {
     if samples.is_empty() {
@@ -89,6 +118,18 @@ pub fn tone(freq: f64, ms: u32, amp: f64) -> Vec<i16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn convert_between_8_and_16_khz_keeps_length_and_shape() {
+        let tone = tone(400.0, 100, 8000.0);
+        let up = convert(&tone, 8000, 16_000);
+        assert_eq!(up.len(), tone.len() * 2);
+        let down = convert(&up, 16_000, 8000);
+        assert_eq!(down.len(), tone.len());
+        let (corr, lag) = best_correlation(&tone, &down, 4);
+        assert!(corr > 0.99 && lag == 0, "{corr} at {lag}");
+        assert_eq!(convert(&tone, 8000, 8000), tone);
+    }
 
     #[test]
     fn correlation_finds_shifted_copy_and_rejects_noise() {

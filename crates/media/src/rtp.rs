@@ -1,5 +1,9 @@
 //! RTP receive and send (RFC 3550, RFC 3551, RFC 4733), sans-IO.
 
+use audio_codec::g722::{G722Decoder, G722Encoder};
+use audio_codec::{Decoder as _, Encoder as _};
+
+use crate::audio::convert_into;
 use crate::g711::Codec;
 
 /// A timestamp jump beyond this (samples) starts a new segment.
@@ -27,12 +31,21 @@ pub enum Received {
 /// Each packet's samples go to the position its timestamp names, so reordered packets
 /// land in order and lost ones leave silence. A new SSRC (or a timestamp jump of more than
 /// five seconds) starts a new segment right after what was already recorded.
-#[derive(Debug)]
+///
+/// The recording's rate is the codec's at the first voice packet (8 kHz for G.711, 16 kHz
+/// for G.722); a later codec change is converted to it, so one message has one rate.
 pub struct RtpReceiver {
     codec: Codec,
     pt: u8,
     dtmf_pt: Option<u8>,
+    /// Limit in 8 kHz samples; scaled to the recording's rate.
     max_samples: usize,
+    /// Recording rate, fixed by the first voice packet.
+    rate: Option<u32>,
+    g722: Option<Box<G722Decoder>>,
+    /// Decoded payload, then converted: reused, no allocation per packet once warm.
+    pcm: Vec<i16>,
+    conv: Vec<i16>,
     samples: Vec<i16>,
     /// (ssrc, timestamp at segment start, position of segment start)
     segment: Option<(u32, u32, usize)>,
@@ -43,14 +56,30 @@ pub struct RtpReceiver {
     pub packets: u64,
 }
 
+impl std::fmt::Debug for RtpReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpReceiver")
+            .field("codec", &self.codec)
+            .field("rate", &self.rate)
+            .field("recorded", &self.end)
+            .field("packets", &self.packets)
+            .finish()
+    }
+}
+
 impl RtpReceiver {
-    /// A receiver for the negotiated payload types keeping at most `max_samples`.
+    /// A receiver for the negotiated payload types keeping at most `max_samples` (counted
+    /// at 8 kHz: that many 125 µs of audio, whatever the codec).
     pub fn new(codec: Codec, pt: u8, dtmf_pt: Option<u8>, max_samples: usize) -> RtpReceiver {
         RtpReceiver {
             codec,
             pt,
             dtmf_pt,
             max_samples,
+            rate: None,
+            g722: (codec == Codec::G722).then(|| Box::new(G722Decoder::new())),
+            pcm: Vec::with_capacity(640),
+            conv: Vec::with_capacity(640),
             samples: Vec::new(),
             segment: None,
             last_dtmf: None,
@@ -61,7 +90,15 @@ impl RtpReceiver {
 
     /// The payload types after a new offer/answer (a codec change keeps the recording).
     pub fn set_payload(&mut self, codec: Codec, pt: u8, dtmf_pt: Option<u8>) {
+        if codec == Codec::G722 && self.codec != Codec::G722 {
+            self.g722 = Some(Box::new(G722Decoder::new()));
+        }
         (self.codec, self.pt, self.dtmf_pt) = (codec, pt, dtmf_pt);
+    }
+
+    /// The recording's sample rate (Hz): the codec's until the first voice packet fixed it.
+    pub fn rate(&self) -> u32 {
+        self.rate.unwrap_or(self.codec.rate())
     }
 
     /// Takes one datagram.
@@ -75,13 +112,30 @@ impl RtpReceiver {
         if p.payload_type() != self.pt || p.payload().is_empty() {
             return Received::Ignored;
         }
+        // Decode at the codec's rate, then convert to the recording's.
+        self.pcm.clear();
+        match self.g722.as_mut().filter(|_| self.codec == Codec::G722) {
+            Some(d) => {
+                self.pcm.resize(p.payload().len() * 2, 0);
+                let n = d.decode_into(p.payload(), &mut self.pcm).unwrap_or(0);
+                self.pcm.truncate(n);
+            }
+            None => self
+                .pcm
+                .extend(p.payload().iter().map(|&b| self.codec.decode(b))),
+        }
+        let rate = *self.rate.get_or_insert(self.codec.rate());
+        self.conv.clear();
+        convert_into(&self.pcm, self.codec.rate(), rate, &mut self.conv);
+        // RTP clocks G.711 and G.722 alike at 8 kHz: one tick is `per_tick` samples here.
+        let per_tick = (rate / 8000).max(1) as i64;
         let ssrc = p.ssrc();
         let ts = p.timestamp();
         let pos = match self.segment {
             Some((s, base_ts, base_pos)) if s == ssrc => {
                 let delta = ts.wrapping_sub(base_ts) as i32 as i64;
-                let pos = base_pos as i64 + delta;
-                if pos < 0 || (pos - self.end as i64).abs() > JUMP_LIMIT {
+                let pos = base_pos as i64 + delta * per_tick;
+                if pos < 0 || (pos - self.end as i64).abs() > JUMP_LIMIT * per_tick {
                     self.segment = Some((ssrc, ts, self.end));
                     self.end
                 } else {
@@ -93,8 +147,8 @@ impl RtpReceiver {
                 self.end
             }
         };
-        let payload = p.payload();
-        let stop = (pos + payload.len()).min(self.max_samples);
+        let max = self.max_samples * per_tick as usize;
+        let stop = (pos + self.conv.len()).min(max);
         if pos >= stop {
             return Received::Ignored;
         }
@@ -102,9 +156,9 @@ impl RtpReceiver {
             self.samples.resize(stop, 0);
         }
         let mut sum = 0f64;
-        for (slot, &b) in self.samples[pos..stop].iter_mut().zip(payload) {
-            *slot = self.codec.decode(b);
-            sum += (*slot as f64) * (*slot as f64);
+        for (slot, &v) in self.samples[pos..stop].iter_mut().zip(&self.conv) {
+            *slot = v;
+            sum += (v as f64) * (v as f64);
         }
         self.end = self.end.max(stop);
         self.packets += 1;
@@ -129,9 +183,14 @@ impl RtpReceiver {
         }
     }
 
-    /// Samples recorded so far (8 kHz).
+    /// Samples recorded so far (at [`RtpReceiver::rate`]).
     pub fn len(&self) -> usize {
         self.end
+    }
+
+    /// Audio recorded so far, in 8 kHz samples (125 µs units, whatever the rate).
+    pub fn len_8k(&self) -> usize {
+        self.end * 8000 / self.rate() as usize
     }
 
     /// True when nothing was recorded.
@@ -151,13 +210,14 @@ impl RtpReceiver {
     }
 }
 
-/// Decodes the voice payload of an RTP packet of payload type `pt` into `out`; false for
-/// anything else (other payload types, malformed packets).
+/// Decodes the G.711 voice payload of an RTP packet of payload type `pt` into `out`; false
+/// for anything else (other payload types, malformed packets, G.722, whose decoder has
+/// state: its callers send RFC 4733 events).
 pub fn decode_voice(datagram: &[u8], codec: Codec, pt: u8, out: &mut Vec<i16>) -> bool {
     let Ok(p) = rtp_types::RtpPacket::parse(datagram) else {
         return false;
     };
-    if p.payload_type() != pt {
+    if p.payload_type() != pt || codec == Codec::G722 {
         return false;
     }
     out.extend(p.payload().iter().map(|&b| codec.decode(b)));
@@ -186,8 +246,7 @@ pub fn event_char(e: u8) -> Option<char> {
     }
 }
 
-/// Packetises 8 kHz audio into 20 ms RTP packets.
-#[derive(Debug, Clone)]
+/// Packetises audio at the codec's rate into 20 ms RTP packets.
 pub struct RtpSender {
     ssrc: u32,
     seq: u16,
@@ -195,6 +254,17 @@ pub struct RtpSender {
     codec: Codec,
     pt: u8,
     marker: bool,
+    g722: Option<Box<G722Encoder>>,
+}
+
+impl std::fmt::Debug for RtpSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpSender")
+            .field("ssrc", &self.ssrc)
+            .field("seq", &self.seq)
+            .field("codec", &self.codec)
+            .finish()
+    }
 }
 
 /// Samples per 20 ms packet.
@@ -210,6 +280,7 @@ impl RtpSender {
             codec,
             pt,
             marker: true,
+            g722: (codec == Codec::G722).then(|| Box::new(G722Encoder::new())),
         }
     }
 
@@ -217,7 +288,15 @@ impl RtpSender {
     pub fn set_payload(&mut self, codec: Codec, pt: u8) {
         if (codec, pt) != (self.codec, self.pt) {
             (self.codec, self.pt, self.marker) = (codec, pt, true);
+            if codec == Codec::G722 && self.g722.is_none() {
+                self.g722 = Some(Box::new(G722Encoder::new()));
+            }
         }
+    }
+
+    /// The codec it sends.
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     fn header(&mut self, out: &mut Vec<u8>, pt: u8, marker: bool) {
@@ -230,13 +309,30 @@ impl RtpSender {
         self.seq = self.seq.wrapping_add(1);
     }
 
-    /// Writes one voice packet of up to [`FRAME`] samples (padded with silence) into `out`.
+    /// Writes one 20 ms voice packet of up to `codec.frame()` samples at the codec's rate
+    /// (padded with silence) into `out`.
     pub fn voice(&mut self, frame: &[i16], out: &mut Vec<u8>) {
         let m = std::mem::take(&mut self.marker);
         self.header(out, self.pt, m);
-        for i in 0..FRAME {
-            out.push(self.codec.encode(frame.get(i).copied().unwrap_or(0)));
+        let n = self.codec.frame();
+        match self.g722.as_mut().filter(|_| self.codec == Codec::G722) {
+            Some(e) => {
+                let mut pcm = [0i16; 320];
+                let take = frame.len().min(n);
+                pcm[..take].copy_from_slice(&frame[..take]);
+                let head = out.len();
+                // The encoder wants room for one code more than a frame makes.
+                out.resize(head + n / 2 + 1, 0);
+                let written = e.encode_into(&pcm[..n], &mut out[head..]).unwrap_or(0);
+                out.truncate(head + written);
+            }
+            None => {
+                for i in 0..n {
+                    out.push(self.codec.encode(frame.get(i).copied().unwrap_or(0)));
+                }
+            }
         }
+        // RTP clocks G.711 and G.722 alike at 8 kHz (RFC 3551).
         self.ts = self.ts.wrapping_add(FRAME as u32);
     }
 
@@ -317,6 +413,41 @@ mod tests {
             rx.receive(&d);
         }
         assert_eq!(rx.len(), 1600);
+    }
+
+    #[test]
+    fn g722_is_recorded_wideband_and_converted_when_the_codec_changes() {
+        // 1 s of a 5 kHz tone at 16 kHz: above G.711's band, inside G.722's.
+        let tone: Vec<i16> = (0..16_000)
+            .map(|i| {
+                ((i as f64 * 5000.0 * 2.0 * std::f64::consts::PI / 16_000.0).sin() * 8000.0) as i16
+            })
+            .collect();
+        let mut tx = RtpSender::new(Codec::G722, 9, 7, 100, 1000);
+        let mut rx = RtpReceiver::new(Codec::G722, 9, None, 8000 * 10);
+        let mut b = Vec::new();
+        for f in tone.chunks(320) {
+            tx.voice(f, &mut b);
+            assert_eq!(b.len(), 12 + 160, "64 kbit/s: 160 octets per 20 ms");
+            assert!(matches!(rx.receive(&b), Received::Audio { .. }));
+        }
+        assert_eq!(rx.rate(), 16_000);
+        assert_eq!((rx.len(), rx.len_8k()), (16_000, 8000), "one second");
+        let got = rx.samples().to_vec();
+        // ADPCM delays a little; the tone comes through (and would not through G.711).
+        let (corr, lag) = crate::audio::best_correlation(&tone[1000..15_000], &got, 100);
+        assert!(
+            corr > 0.9,
+            "G.722 round trip: correlation {corr} at lag {lag}"
+        );
+        // A re-INVITE to PCMU mid-message: its 8 kHz audio joins the 16 kHz recording.
+        rx.set_payload(Codec::Pcmu, 0, None);
+        tx.set_payload(Codec::Pcmu, 0);
+        for f in ramp(1600).chunks(FRAME) {
+            tx.voice(f, &mut b);
+            rx.receive(&b);
+        }
+        assert_eq!(rx.len(), 16_000 + 3200, "200 ms more, at 16 kHz");
     }
 
     #[test]

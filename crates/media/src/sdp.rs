@@ -15,8 +15,8 @@ pub enum SdpError {
     /// No active audio stream over RTP/AVP.
     #[error("no audio stream")]
     NoAudio,
-    /// Neither PCMU nor PCMA offered.
-    #[error("no common codec (PCMU or PCMA)")]
+    /// Neither PCMU, PCMA nor G.722 offered.
+    #[error("no common codec (PCMU, PCMA or G722)")]
     NoCommonCodec,
     /// The connection address is not an IP literal.
     #[error("connection address is not an IP address")]
@@ -141,6 +141,9 @@ pub fn negotiate(offer: &[u8]) -> Result<Negotiated, SdpError> {
         let c = match (pt, enc.as_deref()) {
             (0, None) => Some(Codec::Pcmu),
             (8, None) => Some(Codec::Pcma),
+            (9, None) => Some(Codec::G722),
+            // RFC 3551: G.722's RTP clock is 8000 although it samples at 16 kHz.
+            (_, Some(e)) if e.starts_with("g722/8000") => Some(Codec::G722),
             (_, Some(e)) if e.starts_with("pcmu/8000") => Some(Codec::Pcmu),
             (_, Some(e)) if e.starts_with("pcma/8000") => Some(Codec::Pcma),
             (_, Some(e)) if e.starts_with("telephone-event/8000") => {
@@ -170,8 +173,8 @@ pub fn negotiate(offer: &[u8]) -> Result<Negotiated, SdpError> {
     })
 }
 
-/// Writes an answer to `neg` (or, without it, an offer of PCMU, PCMA and telephone-event
-/// 101). `version` is the `o=` line's: it rises with every new offer or answer in a
+/// Writes an answer to `neg` (or, without it, an offer of PCMU, PCMA, G.722 and
+/// telephone-event 101: G.711 first, for the switches that take the first codec offered). `version` is the `o=` line's: it rises with every new offer or answer in a
 /// session (RFC 3264 §8).
 pub fn write_sdp(
     local: SocketAddr,
@@ -189,7 +192,7 @@ pub fn write_sdp(
     );
     let (voice, dtmf): (Vec<(u8, &str)>, Option<u8>) = match neg {
         Some(n) => (vec![(n.pt, n.codec.name())], n.dtmf_pt),
-        None => (vec![(0, "PCMU"), (8, "PCMA")], Some(101)),
+        None => (vec![(0, "PCMU"), (8, "PCMA"), (9, "G722")], Some(101)),
     };
     let _ = write!(s, "m=audio {} RTP/AVP", local.port());
     for (pt, _) in &voice {

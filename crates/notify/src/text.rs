@@ -184,6 +184,7 @@ mod tests {
             caller: Some(n("+15551230001")),
             received_at_ms: 1_795_694_700_000,
             samples: &[],
+            sample_rate: 8000,
         };
         let f = SmsFacts {
             message: &msg,

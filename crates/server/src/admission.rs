@@ -273,7 +273,7 @@ Contact: <sip:+15551230001@127.0.0.1:9>\r\n{extra}{ctype}Content-Length: {}\r\n\
         assert_eq!(code(decide(no_contact.as_bytes(), |_| {})), 400);
         let g729 = String::from_utf8(invite("+15551230002", "", true))
             .unwrap()
-            .replace("RTP/AVP 0 8 101", "RTP/AVP 18 101");
+            .replace("RTP/AVP 0 8 9 101", "RTP/AVP 18 101");
         let r = decide(g729.as_bytes(), |_| {}).unwrap_err();
         assert_eq!(r.code, 488);
         assert!(r.extra.contains("no common codec"));

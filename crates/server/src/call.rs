@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use boxless_media::{FRAME, RtpSender};
+use boxless_media::{Codec, FRAME, RtpSender};
 use boxless_sip::{Dialog, Message};
 
 pub use crate::deposit::Deposit;
@@ -81,8 +81,10 @@ pub enum Output {
     MediaPeer(SocketAddr),
     /// Store this recording durably, then call [`CallFlow::handle_stored`].
     Store {
-        /// 8 kHz mono audio.
+        /// Mono audio at `rate`.
         samples: Vec<i16>,
+        /// 8000, or 16000 for a G.722 call (stored wideband).
+        rate: u32,
     },
     /// Queue a missed-call alert durably, then call [`CallFlow::handle_stored`].
     MissedCall,
@@ -172,6 +174,11 @@ impl Playout {
 
     pub(crate) fn media(&mut self, neg: &Negotiated) {
         self.tx.set_payload(neg.codec, neg.pt);
+    }
+
+    /// The codec it sends: its rate and 20 ms frame are the call's.
+    pub(crate) fn codec(&self) -> Codec {
+        self.tx.codec()
     }
 
     pub(crate) fn packet(&self) -> &[u8] {

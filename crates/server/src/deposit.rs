@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxless_core::TimerTable;
-use boxless_media::{Codec, FRAME, Negotiated, Received, RtpReceiver};
+use boxless_media::audio::convert;
+use boxless_media::{Codec, Negotiated, Received, RtpReceiver};
 use boxless_sip::Message;
 
 use crate::call::{Answer, CallSettings, EndReason, Output, Playout};
@@ -50,7 +51,9 @@ pub struct Deposit {
     phase: Phase,
     reason: Option<EndReason>,
     timers: TimerTable<Timer, 3>,
+    /// The greeting at the call's rate (converted from 8 kHz for a G.722 call).
     greeting: Arc<[i16]>,
+    greeting_rate: u32,
     play_pos: usize,
     playout: Playout,
     rx: RtpReceiver,
@@ -72,6 +75,7 @@ impl Deposit {
             reason: None,
             timers: TimerTable::default(),
             greeting,
+            greeting_rate: 8000,
             play_pos: 0,
             playout: Playout::new(tx, now),
             last_voice_pos: 0,
@@ -135,7 +139,7 @@ impl Deposit {
                     self.timers.set(Timer::Silence, now + self.s.silence);
                     self.last_voice_pos = self.rx.len();
                 }
-                if self.rx.len() >= self.s.max_samples {
+                if self.rx.len_8k() >= self.s.max_samples {
                     self.finish(now, EndReason::MaxLength);
                 }
             }
@@ -172,6 +176,13 @@ impl Deposit {
     fn media(&mut self, now: Instant, neg: Negotiated) {
         self.rx.set_payload(neg.codec, neg.pt, neg.dtmf_pt);
         self.playout.media(&neg);
+        let rate = neg.codec.rate();
+        if rate != self.greeting_rate {
+            // The greeting plays at the call's rate (prompts are made at 8 kHz).
+            self.greeting = convert(&self.greeting, self.greeting_rate, rate).into();
+            self.play_pos = self.play_pos * rate as usize / self.greeting_rate as usize;
+            self.greeting_rate = rate;
+        }
         self.out.push_back(Output::MediaPeer(neg.remote));
         match self.phase {
             Phase::AwaitingMedia => {
@@ -188,7 +199,7 @@ impl Deposit {
         if self.phase != Phase::Greeting {
             return;
         }
-        let end = (self.play_pos + FRAME).min(self.greeting.len());
+        let end = (self.play_pos + self.playout.codec().frame()).min(self.greeting.len());
         let frame = &self.greeting[self.play_pos..end];
         self.playout
             .frame(now, frame, self.leg.may_send(), &mut self.out);
@@ -242,16 +253,15 @@ impl Deposit {
             return;
         }
         let rx = std::mem::replace(&mut self.rx, RtpReceiver::new(Codec::Pcmu, 0, None, 0));
+        let rate = rx.rate();
+        let min = self.s.min_samples * rate as usize / 8000;
         let mut samples = rx.into_samples();
         if reason == EndReason::Silence {
             // Drop the trailing silence that ended the recording.
-            samples.truncate(
-                self.last_voice_pos
-                    .max(self.s.min_samples.min(samples.len())),
-            );
+            samples.truncate(self.last_voice_pos.max(min.min(samples.len())));
         }
-        if samples.len() >= self.s.min_samples {
-            self.out.push_back(Output::Store { samples });
+        if samples.len() >= min {
+            self.out.push_back(Output::Store { samples, rate });
         } else {
             self.out.push_back(Output::MissedCall);
         }
@@ -384,5 +394,37 @@ mod tests {
         // Whichever comes first: 2 s of samples or 2 s of time since recording began.
         let n = h.stored.as_ref().map_or(0, |s| s.len());
         assert!((15_800..=16_000).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_g722_call_is_greeted_and_recorded_wideband() {
+        let g722 = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 9 0 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let inv = String::from_utf8(invite(false, "")).unwrap().replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{g722}",
+                g722.len()
+            ),
+        );
+        let mut h = deposit(settings(), 200, inv.as_bytes());
+        assert!(String::from_utf8_lossy(h.last().body).contains("a=rtpmap:9 G722/8000"));
+        h.sip(&request("ACK", 1, "", ""));
+        h.wait(Duration::from_millis(200));
+        assert_eq!(h.rtp, 10, "200 ms of greeting in 20 ms G.722 packets");
+        let mut tx = boxless_media::RtpSender::new(Codec::G722, 9, 5, 1, 1);
+        let mut b = Vec::new();
+        for _ in 0..75 {
+            tx.voice(&[8000; 320], &mut b);
+            h.d.handle_rtp(h.now, &b);
+            h.drain();
+            h.wait(Duration::from_millis(20));
+        }
+        h.sip(&request("BYE", 2, "", ""));
+        assert_eq!(h.stored_rate, Some(16_000));
+        assert_eq!(
+            h.stored.as_ref().map(Vec::len),
+            Some(24_000),
+            "1.5 s at 16 kHz"
+        );
     }
 }

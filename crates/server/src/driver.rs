@@ -669,7 +669,8 @@ impl MessagingServer {
             let locked = store.link_locked(link, now)?;
             let mut audio = HashMap::new();
             for m in &msgs {
-                audio.insert(m.id.clone(), Arc::<[i16]>::from(store.audio(&m.id)?));
+                let (rate, samples) = store.audio(&m.id)?;
+                audio.insert(m.id.clone(), (rate, Arc::<[i16]>::from(samples)));
             }
             Ok::<_, boxless_store::Error>((msgs, matched, locked, audio))
         })
@@ -812,7 +813,7 @@ impl Call {
                             self.latched = None;
                         }
                     }
-                    Output::Store { samples } => storing = Some(self.store(samples)),
+                    Output::Store { samples, rate } => storing = Some(self.store(samples, rate)),
                     Output::MissedCall => storing = Some(self.missed_call()),
                     Output::Mark { id, mark } => self.mark(id, mark),
                     Output::WrongCode => {
@@ -875,7 +876,7 @@ impl Call {
         }
     }
 
-    fn store(&self, samples: Vec<i16>) -> tokio::task::JoinHandle<bool> {
+    fn store(&self, samples: Vec<i16>, rate: u32) -> tokio::task::JoinHandle<bool> {
         let server = self.server.clone();
         let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
         tokio::task::spawn_blocking(move || {
@@ -884,6 +885,7 @@ impl Call {
                 caller,
                 received_at_ms: at,
                 samples: &samples,
+                sample_rate: rate,
             };
             let (policy, offset) = (server.policy, server.utc_offset);
             match server

@@ -77,6 +77,7 @@ pub(crate) struct Harness {
     pub(crate) rtp: usize,
     pub(crate) media_peer: Option<SocketAddr>,
     pub(crate) stored: Option<Vec<i16>>,
+    pub(crate) stored_rate: Option<u32>,
     pub(crate) missed: bool,
     pub(crate) ended: Option<EndReason>,
     pub(crate) tx: RtpSender,
@@ -140,6 +141,7 @@ pub(crate) fn start_with(
         rtp: 0,
         media_peer: None,
         stored: None,
+        stored_rate: None,
         missed: false,
         ended: None,
         tx: RtpSender::new(Codec::Pcmu, 0, 77, 5, 5),
@@ -169,7 +171,10 @@ pub(crate) fn retrieval(audio_ms: usize, inv: &[u8]) -> Harness {
         let setup = RetrievalSetup {
             menu: Menu::new(now, MenuSettings::default(), vec![msg], false, false),
             prompts: Arc::new(boxless_media::Prompts::load()),
-            audio: HashMap::from([("m1".to_string(), Arc::from(vec![3000i16; audio_ms * 8]))]),
+            audio: HashMap::from([(
+                "m1".to_string(),
+                (8000, Arc::from(vec![3000i16; audio_ms * 8])),
+            )]),
             utc_offset_min: 0,
         };
         CallFlow::Retrieval(Box::new(Retrieval::new(now, a, setup)))
@@ -183,7 +188,10 @@ impl Harness {
                 Output::Sip { bytes, .. } => self.sip.push(bytes),
                 Output::Rtp => self.rtp += 1,
                 Output::MediaPeer(a) => self.media_peer = Some(a),
-                Output::Store { samples } => self.stored = Some(samples),
+                Output::Store { samples, rate } => {
+                    self.stored = Some(samples);
+                    self.stored_rate = Some(rate);
+                }
                 Output::MissedCall => self.missed = true,
                 Output::Mark { id, mark } => self.marks.push((id, mark)),
                 Output::WrongCode => self.wrong += 1,

@@ -658,7 +658,7 @@ mod tests {
         assert_eq!(ok.status(), Some(200));
         let offer = boxless_media::negotiate(ok.body).expect("our offer in the 200");
         assert_eq!(offer.remote.port(), 20000);
-        assert!(String::from_utf8_lossy(ok.body).contains("RTP/AVP 0 8 101"));
+        assert!(String::from_utf8_lossy(ok.body).contains("RTP/AVP 0 8 9 101"));
         h.wait(Duration::from_millis(200));
         assert_eq!(h.rtp, 0, "no media before the answer");
         h.sip(&request("ACK", 1, "", &sdp(7000, "8 101", "sendrecv")));
@@ -802,7 +802,7 @@ mod tests {
         h.sip(&request("ACK", 1, "", ""));
         h.sip(&request("INVITE", 2, "", ""));
         let ok = h.last();
-        assert!(String::from_utf8_lossy(ok.body).contains("RTP/AVP 0 8 101"));
+        assert!(String::from_utf8_lossy(ok.body).contains("RTP/AVP 0 8 9 101"));
         h.sip(&request("ACK", 2, "", &sdp(6100, "8 101", "sendrecv")));
         assert_eq!(h.media_peer, Some("127.0.0.1:6100".parse().unwrap()));
     }

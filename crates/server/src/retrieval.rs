@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use boxless_core::TimerTable;
 use boxless_core::util::civil;
+use boxless_media::audio::convert_into;
 use boxless_media::{Codec, DtmfDetector, FRAME, Negotiated, Prompts, Received, RtpReceiver};
 use boxless_sip::Message;
 
@@ -22,8 +23,8 @@ pub struct RetrievalSetup {
     pub menu: Menu,
     /// Spoken prompts.
     pub prompts: Arc<Prompts>,
-    /// Audio of each message the menu may play, by id.
-    pub audio: HashMap<String, Arc<[i16]>>,
+    /// Audio of each message the menu may play, by id, with its sample rate.
+    pub audio: HashMap<String, (u32, Arc<[i16]>)>,
     /// Minutes east of UTC for "received <date, time>".
     pub utc_offset_min: i32,
 }
@@ -243,7 +244,7 @@ impl Retrieval {
     }
 
     fn frame(&mut self, now: Instant) {
-        let end = (self.pos + FRAME).min(self.seq.len());
+        let end = (self.pos + self.playout.codec().frame()).min(self.seq.len());
         self.playout.frame(
             now,
             &self.seq[self.pos..end],
@@ -282,11 +283,15 @@ impl Retrieval {
         }
     }
 
-    /// Turns a prompt sequence into audio; remembers where a message's audio ends.
+    /// Turns a prompt sequence into audio at the call's rate (prompts are made at 8 kHz,
+    /// a message is stored at 8 or 16 kHz); remembers where a message's audio ends.
     fn render(&mut self, seq: &[Prompt]) {
+        let rate = self.playout.codec().rate();
         let p = &self.setup.prompts;
         let mut out = std::mem::take(&mut self.seq);
         out.clear();
+        // Prompts gather at 8 kHz and join `out` converted, before a message and at the end.
+        let mut said: Vec<i16> = Vec::new();
         let mut audio_end = None;
         for item in seq {
             match item {
@@ -294,28 +299,30 @@ impl Retrieval {
                     caller,
                     received_at_ms,
                 } => {
-                    out.extend_from_slice(p.get("message-from"));
+                    said.extend_from_slice(p.get("message-from"));
                     match caller {
-                        Some(c) => p.say_digits(&c.digits(), &mut out),
-                        None => out.extend_from_slice(p.get("unknown-caller")),
+                        Some(c) => p.say_digits(&c.digits(), &mut said),
+                        None => said.extend_from_slice(p.get("unknown-caller")),
                     }
-                    p.pause(200, &mut out);
+                    p.pause(200, &mut said);
                     let (_, month, day, h, m, _) =
                         civil(received_at_ms / 1000, self.setup.utc_offset_min);
-                    out.extend_from_slice(p.get("received"));
-                    out.extend_from_slice(p.get(&format!("month-{month}")));
-                    p.say_number(day, &mut out);
-                    out.extend_from_slice(p.get("at"));
-                    p.say_number(h, &mut out);
-                    p.say_number(m, &mut out);
-                    p.pause(500, &mut out);
+                    said.extend_from_slice(p.get("received"));
+                    said.extend_from_slice(p.get(&format!("month-{month}")));
+                    p.say_number(day, &mut said);
+                    said.extend_from_slice(p.get("at"));
+                    p.say_number(h, &mut said);
+                    p.say_number(m, &mut said);
+                    p.pause(500, &mut said);
                 }
                 Prompt::Audio(id) => {
-                    if let Some(a) = self.setup.audio.get(id) {
-                        out.extend_from_slice(a);
+                    convert_into(&said, 8000, rate, &mut out);
+                    said.clear();
+                    if let Some((from, a)) = self.setup.audio.get(id) {
+                        convert_into(a, *from, rate, &mut out);
                     }
                     audio_end = Some(out.len());
-                    p.pause(500, &mut out);
+                    p.pause(500, &mut said);
                 }
                 other => {
                     let name = match other {
@@ -329,11 +336,12 @@ impl Retrieval {
                         Prompt::NoMore => "no-more",
                         _ => "goodbye",
                     };
-                    out.extend_from_slice(p.get(name));
-                    p.pause(200, &mut out);
+                    said.extend_from_slice(p.get(name));
+                    p.pause(200, &mut said);
                 }
             }
         }
+        convert_into(&said, 8000, rate, &mut out);
         self.seq = out;
         self.pos = 0;
         self.audio_end = audio_end;

@@ -123,8 +123,10 @@ pub struct NewMessage<'a> {
     pub caller: Option<PhoneNumber>,
     /// When the call was answered (ms since epoch).
     pub received_at_ms: u64,
-    /// 8 kHz mono audio.
+    /// Mono audio at `sample_rate`.
     pub samples: &'a [i16],
+    /// 8000 (G.711 calls) or 16000 (G.722: wideband).
+    pub sample_rate: u32,
 }
 
 /// An unheard message as retrieval sees it.
@@ -299,8 +301,8 @@ impl Store {
     ) -> Result<MessageInfo> {
         let id = self.new_id();
         let code = self.new_code()?;
-        let duration_ms = msg.samples.len() as u64 / 8;
-        self.write_wav(&id, msg.samples)?;
+        let duration_ms = msg.samples.len() as u64 * 1000 / u64::from(msg.sample_rate.max(1));
+        self.write_wav(&id, msg.samples, msg.sample_rate)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         let link = choose_link(&tx, &self.pool, msg.recipient)?;
@@ -326,11 +328,11 @@ impl Store {
         self.get(&id).map(|m| m.expect("row committed above"))
     }
 
-    fn write_wav(&self, id: &str, samples: &[i16]) -> Result<()> {
+    fn write_wav(&self, id: &str, samples: &[i16], sample_rate: u32) -> Result<()> {
         let tmp = self.audio_dir.join(format!("{id}.wav.tmp"));
         let spec = hound::WavSpec {
             channels: 1,
-            sample_rate: 8000,
+            sample_rate,
             bits_per_sample: 16,
             sample_format: hound::SampleFormat::Int,
         };
@@ -470,11 +472,15 @@ impl Store {
         Ok(self.db().execute(sql, params![id, now_ms as i64])? > 0)
     }
 
-    /// A message's audio, 8 kHz mono.
-    pub fn audio(&self, id: &str) -> Result<Vec<i16>> {
+    /// A message's audio, mono, and its sample rate (8 or 16 kHz).
+    pub fn audio(&self, id: &str) -> Result<(u32, Vec<i16>)> {
         let r = hound::WavReader::open(self.audio_path(id))?;
-        Ok(r.into_samples::<i16>()
-            .collect::<std::result::Result<_, _>>()?)
+        let rate = r.spec().sample_rate;
+        Ok((
+            rate,
+            r.into_samples::<i16>()
+                .collect::<std::result::Result<_, _>>()?,
+        ))
     }
 
     /// Marks a message deleted and removes its audio. False if there is no such message.
@@ -583,6 +589,7 @@ mod tests {
             caller: Some(n("+15551230001")),
             received_at_ms: 1,
             samples: &samples,
+            sample_rate: 8000,
         };
         let m = s
             .deposit(&msg, |f| {
@@ -618,6 +625,7 @@ mod tests {
             caller: None,
             received_at_ms: 1,
             samples: &[0; 80],
+            sample_rate: 8000,
         };
         let links: Vec<_> = (0..4)
             .map(|_| {
@@ -661,6 +669,7 @@ mod tests {
                 caller: None,
                 received_at_ms: 1,
                 samples: &[1; 80],
+                sample_rate: 8000,
             };
             s.deposit(&msg, |_| "x".into()).unwrap().id
         };
@@ -686,6 +695,7 @@ mod tests {
             caller: Some(n("+15551230001")),
             received_at_ms: 1,
             samples: &[7; 80],
+            sample_rate: 8000,
         };
         let a = s.deposit(&msg, |_| String::new()).unwrap();
         let other = NewMessage {
@@ -704,7 +714,7 @@ mod tests {
         let (all, matched) = s.for_link(a.link_number, Some(n("+15550000000"))).unwrap();
         assert!(!matched);
         assert_eq!(all.len(), 2);
-        assert_eq!(s.audio(&a.id).unwrap(), vec![7; 80]);
+        assert_eq!(s.audio(&a.id).unwrap(), (8000, vec![7; 80]));
         assert!(s.set_state(&a.id, MessageState::Heard, now_ms()).unwrap());
         assert!(
             !s.set_state(&a.id, MessageState::Heard, now_ms()).unwrap(),
@@ -732,6 +742,7 @@ mod tests {
             caller: Some(n("+15551230001")),
             received_at_ms: 1000,
             samples: &[1; 80],
+            sample_rate: 8000,
         };
         let m = s.deposit(&msg, |_| "new".into()).unwrap();
         let heard = s.deposit(&msg, |_| "new".into()).unwrap();

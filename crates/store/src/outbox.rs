@@ -479,6 +479,7 @@ mod tests {
                 caller: Some(n(caller)),
                 received_at_ms: at,
                 samples: &[0i16; 800],
+                sample_rate: 8000,
             };
             s.deposit(&m, |_| "msg".into()).unwrap()
         };
