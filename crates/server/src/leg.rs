@@ -214,7 +214,7 @@ impl Leg {
             match t.refresher {
                 Refresher::Uac => return Some(LegEvent::Expired),
                 Refresher::Uas => {
-                    self.refresh(now, t, out);
+                    self.send_refresh(now, t, out);
                     self.timers.set(Timer::Session, now + t.refresh_after());
                 }
             }
@@ -413,26 +413,7 @@ impl Leg {
             );
             return None;
         }
-        let timer = match self.timer_for(msg, reply_to, out) {
-            Ok(t) => t,
-            Err(()) => return None,
-        };
-        let offer = if msg.body.is_empty() {
-            None
-        } else {
-            match negotiate(msg.body) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    // The session goes on as it was (§14.2).
-                    let extra = format!("Warning: 399 boxless \"{e}\"\r\n");
-                    self.reply(msg, 488, "Not Acceptable Here", reply_to, &extra, out);
-                    return None;
-                }
-            }
-        };
-        self.dialog.refresh_target(msg);
-        self.next_hop = self.dialog.next_hop().unwrap_or(self.next_hop);
-        self.set_timer(now, timer);
+        let offer = self.refresh(now, msg, reply_to, out)?;
         let sdp = self.sdp(offer.as_ref());
         let ok = self.ok(msg, Some(&sdp));
         self.invite = UasInvite::new(now, msg.cseq.map_or(0, |c| c.seq), ok, self.s.timers);
@@ -452,10 +433,29 @@ impl Leg {
         reply_to: SocketAddr,
         out: &mut VecDeque<Output>,
     ) -> Option<LegEvent> {
-        let timer = match self.timer_for(msg, reply_to, out) {
-            Ok(t) => t,
-            Err(()) => return None,
-        };
+        let offer = self.refresh(now, msg, reply_to, out)?;
+        let sdp = offer.map(|o| self.sdp(Some(&o)));
+        let ok = self.ok(msg, sdp.as_deref());
+        self.last_answer = Some((msg.cseq.map_or(0, |c| c.seq), ok.clone(), reply_to));
+        out.push_back(Output::Sip {
+            bytes: ok,
+            to: reply_to,
+        });
+        self.media_changed(offer)
+    }
+
+    /// What a re-INVITE and an UPDATE share: the session timer it asks for (`422` below our
+    /// minimum), its offer if any (`488` when none is usable: the session goes on as it
+    /// was, §14.2), and the target refresh. `None` when it was refused (answered already);
+    /// else `Some(offer)`, `Some(None)` for a request without SDP.
+    fn refresh(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+        reply_to: SocketAddr,
+        out: &mut VecDeque<Output>,
+    ) -> Option<Option<Negotiated>> {
+        let timer = self.timer_for(msg, reply_to, out).ok()?;
         let offer = if msg.body.is_empty() {
             None
         } else {
@@ -471,14 +471,7 @@ impl Leg {
         self.dialog.refresh_target(msg);
         self.next_hop = self.dialog.next_hop().unwrap_or(self.next_hop);
         self.set_timer(now, timer);
-        let sdp = offer.map(|o| self.sdp(Some(&o)));
-        let ok = self.ok(msg, sdp.as_deref());
-        self.last_answer = Some((msg.cseq.map_or(0, |c| c.seq), ok.clone(), reply_to));
-        out.push_back(Output::Sip {
-            bytes: ok,
-            to: reply_to,
-        });
-        self.media_changed(offer)
+        Some(offer)
     }
 
     fn media_changed(&mut self, offer: Option<Negotiated>) -> Option<LegEvent> {
@@ -526,7 +519,7 @@ impl Leg {
 
     /// We are the refresher: an UPDATE without SDP keeps the session alive (RFC 4028 §7.4
     /// prefers UPDATE; the media stays as it is).
-    fn refresh(&mut self, now: Instant, t: SessionTimer, out: &mut VecDeque<Output>) {
+    fn send_refresh(&mut self, now: Instant, t: SessionTimer, out: &mut VecDeque<Output>) {
         if self.uac.is_some() {
             return;
         }

@@ -42,14 +42,62 @@ pub enum Fired {
     TimedOut,
 }
 
+/// A message sent again at growing intervals (T1 doubling up to T2) until an answer or a
+/// deadline: what both transactions here share.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    next: Option<(Instant, Duration)>,
+    deadline: Option<Instant>,
+    t2: Duration,
+}
+
+impl Schedule {
+    fn new(now: Instant, retransmit: bool, t: SipTimers) -> Schedule {
+        Schedule {
+            next: retransmit.then_some((now + t.t1, t.t1)),
+            deadline: Some(now + t.timeout()),
+            t2: t.t2,
+        }
+    }
+
+    fn stop(&mut self) {
+        self.next = None;
+        self.deadline = None;
+    }
+
+    fn running(&self) -> bool {
+        self.deadline.is_some()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        match (self.next, self.deadline) {
+            (Some((n, _)), Some(d)) => Some(n.min(d)),
+            (None, d) => d,
+            (Some((n, _)), None) => Some(n),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Option<Fired> {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.stop();
+            return Some(Fired::TimedOut);
+        }
+        let (at, every) = self.next?;
+        if now < at {
+            return None;
+        }
+        let every = (every * 2).min(self.t2);
+        self.next = Some((now + every, every));
+        Some(Fired::Retransmit)
+    }
+}
+
 /// The UAS side of an INVITE once we sent a `2xx`.
 #[derive(Debug, Clone)]
 pub struct UasInvite {
     cseq: u32,
     response: Vec<u8>,
-    next: Option<(Instant, Duration)>,
-    deadline: Option<Instant>,
-    t2: Duration,
+    schedule: Schedule,
 }
 
 impl UasInvite {
@@ -58,9 +106,7 @@ impl UasInvite {
         UasInvite {
             cseq,
             response,
-            next: Some((now + t.t1, t.t1)),
-            deadline: Some(now + t.timeout()),
-            t2: t.t2,
+            schedule: Schedule::new(now, true, t),
         }
     }
 
@@ -74,39 +120,24 @@ impl UasInvite {
         &self.response
     }
 
-    /// True once the ACK came.
+    /// True once the ACK came (or the wait for it ended).
     pub fn acked(&self) -> bool {
-        self.deadline.is_none()
+        !self.schedule.running()
     }
 
     /// The ACK for this INVITE arrived.
     pub fn ack(&mut self) {
-        self.next = None;
-        self.deadline = None;
+        self.schedule.stop();
     }
 
     /// When [`UasInvite::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.next, self.deadline) {
-            (Some((n, _)), Some(d)) => Some(n.min(d)),
-            (None, d) => d,
-            (Some((n, _)), None) => Some(n),
-        }
+        self.schedule.poll_timeout()
     }
 
     /// Advances its timers.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Fired> {
-        if self.deadline.is_some_and(|d| now >= d) {
-            self.ack();
-            return Some(Fired::TimedOut);
-        }
-        let (at, every) = self.next?;
-        if now < at {
-            return None;
-        }
-        let every = (every * 2).min(self.t2);
-        self.next = Some((now + every, every));
-        Some(Fired::Retransmit)
+        self.schedule.handle_timeout(now)
     }
 }
 
@@ -115,9 +146,7 @@ impl UasInvite {
 pub struct UacNonInvite {
     request: Vec<u8>,
     branch: String,
-    next: Option<(Instant, Duration)>,
-    deadline: Option<Instant>,
-    t2: Duration,
+    schedule: Schedule,
 }
 
 impl UacNonInvite {
@@ -133,9 +162,7 @@ impl UacNonInvite {
         UacNonInvite {
             request,
             branch,
-            next: (!reliable).then_some((now + t.t1, t.t1)),
-            deadline: Some(now + t.timeout()),
-            t2: t.t2,
+            schedule: Schedule::new(now, !reliable, t),
         }
     }
 
@@ -151,46 +178,31 @@ impl UacNonInvite {
 
     /// True after a final response or the timeout.
     pub fn done(&self) -> bool {
-        self.deadline.is_none()
+        !self.schedule.running()
     }
 
     /// A response with our branch: true when it is final (the transaction is over).
     pub fn response(&mut self, code: u16) -> bool {
         if code < 200 {
             // Provisional: stop retransmitting so often (§17.1.2.2), keep waiting.
-            if let Some((at, _)) = self.next {
-                self.next = Some((at, self.t2));
+            let t2 = self.schedule.t2;
+            if let Some((at, _)) = self.schedule.next.as_mut() {
+                self.schedule.next = Some((*at, t2));
             }
             return false;
         }
-        self.next = None;
-        self.deadline = None;
+        self.schedule.stop();
         true
     }
 
     /// When [`UacNonInvite::handle_timeout`] wants to run.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.next, self.deadline) {
-            (Some((n, _)), Some(d)) => Some(n.min(d)),
-            (None, d) => d,
-            (Some((n, _)), None) => Some(n),
-        }
+        self.schedule.poll_timeout()
     }
 
     /// Advances its timers.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Fired> {
-        if self.deadline.is_some_and(|d| now >= d) {
-            self.next = None;
-            self.deadline = None;
-            return Some(Fired::TimedOut);
-        }
-        let (at, every) = self.next?;
-        if now < at {
-            return None;
-        }
-        let every = (every * 2).min(self.t2);
-        self.next = Some((now + every, every));
-        Some(Fired::Retransmit)
+        self.schedule.handle_timeout(now)
     }
 }
 
