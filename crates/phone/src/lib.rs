@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use boxless_core::Rng;
 use boxless_media::{FRAME, RtpReceiver, RtpSender, negotiate, write_sdp};
-use boxless_sip::{Message, Method, NameAddr, Request, Uri, write_request, write_response};
+use boxless_sip::{
+    Fired, Message, Method, NameAddr, Request, SipTimers, UacNonInvite, Uri, write_request,
+    write_response,
+};
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, sleep_until};
 
@@ -271,9 +274,9 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
                 body: None,
             },
         );
-        b
+        (b, branch)
     };
-    let send_ack = |to_hdr: &str| in_dialog("ACK", leg.cseq, to_hdr);
+    let send_ack = |to_hdr: &str| in_dialog("ACK", leg.cseq, to_hdr).0;
     sip.send_to(&send_ack(&to_hdr), peer_addr).await?;
     let neg = negotiate(&answer).map_err(|e| PhoneError::Usage(format!("bad SDP answer: {e}")))?;
     let mut tx = RtpSender::new(
@@ -370,24 +373,22 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
     }
     // Drain late audio briefly and hang up.
     if !out.remote_hangup {
-        let bye = in_dialog("BYE", leg.cseq + 1, &to_hdr);
-        let deadline = Instant::now() + Duration::from_secs(32);
-        let mut retx = Duration::from_millis(500);
+        let (bye, branch) = in_dialog("BYE", leg.cseq + 1, &to_hdr);
         out.hangup_at_ms = Some(boxless_core::now_ms());
         sip.send_to(&bye, peer_addr).await?;
-        let mut next = Instant::now() + retx;
-        'bye: while Instant::now() < deadline {
+        // The BYE's non-INVITE client transaction (Timer E, Timer F) from boxless-sip.
+        let now = || Instant::now().into_std();
+        let mut tsx = UacNonInvite::new(now(), bye, branch, false, SipTimers::default());
+        while !tsx.done() {
             tokio::select! {
                 r = sip.recv_from(&mut buf) => {
                     let (n, _) = r?;
                     if let Ok(m) = Message::parse(&buf[..n], false)
-                        && m.call_id == call_id
-                        && m.cseq.is_some_and(|c| c.method == "BYE")
+                        && m.top_via().and_then(|v| v.branch) == Some(tsx.branch())
                         && let Some(code) = m.status()
-                        && code >= 200
+                        && tsx.response(code)
                     {
                         out.bye_response = Some(code);
-                        break 'bye;
                     }
                 }
                 r = rtp.recv_from(&mut mbuf) => {
@@ -395,10 +396,10 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
                         rx.receive(&mbuf[..n]);
                     }
                 }
-                _ = sleep_until(next) => {
-                    sip.send_to(&bye, peer_addr).await?;
-                    retx = (retx * 2).min(Duration::from_secs(4));
-                    next = Instant::now() + retx;
+                _ = sleep_until(tsx.poll_timeout().map_or_else(Instant::now, Instant::from_std)) => {
+                    if tsx.handle_timeout(now()) == Some(Fired::Retransmit) {
+                        sip.send_to(tsx.message(), peer_addr).await?;
+                    }
                 }
             }
         }
