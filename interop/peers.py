@@ -392,6 +392,8 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
     ap.add_argument("scenarios", nargs="*", default=["switch", "baresip"])
     a = ap.parse_args()
+    # Processes start in their own work directories: the binary's path must not be relative.
+    a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-peers-")
     failed = []
     for name in a.scenarios:
