@@ -103,6 +103,13 @@ link_numbers = ["+18005550150-+18005550199"]
 """)
 
     def start(self):
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # nothing it started outlives a failed start
+            raise
+
+    def _start(self):
         log = open(os.path.join(self.work, "smsc.log"), "ab")
         self.procs.append(subprocess.Popen(
             ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(self.p["smsc"]), self.sms_out],
