@@ -57,11 +57,6 @@ impl Direction {
         }
     }
 
-    /// True when the side whose SDP this is will send media.
-    pub fn sends(self) -> bool {
-        matches!(self, Direction::SendRecv | Direction::SendOnly)
-    }
-
     /// True when the side whose SDP this is wants media.
     pub fn receives(self) -> bool {
         matches!(self, Direction::SendRecv | Direction::RecvOnly)

@@ -111,7 +111,6 @@ pub struct Leg {
     last_answer: Option<(u32, Vec<u8>, SocketAddr)>,
     bye_pending: bool,
     closing: bool,
-    closed: bool,
 }
 
 impl Leg {
@@ -142,7 +141,6 @@ impl Leg {
             last_answer: None,
             bye_pending: false,
             closing: false,
-            closed: false,
             s,
         };
         leg.set_timer(now, timer);
@@ -164,11 +162,6 @@ impl Leg {
     /// True when we may send media (agreed, and the caller does not hold the call).
     pub fn may_send(&self) -> bool {
         self.neg.is_some_and(|n| n.peer_receives())
-    }
-
-    /// True once our BYE was answered or gave up.
-    pub fn is_closed(&self) -> bool {
-        self.closed
     }
 
     /// When [`Leg::handle_timeout`] wants to run.
@@ -321,7 +314,6 @@ impl Leg {
         let bytes = if ok { bye.ok } else { bye.fail };
         self.bye_pending = false;
         self.closing = true;
-        self.closed = true;
         self.timers.clear(Timer::Session);
         self.invite.ack();
         self.uac = None;
@@ -372,10 +364,7 @@ impl Leg {
 
     fn uac_finished(&mut self, kind: Uac, code: u16) -> Option<LegEvent> {
         match kind {
-            Uac::Bye => {
-                self.closed = true;
-                Some(LegEvent::Closed)
-            }
+            Uac::Bye => Some(LegEvent::Closed),
             // RFC 4028 §10: a refresh that times out or finds no dialog ends the session;
             // one the caller refuses otherwise (405, 501: it takes no UPDATE) does not.
             Uac::Refresh if matches!(code, 408 | 481) => Some(LegEvent::Expired),
