@@ -377,6 +377,19 @@ async fn sip_over_tls_closes_on_strangers_before_the_handshake_and_serves_truste
     .await;
     assert!(got.is_empty() && closed, "{got:?}");
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    // A trusted peer that speaks no TLS (plain SIP on the TLS port): the handshake fails
+    // with a TLS alert (record type 21) and the connection closes; no SIP answer.
+    let (got, closed) = tcp_ask(
+        "127.0.0.1",
+        tls,
+        "OPTIONS sip:x@127.0.0.1 SIP/2.0\r\n\r\n",
+        Duration::from_secs(6),
+    )
+    .await;
+    assert!(
+        closed && !got.contains("SIP/2.0") && got.bytes().next().is_none_or(|b| b == 21),
+        "{got:?}"
+    );
     // A trusted peer: a TLS session, an OPTIONS answered on it.
     let connector =
         tokio_rustls::TlsConnector::from(boxless_net::tls::client_config(&crt).unwrap());

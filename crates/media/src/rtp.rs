@@ -451,6 +451,26 @@ mod tests {
     }
 
     #[test]
+    fn hostile_g722_payloads_neither_panic_nor_exceed_the_limit() {
+        let mut rx = RtpReceiver::new(Codec::G722, 9, Some(101), 800);
+        let mut seed = 7u32;
+        for (i, len) in [0usize, 1, 3, 160, 161, 1400]
+            .into_iter()
+            .cycle()
+            .take(60)
+            .enumerate()
+        {
+            let mut d = vec![0x80, 9, 0, i as u8, 0, 0, (i * 3) as u8, 0, 0, 0, 0, 1];
+            d.extend((0..len).map(|_| {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (seed >> 16) as u8
+            }));
+            rx.receive(&d);
+        }
+        assert!(rx.len() <= 1600, "100 ms at 16 kHz at most: {}", rx.len());
+    }
+
+    #[test]
     fn hostile_packets_are_ignored_and_bounded() {
         let mut rx = RtpReceiver::new(Codec::Pcmu, 0, Some(101), 480);
         assert_eq!(rx.receive(b"\x00"), Received::Ignored);

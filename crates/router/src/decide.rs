@@ -586,6 +586,16 @@ mod tests {
             decide(&c, &invite("+15551230002", "Require: foo\r\n")),
             Verdict::Respond { code: 420, .. }
         ));
+        // An UPDATE (or BYE) that belongs to no dialog the router knows: 481, in both modes.
+        let update = String::from_utf8(invite("+15551230002", ""))
+            .unwrap()
+            .replace("INVITE", "UPDATE");
+        for mode in [RouterMode::Redirect, RouterMode::Proxy] {
+            assert!(matches!(
+                decide(&core(mode), update.as_bytes()),
+                Verdict::Respond { code: 481, .. }
+            ));
+        }
         let zero = invite("+15551230002", "");
         let zero = String::from_utf8(zero)
             .unwrap()

@@ -511,3 +511,45 @@ impl Streams {
         self.0.get(&addr).filter(|t| !t.is_closed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(from: SocketAddr) -> Vec<u8> {
+        format!(
+            "OPTIONS sip:r@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/TLS {from};branch=z9hG4bK1\r\n\
+From: <sip:a@h>;tag=1\r\nTo: <sip:r@h>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\
+Contact: <sip:a@{from};transport=tls>\r\nContent-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn the_connection_table_is_bounded_and_forgets_closed_connections() {
+        let mut t = Streams::default();
+        let mut live = Vec::new();
+        for i in 0..Streams::MAX as u32 {
+            let src = SocketAddr::from(([127, 0, (i >> 8) as u8, i as u8], 6000));
+            let (tx, rx) = mpsc::channel(1);
+            live.push(rx);
+            // Via and Contact name the same address as the source: one entry each.
+            t.learn(&Message::parse(&options(src), true).unwrap(), src, &tx);
+        }
+        assert_eq!(t.0.len(), Streams::MAX);
+        let extra: SocketAddr = "127.1.0.1:6000".parse().unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        t.learn(&Message::parse(&options(extra), true).unwrap(), extra, &tx);
+        assert_eq!(
+            t.0.len(),
+            Streams::MAX,
+            "full of live connections: not added"
+        );
+        assert!(t.get(extra).is_none());
+        // The peers hang up: their entries go when room is needed.
+        drop(live);
+        t.learn(&Message::parse(&options(extra), true).unwrap(), extra, &tx);
+        assert_eq!(t.0.len(), 1);
+        assert!(t.get(extra).is_some());
+    }
+}

@@ -765,6 +765,31 @@ Call-ID: pc\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n";
             1
         );
 
+        // Loose routing refuses what it cannot or must not forward, and never answers an ACK.
+        let spent = bye.replace("Max-Forwards: 70", "Max-Forwards: 0");
+        p.handle(t0, now_ms(), spent.as_bytes(), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!((out.len(), status(&out[0].1)), (1, Some(483)));
+        let named = bye.replace(
+            "sip:+15551230002@127.0.0.1:5070 SIP",
+            "sip:x@victim.example SIP",
+        );
+        p.handle(t0, now_ms(), named.as_bytes(), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!(
+            (out.len(), status(&out[0].1)),
+            (1, Some(404)),
+            "no name lookups"
+        );
+        let ack = named
+            .replace("BYE sip", "ACK sip")
+            .replace("2 BYE", "1 ACK");
+        p.handle(t0, now_ms(), ack.as_bytes(), false, 1);
+        assert!(
+            outputs(&mut p).is_empty(),
+            "an ACK is dropped, not answered"
+        );
+
         // A Route through us towards a stranger: refused, nothing relayed.
         let stranger = bye.replace(
             "sip:+15551230002@127.0.0.1:5070 SIP",

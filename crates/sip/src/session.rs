@@ -153,6 +153,19 @@ From: <sip:b@h>;tag=1\r\nTo: <sip:a@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{extra
             Negotiation::TooSmall(90)
         );
         assert_eq!(n(""), Negotiation::Off);
+        // Hostile values: too large to parse is no timer; the largest is taken, not a panic.
+        assert_eq!(
+            n("Session-Expires: 99999999999999999999\r\n"),
+            Negotiation::Off
+        );
+        let Negotiation::On(t) = n("Session-Expires: 4294967295;refresher=uas\r\n") else {
+            panic!()
+        };
+        assert_eq!(
+            t.refresh_after(),
+            Duration::from_millis(4_294_967_295_000 / 2)
+        );
+        assert_eq!(n("Session-Expires: ;refresher=uac\r\n"), Negotiation::Off);
         assert_eq!(n("Session-Expires: soon\r\n"), Negotiation::Off);
     }
 }
