@@ -358,11 +358,7 @@ mod tests {
         assert_eq!(bye.request_uri(), Some("sip:+15551230001@127.0.0.1:9000"));
         assert!(bye.from.contains("tag=srv"));
         assert!(bye.header("reason").unwrap().starts_with("Q.850;cause=16"));
-        let branch = bye.top_via().unwrap().branch.unwrap().to_string();
-        let resp = format!(
-            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\nFrom: <sip:x@y>;tag=srv\r\nTo: <sip:a@b>;tag=caller\r\nCall-ID: call-1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
-        );
-        h.sip(resp.as_bytes());
+        h.answer_last(200);
         assert_eq!(h.ended, Some(EndReason::Silence));
     }
 
@@ -412,13 +408,7 @@ mod tests {
         h.wait(Duration::from_millis(200));
         assert_eq!(h.rtp, 10, "200 ms of greeting in 20 ms G.722 packets");
         let mut tx = boxless_media::RtpSender::new(Codec::G722, 9, 5, 1, 1);
-        let mut b = Vec::new();
-        for _ in 0..75 {
-            tx.voice(&[8000; 320], &mut b);
-            h.d.handle_rtp(h.now, &b);
-            h.drain();
-            h.wait(Duration::from_millis(20));
-        }
+        h.send_with(&mut tx, 75, &[8000; 320]);
         h.sip(&request("BYE", 2, "", ""));
         assert_eq!(h.stored_rate, Some(16_000));
         assert_eq!(

@@ -224,15 +224,32 @@ impl Harness {
         self.drain();
     }
 
-    /// Caller speaks for `ms` (20 ms packets, virtual time advancing).
-    pub(crate) fn speak(&mut self, ms: u64, level: i16) {
+    /// The caller answers our last request with `code` (its Via, hence its branch, kept).
+    pub(crate) fn answer_last(&mut self, code: u16) {
+        let ours = self.sip.last().expect("a request of ours").clone();
+        let m = Message::parse(&ours, false).unwrap();
         let mut b = Vec::new();
-        for _ in 0..ms / 20 {
-            self.tx.voice(&[level; 160], &mut b);
+        boxless_sip::write_response(&mut b, &m, code, "OK", None, None, b"", None);
+        self.sip(&b);
+    }
+
+    /// The caller sends `packets` 20 ms packets of `frame` with its own sender `tx` (another
+    /// codec or stream than [`Harness::speak`]'s), virtual time advancing.
+    pub(crate) fn send_with(&mut self, tx: &mut RtpSender, packets: usize, frame: &[i16]) {
+        let mut b = Vec::new();
+        for _ in 0..packets {
+            tx.voice(frame, &mut b);
             self.d.handle_rtp(self.now, &b);
             self.drain();
             self.wait(Duration::from_millis(20));
         }
+    }
+
+    /// Caller speaks for `ms` (20 ms packets, virtual time advancing).
+    pub(crate) fn speak(&mut self, ms: u64, level: i16) {
+        let mut tx = std::mem::replace(&mut self.tx, RtpSender::new(Codec::Pcmu, 0, 0, 0, 0));
+        self.send_with(&mut tx, (ms / 20) as usize, &[level; 160]);
+        self.tx = tx;
     }
 
     pub(crate) fn last(&self) -> Message<'_> {

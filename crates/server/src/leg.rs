@@ -648,14 +648,8 @@ mod tests {
         h.wait(Duration::from_millis(100));
         assert_eq!(h.rtp, 5, "the greeting starts once the answer came");
         h.wait(Duration::from_millis(100));
-        let mut b = Vec::new();
         let mut tx = boxless_media::RtpSender::new(Codec::Pcma, 8, 9, 1, 1);
-        for _ in 0..75 {
-            tx.voice(&[8000; 160], &mut b);
-            h.d.handle_rtp(h.now, &b);
-            h.drain();
-            h.wait(Duration::from_millis(20));
-        }
+        h.send_with(&mut tx, 75, &[8000; 160]);
         h.sip(&request("BYE", 2, "", ""));
         assert_eq!(
             h.stored.as_ref().map(Vec::len),
@@ -701,11 +695,7 @@ mod tests {
         assert_eq!(bye.method(), Some(Method::Bye));
         assert!(bye.header("reason").unwrap().contains("cause=488"));
         assert!(!h.missed && h.stored.is_none(), "no message, no alert");
-        let branch = bye.top_via().unwrap().branch.unwrap().to_string();
-        let resp = format!(
-            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\nFrom: <sip:x@y>;tag=srv\r\nTo: <sip:a@b>;tag=caller\r\nCall-ID: call-1\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
-        );
-        h.sip(resp.as_bytes());
+        h.answer_last(200);
         assert_eq!(h.ended, Some(EndReason::NoMedia));
     }
 
@@ -741,14 +731,8 @@ mod tests {
         h.sip(&request("UPDATE", 4, "", &sdp(6002, "8 101", "sendrecv")));
         assert_eq!(h.last_status(), Some(200));
         assert_eq!(h.media_peer, Some("127.0.0.1:6002".parse().unwrap()));
-        let mut b = Vec::new();
         let mut tx = boxless_media::RtpSender::new(Codec::Pcma, 8, 78, 200, 20_000);
-        for _ in 0..25 {
-            tx.voice(&[8000; 160], &mut b);
-            h.d.handle_rtp(h.now, &b);
-            h.drain();
-            h.wait(Duration::from_millis(20));
-        }
+        h.send_with(&mut tx, 25, &[8000; 160]);
         h.sip(&request("BYE", 5, "", ""));
         let n = h.stored.as_ref().map_or(0, Vec::len);
         assert_eq!(n, 8000 * 5 / 2, "all 2.5 s recorded across the changes");
@@ -835,11 +819,7 @@ mod tests {
         assert_eq!(up.method(), Some(Method::Update));
         assert_eq!(up.header("session-expires"), Some("100;refresher=uas"));
         assert!(up.body.is_empty());
-        let branch = up.top_via().unwrap().branch.unwrap().to_string();
-        let resp = format!(
-            "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\nFrom: <sip:x@y>;tag=srv\r\nTo: <sip:a@b>;tag=caller\r\nCall-ID: call-1\r\nCSeq: 1 UPDATE\r\nContent-Length: 0\r\n\r\n"
-        );
-        h.sip(resp.as_bytes());
+        h.answer_last(200);
         let n = h.sip.len();
         h.wait(Duration::from_secs(20));
         assert_eq!(h.sip.len(), n, "answered: no retransmission");
