@@ -38,7 +38,10 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from failover import ROOT, caller_pcap, free_port, wait_tcp, wait_until  # noqa: E402
+from failover import (  # noqa: E402
+    ROOT, Fail, caller_pcap, check, free_port, read_jsonl, start_smsc_and_serve, stop_all,
+    wait_tcp, wait_until,
+)
 
 LIMIT_PER_HOUR = 4            # two servers: 2 each
 WRONG_CODES_PER_LINK = 4
@@ -50,16 +53,6 @@ TIMEOUT = "60s"
 def sh(argv, cwd, limit=180):
     return subprocess.run(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=limit, text=True)
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-    print(f"  ok: {what}")
 
 
 class Serve:
@@ -130,26 +123,11 @@ link_numbers = ["+18005550150-+18005550199"]
         return token, lines
 
     def start(self):
-        log = open(os.path.join(self.work, "smsc.log"), "ab")
-        self.procs.append(subprocess.Popen(
-            ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(self.p["smsc"]), self.sms_out],
-            stdout=log, stderr=log))
-        wait_tcp(self.p["smsc"])
-        log = open(os.path.join(self.work, "serve.log"), "ab")
-        self.procs.append(subprocess.Popen([self.bin, "serve", "--config", self.cfg],
-                                           stdout=log, stderr=log, cwd=self.work))
-        wait_tcp(self.p["http"])
-        wait_until(lambda: all(s["state"] == "up" for s in self.api("/api/v1/servers")[1] or []),
-                   10, "both servers up")
+        self.procs = start_smsc_and_serve(self.bin, self.cfg, self.work, self.p, self.sms_out,
+                                          lambda: self.api("/api/v1/servers")[1])
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(self.procs)
 
     def api(self, path, token=None, method="GET"):
         """(status, parsed JSON or text) over HTTPS."""
@@ -171,10 +149,7 @@ link_numbers = ["+18005550150-+18005550199"]
         return total
 
     def sms(self):
-        if not os.path.exists(self.sms_out):
-            return []
-        with open(self.sms_out) as f:
-            return [json.loads(l) for l in f if l.strip()]
+        return read_jsonl(self.sms_out)
 
     def sipp(self, scenario, args, calls, rate, ip="127.0.0.1", csv=None, limit=1):
         work = os.path.join(self.work, f"sipp-{scenario}-{time.monotonic_ns()}")

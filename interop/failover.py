@@ -107,6 +107,58 @@ def cpu_ns(pid):
     return total
 
 
+class Fail(Exception):
+    """A check of an interop script failed."""
+
+
+def check(cond, what):
+    if not cond:
+        raise Fail(what)
+    print(f"  ok: {what}")
+
+
+def read_jsonl(path):
+    """Every JSON line of `path` (the SMSC simulator's record); [] before it exists."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def start_smsc_and_serve(binary, cfg, work, p, sms_out, servers):
+    """The SMSC simulator on p["smsc"] and `boxless serve` with `cfg`, logs in `work`; waits
+    for the API on p["http"] and until `servers()` lists every server up. Returns the
+    processes, smsc first; on a failed start they are stopped before the error is raised."""
+    procs = []
+    try:
+        log = open(os.path.join(work, "smsc.log"), "ab")
+        procs.append(subprocess.Popen(
+            ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(p["smsc"]), sms_out],
+            stdout=log, stderr=log))
+        wait_tcp(p["smsc"])
+        log = open(os.path.join(work, "serve.log"), "ab")
+        procs.append(subprocess.Popen([binary, "serve", "--config", cfg],
+                                      stdout=log, stderr=log, cwd=work))
+        wait_tcp(p["http"])
+        wait_until(lambda: all(s["state"] == "up" for s in servers() or []), 10,
+                   "both servers up")
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs
+
+
+def stop_all(procs):
+    """SIGTERM, then SIGKILL after 10 s; newest first."""
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 class System:
     """Every process of one scenario; stops them all on exit."""
 

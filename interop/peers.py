@@ -29,22 +29,15 @@ import time
 import wave
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from failover import ROOT, caller_pcap, free_port, http_get, wait_tcp, wait_until  # noqa: E402
+from failover import (  # noqa: E402
+    ROOT, Fail, caller_pcap, check, free_port, http_get, read_jsonl, start_smsc_and_serve,
+    stop_all, wait_tcp, wait_until,
+)
 
 RECIPIENT = "+15551230002"
 FORWARDED = "5551230002"
 KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 MATRIX = []
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-    print(f"  ok: {what}")
 
 
 class System:
@@ -103,46 +96,20 @@ link_numbers = ["+18005550150-+18005550199"]
 """)
 
     def start(self):
-        try:
-            return self._start()
-        except BaseException:
-            self.stop()  # nothing it started outlives a failed start
-            raise
-
-    def _start(self):
-        log = open(os.path.join(self.work, "smsc.log"), "ab")
-        self.procs.append(subprocess.Popen(
-            ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(self.p["smsc"]), self.sms_out],
-            stdout=log, stderr=log))
-        wait_tcp(self.p["smsc"])
-        log = open(os.path.join(self.work, "serve.log"), "ab")
-        self.procs.append(subprocess.Popen([self.bin, "serve", "--config", self.cfg],
-                                           stdout=log, stderr=log, cwd=self.work))
-        wait_tcp(self.p["http"])
-        wait_until(lambda: all(s["state"] == "up"
-                               for s in (http_get(self.p["http"], "/api/v1/servers")[2] or [])),
-                   10, "both servers up")
+        self.procs = start_smsc_and_serve(
+            self.bin, self.cfg, self.work, self.p, self.sms_out,
+            lambda: http_get(self.p["http"], "/api/v1/servers")[2])
         return self
 
     def stop(self):
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(self.procs)
 
     def messages(self):
         code, _, body = http_get(self.p["http"], f"/api/v1/messages?recipient=%2B{RECIPIENT[1:]}")
         return body if code == 200 else []
 
     def sms(self):
-        import json
-        if not os.path.exists(self.sms_out):
-            return []
-        with open(self.sms_out) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_jsonl(self.sms_out)
 
     def audio(self, m):
         return read_wav(os.path.join(self.work, "data", m["server"], "audio", f"{m['id']}.wav"))
