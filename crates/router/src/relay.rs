@@ -87,24 +87,23 @@ pub(crate) fn strip_top_via(msg: &Message<'_>) -> Vec<u8> {
 
 /// The hop-by-hop ACK for a non-2xx final response to our forwarded INVITE.
 pub(crate) fn build_ack(inv: &Message<'_>, resp: &Message<'_>) -> Vec<u8> {
-    let ruri = inv.request_uri().unwrap_or("sip:invalid");
-    let via = inv.header_values("via").next().unwrap_or("");
-    let seq = inv.cseq.map_or(1, |c| c.seq);
-    format!(
-        "ACK {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} ACK\r\nContent-Length: 0\r\n\r\n",
-        inv.from, resp.to, inv.call_id
-    )
-    .into_bytes()
+    same_transaction(inv, "ACK", resp.to)
 }
 
 /// CANCEL for our forwarded INVITE (same Via branch, RFC 3261 §9.1).
 pub(crate) fn build_cancel(inv: &Message<'_>) -> Vec<u8> {
+    same_transaction(inv, "CANCEL", inv.to)
+}
+
+/// A request of the INVITE's own transaction (ACK for a non-2xx, CANCEL): its Request-URI,
+/// top Via (hence branch), From, Call-ID and CSeq number, with `method` and `to`.
+fn same_transaction(inv: &Message<'_>, method: &str, to: &str) -> Vec<u8> {
     let ruri = inv.request_uri().unwrap_or("sip:invalid");
     let via = inv.header_values("via").next().unwrap_or("");
     let seq = inv.cseq.map_or(1, |c| c.seq);
     format!(
-        "CANCEL {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} CANCEL\r\nContent-Length: 0\r\n\r\n",
-        inv.from, inv.to, inv.call_id
+        "{method} {ruri} SIP/2.0\r\nVia: {via}\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {to}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n",
+        inv.from, inv.call_id
     )
     .into_bytes()
 }
