@@ -295,16 +295,26 @@ impl Leg {
         }
         self.closing = true;
         self.timers.clear(Timer::Session);
-        let mut b = Vec::with_capacity(512);
         let extra = format!("Reason: {reason}\r\n");
-        let branch = self.dialog.request(&mut b, "BYE", extra.as_bytes(), None);
+        // A refresh in flight no longer matters.
+        self.send_request(now, Uac::Bye, &extra, out);
+    }
+
+    /// Sends our next in-dialog request (`BYE` or a refreshing `UPDATE`) and starts its
+    /// client transaction, replacing any in flight.
+    fn send_request(&mut self, now: Instant, kind: Uac, extra: &str, out: &mut VecDeque<Output>) {
+        let method = match kind {
+            Uac::Bye => "BYE",
+            Uac::Refresh => "UPDATE",
+        };
+        let mut b = Vec::with_capacity(512);
+        let branch = self.dialog.request(&mut b, method, extra.as_bytes(), None);
         out.push_back(Output::Sip {
             bytes: b.clone(),
             to: self.next_hop,
         });
-        // A refresh in flight no longer matters.
         self.uac = Some((
-            Uac::Bye,
+            kind,
             UacNonInvite::new(now, b, branch, self.s.reliable, self.s.timers),
         ));
     }
@@ -512,22 +522,11 @@ impl Leg {
         if self.uac.is_some() {
             return;
         }
-        let mut b = Vec::with_capacity(512);
         let extra = format!(
             "Session-Expires: {};refresher=uas\r\n{SUPPORTED}",
             t.interval.as_secs()
         );
-        let branch = self
-            .dialog
-            .request(&mut b, "UPDATE", extra.as_bytes(), None);
-        out.push_back(Output::Sip {
-            bytes: b.clone(),
-            to: self.next_hop,
-        });
-        self.uac = Some((
-            Uac::Refresh,
-            UacNonInvite::new(now, b, branch, self.s.reliable, self.s.timers),
-        ));
+        self.send_request(now, Uac::Refresh, &extra, out);
     }
 
     /// Our SDP: the answer to `offer`, or our offer. The `o=` version rises only when the
