@@ -293,9 +293,18 @@ snd_path {self.rec}
         for f in os.listdir(self.rec):
             os.remove(os.path.join(self.rec, f))
         # -n 127.0.0.1: its SDP names loopback, the address its RTP comes from.
-        r = subprocess.run(["baresip", "-f", self.dir, "-n", "127.0.0.1", "-e", f"/dial {target}",
-                            "-t", str(seconds)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True, timeout=seconds + 20)
+        argv = ["baresip", "-f", self.dir, "-n", "127.0.0.1", "-e", f"/dial {target}",
+                "-t", str(seconds)]
+        for attempt in (1, 2):
+            r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, timeout=seconds + 20)
+            with open(os.path.join(self.dir, f"baresip-{attempt}.log"), "w") as f:
+                f.write(r.stdout)
+            # Once in a while baresip 1.0 starts without placing the call at all (nothing
+            # reaches the router): that start is repeated, once; a call it placed never is.
+            if "connecting to" in r.stdout or attempt == 2:
+                break
+            print(f"  baresip placed no call (log {self.dir}/baresip-1.log); starting it again")
         heard = [f for f in os.listdir(self.rec) if f.endswith("-dec.wav")]
         return r.stdout, (read_wav(os.path.join(self.rec, heard[0])) if heard else (8000, []))
 
