@@ -11,12 +11,18 @@
            the recipient's number and records what it hears: that must match the stored
            message. Offered codecs: PCMU, then G.722 first (wideband); and over TLS (the
            router and each server with sip.tls_listen, one self-signed certificate).
+  sipp_tls SIPp over TLS (`-t l1`; Debian 13's sip-tester, built with TLS, installed by
+           interop/sipp-tls.sh) leaves messages: in proxy mode through the record-routing
+           router (its ACK and BYE on the same connection, by the route set); in redirect
+           mode the 302 must name a server's TLS listener, and SIPp calls it there.
 
 Prints one line per peer × mode × transport × codec with pass/fail and its figures, and
 exits 1 when one fails. Usage:
 
   cargo build --release
-  python3 interop/peers.py [--bin target/release/boxless] [switch baresip]
+  interop/sipp-tls.sh            # once: /opt/sipp-tls/sipp
+  python3 interop/peers.py [--bin target/release/boxless] [--sipp-tls PATH]
+                           [switch baresip sipp_tls]
 """
 
 import argparse
@@ -38,6 +44,7 @@ RECIPIENT = "+15551230002"
 FORWARDED = "5551230002"
 KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 MATRIX = []
+SIPP_TLS = ["/opt/sipp-tls/sipp"]
 
 
 class System:
@@ -51,7 +58,8 @@ class System:
         sip, s1_tls, s2_tls = "", "", ""
         if tls:
             # SIP over TLS on the router and on each server, one self-signed certificate.
-            self.crt, key = os.path.join(work, "sip.crt"), os.path.join(work, "sip.key")
+            self.crt = os.path.join(work, "sip.crt")
+            self.key = key = os.path.join(work, "sip.key")
             subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                             "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj",
                             "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
@@ -163,12 +171,13 @@ def best_correlation(a, b, max_lag):
     return corr(a, b, best), best
 
 
-def sipp(work, scenario, target, pcap, calls, extra=()):
+def sipp(work, scenario, target, pcap, calls, extra=(), binary="sipp"):
+    """Runs an `interop/sipp` scenario; returns (completed, failed, its directory)."""
     d = os.path.join(work, f"sipp-{scenario}-{time.monotonic_ns()}")
     os.makedirs(d)
     with open(os.path.join(d, "callers.csv"), "w") as f:
         f.write("SEQUENTIAL\n+15551230001;\n")
-    argv = ["sipp", "-sf", os.path.join(ROOT, "interop/sipp", scenario), "-inf", "callers.csv",
+    argv = [binary, "-sf", os.path.join(ROOT, "interop/sipp", scenario), "-inf", "callers.csv",
             "-s", FORWARDED if scenario != "via-switch.xml" else "15557000000",
             "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
             "-mp", str(43000 + free_port() % 400 * 2), "-key", "pcap", pcap,
@@ -176,13 +185,39 @@ def sipp(work, scenario, target, pcap, calls, extra=()):
             "-nostdin", "-trace_stat", "-stf", "stat.csv", "-trace_err"]
     r = subprocess.run(argv, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=120)
+    if not os.path.exists(os.path.join(d, "stat.csv")):
+        raise Fail(f"{binary} {scenario} did not run: {r.stdout[-1500:]}")
     with open(os.path.join(d, "stat.csv")) as f:
         rows = [line.rstrip("\n").split(";") for line in f if line.strip()]
     col = {n: i for i, n in enumerate(rows[0])}
     ok, failed = int(rows[-1][col["SuccessfulCall(C)"]]), int(rows[-1][col["FailedCall(C)"]])
     if failed and os.environ.get("PEERS_DEBUG"):
         print(r.stdout[-2000:])
-    return ok, failed
+    return ok, failed, d
+
+
+def sipp_log(d):
+    """The lines SIPp's `<log>` actions wrote (-trace_logs)."""
+    lines = []
+    for name in os.listdir(d):
+        if name.endswith("_logs.log"):
+            with open(os.path.join(d, name), errors="replace") as f:
+                lines += [line.strip() for line in f if line.strip()]
+    return lines
+
+
+def stored_whole(s, n, want, voice):
+    """Waits for `n` messages and their SMS; returns (passed, durations, correlations)."""
+    wait_until(lambda: len(s.messages()) >= n and len(s.sms()) >= n, 20, "messages")
+    msgs = s.messages()
+    durations = sorted(m["duration_ms"] for m in msgs)
+    corrs = []
+    for m in msgs:
+        rate, got = s.audio(m)
+        corrs.append(best_correlation(voice, to_8k(rate, got), 1600)[0])
+    passed = (len(msgs) == n and all(abs(d - want) <= 200 for d in durations)
+              and all(c >= 0.9 for c in corrs))
+    return passed, durations, corrs
 
 
 def kamailio(work, port, router):
@@ -217,25 +252,16 @@ def switch(binary, work):
             k = kamailio(w, port, s.p["router"])
             pcap = caller_pcap(w)
             want, voice = voice_ms(w)
-            ok, failed = sipp(w, "via-switch.xml", f"127.0.0.1:{port}", pcap, 2)
+            ok, failed, _ = sipp(w, "via-switch.xml", f"127.0.0.1:{port}", pcap, 2)
             print(f"  {mode}: SIPp through Kamailio: {ok} completed, {failed} failed")
-            wait_until(lambda: len(s.messages()) >= ok and len(s.sms()) >= ok, 20, "messages")
-            msgs = s.messages()
-            durations = sorted(m["duration_ms"] for m in msgs)
-            corrs = []
-            for m in msgs:
-                rate, got = s.audio(m)
-                corrs.append(best_correlation(voice, to_8k(rate, got), 1600)[0])
-            print(f"  {mode}: stored {len(msgs)} for {RECIPIENT} (the switch's Diversion): "
+            whole, durations, corrs = stored_whole(s, 2, want, voice)
+            print(f"  {mode}: stored {len(durations)} for {RECIPIENT} (the switch's Diversion): "
                   f"{durations} ms for {want} ms spoken, correlation "
                   + ", ".join(f"{c:.3f}" for c in corrs))
             with open(os.path.join(w, "kamailio.log"), errors="replace") as f:
                 followed = f.read().count("following its Contact")
             print(f"  {mode}: 302s Kamailio followed: {followed}")
-            passed = (ok == 2 and failed == 0 and len(msgs) == 2
-                      and all(abs(d - want) <= 200 for d in durations)
-                      and all(c >= 0.9 for c in corrs)
-                      and (followed == 2) == (mode == "redirect"))
+            passed = ok == 2 and failed == 0 and whole and (followed == 2) == (mode == "redirect")
             MATRIX.append(("Kamailio 5.6 + SIPp", mode + (" +RR" if extra else ""), "UDP",
                            "PCMU", passed, f"{ok}/2 calls, {durations} ms, corr "
                            + "/".join(f"{c:.2f}" for c in corrs)))
@@ -244,6 +270,49 @@ def switch(binary, work):
             if k and k.poll() is None:
                 k.terminate()
                 k.wait(timeout=10)
+            s.stop()
+
+
+def sipp_tls(binary, work):
+    launcher = SIPP_TLS[0]
+    if not os.access(launcher, os.X_OK):
+        raise Fail(f"{launcher} is missing: run interop/sipp-tls.sh (SIPp built with TLS)")
+    for mode, extra in (("redirect", ""), ("proxy", "record_route = true")):
+        w = os.path.join(work, f"sipp-tls-{mode}")
+        s = System(binary, w, mode, extra, tls=True).start()
+        try:
+            pcap = caller_pcap(w)
+            want, voice = voice_ms(w)
+            tls = ["-t", "l1", "-tls_cert", s.crt, "-tls_key", s.key, "-tls_ca", s.crt,
+                   "-key", "recipient", FORWARDED, "-trace_logs"]
+            router = f"127.0.0.1:{s.p['tls']}"
+            ok, failed, d = sipp(w, "tls.xml", router, pcap, 2, tls, launcher)
+            logged = sipp_log(d)
+            if mode == "redirect":
+                # SIPp cannot follow a 302 on a TLS call: each Contact is called as its own run.
+                contacts = [line.split()[1:3] for line in logged if line.startswith("redirect ")]
+                servers = {str(s.p["t1"]), str(s.p["t2"])}
+                named_tls = len(contacts) == 2 and all(p in servers for _, p in contacts)
+                print(f"  redirect: {ok} INVITEs over TLS to the router, {failed} failed; "
+                      f"302 Contacts {[':'.join(c) for c in contacts]} (servers' TLS "
+                      f"listeners {sorted(servers)})")
+                for host, port in contacts:
+                    ok2, failed2, _ = sipp(w, "tls.xml", f"{host}:{port}", pcap, 1, tls, launcher)
+                    ok, failed = ok + ok2 - 1, failed + failed2
+            else:
+                rr = [line for line in logged if "transport=tls;lr" in line]
+                named_tls = len(rr) == 2
+                print(f"  proxy: {ok} calls over TLS through the router, {failed} failed; "
+                      f"TLS Record-Route seen in {len(rr)} 200s")
+            whole, durations, corrs = stored_whole(s, 2, want, voice)
+            print(f"  {mode}: stored {durations} ms for {want} ms spoken, correlation "
+                  + ", ".join(f"{c:.3f}" for c in corrs))
+            passed = ok == 2 and failed == 0 and named_tls and whole
+            MATRIX.append(("SIPp 3.7 -t l1", mode + (" +RR" if extra else ""), "TLS", "PCMU",
+                           passed, f"{ok}/2 calls, {durations} ms, corr "
+                           + "/".join(f"{c:.2f}" for c in corrs)))
+            check(passed, f"{mode}: SIPp over TLS left whole messages")
+        finally:
             s.stop()
 
 
@@ -324,9 +393,11 @@ def baresip(binary, work):
     voice16 = os.path.join(work, "baresip-voice-16k.wav")
     wav_file(voice16, 1200, [x for s in spoken for x in (s, s)], 800, rate=16000)
     quiet = os.path.join(work, "baresip-quiet.wav")
-    wav_file(quiet, 16000, [], 0)        # listens for 16 s
+    # The greeting, "message from" and the caller's number come before the message: the
+    # recipient listens 22 s, long enough to hear it through and have it marked heard.
+    wav_file(quiet, 22000, [], 0)
     quiet16 = os.path.join(work, "baresip-quiet-16k.wav")
-    wav_file(quiet16, 16000, [], 0, rate=16000)
+    wav_file(quiet16, 22000, [], 0, rate=16000)
     runs = [(mode, extra, label, codecs, tls)
             for mode, extra in (("redirect", ""), ("proxy", "record_route = true"))
             for label, codecs, tls in (("PCMU", ["g711"], False),
@@ -354,9 +425,12 @@ def baresip(binary, work):
                 link = "+" + s.sms()[0]["source"]
                 me = Baresip(w, "recipient", RECIPIENT, codecs, ca)
                 log2, (hrate, heard) = me.call(f"sip:{link}@127.0.0.1:{port}{suffix}",
-                                               quiet16 if wide else quiet, 16)
+                                               quiet16 if wide else quiet, 22)
                 c_ret, _ = best_correlation(stored8[:16000], to_8k(hrate, heard), 8000 * 14)
-                time.sleep(0.5)
+                try:
+                    wait_until(lambda: s.messages()[0]["state"] == "heard", 5, "heard")
+                except RuntimeError:
+                    pass
                 state = s.messages()[0]["state"]
                 print(f"  {mode}, {transport}, {label}: retrieval {codec_of(log2)} from {RECIPIENT} to {link}: "
                       f"heard {len(heard) / hrate:.1f} s, correlation with the stored message "
@@ -373,8 +447,10 @@ def baresip(binary, work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("scenarios", nargs="*", default=["switch", "baresip"])
+    ap.add_argument("--sipp-tls", default=SIPP_TLS[0], help="SIPp built with TLS")
+    ap.add_argument("scenarios", nargs="*", default=["switch", "baresip", "sipp_tls"])
     a = ap.parse_args()
+    SIPP_TLS[0] = os.path.abspath(a.sipp_tls)
     # Processes start in their own work directories: the binary's path must not be relative.
     a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-peers-")
