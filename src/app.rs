@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use boxless_core::config::{ControlBackend, SmsTransport};
 use boxless_core::{Checked, ControlLink, Rng, ServerSlot, ServerSpec, StatusBoard, now_ms};
 use boxless_media::Prompts;
-use boxless_notify::{Backoff, NotifierHandle, Sender, Smpp, SmppSettings};
+use boxless_notify::{Backoff, NotifierHandle, ReceiptBook, Sender, Smpp, SmppSettings};
 use boxless_router::RouterCore;
 use boxless_router::proxy::ProxySettings;
 use boxless_server::MessagingServer;
@@ -65,6 +65,7 @@ async fn start_server(
     spec: &ServerSpec,
     board: &Arc<StatusBoard>,
     prompts: &Arc<Prompts>,
+    book: &Arc<ReceiptBook>,
 ) -> anyhow::Result<(Arc<MessagingServer>, Arc<Store>)> {
     let c = &cfg.config;
     let id = &spec.config.id;
@@ -73,15 +74,22 @@ async fn start_server(
         Store::open(&dir, id, spec.pool.clone())
             .with_context(|| format!("opening the store of server `{id}` in {}", dir.display()))?,
     );
+    book.add(store.clone());
     let notifier = Arc::new(NotifierHandle::default());
     let sender = match c.sms.transport {
         SmsTransport::Log => Sender::Log,
-        SmsTransport::Smpp => Sender::Smpp(Smpp::new(SmppSettings {
-            address: c.sms.address.clone(),
-            system_id: c.sms.system_id.clone(),
-            password: cfg.secrets.sms_password.expose().to_string(),
-            enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
-        })),
+        SmsTransport::Smpp => Sender::Smpp(Smpp::new(
+            SmppSettings {
+                address: c.sms.address.clone(),
+                system_id: c.sms.system_id.clone(),
+                password: cfg.secrets.sms_password.expose().to_string(),
+                enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
+                receipts: c.sms.delivery_receipts,
+                long_text: c.sms.long_text,
+            },
+            store.clone(),
+            book.clone(),
+        )),
     };
     let backoff = Backoff::new(
         c.sms.retry_initial_ms,
@@ -275,8 +283,10 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
     let prompts = Arc::new(Prompts::load());
     let mut servers = Vec::new();
     let mut stores = Vec::new();
+    // Receipts for any of this process's servers may arrive on any one's SMPP bind.
+    let book = Arc::new(ReceiptBook::default());
     for spec in &cfg.servers {
-        let (server, store) = start_server(&cfg, spec, &board, &prompts).await?;
+        let (server, store) = start_server(&cfg, spec, &board, &prompts, &book).await?;
         servers.push(server);
         stores.push(store);
     }
@@ -338,7 +348,8 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
     };
     let board = board_of(&cfg, true);
     let prompts = Arc::new(Prompts::load());
-    let (server, store) = start_server(&cfg, spec, &board, &prompts).await?;
+    let book = Arc::new(ReceiptBook::default());
+    let (server, store) = start_server(&cfg, spec, &board, &prompts, &book).await?;
     let client = nats(&cfg, &format!("boxless server {id}"), &board)
         .await?
         .client;

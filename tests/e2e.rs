@@ -55,7 +55,7 @@ async fn redirect_deposit_stores_the_audio_and_sends_the_sms() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let m = &messages(&sys, "+15551230002").await[0];
     assert_eq!(m["state"], "notified");
-    assert_eq!(m["notifications"][0]["state"], "sent");
+    assert_eq!(m["notifications"][0]["state"], "accepted");
 
     let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
     let (corr, _) = boxless_media::audio::best_correlation(&g711(&played), &stored, 800);

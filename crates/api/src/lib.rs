@@ -295,6 +295,9 @@ fn json_message(m: &MessageInfo) -> Value {
         "state": m.state.as_str(),
         "notifications": m.notifications.iter().map(|n| json!({
             "channel": n.channel, "state": n.state, "attempts": n.attempts, "last_error": n.last_error,
+            "accepted_at": n.accepted_at_ms.map(rfc3339),
+            "final_at": n.final_at_ms.map(rfc3339),
+            "delivery_ms": n.accepted_at_ms.zip(n.final_at_ms).map(|(a, f)| f.saturating_sub(a)),
         })).collect::<Vec<_>>(),
     })
 }

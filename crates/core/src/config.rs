@@ -229,6 +229,17 @@ pub enum SmsTransport {
     Smpp,
 }
 
+/// How a text too long for one SMS reaches the SMSC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LongText {
+    /// Parts carrying a user data header (esm_class UDHI): what most SMSCs expect.
+    #[default]
+    Udh,
+    /// Parts with the `sar_*` TLVs: the SMSC builds the headers.
+    Sar,
+}
+
 /// `[sms]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -258,6 +269,11 @@ pub struct SmsConfig {
     pub max_per_recipient_per_hour: u32,
     /// Missed-call alerts from one caller to one recipient this close together are one SMS.
     pub missed_call_merge_minutes: u32,
+    /// Ask the SMSC for delivery receipts (registered_delivery = 1): a notification is
+    /// `accepted`, then `delivered`, `undeliverable` or `expired`.
+    pub delivery_receipts: bool,
+    /// `udh` | `sar`: how the parts of a long text are marked.
+    pub long_text: LongText,
 }
 
 impl Default for SmsConfig {
@@ -275,6 +291,8 @@ impl Default for SmsConfig {
             allowed_prefixes: Vec::new(),
             max_per_recipient_per_hour: 10,
             missed_call_merge_minutes: 10,
+            delivery_receipts: true,
+            long_text: LongText::Udh,
         }
     }
 }

@@ -3,12 +3,13 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod receipt;
 pub mod sender;
 pub mod spend;
 pub mod text;
 pub mod worker;
 
 pub use backoff::Backoff;
-pub use sender::{SendError, Sender, Smpp, SmppSettings};
+pub use sender::{ReceiptBook, SendError, Sender, Smpp, SmppSettings};
 pub use spend::SpendPolicy;
 pub use worker::NotifierHandle;

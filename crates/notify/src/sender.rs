@@ -1,16 +1,24 @@
-//! SMS transports: the log (for a first look) and SMPP 3.4 (bind_transceiver, submit_sm,
-//! enquire_link, reconnect).
+//! SMS transports: the log (for a first look) and SMPP 3.4 (bind_transceiver, submit_sm in
+//! one or more parts, delivery receipts and MO texts over `deliver_sm`, enquire_link,
+//! reconnect).
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
-use boxless_store::OutboxJob;
+use boxless_core::config::LongText;
+use boxless_core::now_ms;
+use boxless_store::{Delivery, OutboxJob, Receipted, Settled, Store};
 use futures_util::StreamExt;
-use rusmpp::pdus::{BindTransceiver, SubmitSm};
+use rusmpp::pdus::{BindTransceiver, DeliverSm, SubmitSm};
+use rusmpp::tlvs::{MessageSubmissionRequestTlvValue, TlvValue};
 use rusmpp::types::{COctetString, OctetString};
-use rusmpp::values::{DataCoding, EsmClass, Npi, RegisteredDelivery, ServiceType, Ton};
-use rusmpp::{CommandId, CommandStatus};
+use rusmpp::values::{
+    DataCoding, EsmClass, MessageState, Npi, RegisteredDelivery, ServiceType, Ton,
+};
+use rusmpp::{CommandId, CommandStatus, Pdu};
 
+use crate::receipt::{self, Inbound};
 use crate::text;
 
 /// Why an SMS was not accepted. Every failure is retried; `transient` only tells the log.
@@ -32,6 +40,68 @@ pub struct SmppSettings {
     pub password: String,
     /// enquire_link interval.
     pub enquire_link: Duration,
+    /// Ask for delivery receipts, and stay bound to receive them.
+    pub receipts: bool,
+    /// How the parts of a long text are marked.
+    pub long_text: LongText,
+}
+
+/// The stores a receipt may belong to: this server's first, then the others in this
+/// process (`boxless serve`), since an SMSC may return a receipt on any bind of the account.
+#[derive(Debug, Default)]
+pub struct ReceiptBook {
+    stores: RwLock<Vec<Arc<Store>>>,
+}
+
+impl ReceiptBook {
+    /// Adds a server's store.
+    pub fn add(&self, store: Arc<Store>) {
+        self.stores
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(store);
+    }
+
+    /// Applies a receipt: to the store that sent the part, else kept early in `own`.
+    fn apply(
+        &self,
+        own: &Arc<Store>,
+        id: &str,
+        d: Delivery,
+        detail: &str,
+        now: u64,
+    ) -> boxless_store::Result<Receipted> {
+        let others = self
+            .stores
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let error = (d != Delivery::Delivered).then_some(detail);
+        for s in std::iter::once(own).chain(others.iter().filter(|s| !Arc::ptr_eq(s, own))) {
+            if let Some(r) = s.settle_known(id, d, error, now)? {
+                return Ok(r);
+            }
+        }
+        own.keep_early(
+            id,
+            d,
+            error,
+            now,
+            boxless_store::receipts::MAX_EARLY_RECEIPTS,
+        )?;
+        Ok(Receipted::Early)
+    }
+}
+
+/// Counts what a receipt settled.
+pub fn record_settled(s: &Settled) {
+    if let (Some(d), Some(ms)) = (s.state, s.latency_ms) {
+        metrics::counter!("boxless_sms_receipts_total", "state" => d.as_str()).increment(1);
+        if d == Delivery::Delivered {
+            metrics::histogram!("boxless_sms_delivery_seconds").record(ms as f64 / 1000.0);
+        }
+        tracing::info!(job = s.job, message = ?s.message_id, state = d.as_str(), after_ms = ms, "SMS settled by its receipt");
+    }
 }
 
 /// Where SMS go.
@@ -44,34 +114,76 @@ pub enum Sender {
 }
 
 impl Sender {
-    /// Submits one SMS; Ok once the SMSC (or the log) accepted it.
-    pub async fn submit(&mut self, job: &OutboxJob) -> Result<(), SendError> {
+    /// Submits one SMS; Ok with its number of parts once the SMSC (or the log) took them all.
+    pub async fn submit(&mut self, job: &OutboxJob) -> Result<u8, SendError> {
         match self {
             Sender::Log => {
                 let from = job.source.map(|s| s.to_string()).unwrap_or_default();
                 // Access codes are never logged, not even here.
                 let text = crate::text::mask_code(&job.text);
                 tracing::info!(target: "sms", to = %job.destination, from = %from, text = %text, "SMS");
-                Ok(())
+                Ok(1)
             }
             Sender::Smpp(s) => s.submit(job).await,
         }
     }
+
+    /// Between submits: stays bound when receipts are expected (they arrive any time).
+    pub async fn keep_bound(&mut self) {
+        if let Sender::Smpp(s) = self
+            && s.settings.receipts
+        {
+            s.keep_bound().await;
+        }
+    }
 }
 
-/// An SMPP client that (re)binds on demand.
+/// An SMPP client that (re)binds on demand, and at once when receipts are expected.
 #[derive(Debug)]
 pub struct Smpp {
     settings: SmppSettings,
     client: Option<rusmppc::Client>,
+    store: Arc<Store>,
+    book: Arc<ReceiptBook>,
+    /// No bind attempt before this (after failures, doubling up to a minute).
+    next_bind: Option<Instant>,
+    bind_failures: u32,
 }
 
 impl Smpp {
-    /// Not connected until the first submit.
-    pub fn new(settings: SmppSettings) -> Smpp {
+    /// Not connected until the first submit or [`Sender::keep_bound`]; receipts go to
+    /// `store` (or another of `book`).
+    pub fn new(settings: SmppSettings, store: Arc<Store>, book: Arc<ReceiptBook>) -> Smpp {
         Smpp {
             settings,
             client: None,
+            store,
+            book,
+            next_bind: None,
+            bind_failures: 0,
+        }
+    }
+
+    async fn keep_bound(&mut self) {
+        if self.client.as_ref().is_some_and(|c| c.is_active()) {
+            return;
+        }
+        if self.next_bind.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        match self.connect().await {
+            Ok(_) => {
+                self.bind_failures = 0;
+                self.next_bind = None;
+            }
+            Err(e) => {
+                self.bind_failures += 1;
+                let wait = Duration::from_millis(500 << self.bind_failures.min(7));
+                self.next_bind = Some(Instant::now() + wait);
+                if self.bind_failures == 1 {
+                    tracing::warn!(error = %e, "SMPP: cannot bind to receive receipts; retrying");
+                }
+            }
         }
     }
 
@@ -115,18 +227,26 @@ impl Smpp {
             .await
             .map_err(|e| err("bind_transceiver", &e))?;
         tracing::info!(smsc = %self.settings.address, "SMPP bound as transceiver");
-        // Answer what the SMSC sends us (delivery receipts); the connection task ends with it.
+        // What the SMSC sends us (receipts, MO texts), each acknowledged only once it is
+        // recorded: a crash before that makes the SMSC send it again. The task ends with
+        // the connection.
         let c2 = client.clone();
+        let (store, book) = (self.store.clone(), self.book.clone());
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
                     rusmppc::Event::Incoming(cmd) if cmd.id() == CommandId::DeliverSm => {
-                        let _ = c2
-                            .deliver_sm_resp(
-                                cmd.sequence_number(),
-                                rusmpp::pdus::DeliverSmResp::default(),
-                            )
-                            .await;
+                        let seq = cmd.sequence_number();
+                        let status = match cmd.pdu() {
+                            Some(Pdu::DeliverSm(d)) => inbound(&store, &book, d).await,
+                            _ => CommandStatus::EsmeRok,
+                        };
+                        let resp = rusmpp::pdus::DeliverSmResp::default();
+                        let _ = if status == CommandStatus::EsmeRok {
+                            c2.deliver_sm_resp(seq, resp).await
+                        } else {
+                            c2.status(status).deliver_sm_resp(seq, resp).await
+                        };
                     }
                     rusmppc::Event::Error(e) => tracing::warn!(error = %e, "SMPP connection"),
                     _ => {}
@@ -137,13 +257,21 @@ impl Smpp {
         Ok(self.client.as_ref().expect("set just above"))
     }
 
-    async fn submit(&mut self, job: &OutboxJob) -> Result<(), SendError> {
+    async fn submit(&mut self, job: &OutboxJob) -> Result<u8, SendError> {
         let err = |what: &str, e: &dyn std::fmt::Display| SendError {
             detail: format!("{what}: {e}"),
         };
         let coded = text::encode(&job.text);
-        let mut octets = coded.octets;
-        octets.truncate(254);
+        let parts = text::split(&coded);
+        let total = parts.len() as u8;
+        // A retry sends only the parts the SMSC has not taken, with the same reference.
+        let store = self.store.clone();
+        let id = job.id;
+        let done = tokio::task::spawn_blocking(move || store.parts_accepted(id))
+            .await
+            .map_err(|e| err("store", &e))?
+            .map_err(|e| err("store", &e))?;
+        let reference = (job.id % 255 + 1) as u8;
         let dest = job.destination.digits();
         let src = job.source.map(|s| s.digits()).unwrap_or_default();
         let (src_ton, src_npi) = if src.is_empty() {
@@ -151,45 +279,150 @@ impl Smpp {
         } else {
             (Ton::International, Npi::Isdn)
         };
-        let sm = SubmitSm::builder()
-            .service_type(ServiceType::default())
-            .source_addr_ton(src_ton)
-            .source_addr_npi(src_npi)
-            .source_addr(COctetString::from_str(&src).map_err(|e| err("source_addr", &e))?)
-            .dest_addr_ton(Ton::International)
-            .dest_addr_npi(Npi::Isdn)
-            .destination_addr(
-                COctetString::from_str(&dest).map_err(|e| err("destination_addr", &e))?,
-            )
-            .esm_class(EsmClass::default())
-            .registered_delivery(RegisteredDelivery::default())
-            .data_coding(if coded.data_coding == 8 {
-                DataCoding::Ucs2
-            } else {
-                DataCoding::McSpecific
-            })
-            .short_message(OctetString::from_vec(octets).map_err(|e| err("short_message", &e))?)
-            .build();
-        let client = self.connect().await?;
-        match client.submit_sm(sm).await {
-            Ok(_) => Ok(()),
-            Err(rusmppc::error::Error::UnexpectedResponse { response }) => {
-                let status = response.status();
-                if status == CommandStatus::EsmeRthrottled {
-                    Err(SendError {
-                        detail: "SMSC throttled (ESME_RTHROTTLED)".into(),
-                    })
-                } else {
-                    Err(SendError {
-                        detail: format!("SMSC refused: {status:?}"),
-                    })
+        for (k, part) in parts.iter().enumerate() {
+            if done.contains(&(k as u8)) {
+                continue;
+            }
+            let seq = k as u8 + 1;
+            let mut esm = 0u8;
+            let mut octets = Vec::with_capacity(part.len() + 6);
+            let mut tlvs: Vec<MessageSubmissionRequestTlvValue> = Vec::new();
+            if total > 1 {
+                match self.settings.long_text {
+                    LongText::Udh => {
+                        esm |= 0x40;
+                        octets.extend_from_slice(&text::udh(reference, total, seq));
+                    }
+                    LongText::Sar => tlvs.extend([
+                        MessageSubmissionRequestTlvValue::SarMsgRefNum(reference as u16),
+                        MessageSubmissionRequestTlvValue::SarTotalSegments(total),
+                        MessageSubmissionRequestTlvValue::SarSegmentSeqnum(seq),
+                    ]),
                 }
             }
-            Err(e) => {
-                // The connection is suspect: drop it, the next attempt reconnects.
-                self.client = None;
-                Err(err("submit_sm", &e))
-            }
+            octets.extend_from_slice(part);
+            let sm = SubmitSm::builder()
+                .service_type(ServiceType::default())
+                .source_addr_ton(src_ton)
+                .source_addr_npi(src_npi)
+                .source_addr(COctetString::from_str(&src).map_err(|e| err("source_addr", &e))?)
+                .dest_addr_ton(Ton::International)
+                .dest_addr_npi(Npi::Isdn)
+                .destination_addr(
+                    COctetString::from_str(&dest).map_err(|e| err("destination_addr", &e))?,
+                )
+                .esm_class(EsmClass::from(esm))
+                .registered_delivery(RegisteredDelivery::from(u8::from(self.settings.receipts)))
+                .data_coding(if coded.data_coding == 8 {
+                    DataCoding::Ucs2
+                } else {
+                    DataCoding::McSpecific
+                })
+                .short_message(OctetString::from_vec(octets).map_err(|e| err("short_message", &e))?)
+                .tlvs(tlvs)
+                .build();
+            let client = self.connect().await?;
+            let message_id = match client.submit_sm(sm).await {
+                Ok(resp) => resp.message_id().to_string(),
+                Err(rusmppc::error::Error::UnexpectedResponse { response }) => {
+                    let status = response.status();
+                    return Err(SendError {
+                        detail: if status == CommandStatus::EsmeRthrottled {
+                            "SMSC throttled (ESME_RTHROTTLED)".into()
+                        } else {
+                            format!("SMSC refused: {status:?}")
+                        },
+                    });
+                }
+                Err(e) => {
+                    // The connection is suspect: drop it, the next attempt reconnects.
+                    self.client = None;
+                    return Err(err("submit_sm", &e));
+                }
+            };
+            let store = self.store.clone();
+            tokio::task::spawn_blocking(move || store.part_accepted(id, k as u8, &message_id))
+                .await
+                .map_err(|e| err("store", &e))?
+                .map_err(|e| err("store", &e))?;
+        }
+        Ok(total)
+    }
+}
+
+/// Records what a `deliver_sm` says; the status to answer it with (anything but OK makes
+/// the SMSC send it again later).
+async fn inbound(store: &Arc<Store>, book: &Arc<ReceiptBook>, d: &DeliverSm) -> CommandStatus {
+    let mut receipted_id = None;
+    let mut state = None;
+    for tlv in d.tlvs() {
+        match tlv.value() {
+            Some(TlvValue::ReceiptedMessageId(id)) => receipted_id = Some(id.to_string()),
+            Some(TlvValue::MessageState(s)) => state = Some(message_state(*s)),
+            _ => {}
         }
     }
+    let source = d.source_addr.to_string();
+    let read = receipt::read(&receipt::DeliverSm {
+        esm_class: u8::from(d.esm_class),
+        source: &source,
+        data_coding: u8::from(d.data_coding),
+        text: d.short_message().as_ref(),
+        receipted_id: receipted_id.as_deref(),
+        state: state.flatten(),
+    });
+    match read {
+        Inbound::Receipt(r) => {
+            let Some(delivery) = r.delivery else {
+                tracing::debug!(id = %r.id, detail = %r.detail, "SMPP: intermediate receipt");
+                return CommandStatus::EsmeRok;
+            };
+            let (store, book) = (store.clone(), book.clone());
+            let res = tokio::task::spawn_blocking(move || {
+                book.apply(&store, &r.id, delivery, &r.detail, now_ms())
+            })
+            .await;
+            match res {
+                Ok(Ok(Receipted::Settled(s))) => record_settled(&s),
+                Ok(Ok(Receipted::Duplicate)) => {
+                    metrics::counter!("boxless_sms_receipts_duplicate_total").increment(1)
+                }
+                Ok(Ok(Receipted::Early)) => {
+                    metrics::counter!("boxless_sms_receipts_early_total").increment(1)
+                }
+                other => {
+                    tracing::error!(
+                        ?other,
+                        "SMPP: recording a receipt failed; the SMSC will resend it"
+                    );
+                    return CommandStatus::EsmeRsyserr;
+                }
+            }
+        }
+        Inbound::Mo { from, text } => {
+            metrics::counter!("boxless_sms_mo_total").increment(1);
+            tracing::info!(from = %from, len = text.len(), "SMPP: text from a phone");
+        }
+        Inbound::Unreadable => {
+            metrics::counter!("boxless_sms_receipts_unreadable_total").increment(1);
+            tracing::warn!("SMPP: a receipt without a message id");
+        }
+    }
+    CommandStatus::EsmeRok
+}
+
+fn message_state(s: MessageState) -> Option<receipt::MessageState> {
+    use receipt::MessageState as M;
+    Some(match s {
+        MessageState::Enroute => M::Enroute,
+        MessageState::Delivered => M::Delivered,
+        MessageState::Expired => M::Expired,
+        MessageState::Deleted => M::Deleted,
+        MessageState::Undeliverable => M::Undeliverable,
+        MessageState::Accepted => M::Accepted,
+        MessageState::Unknown => M::Unknown,
+        MessageState::Rejected => M::Rejected,
+        MessageState::Skipped => M::Skipped,
+        _ => return None,
+    })
 }

@@ -168,6 +168,50 @@ pub fn encode(text: &str) -> Coded {
     }
 }
 
+/// One SMS carries this many octets of unpacked GSM-7 septets, or of UCS-2.
+const SINGLE: [usize; 2] = [160, 140];
+/// One part of a concatenated SMS, the 6-octet UDH (or the SMSC's, for `sar_*`) taken.
+const PART: [usize; 2] = [153, 134];
+/// Parts at most; our texts need two or three, the rest would be a runaway text.
+pub const MAX_PARTS: usize = 8;
+
+/// The text's octets as one SMS, or as the parts of a concatenated one: never splitting
+/// a GSM-7 escape from its character, nor a UTF-16 surrogate pair.
+pub fn split(coded: &Coded) -> Vec<&[u8]> {
+    let ucs2 = usize::from(coded.data_coding == 0x08);
+    let o = &coded.octets[..];
+    if o.len() <= SINGLE[ucs2] {
+        return vec![o];
+    }
+    // Walk character by character: an escape and its character (GSM-7), a surrogate pair
+    // (UTF-16) are one unit.
+    let width = |i: usize| match (ucs2, o[i]) {
+        (1, 0xD8..=0xDB) => 4,
+        (1, _) => 2,
+        (_, 0x1b) => 2,
+        _ => 1,
+    };
+    let mut parts = Vec::new();
+    let mut at = 0;
+    while at < o.len() && parts.len() < MAX_PARTS {
+        let limit = at + PART[ucs2];
+        let mut end = at;
+        while end < o.len() && end + width(end) <= limit {
+            end += width(end);
+        }
+        let end = end.min(o.len());
+        parts.push(&o[at..end]);
+        at = end;
+    }
+    parts
+}
+
+/// The user data header of part `seq` (1-based) of `total`, concatenation with an 8-bit
+/// reference (3GPP TS 23.040 §9.2.3.24.1).
+pub fn udh(reference: u8, total: u8, seq: u8) -> [u8; 6] {
+    [0x05, 0x00, 0x03, reference, total, seq]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,6 +246,42 @@ mod tests {
             "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code ******."
         );
         assert!(message_sms(&f, AccessCodePolicy::Never, -300).contains("07:05"));
+    }
+
+    #[test]
+    fn long_texts_split_into_parts_without_breaking_a_character() {
+        let short = encode(&"a".repeat(160));
+        assert_eq!(split(&short).len(), 1);
+        let long = encode(&"a".repeat(161));
+        let parts = split(&long);
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [153, 8]);
+        // A euro sign (ESC 0x65) across the 153rd octet moves whole to the next part.
+        let t = format!("{}€bbbbbbbbbb", "a".repeat(152));
+        let c = encode(&t);
+        let parts = split(&c);
+        assert_eq!(parts[0].len(), 152);
+        assert_eq!(parts[1][..3], [0x1b, 0x65, b'b']);
+        let c = encode(&format!("{}b€€{}", "a".repeat(150), "a".repeat(20)));
+        let parts = split(&c);
+        assert_eq!(
+            parts[0].len(),
+            153,
+            "ESC 0x65 ESC fits up to the second escape"
+        );
+        assert_eq!(&parts[0][151..], [0x1b, 0x65]);
+        // UCS-2: 70 characters fit one SMS; 71 need two of 67 + 4; a surrogate pair stays whole.
+        assert_eq!(split(&encode(&"Ж".repeat(70))).len(), 1);
+        let c = encode(&"Ж".repeat(71));
+        assert_eq!(
+            split(&c).iter().map(|p| p.len() / 2).collect::<Vec<_>>(),
+            [67, 4]
+        );
+        let c = encode(&format!("{}😀{}", "Ж".repeat(66), "Ж".repeat(5)));
+        let parts = split(&c);
+        assert_eq!(parts[0].len(), 132);
+        assert_eq!(parts[1].len(), 14);
+        assert_eq!(split(&encode(&"x".repeat(5000))).len(), MAX_PARTS);
+        assert_eq!(udh(7, 2, 1), [5, 0, 3, 7, 2, 1]);
     }
 
     #[test]

@@ -59,14 +59,18 @@ pub async fn run(
             let s = store.clone();
             let now = now_ms();
             let res = match outcome {
-                Ok(()) if job.kind == JobKind::Digest => {
+                Ok(parts) => {
                     metrics::counter!("boxless_sms_sent_total").increment(1);
-                    let text = std::mem::take(&mut job.text);
-                    tokio::task::spawn_blocking(move || s.digest_sent(&job, &text, now)).await
-                }
-                Ok(()) => {
-                    metrics::counter!("boxless_sms_sent_total").increment(1);
-                    tokio::task::spawn_blocking(move || s.sent(&job, now)).await
+                    if parts > 1 {
+                        metrics::counter!("boxless_sms_parts_total").increment(parts as u64);
+                    }
+                    // A digest's text is written when it goes: keep what went.
+                    let text = (job.kind == JobKind::Digest).then(|| std::mem::take(&mut job.text));
+                    tokio::task::spawn_blocking(move || {
+                        s.accepted(&job, parts, text.as_deref(), now)
+                            .map(|settled| settled.iter().for_each(crate::sender::record_settled))
+                    })
+                    .await
                 }
                 Err(e) => {
                     metrics::counter!("boxless_sms_failed_total").increment(1);
@@ -96,6 +100,7 @@ pub async fn run(
             .healthy
             .store(pending < MAX_BACKLOG, Ordering::Relaxed);
         metrics::gauge!("boxless_sms_pending").set(pending as f64);
+        sender.keep_bound().await;
         let wait = next.map_or(1000, |t| t.saturating_sub(now_ms()).min(1000));
         tokio::select! {
             _ = handle.wake.notified() => {}

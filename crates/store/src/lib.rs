@@ -17,9 +17,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 mod lockout;
 pub mod outbox;
+pub mod receipts;
 pub mod retention;
 
 pub use outbox::{DigestFacts, JobKind, OutboxJob, Window};
+pub use receipts::{Delivery, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
 
 /// Store errors.
@@ -83,12 +85,17 @@ impl MessageState {
 pub struct Notification {
     /// `sms`.
     pub channel: String,
-    /// `pending` | `sent` | `blocked`.
+    /// `pending` | `accepted` | `delivered` | `undeliverable` | `expired` | `blocked` |
+    /// `merged`.
     pub state: String,
     /// Attempts made.
     pub attempts: u32,
     /// The last failure.
     pub last_error: Option<String>,
+    /// When the SMSC took it (ms since the epoch).
+    pub accepted_at_ms: Option<u64>,
+    /// When its receipt settled it.
+    pub final_at_ms: Option<u64>,
 }
 
 /// A stored message as the API shows it.
@@ -536,7 +543,8 @@ fn choose_link(
 
 fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
     let mut stmt = db.prepare_cached(
-        "SELECT channel, state, attempts, last_error FROM outbox WHERE message_id = ?1 ORDER BY id",
+        "SELECT channel, state, attempts, last_error, sent_at_ms, final_ms FROM outbox
+         WHERE message_id = ?1 ORDER BY id",
     )?;
     let v = stmt
         .query_map([id], |r| {
@@ -545,6 +553,8 @@ fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
                 state: r.get(1)?,
                 attempts: r.get::<_, i64>(2)? as u32,
                 last_error: r.get(3)?,
+                accepted_at_ms: r.get::<_, Option<i64>>(4)?.map(|v| v.max(0) as u64),
+                final_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -608,7 +618,7 @@ mod tests {
         assert_eq!(jobs[0].text, "from +15551230001 link +18005550100");
         s.failed(&jobs[0], u64::MAX - 1, "down").unwrap();
         assert!(s.due(now_ms(), 10).unwrap().is_empty());
-        s.sent(&jobs[0], 5).unwrap();
+        s.accepted(&jobs[0], 1, None, 5).unwrap();
         let m = s.get(&m.id).unwrap().unwrap();
         assert_eq!(m.state, MessageState::Notified);
         assert_eq!(m.notifications[0].attempts, 2);

@@ -115,6 +115,11 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
             "merged_count",
             "ALTER TABLE outbox ADD COLUMN merged_count INTEGER NOT NULL DEFAULT 1",
         ),
+        (
+            "parts_total",
+            "ALTER TABLE outbox ADD COLUMN parts_total INTEGER",
+        ),
+        ("final_ms", "ALTER TABLE outbox ADD COLUMN final_ms INTEGER"),
     ] {
         let has = conn
             .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = ?1")?
@@ -123,10 +128,13 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
             conn.execute_batch(ddl)?;
         }
     }
+    // `sent` meant "the SMSC took it", which is `accepted` now that receipts follow.
     conn.execute_batch(
-        "CREATE INDEX IF NOT EXISTS outbox_dest_sent ON outbox(destination, state, sent_at_ms);
-         CREATE INDEX IF NOT EXISTS outbox_missed ON outbox(destination, kind, created_ms);",
+        "CREATE INDEX IF NOT EXISTS outbox_dest_sent ON outbox(destination, sent_at_ms);
+         CREATE INDEX IF NOT EXISTS outbox_missed ON outbox(destination, kind, created_ms);
+         UPDATE outbox SET state = 'accepted', parts_total = 1 WHERE state = 'sent';",
     )?;
+    conn.execute_batch(crate::receipts::SCHEMA)?;
     Ok(())
 }
 
@@ -217,7 +225,7 @@ impl Store {
     pub fn window(&self, to: PhoneNumber, now: u64) -> Result<Window> {
         let (sent, oldest): (i64, Option<i64>) = self.db().query_row(
             "SELECT COUNT(*), MIN(sent_at_ms) FROM outbox
-             WHERE destination = ?1 AND state = 'sent' AND sent_at_ms > ?2",
+             WHERE destination = ?1 AND sent_at_ms > ?2",
             params![to.as_u64() as i64, sql_ms(now.saturating_sub(HOUR_MS))],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -263,12 +271,18 @@ impl Store {
     /// Removes the finished rows of no message older than [`KEEP_FINISHED_MS`] (never one
     /// merged into a digest that is still to go). Returns how many went.
     pub fn prune_outbox(&self, now: u64) -> Result<usize> {
-        Ok(self.db().execute(
-            "DELETE FROM outbox WHERE message_id IS NULL AND state IN ('sent', 'blocked', 'merged')
+        let db = self.db();
+        let n = db.execute(
+            "DELETE FROM outbox WHERE message_id IS NULL AND state NOT IN ('pending')
              AND COALESCE(sent_at_ms, created_ms) < ?1
              AND NOT EXISTS (SELECT 1 FROM outbox d WHERE d.id = outbox.digest_id AND d.state = 'pending')",
             [sql_ms(now.saturating_sub(KEEP_FINISHED_MS))],
-        )?)
+        )?;
+        db.execute(
+            "DELETE FROM sms_parts WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = sms_parts.outbox_id)",
+            [],
+        )?;
+        Ok(n)
     }
 
     /// A job that may not go before `at` (its number's hour is full): waits, no attempt
@@ -320,24 +334,6 @@ impl Store {
         Ok(f)
     }
 
-    /// The digest `job` went out as `text` from `source`: it is sent, and every message
-    /// it carries is `notified`.
-    pub fn digest_sent(&self, job: &OutboxJob, text: &str, now: u64) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at_ms = ?2, last_error = NULL, text = ?3 WHERE id = ?1",
-            params![job.id, now as i64, text],
-        )?;
-        tx.execute(
-            "UPDATE messages SET state = 'notified', state_changed_ms = ?2
-             WHERE state = 'new' AND id IN (SELECT message_id FROM outbox WHERE digest_id = ?1)",
-            params![job.id, now as i64],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
     /// When the next pending SMS is due, if any.
     pub fn next_due(&self) -> Result<Option<u64>> {
         let v: Option<i64> = self.db().query_row(
@@ -356,24 +352,6 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(v as u64)
-    }
-
-    /// The SMSC accepted the job: it is sent, and its message becomes `notified`.
-    pub fn sent(&self, job: &OutboxJob, now: u64) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at_ms = ?2, last_error = NULL WHERE id = ?1",
-            params![job.id, now as i64],
-        )?;
-        if let Some(mid) = &job.message_id {
-            tx.execute(
-                "UPDATE messages SET state = 'notified', state_changed_ms = ?2 WHERE id = ?1 AND state = 'new'",
-                params![mid, now as i64],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The job will never be sent (`why` says which limit stopped it); its message stays
@@ -446,7 +424,7 @@ mod tests {
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].text, "2 calls");
         assert_eq!(jobs[0].kind, JobKind::MissedCall);
-        s.sent(&jobs[0], t + 2 * min).unwrap();
+        s.accepted(&jobs[0], 1, None, t + 2 * min).unwrap();
         // Sent already: a third in the burst is kept as merged, not sent again.
         assert!(
             !s.missed_call(r, c, t + 3 * min, 10 * min, |k| format!("{k} calls"))
@@ -487,7 +465,7 @@ mod tests {
         for k in 0..2 {
             deposit("+15551230001", t);
             let j = s.due(u64::MAX / 2, 10).unwrap();
-            s.sent(&j[0], t + k).unwrap();
+            s.accepted(&j[0], 1, None, t + k).unwrap();
         }
         let w = s.window(r, t + 10).unwrap();
         assert_eq!((w.sent, w.oldest_ms), (2, Some(t)));
@@ -524,14 +502,15 @@ mod tests {
         assert_eq!(f.callers.len(), 3);
         assert_eq!(f.callers[0], Some(n("+15551230005")), "newest first");
         assert!(f.link.is_some());
-        s.digest_sent(&digest[0], "digest text", digest_at).unwrap();
+        s.accepted(&digest[0], 1, Some("digest text"), digest_at)
+            .unwrap();
         let listed = s.list(Some(r), 10).unwrap();
         assert!(
             listed
                 .iter()
                 .all(|m| m.state == crate::MessageState::Notified)
         );
-        assert_eq!(state(&s, digest[0].id), "sent");
+        assert_eq!(state(&s, digest[0].id), "accepted");
         assert_eq!(
             s.window(r, digest_at + 1).unwrap(),
             Window {

@@ -21,6 +21,14 @@ pub struct Sms {
     pub destination: String,
     /// data_coding.
     pub data_coding: u8,
+    /// esm_class (0x40: the message starts with a user data header).
+    pub esm_class: u8,
+    /// registered_delivery.
+    pub registered_delivery: u8,
+    /// short_message as sent (a UDH included).
+    pub octets: Vec<u8>,
+    /// The optional parameters: (tag, value).
+    pub tlvs: Vec<(u16, Vec<u8>)>,
     /// Decoded text.
     pub text: String,
 }
@@ -178,15 +186,27 @@ fn parse_submit(b: &[u8]) -> Option<Sms> {
     let source = cstr(&mut i)?;
     i += 2;
     let destination = cstr(&mut i)?;
+    let esm_class = *b.get(i)?;
     i += 3; // esm_class, protocol_id, priority_flag
     let _sched = cstr(&mut i)?;
     let _validity = cstr(&mut i)?;
+    let registered_delivery = *b.get(i)?;
     i += 2; // registered_delivery, replace_if_present
     let data_coding = *b.get(i)?;
     i += 2; // data_coding, sm_default_msg_id
     let len = *b.get(i)? as usize;
     i += 1;
     let octets = b.get(i..i + len)?;
+    let mut tlvs = Vec::new();
+    let mut t = i + len;
+    while let Some(h) = b.get(t..t + 4) {
+        let (tag, n) = (
+            u16::from_be_bytes([h[0], h[1]]),
+            u16::from_be_bytes([h[2], h[3]]) as usize,
+        );
+        tlvs.push((tag, b.get(t + 4..t + 4 + n)?.to_vec()));
+        t += 4 + n;
+    }
     let text = match data_coding {
         8 => String::from_utf16_lossy(
             &octets
@@ -201,6 +221,10 @@ fn parse_submit(b: &[u8]) -> Option<Sms> {
         source_ton,
         destination,
         data_coding,
+        esm_class,
+        registered_delivery,
+        octets: octets.to_vec(),
+        tlvs,
         text,
     })
 }

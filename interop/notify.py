@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Notifications against real peers, on loopback only: what became of each SMS.
+
+  receipts  The npm `smpp` SMSC simulator (interop/smsc/smsc.js) answers each recipient
+            differently: DELIVRD after 1.5 s, UNDELIV, no receipt at all, a receipt before
+            the submit_sm_resp, the same receipt twice, and one in text form only with the
+            id in decimal (hex in the submit_sm_resp). `boxless call` leaves a message for
+            each; the API must show `delivered` (with its latency), `undeliverable`,
+            `accepted`, ... and each SMS was submitted once.
+  crash     kill -9 of `boxless serve` between an SMS's acceptance and its receipt (due
+            6 s later), restart: the receipt, sent again by the SMSC on the new bind, is
+            recorded (`delivered`) and nothing is sent twice.
+
+Prints the figures; exits 1 when a check fails. Usage:
+
+  cargo build --release
+  python3 interop/notify.py [--bin target/release/boxless] [receipts crash]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from failover import (  # noqa: E402
+    ROOT, Fail, check, free_port, http_get, read_jsonl, start_smsc_and_serve, stop_all,
+    wait_tcp, wait_until,
+)
+
+CALLER = "+15551230001"
+VOICE = os.path.join(ROOT, "crates/media/prompts/leave-message.wav")
+
+
+class System:
+    """`boxless serve` (two servers, redirect) and the SMSC simulator with receipt rules."""
+
+    def __init__(self, binary, work, rules):
+        self.bin, self.work = binary, work
+        os.makedirs(work, exist_ok=True)
+        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2",
+                                           "h1", "h2")}
+        self.sms_out = os.path.join(work, "sms.jsonl")
+        self.receipts_out = os.path.join(work, "sms.receipts.jsonl")
+        self.rules = rules
+        self.cfg = os.path.join(work, "boxless.toml")
+        self.procs = []
+        with open(self.cfg, "w") as f:
+            f.write(f"""data_dir = "{work}/data"
+[router]
+listen = "127.0.0.1:{self.p['router']}"
+[http]
+listen = "127.0.0.1:{self.p['http']}"
+[sms]
+transport = "smpp"
+address = "127.0.0.1:{self.p['smsc']}"
+retry_initial_ms = 200
+retry_max_ms = 2000
+max_per_recipient_per_hour = 100000
+delivery_receipts = true
+[messages]
+greeting = "tone"
+silence_seconds = 5
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:{self.p['s1']}"
+http = "127.0.0.1:{self.p['h1']}"
+rtp_ports = "42000-42499"
+link_numbers = ["+18005550100-+18005550149"]
+[[servers]]
+id = "ms2"
+listen = "127.0.0.1:{self.p['s2']}"
+http = "127.0.0.1:{self.p['h2']}"
+rtp_ports = "42500-42999"
+link_numbers = ["+18005550150-+18005550199"]
+""")
+
+    def start(self, smsc=True):
+        os.environ["SMSC_RECEIPTS"] = json.dumps(self.rules)
+        if smsc:
+            self.procs = start_smsc_and_serve(
+                self.bin, self.cfg, self.work, self.p, self.sms_out,
+                lambda: http_get(self.p["http"], "/api/v1/servers")[2])
+        else:
+            log = open(os.path.join(self.work, "serve.log"), "ab")
+            self.procs.append(subprocess.Popen([self.bin, "serve", "--config", self.cfg],
+                                               stdout=log, stderr=log, cwd=self.work))
+            wait_tcp(self.p["http"])
+        return self
+
+    def kill_serve(self):
+        serve = self.procs.pop()
+        serve.send_signal(signal.SIGKILL)
+        serve.wait(timeout=10)
+
+    def stop(self):
+        stop_all(self.procs)
+
+    def call(self, to):
+        return subprocess.run(
+            [self.bin, "call", "--via", f"127.0.0.1:{self.p['router']}", "--from", CALLER,
+             "--to", to, "--play", VOICE, "--play-at", "1.2", "--seconds", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+
+    def notice(self, to):
+        """The SMS notification of the (one) message for `to`, or None."""
+        code, _, body = http_get(self.p["http"], f"/api/v1/messages?recipient=%2B{to[1:]}")
+        if code != 200 or not body:
+            return None
+        sms = [n for n in body[0]["notifications"] if n["channel"] == "sms"]
+        return sms[0] if sms else None
+
+    def metric(self, name):
+        with open(os.devnull, "w"):
+            import urllib.request
+            text = urllib.request.urlopen(
+                f"http://127.0.0.1:{self.p['http']}/metrics", timeout=5).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name) and not line.startswith("#"))
+
+
+def calls(system, numbers):
+    results = {}
+
+    def one(n):
+        results[n] = system.call(n)
+    threads = [threading.Thread(target=one, args=(n,)) for n in numbers]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)
+    for t in threads:
+        t.join()
+    for n, r in results.items():
+        if r.returncode != 0:
+            print(r.stdout[-1500:])
+        check(r.returncode == 0, f"the call to {n} completed")
+
+
+def ms_between(a, b):
+    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(b) - parse(a)).total_seconds() * 1000
+
+
+def receipts(binary, work):
+    rules = {
+        "15551230002": "delivered:1500",
+        "15551230003": "undeliv:500",
+        "15551230004": "none",
+        "15551230005": "early",
+        "15551230006": "twice:300",
+        "15551230007": "text:300",
+        "default": "none",
+    }
+    want = {"+15551230002": "delivered", "+15551230003": "undeliverable",
+            "+15551230004": "accepted", "+15551230005": "delivered",
+            "+15551230006": "delivered", "+15551230007": "delivered"}
+    s = System(binary, os.path.join(work, "receipts"), rules).start()
+    try:
+        calls(s, list(want))
+        settled = lambda: all(  # noqa: E731
+            (n := s.notice(to)) and n["state"] == st for to, st in want.items())
+        try:
+            wait_until(settled, 30, "every notice in its state")
+        except RuntimeError:
+            pass
+        time.sleep(1.0)   # a late second receipt or a resend would show now
+        sms = read_jsonl(s.sms_out)
+        sent = {}
+        for m in sms:
+            sent["+" + m["destination"]] = sent.get("+" + m["destination"], 0) + 1
+        for to, st in want.items():
+            n = s.notice(to) or {}
+            rule = rules[to[1:]]
+            lat = n.get("delivery_ms")
+            print(f"  {to} ({rule}): {n.get('state')}"
+                  + (f" {lat} ms after acceptance" if lat is not None else "")
+                  + (f", last_error {n['last_error']!r}" if n.get("last_error") else "")
+                  + f"; SMS submitted {sent.get(to, 0)}x, registered_delivery "
+                  + str([m["registered_delivery"] for m in sms if m["destination"] == to[1:]]))
+            check(n.get("state") == st, f"{to}: {st}")
+            check(sent.get(to) == 1, f"{to}: one SMS")
+        d = s.notice("+15551230002")
+        check(1400 <= d["delivery_ms"] <= 3000, "DELIVRD after 1.5 s shows about 1.5 s")
+        # Receipt to state: when the SMSC sent the receipt, when the state was recorded, when
+        # the SMSC had its deliver_sm_resp (sent after the state is stored).
+        rec = [r for r in read_jsonl(s.receipts_out) if r["destination"] == "15551230002"]
+        iso = lambda ms: datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat()  # noqa: E731
+        lag = ms_between(iso(rec[0]["sent"]), d["final_at"])
+        ack = rec[0]["t"] - rec[0]["sent"]
+        print(f"  receipt sent -> state recorded: {lag:.0f} ms; -> deliver_sm_resp: {ack} ms")
+        check(lag <= 1000, "a receipt settles its notice within a second")
+        dup = s.metric("boxless_sms_receipts_duplicate_total")
+        early = s.metric("boxless_sms_receipts_early_total")
+        print(f"  duplicate receipts counted {dup:.0f}, early receipts kept {early:.0f}")
+        check(dup >= 1, "the second receipt counted as a duplicate")
+        check(early >= 1, "the early receipt was kept, then applied")
+    finally:
+        s.stop()
+
+
+def crash(binary, work):
+    to = "+15551230008"
+    s = System(binary, os.path.join(work, "crash"), {"default": "delivered:6000"}).start()
+    try:
+        calls(s, [to])
+        wait_until(lambda: (n := s.notice(to)) and n["state"] == "accepted", 20, "accepted")
+        t_kill = time.monotonic()
+        s.kill_serve()
+        print("  serve killed (SIGKILL) with the SMS accepted, its receipt due 6 s after")
+        time.sleep(1.0)
+        s.start(smsc=False)
+        wait_until(lambda: (n := s.notice(to)) and n["state"] == "delivered", 30, "delivered")
+        n = s.notice(to)
+        print(f"  after restart: {n['state']} {time.monotonic() - t_kill:.1f} s after the kill, "
+              f"{n['delivery_ms']} ms after acceptance")
+        time.sleep(2.0)
+        sms = [m for m in read_jsonl(s.sms_out) if m["destination"] == to[1:]]
+        rec = [r for r in read_jsonl(s.receipts_out) if r["destination"] == to[1:]]
+        print(f"  SMS submitted {len(sms)}x; receipts acknowledged {len(rec)}x "
+              f"(status {[r['status'] for r in rec]})")
+        check(len(sms) == 1, "nothing sent twice")
+        check(n["state"] == "delivered", "the receipt was recorded after the restart")
+    finally:
+        s.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
+    ap.add_argument("scenarios", nargs="*", default=["receipts", "crash"])
+    a = ap.parse_args()
+    a.bin = os.path.abspath(a.bin)
+    work = tempfile.mkdtemp(prefix="boxless-notify-")
+    failed = []
+    for name in a.scenarios:
+        print(f"== {name}")
+        try:
+            globals()[name](a.bin, work)
+        except (Fail, RuntimeError, subprocess.TimeoutExpired) as e:
+            print(f"  FAIL: {e}")
+            failed.append(name)
+    if failed:
+        print(f"failed: {failed}; work directory kept: {work}")
+        sys.exit(1)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
