@@ -213,7 +213,9 @@ link_numbers = ["+18005551000-+18005551999"]
         return proc
 
     def nats(self):
-        return self.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(self.p["nats"])],
+        # JetStream holds the recipients' preferences (a key-value bucket).
+        return self.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(self.p["nats"]),
+                                   "-js", "-sd", os.path.join(self.work, "jetstream")],
                           self.p["nats"])
 
     def smsc(self):

@@ -10,11 +10,17 @@
   crash     kill -9 of `boxless serve` between an SMS's acceptance and its receipt (due
             6 s later), restart: the receipt, sent again by the SMSC on the new bind, is
             recorded (`delivered`) and nothing is sent twice.
+  prefs     Router and two servers as processes over NATS with JetStream: an entry set
+            through the router's API (notify_numbers) is used by both servers (each
+            message's SMS to both numbers, the same link number); the other number's
+            caller-ID hears the message without a code; it texts STOP (an MO deliver_sm):
+            one confirmation, no more SMS to it (`opted_out`), messages still listed; START
+            undoes it.
 
 Prints the figures; exits 1 when a check fails. Usage:
 
   cargo build --release
-  python3 interop/notify.py [--bin target/release/boxless] [receipts crash]
+  python3 interop/notify.py [--bin target/release/boxless] [receipts crash prefs]
 """
 
 import argparse
@@ -30,6 +36,7 @@ import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import failover  # noqa: E402
 from failover import (  # noqa: E402
     ROOT, Fail, check, free_port, http_get, read_jsonl, start_smsc_and_serve, stop_all,
     wait_tcp, wait_until,
@@ -231,10 +238,111 @@ def crash(binary, work):
         s.stop()
 
 
+def http(port, method, path, body=None):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def phone(binary, router, frm, to, *extra):
+    return subprocess.run(
+        [binary, "call", "--via", f"127.0.0.1:{router}", "--from", frm, "--to", to, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=90)
+
+
+def prefs(binary, work):
+    recipient, other = "+15551230002", "+15551230009"
+    os.environ["SMSC_RECEIPTS"] = json.dumps({"default": "delivered:200"})
+    w = os.path.join(work, "prefs")
+    os.makedirs(w, exist_ok=True)
+    s = failover.System(binary, w)
+    try:
+        s.up()
+        api = s.p["http"]
+        code, v = http(api, "PUT", f"/api/v1/recipients/%2B{recipient[1:]}",
+                       {"notify_numbers": [other]})
+        print(f"  PUT /api/v1/recipients/{recipient} through the router: {code} {v}")
+        check(code == 200, "the router's API took the entry (into the JetStream bucket)")
+        code, v = http(api, "PUT", f"/api/v1/recipients/%2B{recipient[1:]}",
+                       {"channels": ["email"]})
+        check(code == 400 and "email" in v["detail"], f"a bad entry is refused naming the field: {v}")
+        time.sleep(1.0)   # the servers follow the bucket
+        # Calls until both servers hold a message (the router spreads them).
+        by_server = {}
+        for k in range(12):
+            r = phone(binary, s.p["router"], CALLER, recipient, "--play", VOICE,
+                      "--play-at", "1.2", "--seconds", "3")
+            check(r.returncode == 0, f"call {k + 1} completed")
+            code, msgs = http(api, "GET", f"/api/v1/messages?recipient=%2B{recipient[1:]}")
+            by_server = {m["server"]: m for m in msgs}
+            if len(by_server) == 2 and k >= 1:
+                break
+        print(f"  {len(msgs)} messages, on servers {sorted(by_server)}")
+        check(len(by_server) == 2, "messages on both servers")
+        wait_until(lambda: len(read_jsonl(s.sms_out)) >= 2 * len(msgs), 20, "the SMS")
+        sms = read_jsonl(s.sms_out)
+        for m in msgs:
+            link = m["link_number"][1:]
+            to = sorted(x["destination"] for x in sms if x["source"] == link)
+            print(f"  {m['id']}: SMS from its link number +{link} to {to}")
+            check(to == sorted([other[1:], recipient[1:]]),
+                  f"{m['server']} sent the SMS to both numbers")
+        # The other number's caller-ID counts as the recipient's: no code asked.
+        m = by_server["ms1"]
+        r = phone(binary, s.p["router"], other, m["link_number"], "--seconds", "20")
+        check(r.returncode == 0, "the call to the link number completed")
+        state = lambda: next(x["state"] for x in http(  # noqa: E731
+            api, "GET", f"/api/v1/messages?recipient=%2B{recipient[1:]}")[1] if x["id"] == m["id"])
+        wait_until(lambda: state() == "heard", 5, "heard")
+        print(f"  {other} called {m['link_number']}: message {state()} without a code")
+        # STOP from the other number.
+        mo = os.path.join(w, "sms.mo.jsonl")
+        with open(mo, "a") as f:
+            f.write(json.dumps({"from": other[1:], "to": m["link_number"][1:],
+                                "text": "STOP"}) + "\n")
+        confirm = lambda: [x for x in read_jsonl(s.sms_out)  # noqa: E731
+                           if x["destination"] == other[1:] and "alerts by SMS" in x["text"]]
+        wait_until(lambda: len(confirm()) == 1, 20, "the STOP confirmation")
+        code, v = http(api, "GET", f"/api/v1/recipients/%2B{other[1:]}")
+        print(f"  {other} texted STOP: confirmation {confirm()[0]['text']!r}; entry {v}")
+        check(v["opted_out"] is True, "opted out, through the bucket")
+        n_sms = len(read_jsonl(s.sms_out))
+        r = phone(binary, s.p["router"], CALLER, recipient, "--play", VOICE,
+                  "--play-at", "1.2", "--seconds", "3")
+        check(r.returncode == 0, "a call after STOP completed")
+        wait_until(lambda: len(read_jsonl(s.sms_out)) >= n_sms + 1, 20, "the SMS after STOP")
+        time.sleep(2.0)
+        new = read_jsonl(s.sms_out)[n_sms:]
+        code, msgs = http(api, "GET", f"/api/v1/messages?recipient=%2B{recipient[1:]}")
+        last = msgs[0]
+        print(f"  after STOP: SMS to {[x['destination'] for x in new]}; the message's "
+              f"notices {[(n['to'], n['state']) for n in last['notifications']]}; "
+              f"{len(msgs)} messages listed")
+        check([x["destination"] for x in new] == [recipient[1:]], "no SMS to the opted-out number")
+        states = {n["to"]: n["state"] for n in last["notifications"]}
+        check(states.get(other) == "opted_out", f"its notice to {other} is opted_out: {states}")
+        with open(mo, "a") as f:
+            f.write(json.dumps({"from": other[1:], "to": m["link_number"][1:],
+                                "text": "start"}) + "\n")
+        wait_until(lambda: len(confirm()) == 2, 20, "the START confirmation")
+        code, v = http(api, "GET", f"/api/v1/recipients/%2B{other[1:]}")
+        print(f"  {other} texted START: {confirm()[1]['text']!r}; opted_out {v['opted_out']}")
+        check(v["opted_out"] is False, "opted back in")
+    finally:
+        s.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("scenarios", nargs="*", default=["receipts", "crash"])
+    ap.add_argument("scenarios", nargs="*", default=["receipts", "crash", "prefs"])
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-notify-")

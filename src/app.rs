@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use boxless_control::Recipients;
 use boxless_core::config::{ControlBackend, SmsTransport};
 use boxless_core::{Checked, ControlLink, Rng, ServerSlot, ServerSpec, StatusBoard, now_ms};
 use boxless_media::Prompts;
@@ -15,6 +16,7 @@ use boxless_notify::{Backoff, NotifierHandle, ReceiptBook, Sender, Smpp, SmppSet
 use boxless_router::RouterCore;
 use boxless_router::proxy::ProxySettings;
 use boxless_server::MessagingServer;
+use boxless_store::Directory;
 use boxless_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -66,6 +68,7 @@ async fn start_server(
     board: &Arc<StatusBoard>,
     prompts: &Arc<Prompts>,
     book: &Arc<ReceiptBook>,
+    recipients: &Recipients,
 ) -> anyhow::Result<(Arc<MessagingServer>, Arc<Store>)> {
     let c = &cfg.config;
     let id = &spec.config.id;
@@ -89,6 +92,7 @@ async fn start_server(
             },
             store.clone(),
             book.clone(),
+            Some(recipients.clone()),
         )),
     };
     let backoff = Backoff::new(
@@ -112,6 +116,7 @@ async fn start_server(
     }
     tokio::spawn(boxless_notify::worker::run(
         store.clone(),
+        recipients.copy().clone(),
         sender,
         backoff,
         spend,
@@ -124,6 +129,7 @@ async fn start_server(
         spec,
         board.clone(),
         store.clone(),
+        recipients.copy().clone(),
         notifier,
         prompts.clone(),
     )
@@ -189,6 +195,7 @@ async fn start_api(
     listen: SocketAddr,
     board: Arc<StatusBoard>,
     stores: Vec<Arc<Store>>,
+    recipients: Recipients,
     metrics: PrometheusHandle,
 ) -> anyhow::Result<(SocketAddr, Arc<AtomicBool>)> {
     // Cleared when the process drains; /healthz reads it.
@@ -238,6 +245,7 @@ async fn start_api(
             required: h.auth == boxless_core::config::HttpAuth::Token,
             tokens: cfg.tokens.clone(),
         }),
+        recipients: Some(recipients),
     };
     let http = boxless_api::serve(listen, api, tls)
         .await
@@ -268,6 +276,23 @@ async fn nats(
         .with_context(|| format!("key `control.url`: cannot reach NATS at {url}"))
 }
 
+/// The recipients' preferences: `file` is the truth with the local backend, the copy of
+/// the NATS bucket with `client`.
+fn recipients(
+    cfg: &Checked,
+    file: std::path::PathBuf,
+    client: Option<&boxless_control::Client>,
+) -> anyhow::Result<Recipients> {
+    let dir =
+        Arc::new(Directory::open(&file).with_context(|| {
+            format!("opening the recipients' preferences in {}", file.display())
+        })?);
+    Ok(match client {
+        Some(c) => Recipients::nats(c.clone(), dir, cfg.config.control.kv_replicas),
+        None => Recipients::Local(dir),
+    })
+}
+
 fn need_nats(cfg: &Checked, what: &str) -> anyhow::Result<()> {
     if cfg.config.control.backend != ControlBackend::Nats {
         bail!(
@@ -283,16 +308,25 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
     let prompts = Arc::new(Prompts::load());
     let mut servers = Vec::new();
     let mut stores = Vec::new();
+    let client = match cfg.config.control.backend {
+        ControlBackend::Nats => Some(nats(&cfg, "boxless serve", &board).await?.client),
+        ControlBackend::Local => None,
+    };
+    let recipients = recipients(
+        &cfg,
+        cfg.config.data_dir.join("recipients.sqlite"),
+        client.as_ref(),
+    )?;
     // Receipts for any of this process's servers may arrive on any one's SMPP bind.
     let book = Arc::new(ReceiptBook::default());
     for spec in &cfg.servers {
-        let (server, store) = start_server(&cfg, spec, &board, &prompts, &book).await?;
+        let (server, store) =
+            start_server(&cfg, spec, &board, &prompts, &book, &recipients).await?;
         servers.push(server);
         stores.push(store);
     }
     let mut control = None;
-    if cfg.config.control.backend == ControlBackend::Nats {
-        let client = nats(&cfg, "boxless serve", &board).await?.client;
+    if let Some(client) = client {
         control = Some((client.clone(), board.clone()));
         let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
         for s in &servers {
@@ -306,8 +340,15 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         }
     }
     let router = start_router(&cfg, &board).await?;
-    let (http, taking_calls) =
-        start_api(&cfg, cfg.config.http.listen, board, stores, metrics).await?;
+    let (http, taking_calls) = start_api(
+        &cfg,
+        cfg.config.http.listen,
+        board,
+        stores,
+        recipients,
+        metrics,
+    )
+    .await?;
     Ok(Running {
         router,
         http,
@@ -322,10 +363,22 @@ pub async fn router(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<R
     need_nats(&cfg, "router")?;
     let board = board_of(&cfg, true);
     let link = nats(&cfg, "boxless router", &board).await?;
+    let recipients = recipients(
+        &cfg,
+        cfg.config.data_dir.join("router").join("recipients.sqlite"),
+        Some(&link.client),
+    )?;
     tokio::spawn(boxless_control::follow_status(link, board.clone()));
     let router = start_router(&cfg, &board).await?;
-    let (http, taking_calls) =
-        start_api(&cfg, cfg.config.http.listen, board, Vec::new(), metrics).await?;
+    let (http, taking_calls) = start_api(
+        &cfg,
+        cfg.config.http.listen,
+        board,
+        Vec::new(),
+        recipients,
+        metrics,
+    )
+    .await?;
     Ok(Running {
         router,
         http,
@@ -348,11 +401,16 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
     };
     let board = board_of(&cfg, true);
     let prompts = Arc::new(Prompts::load());
-    let book = Arc::new(ReceiptBook::default());
-    let (server, store) = start_server(&cfg, spec, &board, &prompts, &book).await?;
     let client = nats(&cfg, &format!("boxless server {id}"), &board)
         .await?
         .client;
+    let recipients = recipients(
+        &cfg,
+        cfg.config.data_dir.join(id).join("recipients.sqlite"),
+        Some(&client),
+    )?;
+    let book = Arc::new(ReceiptBook::default());
+    let (server, store) = start_server(&cfg, spec, &board, &prompts, &book, &recipients).await?;
     let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
     let board_for_exit = board.clone();
     tokio::spawn(boxless_control::publish_status(
@@ -362,8 +420,15 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
         ttl,
         Duration::from_millis(200),
     ));
-    let (http, taking_calls) =
-        start_api(&cfg, spec.config.http, board, vec![store], metrics).await?;
+    let (http, taking_calls) = start_api(
+        &cfg,
+        spec.config.http,
+        board,
+        vec![store],
+        recipients,
+        metrics,
+    )
+    .await?;
     Ok(Running {
         router: spec.config.listen,
         http,

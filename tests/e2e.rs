@@ -396,3 +396,65 @@ async fn another_caller_needs_the_code_and_wrong_codes_lock_the_link_for_everyon
     );
     let _ = std::fs::remove_dir_all(&sys.data);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn notify_numbers_get_the_sms_and_an_opted_out_number_gets_none() {
+    let sys = system("prefs", "redirect", "").await;
+    let put = |body: &'static str| {
+        boxless_testkit::http_with_body(
+            sys.running.http,
+            "PUT",
+            "/api/v1/recipients/%2B15551230002",
+            body,
+        )
+    };
+    let (code, body) = put(r#"{"notify_numbers": ["+15551230009", "nope"]}"#)
+        .await
+        .unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("notify_numbers"), "{body}");
+    let (code, body) = put(r#"{"notify_numbers": ["+15551230009"]}"#)
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    let out = place_call(&opts(sys.running.router, voice(1500, 3)))
+        .await
+        .unwrap();
+    assert_completed(&out);
+    let sms = sys.smsc.wait_for(2, Duration::from_secs(10)).await;
+    let mut to: Vec<&str> = sms.iter().map(|s| s.destination.as_str()).collect();
+    to.sort();
+    assert_eq!(to, ["15551230002", "15551230009"]);
+    assert_eq!(sms[0].source, sms[1].source, "one link number");
+    assert_eq!(sms[0].text, sms[1].text);
+
+    // The other number opts out: the next message is kept, its SMS to that number is not sent.
+    let (code, _) = boxless_testkit::http_with_body(
+        sys.running.http,
+        "PUT",
+        "/api/v1/recipients/%2B15551230009",
+        r#"{"opted_out": true}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let out = place_call(&opts(sys.running.router, voice(1500, 4)))
+        .await
+        .unwrap();
+    assert_completed(&out);
+    let sms = sys.smsc.wait_for(3, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sys.smsc.accepted().len(), 3, "{sms:?}");
+    assert_eq!(sms[2].destination, "15551230002");
+    let list = messages(&sys, "+15551230002").await;
+    assert_eq!(list.len(), 2, "both messages listed");
+    let newest = &list[0]["notifications"];
+    let to_other = newest
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["to"] == "+15551230009")
+        .unwrap();
+    assert_eq!(to_other["state"], "opted_out", "{newest}");
+}

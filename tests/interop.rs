@@ -594,7 +594,15 @@ fn router_and_servers_as_processes_over_nats() {
     let nats_port = free_port();
     let _nats = Proc(
         Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &nats_port.to_string()])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &nats_port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(dir.join("jetstream"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -15,6 +15,10 @@
 // Default: {"default": "none"}. A receipt goes on the session that submitted while it is
 // bound, else on the latest bound session; one not acknowledged (the ESME died) is sent
 // again on the next bind, as SMSCs do.
+//
+// Texts from phones (MO): each line appended to OUT.mo.jsonl, {"from": "15551230009",
+// "text": "STOP"}, is delivered as a deliver_sm on the latest bound session (until one
+// answers ESME_ROK); the answers go to OUT.mo-resp.jsonl.
 'use strict';
 const smpp = require('smpp');
 const fs = require('fs');
@@ -22,6 +26,9 @@ const fs = require('fs');
 const port = Number(process.argv[2] || 2775);
 const out = process.argv[3] || 'sms.jsonl';
 const receiptsOut = out.replace(/\.jsonl$/, '') + '.receipts.jsonl';
+const moIn = out.replace(/\.jsonl$/, '') + '.mo.jsonl';
+const moOut = out.replace(/\.jsonl$/, '') + '.mo-resp.jsonl';
+let moSeen = 0;
 const mode = process.env.SMSC_MODE || 'accept';
 const rules = JSON.parse(process.env.SMSC_RECEIPTS || '{"default": "none"}');
 let n = 0;
@@ -76,6 +83,24 @@ function send(r) {
 function flushQueue() {
   while (queue.length && latest) send(queue.shift());
 }
+
+function sendMo(m) {
+  if (!latest) { setTimeout(() => sendMo(m), 500); return; }
+  latest.deliver_sm({
+    source_addr: m.from, source_addr_ton: 1, source_addr_npi: 1,
+    destination_addr: m.to || '18005550000', dest_addr_ton: 1, dest_addr_npi: 1,
+    esm_class: 0, short_message: m.text,
+  }, (resp) => {
+    fs.appendFileSync(moOut, JSON.stringify({ ...m, status: resp.command_status, t: Date.now() }) + '\n');
+    if (resp.command_status !== 0) setTimeout(() => sendMo(m), 1000);
+  });
+}
+
+setInterval(() => {
+  let lines = [];
+  try { lines = fs.readFileSync(moIn, 'utf8').split('\n').filter((l) => l.trim()); } catch (e) { return; }
+  for (; moSeen < lines.length; moSeen += 1) sendMo(JSON.parse(lines[moSeen]));
+}, 200);
 
 const server = smpp.createServer({ debug: false }, (session) => {
   session.on('error', () => {});

@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod recipients;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub remote_tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// Who may call.
     pub auth: Arc<auth::Auth>,
+    /// Recipients' preferences (None: this process keeps none).
+    pub recipients: Option<boxless_control::Recipients>,
 }
 
 /// A messaging server reached through its own HTTP API.
@@ -74,6 +77,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/messages", get(messages))
         .route("/api/v1/messages/{id}", get(message).delete(delete))
         .route("/api/v1/messages/{id}/audio", get(audio))
+        .route(
+            "/api/v1/recipients/{number}",
+            get(recipients::get)
+                .put(recipients::put)
+                .delete(recipients::delete),
+        )
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -294,7 +303,8 @@ fn json_message(m: &MessageInfo) -> Value {
         "server": m.server,
         "state": m.state.as_str(),
         "notifications": m.notifications.iter().map(|n| json!({
-            "channel": n.channel, "state": n.state, "attempts": n.attempts, "last_error": n.last_error,
+            "channel": n.channel, "to": n.to.map(|t| t.to_string()), "state": n.state,
+            "attempts": n.attempts, "last_error": n.last_error,
             "accepted_at": n.accepted_at_ms.map(rfc3339),
             "final_at": n.final_at_ms.map(rfc3339),
             "delivery_ms": n.accepted_at_ms.zip(n.final_at_ms).map(|(a, f)| f.saturating_sub(a)),
@@ -571,12 +581,57 @@ mod tests {
             remotes: Vec::new(),
             remote_tls: None,
             auth: Arc::new(auth::Auth::default()),
+            recipients: None,
         }
     }
 
     async fn body(r: Response) -> Value {
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn recipients_are_set_read_and_removed_and_bad_fields_are_named() {
+        let dir = std::env::temp_dir().join(format!("boxless-api-rcpt-{}", now_ms()));
+        let d = boxless_store::Directory::open(&dir.join("recipients.sqlite")).unwrap();
+        let mut s = state(ControlLink::default());
+        s.recipients = Some(boxless_control::Recipients::Local(Arc::new(d)));
+        let num = || Path("+15551230002".to_string());
+        let put = |b: &str| {
+            recipients::put(
+                State(s.clone()),
+                num(),
+                axum::body::Bytes::from(b.to_string()),
+            )
+        };
+        let r = put(r#"{"email": "not an address", "channels": ["sms", "email"]}"#).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert!(
+            body(r).await["detail"]
+                .as_str()
+                .unwrap()
+                .contains("`email`")
+        );
+        let r = put(r#"{"colour": "blue"}"#).await;
+        assert_eq!(
+            r.status(),
+            StatusCode::BAD_REQUEST,
+            "unknown fields are refused"
+        );
+        let r = put(r#"{"notify_numbers": ["+15551230009"], "language": "fr"}"#).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v = body(recipients::get(State(s.clone()), num()).await).await;
+        assert_eq!(v["notify_numbers"], json!(["+15551230009"]));
+        assert_eq!(v["language"], "fr");
+        assert_eq!(v["channels"], json!(["sms"]));
+        assert_eq!(v["opted_out"], false);
+        let r = recipients::get(State(s.clone()), Path("12".into())).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let r = recipients::delete(State(s.clone()), num()).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let r = recipients::get(State(s.clone()), num()).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 //! Subjects: `boxless.status.<server id>` (status), `boxless.status.request` (ask).
 #![warn(missing_docs)]
 
+pub mod recipients;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 /// The NATS client type.
 pub use async_nats::Client;
+pub use recipients::{Recipients, RecipientsError};
 
 /// Subject a server publishes its status on.
 pub fn status_subject(id: &str) -> String {

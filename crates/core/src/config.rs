@@ -427,6 +427,9 @@ pub struct ControlConfig {
     /// CA certificate (PEM) that the NATS servers' TLS certificates chain to; set, the
     /// connection requires TLS.
     pub tls_ca_file: String,
+    /// Copies of the JetStream key-value bucket of recipients' preferences (3 on a
+    /// three-node cluster, so one node's loss loses no entry).
+    pub kv_replicas: usize,
 }
 
 impl Default for ControlConfig {
@@ -440,6 +443,7 @@ impl Default for ControlConfig {
             password: None,
             password_file: String::new(),
             credentials_file: String::new(),
+            kv_replicas: 1,
             tls_ca_file: String::new(),
         }
     }

@@ -5,6 +5,7 @@
 pub mod acl;
 pub mod config;
 pub mod number;
+pub mod recipient;
 pub mod status;
 pub mod timers;
 pub mod util;

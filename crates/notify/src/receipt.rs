@@ -51,6 +51,8 @@ pub enum Inbound {
     Mo {
         /// The sender's address as given.
         from: String,
+        /// The number it was sent to (one of our link numbers) as given.
+        to: String,
         /// Its text.
         text: String,
     },
@@ -65,6 +67,8 @@ pub struct DeliverSm<'a> {
     pub esm_class: u8,
     /// source_addr.
     pub source: &'a str,
+    /// destination_addr.
+    pub destination: &'a str,
     /// data_coding (0x08: UCS-2).
     pub data_coding: u8,
     /// short_message (or message_payload).
@@ -73,6 +77,27 @@ pub struct DeliverSm<'a> {
     pub receipted_id: Option<&'a str>,
     /// The `message_state` TLV.
     pub state: Option<MessageState>,
+}
+
+/// What a text from a phone asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    /// No more SMS.
+    Stop,
+    /// SMS again.
+    Start,
+}
+
+/// STOP (STOPALL, UNSUBSCRIBE, CANCEL, END, QUIT, and ARRET, ALTO, BAJA, STOPP) or START
+/// (UNSTOP, YES), alone in the text, any case; None for anything else.
+pub fn keyword(text: &str) -> Option<Keyword> {
+    let w = text.trim().trim_end_matches(['.', '!']).to_uppercase();
+    match w.as_str() {
+        "STOP" | "STOPALL" | "UNSUBSCRIBE" | "CANCEL" | "END" | "QUIT" | "ARRET" | "ARRÊT"
+        | "ALTO" | "BAJA" | "STOPP" => Some(Keyword::Stop),
+        "START" | "UNSTOP" | "YES" => Some(Keyword::Start),
+        _ => None,
+    }
 }
 
 /// esm_class bits 5..2: 0001 SMSC delivery receipt, 1000 intermediate notification.
@@ -87,6 +112,7 @@ pub fn read(pdu: &DeliverSm<'_>) -> Inbound {
     if !is_receipt {
         return Inbound::Mo {
             from: pdu.source.to_string(),
+            to: pdu.destination.to_string(),
             text,
         };
     }
@@ -185,6 +211,7 @@ mod tests {
         DeliverSm {
             esm_class: esm,
             source: "15551230002",
+            destination: "18005550100",
             data_coding: 0,
             text,
             receipted_id: None,
@@ -240,11 +267,21 @@ mod tests {
     }
 
     #[test]
+    fn stop_and_start_keywords() {
+        assert_eq!(keyword(" stop\n"), Some(Keyword::Stop));
+        assert_eq!(keyword("Arrêt"), Some(Keyword::Stop));
+        assert_eq!(keyword("START!"), Some(Keyword::Start));
+        assert_eq!(keyword("please stop"), None);
+        assert_eq!(keyword(""), None);
+    }
+
+    #[test]
     fn an_mo_text_and_an_unreadable_receipt() {
         assert_eq!(
             read(&pdu(0x00, b"STOP")),
             Inbound::Mo {
                 from: "15551230002".into(),
+                to: "18005550100".into(),
                 text: "STOP".into()
             }
         );

@@ -6,8 +6,9 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use boxless_control::Recipients;
 use boxless_core::config::LongText;
-use boxless_core::now_ms;
+use boxless_core::{PhoneNumber, now_ms};
 use boxless_store::{Delivery, OutboxJob, Receipted, Settled, Store};
 use futures_util::StreamExt;
 use rusmpp::pdus::{BindTransceiver, DeliverSm, SubmitSm};
@@ -145,6 +146,7 @@ pub struct Smpp {
     client: Option<rusmppc::Client>,
     store: Arc<Store>,
     book: Arc<ReceiptBook>,
+    recipients: Option<Recipients>,
     /// No bind attempt before this (after failures, doubling up to a minute).
     next_bind: Option<Instant>,
     bind_failures: u32,
@@ -153,12 +155,19 @@ pub struct Smpp {
 impl Smpp {
     /// Not connected until the first submit or [`Sender::keep_bound`]; receipts go to
     /// `store` (or another of `book`).
-    pub fn new(settings: SmppSettings, store: Arc<Store>, book: Arc<ReceiptBook>) -> Smpp {
+    /// STOP and START texts change `recipients` (None: they are only logged).
+    pub fn new(
+        settings: SmppSettings,
+        store: Arc<Store>,
+        book: Arc<ReceiptBook>,
+        recipients: Option<Recipients>,
+    ) -> Smpp {
         Smpp {
             settings,
             client: None,
             store,
             book,
+            recipients,
             next_bind: None,
             bind_failures: 0,
         }
@@ -232,13 +241,16 @@ impl Smpp {
         // the connection.
         let c2 = client.clone();
         let (store, book) = (self.store.clone(), self.book.clone());
+        let recipients = self.recipients.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
                     rusmppc::Event::Incoming(cmd) if cmd.id() == CommandId::DeliverSm => {
                         let seq = cmd.sequence_number();
                         let status = match cmd.pdu() {
-                            Some(Pdu::DeliverSm(d)) => inbound(&store, &book, d).await,
+                            Some(Pdu::DeliverSm(d)) => {
+                                inbound(&store, &book, recipients.as_ref(), d).await
+                            }
                             _ => CommandStatus::EsmeRok,
                         };
                         let resp = rusmpp::pdus::DeliverSmResp::default();
@@ -352,7 +364,12 @@ impl Smpp {
 
 /// Records what a `deliver_sm` says; the status to answer it with (anything but OK makes
 /// the SMSC send it again later).
-async fn inbound(store: &Arc<Store>, book: &Arc<ReceiptBook>, d: &DeliverSm) -> CommandStatus {
+async fn inbound(
+    store: &Arc<Store>,
+    book: &Arc<ReceiptBook>,
+    recipients: Option<&Recipients>,
+    d: &DeliverSm,
+) -> CommandStatus {
     let mut receipted_id = None;
     let mut state = None;
     for tlv in d.tlvs() {
@@ -362,10 +379,11 @@ async fn inbound(store: &Arc<Store>, book: &Arc<ReceiptBook>, d: &DeliverSm) -> 
             _ => {}
         }
     }
-    let source = d.source_addr.to_string();
+    let (source, destination) = (d.source_addr.to_string(), d.destination_addr.to_string());
     let read = receipt::read(&receipt::DeliverSm {
         esm_class: u8::from(d.esm_class),
         source: &source,
+        destination: &destination,
         data_coding: u8::from(d.data_coding),
         text: d.short_message().as_ref(),
         receipted_id: receipted_id.as_deref(),
@@ -399,9 +417,9 @@ async fn inbound(store: &Arc<Store>, book: &Arc<ReceiptBook>, d: &DeliverSm) -> 
                 }
             }
         }
-        Inbound::Mo { from, text } => {
+        Inbound::Mo { from, to, text } => {
             metrics::counter!("boxless_sms_mo_total").increment(1);
-            tracing::info!(from = %from, len = text.len(), "SMPP: text from a phone");
+            return mo(store, recipients, &from, &to, &text).await;
         }
         Inbound::Unreadable => {
             metrics::counter!("boxless_sms_receipts_unreadable_total").increment(1);
@@ -409,6 +427,49 @@ async fn inbound(store: &Arc<Store>, book: &Arc<ReceiptBook>, d: &DeliverSm) -> 
         }
     }
     CommandStatus::EsmeRok
+}
+
+/// A text from a phone: STOP (or the usual synonyms) opts its number out of SMS, START
+/// back in, each answered once; anything else is logged. A change that cannot be recorded
+/// (NATS away) is refused, so the SMSC delivers the text again later.
+async fn mo(
+    store: &Arc<Store>,
+    recipients: Option<&Recipients>,
+    from: &str,
+    to: &str,
+    text: &str,
+) -> CommandStatus {
+    let Some(keyword) = receipt::keyword(text) else {
+        tracing::info!(from = %from, len = text.len(), "SMPP: a text from a phone (not STOP/START)");
+        return CommandStatus::EsmeRok;
+    };
+    let Some(n) = PhoneNumber::parse_e164(&format!("+{}", from.trim_start_matches('+'))) else {
+        tracing::warn!(from = %from, "SMPP: STOP/START from an address that is not a phone number");
+        return CommandStatus::EsmeRok;
+    };
+    let Some(r) = recipients else {
+        tracing::warn!(from = %n, "SMPP: STOP/START, but this process keeps no preferences");
+        return CommandStatus::EsmeRok;
+    };
+    let out = keyword == receipt::Keyword::Stop;
+    match r.set_opted_out(n, out).await {
+        Ok(changed) => {
+            tracing::info!(from = %n, opted_out = out, changed, "SMPP: {}", if out { "STOP" } else { "START" });
+            metrics::counter!("boxless_sms_opt_total", "change" => if out { "stop" } else { "start" }).increment(1);
+            if changed {
+                // Answered from the number it was sent to (a link number), when it is one.
+                let from_us = PhoneNumber::parse_e164(&format!("+{}", to.trim_start_matches('+')));
+                let (s, t) = (store.clone(), text::confirmation(out));
+                let _ =
+                    tokio::task::spawn_blocking(move || s.confirm(n, from_us, t, now_ms())).await;
+            }
+            CommandStatus::EsmeRok
+        }
+        Err(e) => {
+            tracing::error!(from = %n, error = %e, "SMPP: STOP/START not recorded; the SMSC will deliver it again");
+            CommandStatus::EsmeRsyserr
+        }
+    }
 }
 
 fn message_state(s: MessageState) -> Option<receipt::MessageState> {

@@ -54,7 +54,9 @@ impl SpendPolicy {
         if !self.allows(job.destination) {
             return Spend::Block;
         }
-        if window.sent < self.max_per_hour {
+        // The one answer to a STOP/START goes at once: it is sent only when the number's
+        // state changed, so a phone gets no more of them than it sends texts.
+        if window.sent < self.max_per_hour || job.kind == JobKind::Confirm {
             return Spend::Send;
         }
         // The hour has room again when its oldest SMS is an hour old.

@@ -25,6 +25,15 @@ pub fn message_sms(f: &SmsFacts<'_>, policy: AccessCodePolicy, utc_offset_min: i
     s
 }
 
+/// The one answer to a STOP (`out`) or a START.
+pub fn confirmation(out: bool) -> &'static str {
+    if out {
+        "You will get no more voice message alerts by SMS on this number. Text START to get them again."
+    } else {
+        "Voice message alerts by SMS are on again for this number. Text STOP to end them."
+    }
+}
+
 /// The text with the digits of its access code (" Code 123456.") masked, for logs.
 pub fn mask_code(text: &str) -> String {
     match text.rfind(" Code ") {

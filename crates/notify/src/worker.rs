@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxless_core::now_ms;
-use boxless_store::{JobKind, OutboxJob, Store};
+use boxless_store::{Directory, JobKind, OutboxJob, Store};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
@@ -28,6 +28,7 @@ pub struct NotifierHandle {
 /// Runs until `stop` is set and nothing is due; errors of the store are logged and retried.
 pub async fn run(
     store: Arc<Store>,
+    directory: Arc<Directory>,
     mut sender: Sender,
     mut backoff: Backoff,
     spend: SpendPolicy,
@@ -52,7 +53,8 @@ pub async fn run(
         for job in jobs {
             let span = tracing::info_span!("outbox", job = job.id, to = %job.destination);
             let _e = span.enter();
-            let Some(mut job) = apply_spend(&store, &spend, job, utc_offset_min).await else {
+            let Some(mut job) = apply_spend(&store, &directory, &spend, job, utc_offset_min).await
+            else {
                 continue;
             };
             let outcome = sender.submit(&job).await;
@@ -113,14 +115,23 @@ pub async fn run(
 /// link written now), or None when it is blocked, merged or deferred.
 async fn apply_spend(
     store: &Arc<Store>,
+    directory: &Arc<Directory>,
     spend: &Arc<SpendPolicy>,
     job: OutboxJob,
     utc_offset_min: i32,
 ) -> Option<OutboxJob> {
     let s = store.clone();
     let policy = spend.clone();
+    let dir = directory.clone();
     let res = tokio::task::spawn_blocking(move || -> boxless_store::Result<Option<OutboxJob>> {
         let now = now_ms();
+        // Checked when it is due, so a STOP that came after the deposit counts.
+        if job.kind != JobKind::Confirm && dir.opted_out(job.destination) {
+            metrics::counter!("boxless_sms_opted_out_total").increment(1);
+            tracing::info!(to = %job.destination, "SMS not sent: the number opted out (STOP)");
+            s.opted_out(&job)?;
+            return Ok(None);
+        }
         let window = s.window(job.destination, now)?;
         match policy.decide(&job, window, now) {
             Spend::Send if job.kind == JobKind::Digest => {

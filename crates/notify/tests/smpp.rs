@@ -51,6 +51,7 @@ async fn send_long(long_text: LongText) -> (Vec<boxless_testkit::Sms>, Vec<u8>) 
         },
         store.clone(),
         Arc::new(ReceiptBook::default()),
+        None,
     ));
     assert_eq!(sender.submit(&job).await.unwrap(), 2);
     let parts = store.parts_accepted(job.id).unwrap();

@@ -19,7 +19,7 @@ use boxless_sip::parties::Target;
 use boxless_sip::{
     Dialog, DialogId, Local, Message, Method, NameAddr, SipTimers, response_target, write_response,
 };
-use boxless_store::{MessageState, NewMessage, Retention, Store};
+use boxless_store::{Directory, MessageState, NewMessage, Retention, Store};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -92,6 +92,7 @@ pub struct MessagingServer {
     board: Arc<StatusBoard>,
     numbering: Numbering,
     store: Arc<Store>,
+    directory: Arc<Directory>,
     notifier: Arc<NotifierHandle>,
     prompts: Arc<Prompts>,
     tone: Arc<[i16]>,
@@ -122,6 +123,7 @@ impl MessagingServer {
         spec: &ServerSpec,
         board: Arc<StatusBoard>,
         store: Arc<Store>,
+        directory: Arc<Directory>,
         notifier: Arc<NotifierHandle>,
         prompts: Arc<Prompts>,
     ) -> std::io::Result<Arc<MessagingServer>> {
@@ -143,6 +145,7 @@ impl MessagingServer {
             board,
             numbering: cfg.numbering.clone(),
             store,
+            directory,
             notifier,
             tone: prompts.tone().into(),
             prompts,
@@ -662,10 +665,10 @@ impl MessagingServer {
         caller: Option<PhoneNumber>,
         verified: bool,
     ) -> Option<RetrievalSetup> {
-        let store = self.store.clone();
+        let (store, dir) = (self.store.clone(), self.directory.clone());
         let now = now_ms();
         let loaded = tokio::task::spawn_blocking(move || {
-            let (msgs, matched) = store.for_link(link, caller)?;
+            let (msgs, matched) = store.for_link(link, caller, |c, r| dir.stands_for(c, r))?;
             let locked = store.link_locked(link, now)?;
             let mut audio = HashMap::new();
             for m in &msgs {
@@ -888,9 +891,20 @@ impl Call {
                 sample_rate: rate,
             };
             let (policy, offset) = (server.policy, server.utc_offset);
+            // The recipient's entry says who gets the SMS; the copy answers even while
+            // NATS is away, and no entry means the recipient alone.
+            let prefs = server
+                .directory
+                .get(recipient)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "recipients' copy unreadable: SMS to the recipient only");
+                    None
+                })
+                .unwrap_or_default();
+            let sms_to = prefs.sms_numbers(recipient);
             match server
                 .store
-                .deposit(&msg, |f| text::message_sms(f, policy, offset))
+                .deposit_for(&msg, &sms_to, |f| text::message_sms(f, policy, offset))
             {
                 Ok(m) => {
                     tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");

@@ -15,11 +15,13 @@ use std::sync::Mutex;
 use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub mod directory;
 mod lockout;
 pub mod outbox;
 pub mod receipts;
 pub mod retention;
 
+pub use directory::Directory;
 pub use outbox::{DigestFacts, JobKind, OutboxJob, Window};
 pub use receipts::{Delivery, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
@@ -37,6 +39,9 @@ pub enum Error {
     /// WAV encoding failed.
     #[error("wav: {0}")]
     Wav(#[from] hound::Error),
+    /// A bounded table is full.
+    #[error("{0}: full")]
+    Full(&'static str),
 }
 
 /// Store result.
@@ -85,6 +90,8 @@ impl MessageState {
 pub struct Notification {
     /// `sms`.
     pub channel: String,
+    /// Where it goes (the recipient, or one of its `notify_numbers`).
+    pub to: Option<PhoneNumber>,
     /// `pending` | `accepted` | `delivered` | `undeliverable` | `expired` | `blocked` |
     /// `merged`.
     pub state: String,
@@ -299,11 +306,23 @@ impl Store {
         }
     }
 
-    /// Stores a message durably and queues its SMS; returns what was stored.
-    /// `render` writes the SMS text from the facts chosen inside the transaction.
+    /// Stores a message durably and queues its SMS to the recipient; returns what was
+    /// stored. `render` writes the SMS text from the facts chosen inside the transaction.
     pub fn deposit(
         &self,
         msg: &NewMessage<'_>,
+        render: impl FnOnce(&SmsFacts<'_>) -> String,
+    ) -> Result<MessageInfo> {
+        self.deposit_for(msg, &[msg.recipient], render)
+    }
+
+    /// Stores a message durably and queues one SMS, with the same text and link number,
+    /// to each of `sms_to` (the recipient and its `notify_numbers`; none when SMS is not
+    /// one of its channels).
+    pub fn deposit_for(
+        &self,
+        msg: &NewMessage<'_>,
+        sms_to: &[PhoneNumber],
         render: impl FnOnce(&SmsFacts<'_>) -> String,
     ) -> Result<MessageInfo> {
         let id = self.new_id();
@@ -325,11 +344,13 @@ impl Store {
             access_code: &code,
             duration_ms,
         });
-        tx.execute(
-            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
-             VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5, 'message', ?6, ?5)",
-            params![id, msg.recipient.as_u64() as i64, link.as_u64() as i64, text, now as i64, msg.caller.map(|c| c.as_u64() as i64)],
-        )?;
+        for to in sms_to {
+            tx.execute(
+                "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
+                 VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5, 'message', ?6, ?5)",
+                params![id, to.as_u64() as i64, link.as_u64() as i64, text, now as i64, msg.caller.map(|c| c.as_u64() as i64)],
+            )?;
+        }
         tx.commit()?;
         drop(db);
         self.get(&id).map(|m| m.expect("row committed above"))
@@ -430,6 +451,7 @@ impl Store {
         &self,
         link: PhoneNumber,
         caller: Option<PhoneNumber>,
+        stands_for: impl Fn(PhoneNumber, PhoneNumber) -> bool,
     ) -> Result<(Vec<LinkMessage>, bool)> {
         let db = self.db();
         let mut stmt = db.prepare_cached(
@@ -449,9 +471,13 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
+        // The recipient's own caller-ID, or one of its notify_numbers.
         let mine: Vec<LinkMessage> = all
             .iter()
-            .filter(|m| caller.is_some() && m.recipient == caller)
+            .filter(|m| match (caller, m.recipient) {
+                (Some(c), Some(r)) => stands_for(c, r),
+                _ => false,
+            })
             .cloned()
             .collect();
         Ok(if mine.is_empty() {
@@ -543,7 +569,7 @@ fn choose_link(
 
 fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
     let mut stmt = db.prepare_cached(
-        "SELECT channel, state, attempts, last_error, sent_at_ms, final_ms FROM outbox
+        "SELECT channel, state, attempts, last_error, sent_at_ms, final_ms, destination FROM outbox
          WHERE message_id = ?1 ORDER BY id",
     )?;
     let v = stmt
@@ -555,6 +581,9 @@ fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
                 last_error: r.get(3)?,
                 accepted_at_ms: r.get::<_, Option<i64>>(4)?.map(|v| v.max(0) as u64),
                 final_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
+                to: r
+                    .get::<_, Option<i64>>(6)?
+                    .and_then(|v| PhoneNumber::parse_e164(&format!("+{v}"))),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -664,7 +693,9 @@ mod tests {
         );
         assert_eq!(s.list(Some(r), 100).unwrap().len(), 4);
         // A shared number plays each of the recipient's messages on it, oldest first.
-        let (shared, mine) = s.for_link(n("+18005550100"), Some(r)).unwrap();
+        let (shared, mine) = s
+            .for_link(n("+18005550100"), Some(r), |c, r| c == r)
+            .unwrap();
         assert!(mine);
         assert_eq!(shared.len(), 2, "pool exhaustion loses no message");
     }
@@ -714,14 +745,16 @@ mod tests {
         };
         let b = s.deposit(&other, |_| String::new()).unwrap();
         assert_eq!(a.link_number, b.link_number);
-        let (mine, matched) = s.for_link(a.link_number, Some(r)).unwrap();
+        let (mine, matched) = s.for_link(a.link_number, Some(r), |c, r| c == r).unwrap();
         assert!(matched);
         assert_eq!(
             mine.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
             [a.id.as_str()]
         );
         assert_eq!(mine[0].access_code.len(), 6);
-        let (all, matched) = s.for_link(a.link_number, Some(n("+15550000000"))).unwrap();
+        let (all, matched) = s
+            .for_link(a.link_number, Some(n("+15550000000")), |c, r| c == r)
+            .unwrap();
         assert!(!matched);
         assert_eq!(all.len(), 2);
         assert_eq!(s.audio(&a.id).unwrap(), (8000, vec![7; 80]));
@@ -732,7 +765,7 @@ mod tests {
         );
         assert_eq!(s.get(&a.id).unwrap().unwrap().state, MessageState::Heard);
         // Heard: the pair (link, recipient) names it no more, and its number is free again.
-        assert!(!s.for_link(a.link_number, Some(r)).unwrap().1);
+        assert!(!s.for_link(a.link_number, Some(r), |c, r| c == r).unwrap().1);
         assert_eq!(
             s.deposit(&msg, |_| String::new()).unwrap().link_number,
             a.link_number

@@ -37,6 +37,8 @@ pub enum JobKind {
     Reminder,
     /// Notices merged after the hourly limit.
     Digest,
+    /// The one answer to a STOP or START: sent even to a number that opted out.
+    Confirm,
 }
 
 impl JobKind {
@@ -45,6 +47,7 @@ impl JobKind {
             "missed_call" => JobKind::MissedCall,
             "reminder" => JobKind::Reminder,
             "digest" => JobKind::Digest,
+            "confirm" => JobKind::Confirm,
             _ => JobKind::Message,
         }
     }
@@ -324,7 +327,8 @@ impl Store {
                 }
                 JobKind::MissedCall => f.missed_calls += count,
                 JobKind::Reminder => f.reminders += 1,
-                JobKind::Digest => {}
+                // A confirmation never waits for the hour (notify::worker), so is never here.
+                JobKind::Digest | JobKind::Confirm => continue,
             }
             if kind != JobKind::Reminder && !f.callers.contains(&caller) {
                 f.callers.push(caller);
@@ -360,6 +364,31 @@ impl Store {
         self.db().execute(
             "UPDATE outbox SET state = 'blocked', last_error = ?2 WHERE id = ?1",
             params![job.id, why],
+        )?;
+        Ok(())
+    }
+
+    /// The destination opted out (STOP): never sent; its message stays stored and listed.
+    pub fn opted_out(&self, job: &OutboxJob) -> Result<()> {
+        self.db().execute(
+            "UPDATE outbox SET state = 'opted_out', last_error = 'the number opted out of SMS (STOP)' WHERE id = ?1",
+            params![job.id],
+        )?;
+        Ok(())
+    }
+
+    /// Queues the answer to a STOP or START from `to`.
+    pub fn confirm(
+        &self,
+        to: PhoneNumber,
+        from: Option<PhoneNumber>,
+        text: &str,
+        now: u64,
+    ) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, created_ms)
+             VALUES (NULL, 'sms', ?1, ?2, ?3, 'pending', ?4, 'confirm', ?4)",
+            params![to.as_u64() as i64, from.map(|f| f.as_u64() as i64), text, sql_ms(now)],
         )?;
         Ok(())
     }

@@ -1,0 +1,263 @@
+//! Recipients' preferences across processes.
+//!
+//! `local` (one process, `boxless serve`): the process's [`Directory`] is the truth.
+//! `nats`: the JetStream key-value bucket `boxless_recipients` (key: the number's digits,
+//! value: the entry as JSON) is the truth; every process follows it into its own
+//! `Directory` (revisions keep a late copy from overwriting a newer one) and reads only
+//! that copy, so calls and notices go on with the last copy while NATS is away. Writes go
+//! to the bucket, then at once to the copy (read your own writes).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use boxless_core::recipient::Prefs;
+use boxless_core::{PhoneNumber, now_ms};
+use boxless_store::Directory;
+use boxless_store::directory::{from_json, to_json};
+use futures_util::StreamExt;
+
+/// The bucket.
+pub const BUCKET: &str = "boxless_recipients";
+
+/// Why a change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipientsError {
+    /// The local copy failed.
+    #[error("recipients store: {0}")]
+    Store(#[from] boxless_store::Error),
+    /// NATS refused or is away.
+    #[error("NATS key-value bucket {BUCKET}: {0}")]
+    Nats(String),
+}
+
+/// Where preferences live.
+#[derive(Clone)]
+pub enum Recipients {
+    /// This process's file is the truth.
+    Local(Arc<Directory>),
+    /// The bucket is the truth; `copy` follows it.
+    Nats {
+        /// The bucket, once reached (None until then: JetStream away or disabled).
+        kv: Arc<RwLock<Option<kv::Store>>>,
+        /// This process's copy.
+        copy: Arc<Directory>,
+    },
+}
+
+impl std::fmt::Debug for Recipients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recipients::Local(_) => f.write_str("Recipients::Local"),
+            Recipients::Nats { .. } => f.write_str("Recipients::Nats"),
+        }
+    }
+}
+
+fn nats_err(e: impl std::fmt::Display) -> RecipientsError {
+    RecipientsError::Nats(e.to_string())
+}
+
+impl Recipients {
+    /// Follows the bucket on `client` into `copy`: attached in the background, retried
+    /// until JetStream answers; meanwhile reads use the copy and writes are refused.
+    pub fn nats(client: async_nats::Client, copy: Arc<Directory>, replicas: usize) -> Recipients {
+        let slot = Arc::new(RwLock::new(None));
+        let (s2, c2) = (slot.clone(), copy.clone());
+        tokio::spawn(async move {
+            let mut warned = false;
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), bucket(&client, replicas)).await
+                {
+                    Ok(Ok(kv)) => {
+                        *s2.write().unwrap_or_else(|e| e.into_inner()) = Some(kv.clone());
+                        tracing::info!("recipients: following the NATS bucket {BUCKET}");
+                        follow(kv, c2).await;
+                        return;
+                    }
+                    other => {
+                        if !warned {
+                            let why = match other {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "timed out".into(),
+                            };
+                            tracing::warn!(error = %why, "recipients: NATS key-value bucket {BUCKET} unavailable (is JetStream on? nats-server -js); using the local copy, retrying");
+                            warned = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        });
+        Recipients::Nats { kv: slot, copy }
+    }
+
+    fn bucket_now(&self) -> Result<Option<kv::Store>, RecipientsError> {
+        match self {
+            Recipients::Local(_) => Ok(None),
+            Recipients::Nats { kv, .. } => kv
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .map(Some)
+                .ok_or_else(|| {
+                    RecipientsError::Nats(
+                        "not reached yet (is JetStream on? nats-server -js)".into(),
+                    )
+                }),
+        }
+    }
+
+    /// The copy every read uses.
+    pub fn copy(&self) -> &Arc<Directory> {
+        match self {
+            Recipients::Local(d) | Recipients::Nats { copy: d, .. } => d,
+        }
+    }
+
+    /// `n`'s entry: from the bucket when it answers, else the copy.
+    pub async fn get(&self, n: PhoneNumber) -> Result<Option<Prefs>, RecipientsError> {
+        if let Ok(Some(kv)) = self.bucket_now()
+            && let Ok(Ok(got)) =
+                tokio::time::timeout(Duration::from_secs(2), kv.get(n.digits())).await
+        {
+            return Ok(got.and_then(|v| from_json(n, &v)));
+        }
+        let copy = self.copy().clone();
+        blocking(move || copy.get(n)).await
+    }
+
+    /// Sets `n`'s entry.
+    pub async fn put(&self, n: PhoneNumber, p: Prefs) -> Result<(), RecipientsError> {
+        let rev = match self.bucket_now()? {
+            None => None,
+            Some(kv) => Some(
+                kv.put(n.digits(), to_json(&p).into_bytes().into())
+                    .await
+                    .map_err(nats_err)?,
+            ),
+        };
+        let copy = self.copy().clone();
+        blocking(move || copy.put(n, &p, rev, now_ms())).await?;
+        Ok(())
+    }
+
+    /// Removes `n`'s entry; false when there was none.
+    pub async fn delete(&self, n: PhoneNumber) -> Result<bool, RecipientsError> {
+        let copy = self.copy().clone();
+        let had = {
+            let c = copy.clone();
+            blocking(move || c.get(n)).await?.is_some()
+        };
+        if let Some(kv) = self.bucket_now()? {
+            kv.delete(n.digits()).await.map_err(nats_err)?;
+        }
+        blocking(move || copy.delete(n, None)).await?;
+        Ok(had)
+    }
+
+    /// Opts `n` out of SMS (STOP) or back in (START), keeping the rest of its entry;
+    /// returns whether that changed anything.
+    pub async fn set_opted_out(&self, n: PhoneNumber, out: bool) -> Result<bool, RecipientsError> {
+        let mut p = self.get(n).await?.unwrap_or_default();
+        if p.opted_out == out {
+            return Ok(false);
+        }
+        p.opted_out = out;
+        self.put(n, p).await?;
+        Ok(true)
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> boxless_store::Result<T> + Send + 'static,
+) -> Result<T, RecipientsError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RecipientsError::Store(boxless_store::Error::Io(std::io::Error::other(e))))?
+        .map_err(RecipientsError::from)
+}
+
+/// The bucket, made if it does not exist yet.
+pub async fn bucket(
+    client: &async_nats::Client,
+    replicas: usize,
+) -> Result<kv::Store, RecipientsError> {
+    use async_nats::jetstream::stream;
+    let js = async_nats::jetstream::new(client.clone());
+    if let Ok(s) = js.get_key_value(BUCKET).await {
+        return Ok(s);
+    }
+    // The bucket's stream, made as a key-value bucket is (ADR-8) rather than with
+    // `create_key_value`: that first reads the account's info, whose answer from
+    // nats-server 2.9 (Debian 12) lacks fields async-nats 0.51 requires.
+    let made = js
+        .create_stream(stream::Config {
+            name: format!("KV_{BUCKET}"),
+            description: Some("Boxless recipients' preferences".into()),
+            subjects: vec![format!("$KV.{BUCKET}.>")],
+            max_messages_per_subject: 1,
+            max_message_size: 16 * 1024,
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            deny_purge: false,
+            allow_direct: true,
+            num_replicas: replicas.max(1),
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await;
+    match js.get_key_value(BUCKET).await {
+        Ok(s) => Ok(s),
+        Err(e) => Err(match made {
+            Err(m) => nats_err(m),
+            Ok(_) => nats_err(e),
+        }),
+    }
+}
+
+/// Follows the bucket into `copy` until the process ends: every entry first, then each
+/// change; when the watch breaks (NATS away) it starts again, the copy serving meanwhile.
+pub async fn follow(kv: kv::Store, copy: Arc<Directory>) {
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match kv.watch_with_history(">").await {
+            Ok(mut watch) => {
+                while let Some(e) = watch.next().await {
+                    let Ok(e) = e else { break };
+                    wait = Duration::from_millis(500);
+                    apply(&copy, e).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "recipients: cannot watch {BUCKET}; using the last copy")
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn apply(copy: &Arc<Directory>, e: kv::Entry) {
+    let Some(n) = PhoneNumber::parse_e164(&format!("+{}", e.key)) else {
+        return;
+    };
+    let c = copy.clone();
+    let rev = e.revision;
+    let res = tokio::task::spawn_blocking(move || match e.operation {
+        kv::Operation::Put => match from_json(n, &e.value) {
+            Some(p) => c.put(n, &p, Some(rev), now_ms()).map(|_| ()),
+            None => {
+                tracing::warn!(key = %e.key, "recipients: an entry that does not parse; ignored");
+                Ok(())
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => c.delete(n, Some(rev)).map(|_| ()),
+    })
+    .await;
+    if let Ok(Err(e)) = res {
+        tracing::error!(error = %e, "recipients: updating the local copy failed");
+    }
+}
