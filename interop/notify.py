@@ -6,7 +6,8 @@
             the submit_sm_resp, the same receipt twice, and one in text form only with the
             id in decimal (hex in the submit_sm_resp). `boxless call` leaves a message for
             each; the API must show `delivered` (with its latency), `undeliverable`,
-            `accepted`, ... and each SMS was submitted once.
+            `accepted`, ... and each SMS was submitted once. A +33 recipient's SMS is in
+            French (numbering.language_by_country).
   crash     kill -9 of `boxless serve` between an SMS's acceptance and its receipt (due
             6 s later), restart: the receipt, sent again by the SMSC on the new bind, is
             recorded (`delivered`) and nothing is sent twice.
@@ -163,11 +164,13 @@ def receipts(binary, work):
         "15551230005": "early",
         "15551230006": "twice:300",
         "15551230007": "text:300",
+        "33612345678": "delivered:300",
         "default": "none",
     }
     want = {"+15551230002": "delivered", "+15551230003": "undeliverable",
             "+15551230004": "accepted", "+15551230005": "delivered",
-            "+15551230006": "delivered", "+15551230007": "delivered"}
+            "+15551230006": "delivered", "+15551230007": "delivered",
+            "+33612345678": "delivered"}
     s = System(binary, os.path.join(work, "receipts"), rules).start()
     try:
         calls(s, list(want))
@@ -195,6 +198,9 @@ def receipts(binary, work):
             check(sent.get(to) == 1, f"{to}: one SMS")
         d = s.notice("+15551230002")
         check(1400 <= d["delivery_ms"] <= 3000, "DELIVRD after 1.5 s shows about 1.5 s")
+        fr = [m["text"] for m in sms if m["destination"] == "33612345678"]
+        print(f"  +33 recipient (numbering.language_by_country): {fr[0]!r}")
+        check(fr[0].startswith("Message vocal de +15551230001"), "a +33 recipient's SMS is French")
         # Receipt to state: when the SMSC sent the receipt, when the state was recorded, when
         # the SMSC had its deliver_sm_resp (sent after the state is stored).
         rec = [r for r in read_jsonl(s.receipts_out) if r["destination"] == "15551230002"]

@@ -89,6 +89,7 @@ async fn start_server(
                 enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
                 receipts: c.sms.delivery_receipts,
                 long_text: c.sms.long_text,
+                languages: cfg.languages.clone(),
             },
             store.clone(),
             book.clone(),

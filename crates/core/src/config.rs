@@ -208,12 +208,19 @@ pub struct TokenConfig {
 pub struct NumberingConfig {
     /// Completes national numbers.
     pub country_code: String,
+    /// Country code -> language of the SMS texts (and prompts) for numbers there, when
+    /// the recipient's entry names none.
+    pub language_by_country: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for NumberingConfig {
     fn default() -> Self {
         NumberingConfig {
             country_code: "1".into(),
+            language_by_country: [("1", "en"), ("33", "fr"), ("34", "es"), ("49", "de")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 }
@@ -551,6 +558,8 @@ pub struct Checked {
     pub secrets: Secrets,
     /// The router's SIP-over-TLS address.
     pub sip_tls: Option<SocketAddr>,
+    /// `numbering.language_by_country`, parsed.
+    pub languages: crate::recipient::Languages,
 }
 
 impl Config {
@@ -752,9 +761,12 @@ impl Config {
             });
         }
         trust::check_http_exposure(&self, &err)?;
+        let languages = crate::recipient::Languages::parse(&self.numbering.language_by_country)
+            .map_err(|why| err("numbering.language_by_country".into(), why))?;
         Ok(Checked {
             config: self,
             numbering,
+            languages,
             servers,
             sip_tls: trust.sip_tls,
             peers: trust.peers,

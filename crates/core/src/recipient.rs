@@ -60,6 +60,51 @@ impl Language {
     }
 }
 
+/// The language of a number's texts: its entry's, else its country's
+/// (`numbering.language_by_country`, longest code first), else English.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Languages {
+    by_country: Vec<(String, Language)>,
+}
+
+impl Default for Languages {
+    fn default() -> Languages {
+        Languages::parse(&crate::config::NumberingConfig::default().language_by_country)
+            .expect("the default map is valid")
+    }
+}
+
+impl Languages {
+    /// Checks the map; the error names the entry and the fix.
+    pub fn parse(map: &std::collections::BTreeMap<String, String>) -> Result<Languages, String> {
+        let mut by_country = Vec::new();
+        for (code, lang) in map {
+            if code.is_empty() || code.len() > 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!(
+                    "{code:?}: a country code is 1 to 3 digits, e.g. \"33\""
+                ));
+            }
+            let l = Language::parse(lang)
+                .ok_or_else(|| format!("{code:?} = {lang:?}: languages are en, es, fr, de"))?;
+            by_country.push((code.clone(), l));
+        }
+        by_country.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
+        Ok(Languages { by_country })
+    }
+
+    /// The language for `n`, whose entry (if any) is `prefs`.
+    pub fn for_number(&self, n: PhoneNumber, prefs: Option<&Prefs>) -> Language {
+        if let Some(l) = prefs.and_then(|p| p.language) {
+            return l;
+        }
+        let digits = n.digits();
+        self.by_country
+            .iter()
+            .find(|(c, _)| digits.starts_with(c.as_str()))
+            .map_or(Language::En, |(_, l)| *l)
+    }
+}
+
 /// What an operator sends for a recipient (`PUT /api/v1/recipients/{number}`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -292,6 +337,39 @@ mod tests {
             Prefs::parse(n("+15551230002"), PrefsInput::default()).unwrap(),
             Prefs::default()
         );
+    }
+
+    #[test]
+    fn language_from_the_entry_else_the_country() {
+        let l = Languages::default();
+        assert_eq!(l.for_number(n("+33612345678"), None), Language::Fr);
+        assert_eq!(l.for_number(n("+4930123456"), None), Language::De);
+        assert_eq!(l.for_number(n("+34612345678"), None), Language::Es);
+        assert_eq!(l.for_number(n("+15551230002"), None), Language::En);
+        assert_eq!(
+            l.for_number(n("+81312345678"), None),
+            Language::En,
+            "not in the map"
+        );
+        let p = Prefs {
+            language: Some(Language::De),
+            ..Prefs::default()
+        };
+        assert_eq!(l.for_number(n("+33612345678"), Some(&p)), Language::De);
+        let mut m = std::collections::BTreeMap::new();
+        m.insert("3".to_string(), "es".to_string());
+        m.insert("33".to_string(), "fr".to_string());
+        let l = Languages::parse(&m).unwrap();
+        assert_eq!(
+            l.for_number(n("+33612345678"), None),
+            Language::Fr,
+            "longest code wins"
+        );
+        m.insert("x".into(), "fr".into());
+        assert!(Languages::parse(&m).is_err());
+        m.remove("x");
+        m.insert("44".into(), "it".into());
+        assert!(Languages::parse(&m).unwrap_err().contains("en, es, fr, de"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use boxless_control::Recipients;
 use boxless_core::config::LongText;
+use boxless_core::recipient::Languages;
 use boxless_core::{PhoneNumber, now_ms};
 use boxless_store::{Delivery, OutboxJob, Receipted, Settled, Store};
 use futures_util::StreamExt;
@@ -45,6 +46,8 @@ pub struct SmppSettings {
     pub receipts: bool,
     /// How the parts of a long text are marked.
     pub long_text: LongText,
+    /// The language of a STOP/START answer.
+    pub languages: Languages,
 }
 
 /// The stores a receipt may belong to: this server's first, then the others in this
@@ -242,6 +245,7 @@ impl Smpp {
         let c2 = client.clone();
         let (store, book) = (self.store.clone(), self.book.clone());
         let recipients = self.recipients.clone();
+        let languages = self.settings.languages.clone();
         tokio::spawn(async move {
             while let Some(ev) = events.next().await {
                 match ev {
@@ -249,7 +253,7 @@ impl Smpp {
                         let seq = cmd.sequence_number();
                         let status = match cmd.pdu() {
                             Some(Pdu::DeliverSm(d)) => {
-                                inbound(&store, &book, recipients.as_ref(), d).await
+                                inbound(&store, &book, recipients.as_ref(), &languages, d).await
                             }
                             _ => CommandStatus::EsmeRok,
                         };
@@ -368,6 +372,7 @@ async fn inbound(
     store: &Arc<Store>,
     book: &Arc<ReceiptBook>,
     recipients: Option<&Recipients>,
+    languages: &Languages,
     d: &DeliverSm,
 ) -> CommandStatus {
     let mut receipted_id = None;
@@ -419,7 +424,7 @@ async fn inbound(
         }
         Inbound::Mo { from, to, text } => {
             metrics::counter!("boxless_sms_mo_total").increment(1);
-            return mo(store, recipients, &from, &to, &text).await;
+            return mo(store, recipients, languages, &from, &to, &text).await;
         }
         Inbound::Unreadable => {
             metrics::counter!("boxless_sms_receipts_unreadable_total").increment(1);
@@ -435,6 +440,7 @@ async fn inbound(
 async fn mo(
     store: &Arc<Store>,
     recipients: Option<&Recipients>,
+    languages: &Languages,
     from: &str,
     to: &str,
     text: &str,
@@ -459,7 +465,9 @@ async fn mo(
             if changed {
                 // Answered from the number it was sent to (a link number), when it is one.
                 let from_us = PhoneNumber::parse_e164(&format!("+{}", to.trim_start_matches('+')));
-                let (s, t) = (store.clone(), text::confirmation(out));
+                let prefs = r.copy().get(n).ok().flatten();
+                let lang = languages.for_number(n, prefs.as_ref());
+                let (s, t) = (store.clone(), text::confirmation(out, lang));
                 let _ =
                     tokio::task::spawn_blocking(move || s.confirm(n, from_us, t, now_ms())).await;
             }

@@ -1,44 +1,109 @@
 //! The words of each SMS, and their coding for SMPP (GSM 03.38 7-bit, else UCS-2).
 
+use boxless_core::recipient::Language;
 use boxless_core::util::civil;
 use boxless_core::{PhoneNumber, config::AccessCodePolicy};
 use boxless_store::SmsFacts;
 
+// The texts in English, French, Spanish and German. Spanish is written without the
+// accents GSM-7 lacks (á, í, ó, ú), as operators do, so that it stays one 160-character
+// SMS; French and German need none outside GSM-7.
+
+/// "an unknown number" in the text's language.
+fn unknown(lang: Language) -> &'static str {
+    match lang {
+        Language::En => "an unknown number",
+        Language::Fr => "un numéro inconnu",
+        Language::Es => "un numero desconocido",
+        Language::De => "einer unbekannten Nummer",
+    }
+}
+
+fn from_of(caller: Option<PhoneNumber>, lang: Language) -> String {
+    caller.map_or_else(|| unknown(lang).to_string(), |c| c.to_string())
+}
+
+/// The label before the access code, per language (masked in logs).
+const CODE_LABELS: [&str; 2] = [" Code ", " Clave "];
+
 /// The notification for a stored message, e.g.
 /// `Voice message from +15551230001, 0:23, 14:05. Call +18005550100 to listen. Code 123456.`
-pub fn message_sms(f: &SmsFacts<'_>, policy: AccessCodePolicy, utc_offset_min: i32) -> String {
+pub fn message_sms(
+    f: &SmsFacts<'_>,
+    policy: AccessCodePolicy,
+    utc_offset_min: i32,
+    lang: Language,
+) -> String {
     let secs = f.duration_ms.div_ceil(1000);
     let (_, _, _, h, m, _) = civil(f.message.received_at_ms / 1000, utc_offset_min);
-    let from = match f.message.caller {
-        Some(c) => c.to_string(),
-        None => "an unknown number".to_string(),
-    };
-    let mut s = format!(
-        "Voice message from {from}, {}:{:02}, {h:02}:{m:02}. Call {} to listen.",
-        secs / 60,
-        secs % 60,
-        f.link_number
+    let from = from_of(f.message.caller, lang);
+    let (len, at, link) = (
+        format!("{}:{:02}", secs / 60, secs % 60),
+        format!("{h:02}:{m:02}"),
+        f.link_number,
     );
+    let mut s = match lang {
+        Language::En => format!("Voice message from {from}, {len}, {at}. Call {link} to listen."),
+        Language::Fr => {
+            format!("Message vocal de {from}, {len}, {at}. Appelez le {link} pour l'écouter.")
+        }
+        Language::Es => {
+            format!("Mensaje de voz de {from}, {len}, {at}. Llame al {link} para escucharlo.")
+        }
+        Language::De => format!(
+            "Sprachnachricht von {from}, {len}, {at}. Rufen Sie {link} an, um sie abzuhören."
+        ),
+    };
     if policy != AccessCodePolicy::Never {
-        s.push_str(&format!(" Code {}.", f.access_code));
+        let label = if lang == Language::Es {
+            "Clave"
+        } else {
+            "Code"
+        };
+        s.push_str(&format!(" {label} {}.", f.access_code));
     }
     s
 }
 
 /// The one answer to a STOP (`out`) or a START.
-pub fn confirmation(out: bool) -> &'static str {
-    if out {
-        "You will get no more voice message alerts by SMS on this number. Text START to get them again."
-    } else {
-        "Voice message alerts by SMS are on again for this number. Text STOP to end them."
+pub fn confirmation(out: bool, lang: Language) -> &'static str {
+    match (lang, out) {
+        (Language::En, true) => {
+            "You will get no more voice message alerts by SMS on this number. Text START to get them again."
+        }
+        (Language::En, false) => {
+            "Voice message alerts by SMS are on again for this number. Text STOP to end them."
+        }
+        (Language::Fr, true) => {
+            "Vous ne recevrez plus d'alertes de messages vocaux par SMS sur ce numéro. Envoyez START pour les réactiver."
+        }
+        (Language::Fr, false) => {
+            "Les alertes de messages vocaux par SMS sont réactivées sur ce numéro. Envoyez STOP pour ne plus les recevoir."
+        }
+        (Language::Es, true) => {
+            "No recibira mas avisos de mensajes de voz por SMS en este numero. Envie START para recibirlos de nuevo."
+        }
+        (Language::Es, false) => {
+            "Los avisos de mensajes de voz por SMS vuelven a estar activos en este numero. Envie STOP para terminarlos."
+        }
+        (Language::De, true) => {
+            "Sie erhalten auf dieser Nummer keine SMS-Hinweise auf Sprachnachrichten mehr. Senden Sie START, um sie wieder zu erhalten."
+        }
+        (Language::De, false) => {
+            "SMS-Hinweise auf Sprachnachrichten sind für diese Nummer wieder an. Senden Sie STOP, um sie zu beenden."
+        }
     }
 }
 
 /// The text with the digits of its access code (" Code 123456.") masked, for logs.
 pub fn mask_code(text: &str) -> String {
-    match text.rfind(" Code ") {
+    match CODE_LABELS
+        .iter()
+        .filter_map(|l| text.rfind(l).map(|i| i + l.len()))
+        .max()
+    {
         Some(i) => {
-            let (head, tail) = text.split_at(i + 6);
+            let (head, tail) = text.split_at(i);
             let masked: String = tail
                 .chars()
                 .map(|c| if c.is_ascii_digit() { '*' } else { c })
@@ -55,12 +120,24 @@ pub fn reminder_sms(
     link: PhoneNumber,
     expires_ms: u64,
     utc_offset_min: i32,
+    lang: Language,
 ) -> String {
     let (_, month, day, h, m, _) = civil(expires_ms / 1000, utc_offset_min);
-    let from = caller.map_or_else(|| "an unknown number".to_string(), |c| c.to_string());
-    format!(
-        "Reminder: a voice message from {from} is kept until {day:02}/{month:02} {h:02}:{m:02}. Call {link} to listen."
-    )
+    let from = from_of(caller, lang);
+    match lang {
+        Language::En => format!(
+            "Reminder: a voice message from {from} is kept until {day:02}/{month:02} {h:02}:{m:02}. Call {link} to listen."
+        ),
+        Language::Fr => format!(
+            "Rappel : un message vocal de {from} est conservé jusqu'au {day:02}/{month:02} {h:02}:{m:02}. Appelez le {link} pour l'écouter."
+        ),
+        Language::Es => format!(
+            "Recordatorio: un mensaje de voz de {from} se guarda hasta el {day:02}/{month:02} {h:02}:{m:02}. Llame al {link} para escucharlo."
+        ),
+        Language::De => format!(
+            "Erinnerung: eine Sprachnachricht von {from} wird bis {day:02}.{month:02}. {h:02}:{m:02} aufbewahrt. Rufen Sie {link} an, um sie abzuhören."
+        ),
+    }
 }
 
 /// The alert for `calls` calls too short to keep (a burst from one caller is one SMS),
@@ -70,13 +147,32 @@ pub fn missed_call_sms(
     calls: u32,
     at_ms: u64,
     utc_offset_min: i32,
+    lang: Language,
 ) -> String {
     let (_, _, _, h, m, _) = civil(at_ms / 1000, utc_offset_min);
-    let from = caller.map_or_else(|| "an unknown number".to_string(), |c| c.to_string());
-    if calls <= 1 {
-        format!("Missed call from {from} at {h:02}:{m:02}. No message was left.")
-    } else {
-        format!("{calls} missed calls from {from}, the last at {h:02}:{m:02}. No message was left.")
+    let from = from_of(caller, lang);
+    let at = format!("{h:02}:{m:02}");
+    match (lang, calls <= 1) {
+        (Language::En, true) => format!("Missed call from {from} at {at}. No message was left."),
+        (Language::En, false) => {
+            format!("{calls} missed calls from {from}, the last at {at}. No message was left.")
+        }
+        (Language::Fr, true) => {
+            format!("Appel manqué de {from} à {at}. Aucun message n'a été laissé.")
+        }
+        (Language::Fr, false) => format!(
+            "{calls} appels manqués de {from}, le dernier à {at}. Aucun message n'a été laissé."
+        ),
+        (Language::Es, true) => format!("Llamada perdida de {from} a las {at}. Sin mensaje."),
+        (Language::Es, false) => {
+            format!("{calls} llamadas perdidas de {from} hasta las {at}. Sin mensaje.")
+        }
+        (Language::De, true) => {
+            format!("Verpasster Anruf von {from} um {at}. Keine Nachricht hinterlassen.")
+        }
+        (Language::De, false) => format!(
+            "{calls} verpasste Anrufe von {from}, zuletzt um {at}. Keine Nachricht hinterlassen."
+        ),
     }
 }
 
@@ -246,15 +342,39 @@ mod tests {
             duration_ms: 23_100,
         };
         assert_eq!(
-            message_sms(&f, AccessCodePolicy::WhenCallerIdMismatch, 0),
+            message_sms(&f, AccessCodePolicy::WhenCallerIdMismatch, 0, Language::En),
             "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code 042917."
         );
-        assert!(!message_sms(&f, AccessCodePolicy::Never, -300).contains("Code"));
+        assert!(!message_sms(&f, AccessCodePolicy::Never, -300, Language::En).contains("Code"));
         assert_eq!(
-            mask_code(&message_sms(&f, AccessCodePolicy::Always, 0)),
+            mask_code(&message_sms(&f, AccessCodePolicy::Always, 0, Language::En)),
             "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code ******."
         );
-        assert!(message_sms(&f, AccessCodePolicy::Never, -300).contains("07:05"));
+        assert!(message_sms(&f, AccessCodePolicy::Never, -300, Language::En).contains("07:05"));
+        let fr = message_sms(&f, AccessCodePolicy::Always, 0, Language::Fr);
+        assert_eq!(
+            fr,
+            "Message vocal de +15551230001, 0:24, 12:05. Appelez le +18005550100 pour l'écouter. Code 042917."
+        );
+        let es = message_sms(&f, AccessCodePolicy::Always, 0, Language::Es);
+        assert!(mask_code(&es).ends_with("Clave ******."), "{es}");
+        // Every language's texts stay GSM-7, one SMS.
+        for lang in [Language::En, Language::Fr, Language::Es, Language::De] {
+            for t in [
+                message_sms(&f, AccessCodePolicy::Always, 0, lang),
+                missed_call_sms(f.message.caller, 3, 0, 0, lang),
+                missed_call_sms(None, 1, 0, 0, lang),
+                reminder_sms(None, f.link_number, 0, 0, lang),
+                confirmation(true, lang).to_string(),
+                confirmation(false, lang).to_string(),
+            ] {
+                let c = encode(&t);
+                assert_eq!(c.data_coding, 0, "{t}");
+                assert!(split(&c).len() <= 2, "{lang:?}: {t}");
+            }
+            let m = encode(&message_sms(&f, AccessCodePolicy::Always, 0, lang));
+            assert_eq!(split(&m).len(), 1, "{lang:?}: the notice is one SMS");
+        }
     }
 
     #[test]

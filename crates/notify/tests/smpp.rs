@@ -48,6 +48,7 @@ async fn send_long(long_text: LongText) -> (Vec<boxless_testkit::Sms>, Vec<u8>) 
             enquire_link: Duration::from_secs(30),
             receipts: true,
             long_text,
+            languages: Default::default(),
         },
         store.clone(),
         Arc::new(ReceiptBook::default()),

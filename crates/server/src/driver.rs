@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boxless_core::config::{AccessCodePolicy, Greeting, TrustCallerId};
+use boxless_core::recipient::{Language, Languages};
 use boxless_core::{
     Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
     now_ms,
@@ -101,6 +102,7 @@ pub struct MessagingServer {
     timers: SipTimers,
     policy: AccessCodePolicy,
     utc_offset: i32,
+    languages: Languages,
     max_message: usize,
     calls: Mutex<HashMap<String, CallEntry>>,
     ports: Mutex<Vec<u16>>,
@@ -117,6 +119,13 @@ pub struct MessagingServer {
 }
 
 impl MessagingServer {
+    /// The language of `n`'s texts: its entry's, else its country's (blocking: reads the
+    /// recipients' copy).
+    fn language(&self, n: PhoneNumber) -> Language {
+        let prefs = self.directory.get(n).ok().flatten();
+        self.languages.for_number(n, prefs.as_ref())
+    }
+
     /// Binds the server's SIP sockets and starts its tasks (SIP, heartbeat).
     pub async fn start(
         cfg: &Checked,
@@ -162,6 +171,7 @@ impl MessagingServer {
             },
             policy: c.retrieval.access_code,
             utc_offset: c.sms.utc_offset_minutes,
+            languages: cfg.languages.clone(),
             max_message: c.sip.max_message_bytes,
             calls: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),
@@ -273,7 +283,8 @@ impl MessagingServer {
                     tracing::error!(error = %e, "pruning finished notifications failed");
                 }
                 s.store.sweep(now, &policy, |m, expires| {
-                    text::reminder_sms(m.caller, m.link_number, expires, offset)
+                    let lang = s.language(m.recipient);
+                    text::reminder_sms(m.caller, m.link_number, expires, offset, lang)
                 })
             })
             .await;
@@ -902,10 +913,10 @@ impl Call {
                 })
                 .unwrap_or_default();
             let sms_to = prefs.sms_numbers(recipient);
-            match server
-                .store
-                .deposit_for(&msg, &sms_to, |f| text::message_sms(f, policy, offset))
-            {
+            let lang = server.languages.for_number(recipient, Some(&prefs));
+            match server.store.deposit_for(&msg, &sms_to, |f| {
+                text::message_sms(f, policy, offset, lang)
+            }) {
                 Ok(m) => {
                     tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
                     metrics::counter!("boxless_messages_stored_total", "server" => server.id.clone()).increment(1);
@@ -939,7 +950,8 @@ impl Call {
         let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
         tokio::task::spawn_blocking(move || {
             let offset = server.utc_offset;
-            let render = |calls| text::missed_call_sms(caller, calls, at, offset);
+            let lang = server.language(recipient);
+            let render = |calls| text::missed_call_sms(caller, calls, at, offset, lang);
             match server.store.missed_call(
                 recipient,
                 caller,
