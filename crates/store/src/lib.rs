@@ -590,6 +590,25 @@ fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
     Ok(v)
 }
 
+/// A store of server `ms1` (links +18005550100-09) in a fresh temporary directory, for
+/// the tests of this crate; returns the directory too, for its removal.
+#[cfg(test)]
+pub(crate) fn temp_store(tag: &str) -> (Store, PathBuf) {
+    let d = std::env::temp_dir().join(format!(
+        "boxless-{tag}-{}-{}",
+        std::process::id(),
+        Rng::from_entropy().next_u64()
+    ));
+    fs::create_dir_all(&d).expect("temp dir");
+    let s = Store::open(
+        &d,
+        "ms1",
+        LinkPool::parse(&["+18005550100-+18005550109"]).expect("pool"),
+    )
+    .expect("store opens");
+    (s, d)
+}
+
 /// A time in ms as SQLite's signed integer (saturating).
 fn sql_ms(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64

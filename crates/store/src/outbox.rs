@@ -407,26 +407,13 @@ impl Store {
 mod tests {
     use super::*;
     use crate::NewMessage;
-    use boxless_core::{LinkPool, Rng};
 
     fn n(s: &str) -> PhoneNumber {
         PhoneNumber::parse_e164(s).unwrap()
     }
 
     fn store() -> (Store, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!(
-            "boxless-outbox-{}-{}",
-            std::process::id(),
-            Rng::from_entropy().next_u64()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        let s = Store::open(
-            &d,
-            "ms1",
-            LinkPool::parse(&["+18005550100-+18005550109"]).unwrap(),
-        )
-        .unwrap();
-        (s, d)
+        crate::temp_store("outbox")
     }
 
     fn state(s: &Store, id: i64) -> String {

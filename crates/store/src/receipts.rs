@@ -359,22 +359,10 @@ impl Store {
 mod tests {
     use super::*;
     use crate::{MessageState, NewMessage};
-    use boxless_core::{LinkPool, PhoneNumber, Rng};
+    use boxless_core::PhoneNumber;
 
     fn store() -> (Store, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!(
-            "boxless-receipts-{}-{}",
-            std::process::id(),
-            Rng::from_entropy().next_u64()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        let s = Store::open(
-            &d,
-            "ms1",
-            LinkPool::parse(&["+18005550100-+18005550109"]).unwrap(),
-        )
-        .unwrap();
-        (s, d)
+        crate::temp_store("receipts")
     }
 
     fn deposit(s: &Store) -> crate::OutboxJob {
