@@ -11,6 +11,11 @@
   crash     kill -9 of `boxless serve` between an SMS's acceptance and its receipt (due
             6 s later), restart: the receipt, sent again by the SMSC on the new bind, is
             recorded (`delivered`) and nothing is sent twice.
+  webhooks  `webhook.url` points at a local receiver that is down for the first 30 s: two
+            messages are left (deposited, SMS delivered) and one deleted meanwhile; when
+            it comes up every event arrives once, in order, each with a valid
+            X-Boxless-Signature (HMAC-SHA256 of the body with the secret); then a new
+            event arrives within a second.
   prefs     Router and two servers as processes over NATS with JetStream: an entry set
             through the router's API (notify_numbers) is used by both servers (each
             message's SMS to both numbers, the same link number); the other number's
@@ -50,7 +55,7 @@ VOICE = os.path.join(ROOT, "crates/media/prompts/leave-message.wav")
 class System:
     """`boxless serve` (two servers, redirect) and the SMSC simulator with receipt rules."""
 
-    def __init__(self, binary, work, rules):
+    def __init__(self, binary, work, rules, extra=""):
         self.bin, self.work = binary, work
         os.makedirs(work, exist_ok=True)
         self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2",
@@ -76,6 +81,7 @@ delivery_receipts = true
 [messages]
 greeting = "tone"
 silence_seconds = 5
+{extra}
 [[servers]]
 id = "ms1"
 listen = "127.0.0.1:{self.p['s1']}"
@@ -244,6 +250,100 @@ def crash(binary, work):
         s.stop()
 
 
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that checks every signature."""
+
+    def __init__(self, port, secret):
+        import http.server
+        import hashlib
+        import hmac
+        self.events, self.bad = [], 0
+        outer = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+                if not hmac.compare_digest(want, self.headers.get("X-Boxless-Signature", "")):
+                    outer.bad += 1
+                    self.send_response(401)
+                else:
+                    e = json.loads(body)
+                    e["_t"] = time.time()
+                    e["_key"] = self.headers.get("Idempotency-Key")
+                    outer.events.append(e)
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.srv.shutdown()
+
+
+def webhooks(binary, work):
+    w = os.path.join(work, "webhooks")
+    os.makedirs(w, exist_ok=True)
+    secret = b"whsec-" + os.urandom(16).hex().encode()
+    secret_file = os.path.join(w, "webhook.secret")
+    with open(secret_file, "wb") as f:
+        f.write(secret + b"\n")
+    os.chmod(secret_file, 0o600)
+    port = free_port()
+    s = System(binary, w, {"default": "delivered:200"},
+               extra=f'[webhook]\nurl = "http://127.0.0.1:{port}/hooks/boxless"\n'
+                     f'secret_file = "{secret_file}"').start()
+    rx = None
+    try:
+        t0 = time.monotonic()
+        calls(s, ["+15551230002", "+15551230003"])
+        wait_until(lambda: s.notice("+15551230002") and s.notice("+15551230003")
+                   and s.notice("+15551230002")["state"] == "delivered"
+                   and s.notice("+15551230003")["state"] == "delivered", 20, "delivered")
+        code, msgs = http(s.p["http"], "GET", "/api/v1/messages?recipient=%2B15551230003")
+        gone = msgs[0]["id"]
+        code, _ = http(s.p["http"], "DELETE", f"/api/v1/messages/{gone}")
+        check(code == 200, "a message deleted through the API")
+        time.sleep(max(0.0, 30.0 - (time.monotonic() - t0)))
+        print(f"  receiver down for {time.monotonic() - t0:.0f} s; now up")
+        rx = Receiver(port, secret)
+        wait_until(lambda: len(rx.events) >= 5, 60, "the five events")
+        time.sleep(1.0)
+        kinds = [(e["data"].get("message_id"), e["type"]) for e in rx.events]
+        ids = [e["id"] for e in rx.events]
+        print(f"  {len(rx.events)} events after the outage, {rx.bad} with a bad signature: "
+              + ", ".join(f"{e['id']} {e['type']}" for e in rx.events))
+        check(rx.bad == 0, "every signature valid")
+        check(len(set(ids)) == len(ids) == 5, "each event once")
+        check(all(e["_key"] == e["id"] for e in rx.events), "Idempotency-Key is the event id")
+        for sid in ("ms1", "ms2"):
+            mine = [int(i.split("-e")[1]) for i in ids if i.startswith(sid + "-")]
+            check(mine == sorted(mine), f"{sid}'s events in order")
+        per = {}
+        for mid, kind in kinds:
+            per.setdefault(mid, []).append(kind)
+        for mid, ks in per.items():
+            want = ["message.deposited", "notification.delivered"] + (
+                ["message.deleted"] if mid == gone else [])
+            check(ks == want, f"{mid}: {ks}")
+        calls(s, ["+15551230004"])
+        took = wait_until(lambda: any(e["type"] == "message.deposited" and
+                                      e["data"]["recipient"] == "+15551230004"
+                                      for e in rx.events), 10, "the next event")
+        print(f"  receiver up: the next deposit's event arrived {took * 1000:.0f} ms after "
+              f"the call ended")
+        check(took < 1.0, "a new event goes within a second")
+    finally:
+        if rx:
+            rx.stop()
+        s.stop()
+
+
 def http(port, method, path, body=None):
     import urllib.error
     import urllib.request
@@ -348,7 +448,8 @@ def prefs(binary, work):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("scenarios", nargs="*", default=["receipts", "crash", "prefs"])
+    ap.add_argument("scenarios", nargs="*",
+                    default=["receipts", "crash", "webhooks", "prefs"])
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-notify-")

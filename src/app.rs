@@ -115,6 +115,32 @@ async fn start_server(
             "sms.allowed_prefixes is empty: SMS may go to any number in the world (see README \"Security\")"
         );
     }
+    if let Some(secret) = &cfg.secrets.webhook_secret {
+        let url = boxless_net::http::Url::parse(c.webhook.url.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "key `webhook.url`: `{}` is not an http:// or https:// URL (host, optional port, path)",
+                c.webhook.url
+            )
+        })?;
+        let tls = boxless_net::tls::public_client_config(None)
+            .map_err(|e| anyhow::anyhow!("key `webhook.url`: TLS roots: {e}"))?;
+        // Events are written from now on, in the transactions of the changes they report.
+        store.enable_events();
+        tokio::spawn(boxless_notify::webhook::run(
+            store.clone(),
+            boxless_notify::webhook::WebhookSettings {
+                url,
+                secret: secret.expose().as_bytes().to_vec(),
+                tls,
+                server: id.clone(),
+            },
+            Backoff::new(
+                c.sms.retry_initial_ms,
+                c.sms.retry_max_ms,
+                Rng::from_entropy(),
+            ),
+        ));
+    }
     tokio::spawn(boxless_notify::worker::run(
         store.clone(),
         recipients.copy().clone(),

@@ -48,6 +48,9 @@ pub struct Config {
     /// `[sms]`
     #[serde(default)]
     pub sms: SmsConfig,
+    /// `[webhook]`
+    #[serde(default)]
+    pub webhook: WebhookConfig,
     /// `[retrieval]`
     #[serde(default)]
     pub retrieval: RetrievalConfig,
@@ -234,6 +237,16 @@ pub enum SmsTransport {
     Log,
     /// SMPP 3.4 to an SMSC.
     Smpp,
+}
+
+/// `[webhook]`: every event POSTed as JSON, signed.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL; empty: no webhooks.
+    pub url: String,
+    /// A file holding the HMAC-SHA256 key (its first line); required with `url`.
+    pub secret_file: String,
 }
 
 /// How a text too long for one SMS reaches the SMSC.

@@ -280,6 +280,116 @@ pub mod http {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
     }
 
+    /// An `http://` or `https://` URL, parsed once.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Url {
+        /// TLS.
+        pub https: bool,
+        /// A host name or an IP address (without brackets).
+        pub host: String,
+        /// The port (80/443 when not given).
+        pub port: u16,
+        /// Path and query, from `/`.
+        pub path: String,
+    }
+
+    impl Url {
+        /// Parses `s`; None for anything but a plain http(s) URL without user info.
+        pub fn parse(s: &str) -> Option<Url> {
+            let (https, rest) = if let Some(r) = s.strip_prefix("https://") {
+                (true, r)
+            } else {
+                (false, s.strip_prefix("http://")?)
+            };
+            let (authority, path) = match rest.find(['/', '?']) {
+                Some(i) => (&rest[..i], rest[i..].to_string()),
+                None => (rest, "/".to_string()),
+            };
+            let path = if path.starts_with('?') {
+                format!("/{path}")
+            } else {
+                path
+            };
+            if authority.is_empty()
+                || authority.contains('@')
+                || path.contains('#')
+                || s.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                return None;
+            }
+            let default = if https { 443 } else { 80 };
+            let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+                let (h, after) = v6.split_once(']')?;
+                let port = match after.strip_prefix(':') {
+                    Some(p) => p.parse().ok()?,
+                    None if after.is_empty() => default,
+                    None => return None,
+                };
+                (h.to_string(), port)
+            } else {
+                match authority.rsplit_once(':') {
+                    Some((h, p)) => (h.to_string(), p.parse().ok()?),
+                    None => (authority.to_string(), default),
+                }
+            };
+            (!host.is_empty()).then_some(Url {
+                https,
+                host,
+                port,
+                path,
+            })
+        }
+    }
+
+    /// POSTs `body` to `url` with `headers` (names and values without line breaks) and
+    /// reads the answer, all within `limit`. HTTPS checks the server's certificate against
+    /// `tls` (its roots) and the URL's host.
+    pub async fn post(
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        tls: &std::sync::Arc<rustls::ClientConfig>,
+        limit: Duration,
+    ) -> std::io::Result<Answer> {
+        let host_header = if url.host.contains(':') {
+            format!("[{}]:{}", url.host, url.port)
+        } else {
+            format!("{}:{}", url.host, url.port)
+        };
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            url.path,
+            body.len()
+        );
+        for (k, v) in headers {
+            if format!("{k}{v}").bytes().any(|b| b == b'\r' || b == b'\n') {
+                return Err(std::io::Error::other("a header with a line break"));
+            }
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(body);
+        tokio::time::timeout(limit, async {
+            let s = TcpStream::connect((url.host.as_str(), url.port)).await?;
+            let mut buf = Vec::new();
+            if url.https {
+                let name = rustls::pki_types::ServerName::try_from(url.host.clone())
+                    .map_err(|e| std::io::Error::other(format!("host {}: {e}", url.host)))?;
+                let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, s)
+                    .await?;
+                exchange(tls, &msg, &mut buf).await?;
+            } else {
+                exchange(s, &msg, &mut buf).await?;
+            }
+            parse(&buf).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))
+        })
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
+    }
+
     async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         mut s: S,
         head: &[u8],

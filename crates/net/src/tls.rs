@@ -62,6 +62,26 @@ fn base_server(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError
         .map_err(|e| TlsError(format!("`{}`: {e}", cert.display())))
 }
 
+/// A client configuration trusting the system's CA certificates (webhook receivers on the
+/// public Internet), or only `ca` when one is given.
+pub fn public_client_config(ca: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    if let Some(ca) = ca {
+        return client_config(ca);
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let found = rustls_native_certs::load_native_certs();
+    for c in found.certs {
+        // A system certificate rustls cannot use is skipped, as browsers do.
+        let _ = roots.add(c);
+    }
+    let c = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(c))
+}
+
 /// A client configuration that trusts the certificates in `ca` (a CA, or a server's own
 /// self-signed certificate) and nothing else.
 pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>, TlsError> {

@@ -7,6 +7,7 @@ pub mod receipt;
 pub mod sender;
 pub mod spend;
 pub mod text;
+pub mod webhook;
 pub mod worker;
 
 pub use backoff::Backoff;

@@ -16,12 +16,14 @@ use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub mod directory;
+pub mod events;
 mod lockout;
 pub mod outbox;
 pub mod receipts;
 pub mod retention;
 
 pub use directory::Directory;
+pub use events::Event;
 pub use outbox::{DigestFacts, JobKind, OutboxJob, Window};
 pub use receipts::{Delivery, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
@@ -179,6 +181,7 @@ pub struct Store {
     server_id: String,
     pool: LinkPool,
     rng: Mutex<Rng>,
+    events_on: std::sync::atomic::AtomicBool,
 }
 
 const SCHEMA: &str = "
@@ -234,12 +237,14 @@ impl Store {
             )?;
         }
         outbox::migrate(&conn)?;
+        conn.execute_batch(events::SCHEMA)?;
         let store = Store {
             conn: Mutex::new(conn),
             audio_dir,
             server_id: server_id.to_string(),
             pool,
             rng: Mutex::new(Rng::from_entropy()),
+            events_on: std::sync::atomic::AtomicBool::new(false),
         };
         store.remove_orphans()?;
         Ok(store)
@@ -344,6 +349,20 @@ impl Store {
             access_code: &code,
             duration_ms,
         });
+        events::emit(
+            &tx,
+            self.events_on(),
+            "message.deposited",
+            serde_json::json!({
+                "message_id": id,
+                "recipient": msg.recipient.to_string(),
+                "caller": msg.caller.map(|c| c.to_string()),
+                "link_number": link.to_string(),
+                "duration_ms": duration_ms,
+                "received_at": boxless_core::rfc3339(msg.received_at_ms),
+            }),
+            now,
+        )?;
         for to in sms_to {
             tx.execute(
                 "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
@@ -502,7 +521,34 @@ impl Store {
             }
             _ => return Ok(false),
         };
-        Ok(self.db().execute(sql, params![id, now_ms as i64])? > 0)
+        self.changed(id, sql, state.as_str(), now_ms)
+    }
+
+    /// Runs `sql` (?1 = id, ?2 = now) and, when it changed the message, writes its
+    /// `message.<state>` event in the same transaction.
+    fn changed(&self, id: &str, sql: &str, state: &str, now: u64) -> Result<bool> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let n = tx.execute(sql, params![id, now as i64])?;
+        if n > 0 {
+            let recipient: Option<i64> = tx
+                .query_row("SELECT recipient FROM messages WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            events::emit(
+                &tx,
+                self.events_on(),
+                &format!("message.{state}"),
+                serde_json::json!({
+                    "message_id": id,
+                    "recipient": recipient.map(|r| format!("+{r}")),
+                }),
+                now,
+            )?;
+        }
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     /// A message's audio, mono, and its sample rate (8 or 16 kHz).
@@ -518,10 +564,21 @@ impl Store {
 
     /// Marks a message deleted and removes its audio. False if there is no such message.
     pub fn delete(&self, id: &str) -> Result<bool> {
-        let n = self.db().execute(
-            "UPDATE messages SET state = 'deleted', state_changed_ms = ?2 WHERE id = ?1",
-            params![id, now_ms() as i64],
+        let deleted = self.changed(
+            id,
+            "UPDATE messages SET state = 'deleted', state_changed_ms = ?2 WHERE id = ?1 AND state != 'deleted'",
+            "deleted",
+            now_ms(),
         )?;
+        // Deleting a deleted message changes nothing (no second event) and is no error.
+        let n = usize::from(
+            deleted
+                || self
+                    .db()
+                    .query_row("SELECT 1 FROM messages WHERE id = ?1", [id], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+        );
         if n > 0 {
             match fs::remove_file(self.audio_path(id)) {
                 Ok(()) => {}

@@ -196,6 +196,17 @@ impl Store {
                 true
             }
         };
+        crate::events::emit(
+            &tx,
+            self.events_on(),
+            "missed_call",
+            serde_json::json!({
+                "recipient": recipient.to_string(),
+                "caller": caller.map(|c| c.to_string()),
+                "at": boxless_core::rfc3339(now),
+            }),
+            now,
+        )?;
         tx.commit()?;
         Ok(queued)
     }

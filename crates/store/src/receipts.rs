@@ -143,6 +143,7 @@ fn settle(
     d: Delivery,
     error: Option<&str>,
     now: u64,
+    events_on: bool,
 ) -> Result<Receipted> {
     let changed = tx.execute(
         "UPDATE sms_parts SET state = ?3, error = ?4, final_ms = ?5
@@ -152,11 +153,11 @@ fn settle(
     if changed == 0 {
         return Ok(Receipted::Duplicate);
     }
-    Ok(Receipted::Settled(evaluate(tx, job, now)?))
+    Ok(Receipted::Settled(evaluate(tx, job, now, events_on)?))
 }
 
 /// Gives an `accepted` notice the state its parts add up to.
-fn evaluate(tx: &Transaction<'_>, job: i64, now: u64) -> Result<Settled> {
+fn evaluate(tx: &Transaction<'_>, job: i64, now: u64, events_on: bool) -> Result<Settled> {
     let (state, total, sent_at, message_id): (String, Option<i64>, Option<i64>, Option<String>) =
         tx.query_row(
             "SELECT state, parts_total, sent_at_ms, message_id FROM outbox WHERE id = ?1",
@@ -193,6 +194,28 @@ fn evaluate(tx: &Transaction<'_>, job: i64, now: u64) -> Result<Settled> {
     )?;
     settled.state = Some(d);
     settled.latency_ms = sent_at.map(|t| now.saturating_sub(t.max(0) as u64));
+    let to: Option<i64> =
+        tx.query_row("SELECT destination FROM outbox WHERE id = ?1", [job], |r| {
+            r.get(0)
+        })?;
+    crate::events::emit(
+        tx,
+        events_on,
+        if d == Delivery::Delivered {
+            "notification.delivered"
+        } else {
+            "notification.failed"
+        },
+        serde_json::json!({
+            "message_id": settled.message_id,
+            "channel": "sms",
+            "to": to.map(|t| format!("+{t}")),
+            "state": d.as_str(),
+            "detail": error,
+            "delivery_ms": settled.latency_ms,
+        }),
+        now,
+    )?;
     Ok(settled)
 }
 
@@ -261,9 +284,15 @@ impl Store {
                 if let Some((state, error)) = early
                     && let Some(d) = Delivery::parse(&state)
                 {
-                    if let Receipted::Settled(s) =
-                        settle(&tx, job.id, part, d, error.as_deref(), now)?
-                    {
+                    if let Receipted::Settled(s) = settle(
+                        &tx,
+                        job.id,
+                        part,
+                        d,
+                        error.as_deref(),
+                        now,
+                        self.events_on(),
+                    )? {
                         out.push(s);
                     }
                     break;
@@ -271,7 +300,7 @@ impl Store {
             }
         }
         // Parts settled before the last part was taken count now.
-        let s = evaluate(&tx, job.id, now)?;
+        let s = evaluate(&tx, job.id, now, self.events_on())?;
         if s.state.is_some() && !out.iter().any(|o| o.state.is_some()) {
             out.push(s);
         }
@@ -309,7 +338,7 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction()?;
         let out = match find_part(&tx, &forms)? {
-            Some((job, part)) => Some(settle(&tx, job, part, d, error, now)?),
+            Some((job, part)) => Some(settle(&tx, job, part, d, error, now, self.events_on())?),
             None => None,
         };
         tx.commit()?;

@@ -40,6 +40,8 @@ pub struct Secrets {
     pub sms_password: Secret,
     /// The NATS password, with `control.user`.
     pub control_password: Option<Secret>,
+    /// The webhook signing key, with `webhook.url`.
+    pub webhook_secret: Option<Secret>,
 }
 
 /// An API token as the server checks it: the SHA-256 of the token, never the token.
@@ -181,6 +183,22 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
         return Err(e("retrieval.lockout_minutes", "must be at least 1"));
     }
     let control_password = control(c, err)?;
+    let webhook_secret = match (c.webhook.url.trim(), c.webhook.secret_file.as_str()) {
+        ("", _) => None,
+        (u, _) if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() < 10 => {
+            return Err(e(
+                "webhook.url",
+                "an http:// or https:// URL, or empty for no webhooks",
+            ));
+        }
+        (_, "") => {
+            return Err(e(
+                "webhook.secret_file",
+                "required with webhook.url: a file with the signing key (receivers check X-Boxless-Signature with it)",
+            ));
+        }
+        (_, f) => Some(read_secret(f, "webhook.secret_file", err)?),
+    };
     Ok(Trust {
         sip_tls,
         peers,
@@ -188,6 +206,7 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
         secrets: Secrets {
             sms_password,
             control_password,
+            webhook_secret,
         },
     })
 }
@@ -460,6 +479,22 @@ mod tests {
             (
                 "[control]\npassword_file = \"/nonexistent/pw\"\n",
                 "control.password_file",
+            ),
+            (
+                "[webhook]\nurl = \"https://hooks.example.net/vm\"\n",
+                "webhook.secret_file",
+            ),
+            (
+                "[webhook]\nurl = \"ftp://x.example\"\nsecret_file = \"/x\"\n",
+                "webhook.url",
+            ),
+            (
+                "[webhook]\nurl = \"https://hooks.example.net/vm\"\nsecret_file = \"/nonexistent/k\"\n",
+                "webhook.secret_file",
+            ),
+            (
+                "[numbering]\nlanguage_by_country = { \"44\" = \"it\" }\n",
+                "numbering.language_by_country",
             ),
         ] {
             let e = load(text).unwrap_err();
