@@ -612,6 +612,13 @@ mod tests {
                 .unwrap()
                 .contains("`email`")
         );
+        let r = put(r#"{"email": "#).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "not JSON");
+        let r = put(r#"{"notify_numbers": 5}"#).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "a wrong type");
+        let big = format!(r#"{{"email": "{}@example.net"}}"#, "a".repeat(20_000));
+        let r = put(&big).await;
+        assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let r = put(r#"{"colour": "blue"}"#).await;
         assert_eq!(
             r.status(),

@@ -157,15 +157,19 @@ impl Recipients {
     }
 
     /// Opts `n` out of SMS (STOP) or back in (START), keeping the rest of its entry;
-    /// returns whether that changed anything.
-    pub async fn set_opted_out(&self, n: PhoneNumber, out: bool) -> Result<bool, RecipientsError> {
+    /// returns the entry as it now is when that changed anything.
+    pub async fn set_opted_out(
+        &self,
+        n: PhoneNumber,
+        out: bool,
+    ) -> Result<Option<Prefs>, RecipientsError> {
         let mut p = self.get(n).await?.unwrap_or_default();
         if p.opted_out == out {
-            return Ok(false);
+            return Ok(None);
         }
         p.opted_out = out;
-        self.put(n, p).await?;
-        Ok(true)
+        self.put(n, p.clone()).await?;
+        Ok(Some(p))
     }
 }
 

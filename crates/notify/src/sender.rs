@@ -449,7 +449,7 @@ async fn mo(
         tracing::info!(from = %from, len = text.len(), "SMPP: a text from a phone (not STOP/START)");
         return CommandStatus::EsmeRok;
     };
-    let Some(n) = PhoneNumber::parse_e164(&format!("+{}", from.trim_start_matches('+'))) else {
+    let Some(n) = smpp_number(from) else {
         tracing::warn!(from = %from, "SMPP: STOP/START from an address that is not a phone number");
         return CommandStatus::EsmeRok;
     };
@@ -460,13 +460,12 @@ async fn mo(
     let out = keyword == receipt::Keyword::Stop;
     match r.set_opted_out(n, out).await {
         Ok(changed) => {
-            tracing::info!(from = %n, opted_out = out, changed, "SMPP: {}", if out { "STOP" } else { "START" });
+            tracing::info!(from = %n, opted_out = out, changed = changed.is_some(), "SMPP: {}", if out { "STOP" } else { "START" });
             metrics::counter!("boxless_sms_opt_total", "change" => if out { "stop" } else { "start" }).increment(1);
-            if changed {
+            if let Some(prefs) = changed {
                 // Answered from the number it was sent to (a link number), when it is one.
-                let from_us = PhoneNumber::parse_e164(&format!("+{}", to.trim_start_matches('+')));
-                let prefs = r.copy().get(n).ok().flatten();
-                let lang = languages.for_number(n, prefs.as_ref());
+                let from_us = smpp_number(to);
+                let lang = languages.for_number(n, Some(&prefs));
                 let (s, t) = (store.clone(), text::confirmation(out, lang));
                 let _ =
                     tokio::task::spawn_blocking(move || s.confirm(n, from_us, t, now_ms())).await;
@@ -478,6 +477,11 @@ async fn mo(
             CommandStatus::EsmeRsyserr
         }
     }
+}
+
+/// An international SMPP address (digits, `+` tolerated) as a phone number.
+fn smpp_number(addr: &str) -> Option<PhoneNumber> {
+    PhoneNumber::parse_e164(&format!("+{}", addr.trim_start_matches('+')))
 }
 
 fn message_state(s: MessageState) -> Option<receipt::MessageState> {

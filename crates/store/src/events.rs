@@ -5,8 +5,9 @@
 //!
 //! They go out in the order they were written (one cursor): a receiver that is down
 //! delays every later event, and gets them all, once each, in order, when it is back. An
-//! event is kept until it went out; one still undelivered after [`KEEP_MS`] is dropped
-//! and counted, so a receiver gone for good cannot grow the store without end.
+//! event is kept until it went out; one still undelivered after [`KEEP_MS`], or past the
+//! newest [`MAX_EVENTS`], is dropped and counted, so a receiver gone for good cannot grow
+//! the store without end.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
@@ -15,6 +16,10 @@ use crate::{Result, Store, sql_ms};
 
 /// Undelivered events older than this are dropped (7 days).
 pub const KEEP_MS: u64 = 7 * 24 * 3_600_000;
+
+/// Unsent events kept at most (a flood of short calls writes one each); past it the
+/// oldest are dropped, counted like the expired ones.
+pub const MAX_EVENTS: i64 = 1_000_000;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -111,9 +116,13 @@ impl Store {
         Ok(v as u64)
     }
 
-    /// Removes sent events, and unsent ones older than [`KEEP_MS`]; returns how many
-    /// unsent ones were dropped.
+    /// Removes sent events, and unsent ones older than [`KEEP_MS`] or past the newest
+    /// [`MAX_EVENTS`]; returns how many unsent ones were dropped.
     pub fn prune_events(&self, now: u64) -> Result<usize> {
+        self.prune_events_within(now, MAX_EVENTS)
+    }
+
+    fn prune_events_within(&self, now: u64, max: i64) -> Result<usize> {
         let db = self.db();
         let cursor: i64 = db
             .query_row("SELECT last_id FROM event_cursor WHERE one = 1", [], |r| {
@@ -123,8 +132,9 @@ impl Store {
             .unwrap_or(0);
         db.execute("DELETE FROM events WHERE id <= ?1", [cursor])?;
         let dropped = db.execute(
-            "DELETE FROM events WHERE created_ms < ?1",
-            [sql_ms(now.saturating_sub(KEEP_MS))],
+            "DELETE FROM events WHERE created_ms < ?1
+             OR id <= (SELECT MAX(id) FROM events) - ?2",
+            params![sql_ms(now.saturating_sub(KEEP_MS)), max],
         )?;
         Ok(dropped)
     }
@@ -132,19 +142,14 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::{MessageState, NewMessage};
-    use boxless_core::PhoneNumber;
+    use super::*;
+    use crate::MessageState;
+    use boxless_core::now_ms;
 
     #[test]
     fn changes_write_events_that_go_once_in_order() {
         let (s, dir) = crate::temp_store("events");
-        let m = NewMessage {
-            recipient: PhoneNumber::parse_e164("+15551230002").unwrap(),
-            caller: PhoneNumber::parse_e164("+15551230001"),
-            received_at_ms: 1_000,
-            samples: &[0i16; 800],
-            sample_rate: 8000,
-        };
+        let m = crate::test_message();
         // Off: nothing written.
         s.deposit(&m, |_| "msg".into()).unwrap();
         assert_eq!(s.events_waiting().unwrap(), 0);
@@ -172,6 +177,21 @@ mod tests {
         );
         assert_eq!(s.prune_events(10).unwrap(), 0);
         assert_eq!(s.events_waiting().unwrap(), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unsent_events_are_bounded_in_number_and_age() {
+        let (s, dir) = crate::temp_store("events-bound");
+        s.enable_events();
+        for _ in 0..5 {
+            s.deposit(&crate::test_message(), |_| "msg".into()).unwrap();
+        }
+        assert_eq!(s.prune_events_within(0, 3).unwrap(), 2, "the two oldest");
+        assert_eq!(s.events_waiting().unwrap(), 3);
+        assert_eq!(s.next_event().unwrap().unwrap().id, 3);
+        // A week later the rest go too.
+        assert_eq!(s.prune_events(now_ms() + KEEP_MS + 1).unwrap(), 3);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -666,6 +666,18 @@ pub(crate) fn temp_store(tag: &str) -> (Store, PathBuf) {
     (s, d)
 }
 
+/// 0.1 s of silence from +15551230001 for +15551230002, for the tests of this crate.
+#[cfg(test)]
+pub(crate) fn test_message() -> NewMessage<'static> {
+    NewMessage {
+        recipient: PhoneNumber::parse_e164("+15551230002").expect("E.164"),
+        caller: PhoneNumber::parse_e164("+15551230001"),
+        received_at_ms: 1_000,
+        samples: &[0i16; 800],
+        sample_rate: 8000,
+    }
+}
+
 /// A time in ms as SQLite's signed integer (saturating).
 fn sql_ms(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64

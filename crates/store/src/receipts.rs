@@ -387,22 +387,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MessageState, NewMessage};
-    use boxless_core::PhoneNumber;
+    use crate::MessageState;
 
     fn store() -> (Store, std::path::PathBuf) {
         crate::temp_store("receipts")
     }
 
     fn deposit(s: &Store) -> crate::OutboxJob {
-        let m = NewMessage {
-            recipient: PhoneNumber::parse_e164("+15551230002").unwrap(),
-            caller: PhoneNumber::parse_e164("+15551230001"),
-            received_at_ms: 1_000,
-            samples: &[0i16; 800],
-            sample_rate: 8000,
-        };
-        s.deposit(&m, |_| "msg".into()).unwrap();
+        s.deposit(&crate::test_message(), |_| "msg".into()).unwrap();
         s.due(u64::MAX / 2, 10).unwrap().remove(0)
     }
 
