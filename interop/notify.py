@@ -22,6 +22,16 @@
             caller-ID hears the message without a code; it texts STOP (an MO deliver_sm):
             one confirmation, no more SMS to it (`opted_out`), messages still listed; START
             undoes it.
+  fallback  Recipients' channels with sms.fallback_after_seconds = 10 and a real SMTP server
+            (aiosmtpd, with AUTH): UNDELIV -> the e-mail at once; no receipt -> the e-mail
+            after 10 s; DELIVRD -> no e-mail (`skipped`); a landline (the SMSC answers
+            ESME_RINVDSTADR) -> no retry, the e-mail at once; an address the mail server
+            refuses (550) -> the recipient's own webhook, signed. The e-mail names caller,
+            length and link number, carries X-Boxless-Message-Id, and its WAV attachment
+            matches the audio left (correlation >= 0.9).
+  french    A +33 recipient: the caller hears the French greeting (correlated with the
+            committed French prompt, not the English one), the SMS is French, and the
+            recipient calling the link number hears the French retrieval prompts.
 
 Prints the figures; exits 1 when a check fails. Usage:
 
@@ -55,7 +65,7 @@ VOICE = os.path.join(ROOT, "crates/media/prompts/leave-message.wav")
 class System:
     """`boxless serve` (two servers, redirect) and the SMSC simulator with receipt rules."""
 
-    def __init__(self, binary, work, rules, extra=""):
+    def __init__(self, binary, work, rules, extra="", sms="", greeting="tone"):
         self.bin, self.work = binary, work
         os.makedirs(work, exist_ok=True)
         self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2",
@@ -78,8 +88,9 @@ retry_initial_ms = 200
 retry_max_ms = 2000
 max_per_recipient_per_hour = 100000
 delivery_receipts = true
+{sms}
 [messages]
-greeting = "tone"
+greeting = "{greeting}"
 silence_seconds = 5
 {extra}
 [[servers]]
@@ -344,6 +355,245 @@ def webhooks(binary, work):
         s.stop()
 
 
+class Smtp:
+    """aiosmtpd on 127.0.0.1 with AUTH (no TLS on loopback): keeps every e-mail with the
+    time it arrived; refuses recipients at bounce.test for good (550)."""
+
+    def __init__(self, port, user, password):
+        import logging
+        import warnings
+        from aiosmtpd.controller import Controller
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+        # AUTH without TLS is what this loopback test wants; no warning per session.
+        warnings.filterwarnings("ignore", module="aiosmtpd")
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
+        self.mails = []
+        outer = self
+
+        class Handler:
+            async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+                if address.endswith("@bounce.test"):
+                    return "550 5.1.1 no such mailbox"
+                envelope.rcpt_tos.append(address)
+                return "250 OK"
+
+            async def handle_DATA(self, server, session, envelope):
+                outer.mails.append({"t": time.time(), "to": list(envelope.rcpt_tos),
+                                    "auth": session.authenticated,
+                                    "data": envelope.original_content or envelope.content})
+                return "250 OK"
+
+        def auth(server, session, envelope, mechanism, data):
+            ok = (isinstance(data, LoginPassword) and data.login == user.encode()
+                  and data.password == password.encode())
+            return AuthResult(success=ok)
+
+        self.c = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=auth,
+                            auth_required=True, auth_require_tls=False)
+        self.c.start()
+
+    def to(self, addr):
+        return [m for m in self.mails if addr in m["to"]]
+
+    def stop(self):
+        self.c.stop()
+
+
+def fallback(binary, work):
+    """sms -> email (-> webhook) per the recipients' entries, with fallback_after = 10 s."""
+    import email
+    from email import policy
+    import io
+    from peers import best_correlation, read_wav, to_8k
+    w = os.path.join(work, "fallback")
+    os.makedirs(w, exist_ok=True)
+    secret = b"whsec-" + os.urandom(16).hex().encode()
+    pw = "smtp-" + os.urandom(8).hex()
+    for name, value in (("webhook.secret", secret), ("smtp.password", pw.encode())):
+        path = os.path.join(w, name)
+        with open(path, "wb") as f:
+            f.write(value + b"\n")
+        os.chmod(path, 0o600)
+    smtp_port, hook_port = free_port(), free_port()
+    after = 10
+    rules = {"15551230003": "undeliv:500", "15551230004": "none",
+             "15551230002": "delivered:300", "15551230010": "landline",
+             "15551230011": "undeliv:300", "default": "none"}
+    s = System(binary, w, rules, sms=f"fallback_after_seconds = {after}",
+               extra=f'[email]\nsmtp = "smtp://127.0.0.1:{smtp_port}"\nuser = "boxless"\n'
+                     f'password_file = "{w}/smtp.password"\nfrom = "voicemail@boxless.test"\n'
+                     f'[webhook]\nsecret_file = "{w}/webhook.secret"\n').start()
+    mta = Smtp(smtp_port, "boxless", pw)
+    rx = Receiver(hook_port, secret)
+    try:
+        entries = {
+            "+15551230003": ("undeliverable SMS", ["sms", "email"], "undeliv@example.net"),
+            "+15551230004": ("no receipt at all", ["sms", "email"], "late@example.net"),
+            "+15551230002": ("SMS delivered", ["sms", "email"], "never@example.net"),
+            "+15551230010": ("a landline (SMSC: ESME_RINVDSTADR)", ["sms", "email"],
+                             "landline@example.net"),
+            "+15551230011": ("undeliverable SMS, then a bouncing address",
+                             ["sms", "email", "webhook"], "gone@bounce.test"),
+        }
+        for n, (_, channels, addr) in entries.items():
+            code, v = http(s.p["http"], "PUT", f"/api/v1/recipients/%2B{n[1:]}",
+                           {"channels": channels, "email": addr,
+                            "webhook_url": f"http://127.0.0.1:{hook_port}/me/{n[1:]}"})
+            check(code == 200, f"{n}: entry taken ({v})")
+        calls(s, list(entries))
+
+        def notices(n):
+            code, body = http(s.p["http"], "GET", f"/api/v1/messages?recipient=%2B{n[1:]}")
+            return body[0] if code == 200 and body else None
+
+        wait_until(lambda: len(mta.to("late@example.net")) == 1
+                   and len(mta.to("undeliv@example.net")) == 1
+                   and len(mta.to("landline@example.net")) == 1
+                   and len(rx.events) == 1, after + 15, "the e-mails and the webhook notice")
+        time.sleep(1.5)   # a duplicate or a needless e-mail would show now
+        receipts = {r["destination"]: r for r in read_jsonl(s.receipts_out)}
+        sms = read_jsonl(s.sms_out)
+        for n, (what, channels, addr) in entries.items():
+            m = notices(n)
+            st = [(x["channel"], x["state"]) for x in m["notifications"]]
+            mails = mta.to(addr)
+            line = f"  {n} ({what}): {st}; e-mails {len(mails)}"
+            sms_t = m["notifications"][0].get("accepted_at")
+            if mails and n[1:] in receipts:
+                line += (f", {(mails[0]['t'] * 1000 - receipts[n[1:]]['sent']):.0f} ms after "
+                         "the SMSC sent the receipt")
+            elif mails and sms_t:
+                lag = mails[0]["t"] - datetime.fromisoformat(
+                    sms_t.replace("Z", "+00:00")).timestamp()
+                line += f", {lag:.2f} s after the SMS was accepted"
+            elif mails:
+                refused = [x for x in sms if x["destination"] == n[1:] and x.get("refused")]
+                line += f", {(mails[0]['t'] * 1000 - refused[0]['t']):.0f} ms after the refusal"
+            print(line)
+        check([x["state"] for x in notices("+15551230002")["notifications"]]
+              == ["delivered", "skipped"], "delivered SMS: the e-mail is skipped")
+        check(not mta.to("never@example.net"), "no e-mail after a delivered SMS")
+        for n, addr in (("+15551230003", "undeliv@example.net"),
+                        ("+15551230004", "late@example.net"),
+                        ("+15551230010", "landline@example.net")):
+            check(len(mta.to(addr)) == 1, f"{n}: one e-mail")
+            check(notices(n)["notifications"][1]["state"] == "accepted", f"{n}: e-mail accepted")
+        lag = mta.to("undeliv@example.net")[0]["t"] * 1000 - receipts["15551230003"]["sent"]
+        check(lag < after * 1000, "UNDELIV -> e-mail within fallback_after_seconds")
+        late = notices("+15551230004")
+        took = mta.to("late@example.net")[0]["t"] - datetime.fromisoformat(
+            late["notifications"][0]["accepted_at"].replace("Z", "+00:00")).timestamp()
+        check(after - 0.5 <= took <= after + 2.0, f"no receipt: e-mail after {after} s ({took:.2f})")
+        ll = notices("+15551230010")["notifications"][0]
+        print(f"  landline SMS: {ll['state']}, {ll['last_error']!r}, attempts {ll['attempts']}")
+        check(ll["state"] == "undeliverable" and "RINVDSTADR" in (ll["last_error"] or "")
+              and ll["attempts"] == 1, "a landline is not retried")
+        # The e-mail itself.
+        mail = email.message_from_bytes(mta.to("undeliv@example.net")[0]["data"],
+                                        policy=policy.default)
+        m = notices("+15551230003")
+        body = mail.get_body(("plain",)).get_content()
+        print(f"  e-mail: Subject {mail['Subject']!r}, X-Boxless-Message-Id "
+              f"{mail['X-Boxless-Message-Id']}, Message-ID {mail['Message-ID']}, AUTH "
+              f"{mta.to('undeliv@example.net')[0]['auth']}")
+        print("  body: " + body.strip().replace("\n", " / "))
+        check(mail["X-Boxless-Message-Id"] == m["id"], "the message id in a header")
+        check(CALLER in mail["Subject"] and CALLER in body and m["link_number"] in body,
+              "subject and body name the caller and the link number")
+        secs = -(-m["duration_ms"] // 1000)
+        check(f"{secs // 60}:{secs % 60:02d}" in mail["Subject"], "the subject gives the length")
+        check(mta.to("undeliv@example.net")[0]["auth"], "SMTP AUTH used")
+        wav = [p for p in mail.iter_attachments() if p.get_content_type() == "audio/wav"]
+        check(len(wav) == 1, "the recording attached as audio/wav")
+        rate, got = read_wav(io.BytesIO(wav[0].get_content()))
+        _, voice = read_wav(VOICE)
+        c, _ = best_correlation(voice, to_8k(rate, got), 16000)
+        print(f"  attachment {wav[0].get_filename()}: {len(got) / rate:.2f} s at {rate} Hz, "
+              f"correlation with the audio left {c:.3f}")
+        check(c >= 0.9, "the attached WAV matches the audio left")
+        # The bounce, then the recipient's own webhook.
+        b = notices("+15551230011")
+        st = [(x["channel"], x["state"], x["last_error"]) for x in b["notifications"]]
+        print(f"  +15551230011: {st}")
+        check([x[1] for x in st] == ["undeliverable", "undeliverable", "accepted"],
+              "SMS undeliverable, e-mail bounced (550), webhook taken")
+        e = rx.events[0]
+        print(f"  webhook notice: {json.dumps({k: v for k, v in e.items() if k[0] != '_'})}, "
+              f"{rx.bad} bad signatures")
+        check(rx.bad == 0 and e["type"] == "message.notice" and e["link_number"]
+              == b["link_number"], "the recipient's webhook got the signed notice")
+    finally:
+        rx.stop()
+        mta.stop()
+        s.stop()
+
+
+def heard_at(needle, hay, within):
+    """Best normalised correlation of `needle` in `hay` starting within the first `within`
+    samples: every 4th lag, then the best one refined sample by sample (no envelope step:
+    speech from start to end of `hay` would mislead it)."""
+    import math
+    nn = math.sqrt(sum(x * x for x in needle)) or 1.0
+
+    def at(lag):
+        seg = hay[lag:lag + len(needle)]
+        if len(seg) < len(needle):
+            return 0.0
+        ss = math.sqrt(sum(x * x for x in seg)) or 1.0
+        return sum(a * b for a, b in zip(needle, seg)) / (nn * ss)
+
+    coarse = max(range(0, within, 4), key=at)
+    best = max(range(max(0, coarse - 4), coarse + 5), key=at)
+    return at(best), best
+
+
+def french(binary, work):
+    """A +33 recipient (numbering.language_by_country): the caller hears the French
+    greeting, the SMS is French, and the recipient calling the link number hears the
+    French retrieval prompts."""
+    from peers import read_wav
+    w = os.path.join(work, "french")
+    to = "+33612345678"
+    s = System(binary, w, {"default": "delivered:200"}, greeting="digits").start()
+    fr = lambda name: read_wav(os.path.join(  # noqa: E731
+        ROOT, "crates/media/prompts/fr", name + ".wav"))[1]
+    en = lambda name: read_wav(os.path.join(  # noqa: E731
+        ROOT, "crates/media/prompts", name + ".wav"))[1]
+    try:
+        heard = os.path.join(w, "deposit.wav")
+        r = subprocess.run(
+            [s.bin, "call", "--via", f"127.0.0.1:{s.p['router']}", "--from", CALLER,
+             "--to", to, "--play", VOICE, "--play-at", "9", "--seconds", "12",
+             "--record", heard],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        check(r.returncode == 0, "the deposit call completed")
+        _, got = read_wav(heard)
+        c_fr, lag = heard_at(fr("you-have-reached"), got, 8000)
+        c_en, _ = heard_at(en("you-have-reached"), got, 8000)
+        print(f"  the caller heard the greeting: French 'Vous êtes bien au' correlation "
+              f"{c_fr:.3f} at {lag / 8:.0f} ms, English 'You have reached' {c_en:.3f}")
+        check(c_fr >= 0.9 and c_en < 0.5, "the greeting is French")
+        wait_until(lambda: (n := s.notice(to)) and n["state"] == "delivered", 20, "the SMS")
+        text = [m["text"] for m in read_jsonl(s.sms_out) if m["destination"] == to[1:]][0]
+        print(f"  SMS: {text!r}")
+        check(text.startswith("Message vocal de " + CALLER), "the SMS is French")
+        code, msgs = http(s.p["http"], "GET", f"/api/v1/messages?recipient=%2B{to[1:]}")
+        heard = os.path.join(w, "retrieval.wav")
+        r = subprocess.run(
+            [s.bin, "call", "--via", f"127.0.0.1:{s.p['router']}", "--from", to,
+             "--to", msgs[0]["link_number"], "--seconds", "6", "--record", heard],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        check(r.returncode == 0, "the retrieval call completed")
+        _, got = read_wav(heard)
+        c_fr, lag = heard_at(fr("message-from"), got, 8000)
+        c_en, _ = heard_at(en("message-from"), got, 8000)
+        print(f"  the recipient called {msgs[0]['link_number']}: French 'Message de' "
+              f"correlation {c_fr:.3f} at {lag / 8:.0f} ms, English 'Message from' {c_en:.3f}")
+        check(c_fr >= 0.9 and c_en < 0.5, "the retrieval prompts are French")
+    finally:
+        s.stop()
+
+
 def http(port, method, path, body=None):
     import urllib.error
     import urllib.request
@@ -449,7 +699,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
     ap.add_argument("scenarios", nargs="*",
-                    default=["receipts", "crash", "webhooks", "prefs"])
+                    default=["receipts", "crash", "webhooks", "prefs", "fallback", "french"])
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-notify-")

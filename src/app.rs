@@ -115,15 +115,22 @@ async fn start_server(
             "sms.allowed_prefixes is empty: SMS may go to any number in the world (see README \"Security\")"
         );
     }
-    if let Some(secret) = &cfg.secrets.webhook_secret {
+    let tls = || {
+        boxless_net::tls::public_client_config(None)
+            .map_err(|e| anyhow::anyhow!("key `webhook.url`: TLS roots: {e}"))
+    };
+    if let Some(secret) = cfg
+        .secrets
+        .webhook_secret
+        .as_ref()
+        .filter(|_| !c.webhook.url.trim().is_empty())
+    {
         let url = boxless_net::http::Url::parse(c.webhook.url.trim()).ok_or_else(|| {
             anyhow::anyhow!(
                 "key `webhook.url`: `{}` is not an http:// or https:// URL (host, optional port, path)",
                 c.webhook.url
             )
         })?;
-        let tls = boxless_net::tls::public_client_config(None)
-            .map_err(|e| anyhow::anyhow!("key `webhook.url`: TLS roots: {e}"))?;
         // Events are written from now on, in the transactions of the changes they report.
         store.enable_events();
         tokio::spawn(boxless_notify::webhook::run(
@@ -131,7 +138,7 @@ async fn start_server(
             boxless_notify::webhook::WebhookSettings {
                 url,
                 secret: secret.expose().as_bytes().to_vec(),
-                tls,
+                tls: tls()?,
                 server: id.clone(),
             },
             Backoff::new(
@@ -141,6 +148,49 @@ async fn start_server(
             ),
         ));
     }
+    if !c.sms.delivery_receipts {
+        // No receipt will come: the SMSC's acceptance is all we learn.
+        store.accepted_is_final();
+    }
+    let email = match c.email.smtp.trim() {
+        "" => None,
+        _ => Some(
+            boxless_notify::email::Mailer::new(
+                &boxless_notify::email::EmailSettings {
+                    smtp: c.email.smtp.clone(),
+                    user: c.email.user.clone(),
+                    password: cfg
+                        .secrets
+                        .email_password
+                        .as_ref()
+                        .map(|p| p.expose().to_string())
+                        .unwrap_or_default(),
+                    from: c.email.from.clone(),
+                    attach_audio: c.email.attach_audio,
+                },
+                store.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!(e))?,
+        ),
+    };
+    let webhook = match &cfg.secrets.webhook_secret {
+        Some(secret) => Some(boxless_notify::webhook::NoticePoster {
+            secret: secret.expose().as_bytes().to_vec(),
+            tls: tls()?,
+            server: id.clone(),
+        }),
+        None => None,
+    };
+    tokio::spawn(boxless_notify::worker::run_notices(
+        store.clone(),
+        boxless_notify::Notices { email, webhook },
+        Backoff::new(
+            c.sms.retry_initial_ms,
+            c.sms.retry_max_ms,
+            Rng::from_entropy(),
+        ),
+        notifier.clone(),
+    ));
     tokio::spawn(boxless_notify::worker::run(
         store.clone(),
         recipients.copy().clone(),

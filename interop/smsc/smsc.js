@@ -12,6 +12,8 @@
 //   "early"         DELIVRD sent before the submit_sm_resp, which follows 300 ms later
 //   "twice:MS"      DELIVRD, then the same receipt again 200 ms later
 //   "text:MS"       DELIVRD without TLVs, the id in decimal in the text only
+//   "landline"      submit_sm refused with ESME_RINVDSTADR (a number that takes no SMS),
+//                   logged to OUT.jsonl with "refused": true
 // Default: {"default": "none"}. A receipt goes on the session that submitted while it is
 // bound, else on the latest bound session; one not acknowledged (the ESME died) is sent
 // again on the next bind, as SMSCs do.
@@ -124,6 +126,13 @@ const server = smpp.createServer({ debug: false }, (session) => {
     const sm = pdu.short_message;
     const text = typeof sm === 'object' && sm !== null ? String(sm.message) : String(sm);
     const udh = typeof sm === 'object' && sm !== null && sm.udh ? sm.udh.map((u) => Array.from(u)) : null;
+    const r = rule(pdu.destination_addr);
+    if (r.kind === 'landline') {
+      fs.appendFileSync(out, JSON.stringify({
+        destination: pdu.destination_addr, text, refused: true, t: Date.now(),
+      }) + '\n');
+      return session.send(pdu.response({ command_status: smpp.ESME_RINVDSTADR }));
+    }
     n += 1;
     const id = (0xa000 + n).toString(16);
     fs.appendFileSync(out, JSON.stringify({
@@ -134,7 +143,6 @@ const server = smpp.createServer({ debug: false }, (session) => {
         ? [pdu.sar_msg_ref_num, pdu.sar_total_segments, pdu.sar_segment_seqnum] : null,
       registered_delivery: pdu.registered_delivery, message_id: id, text, t: Date.now(),
     }) + '\n');
-    const r = rule(pdu.destination_addr);
     const receipt = {
       id, dest: pdu.destination_addr, source: pdu.source_addr, session, submitted: new Date(),
       stat: { undeliv: 'UNDELIV', expired: 'EXPIRED' }[r.kind] || 'DELIVRD',

@@ -303,7 +303,7 @@ fn json_message(m: &MessageInfo) -> Value {
         "server": m.server,
         "state": m.state.as_str(),
         "notifications": m.notifications.iter().map(|n| json!({
-            "channel": n.channel, "to": n.to.map(|t| t.to_string()), "state": n.state,
+            "channel": n.channel, "to": n.to, "step": n.step, "state": n.state,
             "attempts": n.attempts, "last_error": n.last_error,
             "accepted_at": n.accepted_at_ms.map(rfc3339),
             "final_at": n.final_at_ms.map(rfc3339),

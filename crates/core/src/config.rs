@@ -48,6 +48,9 @@ pub struct Config {
     /// `[sms]`
     #[serde(default)]
     pub sms: SmsConfig,
+    /// `[email]`
+    #[serde(default)]
+    pub email: EmailConfig,
     /// `[webhook]`
     #[serde(default)]
     pub webhook: WebhookConfig,
@@ -249,6 +252,34 @@ pub struct WebhookConfig {
     pub secret_file: String,
 }
 
+/// `[email]`: the e-mail channel (recipients whose entry lists `email`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmailConfig {
+    /// `smtp://host:port` (STARTTLS) or `smtps://host:port` (TLS); empty: no e-mail.
+    pub smtp: String,
+    /// SMTP AUTH user; empty: no AUTH.
+    pub user: String,
+    /// A file holding the SMTP password (its first line); required with `user`.
+    pub password_file: String,
+    /// The From address.
+    pub from: String,
+    /// Attach the recording as WAV.
+    pub attach_audio: bool,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        EmailConfig {
+            smtp: String::new(),
+            user: String::new(),
+            password_file: String::new(),
+            from: "voicemail@example.net".into(),
+            attach_audio: true,
+        }
+    }
+}
+
 /// How a text too long for one SMS reaches the SMSC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -294,6 +325,8 @@ pub struct SmsConfig {
     pub delivery_receipts: bool,
     /// `udh` | `sar`: how the parts of a long text are marked.
     pub long_text: LongText,
+    /// No `delivered` by then (or `undeliverable` before): the recipient's next channel.
+    pub fallback_after_seconds: u64,
 }
 
 impl Default for SmsConfig {
@@ -313,6 +346,7 @@ impl Default for SmsConfig {
             missed_call_merge_minutes: 10,
             delivery_receipts: true,
             long_text: LongText::Udh,
+            fallback_after_seconds: 300,
         }
     }
 }

@@ -22,6 +22,49 @@ pub enum Channel {
     Webhook,
 }
 
+impl Channel {
+    /// `sms`, `email`, `webhook`: as the API and the outbox spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+            Channel::Webhook => "webhook",
+        }
+    }
+
+    /// From its spelling.
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "sms" => Some(Channel::Sms),
+            "email" => Some(Channel::Email),
+            "webhook" => Some(Channel::Webhook),
+            _ => None,
+        }
+    }
+}
+
+/// One step of a notice's fallback: who is told, and on which channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// An SMS to each number (the recipient and its `notify_numbers`).
+    Sms(Vec<PhoneNumber>),
+    /// An e-mail with the audio.
+    Email(String),
+    /// A signed POST.
+    Webhook(String),
+}
+
+impl Route {
+    /// Its channel.
+    pub fn channel(&self) -> Channel {
+        match self {
+            Route::Sms(_) => Channel::Sms,
+            Route::Email(_) => Channel::Email,
+            Route::Webhook(_) => Channel::Webhook,
+        }
+    }
+}
+
 /// Languages of the prompts and texts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -227,11 +270,8 @@ impl Prefs {
         };
         let mut channels = Vec::new();
         for c in i.channels.unwrap_or_else(|| vec!["sms".into()]) {
-            let ch = match c.trim() {
-                "sms" => Channel::Sms,
-                "email" => Channel::Email,
-                "webhook" => Channel::Webhook,
-                _ => return Err(bad("channels", "a list of sms, email, webhook")),
+            let Some(ch) = Channel::parse(c.trim()) else {
+                return Err(bad("channels", "a list of sms, email, webhook"));
             };
             if !channels.contains(&ch) {
                 channels.push(ch);
@@ -301,6 +341,21 @@ impl Prefs {
         }
         std::iter::once(recipient)
             .chain(self.notify_numbers.iter().copied())
+            .collect()
+    }
+
+    /// Who is told of a message for `recipient`, step by step in the order of its
+    /// channels; `usable` says which channels this server has (an entry may name e-mail
+    /// where no SMTP server is configured: that step is left out).
+    pub fn routes(&self, recipient: PhoneNumber, usable: impl Fn(Channel) -> bool) -> Vec<Route> {
+        self.channels
+            .iter()
+            .filter(|c| usable(**c))
+            .filter_map(|c| match c {
+                Channel::Sms => Some(Route::Sms(self.sms_numbers(recipient))),
+                Channel::Email => self.email.clone().map(Route::Email),
+                Channel::Webhook => self.webhook_url.clone().map(Route::Webhook),
+            })
             .collect()
     }
 }

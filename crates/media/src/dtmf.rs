@@ -308,16 +308,18 @@ mod tests {
 
     #[test]
     fn speech_gives_no_digits() {
+        use boxless_core::recipient::Language;
         let p = crate::prompts::Prompts::load();
-        let speech = p.greeting("+15551230002");
+        let speech = p.greeting(Language::En, "+15551230002");
         assert_eq!(
             detect(&speech[..speech.len() - 3200]),
             "",
             "the greeting's speech, without its beep"
         );
-        // Every recorded phrase, plain and A-law coded.
+        // Every recorded phrase of every language, plain and A-law coded.
         let mut seconds = 0.0;
-        for (name, s) in p.all() {
+        let langs = [Language::En, Language::Es, Language::Fr, Language::De];
+        for (name, s) in langs.iter().flat_map(|l| p.voice(*l).all()) {
             assert_eq!(detect(s), "", "{name}");
             let coded: Vec<i16> = s
                 .iter()

@@ -1,8 +1,9 @@
 //! The Boxless notifier: SMS text and coding, the outbox retry policy, and the transports
-//! (log, SMPP 3.4) driven by one worker per server.
+//! (log, SMPP 3.4; SMTP; HTTPS webhooks) driven by two workers per server.
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod email;
 pub mod receipt;
 pub mod sender;
 pub mod spend;
@@ -13,4 +14,4 @@ pub mod worker;
 pub use backoff::Backoff;
 pub use sender::{ReceiptBook, SendError, Sender, Smpp, SmppSettings};
 pub use spend::SpendPolicy;
-pub use worker::NotifierHandle;
+pub use worker::{Notices, NotifierHandle};

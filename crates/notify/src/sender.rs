@@ -23,12 +23,44 @@ use rusmpp::{CommandId, CommandStatus, Pdu};
 use crate::receipt::{self, Inbound};
 use crate::text;
 
-/// Why an SMS was not accepted. Every failure is retried; `transient` only tells the log.
+/// Why a notice was not taken. A failure is retried with backoff unless `permanent`:
+/// the far end refused it for good, and the recipient's next channel is tried.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{detail}")]
 pub struct SendError {
     /// What happened.
     pub detail: String,
+    /// Never worth retrying (a destination that takes no SMS, a mail server's 5xx).
+    pub permanent: bool,
+}
+
+impl SendError {
+    /// A failure worth retrying.
+    pub fn retry(detail: impl Into<String>) -> SendError {
+        SendError {
+            detail: detail.into(),
+            permanent: false,
+        }
+    }
+
+    /// A refusal for good.
+    pub fn permanent(detail: impl Into<String>) -> SendError {
+        SendError {
+            detail: detail.into(),
+            permanent: true,
+        }
+    }
+}
+
+/// SMSC answers that say the destination cannot take SMS at all (a landline, a number
+/// that does not exist): no retry, the next channel at once. Their SMPP names.
+fn no_sms_here(status: CommandStatus) -> Option<&'static str> {
+    match status {
+        CommandStatus::EsmeRinvdstadr => Some("ESME_RINVDSTADR"),
+        CommandStatus::EsmeRinvdstton => Some("ESME_RINVDSTTON"),
+        CommandStatus::EsmeRinvdstnpi => Some("ESME_RINVDSTNPI"),
+        _ => None,
+    }
 }
 
 /// SMPP settings.
@@ -206,9 +238,7 @@ impl Smpp {
             return Ok(self.client.as_ref().expect("checked just above"));
         }
         self.client = None;
-        let err = |what: &str, e: &dyn std::fmt::Display| SendError {
-            detail: format!("{what}: {e}"),
-        };
+        let err = |what: &str, e: &dyn std::fmt::Display| SendError::retry(format!("{what}: {e}"));
         let url = format!("smpp://{}", self.settings.address);
         let connect = rusmppc::ConnectionBuilder::new()
             .enquire_link_interval(self.settings.enquire_link)
@@ -217,9 +247,7 @@ impl Smpp {
             .connect(url.as_str());
         let (client, mut events) = tokio::time::timeout(Duration::from_secs(5), connect)
             .await
-            .map_err(|_| SendError {
-                detail: "connect: timed out".into(),
-            })?
+            .map_err(|_| SendError::retry("connect: timed out"))?
             .map_err(|e| err("connect", &e))?;
         let bind = BindTransceiver::builder()
             .system_id(
@@ -274,9 +302,7 @@ impl Smpp {
     }
 
     async fn submit(&mut self, job: &OutboxJob) -> Result<u8, SendError> {
-        let err = |what: &str, e: &dyn std::fmt::Display| SendError {
-            detail: format!("{what}: {e}"),
-        };
+        let err = |what: &str, e: &dyn std::fmt::Display| SendError::retry(format!("{what}: {e}"));
         let coded = text::encode(&job.text);
         let parts = text::split(&coded);
         let total = parts.len() as u8;
@@ -342,12 +368,14 @@ impl Smpp {
                 Ok(resp) => resp.message_id().to_string(),
                 Err(rusmppc::error::Error::UnexpectedResponse { response }) => {
                     let status = response.status();
-                    return Err(SendError {
-                        detail: if status == CommandStatus::EsmeRthrottled {
-                            "SMSC throttled (ESME_RTHROTTLED)".into()
-                        } else {
-                            format!("SMSC refused: {status:?}")
-                        },
+                    return Err(if status == CommandStatus::EsmeRthrottled {
+                        SendError::retry("SMSC throttled (ESME_RTHROTTLED)")
+                    } else if let Some(name) = no_sms_here(status) {
+                        SendError::permanent(format!(
+                            "SMSC refused the destination for good ({name}): not a mobile number"
+                        ))
+                    } else {
+                        SendError::retry(format!("SMSC refused: {status:?}"))
                     });
                 }
                 Err(e) => {

@@ -86,6 +86,9 @@ mod tests {
     fn job(kind: JobKind, to: &str) -> OutboxJob {
         OutboxJob {
             id: 1,
+            channel: boxless_core::recipient::Channel::Sms,
+            address: None,
+            step: 0,
             message_id: None,
             kind,
             destination: PhoneNumber::parse_e164(to).unwrap(),

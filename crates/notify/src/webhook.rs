@@ -69,6 +69,75 @@ pub fn body(server: &str, e: &Event) -> String {
     .to_string()
 }
 
+/// The body POSTed to a recipient's own `webhook_url` for a new message (written at
+/// deposit, in the outbox row).
+pub fn notice_body(f: &boxless_store::SmsFacts<'_>, server: &str) -> String {
+    serde_json::json!({
+        "type": "message.notice",
+        "server": server,
+        "recipient": f.message.recipient.to_string(),
+        "caller": f.message.caller.map(|c| c.to_string()),
+        "received_at": rfc3339(f.message.received_at_ms),
+        "duration_ms": f.duration_ms,
+        "link_number": f.link_number.to_string(),
+    })
+    .to_string()
+}
+
+/// POSTs notices to recipients' own webhooks, signed like the events (the receiver
+/// checks `X-Boxless-Signature` with the operator's `webhook.secret_file` key).
+#[derive(Clone)]
+pub struct NoticePoster {
+    /// The HMAC key.
+    pub secret: Vec<u8>,
+    /// HTTPS roots.
+    pub tls: Arc<rustls::ClientConfig>,
+    /// This server's id.
+    pub server: String,
+}
+
+impl std::fmt::Debug for NoticePoster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NoticePoster")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NoticePoster {
+    /// One POST of `job`'s body: 2xx is taken; 4xx but 408/429 is refused for good (the
+    /// next channel); anything else is retried.
+    pub async fn send(&self, job: &boxless_store::OutboxJob) -> Result<(), crate::SendError> {
+        use crate::SendError;
+        let url = job
+            .address
+            .as_deref()
+            .and_then(Url::parse)
+            .ok_or_else(|| SendError::permanent("the recipient's webhook_url is not usable"))?;
+        let mid = job.message_id.clone().unwrap_or_default();
+        let key = format!("{}-n{}", self.server, job.id);
+        let sig = signature(&self.secret, job.text.as_bytes());
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-Boxless-Signature", sig.as_str()),
+            ("X-Boxless-Event", "message.notice"),
+            ("X-Boxless-Message-Id", mid.as_str()),
+            ("Idempotency-Key", key.as_str()),
+        ];
+        match post(&url, &headers, job.text.as_bytes(), &self.tls, POST_LIMIT).await {
+            Ok(a) if (200..300).contains(&a.status) => Ok(()),
+            Ok(a) if (400..500).contains(&a.status) && a.status != 408 && a.status != 429 => {
+                Err(SendError::permanent(format!(
+                    "the recipient's webhook answered HTTP {}",
+                    a.status
+                )))
+            }
+            Ok(a) => Err(SendError::retry(format!("webhook: HTTP {}", a.status))),
+            Err(e) => Err(SendError::retry(format!("webhook: {e}"))),
+        }
+    }
+}
+
 /// Sends the store's events until the process ends.
 pub async fn run(store: Arc<Store>, s: WebhookSettings, mut backoff: Backoff) {
     let mut failures: u32 = 0;

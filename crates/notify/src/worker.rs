@@ -1,12 +1,13 @@
-//! The outbox driver: drains due SMS through a [`Sender`], records each outcome, and
-//! sleeps until the next one is due or a deposit wakes it.
+//! The outbox drivers: one drains due SMS through a [`Sender`], the other e-mail and
+//! webhook notices ([`Notices`]); each records every outcome and sleeps until its next
+//! notice is due or a deposit wakes it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxless_core::now_ms;
-use boxless_store::{Directory, JobKind, OutboxJob, Store};
+use boxless_store::{Directory, JobKind, Lane, OutboxJob, Store};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
@@ -19,8 +20,10 @@ pub const MAX_BACKLOG: u64 = 100_000;
 /// Shared handles of one server's notifier.
 #[derive(Debug, Default)]
 pub struct NotifierHandle {
-    /// Wakes the worker after a deposit.
+    /// Wakes the SMS worker after a deposit.
     pub wake: Notify,
+    /// Wakes the e-mail and webhook worker after a deposit.
+    pub wake_others: Notify,
     /// True while the worker runs and its backlog is bounded.
     pub healthy: AtomicBool,
 }
@@ -41,7 +44,7 @@ pub async fn run(
     loop {
         let now = now_ms();
         let s = store.clone();
-        let jobs = match tokio::task::spawn_blocking(move || s.due(now, 64)).await {
+        let jobs = match tokio::task::spawn_blocking(move || s.due(now, 64, Lane::Sms)).await {
             Ok(Ok(j)) => j,
             other => {
                 tracing::error!(?other, "outbox: reading due SMS failed");
@@ -55,6 +58,8 @@ pub async fn run(
             let _e = span.enter();
             let Some(mut job) = apply_spend(&store, &directory, &spend, job, utc_offset_min).await
             else {
+                // Blocked or opted out may have brought the next channel forward.
+                handle.wake_others.notify_one();
                 continue;
             };
             let outcome = sender.submit(&job).await;
@@ -73,6 +78,14 @@ pub async fn run(
                             .map(|settled| settled.iter().for_each(crate::sender::record_settled))
                     })
                     .await
+                }
+                Err(e) if e.permanent => {
+                    metrics::counter!("boxless_sms_failed_total").increment(1);
+                    tracing::warn!(error = %e, "SMS refused for good: the next channel, if any");
+                    let r =
+                        tokio::task::spawn_blocking(move || s.refused(&job, &e.detail, now)).await;
+                    handle.wake_others.notify_one();
+                    r
                 }
                 Err(e) => {
                     metrics::counter!("boxless_sms_failed_total").increment(1);
@@ -94,7 +107,10 @@ pub async fn run(
         }
         let s = store.clone();
         let (next, pending) = tokio::task::spawn_blocking(move || {
-            (s.next_due().ok().flatten(), s.pending().unwrap_or(0))
+            (
+                s.next_due(Lane::Sms).ok().flatten(),
+                s.pending().unwrap_or(0),
+            )
         })
         .await
         .unwrap_or((None, 0));
@@ -106,6 +122,100 @@ pub async fn run(
         let wait = next.map_or(1000, |t| t.saturating_sub(now_ms()).min(1000));
         tokio::select! {
             _ = handle.wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+        }
+    }
+}
+
+/// How e-mail and webhook notices go.
+#[derive(Debug, Default)]
+pub struct Notices {
+    /// The e-mail channel, when `[email] smtp` is set.
+    pub email: Option<crate::email::Mailer>,
+    /// Recipients' own webhooks, when a webhook secret is set.
+    pub webhook: Option<crate::webhook::NoticePoster>,
+}
+
+impl Notices {
+    async fn send(&self, job: &OutboxJob) -> Result<(), crate::SendError> {
+        use boxless_core::recipient::Channel;
+        match (job.channel, &self.email, &self.webhook) {
+            (Channel::Email, Some(m), _) => m.send(job).await,
+            (Channel::Webhook, _, Some(w)) => w.send(job).await,
+            // Configured when the notice was written, not now: nothing to send it with.
+            (c, _, _) => Err(crate::SendError::permanent(format!(
+                "no {} channel on this server now",
+                c.as_str()
+            ))),
+        }
+    }
+}
+
+/// Drains the e-mail and webhook notices of one server's store; a permanent refusal
+/// moves the message on to its next channel, anything else is retried with `backoff`.
+pub async fn run_notices(
+    store: Arc<Store>,
+    notices: Notices,
+    mut backoff: Backoff,
+    handle: Arc<NotifierHandle>,
+) {
+    loop {
+        let now = now_ms();
+        let s = store.clone();
+        let jobs = match tokio::task::spawn_blocking(move || s.due(now, 16, Lane::Other)).await {
+            Ok(Ok(j)) => j,
+            other => {
+                tracing::error!(?other, "outbox: reading due notices failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let full = jobs.len() == 16;
+        for job in jobs {
+            let channel = job.channel.as_str();
+            let outcome = notices.send(&job).await;
+            let s = store.clone();
+            let now = now_ms();
+            let res = match outcome {
+                Ok(()) => {
+                    metrics::counter!("boxless_notices_sent_total", "channel" => channel)
+                        .increment(1);
+                    tracing::info!(job = job.id, channel, message = ?job.message_id, "notice taken");
+                    tokio::task::spawn_blocking(move || s.handed_over(&job, now)).await
+                }
+                Err(e) if e.permanent => {
+                    metrics::counter!("boxless_notices_failed_total", "channel" => channel)
+                        .increment(1);
+                    tracing::warn!(job = job.id, channel, error = %e, "notice refused for good: the next channel, if any");
+                    tokio::task::spawn_blocking(move || s.refused(&job, &e.detail, now)).await
+                }
+                Err(e) => {
+                    metrics::counter!("boxless_notices_failed_total", "channel" => channel)
+                        .increment(1);
+                    let delay = backoff.delay_ms(job.attempts + 1);
+                    tracing::warn!(job = job.id, channel, error = %e, attempt = job.attempts + 1, retry_in_ms = delay, "notice not taken");
+                    tokio::task::spawn_blocking(move || s.failed(&job, now + delay, &e.detail))
+                        .await
+                }
+            };
+            if let Ok(Err(e)) | Err(e) = res
+                .map_err(|e| e.to_string())
+                .map(|r| r.map_err(|e| e.to_string()))
+            {
+                tracing::error!(error = %e, "outbox: recording an outcome failed");
+            }
+        }
+        if full {
+            continue;
+        }
+        let s = store.clone();
+        let next = tokio::task::spawn_blocking(move || s.next_due(Lane::Other).ok().flatten())
+            .await
+            .unwrap_or(None);
+        // Receipts bring a fallback forward from another task: look at least every second.
+        let wait = next.map_or(1000, |t| t.saturating_sub(now_ms()).min(1000));
+        tokio::select! {
+            _ = handle.wake_others.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
     }
@@ -129,7 +239,7 @@ async fn apply_spend(
         if job.kind != JobKind::Confirm && dir.opted_out(job.destination) {
             metrics::counter!("boxless_sms_opted_out_total").increment(1);
             tracing::info!(to = %job.destination, "SMS not sent: the number opted out (STOP)");
-            s.opted_out(&job)?;
+            s.opted_out(&job, now)?;
             return Ok(None);
         }
         let window = s.window(job.destination, now)?;
@@ -146,7 +256,7 @@ async fn apply_spend(
             Spend::Block => {
                 metrics::counter!("boxless_sms_blocked_total", "reason" => "prefix").increment(1);
                 tracing::warn!(to = %job.destination, "SMS blocked: destination outside sms.allowed_prefixes");
-                s.blocked(&job, "destination not in sms.allowed_prefixes")?;
+                s.blocked(&job, "destination not in sms.allowed_prefixes", now)?;
                 Ok(None)
             }
             Spend::Merge { digest_at } => {

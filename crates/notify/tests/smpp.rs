@@ -39,7 +39,10 @@ async fn send_long(long_text: LongText) -> (Vec<boxless_testkit::Sms>, Vec<u8>) 
     // 200 characters: two parts of at most 153.
     let text = format!("Voice message {}", "x".repeat(186));
     store.deposit(&m, |_| text.clone()).unwrap();
-    let job = store.due(u64::MAX / 2, 1).unwrap().remove(0);
+    let job = store
+        .due(u64::MAX / 2, 1, boxless_store::Lane::Sms)
+        .unwrap()
+        .remove(0);
     let mut sender = Sender::Smpp(Smpp::new(
         SmppSettings {
             address: smsc.addr.to_string(),

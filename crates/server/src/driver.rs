@@ -8,14 +8,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boxless_core::config::{AccessCodePolicy, Greeting, TrustCallerId};
-use boxless_core::recipient::{Language, Languages};
+use boxless_core::recipient::{Channel, Language, Languages};
 use boxless_core::{
     Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
     now_ms,
 };
 use boxless_media::{Prompts, RtpSender};
 use boxless_notify::NotifierHandle;
-use boxless_notify::text;
+use boxless_notify::{email, text, webhook};
 use boxless_sip::parties::Target;
 use boxless_sip::{
     Dialog, DialogId, Local, Message, Method, NameAddr, SipTimers, response_target, write_response,
@@ -116,6 +116,11 @@ pub struct MessagingServer {
     trust_caller_id: TrustCallerId,
     gate: Gate,
     missed_call_merge_ms: u64,
+    fallback_after_ms: u64,
+    /// `[email] smtp` is set.
+    email_on: bool,
+    /// A webhook key signs notices to recipients' own webhooks.
+    webhook_on: bool,
 }
 
 impl MessagingServer {
@@ -124,6 +129,14 @@ impl MessagingServer {
     fn language(&self, n: PhoneNumber) -> Language {
         let prefs = self.directory.get(n).ok().flatten();
         self.languages.for_number(n, prefs.as_ref())
+    }
+
+    /// [`Self::language`] off the async threads.
+    async fn language_async(self: &Arc<Self>, n: PhoneNumber) -> Language {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.language(n))
+            .await
+            .unwrap_or_default()
     }
 
     /// Binds the server's SIP sockets and starts its tasks (SIP, heartbeat).
@@ -189,6 +202,9 @@ impl MessagingServer {
                 Rng::from_entropy().next_u64(),
             ),
             missed_call_merge_ms: u64::from(c.sms.missed_call_merge_minutes) * 60_000,
+            fallback_after_ms: c.sms.fallback_after_seconds.saturating_mul(1000),
+            email_on: !c.email.smtp.trim().is_empty(),
+            webhook_on: cfg.secrets.webhook_secret.is_some(),
         });
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
@@ -637,7 +653,10 @@ impl MessagingServer {
             Some(setup) => CallFlow::Retrieval(Box::new(Retrieval::new(now, answer, setup))),
             None => {
                 let greeting: Arc<[i16]> = match self.greeting {
-                    Greeting::Digits => self.prompts.greeting(&recipient.digits()).into(),
+                    Greeting::Digits => {
+                        let lang = self.language_async(recipient).await;
+                        self.prompts.greeting(lang, &recipient.digits()).into()
+                    }
                     Greeting::Tone => self.tone.clone(),
                 };
                 CallFlow::Deposit(Box::new(Deposit::new(
@@ -671,25 +690,33 @@ impl MessagingServer {
     /// Loads what a call to `link` from `caller` may hear and starts its menu.
     /// `verified`: the caller's identity carries STIR/SHAKEN's `TN-Validation-Passed`.
     async fn retrieval_setup(
-        &self,
+        self: &Arc<Self>,
         link: PhoneNumber,
         caller: Option<PhoneNumber>,
         verified: bool,
     ) -> Option<RetrievalSetup> {
         let (store, dir) = (self.store.clone(), self.directory.clone());
         let now = now_ms();
+        let me = self.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let (msgs, matched) = store.for_link(link, caller, |c, r| dir.stands_for(c, r))?;
+            // Prompts in the language of whom the messages are for (else the caller's).
+            let lang = me.language(
+                msgs.first()
+                    .and_then(|m| m.recipient)
+                    .or(caller)
+                    .unwrap_or(link),
+            );
             let locked = store.link_locked(link, now)?;
             let mut audio = HashMap::new();
             for m in &msgs {
                 let (rate, samples) = store.audio(&m.id)?;
                 audio.insert(m.id.clone(), (rate, Arc::<[i16]>::from(samples)));
             }
-            Ok::<_, boxless_store::Error>((msgs, matched, locked, audio))
+            Ok::<_, boxless_store::Error>((msgs, matched, locked, audio, lang))
         })
         .await;
-        let (msgs, matched, locked, audio) = match loaded {
+        let (msgs, matched, locked, audio, language) = match loaded {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, %link, "cannot load messages for retrieval");
@@ -732,6 +759,7 @@ impl MessagingServer {
         Some(RetrievalSetup {
             menu,
             prompts: self.prompts.clone(),
+            language,
             audio,
             utc_offset_min: self.utc_offset,
         })
@@ -912,15 +940,29 @@ impl Call {
                     None
                 })
                 .unwrap_or_default();
-            let sms_to = prefs.sms_numbers(recipient);
+            let routes = prefs.routes(recipient, |c| match c {
+                Channel::Sms => true,
+                Channel::Email => server.email_on,
+                Channel::Webhook => server.webhook_on,
+            });
+            if routes.len() < prefs.channels.len() {
+                tracing::warn!(%recipient, "a channel of the recipient's entry is not configured on this server ([email] smtp, webhook.secret_file): left out");
+            }
             let lang = server.languages.for_number(recipient, Some(&prefs));
-            match server.store.deposit_for(&msg, &sms_to, |f| {
-                text::message_sms(f, policy, offset, lang)
-            }) {
+            let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| match c {
+                Channel::Sms => text::message_sms(f, policy, offset, lang),
+                Channel::Email => email::message_email(f, policy, offset, lang),
+                Channel::Webhook => webhook::notice_body(f, &server.id),
+            };
+            match server
+                .store
+                .deposit_routed(&msg, &routes, server.fallback_after_ms, render)
+            {
                 Ok(m) => {
                     tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
                     metrics::counter!("boxless_messages_stored_total", "server" => server.id.clone()).increment(1);
                     server.notifier.wake.notify_one();
+                    server.notifier.wake_others.notify_one();
                     true
                 }
                 Err(e) => {

@@ -171,6 +171,7 @@ pub(crate) fn retrieval(audio_ms: usize, inv: &[u8]) -> Harness {
         let setup = RetrievalSetup {
             menu: Menu::new(now, MenuSettings::default(), vec![msg], false, false),
             prompts: Arc::new(boxless_media::Prompts::load()),
+            language: boxless_core::recipient::Language::En,
             audio: HashMap::from([(
                 "m1".to_string(),
                 (8000, Arc::from(vec![3000i16; audio_ms * 8])),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use boxless_core::TimerTable;
+use boxless_core::recipient::Language;
 use boxless_core::util::civil;
 use boxless_media::audio::convert_into;
 use boxless_media::{Codec, DtmfDetector, FRAME, Negotiated, Prompts, Received, RtpReceiver};
@@ -23,6 +24,8 @@ pub struct RetrievalSetup {
     pub menu: Menu,
     /// Spoken prompts.
     pub prompts: Arc<Prompts>,
+    /// Their language: the recipient's.
+    pub language: Language,
     /// Audio of each message the menu may play, by id, with its sample rate.
     pub audio: HashMap<String, (u32, Arc<[i16]>)>,
     /// Minutes east of UTC for "received <date, time>".
@@ -287,7 +290,7 @@ impl Retrieval {
     /// a message is stored at 8 or 16 kHz); remembers where a message's audio ends.
     fn render(&mut self, seq: &[Prompt]) {
         let rate = self.playout.codec().rate();
-        let p = &self.setup.prompts;
+        let p = self.setup.prompts.voice(self.setup.language);
         let mut out = std::mem::take(&mut self.seq);
         out.clear();
         // Prompts gather at 8 kHz and join `out` converted, before a message and at the end.
@@ -307,12 +310,7 @@ impl Retrieval {
                     p.pause(200, &mut said);
                     let (_, month, day, h, m, _) =
                         civil(received_at_ms / 1000, self.setup.utc_offset_min);
-                    said.extend_from_slice(p.get("received"));
-                    said.extend_from_slice(p.get(&format!("month-{month}")));
-                    p.say_number(day, &mut said);
-                    said.extend_from_slice(p.get("at"));
-                    p.say_number(h, &mut said);
-                    p.say_number(m, &mut said);
+                    p.say_received(month, day, h, m, &mut said);
                     p.pause(500, &mut said);
                 }
                 Prompt::Audio(id) => {

@@ -12,11 +12,13 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use boxless_core::recipient::{Channel, Route};
 use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub mod directory;
 pub mod events;
+pub mod fallback;
 mod lockout;
 pub mod outbox;
 pub mod receipts;
@@ -24,7 +26,7 @@ pub mod retention;
 
 pub use directory::Directory;
 pub use events::Event;
-pub use outbox::{DigestFacts, JobKind, OutboxJob, Window};
+pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
 pub use receipts::{Delivery, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
 
@@ -90,12 +92,15 @@ impl MessageState {
 /// A notification's delivery record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
-    /// `sms`.
+    /// `sms`, `email` or `webhook`.
     pub channel: String,
-    /// Where it goes (the recipient, or one of its `notify_numbers`).
-    pub to: Option<PhoneNumber>,
+    /// Where it goes: a number (the recipient, or one of its `notify_numbers`), an
+    /// e-mail address or a URL.
+    pub to: Option<String>,
+    /// Its place in the fallback order (0: first).
+    pub step: u32,
     /// `pending` | `accepted` | `delivered` | `undeliverable` | `expired` | `blocked` |
-    /// `merged`.
+    /// `opted_out` | `merged` | `skipped` (an earlier channel delivered).
     pub state: String,
     /// Attempts made.
     pub attempts: u32,
@@ -182,6 +187,8 @@ pub struct Store {
     pool: LinkPool,
     rng: Mutex<Rng>,
     events_on: std::sync::atomic::AtomicBool,
+    /// Without delivery receipts, an SMS the SMSC took is as delivered as it gets.
+    accepted_is_final: std::sync::atomic::AtomicBool,
 }
 
 const SCHEMA: &str = "
@@ -245,6 +252,7 @@ impl Store {
             pool,
             rng: Mutex::new(Rng::from_entropy()),
             events_on: std::sync::atomic::AtomicBool::new(false),
+            accepted_is_final: std::sync::atomic::AtomicBool::new(false),
         };
         store.remove_orphans()?;
         Ok(store)
@@ -318,17 +326,23 @@ impl Store {
         msg: &NewMessage<'_>,
         render: impl FnOnce(&SmsFacts<'_>) -> String,
     ) -> Result<MessageInfo> {
-        self.deposit_for(msg, &[msg.recipient], render)
+        let mut render = Some(render);
+        self.deposit_routed(msg, &[Route::Sms(vec![msg.recipient])], 0, |f, _| {
+            render.take().map(|r| r(f)).unwrap_or_default()
+        })
     }
 
-    /// Stores a message durably and queues one SMS, with the same text and link number,
-    /// to each of `sms_to` (the recipient and its `notify_numbers`; none when SMS is not
-    /// one of its channels).
-    pub fn deposit_for(
+    /// Stores a message durably and queues its notices in one transaction: for each step
+    /// of `routes` (the recipient's channels in order), one row per destination, the
+    /// first due now and step `k` due `k * fallback_after_ms` later unless an earlier step
+    /// delivers first (then it is `skipped`) or fails for good first (then it is due at
+    /// once): [`fallback`]. `render(facts, channel)` writes each channel's text once.
+    pub fn deposit_routed(
         &self,
         msg: &NewMessage<'_>,
-        sms_to: &[PhoneNumber],
-        render: impl FnOnce(&SmsFacts<'_>) -> String,
+        routes: &[Route],
+        fallback_after_ms: u64,
+        mut render: impl FnMut(&SmsFacts<'_>, Channel) -> String,
     ) -> Result<MessageInfo> {
         let id = self.new_id();
         let code = self.new_code()?;
@@ -343,12 +357,12 @@ impl Store {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8)",
             params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64],
         )?;
-        let text = render(&SmsFacts {
+        let facts = SmsFacts {
             message: msg,
             link_number: link,
             access_code: &code,
             duration_ms,
-        });
+        };
         events::emit(
             &tx,
             self.events_on(),
@@ -363,12 +377,27 @@ impl Store {
             }),
             now,
         )?;
-        for to in sms_to {
-            tx.execute(
-                "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
-                 VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5, 'message', ?6, ?5)",
-                params![id, to.as_u64() as i64, link.as_u64() as i64, text, now as i64, msg.caller.map(|c| c.as_u64() as i64)],
-            )?;
+        let caller = msg.caller.map(|c| c.as_u64() as i64);
+        for (step, route) in routes.iter().enumerate() {
+            let due = now.saturating_add((step as u64).saturating_mul(fallback_after_ms));
+            let text = render(&facts, route.channel());
+            let insert = |to: PhoneNumber, address: Option<&str>| {
+                tx.execute(
+                    "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, step, address)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, 'message', ?7, ?8, ?9, ?10)",
+                    params![id, route.channel().as_str(), to.as_u64() as i64, link.as_u64() as i64, text, sql_ms(due), caller, now as i64, step as i64, address],
+                )
+            };
+            match route {
+                Route::Sms(numbers) => {
+                    for to in numbers {
+                        insert(*to, None)?;
+                    }
+                }
+                Route::Email(a) | Route::Webhook(a) => {
+                    insert(msg.recipient, Some(a))?;
+                }
+            }
         }
         tx.commit()?;
         drop(db);
@@ -626,8 +655,8 @@ fn choose_link(
 
 fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
     let mut stmt = db.prepare_cached(
-        "SELECT channel, state, attempts, last_error, sent_at_ms, final_ms, destination FROM outbox
-         WHERE message_id = ?1 ORDER BY id",
+        "SELECT channel, state, attempts, last_error, sent_at_ms, final_ms, destination, address, step
+         FROM outbox WHERE message_id = ?1 ORDER BY id",
     )?;
     let v = stmt
         .query_map([id], |r| {
@@ -638,9 +667,11 @@ fn notifications(db: &Connection, id: &str) -> Result<Vec<Notification>> {
                 last_error: r.get(3)?,
                 accepted_at_ms: r.get::<_, Option<i64>>(4)?.map(|v| v.max(0) as u64),
                 final_at_ms: r.get::<_, Option<i64>>(5)?.map(|v| v.max(0) as u64),
-                to: r
-                    .get::<_, Option<i64>>(6)?
-                    .and_then(|v| PhoneNumber::parse_e164(&format!("+{v}"))),
+                to: match r.get::<_, Option<String>>(7)? {
+                    Some(a) => Some(a),
+                    None => r.get::<_, Option<i64>>(6)?.map(|v| format!("+{v}")),
+                },
+                step: r.get::<_, i64>(8)?.max(0) as u32,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -730,11 +761,11 @@ mod tests {
         assert_eq!(r.spec().sample_rate, 8000);
         let back: Vec<i16> = r.into_samples::<i16>().map(|x| x.unwrap()).collect();
         assert_eq!(back, samples);
-        let jobs = s.due(u64::MAX, 10).unwrap();
+        let jobs = s.due(u64::MAX, 10, crate::Lane::Sms).unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].text, "from +15551230001 link +18005550100");
         s.failed(&jobs[0], u64::MAX - 1, "down").unwrap();
-        assert!(s.due(now_ms(), 10).unwrap().is_empty());
+        assert!(s.due(now_ms(), 10, crate::Lane::Sms).unwrap().is_empty());
         s.accepted(&jobs[0], 1, None, 5).unwrap();
         let m = s.get(&m.id).unwrap().unwrap();
         assert_eq!(m.state, MessageState::Notified);
@@ -903,7 +934,7 @@ mod tests {
             "one reminder only"
         );
         let texts: Vec<String> = s
-            .due(u64::MAX / 4, 10)
+            .due(u64::MAX / 4, 10, crate::Lane::Sms)
             .unwrap()
             .into_iter()
             .map(|j| j.text)

@@ -13,6 +13,7 @@
 //! Every function takes `now`, so tests run on virtual time.
 
 use boxless_core::PhoneNumber;
+use boxless_core::recipient::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{Result, Store, sql_ms};
@@ -53,16 +54,22 @@ impl JobKind {
     }
 }
 
-/// An SMS waiting in the outbox.
+/// A notice waiting in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxJob {
     /// Row id.
     pub id: i64,
+    /// How it goes.
+    pub channel: Channel,
+    /// The e-mail address or URL (None for an SMS: it goes to `destination`).
+    pub address: Option<String>,
+    /// Its place in its message's fallback order (0: first).
+    pub step: u32,
     /// The message it notifies (None for a missed-call alert or a digest).
     pub message_id: Option<String>,
     /// What it notifies.
     pub kind: JobKind,
-    /// Destination number.
+    /// Destination number (for an e-mail or a webhook: the recipient).
     pub destination: PhoneNumber,
     /// Source number (the link number, or the caller for a missed-call alert).
     pub source: Option<PhoneNumber>,
@@ -70,6 +77,16 @@ pub struct OutboxJob {
     pub text: String,
     /// Attempts so far.
     pub attempts: u32,
+}
+
+/// Which worker a notice waits for: SMS go through the SMSC session, e-mail and webhook
+/// notices through their own worker, so that a slow mail server never holds SMS back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// SMS.
+    Sms,
+    /// E-mail and webhook notices.
+    Other,
 }
 
 /// SMS sent to one number in the last rolling hour.
@@ -123,6 +140,11 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
             "ALTER TABLE outbox ADD COLUMN parts_total INTEGER",
         ),
         ("final_ms", "ALTER TABLE outbox ADD COLUMN final_ms INTEGER"),
+        (
+            "step",
+            "ALTER TABLE outbox ADD COLUMN step INTEGER NOT NULL DEFAULT 0",
+        ),
+        ("address", "ALTER TABLE outbox ADD COLUMN address TEXT"),
     ] {
         let has = conn
             .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = ?1")?
@@ -211,18 +233,23 @@ impl Store {
         Ok(queued)
     }
 
-    /// SMS due at `now`, oldest first.
-    pub fn due(&self, now: u64, limit: usize) -> Result<Vec<OutboxJob>> {
+    /// Notices of `lane` due at `now`, oldest first.
+    pub fn due(&self, now: u64, limit: usize, lane: Lane) -> Result<Vec<OutboxJob>> {
         let db = self.db();
         let mut stmt = db.prepare_cached(
-            "SELECT id, message_id, destination, source, text, attempts, kind FROM outbox
-             WHERE state = 'pending' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms, id LIMIT ?2",
+            "SELECT id, message_id, destination, source, text, attempts, kind, channel, address, step
+             FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (channel = 'sms') = ?3
+             ORDER BY next_attempt_ms, id LIMIT ?2",
         )?;
         let jobs = stmt
-            .query_map(params![sql_ms(now), limit as i64], |r| {
+            .query_map(params![sql_ms(now), limit as i64, lane == Lane::Sms], |r| {
                 let kind: String = r.get(6)?;
+                let channel: String = r.get(7)?;
                 Ok(OutboxJob {
                     id: r.get(0)?,
+                    channel: Channel::parse(&channel).unwrap_or(Channel::Sms),
+                    address: r.get(8)?,
+                    step: r.get::<_, i64>(9)?.max(0) as u32,
                     message_id: r.get(1)?,
                     kind: JobKind::parse(&kind),
                     destination: number(r.get(2)?).ok_or(rusqlite::Error::InvalidQuery)?,
@@ -239,7 +266,7 @@ impl Store {
     pub fn window(&self, to: PhoneNumber, now: u64) -> Result<Window> {
         let (sent, oldest): (i64, Option<i64>) = self.db().query_row(
             "SELECT COUNT(*), MIN(sent_at_ms) FROM outbox
-             WHERE destination = ?1 AND sent_at_ms > ?2",
+             WHERE destination = ?1 AND sent_at_ms > ?2 AND channel = 'sms'",
             params![to.as_u64() as i64, sql_ms(now.saturating_sub(HOUR_MS))],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -349,11 +376,11 @@ impl Store {
         Ok(f)
     }
 
-    /// When the next pending SMS is due, if any.
-    pub fn next_due(&self) -> Result<Option<u64>> {
+    /// When the next pending notice of `lane` is due, if any.
+    pub fn next_due(&self, lane: Lane) -> Result<Option<u64>> {
         let v: Option<i64> = self.db().query_row(
-            "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending'",
-            [],
+            "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending' AND (channel = 'sms') = ?1",
+            [lane == Lane::Sms],
             |r| r.get(0),
         )?;
         Ok(v.map(|v| v as u64))
@@ -367,25 +394,6 @@ impl Store {
             |r| r.get(0),
         )?;
         Ok(v as u64)
-    }
-
-    /// The job will never be sent (`why` says which limit stopped it); its message stays
-    /// stored and retrievable.
-    pub fn blocked(&self, job: &OutboxJob, why: &str) -> Result<()> {
-        self.db().execute(
-            "UPDATE outbox SET state = 'blocked', last_error = ?2 WHERE id = ?1",
-            params![job.id, why],
-        )?;
-        Ok(())
-    }
-
-    /// The destination opted out (STOP): never sent; its message stays stored and listed.
-    pub fn opted_out(&self, job: &OutboxJob) -> Result<()> {
-        self.db().execute(
-            "UPDATE outbox SET state = 'opted_out', last_error = 'the number opted out of SMS (STOP)' WHERE id = ?1",
-            params![job.id],
-        )?;
-        Ok(())
     }
 
     /// Queues the answer to a STOP or START from `to`.
@@ -447,7 +455,7 @@ mod tests {
             s.missed_call(r, c, t + min, 10 * min, |k| format!("{k} calls"))
                 .unwrap()
         );
-        let jobs = s.due(t + 2 * min, 10).unwrap();
+        let jobs = s.due(t + 2 * min, 10, crate::Lane::Sms).unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].text, "2 calls");
         assert_eq!(jobs[0].kind, JobKind::MissedCall);
@@ -457,7 +465,7 @@ mod tests {
             !s.missed_call(r, c, t + 3 * min, 10 * min, |k| format!("{k} calls"))
                 .unwrap()
         );
-        assert!(s.due(t + 4 * min, 10).unwrap().is_empty());
+        assert!(s.due(t + 4 * min, 10, crate::Lane::Sms).unwrap().is_empty());
         // Another caller, or the same one after a quiet spell, is a new alert.
         assert!(
             s.missed_call(r, Some(n("+15551230009")), t + 4 * min, 10 * min, |_| "x"
@@ -468,7 +476,7 @@ mod tests {
             s.missed_call(r, c, t + 30 * min, 10 * min, |_| "y".into())
                 .unwrap()
         );
-        assert_eq!(s.due(t + 31 * min, 10).unwrap().len(), 2);
+        assert_eq!(s.due(t + 31 * min, 10, crate::Lane::Sms).unwrap().len(), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -491,7 +499,7 @@ mod tests {
         // Two sent in this hour.
         for k in 0..2 {
             deposit("+15551230001", t);
-            let j = s.due(u64::MAX / 2, 10).unwrap();
+            let j = s.due(u64::MAX / 2, 10, crate::Lane::Sms).unwrap();
             s.accepted(&j[0], 1, None, t + k).unwrap();
         }
         let w = s.window(r, t + 10).unwrap();
@@ -508,7 +516,7 @@ mod tests {
             "missed".into()
         })
         .unwrap();
-        let due = s.due(u64::MAX / 2, 10).unwrap();
+        let due = s.due(u64::MAX / 2, 10, crate::Lane::Sms).unwrap();
         assert_eq!(due.len(), 3);
         let digest_at = t + HOUR_MS;
         let ids: Vec<i64> = due
@@ -518,10 +526,12 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] == w[1]), "one digest");
         assert!(due.iter().all(|j| state(&s, j.id) == "merged"));
         assert!(
-            s.due(digest_at - 1, 10).unwrap().is_empty(),
+            s.due(digest_at - 1, 10, crate::Lane::Sms)
+                .unwrap()
+                .is_empty(),
             "not before the hour has room"
         );
-        let digest = s.due(digest_at, 10).unwrap();
+        let digest = s.due(digest_at, 10, crate::Lane::Sms).unwrap();
         assert_eq!(digest.len(), 1);
         assert_eq!(digest[0].kind, JobKind::Digest);
         let f = s.digest_facts(digest[0].id).unwrap();

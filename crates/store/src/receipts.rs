@@ -194,6 +194,11 @@ fn evaluate(tx: &Transaction<'_>, job: i64, now: u64, events_on: bool) -> Result
     )?;
     settled.state = Some(d);
     settled.latency_ms = sent_at.map(|t| now.saturating_sub(t.max(0) as u64));
+    if d == Delivery::Delivered {
+        crate::fallback::reached(tx, job)?;
+    } else {
+        crate::fallback::gave_up(tx, job, now)?;
+    }
     let to: Option<i64> =
         tx.query_row("SELECT destination FROM outbox WHERE id = ?1", [job], |r| {
             r.get(0)
@@ -299,6 +304,9 @@ impl Store {
                 }
             }
         }
+        if self.accepted_final() {
+            crate::fallback::reached(&tx, job.id)?;
+        }
         // Parts settled before the last part was taken count now.
         let s = evaluate(&tx, job.id, now, self.events_on())?;
         if s.state.is_some() && !out.iter().any(|o| o.state.is_some()) {
@@ -395,7 +403,7 @@ mod tests {
 
     fn deposit(s: &Store) -> crate::OutboxJob {
         s.deposit(&crate::test_message(), |_| "msg".into()).unwrap();
-        s.due(u64::MAX / 2, 10).unwrap().remove(0)
+        s.due(u64::MAX / 2, 10, crate::Lane::Sms).unwrap().remove(0)
     }
 
     fn row(s: &Store, job: i64) -> (String, Option<String>) {

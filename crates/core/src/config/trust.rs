@@ -40,8 +40,11 @@ pub struct Secrets {
     pub sms_password: Secret,
     /// The NATS password, with `control.user`.
     pub control_password: Option<Secret>,
-    /// The webhook signing key, with `webhook.url`.
+    /// The webhook signing key (`webhook.secret_file`): events to `webhook.url` and
+    /// notices to recipients' own webhooks are signed with it.
     pub webhook_secret: Option<Secret>,
+    /// The SMTP password, with `email.user`.
+    pub email_password: Option<Secret>,
 }
 
 /// An API token as the server checks it: the SHA-256 of the token, never the token.
@@ -167,6 +170,12 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             "must be at least 1 (default 10); notices past it are merged into a digest",
         ));
     }
+    if c.sms.fallback_after_seconds == 0 {
+        return Err(e(
+            "sms.fallback_after_seconds",
+            "must be at least 1 (default 300): how long a notice may go undelivered before the next channel",
+        ));
+    }
     if c.sms.missed_call_merge_minutes > 60 {
         return Err(e(
             "sms.missed_call_merge_minutes",
@@ -199,6 +208,12 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
         }
         (_, f) => Some(read_secret(f, "webhook.secret_file", err)?),
     };
+    // Without `webhook.url` the key still signs notices to recipients' own webhooks.
+    let webhook_secret = match (webhook_secret, c.webhook.secret_file.as_str()) {
+        (None, f) if !f.is_empty() => Some(read_secret(f, "webhook.secret_file", err)?),
+        (s, _) => s,
+    };
+    let email_password = email(c, err)?;
     Ok(Trust {
         sip_tls,
         peers,
@@ -207,8 +222,43 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             sms_password,
             control_password,
             webhook_secret,
+            email_password,
         },
     })
+}
+
+/// `[email]`: the SMTP URL, the From address, and the password file with a user.
+fn email(c: &Config, err: Err<'_>) -> Result<Option<Secret>, ConfigError> {
+    let e = |key: &str, problem: &str| err(key.to_string(), problem.to_string());
+    let m = &c.email;
+    if m.smtp.trim().is_empty() {
+        return Ok(None);
+    }
+    let rest = m
+        .smtp
+        .trim()
+        .strip_prefix("smtps://")
+        .or_else(|| m.smtp.trim().strip_prefix("smtp://"));
+    if rest.is_none_or(|r| r.is_empty() || r.contains(['@', ' ', '/'])) {
+        return Err(e(
+            "email.smtp",
+            "\"smtp://host:port\" (STARTTLS) or \"smtps://host:port\" (TLS), no user in it (email.user), or empty for no e-mail",
+        ));
+    }
+    let from_ok = m.from.split_once('@').is_some_and(|(l, d)| {
+        !l.is_empty() && d.contains('.') && !m.from.contains(['<', '>', ',', ' ', '\r', '\n'])
+    });
+    if !from_ok {
+        return Err(e("email.from", "an address like voicemail@example.net"));
+    }
+    match (m.user.trim(), m.password_file.as_str()) {
+        ("", _) => Ok(None),
+        (_, "") => Err(e(
+            "email.password_file",
+            "required with email.user: a file with the SMTP password",
+        )),
+        (_, f) => Ok(Some(read_secret(f, "email.password_file", err)?)),
+    }
 }
 
 fn tokens(c: &Config, err: Err<'_>) -> Result<Vec<ApiToken>, ConfigError> {
@@ -495,6 +545,27 @@ mod tests {
             (
                 "[numbering]\nlanguage_by_country = { \"44\" = \"it\" }\n",
                 "numbering.language_by_country",
+            ),
+            (
+                "[webhook]\nsecret_file = \"/nonexistent/k\"\n",
+                "webhook.secret_file",
+            ),
+            (
+                "[sms]\nfallback_after_seconds = 0\n",
+                "sms.fallback_after_seconds",
+            ),
+            ("[email]\nsmtp = \"mail.example.net:25\"\n", "email.smtp"),
+            (
+                "[email]\nsmtp = \"smtps://u:p@mail.example.net\"\n",
+                "email.smtp",
+            ),
+            (
+                "[email]\nsmtp = \"smtps://mail.example.net\"\nfrom = \"voicemail\"\n",
+                "email.from",
+            ),
+            (
+                "[email]\nsmtp = \"smtps://mail.example.net\"\nuser = \"vm\"\n",
+                "email.password_file",
             ),
         ] {
             let e = load(text).unwrap_err();
