@@ -196,8 +196,11 @@ async fn start_server(
         recipients.copy().clone(),
         sender,
         backoff,
-        spend,
-        c.sms.utc_offset_minutes,
+        boxless_notify::worker::SmsRules {
+            spend,
+            utc_offset_min: c.sms.utc_offset_minutes,
+            languages: cfg.languages.clone(),
+        },
         notifier.clone(),
     ));
     notifier.healthy.store(true, Ordering::Relaxed);

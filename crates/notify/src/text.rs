@@ -176,12 +176,81 @@ pub fn missed_call_sms(
     }
 }
 
-/// The digest that stands for notices past the hourly limit, e.g. `3 voice messages and
-/// 2 missed calls from +15551230001, +15551230003 and 1 more since 14:05. Call
-/// +18005550100 to listen.` Short enough for one SMS: at most two callers are named.
-pub fn digest_sms(f: &boxless_store::DigestFacts, utc_offset_min: i32) -> String {
+/// The words of a digest in one language: (one, many) for each kind of notice.
+struct DigestWords {
+    message: (&'static str, &'static str),
+    missed: (&'static str, &'static str),
+    reminder: (&'static str, &'static str),
+    notices: &'static str,
+    and: &'static str,
+    from: &'static str,
+    more: (&'static str, &'static str),
+    since: &'static str,
+}
+
+fn digest_words(lang: Language) -> DigestWords {
+    match lang {
+        Language::En => DigestWords {
+            message: ("voice message", "voice messages"),
+            missed: ("missed call", "missed calls"),
+            reminder: ("reminder", "reminders"),
+            notices: "Notices",
+            and: "and",
+            from: "from",
+            more: ("more", "more"),
+            since: "since",
+        },
+        Language::Fr => DigestWords {
+            message: ("message vocal", "messages vocaux"),
+            missed: ("appel manqué", "appels manqués"),
+            reminder: ("rappel", "rappels"),
+            notices: "Avis",
+            and: "et",
+            from: "de",
+            more: ("autre", "autres"),
+            since: "depuis",
+        },
+        Language::Es => DigestWords {
+            message: ("mensaje de voz", "mensajes de voz"),
+            missed: ("llamada perdida", "llamadas perdidas"),
+            reminder: ("recordatorio", "recordatorios"),
+            notices: "Avisos",
+            and: "y",
+            from: "de",
+            more: ("mas", "mas"),
+            since: "desde las",
+        },
+        Language::De => DigestWords {
+            message: ("Sprachnachricht", "Sprachnachrichten"),
+            missed: ("verpasster Anruf", "verpasste Anrufe"),
+            reminder: ("Erinnerung", "Erinnerungen"),
+            notices: "Hinweise",
+            and: "und",
+            from: "von",
+            more: ("weiterer", "weitere"),
+            since: "seit",
+        },
+    }
+}
+
+/// "Call L to listen." in `lang`.
+fn call_to_listen(link: PhoneNumber, lang: Language) -> String {
+    match lang {
+        Language::En => format!(" Call {link} to listen."),
+        Language::Fr => format!(" Appelez le {link} pour écouter."),
+        Language::Es => format!(" Llame al {link} para escuchar."),
+        Language::De => format!(" Rufen Sie {link} an, um abzuhören."),
+    }
+}
+
+/// The digest that stands for notices past the hourly limit, in the destination's
+/// language, e.g. `3 voice messages and 2 missed calls from +15551230001, +15551230003
+/// and 1 more since 14:05. Call +18005550100 to listen.` Short enough for one SMS: at
+/// most two callers are named.
+pub fn digest_sms(f: &boxless_store::DigestFacts, utc_offset_min: i32, lang: Language) -> String {
     let (_, _, _, h, m, _) = civil(f.since_ms / 1000, utc_offset_min);
-    let plural = |n: u32, one: &str, many: &str| {
+    let w = digest_words(lang);
+    let plural = |n: u32, (one, many): (&str, &str)| {
         if n == 1 {
             format!("1 {one}")
         } else {
@@ -190,36 +259,36 @@ pub fn digest_sms(f: &boxless_store::DigestFacts, utc_offset_min: i32) -> String
     };
     let mut parts = Vec::new();
     if f.messages > 0 {
-        parts.push(plural(f.messages, "voice message", "voice messages"));
+        parts.push(plural(f.messages, w.message));
     }
     if f.missed_calls > 0 {
-        parts.push(plural(f.missed_calls, "missed call", "missed calls"));
+        parts.push(plural(f.missed_calls, w.missed));
     }
     if f.reminders > 0 {
-        parts.push(plural(f.reminders, "reminder", "reminders"));
+        parts.push(plural(f.reminders, w.reminder));
     }
-    let what = if parts.is_empty() {
-        "Notices".to_string()
+    let mut s = if parts.is_empty() {
+        w.notices.to_string()
     } else {
-        parts.join(" and ")
+        parts.join(&format!(" {} ", w.and))
     };
     let names: Vec<String> = f
         .callers
         .iter()
         .take(2)
-        .map(|c| c.map_or_else(|| "an unknown number".to_string(), |c| c.to_string()))
+        .map(|c| from_of(*c, lang))
         .collect();
-    let mut s = what;
     if !names.is_empty() {
-        s.push_str(" from ");
-        s.push_str(&names.join(", "));
+        s.push_str(&format!(" {} {}", w.from, names.join(", ")));
         if f.callers.len() > 2 {
-            s.push_str(&format!(" and {} more", f.callers.len() - 2));
+            let more = f.callers.len() - 2;
+            let word = if more == 1 { w.more.0 } else { w.more.1 };
+            s.push_str(&format!(" {} {more} {word}", w.and));
         }
     }
-    s.push_str(&format!(" since {h:02}:{m:02}."));
+    s.push_str(&format!(" {} {h:02}:{m:02}.", w.since));
     if let Some(l) = f.link {
-        s.push_str(&format!(" Call {l} to listen."));
+        s.push_str(&call_to_listen(l, lang));
     }
     s
 }
@@ -375,6 +444,33 @@ mod tests {
             let m = encode(&message_sms(&f, AccessCodePolicy::Always, 0, lang));
             assert_eq!(split(&m).len(), 1, "{lang:?}: the notice is one SMS");
         }
+    }
+
+    #[test]
+    fn a_digest_speaks_the_destinations_language_in_one_gsm7_sms() {
+        let f = boxless_store::DigestFacts {
+            messages: 3,
+            missed_calls: 1,
+            reminders: 0,
+            callers: vec![Some(n("+15551230001")), None, Some(n("+15551230003"))],
+            link: Some(n("+18005550100")),
+            since_ms: 1_795_694_700_000,
+        };
+        assert_eq!(
+            digest_sms(&f, 0, Language::En),
+            "3 voice messages and 1 missed call from +15551230001, an unknown number and 1 more since 12:05. Call +18005550100 to listen."
+        );
+        assert_eq!(
+            digest_sms(&f, 0, Language::Fr),
+            "3 messages vocaux et 1 appel manqué de +15551230001, un numéro inconnu et 1 autre depuis 12:05. Appelez le +18005550100 pour écouter."
+        );
+        for lang in [Language::En, Language::Fr, Language::Es, Language::De] {
+            let c = encode(&digest_sms(&f, 0, lang));
+            assert_eq!(c.data_coding, 0, "{lang:?}");
+            assert_eq!(split(&c).len(), 1, "{lang:?}");
+        }
+        let none = boxless_store::DigestFacts::default();
+        assert_eq!(digest_sms(&none, 0, Language::De), "Hinweise seit 00:00.");
     }
 
     #[test]

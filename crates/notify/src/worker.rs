@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use boxless_core::now_ms;
+use boxless_core::recipient::Languages;
 use boxless_store::{Directory, JobKind, Lane, OutboxJob, Store};
 use tokio::sync::Notify;
 
@@ -28,19 +29,29 @@ pub struct NotifierHandle {
     pub healthy: AtomicBool,
 }
 
-/// Runs until `stop` is set and nothing is due; errors of the store are logged and retried.
+/// What the SMS worker applies to each due SMS.
+#[derive(Debug, Clone)]
+pub struct SmsRules {
+    /// Prefixes and the hourly limit.
+    pub spend: SpendPolicy,
+    /// Minutes east of UTC for the times a digest prints.
+    pub utc_offset_min: i32,
+    /// The language of a digest (written when it goes).
+    pub languages: Languages,
+}
+
+/// Runs until the process ends; errors of the store are logged and retried.
 pub async fn run(
     store: Arc<Store>,
     directory: Arc<Directory>,
     mut sender: Sender,
     mut backoff: Backoff,
-    spend: SpendPolicy,
-    utc_offset_min: i32,
+    rules: SmsRules,
     handle: Arc<NotifierHandle>,
 ) {
     handle.healthy.store(true, Ordering::Relaxed);
     // Shared with each job's blocking step without copying the prefix list.
-    let spend = Arc::new(spend);
+    let rules = Arc::new(rules);
     loop {
         let now = now_ms();
         let s = store.clone();
@@ -56,8 +67,7 @@ pub async fn run(
         for job in jobs {
             let span = tracing::info_span!("outbox", job = job.id, to = %job.destination);
             let _e = span.enter();
-            let Some(mut job) = apply_spend(&store, &directory, &spend, job, utc_offset_min).await
-            else {
+            let Some(mut job) = apply_spend(&store, &directory, &rules, job).await else {
                 // Blocked or opted out may have brought the next channel forward.
                 handle.wake_others.notify_one();
                 continue;
@@ -226,12 +236,11 @@ pub async fn run_notices(
 async fn apply_spend(
     store: &Arc<Store>,
     directory: &Arc<Directory>,
-    spend: &Arc<SpendPolicy>,
+    rules: &Arc<SmsRules>,
     job: OutboxJob,
-    utc_offset_min: i32,
 ) -> Option<OutboxJob> {
     let s = store.clone();
-    let policy = spend.clone();
+    let rules = rules.clone();
     let dir = directory.clone();
     let res = tokio::task::spawn_blocking(move || -> boxless_store::Result<Option<OutboxJob>> {
         let now = now_ms();
@@ -243,11 +252,13 @@ async fn apply_spend(
             return Ok(None);
         }
         let window = s.window(job.destination, now)?;
-        match policy.decide(&job, window, now) {
+        match rules.spend.decide(&job, window, now) {
             Spend::Send if job.kind == JobKind::Digest => {
                 let facts = s.digest_facts(job.id)?;
+                let entry = dir.get(job.destination).ok().flatten();
+                let lang = rules.languages.for_number(job.destination, entry.as_ref());
                 Ok(Some(OutboxJob {
-                    text: crate::text::digest_sms(&facts, utc_offset_min),
+                    text: crate::text::digest_sms(&facts, rules.utc_offset_min, lang),
                     source: facts.link,
                     ..job
                 }))
