@@ -29,6 +29,9 @@
             refuses (550) -> the recipient's own webhook, signed. The e-mail names caller,
             length and link number, carries X-Boxless-Message-Id, and its WAV attachment
             matches the audio left (correlation >= 0.9).
+  email_tls The e-mail channel over STARTTLS (the server requires it, AUTH only after it)
+            and over SMTPS, the certificate checked against a test CA (SSL_CERT_FILE); a
+            certificate from another CA: nothing sent, retried, the error says why.
   french    A +33 recipient: the caller hears the French greeting (correlated with the
             committed French prompt, not the English one), the SMS is French, and the
             recipient calling the link number hears the French retrieval prompts.
@@ -359,8 +362,11 @@ class Smtp:
     """aiosmtpd on 127.0.0.1 with AUTH (no TLS on loopback): keeps every e-mail with the
     time it arrived; refuses recipients at bounce.test for good (550)."""
 
-    def __init__(self, port, user, password):
+    def __init__(self, port, user, password, tls=None, cert=None, key=None):
+        """`tls`: None (plain), "starttls" (required before MAIL and AUTH) or "smtps"
+        (implicit TLS), with `cert` and `key`."""
         import logging
+        import ssl
         import warnings
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult, LoginPassword
@@ -378,8 +384,10 @@ class Smtp:
                 return "250 OK"
 
             async def handle_DATA(self, server, session, envelope):
+                tls = server.transport.get_extra_info("ssl_object")
                 outer.mails.append({"t": time.time(), "to": list(envelope.rcpt_tos),
                                     "auth": session.authenticated,
+                                    "tls": tls.version() if tls else None,
                                     "data": envelope.original_content or envelope.content})
                 return "250 OK"
 
@@ -388,8 +396,16 @@ class Smtp:
                   and data.password == password.encode())
             return AuthResult(success=ok)
 
+        kw = {}
+        if tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(cert, key)
+            kw = ({"tls_context": ctx, "require_starttls": True, "auth_require_tls": True}
+                  if tls == "starttls" else {"ssl_context": ctx, "auth_require_tls": False})
+        else:
+            kw = {"auth_require_tls": False}
         self.c = Controller(Handler(), hostname="127.0.0.1", port=port, authenticator=auth,
-                            auth_required=True, auth_require_tls=False)
+                            auth_required=True, **kw)
         self.c.start()
 
     def to(self, addr):
@@ -526,6 +542,78 @@ def fallback(binary, work):
         rx.stop()
         mta.stop()
         s.stop()
+
+
+def email_tls(binary, work):
+    """The e-mail channel over STARTTLS (required by the server, AUTH only after it) and
+    over SMTPS, the server's certificate checked against the CA certificates in
+    SSL_CERT_FILE (a test CA, as an operator's system store would hold a real one)."""
+    w = os.path.join(work, "email-tls")
+    os.makedirs(w, exist_ok=True)
+    ca, ca_key = os.path.join(w, "ca.crt"), os.path.join(w, "ca.key")
+    crt, key, csr = (os.path.join(w, n) for n in ("smtp.crt", "smtp.key", "smtp.csr"))
+    quiet = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    subprocess.run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=Boxless test CA",
+                    "-keyout", ca_key, "-out", ca], **quiet)
+    subprocess.run(["openssl", "req", "-new", *ec, "-subj", "/CN=127.0.0.1",
+                    "-keyout", key, "-out", csr], **quiet)
+    ext = os.path.join(w, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")
+    subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+                    "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", crt], **quiet)
+    pw = "smtp-" + os.urandom(8).hex()
+    pw_file = os.path.join(w, "smtp.password")
+    with open(pw_file, "w") as f:
+        f.write(pw + "\n")
+    os.chmod(pw_file, 0o600)
+    other = os.path.join(w, "other-ca.crt")
+    subprocess.run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=Another CA",
+                    "-keyout", os.path.join(w, "other-ca.key"), "-out", other], **quiet)
+    try:
+        for mode, scheme, trusted in (("starttls", "smtp", ca), ("smtps", "smtps", ca),
+                                      ("smtps", "smtps", other)):
+            os.environ["SSL_CERT_FILE"] = trusted
+            port = free_port()
+            mta = Smtp(port, "boxless", pw, tls=mode, cert=crt, key=key)
+            s = System(binary, os.path.join(w, f"{mode}-{len(os.listdir(w))}"),
+                       {"default": "none"},
+                       extra=f'[email]\nsmtp = "{scheme}://127.0.0.1:{port}"\n'
+                             f'user = "boxless"\npassword_file = "{pw_file}"\n'
+                             'from = "voicemail@boxless.test"\n').start()
+            try:
+                to, addr = "+15551230002", f"{mode}@example.net"
+                code, v = http(s.p["http"], "PUT", f"/api/v1/recipients/%2B{to[1:]}",
+                               {"channels": ["email"], "email": addr})
+                check(code == 200, f"entry taken ({v})")
+                calls(s, [to])
+                if trusted != ca:
+                    time.sleep(3.0)
+                    code, msgs = http(s.p["http"], "GET",
+                                      f"/api/v1/messages?recipient=%2B{to[1:]}")
+                    n = msgs[0]["notifications"][0]
+                    print(f"  {scheme}:// with a certificate from an unknown CA: {n['state']}, "
+                          f"{n['attempts']} attempts, last_error {n['last_error']!r}; "
+                          f"e-mails {len(mta.to(addr))}")
+                    check(not mta.to(addr) and n["state"] == "pending"
+                          and "certificate" in (n["last_error"] or "").lower(),
+                          "no e-mail to a server whose certificate is not trusted")
+                    continue
+                wait_until(lambda: mta.to(addr), 15, f"the e-mail over {mode}")
+                m = mta.to(addr)[0]
+                code, msgs = http(s.p["http"], "GET", f"/api/v1/messages?recipient=%2B{to[1:]}")
+                n = msgs[0]["notifications"]
+                print(f"  {scheme}:// ({mode}): e-mail over {m['tls']}, AUTH {m['auth']}; "
+                      f"notices {[(x['channel'], x['state']) for x in n]}")
+                check(m["tls"] and m["auth"], f"{mode}: TLS and AUTH")
+                check([(x["channel"], x["state"]) for x in n] == [("email", "accepted")],
+                      f"{mode}: the e-mail is the only notice, accepted")
+            finally:
+                s.stop()
+                mta.stop()
+    finally:
+        os.environ.pop("SSL_CERT_FILE", None)
 
 
 def heard_at(needle, hay, within):
@@ -699,7 +787,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
     ap.add_argument("scenarios", nargs="*",
-                    default=["receipts", "crash", "webhooks", "prefs", "fallback", "french"])
+                    default=["receipts", "crash", "webhooks", "prefs", "fallback", "email_tls",
+                             "french"])
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-notify-")
