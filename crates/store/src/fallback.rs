@@ -10,6 +10,8 @@
 //!   SMSC or mail server refusing it for good), once no other notice of its step is still
 //!   on its way, makes the next pending step due at once.
 //!
+//! A digest that went for merged notices stands for them: its outcome is theirs.
+//!
 //! Since the rows and their due times are all there is, a crash at any point leaves the
 //! same plan to resume: nothing delivered is repeated (but for the one in flight, as with
 //! any SMS), nothing is lost. Only notices of a message (`kind = 'message'`) fall back;
@@ -31,28 +33,51 @@ fn place(tx: &Transaction<'_>, job: i64) -> Result<Option<(String, i64, String)>
         .optional()?)
 }
 
-/// `job` reached its recipient: later steps are not needed. Returns how many were skipped.
+/// The message notices a digest stands for (none for any other row).
+fn merged_into(tx: &Transaction<'_>, job: i64) -> Result<Vec<i64>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id FROM outbox WHERE digest_id = ?1 AND kind = 'message' AND message_id IS NOT NULL",
+    )?;
+    let v = stmt
+        .query_map([job], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(v)
+}
+
+/// `job` reached its recipient: later steps are not needed (for a digest: those of every
+/// message it stands for). Returns how many were skipped.
 pub(crate) fn reached(tx: &Transaction<'_>, job: i64) -> Result<usize> {
+    let mut n = 0;
+    for m in merged_into(tx, job)? {
+        n += reached(tx, m)?;
+    }
     let Some((message, step, channel)) = place(tx, job)? else {
-        return Ok(0);
+        return Ok(n);
     };
-    Ok(tx.execute(
+    let why = format!("not needed: the {channel} notice reached the recipient");
+    Ok(n + tx.execute(
         "UPDATE outbox SET state = 'skipped', last_error = ?3
          WHERE message_id = ?1 AND kind = 'message' AND step > ?2 AND state = 'pending'",
-        params![
-            message,
-            step,
-            format!("not needed: the {channel} notice reached the recipient")
-        ],
+        params![message, step, why],
     )?)
 }
 
 /// `job` never will reach its recipient: when no other notice of its step is still on
-/// its way, the next pending step is due at `now`. Returns how many rows were brought
-/// forward.
+/// its way, the next pending step is due at `now` (for a digest: that of every message
+/// it stands for). Returns how many rows were brought forward.
 pub(crate) fn gave_up(tx: &Transaction<'_>, job: i64, now: u64) -> Result<usize> {
+    let mut n = 0;
+    for m in merged_into(tx, job)? {
+        // The digest was their notice: they failed with it.
+        tx.execute(
+            "UPDATE outbox SET state = 'undeliverable', last_error = 'its digest was not delivered'
+             WHERE id = ?1 AND state = 'merged'",
+            [m],
+        )?;
+        n += gave_up(tx, m, now)?;
+    }
     let Some((message, step, _)) = place(tx, job)? else {
-        return Ok(0);
+        return Ok(n);
     };
     let waiting: bool = tx.query_row(
         "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_id = ?1 AND kind = 'message'
@@ -61,9 +86,9 @@ pub(crate) fn gave_up(tx: &Transaction<'_>, job: i64, now: u64) -> Result<usize>
         |r| r.get(0),
     )?;
     if waiting {
-        return Ok(0);
+        return Ok(n);
     }
-    Ok(tx.execute(
+    Ok(n + tx.execute(
         "UPDATE outbox SET next_attempt_ms = MIN(next_attempt_ms, ?3)
          WHERE message_id = ?1 AND kind = 'message' AND state = 'pending' AND step = (
              SELECT MIN(step) FROM outbox WHERE message_id = ?1 AND kind = 'message'
@@ -302,6 +327,36 @@ mod tests {
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].channel, Channel::Email);
         assert_eq!(states(&s, &id)[0].1, "undeliverable");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_digest_that_reaches_the_recipient_skips_the_later_steps_of_what_it_carries() {
+        let (s, d) = temp_store("fallback-digest");
+        let now = boxless_core::now_ms();
+        let routes = [
+            Route::Sms(vec![n("+15551230002")]),
+            Route::Email("r@example.net".into()),
+        ];
+        let id = s
+            .deposit_routed(&test_message(), &routes, 5 * MIN, |_, _| "t".into())
+            .unwrap()
+            .id;
+        let sms = s.due(now + 1000, 10, Lane::Sms).unwrap().remove(0);
+        let digest_id = s.merge(&sms, now + 1000, now + 2000).unwrap();
+        let digest = s.due(now + 2000, 10, Lane::Sms).unwrap().remove(0);
+        assert_eq!(digest.id, digest_id);
+        s.part_accepted(digest.id, 0, "d1").unwrap();
+        s.accepted(&digest, 1, Some("digest"), now + 2000).unwrap();
+        s.receipt("d1", Delivery::Delivered, None, now + 3000)
+            .unwrap();
+        assert_eq!(
+            states(&s, &id),
+            [
+                ("sms".into(), "merged".into()),
+                ("email".into(), "skipped".into())
+            ]
+        );
         let _ = std::fs::remove_dir_all(d);
     }
 
