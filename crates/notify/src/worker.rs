@@ -53,15 +53,8 @@ pub async fn run(
     // Shared with each job's blocking step without copying the prefix list.
     let rules = Arc::new(rules);
     loop {
-        let now = now_ms();
-        let s = store.clone();
-        let jobs = match tokio::task::spawn_blocking(move || s.due(now, 64, Lane::Sms)).await {
-            Ok(Ok(j)) => j,
-            other => {
-                tracing::error!(?other, "outbox: reading due SMS failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(jobs) = due(&store, 64, Lane::Sms).await else {
+            continue;
         };
         let full = jobs.len() == 64;
         for job in jobs {
@@ -105,12 +98,7 @@ pub async fn run(
                     tokio::task::spawn_blocking(move || s.failed(&job, now + delay, &detail)).await
                 }
             };
-            if let Ok(Err(e)) | Err(e) = res
-                .map_err(|e| e.to_string())
-                .map(|r| r.map_err(|e| e.to_string()))
-            {
-                tracing::error!(error = %e, "outbox: recording an outcome failed");
-            }
+            recorded(res);
         }
         if full {
             continue;
@@ -170,15 +158,8 @@ pub async fn run_notices(
     handle: Arc<NotifierHandle>,
 ) {
     loop {
-        let now = now_ms();
-        let s = store.clone();
-        let jobs = match tokio::task::spawn_blocking(move || s.due(now, 16, Lane::Other)).await {
-            Ok(Ok(j)) => j,
-            other => {
-                tracing::error!(?other, "outbox: reading due notices failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        let Some(jobs) = due(&store, 16, Lane::Other).await else {
+            continue;
         };
         let full = jobs.len() == 16;
         for job in jobs {
@@ -208,12 +189,7 @@ pub async fn run_notices(
                         .await
                 }
             };
-            if let Ok(Err(e)) | Err(e) = res
-                .map_err(|e| e.to_string())
-                .map(|r| r.map_err(|e| e.to_string()))
-            {
-                tracing::error!(error = %e, "outbox: recording an outcome failed");
-            }
+            recorded(res);
         }
         if full {
             continue;
@@ -228,6 +204,30 @@ pub async fn run_notices(
             _ = handle.wake_others.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
+    }
+}
+
+/// The notices of `lane` due now (at most `limit`); None after a failed read (logged,
+/// a second's pause).
+async fn due(store: &Arc<Store>, limit: usize, lane: Lane) -> Option<Vec<OutboxJob>> {
+    let (s, now) = (store.clone(), now_ms());
+    match tokio::task::spawn_blocking(move || s.due(now, limit, lane)).await {
+        Ok(Ok(j)) => Some(j),
+        other => {
+            tracing::error!(?other, ?lane, "outbox: reading due notices failed");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            None
+        }
+    }
+}
+
+/// Logs an outcome the store could not record (the notice stays due: it goes again).
+fn recorded<T>(res: Result<boxless_store::Result<T>, tokio::task::JoinError>) {
+    if let Ok(Err(e)) | Err(e) = res
+        .map_err(|e| e.to_string())
+        .map(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::error!(error = %e, "outbox: recording an outcome failed");
     }
 }
 

@@ -220,6 +220,17 @@ mod tests {
         .id
     }
 
+    /// A message notified by SMS to its recipient, then by e-mail five minutes later.
+    fn sms_then_email(s: &Store) -> String {
+        let routes = [
+            Route::Sms(vec![n("+15551230002")]),
+            Route::Email("r@example.net".into()),
+        ];
+        s.deposit_routed(&test_message(), &routes, 5 * MIN, |_, _| "t".into())
+            .unwrap()
+            .id
+    }
+
     fn states(s: &Store, id: &str) -> Vec<(String, String)> {
         s.get(id)
             .unwrap()
@@ -306,14 +317,7 @@ mod tests {
     fn an_undeliverable_receipt_moves_on_and_a_reopened_store_keeps_the_plan() {
         let (s, d) = temp_store("fallback-receipt");
         let now = boxless_core::now_ms();
-        let routes = [
-            Route::Sms(vec![n("+15551230002")]),
-            Route::Email("r@example.net".into()),
-        ];
-        let id = s
-            .deposit_routed(&test_message(), &routes, 5 * MIN, |_, _| "t".into())
-            .unwrap()
-            .id;
+        let id = sms_then_email(&s);
         let sms = due(&s, now + 1000).remove(0);
         s.part_accepted(sms.id, 0, "9").unwrap();
         s.accepted(&sms, 1, None, now + 1000).unwrap();
@@ -334,14 +338,7 @@ mod tests {
     fn a_digest_that_reaches_the_recipient_skips_the_later_steps_of_what_it_carries() {
         let (s, d) = temp_store("fallback-digest");
         let now = boxless_core::now_ms();
-        let routes = [
-            Route::Sms(vec![n("+15551230002")]),
-            Route::Email("r@example.net".into()),
-        ];
-        let id = s
-            .deposit_routed(&test_message(), &routes, 5 * MIN, |_, _| "t".into())
-            .unwrap()
-            .id;
+        let id = sms_then_email(&s);
         let sms = s.due(now + 1000, 10, Lane::Sms).unwrap().remove(0);
         let digest_id = s.merge(&sms, now + 1000, now + 2000).unwrap();
         let digest = s.due(now + 2000, 10, Lane::Sms).unwrap().remove(0);
