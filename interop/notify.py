@@ -300,18 +300,24 @@ class Receiver:
         self.srv.shutdown()
 
 
+def secret_file(directory, name, value):
+    """`value` (bytes) in a file only its owner reads, as boxless wants its secrets."""
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(value + b"\n")
+    os.chmod(path, 0o600)
+    return path
+
+
 def webhooks(binary, work):
     w = os.path.join(work, "webhooks")
     os.makedirs(w, exist_ok=True)
     secret = b"whsec-" + os.urandom(16).hex().encode()
-    secret_file = os.path.join(w, "webhook.secret")
-    with open(secret_file, "wb") as f:
-        f.write(secret + b"\n")
-    os.chmod(secret_file, 0o600)
+    key_file = secret_file(w, "webhook.secret", secret)
     port = free_port()
     s = System(binary, w, {"default": "delivered:200"},
                extra=f'[webhook]\nurl = "http://127.0.0.1:{port}/hooks/boxless"\n'
-                     f'secret_file = "{secret_file}"').start()
+                     f'secret_file = "{key_file}"').start()
     rx = None
     try:
         t0 = time.monotonic()
@@ -425,11 +431,8 @@ def fallback(binary, work):
     os.makedirs(w, exist_ok=True)
     secret = b"whsec-" + os.urandom(16).hex().encode()
     pw = "smtp-" + os.urandom(8).hex()
-    for name, value in (("webhook.secret", secret), ("smtp.password", pw.encode())):
-        path = os.path.join(w, name)
-        with open(path, "wb") as f:
-            f.write(value + b"\n")
-        os.chmod(path, 0o600)
+    secret_file(w, "webhook.secret", secret)
+    secret_file(w, "smtp.password", pw.encode())
     smtp_port, hook_port = free_port(), free_port()
     after = 10
     rules = {"15551230003": "undeliv:500", "15551230004": "none",
@@ -564,10 +567,7 @@ def email_tls(binary, work):
     subprocess.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
                     "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", crt], **quiet)
     pw = "smtp-" + os.urandom(8).hex()
-    pw_file = os.path.join(w, "smtp.password")
-    with open(pw_file, "w") as f:
-        f.write(pw + "\n")
-    os.chmod(pw_file, 0o600)
+    pw_file = secret_file(w, "smtp.password", pw.encode())
     other = os.path.join(w, "other-ca.crt")
     subprocess.run(["openssl", "req", "-x509", *ec, "-days", "2", "-subj", "/CN=Another CA",
                     "-keyout", os.path.join(w, "other-ca.key"), "-out", other], **quiet)
