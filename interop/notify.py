@@ -22,6 +22,11 @@
             caller-ID hears the message without a code; it texts STOP (an MO deliver_sm):
             one confirmation, no more SMS to it (`opted_out`), messages still listed; START
             undoes it.
+  shared_account
+            Router and two `boxless server` processes over NATS sharing one SMPP account:
+            the SMSC returns every receipt on the other server's bind (one even before the
+            submit_sm_resp); each is handed over through NATS and every notice is
+            `delivered`, each SMS sent once.
   fallback  Recipients' channels with sms.fallback_after_seconds = 10 and a real SMTP server
             (aiosmtpd, with AUTH): UNDELIV -> the e-mail at once; no receipt -> the e-mail
             after 10 s; DELIVRD -> no e-mail (`skipped`); a landline (the SMSC answers
@@ -298,6 +303,63 @@ class Receiver:
 
     def stop(self):
         self.srv.shutdown()
+
+
+def shared_account(binary, work):
+    """Router and two `boxless server` processes over NATS, one SMPP account: the SMSC
+    returns each receipt on the other server's bind, one of them even before the
+    submit_sm_resp; every notice must still reach `delivered`, each SMS sent once."""
+    later, early = "+15551230002", "+15551230003"
+    os.environ["SMSC_RECEIPTS"] = json.dumps({later[1:]: "elsewhere:300",
+                                              early[1:]: "early-elsewhere",
+                                              "default": "none"})
+    w = os.path.join(work, "shared-account")
+    os.makedirs(w, exist_ok=True)
+    s = failover.System(binary, w)
+    try:
+        s.up()
+        api = s.p["http"]
+        servers = set()
+        for k in range(12):
+            to = (later, early)[k % 2]
+            r = phone(binary, s.p["router"], CALLER, to, "--play", VOICE, "--play-at", "1.2",
+                      "--seconds", "3")
+            check(r.returncode == 0, f"call {k + 1} completed")
+            msgs = [m for n in (later, early)
+                    for m in http(api, "GET", f"/api/v1/messages?recipient=%2B{n[1:]}")[1]]
+            servers = {(m["recipient"], m["server"]) for m in msgs}
+            if len(servers) == 4:
+                break
+        check(len(servers) == 4, f"each number has messages on both servers: {sorted(servers)}")
+
+        def states():
+            out = []
+            for n in (later, early):
+                for m in http(api, "GET", f"/api/v1/messages?recipient=%2B{n[1:]}")[1]:
+                    out.append((n, m["server"], m["notifications"][0]))
+            return out
+        try:
+            wait_until(lambda: all(x[2]["state"] == "delivered" for x in states()), 30,
+                       "every notice delivered")
+        except RuntimeError:
+            pass
+        rec = {r["id"]: r for r in read_jsonl(os.path.join(w, "sms.receipts.jsonl"))}
+        sms = read_jsonl(s.sms_out)
+        by_id = {m["message_id"]: m for m in sms}
+        elsewhere = [r for r in rec.values() if not r["on_submitter"]]
+        print(f"  {len(sms)} SMS, {len(rec)} receipts, {len(elsewhere)} of them on the other "
+              "server's bind")
+        for n, server, x in states():
+            print(f"  {n} on {server}: {x['state']}"
+                  + (f", {x['delivery_ms']} ms after acceptance" if x.get("delivery_ms")
+                     is not None else ""))
+            check(x["state"] == "delivered", f"{n} on {server}: delivered")
+        check(len(elsewhere) == len(rec) == len(sms), "every receipt came on the other bind")
+        check(len(by_id) == len(sms)
+              and len({(m["destination"], m["source"]) for m in sms}) == len(sms),
+              "each SMS submitted once")
+    finally:
+        s.stop()
 
 
 def secret_file(directory, name, value):
@@ -787,8 +849,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
     ap.add_argument("scenarios", nargs="*",
-                    default=["receipts", "crash", "webhooks", "prefs", "fallback", "email_tls",
-                             "french"])
+                    default=["receipts", "crash", "webhooks", "prefs", "shared_account",
+                             "fallback", "email_tls", "french"])
     a = ap.parse_args()
     a.bin = os.path.abspath(a.bin)
     work = tempfile.mkdtemp(prefix="boxless-notify-")

@@ -490,6 +490,12 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
         Some(&client),
     )?;
     let book = Arc::new(ReceiptBook::default());
+    let c = &cfg.config;
+    if c.sms.transport == SmsTransport::Smpp && c.sms.delivery_receipts {
+        // Servers in their own processes may share one SMPP account: a receipt may come
+        // on another server's bind, and is handed over through NATS.
+        book.share(client.clone());
+    }
     let (server, store) = start_server(&cfg, spec, &board, &prompts, &book, &recipients).await?;
     let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
     let board_for_exit = board.clone();

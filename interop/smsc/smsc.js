@@ -12,6 +12,10 @@
 //   "early"         DELIVRD sent before the submit_sm_resp, which follows 300 ms later
 //   "twice:MS"      DELIVRD, then the same receipt again 200 ms later
 //   "text:MS"       DELIVRD without TLVs, the id in decimal in the text only
+//   "elsewhere:MS"  DELIVRD after MS ms on another bound session than the one that
+//                   submitted (SMSCs may use any bind of the account)
+//   "early-elsewhere" DELIVRD on another bound session before the submit_sm_resp,
+//                   which follows 300 ms later
 //   "landline"      submit_sm refused with ESME_RINVDSTADR (a number that takes no SMS),
 //                   logged to OUT.jsonl with "refused": true
 // Default: {"default": "none"}. A receipt goes on the session that submitted while it is
@@ -67,7 +71,8 @@ function receiptPdu(r) {
 }
 
 function send(r) {
-  const s = r.session && bound.has(r.session) ? r.session : latest;
+  let s = r.session && bound.has(r.session) ? r.session : latest;
+  if (r.elsewhere) s = [...bound].find((b) => b !== r.session) || s;
   if (!s || !bound.has(s)) { queue.push(r); return; }
   let answered = false;
   const sent = Date.now();
@@ -75,6 +80,7 @@ function send(r) {
     answered = true;
     fs.appendFileSync(receiptsOut, JSON.stringify({
       id: r.id, stat: r.stat, destination: r.dest, status: resp.command_status, sent, t: Date.now(),
+      on_submitter: s === r.session,
     }) + '\n');
     if (resp.command_status !== 0) setTimeout(() => send(r), 1000);
   });
@@ -147,9 +153,10 @@ const server = smpp.createServer({ debug: false }, (session) => {
       id, dest: pdu.destination_addr, source: pdu.source_addr, session, submitted: new Date(),
       stat: { undeliv: 'UNDELIV', expired: 'EXPIRED' }[r.kind] || 'DELIVRD',
       textOnly: r.kind === 'text',
+      elsewhere: r.kind === 'elsewhere' || r.kind === 'early-elsewhere',
     };
     const wants = (pdu.registered_delivery & 0x03) !== 0 && r.kind !== 'none';
-    if (wants && r.kind === 'early') {
+    if (wants && (r.kind === 'early' || r.kind === 'early-elsewhere')) {
       send(receipt);
       setTimeout(() => session.send(pdu.response({ message_id: id })), 300);
       return;

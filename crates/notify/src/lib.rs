@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod email;
+pub mod peers;
 pub mod receipt;
 pub mod sender;
 pub mod spend;

@@ -83,10 +83,21 @@ pub struct SmppSettings {
 }
 
 /// The stores a receipt may belong to: this server's first, then the others in this
-/// process (`boxless serve`), since an SMSC may return a receipt on any bind of the account.
+/// process (`boxless serve`), since an SMSC may return a receipt on any bind of the
+/// account; then, with NATS, the other processes ([`crate::peers`]).
 #[derive(Debug, Default)]
 pub struct ReceiptBook {
     stores: RwLock<Vec<Arc<Store>>>,
+    peers: std::sync::OnceLock<boxless_control::Client>,
+}
+
+/// Where a receipt went.
+#[derive(Debug)]
+enum Applied {
+    /// A store of this process.
+    Here(Receipted),
+    /// Another process stored it.
+    Elsewhere,
 }
 
 impl ReceiptBook {
@@ -98,34 +109,80 @@ impl ReceiptBook {
             .push(store);
     }
 
-    /// Applies a receipt: to the store that sent the part, else kept early in `own`.
-    fn apply(
-        &self,
-        own: &Arc<Store>,
-        id: &str,
-        d: Delivery,
-        detail: &str,
-        now: u64,
-    ) -> boxless_store::Result<Receipted> {
-        let others = self
-            .stores
+    /// Offers receipts no store here knows to other processes over `client`, and
+    /// answers theirs (spawns [`crate::peers::serve`]).
+    pub fn share(self: &Arc<Self>, client: boxless_control::Client) {
+        if self.peers.set(client.clone()).is_ok() {
+            tokio::spawn(crate::peers::serve(self.clone(), client));
+        }
+    }
+
+    pub(crate) fn stores(&self) -> Vec<Arc<Store>> {
+        self.stores
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let error = (d != Delivery::Delivered).then_some(detail);
-        for s in std::iter::once(own).chain(others.iter().filter(|s| !Arc::ptr_eq(s, own))) {
+            .clone()
+    }
+
+    /// Settles a receipt in the store that sent its part (`own` first), if it is here.
+    pub(crate) fn settle_here(
+        &self,
+        own: Option<&Arc<Store>>,
+        id: &str,
+        d: Delivery,
+        error: Option<&str>,
+        now: u64,
+    ) -> boxless_store::Result<Option<Receipted>> {
+        let others = self.stores();
+        let rest = others
+            .iter()
+            .filter(|s| own.is_none_or(|o| !Arc::ptr_eq(s, o)));
+        for s in own.into_iter().chain(rest) {
             if let Some(r) = s.settle_known(id, d, error, now)? {
-                return Ok(r);
+                return Ok(Some(r));
             }
         }
-        own.keep_early(
-            id,
-            d,
-            error,
-            now,
-            boxless_store::receipts::MAX_EARLY_RECEIPTS,
-        )?;
-        Ok(Receipted::Early)
+        Ok(None)
+    }
+
+    /// Applies a receipt: to the store that sent the part, here or (with NATS) in
+    /// another process, else kept early in `own`.
+    async fn apply(
+        self: &Arc<Self>,
+        own: &Arc<Store>,
+        id: String,
+        d: Delivery,
+        error: Option<String>,
+    ) -> Result<Applied, String> {
+        let (book, store, i, e) = (self.clone(), own.clone(), id.clone(), error.clone());
+        let here = tokio::task::spawn_blocking(move || {
+            book.settle_here(Some(&store), &i, d, e.as_deref(), now_ms())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        if let Some(r) = here {
+            return Ok(Applied::Here(r));
+        }
+        if let Some(client) = self.peers.get()
+            && crate::peers::offer(client, &id, d, error.as_deref()).await
+        {
+            return Ok(Applied::Elsewhere);
+        }
+        let store = own.clone();
+        tokio::task::spawn_blocking(move || {
+            store.keep_early(
+                &id,
+                d,
+                error.as_deref(),
+                now_ms(),
+                boxless_store::receipts::MAX_EARLY_RECEIPTS,
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(Applied::Here(Receipted::Early))
     }
 }
 
@@ -428,18 +485,17 @@ async fn inbound(
                 tracing::debug!(id = %r.id, detail = %r.detail, "SMPP: intermediate receipt");
                 return CommandStatus::EsmeRok;
             };
-            let (store, book) = (store.clone(), book.clone());
-            let res = tokio::task::spawn_blocking(move || {
-                book.apply(&store, &r.id, delivery, &r.detail, now_ms())
-            })
-            .await;
-            match res {
-                Ok(Ok(Receipted::Settled(s))) => record_settled(&s),
-                Ok(Ok(Receipted::Duplicate)) => {
+            let error = (delivery != Delivery::Delivered).then_some(r.detail);
+            match book.apply(store, r.id, delivery, error).await {
+                Ok(Applied::Here(Receipted::Settled(s))) => record_settled(&s),
+                Ok(Applied::Here(Receipted::Duplicate)) => {
                     metrics::counter!("boxless_sms_receipts_duplicate_total").increment(1)
                 }
-                Ok(Ok(Receipted::Early)) => {
+                Ok(Applied::Here(Receipted::Early)) => {
                     metrics::counter!("boxless_sms_receipts_early_total").increment(1)
+                }
+                Ok(Applied::Elsewhere) => {
+                    metrics::counter!("boxless_sms_receipts_to_peers_total").increment(1)
                 }
                 other => {
                     tracing::error!(

@@ -27,7 +27,7 @@ pub mod retention;
 pub use directory::Directory;
 pub use events::Event;
 pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
-pub use receipts::{Delivery, Receipted, Settled};
+pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
 
 /// Store errors.

@@ -63,7 +63,8 @@ impl Delivery {
         }
     }
 
-    fn parse(s: &str) -> Option<Delivery> {
+    /// From [`Delivery::as_str`].
+    pub fn parse(s: &str) -> Option<Delivery> {
         match s {
             "delivered" => Some(Delivery::Delivered),
             "undeliverable" => Some(Delivery::Undeliverable),
@@ -71,6 +72,17 @@ impl Delivery {
             _ => None,
         }
     }
+}
+
+/// A receipt kept while no part has its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlyReceipt {
+    /// The SMSC's message id.
+    pub smsc_id: String,
+    /// What it says.
+    pub delivery: Delivery,
+    /// Its error, if any.
+    pub error: Option<String>,
 }
 
 /// A receipt applied to a known part.
@@ -383,6 +395,39 @@ impl Store {
         Ok(())
     }
 
+    /// Early receipts kept since `since` (oldest first, at most `limit`): another process
+    /// sharing the SMPP account may have sent their parts.
+    pub fn early_since(&self, since: u64, limit: usize) -> Result<Vec<EarlyReceipt>> {
+        let db = self.db();
+        let mut stmt = db.prepare_cached(
+            "SELECT smsc_id, state, error FROM early_receipts WHERE received_ms >= ?1
+             ORDER BY received_ms LIMIT ?2",
+        )?;
+        let v = stmt
+            .query_map(params![sql_ms(since), limit as i64], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            })?
+            .filter_map(|row| match row {
+                Ok((id, state, error)) => Delivery::parse(&state).map(|d| {
+                    Ok(EarlyReceipt {
+                        smsc_id: id,
+                        delivery: d,
+                        error,
+                    })
+                }),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(v)
+    }
+
+    /// Drops an early receipt (another process settled its part).
+    pub fn forget_early(&self, smsc_id: &str) -> Result<()> {
+        self.db()
+            .execute("DELETE FROM early_receipts WHERE smsc_id = ?1", [smsc_id])?;
+        Ok(())
+    }
+
     /// Receipts waiting for their `submit_sm_resp`.
     pub fn early_receipts(&self) -> Result<u64> {
         let v: i64 = self
@@ -516,6 +561,28 @@ mod tests {
         // An hour later the old ones go.
         s.keep_early("late", Delivery::Delivered, None, KEEP_EARLY_MS + 100, 50)
             .unwrap();
+        assert_eq!(s.early_receipts().unwrap(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn early_receipts_are_listed_for_other_processes_and_forgotten_once_settled_there() {
+        let (s, dir) = store();
+        s.keep_early("A1", Delivery::Undeliverable, Some("UNDELIV"), 10, 50)
+            .unwrap();
+        s.keep_early("b2", Delivery::Delivered, None, 20, 50)
+            .unwrap();
+        let all = s.early_since(0, 10).unwrap();
+        assert_eq!(
+            all[0],
+            crate::EarlyReceipt {
+                smsc_id: "a1".into(),
+                delivery: Delivery::Undeliverable,
+                error: Some("UNDELIV".into())
+            }
+        );
+        assert_eq!(s.early_since(15, 10).unwrap().len(), 1);
+        s.forget_early("a1").unwrap();
         assert_eq!(s.early_receipts().unwrap(), 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
