@@ -115,15 +115,16 @@ async fn start_server(
             "sms.allowed_prefixes is empty: SMS may go to any number in the world (see README \"Security\")"
         );
     }
-    let tls = || {
-        boxless_net::tls::public_client_config(None)
-            .map_err(|e| anyhow::anyhow!("key `webhook.url`: TLS roots: {e}"))
+    // One set of HTTPS roots for the events and the recipients' webhooks.
+    let tls = match &cfg.secrets.webhook_secret {
+        Some(_) => Some(
+            boxless_net::tls::public_client_config(None)
+                .map_err(|e| anyhow::anyhow!("key `webhook.secret_file`: TLS roots: {e}"))?,
+        ),
+        None => None,
     };
-    if let Some(secret) = cfg
-        .secrets
-        .webhook_secret
-        .as_ref()
-        .filter(|_| !c.webhook.url.trim().is_empty())
+    if let (Some(secret), Some(tls)) = (&cfg.secrets.webhook_secret, &tls)
+        && !c.webhook.url.trim().is_empty()
     {
         let url = boxless_net::http::Url::parse(c.webhook.url.trim()).ok_or_else(|| {
             anyhow::anyhow!(
@@ -138,7 +139,7 @@ async fn start_server(
             boxless_notify::webhook::WebhookSettings {
                 url,
                 secret: secret.expose().as_bytes().to_vec(),
-                tls: tls()?,
+                tls: tls.clone(),
                 server: id.clone(),
             },
             Backoff::new(
@@ -173,14 +174,16 @@ async fn start_server(
             .map_err(|e| anyhow::anyhow!(e))?,
         ),
     };
-    let webhook = match &cfg.secrets.webhook_secret {
-        Some(secret) => Some(boxless_notify::webhook::NoticePoster {
+    let webhook = cfg
+        .secrets
+        .webhook_secret
+        .as_ref()
+        .zip(tls)
+        .map(|(secret, tls)| boxless_notify::webhook::NoticePoster {
             secret: secret.expose().as_bytes().to_vec(),
-            tls: tls()?,
+            tls,
             server: id.clone(),
-        }),
-        None => None,
-    };
+        });
     tokio::spawn(boxless_notify::worker::run_notices(
         store.clone(),
         boxless_notify::Notices { email, webhook },

@@ -280,6 +280,32 @@ impl Default for EmailConfig {
     }
 }
 
+/// The SMTP server's address as `email.smtp` names it: (implicit TLS, host, port).
+pub fn parse_smtp_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("smtps://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("smtp://") {
+        (false, r)
+    } else {
+        return Err("\"smtp://host:port\" (STARTTLS) or \"smtps://host:port\" (TLS)".into());
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse::<u16>() {
+            Ok(p) if p > 0 => (h, p),
+            _ => return Err(format!("{p:?} is not a port")),
+        },
+        _ => (rest, if tls { 465 } else { 587 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(['/', '@', ' ', '?', '#']) {
+        return Err(
+            "a host name or address after the scheme, e.g. smtps://mail.example.net:465".into(),
+        );
+    }
+    Ok((tls, host.to_string(), port))
+}
+
 /// How a text too long for one SMS reaches the SMSC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -885,6 +911,31 @@ fn key_at(text: &str, pos: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn smtp_urls_name_their_tls_and_port() {
+        assert_eq!(
+            parse_smtp_url("smtps://mail.example.net"),
+            Ok((true, "mail.example.net".into(), 465))
+        );
+        assert_eq!(
+            parse_smtp_url("smtp://127.0.0.1:2525"),
+            Ok((false, "127.0.0.1".into(), 2525))
+        );
+        assert_eq!(
+            parse_smtp_url("smtp://[::1]:25"),
+            Ok((false, "::1".into(), 25))
+        );
+        for bad in [
+            "mail.example.net",
+            "smtp://",
+            "smtp://h:0",
+            "smtp://u@h:25",
+            "http://h",
+        ] {
+            assert!(parse_smtp_url(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn embedded_default_is_valid_and_has_two_servers() {

@@ -148,6 +148,19 @@ impl Languages {
     }
 }
 
+/// An e-mail address as Boxless takes it (a recipient's, `email.from`): `local@domain`
+/// with a dotted domain, at most 254 bytes, nothing that could end a header or a list.
+pub fn valid_email(e: &str) -> bool {
+    e.len() <= 254
+        && e.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty()
+                && d.contains('.')
+                && !d.starts_with('.')
+                && !d.ends_with('.')
+                && !e.contains(['<', '>', ',', ';', ' ', '\r', '\n', '"'])
+        })
+}
+
 /// What an operator sends for a recipient (`PUT /api/v1/recipients/{number}`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -223,15 +236,7 @@ impl Prefs {
         {
             None => None,
             Some(e) => {
-                let ok = e.len() <= 254
-                    && e.split_once('@').is_some_and(|(l, d)| {
-                        !l.is_empty()
-                            && d.contains('.')
-                            && !d.starts_with('.')
-                            && !d.ends_with('.')
-                            && !e.contains(['<', '>', ',', ';', ' ', '\r', '\n', '"'])
-                    });
-                if !ok {
+                if !valid_email(&e) {
                     return Err(bad("email", "an address like name@example.net"));
                 }
                 Some(e)

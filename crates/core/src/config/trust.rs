@@ -234,21 +234,13 @@ fn email(c: &Config, err: Err<'_>) -> Result<Option<Secret>, ConfigError> {
     if m.smtp.trim().is_empty() {
         return Ok(None);
     }
-    let rest = m
-        .smtp
-        .trim()
-        .strip_prefix("smtps://")
-        .or_else(|| m.smtp.trim().strip_prefix("smtp://"));
-    if rest.is_none_or(|r| r.is_empty() || r.contains(['@', ' ', '/'])) {
+    if let Err(why) = super::parse_smtp_url(m.smtp.trim()) {
         return Err(e(
             "email.smtp",
-            "\"smtp://host:port\" (STARTTLS) or \"smtps://host:port\" (TLS), no user in it (email.user), or empty for no e-mail",
+            &format!("{why}; no user in it (email.user), or empty for no e-mail"),
         ));
     }
-    let from_ok = m.from.split_once('@').is_some_and(|(l, d)| {
-        !l.is_empty() && d.contains('.') && !m.from.contains(['<', '>', ',', ' ', '\r', '\n'])
-    });
-    if !from_ok {
+    if !crate::recipient::valid_email(&m.from) {
         return Err(e("email.from", "an address like voicemail@example.net"));
     }
     match (m.user.trim(), m.password_file.as_str()) {
