@@ -78,6 +78,15 @@ async fn start_server(
             .with_context(|| format!("opening the store of server `{id}` in {}", dir.display()))?,
     );
     book.add(store.clone());
+    if let Some(base) = &cfg.web.base_url {
+        // Each message from now on gets a web link; the key lives in the server's data dir.
+        store.enable_web(base.clone()).with_context(|| {
+            format!(
+                "key `web.base_url`: the web link key of server `{id}` in {}",
+                dir.display()
+            )
+        })?;
+    }
     let notifier = Arc::new(NotifierHandle::default());
     let sender = match c.sms.transport {
         SmsTransport::Log => Sender::Log,
@@ -329,6 +338,13 @@ async fn start_api(
             tokens: cfg.tokens.clone(),
         }),
         recipients: Some(recipients),
+        web: Arc::new(boxless_api::web::Web::new(
+            cfg.web.base_url.clone(),
+            cfg.web.proxies.clone(),
+            cfg.languages.clone(),
+            cfg.config.sms.utc_offset_minutes,
+            tls.is_some(),
+        )),
     };
     let http = boxless_api::serve(listen, api, tls)
         .await

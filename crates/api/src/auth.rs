@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use boxless_core::config::{ApiToken, Scope};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -34,20 +35,35 @@ pub enum Refusal {
 impl Auth {
     /// Checks the `Authorization` header of a request to `path`; `write` for anything
     /// but GET/HEAD. Returns the token's name when one was used.
+    ///
+    /// `/healthz` is open; web playback (`/m/...`) is opened by its own token in the path;
+    /// the operator's page `/status` needs an `admin` token even to read, and also takes it
+    /// as the password of HTTP Basic, which a browser asks for by itself.
     pub fn check(
         &self,
         path: &str,
         authorization: Option<&[u8]>,
         write: bool,
     ) -> Result<Option<&str>, Refusal> {
-        if !self.required || path == "/healthz" {
+        if !self.required || path == "/healthz" || path.starts_with("/m/") {
             return Ok(None);
         }
+        let write = write || path == "/status";
         let token = authorization
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| {
                 let (scheme, rest) = h.trim().split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                if scheme.eq_ignore_ascii_case("bearer") {
+                    Some(rest.trim().to_string())
+                } else if scheme.eq_ignore_ascii_case("basic") {
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(rest.trim())
+                        .ok()?;
+                    let pair = String::from_utf8(raw).ok()?;
+                    Some(pair.split_once(':')?.1.to_string())
+                } else {
+                    None
+                }
             })
             .filter(|t| !t.is_empty())
             .ok_or(Refusal::Unauthenticated)?;
@@ -90,7 +106,8 @@ pub(crate) async fn layer(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    match auth.check(req.uri().path(), presented, write) {
+    let path = req.uri().path().to_string();
+    match auth.check(&path, presented, write) {
         Ok(_) => next.run(req).await,
         Err(Refusal::Unauthenticated) => {
             metrics::counter!("boxless_http_refused_total", "code" => "401").increment(1);
@@ -99,9 +116,15 @@ pub(crate) async fn layer(
                 "unauthorized",
                 "send `Authorization: Bearer <token>`; tokens are made with `boxless token new`",
             );
+            // The status page is for a browser: Basic makes it ask for the token.
+            let challenge = if path == "/status" {
+                "Basic realm=\"boxless status\", charset=\"UTF-8\""
+            } else {
+                "Bearer realm=\"boxless\""
+            };
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer realm=\"boxless\""),
+                header::HeaderValue::from_static(challenge),
             );
             r
         }
@@ -190,5 +213,43 @@ mod tests {
         );
         let open = Auth::default();
         assert_eq!(open.check(p, None, true), Ok(None));
+    }
+
+    #[test]
+    fn web_links_need_no_token_and_the_status_page_wants_admin_even_by_basic() {
+        use base64::Engine as _;
+        let (a, admin, read) = auth();
+        assert_eq!(a.check("/m/s1.AbCdEfGhIjKlMnOpQr-_", None, true), Ok(None));
+        assert_eq!(
+            a.check("/status", None, false),
+            Err(Refusal::Unauthenticated)
+        );
+        let basic = |t: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("ops:{t}"))
+            )
+            .into_bytes()
+        };
+        assert_eq!(
+            a.check("/status", Some(&basic(&read)), false),
+            Err(Refusal::Forbidden),
+            "a read token does not open the operator's page"
+        );
+        assert_eq!(
+            a.check("/status", Some(&basic(&admin)), false),
+            Ok(Some("ops"))
+        );
+        assert_eq!(
+            a.check("/status", Some(&basic("wrong")), false),
+            Err(Refusal::Unauthenticated)
+        );
+        assert_eq!(
+            a.check("/api/v1/messages", Some(&basic(&read)), false),
+            Ok(Some("dash")),
+            "Basic carries a token anywhere Bearer does"
+        );
+        // `/m` without the slash is no web link.
+        assert_eq!(a.check("/mx", None, false), Err(Refusal::Unauthenticated));
     }
 }

@@ -1,9 +1,13 @@
 //! The Boxless HTTP API (INTERFACE.md "HTTP API"): `/healthz`, `/metrics`,
-//! `/api/v1/servers`, `/api/v1/messages`, audio download and delete.
+//! `/api/v1/servers`, `/api/v1/messages`, audio download and delete; web playback
+//! (`/m/{token}`) and the operator's `/status` page.
 #![warn(missing_docs)]
 
 pub mod auth;
+mod page;
 pub mod recipients;
+mod status;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +45,8 @@ pub struct ApiState {
     pub auth: Arc<auth::Auth>,
     /// Recipients' preferences (None: this process keeps none).
     pub recipients: Option<boxless_control::Recipients>,
+    /// Web playback.
+    pub web: Arc<web::Web>,
 }
 
 /// A messaging server reached through its own HTTP API.
@@ -83,6 +89,9 @@ pub fn router(state: ApiState) -> Router {
                 .put(recipients::put)
                 .delete(recipients::delete),
         )
+        .route("/api/v1/activity", get(status::activity))
+        .route("/status", get(status::page))
+        .merge(web::routes())
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -106,6 +115,7 @@ pub async fn serve(
     match tls {
         None => {
             tokio::spawn(async move {
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 if let Err(e) = axum::serve(l, app).await {
                     tracing::error!(error = %e, "HTTP API stopped");
                 }
@@ -143,6 +153,9 @@ async fn serve_tls(
                 }
                 Err(_) => return,
             };
+            // The peer's address, as `axum::serve` gives it on plain HTTP (web playback
+            // limits wrong links per source).
+            let app = app.layer(axum::Extension(axum::extract::ConnectInfo(peer)));
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let conn =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -582,6 +595,13 @@ mod tests {
             remote_tls: None,
             auth: Arc::new(auth::Auth::default()),
             recipients: None,
+            web: Arc::new(web::Web::new(
+                None,
+                boxless_core::PeerFilter::loopback(),
+                boxless_core::recipient::Languages::default(),
+                0,
+                false,
+            )),
         }
     }
 

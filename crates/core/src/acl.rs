@@ -139,11 +139,11 @@ const SLOTS: usize = 8192;
 /// Slots probed for one address before it shares a counter.
 const PROBES: usize = 4;
 
-/// A per-source rate limit: at most `limit` events per second per IP address (a fixed
-/// one-second window), in a fixed table of atomic counters.
+/// A per-source rate limit: at most `limit` events per window (one second unless made
+/// with [`FloodGuard::per_window`]) per IP address, in a fixed table of atomic counters.
 ///
-/// Each slot packs (16-bit address fingerprint, 16-bit second, 32-bit count) into one
-/// `AtomicU64`. A slot whose second is past is free. When an address finds all of its
+/// Each slot packs (16-bit address fingerprint, 16-bit window number, 32-bit count) into
+/// one `AtomicU64`. A slot whose window is past is free. When an address finds all of its
 /// [`PROBES`] slots taken by other addresses active in the same second, it counts on its
 /// first slot together with that address: under a flood of many sources the limit gets
 /// stricter, never looser, and memory never grows. The hash is keyed at random per process
@@ -151,6 +151,7 @@ const PROBES: usize = 4;
 #[derive(Debug)]
 pub struct FloodGuard {
     limit: u32,
+    window_ms: u64,
     key: u64,
     slots: Box<[AtomicU64]>,
 }
@@ -158,8 +159,14 @@ pub struct FloodGuard {
 impl FloodGuard {
     /// At most `limit` events per second per address; `key` seeds the slot hash.
     pub fn new(limit: u32, key: u64) -> FloodGuard {
+        FloodGuard::per_window(limit, 1000, key)
+    }
+
+    /// At most `limit` events per `window_ms` per address.
+    pub fn per_window(limit: u32, window_ms: u64, key: u64) -> FloodGuard {
         FloodGuard {
             limit,
+            window_ms: window_ms.max(1),
             key,
             slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -174,7 +181,7 @@ impl FloodGuard {
     pub fn admit(&self, ip: IpAddr, now_ms: u64) -> bool {
         let h = self.hash(ip.to_canonical());
         let fp = (h >> 48) as u16 as u64;
-        let sec = (now_ms / 1000) as u16 as u64;
+        let sec = (now_ms / self.window_ms) as u16 as u64;
         let base = h as usize % SLOTS;
         for probe in 0..PROBES {
             let slot = &self.slots[(base + probe) % SLOTS];
@@ -203,6 +210,25 @@ impl FloodGuard {
         let slot = &self.slots[base];
         let prev = slot.fetch_add(1, Ordering::Relaxed);
         (prev & 0xffff_ffff) < self.limit as u64
+    }
+
+    /// Whether `ip` is still under the limit at `now_ms`, without counting anything.
+    pub fn peek(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let h = self.hash(ip.to_canonical());
+        let fp = h >> 48 & 0xffff;
+        let window = (now_ms / self.window_ms) & 0xffff;
+        let base = h as usize % SLOTS;
+        for probe in 0..PROBES {
+            let cur = self.slots[(base + probe) % SLOTS].load(Ordering::Relaxed);
+            let (s_fp, s_win, count) = (cur >> 48, (cur >> 32) & 0xffff, cur & 0xffff_ffff);
+            if cur == 0 || s_win != window {
+                return true; // a free slot: `admit` would start counting here
+            }
+            if s_fp == fp || probe == PROBES - 1 {
+                return count < self.limit as u64;
+            }
+        }
+        true
     }
 
     fn hash(&self, ip: IpAddr) -> u64 {
@@ -246,6 +272,21 @@ mod tests {
         let e = PeerFilter::parse(&["10.0.0.0/33"]).unwrap_err();
         assert!(e.contains("10.0.0.0/33"), "{e}");
         assert!(PeerFilter::parse(&["example.net"]).is_err());
+    }
+
+    #[test]
+    fn longer_windows_and_peeking() {
+        let g = FloodGuard::per_window(2, 60_000, 7);
+        let (a, b) = (ip("198.51.100.1"), ip("198.51.100.2"));
+        let t = 1_000_000 * 60_000;
+        assert!(g.peek(a, t) && g.peek(a, t), "peeking counts nothing");
+        assert!(g.admit(a, t) && g.admit(a, t + 30_000));
+        assert!(!g.peek(a, t + 59_999), "two in the minute: over");
+        assert!(
+            g.peek(b, t) && g.admit(b, t),
+            "another address has its own count"
+        );
+        assert!(g.peek(a, t + 60_000), "the next minute starts again");
     }
 
     #[test]

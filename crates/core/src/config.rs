@@ -57,6 +57,9 @@ pub struct Config {
     /// `[retrieval]`
     #[serde(default)]
     pub retrieval: RetrievalConfig,
+    /// `[web]`
+    #[serde(default)]
+    pub web: WebConfig,
     /// `[messages]`
     #[serde(default)]
     pub messages: MessagesConfig,
@@ -278,6 +281,35 @@ impl Default for EmailConfig {
             attach_audio: true,
         }
     }
+}
+
+/// `[web]`: web playback (the SMS carries `base_url/m/<token>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Where browsers reach the HTTP listener (or the proxy before it); empty: no link.
+    pub base_url: String,
+    /// Reverse proxies (and routers) whose `X-Forwarded-For` names the real client, for
+    /// the per-source limit on wrong links.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            base_url: String::new(),
+            trusted_proxies: vec!["127.0.0.1/32".into(), "::1/128".into()],
+        }
+    }
+}
+
+/// `[web]`, checked.
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// `web.base_url`; None: messages get no web link.
+    pub base_url: Option<crate::web::BaseUrl>,
+    /// `web.trusted_proxies`.
+    pub proxies: PeerFilter,
 }
 
 /// The SMTP server's address as `email.smtp` names it: (implicit TLS, host, port).
@@ -633,6 +665,8 @@ pub struct Checked {
     pub sip_tls: Option<SocketAddr>,
     /// `numbering.language_by_country`, parsed.
     pub languages: crate::recipient::Languages,
+    /// `[web]`, parsed.
+    pub web: WebSettings,
 }
 
 impl Config {
@@ -836,10 +870,21 @@ impl Config {
         trust::check_http_exposure(&self, &err)?;
         let languages = crate::recipient::Languages::parse(&self.numbering.language_by_country)
             .map_err(|why| err("numbering.language_by_country".into(), why))?;
+        let web = WebSettings {
+            base_url: match self.web.base_url.trim() {
+                "" => None,
+                u => Some(
+                    crate::web::BaseUrl::parse(u).map_err(|why| err("web.base_url".into(), why))?,
+                ),
+            },
+            proxies: PeerFilter::parse(&self.web.trusted_proxies)
+                .map_err(|why| err("web.trusted_proxies".into(), why))?,
+        };
         Ok(Checked {
             config: self,
             numbering,
             languages,
+            web,
             servers,
             sip_tls: trust.sip_tls,
             peers: trust.peers,
@@ -993,6 +1038,18 @@ mod tests {
         assert_eq!(e.key, "servers[1].link_numbers");
         let e = Config::load_str("[numbering]\ncountry_code = \"+1\"\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "numbering.country_code");
+        let e = Config::load_str("[web]\nbase_url = \"http://vm.example.net\"\n", "x.toml")
+            .unwrap_err();
+        assert_eq!(e.key, "web.base_url", "{e}");
+        assert!(e.problem.contains("https://"), "{e}");
+        let e = Config::load_str("[web]\ntrusted_proxies = [\"proxy\"]\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "web.trusted_proxies", "{e}");
+        let ok =
+            Config::load_str("[web]\nbase_url = \"https://vm.example.net/\"\n", "x.toml").unwrap();
+        assert_eq!(
+            ok.web.base_url.map(|b| b.as_str().to_string()).as_deref(),
+            Some("https://vm.example.net")
+        );
         let e = Config::load_str("[[servers]]\nid = \"a\"\nlisten = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:2\"\nrtp_ports = \"9-3\"\nlink_numbers = [\"+1800\"]\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "servers[0].rtp_ports");
         let e = Config::load_str("[router]\nrecord_route = true\n", "x.toml").unwrap_err();

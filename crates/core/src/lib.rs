@@ -1,5 +1,5 @@
 //! Boxless domain types shared by every part: phone and link numbers, configuration,
-//! server status, clock and randomness helpers.
+//! server status, clock and randomness helpers, web playback tokens.
 #![warn(missing_docs)]
 
 pub mod acl;
@@ -9,6 +9,7 @@ pub mod recipient;
 pub mod status;
 pub mod timers;
 pub mod util;
+pub mod web;
 
 pub use acl::{Admission, FloodGuard, Gate, PeerFilter};
 pub use config::{Checked, Config, ConfigError, RouterMode, ServerSpec};

@@ -59,6 +59,20 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// `2026-11-30 14:05 UTC` (or `UTC+01:00`): a time as a person reads it, at the
+/// configured offset from UTC.
+pub fn local_time(ms: u64, utc_offset_min: i32) -> String {
+    let (y, mo, d, h, mi, _) = civil(ms / 1000, utc_offset_min);
+    let zone = if utc_offset_min == 0 {
+        "UTC".to_string()
+    } else {
+        let sign = if utc_offset_min < 0 { '-' } else { '+' };
+        let o = utc_offset_min.unsigned_abs();
+        format!("UTC{sign}{:02}:{:02}", o / 60, o % 60)
+    };
+    format!("{y}-{mo:02}-{d:02} {h:02}:{mi:02} {zone}")
+}
+
 /// (year, month, day, hour, minute, second) of `secs` since the epoch shifted by `offset_min`.
 pub fn civil(secs: u64, offset_min: i32) -> (i64, u32, u32, u32, u32, u32) {
     let t = secs as i64 + offset_min as i64 * 60;

@@ -249,29 +249,49 @@ pub mod http {
         authorization: Option<&str>,
         limit: Duration,
     ) -> std::io::Result<Answer> {
+        let auth: Vec<(&str, &str)> = authorization
+            .map(|a| ("Authorization", a))
+            .into_iter()
+            .collect();
+        send(target, method, path, &auth, &[], limit).await
+    }
+
+    /// Sends `METHOD path` with `headers` (a name or value with a line break is refused,
+    /// so nothing can be smuggled) and `body` (with its Content-Length when not empty or
+    /// not a GET), and reads the whole answer, all within `limit`.
+    pub async fn send(
+        target: &Target,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        limit: Duration,
+    ) -> std::io::Result<Answer> {
         let addr = target.addr;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        if let Some(a) = authorization {
-            // A value with a line break would smuggle headers; such a one is not sent.
-            if a.bytes().any(|b| b == b'\r' || b == b'\n') {
-                return Err(std::io::Error::other("bad Authorization value"));
+        for (k, v) in headers {
+            if k.bytes().chain(v.bytes()).any(|b| b == b'\r' || b == b'\n') {
+                return Err(std::io::Error::other(format!("bad {k} value")));
             }
-            head.push_str("Authorization: ");
-            head.push_str(a);
-            head.push_str("\r\n");
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
+        let mut msg = head.into_bytes();
+        msg.extend_from_slice(body);
         tokio::time::timeout(limit, async {
             let s = TcpStream::connect(addr).await?;
             let mut buf = Vec::new();
             match &target.tls {
-                None => exchange(s, head.as_bytes(), &mut buf).await?,
+                None => exchange(s, &msg, &mut buf).await?,
                 Some(cfg) => {
                     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
                     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                         .connect(name, s)
                         .await?;
-                    exchange(tls, head.as_bytes(), &mut buf).await?
+                    exchange(tls, &msg, &mut buf).await?
                 }
             }
             parse(&buf).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))

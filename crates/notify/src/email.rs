@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use boxless_core::config::AccessCodePolicy;
 use boxless_core::recipient::Language;
-use boxless_core::util::civil;
 use boxless_store::{OutboxJob, SmsFacts, Store};
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -33,15 +32,7 @@ pub fn message_email(
 ) -> String {
     let secs = f.duration_ms.div_ceil(1000);
     let len = format!("{}:{:02}", secs / 60, secs % 60);
-    let (y, mo, d, h, mi, _) = civil(f.message.received_at_ms / 1000, utc_offset_min);
-    let zone = if utc_offset_min == 0 {
-        "UTC".to_string()
-    } else {
-        let sign = if utc_offset_min < 0 { '-' } else { '+' };
-        let o = utc_offset_min.unsigned_abs();
-        format!("UTC{sign}{:02}:{:02}", o / 60, o % 60)
-    };
-    let at = format!("{y}-{mo:02}-{d:02} {h:02}:{mi:02} {zone}");
+    let at = boxless_core::util::local_time(f.message.received_at_ms, utc_offset_min);
     let (from, link, code) = (
         f.message
             .caller
@@ -85,10 +76,18 @@ pub fn message_email(
             ),
         ),
     };
-    match code_line {
-        Some(c) => format!("{subject}\n\n{body}\n{c}\n"),
-        None => format!("{subject}\n\n{body}\n"),
+    let web_line = f.web_link.map(|web| match lang {
+        Language::En => format!("To hear it in your browser, open {web}"),
+        Language::Fr => format!("Pour l'écouter dans votre navigateur, ouvrez {web}"),
+        Language::Es => format!("Para escucharlo en su navegador, abra {web}"),
+        Language::De => format!("Zum Abhören im Browser öffnen Sie {web}"),
+    });
+    let mut out = format!("{subject}\n\n{body}\n");
+    for line in [web_line, code_line].into_iter().flatten() {
+        out.push_str(&line);
+        out.push('\n');
     }
+    out
 }
 
 fn unknown(lang: Language) -> &'static str {
@@ -288,6 +287,7 @@ mod tests {
             link_number: PhoneNumber::parse_e164("+18005550100").unwrap(),
             access_code: "123456",
             duration_ms: 23_400,
+            web_link: None,
         };
         let en = message_email(&f, AccessCodePolicy::WhenCallerIdMismatch, 0, Language::En);
         let (subject, body) = en.split_once("\n\n").unwrap();

@@ -213,7 +213,7 @@ impl Sender {
             Sender::Log => {
                 let from = job.source.map(|s| s.to_string()).unwrap_or_default();
                 // Access codes are never logged, not even here.
-                let text = crate::text::mask_code(&job.text);
+                let text = crate::text::for_log(&job.text);
                 tracing::info!(target: "sms", to = %job.destination, from = %from, text = %text, "SMS");
                 Ok(1)
             }

@@ -15,7 +15,7 @@ fn unknown(lang: Language) -> &'static str {
         Language::En => "an unknown number",
         Language::Fr => "un numéro inconnu",
         Language::Es => "un numero desconocido",
-        Language::De => "einer unbekannten Nummer",
+        Language::De => "Unbekannt",
     }
 }
 
@@ -42,17 +42,33 @@ pub fn message_sms(
         format!("{h:02}:{m:02}"),
         f.link_number,
     );
-    let mut s = match lang {
-        Language::En => format!("Voice message from {from}, {len}, {at}. Call {link} to listen."),
-        Language::Fr => {
+    // With a web link the text says "listen" once and offers both ways, so that it still
+    // fits one GSM-7 SMS with a base URL of up to 26 characters and the access code.
+    let mut s = match (lang, f.web_link) {
+        (Language::En, None) => {
+            format!("Voice message from {from}, {len}, {at}. Call {link} to listen.")
+        }
+        (Language::En, Some(web)) => {
+            format!("Voice message from {from}, {len}, {at}. Listen: {web} or call {link}.")
+        }
+        (Language::Fr, None) => {
             format!("Message vocal de {from}, {len}, {at}. Appelez le {link} pour l'écouter.")
         }
-        Language::Es => {
+        (Language::Fr, Some(web)) => {
+            format!("Message vocal de {from}, {len}, {at}. Écoutez : {web} ou appelez le {link}.")
+        }
+        (Language::Es, None) => {
             format!("Mensaje de voz de {from}, {len}, {at}. Llame al {link} para escucharlo.")
         }
-        Language::De => format!(
+        (Language::Es, Some(web)) => {
+            format!("Mensaje de voz de {from}, {len}, {at}. Escuche: {web} o llame al {link}.")
+        }
+        (Language::De, None) => format!(
             "Sprachnachricht von {from}, {len}, {at}. Rufen Sie {link} an, um sie abzuhören."
         ),
+        (Language::De, Some(web)) => {
+            format!("Sprachnachricht von {from}, {len}, {at}. Anhören: {web} oder {link} anrufen.")
+        }
     };
     if policy != AccessCodePolicy::Never {
         let label = if lang == Language::Es {
@@ -95,8 +111,10 @@ pub fn confirmation(out: bool, lang: Language) -> &'static str {
     }
 }
 
-/// The text with the digits of its access code (" Code 123456.") masked, for logs.
-pub fn mask_code(text: &str) -> String {
+/// The text as a log may show it: the digits of its access code (" Code 123456.") and the
+/// secret part of its web link (`/m/s1.****`) masked.
+pub fn for_log(text: &str) -> String {
+    let text = mask_web_token(text);
     match CODE_LABELS
         .iter()
         .filter_map(|l| text.rfind(l).map(|i| i + l.len()))
@@ -110,8 +128,36 @@ pub fn mask_code(text: &str) -> String {
                 .collect();
             format!("{head}{masked}")
         }
-        None => text.to_string(),
+        None => text,
     }
+}
+
+/// `…/m/<server>.<secret>` → `…/m/<server>.****`.
+fn mask_web_token(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("/m/") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "-_.".contains(c)))
+            .unwrap_or(tail.len());
+        let token = &tail[..end];
+        match token.split_once('.') {
+            Some((server, _)) => {
+                out.push_str(server);
+                out.push_str(".****");
+                // A sentence's full stop right after the link stays.
+                if token.ends_with('.') {
+                    out.push('.');
+                }
+            }
+            None => out.push_str(token),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The reminder a day before an unheard message expires.
@@ -409,6 +455,7 @@ mod tests {
             link_number: n("+18005550100"),
             access_code: "042917",
             duration_ms: 23_100,
+            web_link: None,
         };
         assert_eq!(
             message_sms(&f, AccessCodePolicy::WhenCallerIdMismatch, 0, Language::En),
@@ -416,7 +463,7 @@ mod tests {
         );
         assert!(!message_sms(&f, AccessCodePolicy::Never, -300, Language::En).contains("Code"));
         assert_eq!(
-            mask_code(&message_sms(&f, AccessCodePolicy::Always, 0, Language::En)),
+            for_log(&message_sms(&f, AccessCodePolicy::Always, 0, Language::En)),
             "Voice message from +15551230001, 0:24, 12:05. Call +18005550100 to listen. Code ******."
         );
         assert!(message_sms(&f, AccessCodePolicy::Never, -300, Language::En).contains("07:05"));
@@ -426,7 +473,7 @@ mod tests {
             "Message vocal de +15551230001, 0:24, 12:05. Appelez le +18005550100 pour l'écouter. Code 042917."
         );
         let es = message_sms(&f, AccessCodePolicy::Always, 0, Language::Es);
-        assert!(mask_code(&es).ends_with("Clave ******."), "{es}");
+        assert!(for_log(&es).ends_with("Clave ******."), "{es}");
         // Every language's texts stay GSM-7, one SMS.
         for lang in [Language::En, Language::Fr, Language::Es, Language::De] {
             for t in [
@@ -444,6 +491,64 @@ mod tests {
             let m = encode(&message_sms(&f, AccessCodePolicy::Always, 0, lang));
             assert_eq!(split(&m).len(), 1, "{lang:?}: the notice is one SMS");
         }
+    }
+
+    #[test]
+    fn with_a_web_link_the_notice_is_still_one_gsm7_sms_and_logs_hide_the_token() {
+        let msg = NewMessage {
+            recipient: n("+15551230002"),
+            caller: Some(n("+15551230001")),
+            received_at_ms: 1_795_694_700_000,
+            samples: &[],
+            sample_rate: 8000,
+        };
+        // A base URL of 26 characters and a server id of 6: one SMS in every language even
+        // for an unknown caller with the access code (longer ones go as two parts).
+        let url = "https://voicemail.telco.es/m/east-1.AbCdEfGhIjKlMnOpQr-_";
+        let f = SmsFacts {
+            message: &msg,
+            link_number: n("+18005550100"),
+            access_code: "042917",
+            duration_ms: 23_100,
+            web_link: Some(url),
+        };
+        assert_eq!(
+            message_sms(&f, AccessCodePolicy::Always, 0, Language::En),
+            format!(
+                "Voice message from +15551230001, 0:24, 12:05. Listen: {url} or call +18005550100. Code 042917."
+            )
+        );
+        for lang in [Language::En, Language::Fr, Language::Es, Language::De] {
+            for caller in [Some(n("+15551230001")), None] {
+                let m = NewMessage { caller, ..msg };
+                let t = message_sms(
+                    &SmsFacts { message: &m, ..f },
+                    AccessCodePolicy::Always,
+                    0,
+                    lang,
+                );
+                let c = encode(&t);
+                assert_eq!(c.data_coding, 0, "{t}");
+                assert_eq!(
+                    split(&c).len(),
+                    1,
+                    "{lang:?}: {t} ({} septets)",
+                    c.octets.len()
+                );
+                assert!(t.contains(url), "{t}");
+                let logged = for_log(&t);
+                assert!(
+                    !logged.contains("AbCd") && !logged.contains("042917"),
+                    "{logged}"
+                );
+                assert!(logged.contains("/m/east-1.****"), "{logged}");
+            }
+        }
+        assert_eq!(
+            for_log("see https://x/m/s1.abc."),
+            "see https://x/m/s1.****."
+        );
+        assert_eq!(for_log("/m/ alone"), "/m/ alone");
     }
 
     #[test]

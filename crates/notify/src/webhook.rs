@@ -80,6 +80,7 @@ pub fn notice_body(f: &boxless_store::SmsFacts<'_>, server: &str) -> String {
         "received_at": rfc3339(f.message.received_at_ms),
         "duration_ms": f.duration_ms,
         "link_number": f.link_number.to_string(),
+        "web_url": f.web_link,
     })
     .to_string()
 }

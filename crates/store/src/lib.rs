@@ -23,12 +23,14 @@ mod lockout;
 pub mod outbox;
 pub mod receipts;
 pub mod retention;
+pub mod web;
 
 pub use directory::Directory;
 pub use events::Event;
 pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
 pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
+pub use web::{Activity, WEB_LINK};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -176,12 +178,17 @@ pub struct SmsFacts<'a> {
     pub access_code: &'a str,
     /// Length of the audio.
     pub duration_ms: u64,
+    /// The mark a text writes where the web link goes ([`web::WEB_LINK`]; filled when the
+    /// notice is sent), when messages get one.
+    pub web_link: Option<&'a str>,
 }
 
 /// One server's store.
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    dir: PathBuf,
+    web: std::sync::OnceLock<web::WebLinks>,
     audio_dir: PathBuf,
     server_id: String,
     pool: LinkPool,
@@ -243,10 +250,24 @@ impl Store {
                 "ALTER TABLE messages ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0",
             )?;
         }
+        if !conn
+            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'web_hash'")?
+            .exists([])?
+        {
+            conn.execute_batch("ALTER TABLE messages ADD COLUMN web_hash BLOB")?;
+        }
+        // Web tokens are found by their hash; the operator's page counts by minute.
+        conn.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS messages_web ON messages(web_hash);
+             CREATE INDEX IF NOT EXISTS messages_received ON messages(received_at_ms);",
+        )?;
         outbox::migrate(&conn)?;
+        conn.execute_batch("CREATE INDEX IF NOT EXISTS outbox_sent ON outbox(sent_at_ms)")?;
         conn.execute_batch(events::SCHEMA)?;
         let store = Store {
             conn: Mutex::new(conn),
+            dir: dir.to_path_buf(),
+            web: std::sync::OnceLock::new(),
             audio_dir,
             server_id: server_id.to_string(),
             pool,
@@ -352,16 +373,18 @@ impl Store {
         let tx = db.transaction()?;
         let link = choose_link(&tx, &self.pool, msg.recipient)?;
         let now = now_ms();
+        let web_hash = self.web_hash_for(&id);
         tx.execute(
-            "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8)",
-            params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64],
+            "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms, web_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8, ?9)",
+            params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64, web_hash],
         )?;
         let facts = SmsFacts {
             message: msg,
             link_number: link,
             access_code: &code,
             duration_ms,
+            web_link: web_hash.is_some().then_some(web::WEB_LINK),
         };
         events::emit(
             &tx,
@@ -957,7 +980,7 @@ mod tests {
         assert_eq!(s.pending().unwrap(), 0, "its SMS rows went with it");
     }
 
-    fn tempdir() -> PathBuf {
+    pub(crate) fn tempdir() -> PathBuf {
         let d = std::env::temp_dir().join(format!(
             "boxless-store-{}-{}",
             std::process::id(),

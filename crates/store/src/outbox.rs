@@ -241,7 +241,7 @@ impl Store {
              FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (channel = 'sms') = ?3
              ORDER BY next_attempt_ms, id LIMIT ?2",
         )?;
-        let jobs = stmt
+        let jobs: Vec<OutboxJob> = stmt
             .query_map(params![sql_ms(now), limit as i64, lane == Lane::Sms], |r| {
                 let kind: String = r.get(6)?;
                 let channel: String = r.get(7)?;
@@ -259,7 +259,15 @@ impl Store {
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(jobs)
+        drop(stmt);
+        drop(db);
+        Ok(jobs
+            .into_iter()
+            .map(|mut j| {
+                j.text = self.with_web_link(std::mem::take(&mut j.text), j.message_id.as_deref());
+                j
+            })
+            .collect())
     }
 
     /// SMS sent to `to` in the rolling hour before `now`.
