@@ -212,10 +212,20 @@ pub(crate) fn message(v: &MessageView<'_>, lang: Language) -> String {
         .caller
         .map_or_else(|| w.unknown.to_string(), |c| c.to_string());
     let t = esc(v.token);
-    let done = if v.saved {
-        format!("<p class=\"done\" role=\"status\">{}</p>", esc(w.saved))
+    // Saved: the page says so instead of offering Save again.
+    let (done, save) = if v.saved {
+        (
+            format!("<p class=\"done\" role=\"status\">{}</p>", esc(w.saved)),
+            String::new(),
+        )
     } else {
-        String::new()
+        (
+            String::new(),
+            format!(
+                "<form method=\"post\" action=\"{t}/save\"><button type=\"submit\" id=\"save\">{}</button></form>",
+                esc(w.save)
+            ),
+        )
     };
     let body = format!(
         "<h1>{title}</h1>\
@@ -226,7 +236,7 @@ pub(crate) fn message(v: &MessageView<'_>, lang: Language) -> String {
          {no_audio} <a href=\"{t}/audio\" download>{download}</a></audio>\
          {done}\
          <div class=\"row\">\
-         <form method=\"post\" action=\"{t}/save\"><button type=\"submit\" id=\"save\">{save}</button></form>\
+         {save}\
          <form method=\"post\" action=\"{t}/delete\"><button type=\"submit\" class=\"stop\" id=\"delete\">{delete}</button></form>\
          </div>\
          <p class=\"note\">{by_phone} <a href=\"tel:{link}\">{link}</a>.</p>",
@@ -241,7 +251,6 @@ pub(crate) fn message(v: &MessageView<'_>, lang: Language) -> String {
         play = esc(w.play),
         no_audio = esc(w.no_audio),
         download = esc(w.download),
-        save = esc(w.save),
         delete = esc(w.delete),
         by_phone = esc(w.by_phone),
         link = v.link_number,
@@ -368,6 +377,7 @@ mod tests {
             Language::En,
         );
         assert!(saved.contains("role=\"status\"") && saved.contains("Unknown number"));
+        assert!(!saved.contains("id=\"save\""), "saved: no Save button");
     }
 
     #[test]

@@ -22,7 +22,7 @@ body{margin:0;font:15px/1.45 system-ui,sans-serif;color:#111;background:#fff}\
 main{max-width:60rem;margin:0 auto;padding:1rem}\
 h1{font-size:1.35rem}h2{font-size:1.1rem;margin-top:1.5rem}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3rem .6rem;border-bottom:1px solid #ccc}\
-td.n{text-align:right;font-variant-numeric:tabular-nums}\
+th.n,td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .up{color:#0a6b2d}.down{color:#b3261e}.draining{color:#8a5a00}\
 svg{width:100%;height:auto;max-width:60rem}.note{color:#555}";
 
@@ -265,9 +265,9 @@ pub(crate) async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Respo
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta http-equiv=\"refresh\" content=\"15\"><title>Boxless status</title>\
          <style>{STYLE}</style></head><body><main><h1>Boxless status</h1>{health}\
-         <table><thead><tr><th>ID</th><th>STATE</th><th>ACTIVE/CAP</th><th>FREE DISK</th><th>LAST SEEN</th></tr></thead>\
+         <table><thead><tr><th>ID</th><th>STATE</th><th class=\"n\">ACTIVE/CAP</th><th class=\"n\">FREE DISK</th><th class=\"n\">LAST SEEN</th></tr></thead>\
          <tbody>{rows}</tbody></table>\
-         <h2>Last hour: {dep} deposits, {not} notifications</h2>{chart}\
+         <h2>Last hour: deposits {dep}, notifications {not}</h2>{chart}\
          <p class=\"note\">Bars: messages stored per minute. Line: notices sent per minute (SMS, e-mail, webhook). \
          Refreshes every 15 s; generated {gen}.</p>{missing_note}</main></body></html>",
         chart = chart(&a),

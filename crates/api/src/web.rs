@@ -497,12 +497,17 @@ async fn mark(store: &Arc<Store>, id: &str, state: MessageState) -> bool {
     }
 }
 
-/// A form or the script may post only from the page itself: same origin (by `Origin`,
-/// else `Sec-Fetch-Site`), so another site cannot make a visitor's browser delete.
+/// A form or the script may post only from the page itself, so another site cannot make
+/// a visitor's browser delete. `Sec-Fetch-Site` decides when the browser sends it (every
+/// current one does); else `Origin`, which must be `web.base_url`'s. `Origin: null`
+/// (what a browser sends for a form posted under `Referrer-Policy: no-referrer` when it
+/// lacks `Sec-Fetch-Site`) is refused; no `Origin` at all (curl, old browsers) passes.
 fn same_origin(web: &Web, h: &HeaderMap) -> bool {
     let get = |n: &str| h.get(n).and_then(|v| v.to_str().ok());
-    if matches!(get("sec-fetch-site"), Some("cross-site" | "same-site")) {
-        return false;
+    match get("sec-fetch-site") {
+        Some("same-origin") => return true,
+        Some("cross-site" | "same-site") => return false,
+        _ => {}
     }
     match get("origin") {
         None => true,
@@ -688,6 +693,12 @@ mod tests {
         h.remove("origin");
         h.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert!(!same_origin(&w, &h));
+        // A form under no-referrer: Origin null, but the browser says same-origin.
+        h.insert("origin", HeaderValue::from_static("null"));
+        h.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(same_origin(&w, &h));
+        h.remove("sec-fetch-site");
+        assert!(!same_origin(&w, &h), "null without Sec-Fetch-Site: refused");
         assert!(confirmed(b"confirm=yes") && !confirmed(b"confirm=no"));
     }
 }
