@@ -120,7 +120,14 @@ link_numbers = ["+18005550150-+18005550199"]
         return read_jsonl(self.sms_out)
 
     def audio(self, m):
-        return read_wav(os.path.join(self.work, "data", m["server"], "audio", f"{m['id']}.wav"))
+        """(rate, samples) of a stored message, as the API serves it (16-bit PCM WAV; the
+        file itself may be G.711, which Python's `wave` cannot read)."""
+        import urllib.request
+        path = os.path.join(self.work, f"{m['id']}.wav")
+        url = f"http://127.0.0.1:{self.p['http']}/api/v1/messages/{m['id']}/audio"
+        with urllib.request.urlopen(url, timeout=5) as r, open(path, "wb") as f:
+            f.write(r.read())
+        return read_wav(path)
 
 
 def read_wav(path):

@@ -69,6 +69,32 @@ async fn redirect_deposit_stores_the_audio_and_sends_the_sms() {
     .unwrap();
     assert_eq!(code, 200);
     assert!(wav.starts_with("RIFF"));
+    // Served as 16-bit PCM; kept as the caller's µ-law, half the size.
+    let id = m["id"].as_str().unwrap();
+    let (_, kept) = http_get(
+        sys.running.http,
+        &format!("/api/v1/messages/{id}/audio?format=original"),
+    )
+    .await
+    .unwrap();
+    assert!(kept.starts_with("RIFF"));
+    let kept_size = std::fs::metadata(sys.data.join("ms1/audio").join(format!("{id}.wav")))
+        .or_else(|_| std::fs::metadata(sys.data.join("ms2/audio").join(format!("{id}.wav"))))
+        .unwrap()
+        .len();
+    // One byte a sample (8 a ms; the duration is whole ms) after a 58-byte header.
+    let body = kept_size - 58;
+    assert!(
+        (d * 8..d * 8 + 9).contains(&body),
+        "µ-law on disk: {body} bytes for {d} ms"
+    );
+    let (code, _) = http_get(
+        sys.running.http,
+        &format!("/api/v1/messages/{id}/audio?format=mp3"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400);
     let (code, _) = http(
         sys.running.http,
         "DELETE",

@@ -528,29 +528,51 @@ async fn message(
     }
 }
 
-async fn audio(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+/// `GET /api/v1/messages/{id}/audio` query.
+#[derive(Debug, Deserialize)]
+pub struct AudioQuery {
+    /// `original`: the file as stored (G.711 WAV when kept so); else 16-bit PCM WAV.
+    pub format: Option<String>,
+}
+
+async fn audio(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<AudioQuery>,
+) -> Response {
+    let original = match q.format.as_deref() {
+        None | Some("pcm16") => false,
+        Some("original") => true,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "format must be `original` (the file as stored) or absent (16-bit PCM WAV)",
+            );
+        }
+    };
+    let query = if original { "?format=original" } else { "" };
     if valid_id(&id)
         && let Some(r) = forward(
             &s,
             &headers,
             "GET",
-            &format!("/api/v1/messages/{id}/audio"),
+            &format!("/api/v1/messages/{id}/audio{query}"),
             &id,
         )
         .await
     {
         return r;
     }
-    let Some(st) = store_of(&s, &id).filter(|_| valid_id(&id)) else {
-        return no_message();
-    };
-    match tokio::fs::read(st.audio_path(&id)).await {
-        Ok(b) => ([(header::CONTENT_TYPE, "audio/wav")], b).into_response(),
-        Err(_) => error(
+    match with_store(&s, &id, move |st, id| st.audio_file(id, original)).await {
+        Ok(Some(b)) => ([(header::CONTENT_TYPE, "audio/wav")], b).into_response(),
+        Ok(None) => error(
             StatusCode::NOT_FOUND,
             "not_found",
             "no audio for that id (deleted or never stored)",
         ),
+        Err(r) => r,
     }
 }
 

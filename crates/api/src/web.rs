@@ -427,9 +427,11 @@ async fn audio_get(
         Opened::Here(st, m, _) => (st, m),
         Opened::Answer(r) => return r,
     };
-    let bytes = match tokio::fs::read(store.audio_path(&m.id)).await {
-        Ok(b) => b,
-        Err(_) => return not_found(&s.web),
+    // Every browser plays 16-bit PCM WAV (not all play G.711 in WAV): converted if kept so.
+    let (st, id) = (store.clone(), m.id.clone());
+    let bytes = match tokio::task::spawn_blocking(move || st.audio_file(&id, false)).await {
+        Ok(Ok(Some(b))) => b,
+        _ => return not_found(&s.web),
     };
     let len = bytes.len() as u64;
     let range = byte_range(
@@ -784,6 +786,7 @@ mod flow {
                     received_at_ms: 1_795_694_700_000,
                     samples: &samples,
                     sample_rate: 8000,
+                    encoding: boxless_store::Encoding::Pcm16,
                 },
                 |_| "t".into(),
             )

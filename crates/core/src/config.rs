@@ -478,6 +478,20 @@ pub struct MessagesConfig {
     pub keep_heard_days: u32,
     /// Unheard messages expire this many days after they arrived (a reminder SMS goes a day before).
     pub keep_unheard_days: u32,
+    /// How the audio is kept on disk.
+    pub audio_format: AudioFormat,
+}
+
+/// `messages.audio_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioFormat {
+    /// The G.711 law the caller sent (µ-law or A-law WAV, 8 kB/s); a G.722 call wideband
+    /// 16-bit PCM.
+    #[default]
+    G711,
+    /// 16-bit PCM (16 kB/s at 8 kHz).
+    Pcm16,
 }
 
 /// The default greeting.
@@ -500,6 +514,7 @@ impl Default for MessagesConfig {
             greeting: Greeting::Digits,
             keep_heard_days: 7,
             keep_unheard_days: 30,
+            audio_format: AudioFormat::G711,
         }
     }
 }

@@ -212,10 +212,11 @@ impl Mailer {
         let (subject, body) = job.text.split_once("\n\n").unwrap_or((&job.text, ""));
         let mid = job.message_id.clone().unwrap_or_default();
         let audio = if self.attach_audio && !mid.is_empty() {
-            let path = self.store.audio_path(&mid);
-            match tokio::fs::read(&path).await {
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            // As 16-bit PCM WAV, which every mail client's player reads.
+            let (store, id) = (self.store.clone(), mid.clone());
+            match tokio::task::spawn_blocking(move || store.audio_file(&id, false)).await {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => return Err(SendError::retry(format!("reading the audio: {e}"))),
                 Err(e) => return Err(SendError::retry(format!("reading the audio: {e}"))),
             }
         } else {
@@ -281,6 +282,7 @@ mod tests {
             received_at_ms: 1_764_460_800_000 + (14 * 60 + 5) * 60_000,
             samples: &[],
             sample_rate: 8000,
+            encoding: boxless_store::Encoding::Pcm16,
         };
         let f = SmsFacts {
             message: &msg,

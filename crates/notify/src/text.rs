@@ -449,6 +449,7 @@ mod tests {
             received_at_ms: 1_795_694_700_000,
             samples: &[],
             sample_rate: 8000,
+            encoding: boxless_store::Encoding::Pcm16,
         };
         let f = SmsFacts {
             message: &msg,
@@ -501,6 +502,7 @@ mod tests {
             received_at_ms: 1_795_694_700_000,
             samples: &[],
             sample_rate: 8000,
+            encoding: boxless_store::Encoding::Pcm16,
         };
         // A base URL of 26 characters and a server id of 6: one SMS in every language even
         // for an unknown caller with the access code (longer ones go as two parts).

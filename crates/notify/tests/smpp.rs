@@ -35,6 +35,7 @@ async fn send_long(long_text: LongText) -> (Vec<boxless_testkit::Sms>, Vec<u8>) 
         received_at_ms: 1_000,
         samples: &[0i16; 800],
         sample_rate: 8000,
+        encoding: boxless_store::Encoding::Pcm16,
     };
     // 200 characters: two parts of at most 153.
     let text = format!("Voice message {}", "x".repeat(186));

@@ -85,6 +85,8 @@ pub enum Output {
         samples: Vec<i16>,
         /// 8000, or 16000 for a G.722 call (stored wideband).
         rate: u32,
+        /// The caller's codec at the end of the call (G.711 audio is kept in its law).
+        codec: boxless_media::Codec,
     },
     /// Queue a missed-call alert durably, then call [`CallFlow::handle_stored`].
     MissedCall,

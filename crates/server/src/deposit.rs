@@ -253,7 +253,7 @@ impl Deposit {
             return;
         }
         let rx = std::mem::replace(&mut self.rx, RtpReceiver::new(Codec::Pcmu, 0, None, 0));
-        let rate = rx.rate();
+        let (rate, codec) = (rx.rate(), rx.codec());
         let min = self.s.min_samples * rate as usize / 8000;
         let mut samples = rx.into_samples();
         if reason == EndReason::Silence {
@@ -261,7 +261,11 @@ impl Deposit {
             samples.truncate(self.last_voice_pos.max(min.min(samples.len())));
         }
         if samples.len() >= min {
-            self.out.push_back(Output::Store { samples, rate });
+            self.out.push_back(Output::Store {
+                samples,
+                rate,
+                codec,
+            });
         } else {
             self.out.push_back(Output::MissedCall);
         }

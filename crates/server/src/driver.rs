@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use boxless_core::config::{AccessCodePolicy, Greeting, TrustCallerId};
+use boxless_core::config::{AccessCodePolicy, AudioFormat, Greeting, TrustCallerId};
 use boxless_core::recipient::{Channel, Language, Languages};
 use boxless_core::{
     Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
@@ -117,6 +117,8 @@ pub struct MessagingServer {
     gate: Gate,
     missed_call_merge_ms: u64,
     fallback_after_ms: u64,
+    /// `messages.audio_format`.
+    audio_format: AudioFormat,
     /// `[email] smtp` is set.
     email_on: bool,
     /// A webhook key signs notices to recipients' own webhooks.
@@ -203,6 +205,7 @@ impl MessagingServer {
             ),
             missed_call_merge_ms: u64::from(c.sms.missed_call_merge_minutes) * 60_000,
             fallback_after_ms: c.sms.fallback_after_seconds.saturating_mul(1000),
+            audio_format: c.messages.audio_format,
             email_on: !c.email.smtp.trim().is_empty(),
             webhook_on: cfg.secrets.webhook_secret.is_some(),
         });
@@ -855,7 +858,11 @@ impl Call {
                             self.latched = None;
                         }
                     }
-                    Output::Store { samples, rate } => storing = Some(self.store(samples, rate)),
+                    Output::Store {
+                        samples,
+                        rate,
+                        codec,
+                    } => storing = Some(self.store(samples, rate, codec)),
                     Output::MissedCall => storing = Some(self.missed_call()),
                     Output::Mark { id, mark } => self.mark(id, mark),
                     Output::WrongCode => {
@@ -918,8 +925,18 @@ impl Call {
         }
     }
 
-    fn store(&self, samples: Vec<i16>, rate: u32) -> tokio::task::JoinHandle<bool> {
+    fn store(
+        &self,
+        samples: Vec<i16>,
+        rate: u32,
+        codec: boxless_media::Codec,
+    ) -> tokio::task::JoinHandle<bool> {
         let server = self.server.clone();
+        let encoding = match (server.audio_format, codec) {
+            (AudioFormat::G711, boxless_media::Codec::Pcmu) => boxless_store::Encoding::Mulaw,
+            (AudioFormat::G711, boxless_media::Codec::Pcma) => boxless_store::Encoding::Alaw,
+            _ => boxless_store::Encoding::Pcm16,
+        };
         let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
         tokio::task::spawn_blocking(move || {
             let msg = NewMessage {
@@ -928,6 +945,7 @@ impl Call {
                 received_at_ms: at,
                 samples: &samples,
                 sample_rate: rate,
+                encoding,
             };
             let (policy, offset) = (server.policy, server.utc_offset);
             // The recipient's entry says who gets the SMS; the copy answers even while

@@ -189,7 +189,7 @@ impl Harness {
                 Output::Sip { bytes, .. } => self.sip.push(bytes),
                 Output::Rtp => self.rtp += 1,
                 Output::MediaPeer(a) => self.media_peer = Some(a),
-                Output::Store { samples, rate } => {
+                Output::Store { samples, rate, .. } => {
                     self.stored = Some(samples);
                     self.stored_rate = Some(rate);
                 }

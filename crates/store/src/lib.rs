@@ -23,6 +23,7 @@ mod lockout;
 pub mod outbox;
 pub mod receipts;
 pub mod retention;
+pub mod wav;
 pub mod web;
 
 pub use directory::Directory;
@@ -30,6 +31,7 @@ pub use events::Event;
 pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
 pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
 pub use retention::{Aging, Fate, Retention, Swept};
+pub use wav::Encoding;
 pub use web::{Activity, WEB_LINK};
 
 /// Store errors.
@@ -150,6 +152,8 @@ pub struct NewMessage<'a> {
     pub samples: &'a [i16],
     /// 8000 (G.711 calls) or 16000 (G.722: wideband).
     pub sample_rate: u32,
+    /// How to keep it on disk (G.711 only at 8 kHz; wideband stays PCM).
+    pub encoding: Encoding,
 }
 
 /// An unheard message as retrieval sees it.
@@ -368,7 +372,7 @@ impl Store {
         let id = self.new_id();
         let code = self.new_code()?;
         let duration_ms = msg.samples.len() as u64 * 1000 / u64::from(msg.sample_rate.max(1));
-        self.write_wav(&id, msg.samples, msg.sample_rate)?;
+        self.write_wav(&id, msg.samples, msg.sample_rate, msg.encoding)?;
         let mut db = self.db();
         let tx = db.transaction()?;
         let link = choose_link(&tx, &self.pool, msg.recipient)?;
@@ -427,24 +431,9 @@ impl Store {
         self.get(&id).map(|m| m.expect("row committed above"))
     }
 
-    fn write_wav(&self, id: &str, samples: &[i16], sample_rate: u32) -> Result<()> {
+    fn write_wav(&self, id: &str, samples: &[i16], rate: u32, enc: Encoding) -> Result<()> {
         let tmp = self.audio_dir.join(format!("{id}.wav.tmp"));
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate,
-            bits_per_sample: 16,
-            sample_format: hound::SampleFormat::Int,
-        };
-        let mut bytes = Vec::with_capacity(44 + samples.len() * 2);
-        {
-            let mut w = hound::WavWriter::new(std::io::Cursor::new(&mut bytes), spec)?;
-            let mut w16 = w.get_i16_writer(samples.len() as u32);
-            for &s in samples {
-                w16.write_sample(s);
-            }
-            w16.flush()?;
-            w.finalize()?;
-        }
+        let bytes = wav::encode(samples, rate, enc);
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
@@ -603,15 +592,32 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// A message's audio, mono, and its sample rate (8 or 16 kHz).
+    /// A message's audio, mono, and its sample rate (8 or 16 kHz), whatever its encoding.
     pub fn audio(&self, id: &str) -> Result<(u32, Vec<i16>)> {
-        let r = hound::WavReader::open(self.audio_path(id))?;
-        let rate = r.spec().sample_rate;
-        Ok((
-            rate,
-            r.into_samples::<i16>()
-                .collect::<std::result::Result<_, _>>()?,
-        ))
+        let b = fs::read(self.audio_path(id))?;
+        wav::decode(&b).ok_or_else(|| {
+            Error::Io(std::io::Error::other(format!(
+                "{id}: not a WAV file we wrote"
+            )))
+        })
+    }
+
+    /// A message's audio file: as stored (`original`), else as 16-bit PCM WAV (what every
+    /// player reads). None when it has none (deleted, or never stored).
+    pub fn audio_file(&self, id: &str, original: bool) -> Result<Option<Vec<u8>>> {
+        let b = match fs::read(self.audio_path(id)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if original {
+            return Ok(Some(b));
+        }
+        wav::to_pcm16(b).map(Some).ok_or_else(|| {
+            Error::Io(std::io::Error::other(format!(
+                "{id}: not a WAV file we wrote"
+            )))
+        })
     }
 
     /// Marks a message deleted and removes its audio. False if there is no such message.
@@ -729,6 +735,7 @@ pub(crate) fn test_message() -> NewMessage<'static> {
         received_at_ms: 1_000,
         samples: &[0i16; 800],
         sample_rate: 8000,
+        encoding: crate::Encoding::Pcm16,
     }
 }
 
@@ -771,6 +778,7 @@ mod tests {
             received_at_ms: 1,
             samples: &samples,
             sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
         };
         let m = s
             .deposit(&msg, |f| {
@@ -797,6 +805,36 @@ mod tests {
     }
 
     #[test]
+    fn pcmu_is_kept_as_sent_in_half_the_space_and_served_as_pcm() {
+        let dir = tempdir();
+        let s = store(&dir);
+        // A minute of what a µ-law decoder gives.
+        let samples: Vec<i16> = (0..480_000u32)
+            .map(|i| audio_codec_algorithms::decode_ulaw((i % 251) as u8))
+            .collect();
+        let msg = NewMessage {
+            recipient: n("+15551230002"),
+            caller: None,
+            received_at_ms: 1,
+            samples: &samples,
+            sample_rate: 8000,
+            encoding: Encoding::Mulaw,
+        };
+        let m = s.deposit(&msg, |_| "t".into()).unwrap();
+        assert_eq!(m.duration_ms, 60_000);
+        let size = std::fs::metadata(s.audio_path(&m.id)).unwrap().len();
+        assert!(size <= 500_000, "a minute of PCMU takes {size} bytes");
+        assert_eq!(s.audio(&m.id).unwrap(), (8000, samples.clone()));
+        let original = s.audio_file(&m.id, true).unwrap().unwrap();
+        assert_eq!(original.len() as u64, size);
+        assert_eq!(wav::parse(&original).unwrap().encoding, Encoding::Mulaw);
+        let pcm = s.audio_file(&m.id, false).unwrap().unwrap();
+        assert_eq!(pcm.len(), 44 + 2 * samples.len(), "served as 16-bit PCM");
+        assert!(s.delete(&m.id).unwrap());
+        assert_eq!(s.audio_file(&m.id, false).unwrap(), None);
+    }
+
+    #[test]
     fn link_numbers_lowest_free_then_shared() {
         let dir = tempdir();
         let s = store(&dir);
@@ -807,6 +845,7 @@ mod tests {
             received_at_ms: 1,
             samples: &[0; 80],
             sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
         };
         let links: Vec<_> = (0..4)
             .map(|_| {
@@ -853,6 +892,7 @@ mod tests {
                 received_at_ms: 1,
                 samples: &[1; 80],
                 sample_rate: 8000,
+                encoding: crate::Encoding::Pcm16,
             };
             s.deposit(&msg, |_| "x".into()).unwrap().id
         };
@@ -879,6 +919,7 @@ mod tests {
             received_at_ms: 1,
             samples: &[7; 80],
             sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
         };
         let a = s.deposit(&msg, |_| String::new()).unwrap();
         let other = NewMessage {
@@ -928,6 +969,7 @@ mod tests {
             received_at_ms: 1000,
             samples: &[1; 80],
             sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
         };
         let m = s.deposit(&msg, |_| "new".into()).unwrap();
         let heard = s.deposit(&msg, |_| "new".into()).unwrap();

@@ -501,6 +501,7 @@ mod tests {
                 received_at_ms: at,
                 samples: &[0i16; 800],
                 sample_rate: 8000,
+                encoding: crate::Encoding::Pcm16,
             };
             s.deposit(&m, |_| "msg".into()).unwrap()
         };

@@ -229,6 +229,7 @@ mod tests {
             received_at_ms: boxless_core::now_ms(),
             samples: &samples,
             sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
         };
         s.deposit(&msg, |f| format!("Listen: {}", f.web_link.unwrap()))
             .unwrap()
