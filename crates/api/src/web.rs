@@ -234,11 +234,7 @@ async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
         Ok(Ok(_)) => Opened::Answer(miss(web, ip)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "web link lookup failed");
-            Opened::Answer(html(
-                web,
-                StatusCode::SERVICE_UNAVAILABLE,
-                page::UNAVAILABLE.clone(),
-            ))
+            Opened::Answer(unavailable(web))
         }
         Err(_) => Opened::Answer(not_found(web)),
     }
@@ -307,11 +303,7 @@ async fn forward(s: &ApiState, r: &Remote, req: &Incoming<'_>, client: IpAddr) -
             tracing::warn!(server = %r.id, error = %why, "web link: the server holding the message does not answer");
             metrics::counter!("boxless_web_unavailable_total", "server" => r.id.clone())
                 .increment(1);
-            let mut resp = html(
-                &s.web,
-                StatusCode::SERVICE_UNAVAILABLE,
-                page::UNAVAILABLE.clone(),
-            );
+            let mut resp = unavailable(&s.web);
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
             resp
@@ -346,7 +338,7 @@ async fn page_get(
         Opened::Here(st, m, t) => (st, m, t),
         Opened::Answer(r) => return r,
     };
-    let lang = language(&s, &m);
+    let lang = language(&s, &m).await;
     let received = boxless_core::util::local_time(m.received_at_ms, s.web.utc_offset_min);
     let iso = rfc3339(m.received_at_ms);
     let body = page::message(
@@ -365,12 +357,17 @@ async fn page_get(
     html(&s.web, StatusCode::OK, body)
 }
 
-fn language(s: &ApiState, m: &MessageInfo) -> boxless_core::recipient::Language {
-    let prefs = s
-        .recipients
-        .as_ref()
-        .and_then(|r| r.copy().get(m.recipient).ok().flatten());
-    s.web.languages.for_number(m.recipient, prefs.as_ref())
+/// The recipient's language: its entry's (read off the async threads), else its country's.
+async fn language(s: &ApiState, m: &MessageInfo) -> boxless_core::recipient::Language {
+    let recipient = m.recipient;
+    let prefs = match s.recipients.clone() {
+        Some(r) => tokio::task::spawn_blocking(move || r.copy().get(recipient).ok().flatten())
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    s.web.languages.for_number(recipient, prefs.as_ref())
 }
 
 /// `?via=page`: the page's script plays the audio and reports the end itself.
@@ -529,6 +526,39 @@ fn refused(web: &Web) -> Response {
     html(web, StatusCode::FORBIDDEN, page::FORBIDDEN.clone())
 }
 
+fn unavailable(web: &Web) -> Response {
+    html(
+        web,
+        StatusCode::SERVICE_UNAVAILABLE,
+        page::UNAVAILABLE.clone(),
+    )
+}
+
+/// What every POST does first: the same-origin check, then [`open`].
+async fn open_post(
+    s: &ApiState,
+    raw: &str,
+    action: &str,
+    peer: Peer,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Arc<Store>, MessageInfo, WebToken), Response> {
+    if !same_origin(&s.web, headers) {
+        return Err(refused(&s.web));
+    }
+    let req = incoming(
+        Method::POST,
+        format!("/m/{raw}/{action}"),
+        headers,
+        body,
+        peer,
+    );
+    match open(s, raw, req).await {
+        Opened::Here(st, m, t) => Ok((st, m, t)),
+        Opened::Answer(r) => Err(r),
+    }
+}
+
 async fn save_post(
     State(s): State<ApiState>,
     Path(raw): Path<String>,
@@ -536,26 +566,12 @@ async fn save_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !same_origin(&s.web, &headers) {
-        return refused(&s.web);
-    }
-    let req = incoming(
-        Method::POST,
-        format!("/m/{raw}/save"),
-        &headers,
-        &body,
-        peer,
-    );
-    let (store, m, token) = match open(&s, &raw, req).await {
-        Opened::Here(st, m, t) => (st, m, t),
-        Opened::Answer(r) => return r,
+    let (store, m, token) = match open_post(&s, &raw, "save", peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     if !mark(&store, &m.id, MessageState::Saved).await {
-        return html(
-            &s.web,
-            StatusCode::SERVICE_UNAVAILABLE,
-            page::UNAVAILABLE.clone(),
-        );
+        return unavailable(&s.web);
     }
     // Back to the page (relative, so it works under any path prefix of base_url).
     let mut r = StatusCode::SEE_OTHER.into_response();
@@ -577,21 +593,11 @@ async fn delete_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !same_origin(&s.web, &headers) {
-        return refused(&s.web);
-    }
-    let req = incoming(
-        Method::POST,
-        format!("/m/{raw}/delete"),
-        &headers,
-        &body,
-        peer,
-    );
-    let (store, m, token) = match open(&s, &raw, req).await {
-        Opened::Here(st, m, t) => (st, m, t),
-        Opened::Answer(r) => return r,
+    let (store, m, token) = match open_post(&s, &raw, "delete", peer, &headers, &body).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
-    let lang = language(&s, &m);
+    let lang = language(&s, &m).await;
     if !confirmed(&body) {
         return html(
             &s.web,
@@ -600,11 +606,7 @@ async fn delete_post(
         );
     }
     if !mark(&store, &m.id, MessageState::Deleted).await {
-        return html(
-            &s.web,
-            StatusCode::SERVICE_UNAVAILABLE,
-            page::UNAVAILABLE.clone(),
-        );
+        return unavailable(&s.web);
     }
     html(&s.web, StatusCode::OK, page::deleted(lang))
 }
@@ -615,13 +617,9 @@ async fn heard_post(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !same_origin(&s.web, &headers) {
-        return refused(&s.web);
-    }
-    let req = incoming(Method::POST, format!("/m/{raw}/heard"), &headers, &[], peer);
-    let (store, m) = match open(&s, &raw, req).await {
-        Opened::Here(st, m, _) => (st, m),
-        Opened::Answer(r) => return r,
+    let (store, m, _) = match open_post(&s, &raw, "heard", peer, &headers, &[]).await {
+        Ok(v) => v,
+        Err(r) => return r,
     };
     mark(&store, &m.id, MessageState::Heard).await;
     let mut r = StatusCode::NO_CONTENT.into_response();
