@@ -339,6 +339,40 @@ fn target(s: &ApiState, r: &Remote) -> boxless_net::http::Target {
     }
 }
 
+/// Asks every server in another process for `GET path` at once, each within
+/// [`REMOTE_TIMEOUT`], with the caller's `Authorization`: the JSON of those that answered
+/// `200`, and the ids of the others.
+async fn ask_remotes(
+    s: &ApiState,
+    headers: &HeaderMap,
+    path: &str,
+) -> (Vec<(String, Value)>, Vec<String>) {
+    let mut asks = tokio::task::JoinSet::new();
+    let auth = authorization(headers);
+    for r in s.remotes.clone() {
+        let (t, auth, path) = (target(s, &r), auth.clone(), path.to_string());
+        asks.spawn(async move {
+            let got =
+                boxless_net::http::request_with(&t, "GET", &path, auth.as_deref(), REMOTE_TIMEOUT)
+                    .await;
+            let v = match got {
+                Ok(a) if a.status == 200 => serde_json::from_slice::<Value>(&a.body).ok(),
+                _ => None,
+            };
+            (r.id, v)
+        });
+    }
+    let (mut answers, mut missing) = (Vec::new(), Vec::new());
+    while let Some(done) = asks.join_next().await {
+        match done {
+            Ok((id, Some(v))) => answers.push((id, v)),
+            Ok((id, None)) => missing.push(id),
+            Err(_) => {}
+        }
+    }
+    (answers, missing)
+}
+
 async fn messages(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -383,28 +417,11 @@ async fn messages(
         Some(r) => format!("/api/v1/messages?recipient=%2B{}&limit={limit}", r.digits()),
         None => format!("/api/v1/messages?limit={limit}"),
     };
-    let mut asks = tokio::task::JoinSet::new();
-    let auth = authorization(&headers);
-    for r in s.remotes.clone() {
-        let q = query.clone();
-        let (t, auth) = (target(&s, &r), auth.clone());
-        asks.spawn(async move {
-            let got =
-                boxless_net::http::request_with(&t, "GET", &q, auth.as_deref(), REMOTE_TIMEOUT)
-                    .await;
-            let items = match got {
-                Ok(a) if a.status == 200 => serde_json::from_slice::<Vec<Value>>(&a.body).ok(),
-                _ => None,
-            };
-            (r.id, items)
-        });
-    }
-    let mut missing = Vec::new();
-    while let Some(done) = asks.join_next().await {
-        match done {
-            Ok((_, Some(items))) => list.extend(items),
-            Ok((id, None)) => missing.push(id),
-            Err(_) => {}
+    let (answers, mut missing) = ask_remotes(&s, &headers, &query).await;
+    for (id, v) in answers {
+        match v {
+            Value::Array(items) => list.extend(items),
+            _ => missing.push(id),
         }
     }
     // RFC 3339 UTC times sort as text: newest first.
@@ -471,11 +488,7 @@ fn store_of<'a>(s: &'a ApiState, id: &str) -> Option<&'a Arc<Store>> {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(boxless_core::util::id_byte)
 }
 
 fn no_message() -> Response {

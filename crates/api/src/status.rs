@@ -26,9 +26,9 @@ th.n,td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .up{color:#0a6b2d}.down{color:#b3261e}.draining{color:#8a5a00}\
 svg{width:100%;height:auto;max-width:60rem}.note{color:#555}";
 
-/// Summed activity of the stores in this process.
+/// Summed activity of the stores in this process (zeros when it has none).
 fn local(s: &ApiState, now: u64) -> Result<Activity, String> {
-    let mut sum = Activity::default();
+    let mut sum = Activity::empty(now, MINUTES);
     for st in &s.stores {
         let a = st.activity(now, MINUTES).map_err(|e| e.to_string())?;
         add(&mut sum, &a);
@@ -37,10 +37,6 @@ fn local(s: &ApiState, now: u64) -> Result<Activity, String> {
 }
 
 fn add(sum: &mut Activity, a: &Activity) {
-    if sum.deposits.is_empty() {
-        *sum = a.clone();
-        return;
-    }
     for (x, y) in sum.deposits.iter_mut().zip(&a.deposits) {
         *x += y;
     }
@@ -72,43 +68,13 @@ async fn gather(s: &ApiState, headers: &HeaderMap) -> (Activity, Vec<String>) {
         .await
         .ok()
         .and_then(Result::ok)
-        .unwrap_or_default();
-    let auth = crate::authorization(headers);
-    let mut asks = tokio::task::JoinSet::new();
-    for r in s.remotes.clone() {
-        let (t, auth) = (crate::target(s, &r), auth.clone());
-        asks.spawn(async move {
-            let got = boxless_net::http::request_with(
-                &t,
-                "GET",
-                "/api/v1/activity",
-                auth.as_deref(),
-                crate::REMOTE_TIMEOUT,
-            )
-            .await;
-            let a = match got {
-                Ok(a) if a.status == 200 => serde_json::from_slice::<Value>(&a.body)
-                    .ok()
-                    .as_ref()
-                    .and_then(from_json),
-                _ => None,
-            };
-            (r.id, a)
-        });
-    }
-    let mut missing = Vec::new();
-    while let Some(Ok((id, a))) = asks.join_next().await {
-        match a {
+        .unwrap_or_else(|| Activity::empty(now, MINUTES));
+    let (answers, mut missing) = crate::ask_remotes(s, headers, "/api/v1/activity").await;
+    for (id, v) in answers {
+        match from_json(&v) {
             Some(a) if a.deposits.len() == MINUTES as usize => add(&mut sum, &a),
             _ => missing.push(id),
         }
-    }
-    if sum.deposits.is_empty() {
-        sum = Activity {
-            from_ms: (now / 60_000 + 1 - u64::from(MINUTES)) * 60_000,
-            deposits: vec![0; MINUTES as usize],
-            notices: vec![0; MINUTES as usize],
-        };
     }
     missing.sort();
     (sum, missing)
@@ -119,24 +85,13 @@ pub(crate) async fn activity(State(s): State<ApiState>) -> Response {
     let now = now_ms();
     let st = s.clone();
     match tokio::task::spawn_blocking(move || local(&st, now)).await {
-        Ok(Ok(a)) => {
-            let a = if a.deposits.is_empty() {
-                Activity {
-                    from_ms: (now / 60_000 + 1 - u64::from(MINUTES)) * 60_000,
-                    deposits: vec![0; MINUTES as usize],
-                    notices: vec![0; MINUTES as usize],
-                }
-            } else {
-                a
-            };
-            axum::Json(json!({
-                "from_ms": a.from_ms,
-                "minute_ms": 60_000,
-                "deposits": a.deposits,
-                "notices": a.notices,
-            }))
-            .into_response()
-        }
+        Ok(Ok(a)) => axum::Json(json!({
+            "from_ms": a.from_ms,
+            "minute_ms": 60_000,
+            "deposits": a.deposits,
+            "notices": a.notices,
+        }))
+        .into_response(),
         Ok(Err(e)) => crate::error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e),
         Err(e) => crate::error(
             StatusCode::INTERNAL_SERVER_ERROR,

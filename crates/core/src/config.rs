@@ -810,12 +810,7 @@ impl Config {
         let mut servers: Vec<ServerSpec> = Vec::with_capacity(self.servers.len());
         for (i, s) in self.servers.iter().enumerate() {
             let key = |k: &str| format!("servers[{i}].{k}");
-            if s.id.is_empty()
-                || !s
-                    .id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
+            if s.id.is_empty() || !s.id.bytes().all(crate::util::id_byte) {
                 return Err(err(key("id"), "must be letters, digits, `-` or `_`".into()));
             }
             if s.capacity == 0 {

@@ -59,6 +59,12 @@ pub fn rfc3339(ms: u64) -> String {
     )
 }
 
+/// A byte of a server or message id, and of base64url: a letter, a digit, `-` or `_`
+/// (safe in a URL path, a file name and an SMS).
+pub fn id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
 /// `2026-11-30 14:05 UTC` (or `UTC+01:00`): a time as a person reads it, at the
 /// configured offset from UTC.
 pub fn local_time(ms: u64, utc_offset_min: i32) -> String {

@@ -19,15 +19,9 @@ impl WebToken {
     /// Parses a path segment; None unless it is `<server id>.<20 base64url characters>`.
     pub fn parse(s: &str) -> Option<WebToken> {
         let (server, secret) = s.split_once('.')?;
-        let id_ok = !server.is_empty()
-            && server.len() <= 64
-            && server
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        let secret_ok = secret.len() == SECRET_CHARS
-            && secret
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let id_ok =
+            !server.is_empty() && server.len() <= 64 && server.bytes().all(crate::util::id_byte);
+        let secret_ok = secret.len() == SECRET_CHARS && secret.bytes().all(crate::util::id_byte);
         (id_ok && secret_ok).then(|| WebToken {
             text: s.to_string(),
             dot: server.len(),

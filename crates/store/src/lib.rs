@@ -245,21 +245,19 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lockout::SCHEMA)?;
-        // Stores made before reminders existed lack the column.
-        let has_reminded = conn
-            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'reminded'")?
-            .exists([])?;
-        if !has_reminded {
-            conn.execute_batch(
-                "ALTER TABLE messages ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0",
-            )?;
-        }
-        if !conn
-            .prepare("SELECT 1 FROM pragma_table_info('messages') WHERE name = 'web_hash'")?
-            .exists([])?
-        {
-            conn.execute_batch("ALTER TABLE messages ADD COLUMN web_hash BLOB")?;
-        }
+        // Stores made before reminders and web links existed lack these columns.
+        add_column(
+            &conn,
+            "messages",
+            "reminded",
+            "ALTER TABLE messages ADD COLUMN reminded INTEGER NOT NULL DEFAULT 0",
+        )?;
+        add_column(
+            &conn,
+            "messages",
+            "web_hash",
+            "ALTER TABLE messages ADD COLUMN web_hash BLOB",
+        )?;
         // Web tokens are found by their hash; the operator's page counts by minute.
         conn.execute_batch(
             "CREATE UNIQUE INDEX IF NOT EXISTS messages_web ON messages(web_hash);
@@ -447,11 +445,7 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<MessageInfo>> {
         let db = self.db();
         let row = db
-            .query_row(
-                "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages WHERE id = ?1",
-                [id],
-                |r| self.row(r),
-            )
+            .query_row(select_message!("WHERE id = ?1"), [id], |r| self.row(r))
             .optional()?;
         match row {
             Some(mut m) => {
@@ -465,10 +459,9 @@ impl Store {
     /// Messages, newest first, optionally for one recipient.
     pub fn list(&self, recipient: Option<PhoneNumber>, limit: usize) -> Result<Vec<MessageInfo>> {
         let db = self.db();
-        let mut stmt = db.prepare(
-            "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages
-             WHERE (?1 IS NULL OR recipient = ?1) ORDER BY received_at_ms DESC, id LIMIT ?2",
-        )?;
+        let mut stmt = db.prepare(select_message!(
+            "WHERE (?1 IS NULL OR recipient = ?1) ORDER BY received_at_ms DESC, id LIMIT ?2"
+        ))?;
         let mut out: Vec<MessageInfo> = stmt
             .query_map(
                 params![recipient.map(|r| r.as_u64() as i64), limit as i64],
@@ -595,11 +588,7 @@ impl Store {
     /// A message's audio, mono, and its sample rate (8 or 16 kHz), whatever its encoding.
     pub fn audio(&self, id: &str) -> Result<(u32, Vec<i16>)> {
         let b = fs::read(self.audio_path(id))?;
-        wav::decode(&b).ok_or_else(|| {
-            Error::Io(std::io::Error::other(format!(
-                "{id}: not a WAV file we wrote"
-            )))
-        })
+        wav::decode(&b).ok_or_else(|| not_our_wav(id))
     }
 
     /// A message's audio file: as stored (`original`), else as 16-bit PCM WAV (what every
@@ -613,11 +602,7 @@ impl Store {
         if original {
             return Ok(Some(b));
         }
-        wav::to_pcm16(b).map(Some).ok_or_else(|| {
-            Error::Io(std::io::Error::other(format!(
-                "{id}: not a WAV file we wrote"
-            )))
-        })
+        wav::to_pcm16(b).map(Some).ok_or_else(|| not_our_wav(id))
     }
 
     /// Marks a message deleted and removes its audio. False if there is no such message.
@@ -652,6 +637,35 @@ impl Store {
         free_bytes(&self.audio_dir).unwrap_or(0)
     }
 }
+
+fn not_our_wav(id: &str) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "{id}: not a WAV file we wrote"
+    )))
+}
+
+/// Runs `ddl` (an `ALTER TABLE ... ADD COLUMN`) unless `table` already has `column`: a
+/// store made by an older version gains it on open.
+pub(crate) fn add_column(conn: &Connection, table: &str, column: &str, ddl: &str) -> Result<()> {
+    let has = conn
+        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .exists([table, column])?;
+    if !has {
+        conn.execute_batch(ddl)?;
+    }
+    Ok(())
+}
+
+/// `SELECT` of the columns [`Store::row`] reads, in its order, followed by the rest.
+macro_rules! select_message {
+    ($rest:literal) => {
+        concat!(
+            "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages ",
+            $rest
+        )
+    };
+}
+pub(crate) use select_message;
 
 /// The lowest link number of the pool that no unheard message of `recipient` uses; when
 /// every number is in use, the one with the fewest such messages (the number is then shared

@@ -146,12 +146,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<()> {
         ),
         ("address", "ALTER TABLE outbox ADD COLUMN address TEXT"),
     ] {
-        let has = conn
-            .prepare("SELECT 1 FROM pragma_table_info('outbox') WHERE name = ?1")?
-            .exists([col])?;
-        if !has {
-            conn.execute_batch(ddl)?;
-        }
+        crate::add_column(conn, "outbox", col, ddl)?;
     }
     // `sent` meant "the SMSC took it", which is `accepted` now that receipts follow.
     conn.execute_batch(

@@ -142,17 +142,19 @@ pub fn parse(b: &[u8]) -> Option<Parsed> {
 
 /// The samples of a WAV file, and its rate.
 pub fn decode(b: &[u8]) -> Option<(u32, Vec<i16>)> {
-    let p = parse(b)?;
+    parse(b).map(|p| (p.rate, samples(b, &p)))
+}
+
+fn samples(b: &[u8], p: &Parsed) -> Vec<i16> {
     let data = &b[p.data.0..p.data.1];
-    let samples = match p.encoding {
+    match p.encoding {
         Encoding::Pcm16 => data
             .chunks_exact(2)
             .map(|c| i16::from_le_bytes([c[0], c[1]]))
             .collect(),
         Encoding::Mulaw => data.iter().map(|&x| decode_ulaw(x)).collect(),
         Encoding::Alaw => data.iter().map(|&x| decode_alaw(x)).collect(),
-    };
-    Some((p.rate, samples))
+    }
 }
 
 /// The file as 16-bit PCM WAV: itself when it is one, else decoded and framed anew.
@@ -161,8 +163,7 @@ pub fn to_pcm16(b: Vec<u8>) -> Option<Vec<u8>> {
     if p.encoding == Encoding::Pcm16 {
         return Some(b);
     }
-    let (rate, samples) = decode(&b)?;
-    Some(encode(&samples, rate, Encoding::Pcm16))
+    Some(encode(&samples(&b, &p), p.rate, Encoding::Pcm16))
 }
 
 #[cfg(test)]

@@ -114,19 +114,13 @@ impl Store {
         Ok(())
     }
 
-    /// Whether messages get web links.
-    pub fn web_enabled(&self) -> bool {
-        self.web.get().is_some()
-    }
-
     /// The message a token opens: only while it exists and is not deleted.
     pub fn by_web_token(&self, token: &WebToken) -> Result<Option<MessageInfo>> {
         let h = hash(token);
         let db = self.db();
-        let mut stmt = db.prepare_cached(
-            "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages
-             WHERE web_hash = ?1 AND state != 'deleted'",
-        )?;
+        let mut stmt = db.prepare_cached(crate::select_message!(
+            "WHERE web_hash = ?1 AND state != 'deleted'"
+        ))?;
         Ok(stmt.query_row(params![h], |r| self.row(r)).optional()?)
     }
 
@@ -163,14 +157,27 @@ pub struct Activity {
     pub notices: Vec<u32>,
 }
 
+impl Activity {
+    /// No activity over the `minutes` whole minutes (1 to 1440) up to and including
+    /// `now_ms`'s.
+    pub fn empty(now_ms: u64, minutes: u32) -> Activity {
+        let minutes = minutes.clamp(1, 24 * 60);
+        Activity {
+            from_ms: (now_ms / 60_000 + 1).saturating_sub(u64::from(minutes)) * 60_000,
+            deposits: vec![0; minutes as usize],
+            notices: vec![0; minutes as usize],
+        }
+    }
+}
+
 impl Store {
     /// [`Activity`] over the `minutes` whole minutes up to and including `now_ms`'s.
     pub fn activity(&self, now_ms: u64, minutes: u32) -> Result<Activity> {
-        let minutes = minutes.clamp(1, 24 * 60);
-        let from = (now_ms / 60_000 + 1).saturating_sub(u64::from(minutes)) * 60_000;
+        let empty = Activity::empty(now_ms, minutes);
+        let from = empty.from_ms;
         let db = self.db();
         let per_minute = |sql: &str| -> Result<Vec<u32>> {
-            let mut v = vec![0u32; minutes as usize];
+            let mut v = empty.deposits.clone();
             let mut stmt = db.prepare_cached(sql)?;
             let rows = stmt.query_map([from as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
