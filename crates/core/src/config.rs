@@ -1054,6 +1054,12 @@ mod tests {
         assert!(e.problem.contains("https://"), "{e}");
         let e = Config::load_str("[web]\ntrusted_proxies = [\"proxy\"]\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "web.trusted_proxies", "{e}");
+        let e = Config::load_str("[messages]\naudio_format = \"mp3\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "messages.audio_format", "{e}");
+        assert!(
+            e.problem.contains("g711") && e.problem.contains("pcm16"),
+            "{e}"
+        );
         let ok =
             Config::load_str("[web]\nbase_url = \"https://vm.example.net/\"\n", "x.toml").unwrap();
         assert_eq!(
