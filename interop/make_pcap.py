@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes a pcap of RTP/PCMU packets (20 ms each) from an 8 kHz mono 16-bit WAV, for SIPp's
-play_pcap_audio. Usage: make_pcap.py IN.wav OUT.pcap"""
+play_pcap_audio; or, when OUT ends in .ulaw, the raw µ-law octets for SIPp's rtp_stream.
+Usage: make_pcap.py IN.wav OUT.pcap|OUT.ulaw"""
 import struct
 import sys
 import wave
@@ -37,6 +38,10 @@ def main() -> None:
             sys.exit(f"{src}: need 8 kHz mono 16-bit PCM")
         frames = w.readframes(w.getnframes())
     samples = struct.unpack("<%dh" % (len(frames) // 2), frames)
+    if dst.endswith(".ulaw"):
+        with open(dst, "wb") as f:
+            f.write(bytes(ulaw(s) for s in samples))
+        return
     with open(dst, "wb") as f:
         f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
         seq, ts, ssrc = 1000, 8000, 0x5EED1234

@@ -509,6 +509,112 @@ fn smsc_outage_and_kill_9_lose_no_message_and_send_no_sms_twice() {
     drop(serve_proc);
 }
 
+/// A 40 s message from SIPp (its RTP engine looping the caller's voice) straight at server
+/// ms1; the server dies by SIGKILL 20 s into it. After a restart the 20 s said so far are a
+/// message like any other, notified once, and a second kill and restart change nothing.
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn sipp_message_cut_by_kill_9_keeps_what_was_said_and_is_notified_once() {
+    let dir = temp("cut");
+    let (voice, _) = caller_audio(&dir);
+    let ulaw: Vec<u8> = voice
+        .iter()
+        .map(|&s| boxless_media::Codec::Pcmu.encode(s))
+        .collect();
+    std::fs::write(dir.join("caller.ulaw"), &ulaw).unwrap();
+    let p = ports();
+    let out = dir.join("sms.jsonl");
+    let _smsc = smsc(p.smsc, &out, "accept");
+    let cfg = write_config(&dir, &p, "redirect", "smpp");
+    let mut serve_proc = serve(&cfg, p.http, &dir.join("serve.log"));
+    let recording = dir.join("data/ms1/recording");
+    let mut caller = Proc(
+        Command::new("sipp")
+            .current_dir(&dir)
+            .arg("-sf")
+            .arg(root().join("interop/sipp/record.xml"))
+            .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &free_port().to_string()])
+            .args([
+                "-key",
+                "audio",
+                "caller.ulaw",
+                "-key",
+                "recipient",
+                "5551230002",
+            ])
+            .args(["-d", "40000", "-m", "1", "-timeout", "60s", "-nostdin"])
+            .arg(format!("127.0.0.1:{}", p.s1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp runs (apt-get install sip-tester)"),
+    );
+    // The file appears with the caller's first voice packet; 20 s later, SIGKILL.
+    let end = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(&recording).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < end, "no recording started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(20));
+    let _ = serve_proc.0.kill();
+    let _ = serve_proc.0.wait();
+    let _ = caller.0.kill();
+    assert!(
+        sms_lines(&out).is_empty(),
+        "nothing notified before the kill"
+    );
+    serve_proc = serve(&cfg, p.http, &dir.join("serve2.log"));
+    let msgs = api_messages(p.http);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let m = &msgs[0];
+    let d = m["duration_ms"].as_u64().unwrap();
+    let id = m["id"].as_str().unwrap();
+    let file = std::fs::read(dir.join("data/ms1/audio").join(format!("{id}.wav"))).unwrap();
+    let (rate, stored) = boxless_store::wav::decode(&file).unwrap();
+    // What was sent: the voice, looped.
+    let sent: Vec<i16> = g711(&voice)
+        .into_iter()
+        .cycle()
+        .take(stored.len())
+        .collect();
+    let (corr, lag) = boxless_media::audio::best_correlation(&sent, &stored, 1600);
+    eprintln!(
+        "cut at 20 s: {id} {d} ms at {rate} Hz, correlation {corr:.3} at lag {lag}, caller {}",
+        m["caller"]
+    );
+    assert!(
+        (18_000..=21_000).contains(&d),
+        "{d} ms kept of the 20 s said"
+    );
+    assert_eq!(
+        stored.len() as u64 / 8,
+        d,
+        "the file holds what the row says"
+    );
+    assert!(
+        corr >= 0.9,
+        "stored audio is what was sent: correlation {corr}"
+    );
+    assert_eq!(
+        m["caller"], "+15551",
+        "who called: from the recording's first write"
+    );
+    let sms = wait_sms(&out, 1, Duration::from_secs(20));
+    assert_eq!(sms.len(), 1, "{sms:?}");
+    assert!(
+        sms[0]["text"].as_str().unwrap().contains("+15551"),
+        "{sms:?}"
+    );
+    // Another kill and start: nothing new, nothing twice.
+    let _ = serve_proc.0.kill();
+    let _ = serve_proc.0.wait();
+    let _serve = serve(&cfg, p.http, &dir.join("serve3.log"));
+    assert_eq!(api_messages(p.http).len(), 1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sms_lines(&out).len(), 1, "notified once");
+}
+
 fn api_servers(http: u16) -> Vec<serde_json::Value> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

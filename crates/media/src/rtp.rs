@@ -26,6 +26,13 @@ pub enum Received {
     Ignored,
 }
 
+/// A streaming receiver hands its audio out once this much is pending (ms)...
+const TAKE_MS: usize = 1000;
+/// ...keeping back this much (ms) for packets that arrive out of order.
+const REORDER_MS: usize = 100;
+/// Room a streaming window has beyond the two above: one packet of up to 200 ms.
+const HEADROOM_MS: usize = 200;
+
 /// Rebuilds a caller's audio by RTP timestamp.
 ///
 /// Each packet's samples go to the position its timestamp names, so reordered packets
@@ -34,6 +41,13 @@ pub enum Received {
 ///
 /// The recording's rate is the codec's at the first voice packet (8 kHz for G.711, 16 kHz
 /// for G.722); a later codec change is converted to it, so one message has one rate.
+///
+/// A [`RtpReceiver::streaming`] receiver keeps only a window of the recording: its owner
+/// takes [`RtpReceiver::ready`] audio (about a second at a time, the last 100 ms kept back
+/// for late packets) and calls [`RtpReceiver::consume`]. The window is allocated once, so
+/// memory per call does not grow with the message and no packet allocates; a packet older
+/// than the window is dropped, and a gap of loss too wide for it closes up (the audio after
+/// it follows on) instead of growing the window.
 pub struct RtpReceiver {
     codec: Codec,
     pt: u8,
@@ -46,7 +60,11 @@ pub struct RtpReceiver {
     /// Decoded payload, then converted: reused, no allocation per packet once warm.
     pcm: Vec<i16>,
     conv: Vec<i16>,
-    samples: Vec<i16>,
+    /// Audio not yet taken: `window[i]` is position `base + i`.
+    window: Vec<i16>,
+    /// Streaming: the window's size, fixed at the first voice packet.
+    streaming: bool,
+    base: usize,
     /// (ssrc, timestamp at segment start, position of segment start)
     segment: Option<(u32, u32, usize)>,
     last_dtmf: Option<(u32, u32)>,
@@ -62,6 +80,7 @@ impl std::fmt::Debug for RtpReceiver {
             .field("codec", &self.codec)
             .field("rate", &self.rate)
             .field("recorded", &self.end)
+            .field("taken", &self.base)
             .field("packets", &self.packets)
             .finish()
     }
@@ -69,7 +88,7 @@ impl std::fmt::Debug for RtpReceiver {
 
 impl RtpReceiver {
     /// A receiver for the negotiated payload types keeping at most `max_samples` (counted
-    /// at 8 kHz: that many 125 µs of audio, whatever the codec).
+    /// at 8 kHz: that many 125 µs of audio, whatever the codec), all of it in memory.
     pub fn new(codec: Codec, pt: u8, dtmf_pt: Option<u8>, max_samples: usize) -> RtpReceiver {
         RtpReceiver {
             codec,
@@ -80,11 +99,22 @@ impl RtpReceiver {
             g722: (codec == Codec::G722).then(|| Box::new(G722Decoder::new())),
             pcm: Vec::with_capacity(640),
             conv: Vec::with_capacity(640),
-            samples: Vec::new(),
+            window: Vec::new(),
+            streaming: false,
+            base: 0,
             segment: None,
             last_dtmf: None,
             end: 0,
             packets: 0,
+        }
+    }
+
+    /// A receiver whose owner takes the audio as it comes ([`RtpReceiver::ready`]): memory
+    /// bounded by a window of about 1.3 s, whatever the message's length.
+    pub fn streaming(codec: Codec, pt: u8, dtmf_pt: Option<u8>, max_samples: usize) -> Self {
+        RtpReceiver {
+            streaming: true,
+            ..RtpReceiver::new(codec, pt, dtmf_pt, max_samples)
         }
     }
 
@@ -104,6 +134,10 @@ impl RtpReceiver {
     /// The recording's sample rate (Hz): the codec's until the first voice packet fixed it.
     pub fn rate(&self) -> u32 {
         self.rate.unwrap_or(self.codec.rate())
+    }
+
+    fn ms(&self, ms: usize) -> usize {
+        self.rate() as usize * ms / 1000
     }
 
     /// Takes one datagram.
@@ -129,14 +163,21 @@ impl RtpReceiver {
                 .pcm
                 .extend(p.payload().iter().map(|&b| self.codec.decode(b))),
         }
-        let rate = *self.rate.get_or_insert(self.codec.rate());
+        if self.rate.is_none() {
+            self.rate = Some(self.codec.rate());
+            if self.streaming {
+                // Allocated once, exactly: the window never grows past it.
+                self.window = Vec::with_capacity(self.ms(TAKE_MS + REORDER_MS + HEADROOM_MS));
+            }
+        }
+        let rate = self.rate();
         self.conv.clear();
         convert_into(&self.pcm, self.codec.rate(), rate, &mut self.conv);
         // RTP clocks G.711 and G.722 alike at 8 kHz: one tick is `per_tick` samples here.
         let per_tick = (rate / 8000).max(1) as i64;
         let ssrc = p.ssrc();
         let ts = p.timestamp();
-        let pos = match self.segment {
+        let mut pos = match self.segment {
             Some((s, base_ts, base_pos)) if s == ssrc => {
                 let delta = ts.wrapping_sub(base_ts) as i32 as i64;
                 let pos = base_pos as i64 + delta * per_tick;
@@ -152,16 +193,28 @@ impl RtpReceiver {
                 self.end
             }
         };
+        if self.streaming && pos + self.conv.len() > self.base + self.window.capacity() {
+            // Loss wider than the window: what follows joins the recording's end.
+            self.segment = Some((ssrc, ts, self.end));
+            pos = self.end;
+        }
         let max = self.max_samples * per_tick as usize;
-        let stop = (pos + self.conv.len()).min(max);
+        let mut stop = (pos + self.conv.len()).min(max);
+        if self.streaming {
+            stop = stop.min(self.base + self.window.capacity());
+        }
+        // Samples before `base` were taken already: too late for them.
+        let skip = self.base.saturating_sub(pos);
+        let pos = pos.max(self.base);
         if pos >= stop {
             return Received::Ignored;
         }
-        if self.samples.len() < stop {
-            self.samples.resize(stop, 0);
+        if self.window.len() < stop - self.base {
+            self.window.resize(stop - self.base, 0);
         }
         let mut sum = 0f64;
-        for (slot, &v) in self.samples[pos..stop].iter_mut().zip(&self.conv) {
+        let slots = &mut self.window[pos - self.base..stop - self.base];
+        for (slot, &v) in slots.iter_mut().zip(&self.conv[skip..]) {
             *slot = v;
             sum += (v as f64) * (v as f64);
         }
@@ -188,7 +241,7 @@ impl RtpReceiver {
         }
     }
 
-    /// Samples recorded so far (at [`RtpReceiver::rate`]).
+    /// Samples recorded so far (at [`RtpReceiver::rate`]), taken or not.
     pub fn len(&self) -> usize {
         self.end
     }
@@ -203,15 +256,36 @@ impl RtpReceiver {
         self.end == 0
     }
 
-    /// The recording.
+    /// The recording (of a receiver nothing was taken from: all of it).
     pub fn into_samples(mut self) -> Vec<i16> {
-        self.samples.truncate(self.end);
-        self.samples
+        self.window.truncate(self.end - self.base);
+        self.window
     }
 
-    /// The recording so far.
+    /// The audio not taken yet.
     pub fn samples(&self) -> &[i16] {
-        &self.samples[..self.end]
+        &self.window[..self.end - self.base]
+    }
+
+    /// Audio due to be taken: a second or more, less the last 100 ms (late packets may
+    /// still land there); empty while less is pending. `all`: everything (the end).
+    pub fn ready(&self, all: bool) -> &[i16] {
+        let pending = self.end - self.base;
+        if all {
+            &self.window[..pending]
+        } else if pending >= self.ms(TAKE_MS + REORDER_MS) {
+            &self.window[..pending - self.ms(REORDER_MS)]
+        } else {
+            &[]
+        }
+    }
+
+    /// The first `n` pending samples were taken (stored): the window moves on.
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.end - self.base);
+        self.window.copy_within(n.., 0);
+        self.window.truncate(self.window.len() - n);
+        self.base += n;
     }
 }
 
@@ -400,6 +474,61 @@ mod tests {
             .map(|&s| Codec::Pcmu.decode(Codec::Pcmu.encode(s)))
             .collect();
         assert_eq!(got, want);
+    }
+
+    /// Feeds `p` to a streaming receiver, taking audio as the deposit does.
+    fn stream(rx: &mut RtpReceiver, p: &[Vec<u8>], taken: &mut Vec<i16>) {
+        for d in p {
+            rx.receive(d);
+            let n = rx.ready(false).len();
+            taken.extend_from_slice(rx.ready(false));
+            rx.consume(n);
+        }
+    }
+
+    #[test]
+    fn streaming_hands_out_every_sample_once_from_a_window_allocated_once() {
+        let audio = ramp(8000 * 10);
+        let mut p = packets(&audio, 1);
+        // Late by up to 80 ms: inside what the window keeps back.
+        for i in (10..p.len() - 5).step_by(37) {
+            p.swap(i, i + 4);
+        }
+        let mut rx = RtpReceiver::streaming(Codec::Pcmu, 0, None, 8000 * 60);
+        let mut taken = Vec::new();
+        stream(&mut rx, &p[..1], &mut taken);
+        let cap = rx.window.capacity();
+        assert_eq!(cap, 8000 * 13 / 10, "1.3 s at 8 kHz");
+        stream(&mut rx, &p[1..], &mut taken);
+        assert_eq!(rx.window.capacity(), cap, "never grown");
+        assert!(taken.len() >= 9 * 8000, "taken as it came: {}", taken.len());
+        taken.extend_from_slice(rx.ready(true));
+        let want: Vec<i16> = audio
+            .iter()
+            .map(|&s| Codec::Pcmu.decode(Codec::Pcmu.encode(s)))
+            .collect();
+        assert_eq!(taken, want);
+    }
+
+    #[test]
+    fn streaming_drops_what_comes_too_late_and_closes_wide_gaps() {
+        let audio = ramp(8000 * 4);
+        let p = packets(&audio, 1);
+        let mut rx = RtpReceiver::streaming(Codec::Pcmu, 0, None, 8000 * 60);
+        let mut taken = Vec::new();
+        stream(&mut rx, &p[..100], &mut taken);
+        assert!(!taken.is_empty());
+        assert_eq!(
+            rx.receive(&p[0]),
+            Received::Ignored,
+            "2 s late: taken already"
+        );
+        // 3 s lost (150 packets), then audio again: it follows on at once.
+        let later = packets(&ramp(8000 * 8), 1);
+        let before = rx.len();
+        stream(&mut rx, &later[250..260], &mut taken);
+        assert_eq!(rx.len(), before + 1600, "the gap closed up");
+        assert!(rx.window.len() <= rx.window.capacity());
     }
 
     #[test]

@@ -285,7 +285,7 @@ mod tests {
             encoding: boxless_store::Encoding::Pcm16,
         };
         let f = SmsFacts {
-            message: &msg,
+            message: msg.arrival(),
             link_number: PhoneNumber::parse_e164("+18005550100").unwrap(),
             access_code: "123456",
             duration_ms: 23_400,

@@ -452,7 +452,7 @@ mod tests {
             encoding: boxless_store::Encoding::Pcm16,
         };
         let f = SmsFacts {
-            message: &msg,
+            message: msg.arrival(),
             link_number: n("+18005550100"),
             access_code: "042917",
             duration_ms: 23_100,
@@ -508,7 +508,7 @@ mod tests {
         // for an unknown caller with the access code (longer ones go as two parts).
         let url = "https://voicemail.telco.es/m/east-1.AbCdEfGhIjKlMnOpQr-_";
         let f = SmsFacts {
-            message: &msg,
+            message: msg.arrival(),
             link_number: n("+18005550100"),
             access_code: "042917",
             duration_ms: 23_100,
@@ -524,7 +524,10 @@ mod tests {
             for caller in [Some(n("+15551230001")), None] {
                 let m = NewMessage { caller, ..msg };
                 let t = message_sms(
-                    &SmsFacts { message: &m, ..f },
+                    &SmsFacts {
+                        message: m.arrival(),
+                        ..f
+                    },
                     AccessCodePolicy::Always,
                     0,
                     lang,

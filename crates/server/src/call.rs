@@ -79,16 +79,18 @@ pub enum Output {
     Rtp,
     /// The caller's media address is (now) this one.
     MediaPeer(SocketAddr),
-    /// Store this recording durably, then call [`CallFlow::handle_stored`].
+    /// Append [`CallFlow::audio`] to the call's recording (starting it at the first), then
+    /// call [`CallFlow::audio_taken`]. Comes about once a second while the caller speaks,
+    /// and once more, with all that is left, before [`Output::Store`].
+    Record,
+    /// Store the recording's first `keep` samples durably as a message, then call
+    /// [`CallFlow::handle_stored`].
     Store {
-        /// Mono audio at `rate`.
-        samples: Vec<i16>,
-        /// 8000, or 16000 for a G.722 call (stored wideband).
-        rate: u32,
-        /// The caller's codec at the end of the call (G.711 audio is kept in its law).
-        codec: boxless_media::Codec,
+        /// Samples kept: a trailing silence that ended the recording is left out.
+        keep: u64,
     },
-    /// Queue a missed-call alert durably, then call [`CallFlow::handle_stored`].
+    /// Queue a missed-call alert durably (and drop the recording, if one was started),
+    /// then call [`CallFlow::handle_stored`].
     MissedCall,
     /// Retrieval: record what became of a message.
     Mark {
@@ -235,6 +237,22 @@ impl CallFlow {
     /// An RTP datagram from the caller's media address.
     pub fn handle_rtp(&mut self, now: Instant, datagram: &[u8]) {
         each!(self, m => m.handle_rtp(now, datagram))
+    }
+
+    /// Audio to append to the recording (deposits only): its rate, the caller's codec (a
+    /// G.711 recording is kept in its law) and the samples.
+    pub fn audio(&self) -> (u32, Codec, &[i16]) {
+        match self {
+            CallFlow::Deposit(d) => d.audio(),
+            CallFlow::Retrieval(_) => (8000, Codec::Pcmu, &[]),
+        }
+    }
+
+    /// The first `n` samples of [`CallFlow::audio`] were written.
+    pub fn audio_taken(&mut self, n: usize) {
+        if let CallFlow::Deposit(d) = self {
+            d.audio_taken(n);
+        }
     }
 
     /// The store finished (deposits only): `ok` tells whether the message is durable.

@@ -60,6 +60,9 @@ pub struct Deposit {
     last_voice_pos: usize,
     /// The caller's BYE, answered once the store has spoken.
     caller_bye: Option<PendingBye>,
+    /// The recording's file was asked for (at the first voice packet, so that a crash
+    /// even then leaves who called).
+    recording: bool,
 }
 
 impl Deposit {
@@ -67,7 +70,7 @@ impl Deposit {
     pub fn new(now: Instant, s: CallSettings, answer: Answer<'_>, greeting: Arc<[i16]>) -> Deposit {
         let (leg, out, tx) = answer.leg(now);
         let mut d = Deposit {
-            rx: RtpReceiver::new(Codec::Pcmu, 0, None, s.max_samples),
+            rx: RtpReceiver::streaming(Codec::Pcmu, 0, None, s.max_samples),
             s,
             leg,
             out,
@@ -80,6 +83,7 @@ impl Deposit {
             playout: Playout::new(tx, now),
             last_voice_pos: 0,
             caller_bye: None,
+            recording: false,
         };
         if let Some(neg) = d.leg.media().copied() {
             d.media(now, neg);
@@ -95,6 +99,18 @@ impl Deposit {
     /// The packet announced by [`Output::Rtp`].
     pub fn rtp_packet(&self) -> &[u8] {
         self.playout.packet()
+    }
+
+    /// What [`Output::Record`] asks to append: the recording's rate, the caller's codec, and
+    /// the audio due (all that is left once the recording ended).
+    pub fn audio(&self) -> (u32, Codec, &[i16]) {
+        let all = self.phase != Phase::Recording;
+        (self.rx.rate(), self.rx.codec(), self.rx.ready(all))
+    }
+
+    /// The first `n` samples of [`Deposit::audio`] were written.
+    pub fn audio_taken(&mut self, n: usize) {
+        self.rx.consume(n);
     }
 
     /// When [`Deposit::handle_timeout`] wants to run next.
@@ -141,6 +157,9 @@ impl Deposit {
                 }
                 if self.rx.len_8k() >= self.s.max_samples {
                     self.finish(now, EndReason::MaxLength);
+                } else if !self.recording || !self.rx.ready(false).is_empty() {
+                    self.recording = true;
+                    self.out.push_back(Output::Record);
                 }
             }
             Received::Dtmf('#') => self.finish(now, EndReason::Pound),
@@ -252,20 +271,15 @@ impl Deposit {
             self.close(now, true);
             return;
         }
-        let rx = std::mem::replace(&mut self.rx, RtpReceiver::new(Codec::Pcmu, 0, None, 0));
-        let (rate, codec) = (rx.rate(), rx.codec());
-        let min = self.s.min_samples * rate as usize / 8000;
-        let mut samples = rx.into_samples();
+        let min = self.s.min_samples * self.rx.rate() as usize / 8000;
+        let mut keep = self.rx.len();
         if reason == EndReason::Silence {
             // Drop the trailing silence that ended the recording.
-            samples.truncate(self.last_voice_pos.max(min.min(samples.len())));
+            keep = self.last_voice_pos.max(min.min(keep));
         }
-        if samples.len() >= min {
-            self.out.push_back(Output::Store {
-                samples,
-                rate,
-                codec,
-            });
+        if keep >= min {
+            self.out.push_back(Output::Record);
+            self.out.push_back(Output::Store { keep: keep as u64 });
         } else {
             self.out.push_back(Output::MissedCall);
         }
@@ -333,6 +347,30 @@ mod tests {
         h.drain();
         assert_eq!(h.last_status(), Some(200));
         assert_eq!(h.ended, Some(EndReason::CallerBye));
+    }
+
+    #[test]
+    fn a_long_message_is_written_as_it_comes_about_once_a_second() {
+        let mut s = settings();
+        s.max_samples = 8000 * 600;
+        let mut h = deposit(s, 20, &invite(true, ""));
+        h.sip(&request("ACK", 1, "", ""));
+        h.wait(Duration::from_millis(40));
+        h.speak(60_000, 8000);
+        // The first write starts the file at once (a crash then still knows who called).
+        assert!((60..=62).contains(&h.writes), "{} writes", h.writes);
+        assert!(
+            h.largest_write <= 8800,
+            "{} samples at most",
+            h.largest_write
+        );
+        assert!(
+            h.recorded.len() >= 59 * 8000,
+            "{} written",
+            h.recorded.len()
+        );
+        h.sip(&request("BYE", 2, "", ""));
+        assert_eq!(h.stored.take().map(|s| s.len()), Some(480_000));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use boxless_sip::parties::Target;
 use boxless_sip::{
     Dialog, DialogId, Local, Message, Method, NameAddr, SipTimers, response_target, write_response,
 };
-use boxless_store::{Directory, MessageState, NewMessage, Retention, Store};
+use boxless_store::{Arrival, Directory, MessageState, Recording, Retention, Store};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -227,6 +227,10 @@ impl MessagingServer {
             );
             tracing::info!(server = %server.id, sip_tls = %addr, "SIP over TLS");
         }
+        let me = server.clone();
+        tokio::task::spawn_blocking(move || me.recover())
+            .await
+            .map_err(std::io::Error::other)?;
         tokio::spawn(server.clone().heartbeat());
         tokio::spawn(server.clone().retention(Retention::days(
             c.messages.keep_heard_days,
@@ -235,6 +239,118 @@ impl MessagingServer {
         server.report();
         tracing::info!(server = %server.id, sip = %server.listen, "messaging server up");
         Ok(server)
+    }
+
+    /// Stores a finished recording as a message and queues its notices to the
+    /// recipient's channels (blocking).
+    fn deposit(&self, rec: Recording, keep: u64) -> bool {
+        let recipient = rec.arrival().recipient;
+        let (policy, offset) = (self.policy, self.utc_offset);
+        // The recipient's entry says who gets the SMS; the copy answers even while
+        // NATS is away, and no entry means the recipient alone.
+        let prefs = self
+            .directory
+            .get(recipient)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "recipients' copy unreadable: SMS to the recipient only");
+                None
+            })
+            .unwrap_or_default();
+        let routes = prefs.routes(recipient, |c| match c {
+            Channel::Sms => true,
+            Channel::Email => self.email_on,
+            Channel::Webhook => self.webhook_on,
+        });
+        if routes.len() < prefs.channels.len() {
+            tracing::warn!(%recipient, "a channel of the recipient's entry is not configured on this server ([email] smtp, webhook.secret_file): left out");
+        }
+        let lang = self.languages.for_number(recipient, Some(&prefs));
+        let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| match c {
+            Channel::Sms => text::message_sms(f, policy, offset, lang),
+            Channel::Email => email::message_email(f, policy, offset, lang),
+            Channel::Webhook => webhook::notice_body(f, &self.id),
+        };
+        match self
+            .store
+            .deposit_recording(rec, keep, &routes, self.fallback_after_ms, render)
+        {
+            Ok(m) => {
+                tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
+                metrics::counter!("boxless_messages_stored_total", "server" => self.id.clone())
+                    .increment(1);
+                self.notifier.wake.notify_one();
+                self.notifier.wake_others.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "message NOT stored");
+                metrics::counter!("boxless_store_errors_total").increment(1);
+                false
+            }
+        }
+    }
+
+    /// Queues a missed-call alert and drops the call's recording, if any (blocking).
+    fn missed_call(&self, a: Arrival, rec: Option<Recording>) -> bool {
+        let (recipient, caller, at) = (a.recipient, a.caller, a.received_at_ms);
+        let offset = self.utc_offset;
+        let lang = self.language(recipient);
+        let render = |calls| text::missed_call_sms(caller, calls, at, offset, lang);
+        let queued =
+            self.store
+                .missed_call(recipient, caller, at, self.missed_call_merge_ms, render);
+        // Dropped only once the alert is durable: a crash in between alerts again (the
+        // alerts of one caller merge), never not at all.
+        if let Some(rec) = rec
+            && let Err(e) = self.store.discard_recording(rec)
+        {
+            tracing::error!(error = %e, "a short recording's file NOT removed");
+        }
+        match queued {
+            Ok(queued) => {
+                metrics::counter!("boxless_missed_calls_total").increment(1);
+                if queued {
+                    self.notifier.wake.notify_one();
+                } else {
+                    metrics::counter!("boxless_sms_merged_total", "reason" => "missed_call_burst")
+                        .increment(1);
+                    tracing::info!(%recipient, "missed-call alert merged: the same caller's alert went out just now");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "missed-call alert NOT stored");
+                false
+            }
+        }
+    }
+
+    /// Deposits what a crash (or a stop) cut short: each recording long enough is a
+    /// message, notified as any other; a shorter one a missed call (blocking).
+    fn recover(&self) {
+        let found = match self.store.interrupted() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(server = %self.id, error = %e, "interrupted recordings NOT recovered");
+                return;
+            }
+        };
+        for rec in found {
+            self.salvage(rec);
+        }
+    }
+
+    /// Keeps a recording its call did not store: a message when long enough, else a
+    /// missed call (blocking).
+    fn salvage(&self, rec: Recording) {
+        let min = self.settings.min_samples as u64 * u64::from(rec.rate()) / 8000;
+        tracing::warn!(server = %self.id, id = %rec.id(), duration_ms = rec.duration_ms(), "keeping a recording cut short");
+        metrics::counter!("boxless_recordings_recovered_total").increment(1);
+        if rec.samples() >= min {
+            self.deposit(rec, u64::MAX);
+        } else {
+            self.missed_call(rec.arrival(), Some(rec));
+        }
     }
 
     /// The server's id.
@@ -684,6 +800,8 @@ impl MessagingServer {
             link,
             answered_ms: now_ms(),
             events: events_rx,
+            recording: None,
+            record_failed: false,
         };
         let span =
             tracing::info_span!("call", call_id = %msg.call_id, server = %self.id, %recipient);
@@ -835,6 +953,9 @@ struct Call {
     link: Option<PhoneNumber>,
     answered_ms: u64,
     events: mpsc::Receiver<CallEvent>,
+    /// The recording, from the caller's first voice packet until it is stored.
+    recording: Option<Recording>,
+    record_failed: bool,
 }
 
 impl Call {
@@ -858,11 +979,8 @@ impl Call {
                             self.latched = None;
                         }
                     }
-                    Output::Store {
-                        samples,
-                        rate,
-                        codec,
-                    } => storing = Some(self.store(samples, rate, codec)),
+                    Output::Record => self.record(),
+                    Output::Store { keep } => storing = Some(self.store(keep)),
                     Output::MissedCall => storing = Some(self.missed_call()),
                     Output::Mark { id, mark } => self.mark(id, mark),
                     Output::WrongCode => {
@@ -910,6 +1028,11 @@ impl Call {
         if let Some(h) = storing {
             let _ = h.await;
         }
+        if let Some(rec) = self.recording.take() {
+            // Ended without a store (the leg closed under it): what was said is kept.
+            let server = self.server.clone();
+            let _ = tokio::task::spawn_blocking(move || server.salvage(rec)).await;
+        }
         tracing::info!(?reason, "call ended");
         self.server.call_ended(&self.call_id, self.port);
     }
@@ -925,71 +1048,70 @@ impl Call {
         }
     }
 
-    fn store(
-        &self,
-        samples: Vec<i16>,
-        rate: u32,
-        codec: boxless_media::Codec,
-    ) -> tokio::task::JoinHandle<bool> {
-        let server = self.server.clone();
-        let encoding = match (server.audio_format, codec) {
-            (AudioFormat::G711, boxless_media::Codec::Pcmu) => boxless_store::Encoding::Mulaw,
-            (AudioFormat::G711, boxless_media::Codec::Pcma) => boxless_store::Encoding::Alaw,
-            _ => boxless_store::Encoding::Pcm16,
-        };
-        let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
-        tokio::task::spawn_blocking(move || {
-            let msg = NewMessage {
-                recipient,
-                caller,
-                received_at_ms: at,
-                samples: &samples,
-                sample_rate: rate,
-                encoding,
-            };
-            let (policy, offset) = (server.policy, server.utc_offset);
-            // The recipient's entry says who gets the SMS; the copy answers even while
-            // NATS is away, and no entry means the recipient alone.
-            let prefs = server
-                .directory
-                .get(recipient)
-                .unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "recipients' copy unreadable: SMS to the recipient only");
-                    None
-                })
-                .unwrap_or_default();
-            let routes = prefs.routes(recipient, |c| match c {
-                Channel::Sms => true,
-                Channel::Email => server.email_on,
-                Channel::Webhook => server.webhook_on,
-            });
-            if routes.len() < prefs.channels.len() {
-                tracing::warn!(%recipient, "a channel of the recipient's entry is not configured on this server ([email] smtp, webhook.secret_file): left out");
+    /// Appends the machine's audio to the call's recording, starting it at the first
+    /// write. The write goes to the page cache (about 8 KB a second a call) right here: a
+    /// hop to a blocking thread would cost more than the write; the fsync, which may wait
+    /// on the disk, happens at the end on a blocking thread. A failure (disk full) drops
+    /// the recording: the call then ends as a failed store.
+    fn record(&mut self) {
+        let (rate, codec, audio) = self.machine.audio();
+        let n = audio.len();
+        if !self.record_failed {
+            if self.recording.is_none() {
+                let arrival = Arrival {
+                    recipient: self.recipient,
+                    caller: self.caller,
+                    received_at_ms: self.answered_ms,
+                };
+                let enc = encoding(self.server.audio_format, codec);
+                match self.server.store.start_recording(arrival, rate, enc) {
+                    Ok(r) => self.recording = Some(r),
+                    Err(e) => {
+                        tracing::error!(error = %e, "recording NOT started");
+                        self.record_failed = true;
+                    }
+                }
             }
-            let lang = server.languages.for_number(recipient, Some(&prefs));
-            let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| match c {
-                Channel::Sms => text::message_sms(f, policy, offset, lang),
-                Channel::Email => email::message_email(f, policy, offset, lang),
-                Channel::Webhook => webhook::notice_body(f, &server.id),
-            };
-            match server
-                .store
-                .deposit_routed(&msg, &routes, server.fallback_after_ms, render)
+            if let Some(rec) = self.recording.as_mut()
+                && let Err(e) = rec.append(audio)
             {
-                Ok(m) => {
-                    tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
-                    metrics::counter!("boxless_messages_stored_total", "server" => server.id.clone()).increment(1);
-                    server.notifier.wake.notify_one();
-                    server.notifier.wake_others.notify_one();
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "message NOT stored");
-                    metrics::counter!("boxless_store_errors_total").increment(1);
-                    false
-                }
+                tracing::error!(error = %e, "recording NOT written");
+                self.record_failed = true;
+            }
+        }
+        self.machine.audio_taken(n);
+    }
+
+    /// Stores the recording (or, when it could not be written, alerts a missed call and
+    /// reports the store failed).
+    fn store(&mut self, keep: u64) -> tokio::task::JoinHandle<bool> {
+        let server = self.server.clone();
+        let rec = self.recording.take();
+        let failed = self.record_failed || rec.is_none();
+        let arrival = self.arrival();
+        tokio::task::spawn_blocking(move || match rec {
+            Some(rec) if !failed => server.deposit(rec, keep),
+            rec => {
+                metrics::counter!("boxless_store_errors_total").increment(1);
+                server.missed_call(arrival, rec);
+                false
             }
         })
+    }
+
+    fn missed_call(&mut self) -> tokio::task::JoinHandle<bool> {
+        let server = self.server.clone();
+        let rec = self.recording.take();
+        let arrival = self.arrival();
+        tokio::task::spawn_blocking(move || server.missed_call(arrival, rec))
+    }
+
+    fn arrival(&self) -> Arrival {
+        Arrival {
+            recipient: self.recipient,
+            caller: self.caller,
+            received_at_ms: self.answered_ms,
+        }
     }
 
     fn mark(&self, id: String, mark: Mark) {
@@ -1004,38 +1126,14 @@ impl Call {
             Err(e) => tracing::error!(id = %id, error = %e, "message state NOT recorded"),
         });
     }
+}
 
-    fn missed_call(&self) -> tokio::task::JoinHandle<bool> {
-        let server = self.server.clone();
-        let (recipient, caller, at) = (self.recipient, self.caller, self.answered_ms);
-        tokio::task::spawn_blocking(move || {
-            let offset = server.utc_offset;
-            let lang = server.language(recipient);
-            let render = |calls| text::missed_call_sms(caller, calls, at, offset, lang);
-            match server.store.missed_call(
-                recipient,
-                caller,
-                at,
-                server.missed_call_merge_ms,
-                render,
-            ) {
-                Ok(queued) => {
-                    metrics::counter!("boxless_missed_calls_total").increment(1);
-                    if queued {
-                        server.notifier.wake.notify_one();
-                    } else {
-                        metrics::counter!("boxless_sms_merged_total", "reason" => "missed_call_burst")
-                            .increment(1);
-                        tracing::info!(%recipient, "missed-call alert merged: the same caller's alert went out just now");
-                    }
-                    true
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "missed-call alert NOT stored");
-                    false
-                }
-            }
-        })
+/// How a recording of `codec` is kept under `messages.audio_format`.
+fn encoding(format: AudioFormat, codec: boxless_media::Codec) -> boxless_store::Encoding {
+    match (format, codec) {
+        (AudioFormat::G711, boxless_media::Codec::Pcmu) => boxless_store::Encoding::Mulaw,
+        (AudioFormat::G711, boxless_media::Codec::Pcma) => boxless_store::Encoding::Alaw,
+        _ => boxless_store::Encoding::Pcm16,
     }
 }
 

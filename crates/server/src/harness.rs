@@ -76,6 +76,10 @@ pub(crate) struct Harness {
     pub(crate) sip: Vec<Vec<u8>>,
     pub(crate) rtp: usize,
     pub(crate) media_peer: Option<SocketAddr>,
+    /// What [`Output::Record`] appended so far, in how many writes, the largest of them.
+    pub(crate) recorded: Vec<i16>,
+    pub(crate) writes: usize,
+    pub(crate) largest_write: usize,
     pub(crate) stored: Option<Vec<i16>>,
     pub(crate) stored_rate: Option<u32>,
     pub(crate) missed: bool,
@@ -140,6 +144,9 @@ pub(crate) fn start_with(
         sip: Vec::new(),
         rtp: 0,
         media_peer: None,
+        recorded: Vec::new(),
+        writes: 0,
+        largest_write: 0,
         stored: None,
         stored_rate: None,
         missed: false,
@@ -189,9 +196,19 @@ impl Harness {
                 Output::Sip { bytes, .. } => self.sip.push(bytes),
                 Output::Rtp => self.rtp += 1,
                 Output::MediaPeer(a) => self.media_peer = Some(a),
-                Output::Store { samples, rate, .. } => {
-                    self.stored = Some(samples);
+                Output::Record => {
+                    let (rate, _, audio) = self.d.audio();
+                    let n = audio.len();
+                    self.recorded.extend_from_slice(audio);
+                    self.writes += 1;
+                    self.largest_write = self.largest_write.max(n);
+                    self.d.audio_taken(n);
                     self.stored_rate = Some(rate);
+                }
+                Output::Store { keep } => {
+                    let mut samples = std::mem::take(&mut self.recorded);
+                    samples.truncate(keep as usize);
+                    self.stored = Some(samples);
                 }
                 Output::MissedCall => self.missed = true,
                 Output::Mark { id, mark } => self.marks.push((id, mark)),

@@ -22,6 +22,7 @@ pub mod fallback;
 mod lockout;
 pub mod outbox;
 pub mod receipts;
+pub mod recording;
 pub mod retention;
 pub mod wav;
 pub mod web;
@@ -30,6 +31,7 @@ pub use directory::Directory;
 pub use events::Event;
 pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
 pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
+pub use recording::{Arrival, Recording};
 pub use retention::{Aging, Fate, Retention, Swept};
 pub use wav::Encoding;
 pub use web::{Activity, WEB_LINK};
@@ -156,6 +158,17 @@ pub struct NewMessage<'a> {
     pub encoding: Encoding,
 }
 
+impl NewMessage<'_> {
+    /// Whose message, from whom, when.
+    pub fn arrival(&self) -> Arrival {
+        Arrival {
+            recipient: self.recipient,
+            caller: self.caller,
+            received_at_ms: self.received_at_ms,
+        }
+    }
+}
+
 /// An unheard message as retrieval sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkMessage {
@@ -174,8 +187,8 @@ pub struct LinkMessage {
 /// Everything the SMS text may mention, handed to the text renderer.
 #[derive(Debug, Clone, Copy)]
 pub struct SmsFacts<'a> {
-    /// The message.
-    pub message: &'a NewMessage<'a>,
+    /// Whose message, from whom, when.
+    pub message: Arrival,
     /// Its link number.
     pub link_number: PhoneNumber,
     /// Its access code.
@@ -368,14 +381,36 @@ impl Store {
         mut render: impl FnMut(&SmsFacts<'_>, Channel) -> String,
     ) -> Result<MessageInfo> {
         let id = self.new_id();
-        let code = self.new_code()?;
         let duration_ms = msg.samples.len() as u64 * 1000 / u64::from(msg.sample_rate.max(1));
         self.write_wav(&id, msg.samples, msg.sample_rate, msg.encoding)?;
+        self.commit_message(
+            &id,
+            msg.arrival(),
+            duration_ms,
+            routes,
+            fallback_after_ms,
+            &mut render,
+        )?;
+        self.get(&id).map(|m| m.expect("row committed above"))
+    }
+
+    /// The message row, its link number, access code and notices, in one transaction (its
+    /// audio is durable already).
+    fn commit_message(
+        &self,
+        id: &str,
+        msg: Arrival,
+        duration_ms: u64,
+        routes: &[Route],
+        fallback_after_ms: u64,
+        render: &mut impl FnMut(&SmsFacts<'_>, Channel) -> String,
+    ) -> Result<()> {
+        let code = self.new_code()?;
         let mut db = self.db();
         let tx = db.transaction()?;
         let link = choose_link(&tx, &self.pool, msg.recipient)?;
         let now = now_ms();
-        let web_hash = self.web_hash_for(&id);
+        let web_hash = self.web_hash_for(id);
         tx.execute(
             "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms, web_hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8, ?9)",
@@ -425,8 +460,7 @@ impl Store {
             }
         }
         tx.commit()?;
-        drop(db);
-        self.get(&id).map(|m| m.expect("row committed above"))
+        Ok(())
     }
 
     fn write_wav(&self, id: &str, samples: &[i16], rate: u32, enc: Encoding) -> Result<()> {

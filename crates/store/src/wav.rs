@@ -39,18 +39,54 @@ impl Encoding {
 /// The bytes of a WAV file holding `samples` at `rate` in `enc` (G.711 only at 8 kHz:
 /// anything else is written as PCM).
 pub fn encode(samples: &[i16], rate: u32, enc: Encoding) -> Vec<u8> {
-    let enc = if rate == 8000 { enc } else { Encoding::Pcm16 };
-    let n = samples.len() as u32;
+    let enc = effective(rate, enc);
+    let mut b = header(rate, enc, samples.len() as u32, None);
+    let start = b.len();
+    append(samples, enc, &mut b);
+    if (b.len() - start) & 1 == 1 {
+        b.push(0); // RIFF chunks are padded to an even length
+    }
+    b
+}
+
+/// The encoding a file at `rate` gets when `enc` is asked: G.711 only at 8 kHz.
+pub fn effective(rate: u32, enc: Encoding) -> Encoding {
+    if rate == 8000 { enc } else { Encoding::Pcm16 }
+}
+
+/// `samples` coded as `enc`, appended to `out`.
+pub fn append(samples: &[i16], enc: Encoding, out: &mut Vec<u8>) {
+    match enc {
+        Encoding::Pcm16 => {
+            for s in samples {
+                out.extend_from_slice(&s.to_le_bytes());
+            }
+        }
+        Encoding::Mulaw => out.extend(samples.iter().map(|&s| encode_ulaw(s))),
+        Encoding::Alaw => out.extend(samples.iter().map(|&s| encode_alaw(s))),
+    }
+}
+
+/// The header of a file of `n` samples up to and including the `data` chunk's length:
+/// `RIFF`/`WAVE`, `fmt `, `fact` (G.711), then `extra` (a chunk of ours, padded to an even
+/// length) when given. `n = u32::MAX` marks a file still being written: lengths unknown.
+pub fn header(rate: u32, enc: Encoding, n: u32, extra: Option<(&[u8; 4], &[u8])>) -> Vec<u8> {
     let (fmt_len, fact) = match enc {
         Encoding::Pcm16 => (16u32, false),
         _ => (18, true),
     };
-    let data_len = match enc {
-        Encoding::Pcm16 => n * 2,
+    let data_len = match (n, enc) {
+        (u32::MAX, _) => u32::MAX,
+        (_, Encoding::Pcm16) => n.saturating_mul(2),
         _ => n,
     };
-    let riff_len = 4 + (8 + fmt_len) + if fact { 12 } else { 0 } + 8 + data_len + (data_len & 1);
-    let mut b = Vec::with_capacity(riff_len as usize + 8);
+    let extra_len = extra.map_or(0, |(_, body)| {
+        8 + body.len() as u32 + (body.len() as u32 & 1)
+    });
+    let riff_len = (4 + (8 + fmt_len) + if fact { 12 } else { 0 } + extra_len + 8)
+        .saturating_add(data_len)
+        .saturating_add(data_len & 1);
+    let mut b = Vec::with_capacity(64 + extra_len as usize);
     b.extend_from_slice(b"RIFF");
     b.extend_from_slice(&riff_len.to_le_bytes());
     b.extend_from_slice(b"WAVE");
@@ -70,21 +106,35 @@ pub fn encode(samples: &[i16], rate: u32, enc: Encoding) -> Vec<u8> {
         b.extend_from_slice(&4u32.to_le_bytes());
         b.extend_from_slice(&n.to_le_bytes());
     }
+    if let Some((id, body)) = extra {
+        b.extend_from_slice(id);
+        b.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        b.extend_from_slice(body);
+        if body.len() & 1 == 1 {
+            b.push(0);
+        }
+    }
     b.extend_from_slice(b"data");
     b.extend_from_slice(&data_len.to_le_bytes());
-    match enc {
-        Encoding::Pcm16 => {
-            for s in samples {
-                b.extend_from_slice(&s.to_le_bytes());
-            }
-        }
-        Encoding::Mulaw => b.extend(samples.iter().map(|&s| encode_ulaw(s))),
-        Encoding::Alaw => b.extend(samples.iter().map(|&s| encode_alaw(s))),
-    }
-    if data_len & 1 == 1 {
-        b.push(0); // RIFF chunks are padded to an even length
-    }
     b
+}
+
+/// The body of the first chunk named `id` before the `data` chunk.
+pub fn chunk<'a>(b: &'a [u8], id: &[u8; 4]) -> Option<&'a [u8]> {
+    if b.len() < 12 || &b[..4] != b"RIFF" || &b[8..12] != b"WAVE" {
+        return None;
+    }
+    let mut pos = 12usize;
+    while pos + 8 <= b.len() {
+        let len = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().ok()?) as usize;
+        let body = pos + 8;
+        match &b[pos..pos + 4] {
+            x if x == id => return b.get(body..body.checked_add(len)?),
+            b"data" => return None,
+            _ => pos = body.checked_add(len)?.checked_add(len & 1)?,
+        }
+    }
+    None
 }
 
 /// A WAV file read back: its encoding, rate and where its samples lie.
@@ -154,6 +204,16 @@ fn samples(b: &[u8], p: &Parsed) -> Vec<i16> {
             .collect(),
         Encoding::Mulaw => data.iter().map(|&x| decode_ulaw(x)).collect(),
         Encoding::Alaw => data.iter().map(|&x| decode_alaw(x)).collect(),
+    }
+}
+
+impl Encoding {
+    /// Bytes one sample takes.
+    pub fn width(self) -> u64 {
+        match self {
+            Encoding::Pcm16 => 2,
+            _ => 1,
+        }
     }
 }
 
