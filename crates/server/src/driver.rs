@@ -1058,13 +1058,8 @@ impl Call {
         let n = audio.len();
         if !self.record_failed {
             if self.recording.is_none() {
-                let arrival = Arrival {
-                    recipient: self.recipient,
-                    caller: self.caller,
-                    received_at_ms: self.answered_ms,
-                };
                 let enc = encoding(self.server.audio_format, codec);
-                match self.server.store.start_recording(arrival, rate, enc) {
+                match self.server.store.start_recording(self.arrival(), rate, enc) {
                     Ok(r) => self.recording = Some(r),
                     Err(e) => {
                         tracing::error!(error = %e, "recording NOT started");

@@ -104,7 +104,7 @@ impl Recording {
         let mut buf = [0u8; 2048];
         let per = 2048 / self.encoding.width() as usize;
         for part in samples.chunks(per) {
-            let n = code(part, self.encoding, &mut buf);
+            let n = wav::code_into(part, self.encoding, &mut buf);
             self.file.write_all(&buf[..n])?;
         }
         self.samples += samples.len() as u64;
@@ -128,27 +128,6 @@ impl Recording {
         self.samples = n;
         Ok(())
     }
-}
-
-/// `samples` coded as `enc` into `out`; the byte count.
-fn code(samples: &[i16], enc: Encoding, out: &mut [u8]) -> usize {
-    use audio_codec_algorithms::{encode_alaw, encode_ulaw};
-    match enc {
-        Encoding::Pcm16 => {
-            for (o, s) in out.chunks_exact_mut(2).zip(samples) {
-                o.copy_from_slice(&s.to_le_bytes());
-            }
-        }
-        Encoding::Mulaw => out
-            .iter_mut()
-            .zip(samples)
-            .for_each(|(o, &s)| *o = encode_ulaw(s)),
-        Encoding::Alaw => out
-            .iter_mut()
-            .zip(samples)
-            .for_each(|(o, &s)| *o = encode_alaw(s)),
-    }
-    samples.len() * enc.width() as usize
 }
 
 impl Store {

@@ -56,15 +56,29 @@ pub fn effective(rate: u32, enc: Encoding) -> Encoding {
 
 /// `samples` coded as `enc`, appended to `out`.
 pub fn append(samples: &[i16], enc: Encoding, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + samples.len() * enc.width() as usize, 0);
+    code_into(samples, enc, &mut out[start..]);
+}
+
+/// `samples` coded as `enc` into the front of `out` (room for them all); the byte count.
+pub fn code_into(samples: &[i16], enc: Encoding, out: &mut [u8]) -> usize {
     match enc {
         Encoding::Pcm16 => {
-            for s in samples {
-                out.extend_from_slice(&s.to_le_bytes());
+            for (o, s) in out.chunks_exact_mut(2).zip(samples) {
+                o.copy_from_slice(&s.to_le_bytes());
             }
         }
-        Encoding::Mulaw => out.extend(samples.iter().map(|&s| encode_ulaw(s))),
-        Encoding::Alaw => out.extend(samples.iter().map(|&s| encode_alaw(s))),
+        Encoding::Mulaw => out
+            .iter_mut()
+            .zip(samples)
+            .for_each(|(o, &s)| *o = encode_ulaw(s)),
+        Encoding::Alaw => out
+            .iter_mut()
+            .zip(samples)
+            .for_each(|(o, &s)| *o = encode_alaw(s)),
     }
+    samples.len() * enc.width() as usize
 }
 
 /// The header of a file of `n` samples up to and including the `data` chunk's length:
