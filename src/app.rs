@@ -401,8 +401,43 @@ fn need_nats(cfg: &Checked, what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit of open files to the hard one for `calls` at once: each holds an
+/// RTP socket and, while recording, its file, and the usual soft limit (1,024) would refuse
+/// calls long before the configured capacity. Warns, naming the fix, when even the hard
+/// limit is short.
+/// Returns the soft limit now (`None`: unlimited).
+fn raise_fd_limit<'a>(servers: impl Iterator<Item = &'a ServerSpec>) -> Option<u64> {
+    let calls: u64 = servers.map(|s| u64::from(s.config.capacity)).sum();
+    raise_fd_limit_for(calls)
+}
+
+fn raise_fd_limit_for(calls: u64) -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    // Two a call, plus sockets, the databases, connections to the API and NATS.
+    let need = calls * 2 + 512;
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current.is_some_and(|c| c < need) && lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if let Some(have) = now.filter(|&h| h < need) {
+        tracing::warn!(
+            have,
+            need,
+            "open-files limit below what the servers' capacity needs: calls beyond it fail; raise it (systemd LimitNOFILE=, ulimit -n) or lower [[servers]] capacity"
+        );
+    } else {
+        tracing::debug!(limit = ?now, need, "open-files limit");
+    }
+    now
+}
+
 /// Starts everything `boxless serve` runs. Must be called inside a tokio runtime.
 pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Running> {
+    let _ = raise_fd_limit(cfg.servers.iter());
     let board = board_of(&cfg, false);
     let prompts = Arc::new(Prompts::load());
     let mut servers = Vec::new();
@@ -498,6 +533,7 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
             ids.join(", ")
         );
     };
+    let _ = raise_fd_limit(std::iter::once(spec));
     let board = board_of(&cfg, true);
     let prompts = Arc::new(Prompts::load());
     let client = nats(&cfg, &format!("boxless server {id}"), &board)
@@ -570,5 +606,25 @@ impl Running {
                 boxless_control::publish_now(client, board, s.id()).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+
+    #[test]
+    fn the_open_files_limit_is_raised_for_the_capacity() {
+        let mut lim = getrlimit(Resource::Nofile);
+        let Some(hard) = lim.maximum.filter(|&h| h > 2600) else {
+            eprintln!("hard limit {:?}: nothing to raise here", lim.maximum);
+            return;
+        };
+        // As a distribution's default would leave it.
+        lim.current = Some(1024);
+        setrlimit(Resource::Nofile, lim).unwrap();
+        // 1,000 calls need more than 1,024: raised to the hard limit.
+        assert_eq!(super::raise_fd_limit_for(1000), Some(hard));
+        assert_eq!(getrlimit(Resource::Nofile).current, Some(hard));
     }
 }

@@ -11,5 +11,5 @@ pub mod sdp;
 pub use dtmf::DtmfDetector;
 pub use g711::Codec;
 pub use prompts::Prompts;
-pub use rtp::{FRAME, Received, RtpReceiver, RtpSender};
+pub use rtp::{FRAME, Pending, Received, RtpReceiver, RtpSender};
 pub use sdp::{Direction, Negotiated, SdpError, negotiate, write_sdp};

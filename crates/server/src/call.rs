@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use boxless_media::{Codec, FRAME, RtpSender};
+use boxless_media::{Codec, FRAME, Pending, RtpSender};
 use boxless_sip::{Dialog, Message};
 
 pub use crate::deposit::Deposit;
@@ -30,6 +30,8 @@ pub struct CallSettings {
     pub silence: Duration,
     /// RMS above which a packet counts as voice.
     pub voice_rms: f64,
+    /// A G.711 message is kept in the caller's law (`messages.audio_format = "g711"`).
+    pub keep_g711: bool,
 }
 
 /// Why a call ended.
@@ -239,12 +241,12 @@ impl CallFlow {
         each!(self, m => m.handle_rtp(now, datagram))
     }
 
-    /// Audio to append to the recording (deposits only): its rate, the caller's codec (a
-    /// G.711 recording is kept in its law) and the samples.
-    pub fn audio(&self) -> (u32, Codec, &[i16]) {
+    /// Audio to append to the recording (deposits only): its rate and the audio, in the
+    /// form the recording keeps (a G.711 call as sent, when so configured).
+    pub fn audio(&self) -> (u32, Pending<'_>) {
         match self {
             CallFlow::Deposit(d) => d.audio(),
-            CallFlow::Retrieval(_) => (8000, Codec::Pcmu, &[]),
+            CallFlow::Retrieval(_) => (8000, Pending::Pcm(&[])),
         }
     }
 

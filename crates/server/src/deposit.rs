@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use boxless_core::TimerTable;
 use boxless_media::audio::convert;
-use boxless_media::{Codec, Negotiated, Received, RtpReceiver};
+use boxless_media::{Codec, Negotiated, Pending, Received, RtpReceiver};
 use boxless_sip::Message;
 
 use crate::call::{Answer, CallSettings, EndReason, Output, Playout};
@@ -70,7 +70,7 @@ impl Deposit {
     pub fn new(now: Instant, s: CallSettings, answer: Answer<'_>, greeting: Arc<[i16]>) -> Deposit {
         let (leg, out, tx) = answer.leg(now);
         let mut d = Deposit {
-            rx: RtpReceiver::streaming(Codec::Pcmu, 0, None, s.max_samples),
+            rx: RtpReceiver::streaming(Codec::Pcmu, 0, None, s.max_samples, s.keep_g711),
             s,
             leg,
             out,
@@ -101,11 +101,11 @@ impl Deposit {
         self.playout.packet()
     }
 
-    /// What [`Output::Record`] asks to append: the recording's rate, the caller's codec, and
-    /// the audio due (all that is left once the recording ended).
-    pub fn audio(&self) -> (u32, Codec, &[i16]) {
+    /// What [`Output::Record`] asks to append: the recording's rate and the audio due (all
+    /// that is left once the recording ended).
+    pub fn audio(&self) -> (u32, Pending<'_>) {
         let all = self.phase != Phase::Recording;
-        (self.rx.rate(), self.rx.codec(), self.rx.ready(all))
+        (self.rx.rate(), self.rx.ready(all))
     }
 
     /// The first `n` samples of [`Deposit::audio`] were written.

@@ -13,14 +13,14 @@ use boxless_core::{
     Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
     now_ms,
 };
-use boxless_media::{Prompts, RtpSender};
+use boxless_media::{Codec, Pending, Prompts, RtpSender};
 use boxless_notify::NotifierHandle;
 use boxless_notify::{email, text, webhook};
 use boxless_sip::parties::Target;
 use boxless_sip::{
     Dialog, DialogId, Local, Message, Method, NameAddr, SipTimers, response_target, write_response,
 };
-use boxless_store::{Arrival, Directory, MessageState, Recording, Retention, Store};
+use boxless_store::{Arrival, Directory, Encoding, MessageState, Recording, Retention, Store};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -117,8 +117,6 @@ pub struct MessagingServer {
     gate: Gate,
     missed_call_merge_ms: u64,
     fallback_after_ms: u64,
-    /// `messages.audio_format`.
-    audio_format: AudioFormat,
     /// `[email] smtp` is set.
     email_on: bool,
     /// A webhook key signs notices to recipients' own webhooks.
@@ -183,6 +181,7 @@ impl MessagingServer {
                 min_samples: c.messages.min_seconds as usize * 8000,
                 silence: Duration::from_secs(c.messages.silence_seconds as u64),
                 voice_rms: 300.0,
+                keep_g711: c.messages.audio_format == AudioFormat::G711,
             },
             policy: c.retrieval.access_code,
             utc_offset: c.sms.utc_offset_minutes,
@@ -205,7 +204,6 @@ impl MessagingServer {
             ),
             missed_call_merge_ms: u64::from(c.sms.missed_call_merge_minutes) * 60_000,
             fallback_after_ms: c.sms.fallback_after_seconds.saturating_mul(1000),
-            audio_format: c.messages.audio_format,
             email_on: !c.email.smtp.trim().is_empty(),
             webhook_on: cfg.secrets.webhook_secret.is_some(),
         });
@@ -683,7 +681,7 @@ impl MessagingServer {
             Target::Deposit(r) => (r, None),
         };
         let link = retrieval.is_some().then_some(recipient);
-        let Some((rtp, port)) = self.bind_rtp().await else {
+        let Some((rtp, port)) = self.bind_rtp() else {
             return self.refuse(tx, msg, reply_to, admission::busy()).await;
         };
         let (tag, branch, ssrc, seq, ts, sess) = {
@@ -910,10 +908,15 @@ impl MessagingServer {
         }
     }
 
-    async fn bind_rtp(&self) -> Option<(UdpSocket, u16)> {
+    /// A call's RTP socket: non-blocking and never registered with the reactor, because
+    /// the call's task takes its packets on its own clock ([`RTP_DRAIN`]); registered, every
+    /// packet would still cost the reactor an epoll event nobody waits for.
+    fn bind_rtp(&self) -> Option<(std::net::UdpSocket, u16)> {
         for _ in 0..8 {
             let port = self.ports.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            match UdpSocket::bind(SocketAddr::new(self.listen.ip(), port)).await {
+            let bound = std::net::UdpSocket::bind(SocketAddr::new(self.listen.ip(), port))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s));
+            match bound {
                 Ok(s) => return Some((s, port)),
                 Err(e) => {
                     tracing::warn!(port, error = %e, "RTP port busy; trying another");
@@ -938,12 +941,21 @@ impl MessagingServer {
     }
 }
 
+/// How long received RTP may wait in a call's socket: 5 packets of 20 ms. A call's task
+/// wakes at least this often to take them, and takes them whenever it wakes for anything
+/// else; a `#` is seen this late at most, and a 1,000-call server wakes 10,000 times a
+/// second for media instead of 50,000.
+const RTP_DRAIN: Duration = Duration::from_millis(100);
+
+/// Packets taken from a call's socket at one wake, at most: 100 ms of 20 ms packets is 5.
+const DRAIN_MAX: usize = 64;
+
 struct Call {
     server: Arc<MessagingServer>,
     call_id: String,
     machine: CallFlow,
     tx: SipTx,
-    rtp: UdpSocket,
+    rtp: std::net::UdpSocket,
     port: u16,
     /// Where the caller wants RTP (`None` until agreed: late offer).
     media_peer: Option<SocketAddr>,
@@ -961,6 +973,7 @@ struct Call {
 impl Call {
     async fn run(mut self) {
         let mut buf = vec![0u8; 2048];
+        let mut next_drain = Instant::now() + RTP_DRAIN;
         let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
         let mut reason = EndReason::CallerBye;
         'outer: loop {
@@ -968,8 +981,11 @@ impl Call {
                 match out {
                     Output::Sip { bytes, to } => self.tx.send(&bytes, to).await,
                     Output::Rtp => {
-                        if let Some(to) = self.latched.or(self.media_peer) {
-                            let _ = self.rtp.send_to(self.machine.rtp_packet(), to).await;
+                        if let Some(to) = self.latched.or(self.media_peer)
+                            && self.rtp.send_to(self.machine.rtp_packet(), to).is_err()
+                        {
+                            // A full send buffer drops the frame: late audio is no audio.
+                            metrics::counter!("boxless_rtp_send_dropped_total").increment(1);
                         }
                     }
                     Output::MediaPeer(to) => {
@@ -996,32 +1012,33 @@ impl Call {
                     }
                 }
             }
-            let deadline = self.machine.poll_timeout();
+            // Received RTP waits in the socket until the task wakes anyway (a timer: every
+            // 20 ms while it plays) or the drain comes due: one wake per RTP_DRAIN of a
+            // recording rather than one per packet.
+            let wake = self
+                .machine
+                .poll_timeout()
+                .map_or(next_drain, |t| t.min(next_drain));
             tokio::select! {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break };
                     if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
                         if m.method() == Some(Method::Bye) {
-                            // Media sent before the BYE may still wait in the socket (both
-                            // were ready and select! took the BYE): keep it.
-                            while let Ok((n, from)) = self.rtp.try_recv_from(&mut buf) {
-                                self.on_rtp(&buf[..n], from);
-                            }
+                            // Media sent before the BYE may still wait in the socket: keep it.
+                            self.drain_rtp(&mut buf);
                         }
                         self.machine.handle_sip(Instant::now(), &m, ev.reply_to);
-                    }
-                }
-                r = self.rtp.recv_from(&mut buf) => {
-                    if let Ok((n, from)) = r {
-                        self.on_rtp(&buf[..n], from);
                     }
                 }
                 ok = async { storing.as_mut().expect("guarded by the select condition").await }, if storing.is_some() => {
                     storing = None;
                     self.machine.handle_stored(Instant::now(), ok.unwrap_or(false));
                 }
-                _ = sleep_until(deadline) => {
-                    self.machine.handle_timeout(Instant::now());
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    self.machine.handle_timeout(now);
+                    self.drain_rtp(&mut buf);
+                    next_drain = now + RTP_DRAIN;
                 }
             }
         }
@@ -1035,6 +1052,17 @@ impl Call {
         }
         tracing::info!(?reason, "call ended");
         self.server.call_ended(&self.call_id, self.port);
+    }
+
+    /// Takes what waits in the RTP socket, at most [`DRAIN_MAX`] packets (a flood cannot
+    /// hold the task; the kernel drops what overflows the socket's buffer).
+    fn drain_rtp(&mut self, buf: &mut [u8]) {
+        for _ in 0..DRAIN_MAX {
+            match self.rtp.recv_from(buf) {
+                Ok((n, from)) => self.on_rtp(&buf[..n], from),
+                Err(_) => break,
+            }
+        }
     }
 
     /// Only the caller's media IP; latch the first port it sends from.
@@ -1054,11 +1082,15 @@ impl Call {
     /// on the disk, happens at the end on a blocking thread. A failure (disk full) drops
     /// the recording: the call then ends as a failed store.
     fn record(&mut self) {
-        let (rate, codec, audio) = self.machine.audio();
+        let (rate, audio) = self.machine.audio();
         let n = audio.len();
         if !self.record_failed {
             if self.recording.is_none() {
-                let enc = encoding(self.server.audio_format, codec);
+                let enc = match audio {
+                    Pending::G711(Codec::Pcma, _) => Encoding::Alaw,
+                    Pending::G711(..) => Encoding::Mulaw,
+                    Pending::Pcm(_) => Encoding::Pcm16,
+                };
                 match self.server.store.start_recording(self.arrival(), rate, enc) {
                     Ok(r) => self.recording = Some(r),
                     Err(e) => {
@@ -1067,9 +1099,11 @@ impl Call {
                     }
                 }
             }
-            if let Some(rec) = self.recording.as_mut()
-                && let Err(e) = rec.append(audio)
-            {
+            let written = self.recording.as_mut().map(|rec| match audio {
+                Pending::Pcm(samples) => rec.append(samples),
+                Pending::G711(_, octets) => rec.append_coded(octets),
+            });
+            if let Some(Err(e)) = written {
                 tracing::error!(error = %e, "recording NOT written");
                 self.record_failed = true;
             }
@@ -1120,21 +1154,5 @@ impl Call {
             Ok(_) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
             Err(e) => tracing::error!(id = %id, error = %e, "message state NOT recorded"),
         });
-    }
-}
-
-/// How a recording of `codec` is kept under `messages.audio_format`.
-fn encoding(format: AudioFormat, codec: boxless_media::Codec) -> boxless_store::Encoding {
-    match (format, codec) {
-        (AudioFormat::G711, boxless_media::Codec::Pcmu) => boxless_store::Encoding::Mulaw,
-        (AudioFormat::G711, boxless_media::Codec::Pcma) => boxless_store::Encoding::Alaw,
-        _ => boxless_store::Encoding::Pcm16,
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
     }
 }

@@ -111,6 +111,19 @@ impl Recording {
         Ok(())
     }
 
+    /// Appends octets already in the recording's G.711 encoding (as the caller sent them).
+    pub fn append_coded(&mut self, octets: &[u8]) -> std::io::Result<()> {
+        if self.encoding == Encoding::Pcm16 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "G.711 octets for a 16-bit PCM recording",
+            ));
+        }
+        self.file.write_all(octets)?;
+        self.samples += octets.len() as u64;
+        Ok(())
+    }
+
     fn header(&self, n: u32) -> Vec<u8> {
         let meta = self.arrival.to_json();
         wav::header(self.rate, self.encoding, n, Some((META, &meta)))

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Media at scale, on loopback, one `boxless serve` and SIPp on the same machine:
+#  1. RECORDINGS concurrent messages of SECONDS each (PCMU, SIPp's RTP engine looping a
+#     voice: interop/sipp/record.xml), straight at server ms1: failed calls, messages
+#     stored and their lengths, Boxless's CPU (cores) and RSS growth per call while all of
+#     them are up, disk per minute of audio;
+#  2. PLAYBACKS concurrent link-number calls listening to those messages (listen.xml)
+#     for SECONDS: the inter-packet gap of every 20 ms step of what the server sent,
+#     captured with tshark (p50/p99/max).
+# Usage: bench/media-load.sh [RECORDINGS] [SECONDS] [PLAYBACKS]   (default 1000 30 300)
+# Needs: sip-tester (with RTPSTREAM, as Debian's), tshark, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-1000}
+secs=${2:-30}
+m=${3:-300}
+rate=${RATE:-100}
+work=$(mktemp -d); echo "work: $work"
+trap 'kill $BP $RP $CP 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
+BP= RP= CP=
+cargo build --release -q
+cat > "$work/b.toml" <<TOML
+data_dir = "$work/data"
+[router]
+listen = "127.0.0.1:25360"
+[http]
+listen = "127.0.0.1:28280"
+[sms]
+transport = "log"
+max_per_recipient_per_hour = 1000000   # every call is for one number
+[retrieval]
+access_code = "never"
+[messages]
+greeting = "tone"
+[[servers]]
+id = "ms1"
+listen = "127.0.0.1:25370"
+http = "127.0.0.1:28281"
+rtp_ports = "40000-45999"
+capacity = 4000
+link_numbers = ["+18005550100-+18005550399"]
+TOML
+RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
+sleep 1
+python3 - "$work/caller.wav" <<'PY'
+import sys, wave
+out = wave.open(sys.argv[1], "wb"); out.setnchannels(1); out.setsampwidth(2); out.setframerate(8000)
+for f in ("crates/media/prompts/you-have-reached.wav", "crates/media/prompts/leave-message.wav"):
+    w = wave.open(f, "rb"); out.writeframes(w.readframes(w.getnframes()))
+out.close()
+PY
+python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.ulaw"
+
+ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
+hz=$(getconf CLK_TCK)
+# Samples: time, Boxless RSS (KiB), Boxless CPU ticks, calls up (the server's own count).
+sample() {
+  while kill -0 $BP 2>/dev/null; do
+    up=$(curl -s http://127.0.0.1:28280/api/v1/servers | python3 -c 'import json,sys; print(sum(s.get("active_calls",0) for s in json.load(sys.stdin)))' 2>/dev/null || echo 0)
+    echo "$(date +%s.%N) $(rss $BP) $(ticks $BP) $up"
+    sleep 0.5
+  done
+}
+idle=$(rss $BP)
+sample > "$work/samples.txt" & RP=$!
+limit=$(( n + 100 ))
+(cd "$work" && sipp -sf "$OLDPWD/interop/sipp/record.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 \
+   -p 25390 -mp 50000 -key recipient 5551230002 \
+   -d $(( secs * 1000 )) -m "$n" -r "$rate" -l "$limit" -timeout $(( secs + 120 ))s \
+   -nostdin -trace_stat -fd 1 -stf rec.csv 127.0.0.1:25370 > /dev/null 2>&1) || true
+sleep 3
+kill $RP 2>/dev/null || true; RP=
+failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/rec.csv")
+python3 - "$work" "$n" "$secs" "$idle" "$hz" "$failed" <<'PY'
+import glob, os, sqlite3, sys
+work, n, secs, idle, hz, failed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+rows = [l.split() for l in open(f"{work}/samples.txt")]
+rows = [(float(t), int(r), int(c), int(u)) for t, r, c, u in rows if u.isdigit()]
+peak_up = max(u for *_, u in rows)
+# The plateau: every sample with at least 98 % of the peak up.
+plat = [r for r in rows if r[3] >= peak_up * 0.98]
+cores = (plat[-1][2] - plat[0][2]) / hz / max(plat[-1][0] - plat[0][0], 1e-9)
+peak_rss = max(r for _, r, _, _ in rows)
+db = sqlite3.connect(f"{work}/data/ms1/messages.sqlite")
+count, lo, hi = db.execute("SELECT count(*), min(duration_ms), max(duration_ms) FROM messages").fetchone()
+off = db.execute("SELECT count(*) FROM messages WHERE abs(duration_ms - ?) > 1000", (secs * 1000,)).fetchone()[0]
+total_ms = db.execute("SELECT sum(duration_ms) FROM messages").fetchone()[0] or 1
+disk = sum(os.path.getsize(p) for p in glob.glob(f"{work}/data/ms1/audio/*.wav"))
+print(f"recordings: {n} x {secs} s, failed (SIPp): {failed}, peak up at once: {peak_up}")
+print(f"stored: {count}, length {lo}..{hi} ms, off by more than 1 s: {off}")
+print(f"Boxless CPU with {peak_up} up ({plat[-1][0] - plat[0][0]:.0f} s): {cores:.3f} cores")
+print(f"RSS: idle {idle} KiB, peak {peak_rss} KiB -> {(peak_rss - idle) / max(peak_up, 1):.1f} KiB per call")
+print(f"disk: {disk / (total_ms / 60000) / 1000:.0f} kB per minute of audio")
+PY
+
+if [ "$m" -gt 0 ]; then
+  link=$(python3 -c "import sqlite3,sys; print('+%d' % sqlite3.connect(sys.argv[1]).execute('SELECT link_number FROM messages LIMIT 1').fetchone()[0])" "$work/data/ms1/messages.sqlite")
+  tshark -i lo -q -w "$work/play.pcap" -F pcap -f "udp and src portrange 40000-45999" > /dev/null 2>&1 & CP=$!
+  sleep 2
+  (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/listen.xml" -s "$link" -i 127.0.0.1 -mi 127.0.0.1 \
+     -p 25391 -mp 56000 -key me 15551230002 \
+     -d $(( secs * 1000 )) -m "$m" -r "$rate" -l $(( m + 50 )) -timeout $(( secs + 60 ))s \
+     -nostdin -trace_stat -fd 1 -stf play.csv 127.0.0.1:25370 > /dev/null 2>&1) || true
+  sleep 1
+  kill -INT $CP 2>/dev/null || true; wait $CP 2>/dev/null || true; CP=
+  pfailed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/play.csv")
+  tshark -r "$work/play.pcap" -o rtp.heuristic_rtp:TRUE -T fields -e frame.time_epoch \
+    -e udp.dstport -e rtp.ssrc -e rtp.timestamp 2>/dev/null > "$work/play.txt"
+  python3 - "$work/play.txt" "$m" "$pfailed" <<'PY'
+import sys
+streams = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) == 4:
+        streams.setdefault((f[1], f[2]), []).append((float(f[0]), int(f[3])))
+gaps = []
+for pkts in streams.values():
+    for (t0, ts0), (t1, ts1) in zip(pkts, pkts[1:]):
+        if (ts1 - ts0) & 0xFFFFFFFF == 160:  # the next 20 ms frame: the sender meant 20 ms
+            gaps.append((t1 - t0) * 1000)
+gaps.sort()
+q = lambda p: gaps[min(len(gaps) - 1, int(len(gaps) * p))]
+print(f"playbacks: {sys.argv[2]}, failed (SIPp): {sys.argv[3]}, streams captured: {len(streams)}, 20 ms steps: {len(gaps)}")
+print(f"inter-packet gap: p50 {q(0.5):.2f} ms, p99 {q(0.99):.2f} ms, p99.9 {q(0.999):.2f} ms, max {gaps[-1]:.2f} ms")
+PY
+fi
