@@ -2,6 +2,8 @@
 //! G.722 (16 kHz wideband, stateful ADPCM: coded by [`crate::rtp`]'s receiver and sender,
 //! which hold its state).
 
+use std::sync::LazyLock;
+
 use audio_codec_algorithms::{decode_alaw, decode_ulaw, encode_alaw, encode_ulaw};
 
 /// A voice codec with its static RTP payload type.
@@ -60,6 +62,26 @@ impl Codec {
         }
     }
 
+    /// The square of each octet's decoded sample, by octet: a packet kept as sent is
+    /// measured (voice or silence) without decoding it. G.722: as [`Codec::decode`].
+    pub fn squares(self) -> &'static [u32; 256] {
+        fn table(law: Codec) -> [u32; 256] {
+            std::array::from_fn(|o| {
+                let v = i32::from(law.decode(o as u8));
+                (v * v) as u32
+            })
+        }
+        static ULAW: LazyLock<[u32; 256]> = LazyLock::new(|| table(Codec::Pcmu));
+        static ALAW: LazyLock<[u32; 256]> = LazyLock::new(|| table(Codec::Pcma));
+        match self {
+            Codec::Pcmu => &ULAW,
+            Codec::Pcma => &ALAW,
+            Codec::G722 => {
+                unreachable!("G.722 is decoded by rtp::RtpReceiver, which holds its state")
+            }
+        }
+    }
+
     /// Encodes one G.711 sample (see [`Codec::decode`] for G.722).
     #[inline]
     pub fn encode(self, s: i16) -> u8 {
@@ -68,6 +90,25 @@ impl Codec {
             Codec::Pcma => encode_alaw(s),
             Codec::G722 => {
                 unreachable!("G.722 is encoded by rtp::RtpSender, which holds its state")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_squares_are_those_of_the_decoded_samples_and_fit() {
+        for law in [Codec::Pcmu, Codec::Pcma] {
+            for o in 0..=255u8 {
+                let v = i64::from(law.decode(o));
+                assert_eq!(
+                    i64::from(law.squares()[usize::from(o)]),
+                    v * v,
+                    "{law:?} {o}"
+                );
             }
         }
     }

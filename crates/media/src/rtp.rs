@@ -99,25 +99,33 @@ impl Window {
     }
 }
 
-/// Writes `src` to `w[from..to]` (growing `w` with `silence` up to `to`) and returns the
-/// sum of the squared levels written.
+/// Writes `src` to `w[from..to]` (growing `w` with `silence` up to `to`; `src` shorter than
+/// the span leaves the rest as it was) and returns the slots written.
 fn place<T: Copy>(
     w: &mut Vec<T>,
     (from, to): (usize, usize),
     silence: T,
     src: impl Iterator<Item = T>,
-    level: impl Fn(T) -> i16,
-) -> u64 {
+) -> &[T] {
     if w.len() < to {
         w.resize(to, silence);
     }
-    let mut sum = 0u64;
-    for (slot, v) in w[from..to].iter_mut().zip(src) {
+    let slots = &mut w[from..to];
+    for (slot, v) in slots.iter_mut().zip(src) {
         *slot = v;
-        let l = i64::from(level(v));
-        sum += (l * l) as u64;
     }
-    sum
+    slots
+}
+
+/// The sum of the squared samples: the packet's energy, for voice detection.
+fn energy(samples: &[i16]) -> u64 {
+    samples
+        .iter()
+        .map(|&v| {
+            let v = i32::from(v);
+            (v * v) as u32 as u64
+        })
+        .sum()
 }
 
 /// A streaming receiver hands its audio out once this much is pending (ms)...
@@ -317,16 +325,20 @@ impl RtpReceiver {
         }
         let span = (pos - self.base, stop - self.base);
         let sum = match &mut self.window {
-            Window::Pcm(w) => place(w, span, 0, self.conv[skip..].iter().copied(), |v| v),
+            Window::Pcm(w) => energy(place(w, span, 0, self.conv[skip..].iter().copied())),
             &mut Window::G711(law, ref mut w) => {
                 let silence = law.encode(0);
-                if as_sent {
-                    let src = p.payload()[skip..].iter().copied();
-                    place(w, span, silence, src, |o| law.decode(o))
+                let placed = if as_sent {
+                    place(w, span, silence, p.payload()[skip..].iter().copied())
                 } else {
                     let src = self.conv[skip..].iter().map(|&v| law.encode(v));
-                    place(w, span, silence, src, |o| law.decode(o))
-                }
+                    place(w, span, silence, src)
+                };
+                let squares = law.squares();
+                placed
+                    .iter()
+                    .map(|&o| u64::from(squares[usize::from(o)]))
+                    .sum()
             }
         };
         self.end = self.end.max(stop);

@@ -179,6 +179,7 @@ pub async fn accept_sip<F, Fut>(
     }
 }
 
+pub mod rtp;
 pub mod tls;
 
 /// A minimal HTTP/1.1 client for the Boxless APIs (loopback and LAN; HTTPS with a

@@ -14,6 +14,7 @@ use boxless_core::{
     now_ms,
 };
 use boxless_media::{Codec, Pending, Prompts, RtpSender};
+use boxless_net::rtp::RtpSocket;
 use boxless_notify::NotifierHandle;
 use boxless_notify::{email, text, webhook};
 use boxless_sip::parties::Target;
@@ -908,15 +909,13 @@ impl MessagingServer {
         }
     }
 
-    /// A call's RTP socket: non-blocking and never registered with the reactor, because
-    /// the call's task takes its packets on its own clock ([`RTP_DRAIN`]); registered, every
-    /// packet would still cost the reactor an epoll event nobody waits for.
-    fn bind_rtp(&self) -> Option<(std::net::UdpSocket, u16)> {
+    /// A call's RTP socket: never registered with the reactor, because the call's task
+    /// takes its packets on its own clock ([`RTP_DRAIN`]); registered, every packet would
+    /// still cost the reactor an epoll event nobody waits for.
+    fn bind_rtp(&self) -> Option<(RtpSocket, u16)> {
         for _ in 0..8 {
             let port = self.ports.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
-            let bound = std::net::UdpSocket::bind(SocketAddr::new(self.listen.ip(), port))
-                .and_then(|s| s.set_nonblocking(true).map(|()| s));
-            match bound {
+            match RtpSocket::bind(SocketAddr::new(self.listen.ip(), port)) {
                 Ok(s) => return Some((s, port)),
                 Err(e) => {
                     tracing::warn!(port, error = %e, "RTP port busy; trying another");
@@ -941,13 +940,17 @@ impl MessagingServer {
     }
 }
 
-/// How long received RTP may wait in a call's socket: 5 packets of 20 ms. A call's task
-/// wakes at least this often to take them, and takes them whenever it wakes for anything
-/// else; a `#` is seen this late at most, and a 1,000-call server wakes 10,000 times a
-/// second for media instead of 50,000.
-const RTP_DRAIN: Duration = Duration::from_millis(100);
+/// How long received RTP may wait in a call's socket: 10 packets of 20 ms (two batches of
+/// `recvmmsg`). A call's task wakes at least this often to take them, and takes them
+/// whenever it wakes for anything else (every 20 ms while it plays); a `#` ends a
+/// recording this late at most, and a 1,000-call server wakes 5,000 times a second for
+/// media instead of 50,000. The window keeps back 100 ms for reordering by timestamp, not
+/// by arrival, so the wait does not shorten it. Measured: 100 ms cost about 20 % more CPU
+/// (`bench/RESULTS.md`).
+const RTP_DRAIN: Duration = Duration::from_millis(200);
 
-/// Packets taken from a call's socket at one wake, at most: 100 ms of 20 ms packets is 5.
+/// Packets taken from a call's socket at one wake, at most: 200 ms of 10 ms packets is 20.
+/// A flood past it stays in the kernel's socket buffer, which drops the overflow.
 const DRAIN_MAX: usize = 64;
 
 struct Call {
@@ -955,7 +958,7 @@ struct Call {
     call_id: String,
     machine: CallFlow,
     tx: SipTx,
-    rtp: std::net::UdpSocket,
+    rtp: RtpSocket,
     port: u16,
     /// Where the caller wants RTP (`None` until agreed: late offer).
     media_peer: Option<SocketAddr>,
@@ -972,7 +975,6 @@ struct Call {
 
 impl Call {
     async fn run(mut self) {
-        let mut buf = vec![0u8; 2048];
         let mut next_drain = Instant::now() + RTP_DRAIN;
         let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
         let mut reason = EndReason::CallerBye;
@@ -1025,7 +1027,7 @@ impl Call {
                     if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
                         if m.method() == Some(Method::Bye) {
                             // Media sent before the BYE may still wait in the socket: keep it.
-                            self.drain_rtp(&mut buf);
+                            self.drain_rtp();
                         }
                         self.machine.handle_sip(Instant::now(), &m, ev.reply_to);
                     }
@@ -1037,7 +1039,7 @@ impl Call {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
                     self.machine.handle_timeout(now);
-                    self.drain_rtp(&mut buf);
+                    self.drain_rtp();
                     next_drain = now + RTP_DRAIN;
                 }
             }
@@ -1055,25 +1057,27 @@ impl Call {
     }
 
     /// Takes what waits in the RTP socket, at most [`DRAIN_MAX`] packets (a flood cannot
-    /// hold the task; the kernel drops what overflows the socket's buffer).
-    fn drain_rtp(&mut self, buf: &mut [u8]) {
-        for _ in 0..DRAIN_MAX {
-            match self.rtp.recv_from(buf) {
-                Ok((n, from)) => self.on_rtp(&buf[..n], from),
-                Err(_) => break,
+    /// hold the task; the kernel drops what overflows the socket's buffer), in batches of
+    /// [`boxless_net::rtp::BATCH`] a system call. Only the caller's media IP is heard; the
+    /// first port it sends from is latched.
+    fn drain_rtp(&mut self) {
+        let Self {
+            rtp,
+            media_peer,
+            latched,
+            machine,
+            ..
+        } = self;
+        let now = Instant::now();
+        rtp.drain(DRAIN_MAX, |packet, from| {
+            let expected = media_peer.is_some_and(|p| p.ip() == from.ip());
+            if expected && latched.is_none_or(|l| l == from) {
+                *latched = Some(from);
+                machine.handle_rtp(now, packet);
+            } else {
+                metrics::counter!("boxless_rtp_ignored_total").increment(1);
             }
-        }
-    }
-
-    /// Only the caller's media IP; latch the first port it sends from.
-    fn on_rtp(&mut self, packet: &[u8], from: SocketAddr) {
-        let expected = self.media_peer.is_some_and(|p| p.ip() == from.ip());
-        if expected && self.latched.is_none_or(|l| l == from) {
-            self.latched = Some(from);
-            self.machine.handle_rtp(Instant::now(), packet);
-        } else {
-            metrics::counter!("boxless_rtp_ignored_total").increment(1);
-        }
+        });
     }
 
     /// Appends the machine's audio to the call's recording, starting it at the first

@@ -1,0 +1,63 @@
+//! One drain of a call's RTP socket as the server does it every 100 ms: five 20 ms
+//! packets waiting, taken by `recvmmsg` in one system call ([`RtpSocket::drain`]) or by
+//! one `recvfrom` each plus the one that finds the socket empty. Only the receive is
+//! timed. Run: `cargo bench -p boxless-net --bench drain`
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+
+use boxless_net::rtp::{DATAGRAM_MAX, RtpSocket};
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+
+const WAITING: usize = 5;
+
+fn bench(c: &mut Criterion) {
+    let rx = RtpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let to = rx.local_addr().unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let packet = [0x55u8; 172];
+    c.bench_function("drain_5_packets_recvmmsg", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..WAITING {
+                    tx.send_to(&packet, to).unwrap();
+                }
+                let t = Instant::now();
+                let mut bytes = 0;
+                let n = rx.drain(64, |d, _| bytes += d.len());
+                spent += t.elapsed();
+                assert_eq!(n, WAITING);
+                black_box(bytes);
+            }
+            spent
+        })
+    });
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_nonblocking(true).unwrap();
+    let to = rx.local_addr().unwrap();
+    let mut buf = [0u8; DATAGRAM_MAX];
+    c.bench_function("drain_5_packets_recvfrom_each", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                for _ in 0..WAITING {
+                    tx.send_to(&packet, to).unwrap();
+                }
+                let t = Instant::now();
+                let mut n = 0;
+                let mut bytes = 0;
+                while let Ok((len, _)) = rx.recv_from(&mut buf) {
+                    bytes += len;
+                    n += 1;
+                }
+                spent += t.elapsed();
+                assert_eq!(n, WAITING);
+                black_box(bytes);
+            }
+            spent
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
