@@ -1,4 +1,4 @@
-//! One drain of a call's RTP socket as the server does it every 100 ms: five 20 ms
+//! One drain of a call's RTP socket as the server does it every 200 ms: ten 20 ms
 //! packets waiting, taken by `recvmmsg` in one system call ([`RtpSocket::drain`]) or by
 //! one `recvfrom` each plus the one that finds the socket empty. Only the receive is
 //! timed. Run: `cargo bench -p boxless-net --bench drain`
@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use boxless_net::rtp::{DATAGRAM_MAX, RtpSocket};
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 
-const WAITING: usize = 5;
+const WAITING: usize = 10;
 
 fn bench(c: &mut Criterion) {
     let rx = RtpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let to = rx.local_addr().unwrap();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let packet = [0x55u8; 172];
-    c.bench_function("drain_5_packets_recvmmsg", |b| {
+    c.bench_function("drain_10_packets_recvmmsg", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
     rx.set_nonblocking(true).unwrap();
     let to = rx.local_addr().unwrap();
     let mut buf = [0u8; DATAGRAM_MAX];
-    c.bench_function("drain_5_packets_recvfrom_each", |b| {
+    c.bench_function("drain_10_packets_recvfrom_each", |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
