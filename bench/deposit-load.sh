@@ -7,6 +7,7 @@
 # Needs: sip-tester, nodejs + `npm ci` in interop/smsc, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 calls=${1:-100}
 rate=${2:-10}
 work=$(mktemp -d)
@@ -42,17 +43,8 @@ TOML
 node interop/smsc/smsc.js 22775 "$work/sms.jsonl" > /dev/null 2>&1 & SP=$!
 RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
 sleep 1
-sox crates/media/prompts/you-have-reached.wav crates/media/prompts/leave-message.wav "$work/caller.wav" 2>/dev/null \
-  || python3 - "$work/caller.wav" <<'PY'
-import sys, wave
-out = wave.open(sys.argv[1], "wb"); out.setnchannels(1); out.setsampwidth(2); out.setframerate(8000)
-for f in ("crates/media/prompts/you-have-reached.wav", "crates/media/prompts/leave-message.wav"):
-    w = wave.open(f, "rb"); out.writeframes(w.readframes(w.getnframes()))
-out.close()
-PY
+caller_wav "$work/caller.wav"
 python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.pcap"
-ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
 base=$(rss $BP)
 t0=$(ticks $BP)
 ( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!

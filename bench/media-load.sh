@@ -11,6 +11,7 @@
 # Needs: sip-tester (with RTPSTREAM, as Debian's), tshark, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib.sh
 n=${1:-1000}
 secs=${2:-30}
 m=${3:-300}
@@ -42,17 +43,9 @@ link_numbers = ["+18005550100-+18005550399"]
 TOML
 RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
 sleep 1
-python3 - "$work/caller.wav" <<'PY'
-import sys, wave
-out = wave.open(sys.argv[1], "wb"); out.setnchannels(1); out.setsampwidth(2); out.setframerate(8000)
-for f in ("crates/media/prompts/you-have-reached.wav", "crates/media/prompts/leave-message.wav"):
-    w = wave.open(f, "rb"); out.writeframes(w.readframes(w.getnframes()))
-out.close()
-PY
+caller_wav "$work/caller.wav"
 python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.ulaw"
 
-ticks() { awk '{print $14+$15}' /proc/$1/stat; }
-rss() { awk '/VmRSS/{print $2}' /proc/$1/status; }
 hz=$(getconf CLK_TCK)
 # Samples: time, Boxless RSS (KiB), Boxless CPU ticks, calls up (the server's own count).
 sample() {
