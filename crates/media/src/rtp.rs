@@ -145,10 +145,11 @@ const HEADROOM_MS: usize = 200;
 /// for G.722); a later codec change is converted to it, so one message has one rate.
 ///
 /// A [`RtpReceiver::streaming`] receiver keeps only a window of the recording (G.711 as
-/// sent, when asked to keep it): its owner takes [`RtpReceiver::ready`] audio (about a second at a time, the last 100 ms kept back
-/// for late packets) and calls [`RtpReceiver::consume`]. The window is allocated once, so
-/// memory per call does not grow with the message and no packet allocates; a packet older
-/// than the window is dropped, and a gap of loss too wide for it closes up (the audio after
+/// sent, when asked to keep it): its owner takes [`RtpReceiver::ready`] audio (about a
+/// second at a time, the last 100 ms kept back for late packets) and calls
+/// [`RtpReceiver::consume`]. The window is allocated once, so memory per call does not
+/// grow with the message and no packet allocates; a packet older than the window is
+/// dropped, and a gap of loss too wide for it closes up (the audio after
 /// it follows on) instead of growing the window.
 pub struct RtpReceiver {
     codec: Codec,
