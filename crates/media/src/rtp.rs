@@ -241,11 +241,6 @@ impl RtpReceiver {
         (self.codec, self.pt, self.dtmf_pt) = (codec, pt, dtmf_pt);
     }
 
-    /// The codec the caller sends now.
-    pub fn codec(&self) -> Codec {
-        self.codec
-    }
-
     /// The recording's sample rate (Hz): the codec's until the first voice packet fixed it.
     pub fn rate(&self) -> u32 {
         self.rate.unwrap_or(self.codec.rate())
