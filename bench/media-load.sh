@@ -8,6 +8,7 @@
 #     for SECONDS: the inter-packet gap of every 20 ms step of what the server sent,
 #     captured with tshark (p50/p99/max).
 # Usage: bench/media-load.sh [RECORDINGS] [SECONDS] [PLAYBACKS]   (default 1000 30 300)
+#        BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
 # Needs: sip-tester (with RTPSTREAM, as Debian's), tshark, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,8 @@ rate=${RATE:-100}
 work=$(mktemp -d); echo "work: $work"
 trap 'kill $BP $RP $CP 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 BP= RP= CP=
-cargo build --release -q
+bin=${BOXLESS:-./target/release/boxless}
+[ -n "${BOXLESS:-}" ] || cargo build --release -q
 cat > "$work/b.toml" <<TOML
 data_dir = "$work/data"
 [router]
@@ -41,17 +43,19 @@ rtp_ports = "40000-45999"
 capacity = 4000
 link_numbers = ["+18005550100-+18005550399"]
 TOML
-RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
+RUST_LOG=warn "$bin" serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
 sleep 1
 caller_wav "$work/caller.wav"
 python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.ulaw"
 
 hz=$(getconf CLK_TCK)
-# Samples: time, Boxless RSS (KiB), Boxless CPU ticks, calls up (the server's own count).
+# Samples: time, Boxless RSS (KiB), Boxless CPU ticks, calls up (the server's own count),
+# SIPp's CPU ticks (its work is the same every run: a gauge of the host's speed).
 sample() {
   while kill -0 $BP 2>/dev/null; do
     up=$(curl -s http://127.0.0.1:28280/api/v1/servers | python3 -c 'import json,sys; print(sum(s.get("active_calls",0) for s in json.load(sys.stdin)))' 2>/dev/null || echo 0)
-    echo "$(date +%s.%N) $(rss $BP) $(ticks $BP) $up"
+    sp=$(pgrep -x sipp | head -1)
+    echo "$(date +%s.%N) $(rss $BP) $(ticks $BP) $up $( [ -n "$sp" ] && ticks "$sp" 2>/dev/null || echo 0)"
     sleep 0.5
   done
 }
@@ -69,12 +73,14 @@ python3 - "$work" "$n" "$secs" "$idle" "$hz" "$failed" <<'PY'
 import glob, os, sqlite3, sys
 work, n, secs, idle, hz, failed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
 rows = [l.split() for l in open(f"{work}/samples.txt")]
-rows = [(float(t), int(r), int(c), int(u)) for t, r, c, u in rows if u.isdigit()]
-peak_up = max(u for *_, u in rows)
+rows = [(float(t), int(r), int(c), int(u), int(s)) for t, r, c, u, s in rows if u.isdigit()]
+peak_up = max(r[3] for r in rows)
 # The plateau: every sample with at least 98 % of the peak up.
 plat = [r for r in rows if r[3] >= peak_up * 0.98]
-cores = (plat[-1][2] - plat[0][2]) / hz / max(plat[-1][0] - plat[0][0], 1e-9)
-peak_rss = max(r for _, r, _, _ in rows)
+span = max(plat[-1][0] - plat[0][0], 1e-9)
+cores = (plat[-1][2] - plat[0][2]) / hz / span
+sipp_cores = (plat[-1][4] - plat[0][4]) / hz / span
+peak_rss = max(r[1] for r in rows)
 db = sqlite3.connect(f"{work}/data/ms1/messages.sqlite")
 count, lo, hi = db.execute("SELECT count(*), min(duration_ms), max(duration_ms) FROM messages").fetchone()
 off = db.execute("SELECT count(*) FROM messages WHERE abs(duration_ms - ?) > 1000", (secs * 1000,)).fetchone()[0]
@@ -82,7 +88,8 @@ total_ms = db.execute("SELECT sum(duration_ms) FROM messages").fetchone()[0] or 
 disk = sum(os.path.getsize(p) for p in glob.glob(f"{work}/data/ms1/audio/*.wav"))
 print(f"recordings: {n} x {secs} s, failed (SIPp): {failed}, peak up at once: {peak_up}")
 print(f"stored: {count}, length {lo}..{hi} ms, off by more than 1 s: {off}")
-print(f"Boxless CPU with {peak_up} up ({plat[-1][0] - plat[0][0]:.0f} s): {cores:.3f} cores")
+print(f"Boxless CPU with {peak_up} up ({span:.0f} s): {cores:.3f} cores")
+print(f"SIPp CPU meanwhile (the same work every run: the host's speed): {sipp_cores:.3f} cores; Boxless/SIPp {cores / max(sipp_cores, 1e-9):.3f}")
 print(f"RSS: idle {idle} KiB, peak {peak_rss} KiB -> {(peak_rss - idle) / max(peak_up, 1):.1f} KiB per call")
 print(f"disk: {disk / (total_ms / 60000) / 1000:.0f} kB per minute of audio")
 PY
