@@ -1,7 +1,7 @@
 //! One drain of a call's RTP socket as the server does it every 200 ms: ten 20 ms
 //! packets waiting, taken by `recvmmsg` ([`RtpSocket::drain`], batches of
-//! [`boxless_net::rtp::BATCH`]) or by one `recvfrom` each plus the one that finds the
-//! socket empty. Only the receive is timed. Run: `cargo bench -p boxless-net --bench drain`
+//! [`boxless_net::rtp::BATCH`]; unconnected, each datagram's source asked for, or connected
+//! to the caller, none) or by one `recvfrom` each plus the one that finds the socket empty. Only the receive is timed. Run: `cargo bench -p boxless-net --bench drain`
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -12,8 +12,7 @@ const WAITING: usize = 10;
 
 /// `iters` times: sends [`WAITING`] packets to `to`, then times `drain` (which returns how
 /// many it took).
-fn timed(iters: u64, to: SocketAddr, mut drain: impl FnMut() -> usize) -> Duration {
-    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+fn timed(iters: u64, tx: &UdpSocket, to: SocketAddr, mut drain: impl FnMut() -> usize) -> Duration {
     let packet = [0x55u8; 172];
     let mut spent = Duration::ZERO;
     for _ in 0..iters {
@@ -29,11 +28,25 @@ fn timed(iters: u64, to: SocketAddr, mut drain: impl FnMut() -> usize) -> Durati
 }
 
 fn bench(c: &mut Criterion) {
-    let rx = RtpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut rx = RtpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let to = rx.local_addr().unwrap();
     c.bench_function("drain_10_packets_recvmmsg", |b| {
         b.iter_custom(|iters| {
-            timed(iters, to, || {
+            timed(iters, &tx, to, || {
+                rx.drain(64, |d, _| {
+                    black_box(d);
+                })
+            })
+        })
+    });
+    let mut rx = RtpSocket::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.connect(tx.local_addr().unwrap()).unwrap();
+    let to = rx.local_addr().unwrap();
+    c.bench_function("drain_10_packets_recvmmsg_connected", |b| {
+        b.iter_custom(|iters| {
+            timed(iters, &tx, to, || {
                 rx.drain(64, |d, _| {
                     black_box(d);
                 })
@@ -46,7 +59,7 @@ fn bench(c: &mut Criterion) {
     let mut buf = [0u8; DATAGRAM_MAX];
     c.bench_function("drain_10_packets_recvfrom_each", |b| {
         b.iter_custom(|iters| {
-            timed(iters, to, || {
+            timed(iters, &tx, to, || {
                 let mut n = 0;
                 while let Ok((len, _)) = rx.recv_from(&mut buf) {
                     black_box(&buf[..len]);

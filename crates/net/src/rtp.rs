@@ -22,21 +22,86 @@ pub const DATAGRAM_MAX: usize = 2048;
 /// A call's RTP socket: non-blocking, never registered with a reactor (its owner takes
 /// what waits on its own clock), and knowing its address family, which picks the
 /// per-thread receive headers (an IPv6 source must not land in IPv4-sized room).
+///
+/// Once its owner knows the peer ([`RtpSocket::connect`]), the kernel drops anyone
+/// else's datagrams before they are queued: a stranger who finds the port can no longer
+/// fill the socket's buffer and starve the call of its caller's audio, and the drain no
+/// longer asks the kernel for each datagram's source.
 #[derive(Debug)]
 pub struct RtpSocket {
     sock: UdpSocket,
     v6: bool,
+    /// The connected peer, and whether the socket was found empty since it was
+    /// connected: datagrams queued before the connect may be anyone's, so until then
+    /// each datagram's source is still asked for.
+    peer: Option<(SocketAddr, bool)>,
+}
+
+/// A free port of `addr`'s address, found by the kernel, then bound by number. Another
+/// socket may take it in between: then another is found, a few times at most.
+fn bind_free(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let mut last = io::ErrorKind::AddrInUse.into();
+    for _ in 0..8 {
+        let port = UdpSocket::bind(addr)?.local_addr()?.port();
+        match UdpSocket::bind(SocketAddr::new(addr.ip(), port)) {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
+            bound => return bound,
+        }
+    }
+    Err(last)
+}
+
+/// Why a drain stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// It took as many as asked.
+    Max,
+    /// A batch came back short: most likely empty, not proven (a short batch may also end
+    /// at an error the kernel reports on the next call).
+    Short,
+    /// The kernel said so (`WouldBlock`).
+    Empty,
+    /// Another error: an ICMP error queued for the socket, reported once.
+    Error,
 }
 
 impl RtpSocket {
-    /// Binds `addr`, non-blocking.
+    /// Binds `addr`, non-blocking. Port 0 takes a free port, bound as if it had been
+    /// given: Linux lets a disconnect take back a port it picked itself.
     pub fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let sock = UdpSocket::bind(addr)?;
+        let sock = if addr.port() == 0 {
+            bind_free(addr)?
+        } else {
+            UdpSocket::bind(addr)?
+        };
         sock.set_nonblocking(true)?;
         Ok(Self {
             sock,
             v6: addr.is_ipv6(),
+            peer: None,
         })
+    }
+
+    /// Hears only `peer` from now on (the kernel drops everyone else's datagrams). An
+    /// error leaves the socket as it was: hearing everyone, each with its source.
+    pub fn connect(&mut self, peer: SocketAddr) -> io::Result<()> {
+        self.sock.connect(peer)?;
+        self.peer = Some((peer, false));
+        Ok(())
+    }
+
+    /// Hears everyone again (the peer moved: a re-INVITE to a new address).
+    pub fn disconnect(&mut self) -> io::Result<()> {
+        if self.peer.is_some() {
+            rustix::net::connect_unspec(&self.sock)?;
+            self.peer = None;
+        }
+        Ok(())
+    }
+
+    /// The peer it hears, if connected.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.peer.map(|(p, _)| p)
     }
 
     /// Sends one datagram now; a full buffer is an error (`WouldBlock`), never a wait.
@@ -54,8 +119,20 @@ impl RtpSocket {
     /// `WouldBlock`; or an ICMP error queued by the kernel, reported once), so a flood
     /// costs at most `max` datagrams a drain: the kernel drops what overflows the
     /// socket's buffer.
-    pub fn drain(&self, max: usize, each: impl FnMut(&[u8], SocketAddr)) -> usize {
-        imp::drain(&self.sock, self.v6, max, each)
+    pub fn drain(&mut self, max: usize, each: impl FnMut(&[u8], SocketAddr)) -> usize {
+        match self.peer {
+            Some((peer, true)) => imp::drain_from(&self.sock, peer, max, each).0,
+            Some((peer, false)) => {
+                // Until the kernel says the socket is empty, what waits may predate the
+                // connect: ask for each source, and go on past a short batch to prove it.
+                let (n, stop) = imp::drain(&self.sock, self.v6, max, true, each);
+                if stop == Stop::Empty {
+                    self.peer = Some((peer, true));
+                }
+                n
+            }
+            None => imp::drain(&self.sock, self.v6, max, false, each).0,
+        }
     }
 }
 
@@ -66,109 +143,148 @@ mod imp {
     use std::net::{SocketAddr, UdpSocket};
     use std::os::fd::AsRawFd;
 
+    use nix::errno::Errno;
     use nix::sys::socket::{
         MsgFlags, MultiHeaders, SockaddrIn, SockaddrIn6, SockaddrLike, recvmmsg,
     };
 
-    use super::{BATCH, DATAGRAM_MAX};
+    use super::{BATCH, DATAGRAM_MAX, Stop};
 
-    struct Scratch<S> {
-        headers: MultiHeaders<S>,
-        bufs: Box<[[u8; DATAGRAM_MAX]; BATCH]>,
-    }
+    type Bufs = [[u8; DATAGRAM_MAX]; BATCH];
 
-    impl<S: SockaddrLike + Copy> Scratch<S> {
-        fn new() -> RefCell<Self> {
-            RefCell::new(Self {
-                headers: MultiHeaders::preallocate(BATCH, None),
-                bufs: Box::new([[0; DATAGRAM_MAX]; BATCH]),
-            })
-        }
+    /// A worker thread's receive room: one set of buffers, and headers for each kind of
+    /// source the kernel may write (the kernel shrinks a header's address length to what
+    /// it wrote, so an IPv6 source must find IPv6-sized room; a connected socket's
+    /// headers ask for none).
+    struct Scratch {
+        bufs: Box<Bufs>,
+        v4: MultiHeaders<SockaddrIn>,
+        v6: MultiHeaders<SockaddrIn6>,
+        none: MultiHeaders<()>,
     }
 
     thread_local! {
         // Allocated at a thread's first drain, then reused: the packet path allocates
-        // nothing once warm. One per family: the kernel shrinks a header's address
-        // length to what it wrote, and an IPv6 source must find IPv6-sized room.
-        static V4: RefCell<Scratch<SockaddrIn>> = Scratch::new();
-        static V6: RefCell<Scratch<SockaddrIn6>> = Scratch::new();
+        // nothing once warm.
+        static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+            bufs: Box::new([[0; DATAGRAM_MAX]; BATCH]),
+            v4: MultiHeaders::preallocate(BATCH, None),
+            v6: MultiHeaders::preallocate(BATCH, None),
+            none: MultiHeaders::preallocate(BATCH, None),
+        });
     }
 
     pub(super) fn drain(
         sock: &UdpSocket,
         v6: bool,
         max: usize,
-        each: impl FnMut(&[u8], SocketAddr),
-    ) -> usize {
-        if v6 {
-            V6.with_borrow_mut(|s| drain_into(s, sock, max, each))
-        } else {
-            V4.with_borrow_mut(|s| drain_into(s, sock, max, each))
-        }
+        until_empty: bool,
+        mut each: impl FnMut(&[u8], SocketAddr),
+    ) -> (usize, Stop) {
+        SCRATCH.with_borrow_mut(|s| {
+            if v6 {
+                drain_into(&mut s.v6, &mut s.bufs, sock, max, until_empty, |a, d| {
+                    each(d, a.into())
+                })
+            } else {
+                drain_into(&mut s.v4, &mut s.bufs, sock, max, until_empty, |a, d| {
+                    each(d, a.into())
+                })
+            }
+        })
+    }
+
+    /// A connected socket's drain: every datagram is `peer`'s, so none is asked its source.
+    pub(super) fn drain_from(
+        sock: &UdpSocket,
+        peer: SocketAddr,
+        max: usize,
+        mut each: impl FnMut(&[u8], SocketAddr),
+    ) -> (usize, Stop) {
+        SCRATCH.with_borrow_mut(|s| {
+            drain_into(&mut s.none, &mut s.bufs, sock, max, false, |(), d| {
+                each(d, peer)
+            })
+        })
     }
 
     fn drain_into<S>(
-        s: &mut Scratch<S>,
+        headers: &mut MultiHeaders<S>,
+        bufs: &mut Bufs,
         sock: &UdpSocket,
         max: usize,
-        mut each: impl FnMut(&[u8], SocketAddr),
-    ) -> usize
+        until_empty: bool,
+        mut each: impl FnMut(S, &[u8]),
+    ) -> (usize, Stop)
     where
-        S: SockaddrLike + Copy + Into<SocketAddr>,
+        S: SockaddrLike + Copy,
     {
         let mut taken = 0;
         while taken < max {
             let want = (max - taken).min(BATCH);
-            let Scratch { headers, bufs } = s;
             let mut iovs: [[IoSliceMut<'_>; 1]; BATCH] =
                 bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
-            let Ok(got) = recvmmsg(
+            let got = match recvmmsg(
                 sock.as_raw_fd(),
                 headers,
                 iovs[..want].iter_mut(),
                 MsgFlags::MSG_DONTWAIT,
                 None,
-            ) else {
-                break;
+            ) {
+                Ok(got) => got,
+                Err(Errno::EAGAIN) => return (taken, Stop::Empty),
+                Err(_) => return (taken, Stop::Error),
             };
             let mut n = 0;
             for msg in got {
                 n += 1;
                 if let (Some(from), Some(data)) = (msg.address, msg.iovs().next()) {
-                    each(&data[..msg.bytes.min(data.len())], from.into());
+                    each(from, &data[..msg.bytes.min(data.len())]);
                 }
             }
             taken += n;
-            if n < want {
-                break; // a short batch: the socket is empty
+            if n < want && !until_empty {
+                return (taken, Stop::Short); // most likely empty: spare the call that proves it
             }
         }
-        taken
+        (taken, Stop::Max)
     }
 }
 
 #[cfg(not(target_os = "linux"))]
 mod imp {
+    use std::io::ErrorKind;
     use std::net::{SocketAddr, UdpSocket};
 
-    use super::DATAGRAM_MAX;
+    use super::{DATAGRAM_MAX, Stop};
 
     pub(super) fn drain(
         sock: &UdpSocket,
         _v6: bool,
         max: usize,
+        _until_empty: bool,
         mut each: impl FnMut(&[u8], SocketAddr),
-    ) -> usize {
+    ) -> (usize, Stop) {
         let mut buf = [0u8; DATAGRAM_MAX];
         let mut taken = 0;
         while taken < max {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else {
-                break;
-            };
-            each(&buf[..n], from);
+            match sock.recv_from(&mut buf) {
+                Ok((n, from)) => each(&buf[..n], from),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return (taken, Stop::Empty),
+                Err(_) => return (taken, Stop::Error),
+            }
             taken += 1;
         }
-        taken
+        (taken, Stop::Max)
+    }
+
+    pub(super) fn drain_from(
+        sock: &UdpSocket,
+        peer: SocketAddr,
+        max: usize,
+        mut each: impl FnMut(&[u8], SocketAddr),
+    ) -> (usize, Stop) {
+        drain(sock, false, max, false, |d, _| each(d, peer))
     }
 }
 
@@ -193,7 +309,7 @@ mod tests {
 
     #[test]
     fn every_waiting_datagram_is_taken_in_order_with_its_source() {
-        let (rx, tx) = pair();
+        let (mut rx, tx) = pair();
         assert_eq!(rx.drain(64, |_, _| panic!("nothing waits")), 0);
         sent(&tx, 20); // more than one batch
         let mut seen = Vec::new();
@@ -209,7 +325,7 @@ mod tests {
 
     #[test]
     fn a_drain_takes_no_more_than_asked_and_leaves_the_rest_waiting() {
-        let (rx, tx) = pair();
+        let (mut rx, tx) = pair();
         sent(&tx, 30);
         let mut seen = Vec::new();
         assert_eq!(rx.drain(11, |d, _| seen.push(d[0])), 11);
@@ -219,7 +335,7 @@ mod tests {
 
     #[test]
     fn a_datagram_longer_than_the_room_is_cut_to_it() {
-        let (rx, tx) = pair();
+        let (mut rx, tx) = pair();
         tx.send(&vec![7u8; DATAGRAM_MAX + 100]).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut len = 0;
@@ -229,13 +345,13 @@ mod tests {
 
     #[test]
     fn an_ipv6_source_is_whole_after_ipv4_sources_on_the_same_thread() {
-        let (rx4, tx4) = pair();
+        let (mut rx4, tx4) = pair();
         sent(&tx4, 3);
         assert_eq!(
             rx4.drain(64, |_, from| assert_eq!(from, tx4.local_addr().unwrap())),
             3
         );
-        let Ok(rx6) = RtpSocket::bind("[::1]:0".parse().unwrap()) else {
+        let Ok(mut rx6) = RtpSocket::bind("[::1]:0".parse().unwrap()) else {
             return; // no IPv6 loopback on this machine
         };
         let tx6 = UdpSocket::bind("[::1]:0").unwrap();
@@ -243,5 +359,46 @@ mod tests {
         sent(&tx6, 3);
         let want = tx6.local_addr().unwrap();
         assert_eq!(rx6.drain(64, |_, from| assert_eq!(from, want)), 3);
+    }
+
+    #[test]
+    fn once_connected_only_the_peer_is_heard_and_what_came_before_keeps_its_source() {
+        let (mut rx, peer) = pair();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        stranger.send_to(&[1; 172], to).unwrap(); // queued before the connect
+        sent(&peer, 1);
+        rx.connect(peer.local_addr().unwrap()).unwrap();
+        stranger.send_to(&[2; 172], to).unwrap(); // dropped by the kernel
+        sent(&peer, 2);
+        let mut seen = Vec::new();
+        assert_eq!(rx.drain(64, |d, from| seen.push((d[0], from))), 4);
+        let (p, s) = (peer.local_addr().unwrap(), stranger.local_addr().unwrap());
+        assert_eq!(seen, [(1, s), (0, p), (0, p), (1, p)]);
+        // Found empty since the connect: from here on no source is asked for.
+        sent(&peer, 12);
+        seen.clear();
+        stranger.send_to(&[3; 172], to).unwrap();
+        assert_eq!(rx.drain(64, |d, from| seen.push((d[0], from))), 12);
+        assert!(seen.iter().enumerate().all(|(i, &x)| x == (i as u8, p)));
+    }
+
+    #[test]
+    fn disconnected_it_hears_everyone_again() {
+        let (mut rx, peer) = pair();
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        rx.connect(peer.local_addr().unwrap()).unwrap();
+        assert_eq!(rx.peer(), Some(peer.local_addr().unwrap()));
+        stranger.send_to(&[1; 172], to).unwrap();
+        sent(&peer, 1);
+        assert_eq!(rx.drain(64, |_, _| {}), 1);
+        rx.disconnect().unwrap();
+        assert_eq!(rx.peer(), None);
+        stranger.send_to(&[1; 172], to).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut from = None;
+        assert_eq!(rx.drain(64, |_, f| from = Some(f)), 1);
+        assert_eq!(from, Some(stranger.local_addr().unwrap()));
     }
 }

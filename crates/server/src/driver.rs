@@ -995,6 +995,11 @@ impl Call {
                             // A new address (re-INVITE, late answer): latch afresh.
                             self.media_peer = Some(to);
                             self.latched = None;
+                            if let Err(e) = self.rtp.disconnect() {
+                                // Still connected to the old address: the new one is
+                                // not heard, and the call ends at its silence timer.
+                                tracing::warn!(error = %e, "RTP socket NOT disconnected");
+                            }
                         }
                     }
                     Output::Record => self.record(),
@@ -1059,7 +1064,8 @@ impl Call {
     /// Takes what waits in the RTP socket, at most [`DRAIN_MAX`] packets (a flood cannot
     /// hold the task; the kernel drops what overflows the socket's buffer), in batches of
     /// [`boxless_net::rtp::BATCH`] a system call. Only the caller's media IP is heard; the
-    /// first port it sends from is latched.
+    /// first port it sends from is latched, and the socket connected to it, so that the
+    /// kernel drops anyone else's datagrams before they take room in the socket's buffer.
     fn drain_rtp(&mut self) {
         let Self {
             rtp,
@@ -1078,6 +1084,13 @@ impl Call {
                 metrics::counter!("boxless_rtp_ignored_total").increment(1);
             }
         });
+        if let Some(l) = *latched
+            && rtp.peer() != Some(l)
+            && let Err(e) = rtp.connect(l)
+        {
+            // Unconnected, the socket still works: strangers are dropped here instead.
+            tracing::debug!(error = %e, "RTP socket not connected");
+        }
     }
 
     /// Appends the machine's audio to the call's recording, starting it at the first
