@@ -1,5 +1,6 @@
 //! The trust boundary end to end on loopback: strangers' SIP gets `403` and creates
-//! nothing, the API wants tokens (over HTTPS), secrets stay out of the way.
+//! nothing, strangers' RTP neither speaks into a message nor starves it, the API wants
+//! tokens (over HTTPS), secrets stay out of the way.
 
 mod common;
 
@@ -7,7 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use boxless_net::http::{Target, request_with};
-use common::{messages, system, system_with};
+use boxless_phone::place_call;
+use boxless_testkit::voice;
+use common::{g711, messages, opts, stored_audio, system, system_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn invite(to: SocketAddr, from_ip: &str, call_id: &str) -> String {
@@ -84,6 +87,69 @@ async fn strangers_get_403_and_nothing_is_created() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(sys.smsc.accepted().is_empty(), "no SMS for a stranger");
     assert!(messages(&sys, "+23480000001").await.is_empty());
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+/// A stranger who finds a call's RTP port floods it with loud audio of its own, from
+/// another address (127.0.0.2), before the call and all through it: 20 packets every
+/// 5 ms to each server's first port (where its first call goes), 4,000 a second each,
+/// twelve times what a call's drain takes (64 per 200 ms). The kernel drops them, as the socket hears only the caller's IP from
+/// the SDP on, then only its latched source: the message is whole and is the caller's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_flooding_the_rtp_port_neither_speaks_into_nor_starves_a_message() {
+    let sys = system("rtp-flood", "redirect", "").await;
+    let Ok(stranger) = std::net::UdpSocket::bind("127.0.0.2:0") else {
+        eprintln!("no 127.0.0.2 on this loopback: skipped");
+        return;
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let ports = sys.first_rtp;
+        std::thread::spawn(move || {
+            // PCMU, loud (µ-law 0x80 is the top of the scale), its own SSRC.
+            let mut packet = [0x80u8; 172];
+            packet[..2].copy_from_slice(&[0x80, 0x00]);
+            packet[8..12].copy_from_slice(&0x5747_4e47u32.to_be_bytes());
+            let mut sent = 0u64;
+            for seq in 0u32.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                packet[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+                packet[4..8].copy_from_slice(&(seq * 160).to_be_bytes());
+                for port in ports {
+                    for _ in 0..20 {
+                        if stranger.send_to(&packet, ("127.0.0.1", port)).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let played = voice(2500, 3);
+    let out = place_call(&opts(sys.running.router, played.clone()))
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().unwrap();
+    assert!(out.completed(), "{out:?}");
+    assert!(sent > 10_000, "the flood sent only {sent} packets");
+
+    let list = messages(&sys, "+15551230002").await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let d = list[0]["duration_ms"].as_u64().unwrap();
+    assert!((2400..=2700).contains(&d), "duration {d} ms: starved");
+    let stored = stored_audio(&sys, list[0]["id"].as_str().unwrap()).await;
+    let (corr, _) = boxless_media::audio::best_correlation(&g711(&played), &stored, 800);
+    assert!(
+        corr >= 0.9,
+        "stored audio correlation {corr}: not the caller's"
+    );
     let _ = std::fs::remove_dir_all(&sys.data);
 }
 

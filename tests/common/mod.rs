@@ -14,6 +14,8 @@ pub struct System {
     pub running: boxless::app::Running,
     pub smsc: FakeSmsc,
     pub data: PathBuf,
+    /// The first RTP port of each server (ms1, ms2): where each puts its first call.
+    pub first_rtp: [u16; 2],
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {
@@ -108,6 +110,7 @@ link_numbers = ["+18005550150-+18005550199"]
         running,
         smsc,
         data,
+        first_rtp: [rtp, rtp + 50],
     }
 }
 

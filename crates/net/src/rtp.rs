@@ -8,7 +8,7 @@
 //! buffer.
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 
 /// Datagrams taken by one system call, at most. A 200 ms drain of 20 ms packets takes two
 /// calls; one batch of 16 measured only 2 % faster (`benches/drain.rs`), not worth twice
@@ -23,18 +23,30 @@ pub const DATAGRAM_MAX: usize = 2048;
 /// what waits on its own clock), and knowing its address family, which picks the
 /// per-thread receive headers (an IPv6 source must not land in IPv4-sized room).
 ///
-/// Once its owner knows the peer ([`RtpSocket::connect`]), the kernel drops anyone
-/// else's datagrams before they are queued: a stranger who finds the port can no longer
-/// fill the socket's buffer and starve the call of its caller's audio, and the drain no
-/// longer asks the kernel for each datagram's source.
+/// Its owner narrows what the kernel lets in as it learns the caller: the IP from the SDP
+/// ([`RtpSocket::hear_only`]), then the source the first packet came from
+/// ([`RtpSocket::connect`]). Anyone else's datagrams are dropped before they are queued, so
+/// a stranger who finds the port cannot fill the socket's buffer and starve the call of
+/// its caller's audio; once connected, the drain no longer asks for each datagram's source.
 #[derive(Debug)]
 pub struct RtpSocket {
     sock: UdpSocket,
     v6: bool,
-    /// The connected peer, and whether the socket was found empty since it was
-    /// connected: datagrams queued before the connect may be anyone's, so until then
-    /// each datagram's source is still asked for.
-    peer: Option<(SocketAddr, bool)>,
+    heard: Heard,
+}
+
+/// Whom the kernel lets through to the socket.
+#[derive(Debug, Clone, Copy)]
+enum Heard {
+    Everyone,
+    /// Any port of one IP (connected to port 0: Linux then matches the address alone).
+    Ip,
+    /// One source. `settled` once the kernel has reported the socket empty since the
+    /// connect: until then, what waits may predate it, so each source is still asked for.
+    Peer {
+        peer: SocketAddr,
+        settled: bool,
+    },
 }
 
 /// A free port of `addr`'s address, found by the kernel, then bound by number. Another
@@ -78,30 +90,51 @@ impl RtpSocket {
         Ok(Self {
             sock,
             v6: addr.is_ipv6(),
-            peer: None,
+            heard: Heard::Everyone,
         })
     }
 
-    /// Hears only `peer` from now on (the kernel drops everyone else's datagrams). An
-    /// error leaves the socket as it was: hearing everyone, each with its source.
+    /// Hears any port of `ip` only: what the caller's SDP says, before its first packet
+    /// tells which port it sends from. An error (no route to `ip`) leaves the socket
+    /// hearing everyone, its owner filtering by source.
+    pub fn hear_only(&mut self, ip: IpAddr) -> io::Result<()> {
+        match self.sock.connect(SocketAddr::new(ip, 0)) {
+            Ok(()) => {
+                self.heard = Heard::Ip;
+                Ok(())
+            }
+            Err(e) => {
+                self.disconnect()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Hears only `peer` from now on. An error leaves the socket as it was.
     pub fn connect(&mut self, peer: SocketAddr) -> io::Result<()> {
         self.sock.connect(peer)?;
-        self.peer = Some((peer, false));
+        self.heard = Heard::Peer {
+            peer,
+            settled: false,
+        };
         Ok(())
     }
 
-    /// Hears everyone again (the peer moved: a re-INVITE to a new address).
+    /// Hears everyone again.
     pub fn disconnect(&mut self) -> io::Result<()> {
-        if self.peer.is_some() {
+        if !matches!(self.heard, Heard::Everyone) {
             rustix::net::connect_unspec(&self.sock)?;
-            self.peer = None;
+            self.heard = Heard::Everyone;
         }
         Ok(())
     }
 
-    /// The peer it hears, if connected.
+    /// The one source it hears, if connected to one.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.peer.map(|(p, _)| p)
+        match self.heard {
+            Heard::Peer { peer, .. } => Some(peer),
+            _ => None,
+        }
     }
 
     /// Sends one datagram now; a full buffer is an error (`WouldBlock`), never a wait.
@@ -120,18 +153,27 @@ impl RtpSocket {
     /// costs at most `max` datagrams a drain: the kernel drops what overflows the
     /// socket's buffer.
     pub fn drain(&mut self, max: usize, each: impl FnMut(&[u8], SocketAddr)) -> usize {
-        match self.peer {
-            Some((peer, true)) => imp::drain_from(&self.sock, peer, max, each).0,
-            Some((peer, false)) => {
+        match self.heard {
+            Heard::Peer {
+                peer,
+                settled: true,
+            } => imp::drain_from(&self.sock, peer, max, each).0,
+            Heard::Peer {
+                peer,
+                settled: false,
+            } => {
                 // Until the kernel says the socket is empty, what waits may predate the
                 // connect: ask for each source, and go on past a short batch to prove it.
                 let (n, stop) = imp::drain(&self.sock, self.v6, max, true, each);
                 if stop == Stop::Empty {
-                    self.peer = Some((peer, true));
+                    self.heard = Heard::Peer {
+                        peer,
+                        settled: true,
+                    };
                 }
                 n
             }
-            None => imp::drain(&self.sock, self.v6, max, false, each).0,
+            Heard::Everyone | Heard::Ip => imp::drain(&self.sock, self.v6, max, false, each).0,
         }
     }
 }
@@ -400,5 +442,31 @@ mod tests {
         let mut from = None;
         assert_eq!(rx.drain(64, |_, f| from = Some(f)), 1);
         assert_eq!(from, Some(stranger.local_addr().unwrap()));
+    }
+
+    #[test]
+    fn hearing_one_ip_takes_any_of_its_ports_and_drops_other_addresses() {
+        let (mut rx, tx) = pair();
+        let to = rx.local_addr().unwrap();
+        let other_port = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let Ok(stranger) = UdpSocket::bind("127.0.0.2:0") else {
+            return; // no 127.0.0.2 on this machine's loopback
+        };
+        rx.hear_only("127.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(rx.peer(), None);
+        stranger.send_to(&[9; 172], to).unwrap();
+        other_port.send_to(&[1; 172], to).unwrap();
+        sent(&tx, 1);
+        let mut seen = Vec::new();
+        assert_eq!(rx.drain(64, |d, from| seen.push((d[0], from))), 2);
+        let (a, b) = (other_port.local_addr().unwrap(), tx.local_addr().unwrap());
+        assert_eq!(seen, [(1, a), (0, b)]);
+        // Then one of them is latched: the other port is dropped too.
+        rx.connect(b).unwrap();
+        other_port.send_to(&[1; 172], to).unwrap();
+        sent(&tx, 1);
+        seen.clear();
+        assert_eq!(rx.drain(64, |d, from| seen.push((d[0], from))), 1);
+        assert_eq!(seen, [(0, b)]);
     }
 }

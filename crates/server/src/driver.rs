@@ -995,10 +995,17 @@ impl Call {
                             // A new address (re-INVITE, late answer): latch afresh.
                             self.media_peer = Some(to);
                             self.latched = None;
-                            if let Err(e) = self.rtp.disconnect() {
-                                // Still connected to the old address: the new one is
-                                // not heard, and the call ends at its silence timer.
-                                tracing::warn!(error = %e, "RTP socket NOT disconnected");
+                            // The kernel lets in only the new address's IP (any port,
+                            // until the first packet latches one); `0.0.0.0` (hold:
+                            // nothing is sent to us) lets everyone in, and drain_rtp
+                            // drops them all.
+                            let heard = if to.ip().is_unspecified() {
+                                self.rtp.disconnect()
+                            } else {
+                                self.rtp.hear_only(to.ip())
+                            };
+                            if let Err(e) = heard {
+                                tracing::debug!(error = %e, "RTP socket not narrowed");
                             }
                         }
                     }
@@ -1064,8 +1071,9 @@ impl Call {
     /// Takes what waits in the RTP socket, at most [`DRAIN_MAX`] packets (a flood cannot
     /// hold the task; the kernel drops what overflows the socket's buffer), in batches of
     /// [`boxless_net::rtp::BATCH`] a system call. Only the caller's media IP is heard; the
-    /// first port it sends from is latched, and the socket connected to it, so that the
-    /// kernel drops anyone else's datagrams before they take room in the socket's buffer.
+    /// first port it sends from is latched. The kernel drops anyone else's datagrams
+    /// before they take room in the socket's buffer: the socket hears only the caller's
+    /// IP from the SDP on, and only the latched source from here on.
     fn drain_rtp(&mut self) {
         let Self {
             rtp,
