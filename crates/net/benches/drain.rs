@@ -1,7 +1,8 @@
 //! One drain of a call's RTP socket as the server does it every 200 ms: ten 20 ms
 //! packets waiting, taken by `recvmmsg` ([`RtpSocket::drain`], batches of
 //! [`boxless_net::rtp::BATCH`]; unconnected, each datagram's source asked for, or connected
-//! to the caller, none) or by one `recvfrom` each plus the one that finds the socket empty. Only the receive is timed. Run: `cargo bench -p boxless-net --bench drain`
+//! to the caller, none) or by one `recvfrom` each plus the one that finds the socket
+//! empty. Only the receive is timed. Run: `cargo bench -p boxless-net --bench drain`
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
-//! A drain of a call's RTP socket, connected or not, allocates nothing once its thread is warm (the receive
-//! buffers are the thread's, made at its first drain), counted by `allocation-counter` (a
-//! counting global allocator in this test binary only).
+//! A drain of a call's RTP socket, connected or not, allocates nothing once its thread is
+//! warm (the receive buffers are the thread's, made at its first drain), counted by
+//! `allocation-counter` (a counting global allocator in this test binary only).
 
 use std::net::UdpSocket;
 

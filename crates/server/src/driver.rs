@@ -962,7 +962,7 @@ fn drain_due(now: Instant, phase: Duration) -> Instant {
         return base; // the grid's first tick of this phase is still ahead
     }
     let tick = RTP_DRAIN.as_nanos();
-    let ticks = now.saturating_duration_since(base).as_nanos() / tick + 1;
+    let ticks = now.duration_since(base).as_nanos() / tick + 1;
     base + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
