@@ -1,13 +1,14 @@
 //! The floor under a recording server's CPU on this host: what receiving the RTP alone
 //! costs, with no call behind it. N sockets, each connected to one sender (as SIPp's RTP
 //! engine sends every call's audio from one port), get a 172-byte packet every 20 ms; one
-//! thread drains each of them every 200 ms as a call's task does ([`RtpSocket::drain`],
-//! at most 64) and does nothing with what it takes. Prints the draining thread's CPU and
+//! thread drains each of them every 500 ms as a recording call's task does
+//! ([`RtpSocket::drain`], at most 64) and does nothing with what it takes. Prints the draining thread's CPU and
 //! the sending thread's (the kernel's delivery into the sockets runs in the sender's time
 //! on loopback), from `/proc/thread-self/stat`.
 //!
 //! Run: `cargo run --release -p boxless-net --example rtp_floor -- [CALLS] [SECONDS]`
-//! (default 1000 20); `UNCONNECTED=1` leaves the sockets unconnected, each source asked.
+//! (default 1000 20); `UNCONNECTED=1` leaves the sockets unconnected, each source asked;
+//! `EVERY_MS=200` drains every 200 ms instead.
 use std::hint::black_box;
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -73,18 +74,21 @@ fn main() {
             }) as u64;
         }
     };
+    let every = Duration::from_millis(
+        std::env::var("EVERY_MS").map_or(500, |v| v.parse().expect("EVERY_MS: milliseconds")),
+    );
     let mut next = Instant::now();
     let settle = next + Duration::from_secs(1);
     while Instant::now() < settle {
         drain_all(&mut taken);
-        next += Duration::from_millis(200);
+        next += every;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     taken = 0;
     let (t0, cpu0) = (Instant::now(), thread_cpu());
     while t0.elapsed() < Duration::from_secs(seconds) {
         drain_all(&mut taken);
-        next += Duration::from_millis(200);
+        next += every;
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
     }
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), thread_cpu() - cpu0);

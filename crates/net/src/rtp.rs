@@ -1,8 +1,8 @@
 //! Taking what waits in a non-blocking RTP socket, many datagrams per system call.
 //!
-//! A call's task drains its socket every 200 ms or so: ten packets of 20 ms. One
-//! `recvfrom` each, plus the one that finds the socket empty, is eleven system calls a
-//! drain; `recvmmsg` takes them in two and tells by a short batch that the socket is
+//! A recording call's task drains its socket every 500 ms: 25 packets of 20 ms. One
+//! `recvfrom` each, plus the one that finds the socket empty, is 26 system calls a
+//! drain; `recvmmsg` takes them in one and tells by a short batch that the socket is
 //! empty. The buffers are per worker thread, not per call: a drain runs to the end without
 //! yielding, so one set serves every call the thread runs, and a call holds no receive
 //! buffer.
@@ -10,10 +10,10 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 
-/// Datagrams taken by one system call, at most. A 200 ms drain of 20 ms packets takes two
-/// calls; one batch of 16 measured only 2 % faster (`benches/drain.rs`), not worth twice
-/// the buffers.
-pub const BATCH: usize = 8;
+/// Datagrams taken by one system call, at most: a 500 ms drain of 20 ms packets takes one
+/// call. Measured at 1,000 recordings: 32 a call cost 4 to 10 % less CPU than 8
+/// (`bench/RESULTS.md`); the buffers are per worker thread (64 KiB), not per call.
+pub const BATCH: usize = 32;
 
 /// Room for one datagram; a longer one is cut to this (RTP of 20 ms voice is under 200
 /// bytes; nothing this server accepts is near it).

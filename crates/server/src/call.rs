@@ -241,6 +241,12 @@ impl CallFlow {
         each!(self, m => m.handle_rtp(now, datagram))
     }
 
+    /// True while the caller's message is being recorded: its received RTP holds no
+    /// urgent key but `#`.
+    pub fn is_recording(&self) -> bool {
+        matches!(self, CallFlow::Deposit(d) if d.is_recording())
+    }
+
     /// Audio to append to the recording (deposits only): its rate and the audio, in the
     /// form the recording keeps (a G.711 call as sent, when so configured).
     pub fn audio(&self) -> (u32, Pending<'_>) {

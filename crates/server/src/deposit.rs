@@ -108,6 +108,11 @@ impl Deposit {
         (self.rx.rate(), self.rx.ready(all))
     }
 
+    /// True while the message is being recorded (after the greeting, until it ends).
+    pub fn is_recording(&self) -> bool {
+        self.phase == Phase::Recording
+    }
+
     /// The first `n` samples of [`Deposit::audio`] were written.
     pub fn audio_taken(&mut self, n: usize) {
         self.rx.consume(n);

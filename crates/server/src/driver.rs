@@ -13,7 +13,7 @@ use boxless_core::{
     Admission, Checked, Gate, Numbering, PhoneNumber, Rng, ServerSpec, ServerState, StatusBoard,
     now_ms,
 };
-use boxless_media::{Codec, Pending, Prompts, RtpSender};
+use boxless_media::{Prompts, RtpSender};
 use boxless_net::rtp::RtpSocket;
 use boxless_notify::NotifierHandle;
 use boxless_notify::{email, text, webhook};
@@ -21,7 +21,7 @@ use boxless_sip::parties::Target;
 use boxless_sip::{
     Dialog, DialogId, Local, Message, Method, NameAddr, SipTimers, response_target, write_response,
 };
-use boxless_store::{Arrival, Directory, Encoding, MessageState, Recording, Retention, Store};
+use boxless_store::{Arrival, Directory, MessageState, Recording, Retention, Store};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -29,6 +29,7 @@ use crate::admission::{self, Context, Refusal};
 use crate::call::{
     Answer, CallFlow, CallSettings, Deposit, EndReason, Output, Retrieval, RetrievalSetup,
 };
+use crate::intake::{DRAIN_MAX, Tape, drain_due, drain_period};
 use crate::leg::{ALLOW, LegSetup};
 use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
 
@@ -799,8 +800,7 @@ impl MessagingServer {
             link,
             answered_ms: now_ms(),
             events: events_rx,
-            recording: None,
-            record_failed: false,
+            tape: Tape::default(),
         };
         let span =
             tracing::info_span!("call", call_id = %msg.call_id, server = %self.id, %recipient);
@@ -910,7 +910,7 @@ impl MessagingServer {
     }
 
     /// A call's RTP socket: never registered with the reactor, because the call's task
-    /// takes its packets on its own clock ([`RTP_DRAIN`]); registered, every packet would
+    /// takes its packets on its own clock ([`crate::intake::drain_due`]); registered, every packet would
     /// still cost the reactor an epoll event nobody waits for.
     fn bind_rtp(&self) -> Option<(RtpSocket, u16)> {
         for _ in 0..8 {
@@ -940,45 +940,6 @@ impl MessagingServer {
     }
 }
 
-/// How long received RTP may wait in a call's socket: 10 packets of 20 ms (two batches of
-/// `recvmmsg`). A call's task wakes at least this often to take them, and takes them
-/// whenever it wakes for anything else (every 20 ms while it plays); a `#` ends a
-/// recording this late at most, and a 1,000-call server wakes 5,000 times a second for
-/// media instead of 50,000. The window keeps back 100 ms for reordering by timestamp, not
-/// by arrival, so the wait does not shorten it. Measured: 100 ms cost about 20 % more CPU
-/// (`bench/RESULTS.md`).
-const RTP_DRAIN: Duration = Duration::from_millis(200);
-
-/// When a call's next drain is due after `now`: the next tick of a process-wide
-/// [`RTP_DRAIN`] grid shifted by the call's `phase`, not `now + RTP_DRAIN`. Calls of one
-/// phase drain together, so a worker thread parks and wakes once for many of them rather
-/// than once every millisecond or so for a few (measured: about 14 % of the server's CPU
-/// at 1,000 recordings, `bench/RESULTS.md`); [`DRAIN_PHASES`] phases keep each burst to a
-/// tenth of the calls, so a playing call's 20 ms frame never waits behind all of them.
-fn drain_due(now: Instant, phase: Duration) -> Instant {
-    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    let base = *EPOCH + phase;
-    if now < base {
-        return base; // the grid's first tick of this phase is still ahead
-    }
-    let tick = RTP_DRAIN.as_nanos();
-    let ticks = now.duration_since(base).as_nanos() / tick + 1;
-    base + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
-}
-
-/// How many groups the calls' drains are spread over, [`RTP_DRAIN`] / this apart.
-const DRAIN_PHASES: u16 = 10;
-
-/// A call's drain phase, from its RTP port (ports are handed out in order, even ones
-/// only, so consecutive calls fall in consecutive phases).
-fn drain_phase(port: u16) -> Duration {
-    RTP_DRAIN / u32::from(DRAIN_PHASES) * u32::from(port / 2 % DRAIN_PHASES)
-}
-
-/// Packets taken from a call's socket at one wake, at most: 200 ms of 10 ms packets is 20.
-/// A flood past it stays in the kernel's socket buffer, which drops the overflow.
-const DRAIN_MAX: usize = 64;
-
 struct Call {
     server: Arc<MessagingServer>,
     call_id: String,
@@ -995,14 +956,12 @@ struct Call {
     answered_ms: u64,
     events: mpsc::Receiver<CallEvent>,
     /// The recording, from the caller's first voice packet until it is stored.
-    recording: Option<Recording>,
-    record_failed: bool,
+    tape: Tape,
 }
 
 impl Call {
     async fn run(mut self) {
-        let phase = drain_phase(self.port);
-        let mut next_drain = drain_due(Instant::now(), phase);
+        let mut next_drain = drain_due(Instant::now(), drain_period(&self.machine), self.port);
         let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
         let mut reason = EndReason::CallerBye;
         'outer: loop {
@@ -1054,7 +1013,7 @@ impl Call {
                 }
             }
             // Received RTP waits in the socket until the task wakes anyway (a timer: every
-            // 20 ms while it plays) or the drain comes due: one wake per RTP_DRAIN of a
+            // 20 ms while it plays) or the drain comes due: one wake per RECORD_DRAIN of a
             // recording rather than one per packet.
             let wake = self
                 .machine
@@ -1077,16 +1036,18 @@ impl Call {
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
-                    self.machine.handle_timeout(now);
+                    // What waited in the socket came first: a voice in it must reach the
+                    // machine before its silence timer can fire.
                     self.drain_rtp();
-                    next_drain = drain_due(now, phase);
+                    self.machine.handle_timeout(now);
+                    next_drain = drain_due(now, drain_period(&self.machine), self.port);
                 }
             }
         }
         if let Some(h) = storing {
             let _ = h.await;
         }
-        if let Some(rec) = self.recording.take() {
+        if let Some(rec) = self.tape.unload() {
             // Ended without a store (the leg closed under it): what was said is kept.
             let server = self.server.clone();
             let _ = tokio::task::spawn_blocking(move || server.salvage(rec)).await;
@@ -1097,16 +1058,20 @@ impl Call {
 
     /// Takes what waits in the RTP socket, at most [`DRAIN_MAX`] packets (a flood cannot
     /// hold the task; the kernel drops what overflows the socket's buffer), in batches of
-    /// [`boxless_net::rtp::BATCH`] a system call. Only the caller's media IP is heard; the
-    /// first port it sends from is latched. The kernel drops anyone else's datagrams
-    /// before they take room in the socket's buffer: the socket hears only the caller's
-    /// IP from the SDP on, and only the latched source from here on.
+    /// [`boxless_net::rtp::BATCH`] a system call; a recording's audio goes to its tape as
+    /// it comes due. Only the caller's media IP is heard; the first port it sends from is
+    /// latched. The kernel drops anyone else's datagrams before they take room in the
+    /// socket's buffer: the socket hears only the caller's IP from the SDP on, and only
+    /// the latched source from here on.
     fn drain_rtp(&mut self) {
+        let arrival = self.arrival();
         let Self {
+            server,
             rtp,
             media_peer,
             latched,
             machine,
+            tape,
             ..
         } = self;
         let now = Instant::now();
@@ -1115,6 +1080,7 @@ impl Call {
             if expected && latched.is_none_or(|l| l == from) {
                 *latched = Some(from);
                 machine.handle_rtp(now, packet);
+                tape.take_due(machine, &server.store, arrival);
             } else {
                 metrics::counter!("boxless_rtp_ignored_total").increment(1);
             }
@@ -1128,47 +1094,20 @@ impl Call {
         }
     }
 
-    /// Appends the machine's audio to the call's recording, starting it at the first
-    /// write. The write goes to the page cache (about 8 KB a second a call) right here: a
-    /// hop to a blocking thread would cost more than the write; the fsync, which may wait
-    /// on the disk, happens at the end on a blocking thread. A failure (disk full) drops
-    /// the recording: the call then ends as a failed store.
+    /// Appends the machine's audio to the call's recording ([`Tape::take`]).
     fn record(&mut self) {
-        let (rate, audio) = self.machine.audio();
-        let n = audio.len();
-        if !self.record_failed {
-            if self.recording.is_none() {
-                let enc = match audio {
-                    Pending::G711(Codec::Pcma, _) => Encoding::Alaw,
-                    Pending::G711(..) => Encoding::Mulaw,
-                    Pending::Pcm(_) => Encoding::Pcm16,
-                };
-                match self.server.store.start_recording(self.arrival(), rate, enc) {
-                    Ok(r) => self.recording = Some(r),
-                    Err(e) => {
-                        tracing::error!(error = %e, "recording NOT started");
-                        self.record_failed = true;
-                    }
-                }
-            }
-            let written = self.recording.as_mut().map(|rec| match audio {
-                Pending::Pcm(samples) => rec.append(samples),
-                Pending::G711(_, octets) => rec.append_coded(octets),
-            });
-            if let Some(Err(e)) = written {
-                tracing::error!(error = %e, "recording NOT written");
-                self.record_failed = true;
-            }
-        }
-        self.machine.audio_taken(n);
+        let arrival = self.arrival();
+        self.tape
+            .take(&mut self.machine, &self.server.store, arrival);
     }
 
     /// Stores the recording (or, when it could not be written, alerts a missed call and
     /// reports the store failed).
     fn store(&mut self, keep: u64) -> tokio::task::JoinHandle<bool> {
         let server = self.server.clone();
-        let rec = self.recording.take();
-        let failed = self.record_failed || rec.is_none();
+        let failed = self.tape.failed();
+        let rec = self.tape.unload();
+        let failed = failed || rec.is_none();
         let arrival = self.arrival();
         tokio::task::spawn_blocking(move || match rec {
             Some(rec) if !failed => server.deposit(rec, keep),
@@ -1182,7 +1121,7 @@ impl Call {
 
     fn missed_call(&mut self) -> tokio::task::JoinHandle<bool> {
         let server = self.server.clone();
-        let rec = self.recording.take();
+        let rec = self.tape.unload();
         let arrival = self.arrival();
         tokio::task::spawn_blocking(move || server.missed_call(arrival, rec))
     }
@@ -1206,37 +1145,5 @@ impl Call {
             Ok(_) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
             Err(e) => tracing::error!(id = %id, error = %e, "message state NOT recorded"),
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_drain_falls_on_its_phase_s_tick_within_one_period() {
-        let start = Instant::now();
-        for port in [40_000u16, 40_002, 40_018, 40_020, 45_998] {
-            let phase = drain_phase(port);
-            assert!(phase < RTP_DRAIN);
-            let mut dues = Vec::new();
-            for ms in [0u64, 1, 57, 199, 200, 201, 999] {
-                let now = start + Duration::from_millis(ms);
-                let due = drain_due(now, phase);
-                assert!(
-                    due > now && due <= now + RTP_DRAIN,
-                    "port {port} at {ms} ms"
-                );
-                dues.push(due);
-            }
-            // Calls of one phase share ticks: RTP_DRAIN apart, whoever asks when.
-            for pair in dues.windows(2) {
-                let apart = pair[1].duration_since(pair[0]).as_nanos();
-                assert_eq!(apart % RTP_DRAIN.as_nanos(), 0, "port {port}");
-            }
-        }
-        // Consecutive calls (ports two apart) fall in consecutive phases.
-        assert_eq!(drain_phase(40_002) - drain_phase(40_000), RTP_DRAIN / 10);
-        assert_eq!(drain_phase(40_020), drain_phase(40_000));
     }
 }

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod call;
 pub mod deposit;
 pub mod driver;
+mod intake;
 pub mod leg;
 pub mod menu;
 pub mod retrieval;
