@@ -38,7 +38,9 @@ fn bench(c: &mut Criterion) {
 }
 
 fn receive(c: &mut Criterion, name: &str, packets: &[Vec<u8>], keep_g711: bool) {
-    let mut rx = RtpReceiver::streaming(Codec::Pcmu, 0, Some(101), usize::MAX / 4, keep_g711);
+    // The level the server takes for voice (`CallSettings::voice_rms`).
+    let mut rx = RtpReceiver::streaming(Codec::Pcmu, 0, Some(101), usize::MAX / 4, keep_g711)
+        .voice_level(300.0);
     let mut i = 0usize;
     let mut taken = 0usize;
     c.bench_function(name, |b| {

@@ -12,10 +12,11 @@ const JUMP_LIMIT: i64 = 8000 * 5;
 /// What one received packet meant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Received {
-    /// Voice samples were placed; `rms` is their level.
+    /// Voice samples were placed.
     Audio {
-        /// RMS of the packet's samples.
-        rms: f64,
+        /// The packet's level (RMS) reached the receiver's voice level
+        /// ([`RtpReceiver::voice_level`]).
+        voice: bool,
     },
     /// A key pressed: reported once per RFC 4733 event, on its first packet, so that lost
     /// end packets cannot lose the digit and repeated ones cannot double it.
@@ -117,15 +118,18 @@ fn place<T: Copy>(
     slots
 }
 
-/// The sum of the squared samples: the packet's energy, for voice detection.
-fn energy(samples: &[i16]) -> u64 {
-    samples
-        .iter()
-        .map(|&v| {
-            let v = i32::from(v);
-            (v * v) as u32 as u64
-        })
-        .sum()
+/// Whether the sum of the samples' squares (the packet's energy) reaches `target`. It
+/// stops counting once it does: a loud packet is told by its first few samples, and only
+/// a quiet one is summed to the end.
+fn reaches<T: Copy>(samples: &[T], target: u64, square: impl Fn(T) -> u32) -> bool {
+    let mut sum = 0u64;
+    for chunk in samples.chunks(16) {
+        sum += chunk.iter().map(|&v| u64::from(square(v))).sum::<u64>();
+        if sum >= target {
+            return true;
+        }
+    }
+    false
 }
 
 /// A streaming receiver hands its audio out once this much is pending (ms)...
@@ -173,6 +177,8 @@ pub struct RtpReceiver {
     /// (ssrc, timestamp at segment start, position of segment start)
     segment: Option<(u32, u32, usize)>,
     last_dtmf: Option<(u32, u32)>,
+    /// A packet at this RMS or above is voice.
+    voice_rms: f64,
     /// Highest position written + 1.
     end: usize,
     /// Packets taken as audio.
@@ -210,6 +216,7 @@ impl RtpReceiver {
             base: 0,
             segment: None,
             last_dtmf: None,
+            voice_rms: 0.0,
             end: 0,
             packets: 0,
         }
@@ -230,6 +237,14 @@ impl RtpReceiver {
             streaming: true,
             keep_g711,
             ..RtpReceiver::new(codec, pt, dtmf_pt, max_samples)
+        }
+    }
+
+    /// Packets at `rms` or above are reported as voice (default 0: every audio packet).
+    pub fn voice_level(self, rms: f64) -> Self {
+        RtpReceiver {
+            voice_rms: rms,
+            ..self
         }
     }
 
@@ -320,8 +335,16 @@ impl RtpReceiver {
             return Received::Ignored;
         }
         let span = (pos - self.base, stop - self.base);
-        let sum = match &mut self.window {
-            Window::Pcm(w) => energy(place(w, span, 0, self.conv[skip..].iter().copied())),
+        // RMS >= voice_rms, squared and times the samples: no division, no root.
+        let target = (self.voice_rms * self.voice_rms * (stop - pos) as f64).ceil() as u64;
+        let voice = match &mut self.window {
+            Window::Pcm(w) => {
+                let placed = place(w, span, 0, self.conv[skip..].iter().copied());
+                reaches(placed, target, |v| {
+                    let v = i32::from(v);
+                    (v * v) as u32
+                })
+            }
             &mut Window::G711(law, ref mut w) => {
                 let silence = law.encode(0);
                 let placed = if as_sent {
@@ -331,17 +354,12 @@ impl RtpReceiver {
                     place(w, span, silence, src)
                 };
                 let squares = law.squares();
-                placed
-                    .iter()
-                    .map(|&o| u64::from(squares[usize::from(o)]))
-                    .sum()
+                reaches(placed, target, |o| squares[usize::from(o)])
             }
         };
         self.end = self.end.max(stop);
         self.packets += 1;
-        Received::Audio {
-            rms: (sum as f64 / (stop - pos) as f64).sqrt(),
-        }
+        Received::Audio { voice }
     }
 
     /// Decodes a voice payload at the codec's rate into `conv`, at the recording's rate.
@@ -599,6 +617,28 @@ mod tests {
 
     fn ramp(n: usize) -> Vec<i16> {
         (0..n).map(|i| ((i % 400) as i16 - 200) * 40).collect()
+    }
+
+    #[test]
+    fn a_packet_is_voice_when_its_rms_reaches_the_level_quiet_or_loud_or_half_each() {
+        let d = f64::from(Codec::Pcmu.decode(Codec::Pcmu.encode(1000)));
+        // Loud first half, silent second: RMS d / sqrt(2), found only by summing to the end.
+        let mut half = vec![1000i16; FRAME / 2];
+        half.resize(FRAME, 0);
+        for (frame, rms) in [(vec![1000i16; FRAME], d), (half, d / 2f64.sqrt())] {
+            for keep_g711 in [false, true] {
+                for (level, voice) in [(rms - 0.01, true), (rms + 0.01, false), (0.0, true)] {
+                    let mut rx = RtpReceiver::streaming(Codec::Pcmu, 0, None, 8000, keep_g711)
+                        .voice_level(level);
+                    let p = &packets(&frame, 1)[0];
+                    assert_eq!(
+                        rx.receive(p),
+                        Received::Audio { voice },
+                        "rms {rms:.2} at level {level:.2}, keep_g711 {keep_g711}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -70,7 +70,8 @@ impl Deposit {
     pub fn new(now: Instant, s: CallSettings, answer: Answer<'_>, greeting: Arc<[i16]>) -> Deposit {
         let (leg, out, tx) = answer.leg(now);
         let mut d = Deposit {
-            rx: RtpReceiver::streaming(Codec::Pcmu, 0, None, s.max_samples, s.keep_g711),
+            rx: RtpReceiver::streaming(Codec::Pcmu, 0, None, s.max_samples, s.keep_g711)
+                .voice_level(s.voice_rms),
             s,
             leg,
             out,
@@ -155,8 +156,8 @@ impl Deposit {
             return;
         }
         match self.rx.receive(datagram) {
-            Received::Audio { rms } => {
-                if rms >= self.s.voice_rms {
+            Received::Audio { voice } => {
+                if voice {
                     self.timers.set(Timer::Silence, now + self.s.silence);
                     self.last_voice_pos = self.rx.len();
                 }

@@ -17,9 +17,10 @@ pub(crate) const LISTEN_DRAIN: Duration = Duration::from_millis(200);
 
 /// How long received RTP may wait in the socket of a call whose message is being
 /// recorded: 25 packets of 20 ms, one `recvmmsg`. Nothing in it is urgent but a `#`, which
-/// ends the message this late at most (the packets after it are not recorded). Measured at 1,000 recordings: 22 % less CPU than draining
-/// every 200 ms (`bench/RESULTS.md`); 1 s saved little more and would hold 50 packets, a
-/// quarter of a small default socket buffer, in the kernel.
+/// ends the message this late at most (the packets after it are not recorded). Measured
+/// at 1,000 recordings: about 20 % less CPU than draining every 200 ms
+/// (`bench/RESULTS.md`); 1 s saved little more, and would keep a `#` waiting a second and
+/// hold 50 packets in the kernel, a quarter of a small default socket buffer.
 pub(crate) const RECORD_DRAIN: Duration = Duration::from_millis(500);
 
 /// How many groups the calls' drains are spread over, a period / this apart.
