@@ -2,9 +2,9 @@
 //! costs, with no call behind it. N sockets, each connected to one sender (as SIPp's RTP
 //! engine sends every call's audio from one port), get a 172-byte packet every 20 ms; one
 //! thread drains each of them every 500 ms as a recording call's task does
-//! ([`RtpSocket::drain`], at most 64) and does nothing with what it takes. Prints the draining thread's CPU and
-//! the sending thread's (the kernel's delivery into the sockets runs in the sender's time
-//! on loopback), from `/proc/thread-self/stat`.
+//! ([`RtpSocket::drain`], at most 64) and does nothing with what it takes. Prints the
+//! draining thread's CPU and the sending thread's (the kernel's delivery into the sockets
+//! runs in the sender's time on loopback), from `/proc/thread-self/stat`.
 //!
 //! Run: `cargo run --release -p boxless-net --example rtp_floor -- [CALLS] [SECONDS]`
 //! (default 1000 20); `UNCONNECTED=1` leaves the sockets unconnected, each source asked;

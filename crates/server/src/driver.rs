@@ -910,8 +910,8 @@ impl MessagingServer {
     }
 
     /// A call's RTP socket: never registered with the reactor, because the call's task
-    /// takes its packets on its own clock ([`crate::intake::drain_due`]); registered, every packet would
-    /// still cost the reactor an epoll event nobody waits for.
+    /// takes its packets on its own clock ([`crate::intake::drain_due`]); registered,
+    /// every packet would still cost the reactor an epoll event nobody waits for.
     fn bind_rtp(&self) -> Option<(RtpSocket, u16)> {
         for _ in 0..8 {
             let port = self.ports.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
