@@ -9,6 +9,8 @@
 #     captured with tshark (p50/p99/max).
 # Usage: bench/media-load.sh [RECORDINGS] [SECONDS] [PLAYBACKS]   (default 1000 30 300)
 #        BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
+#        MIXED=K records K more messages while the playbacks play (mixed load: the
+#        recordings' drains and the playbacks' frames on the same worker threads).
 # Needs: sip-tester (with RTPSTREAM, as Debian's), tshark, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,10 +100,20 @@ if [ "$m" -gt 0 ]; then
   link=$(python3 -c "import sqlite3,sys; print('+%d' % sqlite3.connect(sys.argv[1]).execute('SELECT link_number FROM messages LIMIT 1').fetchone()[0])" "$work/data/ms1/messages.sqlite")
   tshark -i lo -q -w "$work/play.pcap" -F pcap -f "udp and src portrange 40000-45999" > /dev/null 2>&1 & CP=$!
   sleep 2
+  MP=
+  if [ "${MIXED:-0}" -gt 0 ]; then
+    # Their greetings are captured too (the server's own 20 ms playout, same as a message's).
+    (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/record.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 \
+       -p 25392 -mp 52000 -key recipient 5551230002 \
+       -d $(( secs * 1000 + 10000 )) -m "$MIXED" -r "$rate" -l $(( MIXED + 100 )) -timeout $(( secs + 130 ))s \
+       -nostdin 127.0.0.1:25370 > /dev/null 2>&1) & MP=$!
+    sleep $(( MIXED / rate + 1 ))
+  fi
   (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/listen.xml" -s "$link" -i 127.0.0.1 -mi 127.0.0.1 \
      -p 25391 -mp 56000 -key me 15551230002 \
      -d $(( secs * 1000 )) -m "$m" -r "$rate" -l $(( m + 50 )) -timeout $(( secs + 60 ))s \
      -nostdin -trace_stat -fd 1 -stf play.csv 127.0.0.1:25370 > /dev/null 2>&1) || true
+  [ -z "$MP" ] || { wait $MP || true; echo "mixed: $MIXED recordings up alongside the playbacks"; }
   sleep 1
   kill -INT $CP 2>/dev/null || true; wait $CP 2>/dev/null || true; CP=
   pfailed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/play.csv")
