@@ -93,9 +93,10 @@ async fn strangers_get_403_and_nothing_is_created() {
 /// A stranger who finds a call's RTP port floods it with loud audio of its own, from
 /// another address (127.0.0.2), before the call and all through it: 20 packets every
 /// 5 ms to each server's first port (where its first call goes), 4,000 a second each,
-/// twelve times what a call's drain takes (64 per 200 ms). The kernel drops them, as the
-/// socket hears only the caller's IP from the SDP on, then only its latched source: the
-/// message is whole and is the caller's.
+/// more than twelve times what a call's drains take (64 a drain: 320 a second while it
+/// listens, 128 while it records). The kernel drops them, as the socket hears only the
+/// caller's IP from the SDP on, then only its latched source: the message is whole and is
+/// the caller's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_flooding_the_rtp_port_neither_speaks_into_nor_starves_a_message() {
     let sys = system("rtp-flood", "redirect", "").await;

@@ -1107,7 +1107,6 @@ impl Call {
         let server = self.server.clone();
         let failed = self.tape.failed();
         let rec = self.tape.unload();
-        let failed = failed || rec.is_none();
         let arrival = self.arrival();
         tokio::task::spawn_blocking(move || match rec {
             Some(rec) if !failed => server.deposit(rec, keep),

@@ -10,8 +10,8 @@ use boxless_store::{Arrival, Encoding, Recording, Store};
 
 use crate::call::CallFlow;
 
-/// How long received RTP may wait in the socket of a call that listens for keys (a menu,
-/// a greeting the caller may skip): 10 packets of 20 ms. A key is acted on this late at
+/// How long received RTP may wait in the socket of a call that is not recording (a menu
+/// listening for keys, a call setting up or ending): 10 packets of 20 ms. A key is acted on this late at
 /// most. A call that plays takes its packets at every 20 ms frame anyway.
 pub(crate) const LISTEN_DRAIN: Duration = Duration::from_millis(200);
 
