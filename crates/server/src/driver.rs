@@ -32,6 +32,7 @@ use crate::call::{
 use crate::intake::{DRAIN_MAX, Tape, drain_due, drain_period};
 use crate::leg::{ALLOW, LegSetup};
 use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
+use crate::shard::Shards;
 
 /// Where SIP bytes for a peer go out.
 #[derive(Debug, Clone)]
@@ -108,6 +109,8 @@ pub struct MessagingServer {
     max_message: usize,
     calls: Mutex<HashMap<String, CallEntry>>,
     ports: Mutex<Vec<u16>>,
+    /// The threads the calls run on ([`Shards`]).
+    shards: Arc<Shards>,
     rng: Mutex<Rng>,
     draining: AtomicBool,
     stopped: AtomicBool,
@@ -191,6 +194,7 @@ impl MessagingServer {
             max_message: c.sip.max_message_bytes,
             calls: Mutex::new(HashMap::new()),
             ports: Mutex::new(ports),
+            shards: Shards::process()?,
             rng: Mutex::new(Rng::from_entropy()),
             draining: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -804,7 +808,8 @@ impl MessagingServer {
         };
         let span =
             tracing::info_span!("call", call_id = %msg.call_id, server = %self.id, %recipient);
-        tokio::spawn(tracing::Instrument::instrument(call.run(), span));
+        self.shards
+            .spawn(port, tracing::Instrument::instrument(call.run(), span));
     }
 
     /// Loads what a call to `link` from `caller` may hear and starts its menu.

@@ -13,6 +13,7 @@ mod intake;
 pub mod leg;
 pub mod menu;
 pub mod retrieval;
+mod shard;
 
 pub use call::{CallFlow, CallSettings, EndReason};
 pub use driver::MessagingServer;
