@@ -33,7 +33,12 @@ impl Shards {
             return Ok(s.clone());
         }
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let s = Arc::new(Shards::start(n)?);
+        let s = Arc::new(Shards::start(n).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("starting {n} call threads: {e} (raise the process's thread limit)"),
+            )
+        })?);
         *slot = Some(s.clone());
         Ok(s)
     }
