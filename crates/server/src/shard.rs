@@ -7,9 +7,9 @@
 //! timer fired them woke an idle sibling to steal half of each burst. A call's machine,
 //! window and socket then moved between cores from one drain to the next, and every tick
 //! cost a cross-core wake. Measured at 1,000 recordings: about a tenth of Boxless's CPU
-//! (`bench/RESULTS.md`). A call's work is a few microseconds a drain, far below what
-//! balancing saves; the port picks the shard, so calls spread evenly, and a shard count
-//! that divides the grid's phases keeps each tick's burst on one thread.
+//! (`bench/RESULTS.md`). A call's drain is some tens of microseconds of work, too little
+//! for moving it to another core to pay. The port picks the shard, so calls spread evenly,
+//! and a shard count that divides the grid's phases keeps each tick's burst on one thread.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
