@@ -11,8 +11,8 @@ use boxless_store::{Arrival, Encoding, Recording, Store};
 use crate::call::CallFlow;
 
 /// How long received RTP may wait in the socket of a call that is not recording (a menu
-/// listening for keys, a call setting up or ending): 10 packets of 20 ms. A key is acted on this late at
-/// most. A call that plays takes its packets at every 20 ms frame anyway.
+/// listening for keys, a call setting up or ending): 10 packets of 20 ms. A key is acted on
+/// this late at most. A call that plays takes its packets at every 20 ms frame anyway.
 pub(crate) const LISTEN_DRAIN: Duration = Duration::from_millis(200);
 
 /// How long received RTP may wait in the socket of a call whose message is being
@@ -30,6 +30,14 @@ const DRAIN_PHASES: u32 = 10;
 /// A flood past it stays in the kernel's socket buffer, which drops the overflow.
 pub(crate) const DRAIN_MAX: usize = 64;
 
+/// The call on RTP `port` counted among all calls: ports are handed out in order, even ones
+/// only, so consecutive calls have consecutive indexes. Both the drain's phase and the
+/// call's shard ([`crate::shard::Shards::spawn`]) are this modulo their count, so a shard
+/// count that divides [`DRAIN_PHASES`] puts each phase on one shard.
+pub(crate) fn call_index(port: u16) -> u32 {
+    u32::from(port / 2)
+}
+
 /// How long `machine`'s received RTP may wait.
 pub(crate) fn drain_period(machine: &CallFlow) -> Duration {
     if machine.is_recording() {
@@ -45,11 +53,10 @@ pub(crate) fn drain_period(machine: &CallFlow) -> Duration {
 /// rather than once every millisecond or so for a few (measured: about 14 % of the
 /// server's CPU at 1,000 recordings, `bench/RESULTS.md`); [`DRAIN_PHASES`] phases keep
 /// each burst to a tenth of the calls, so a playing call's 20 ms frame never waits behind
-/// all of them. Ports are handed out in order, even ones only, so consecutive calls fall
-/// in consecutive phases.
+/// all of them. Consecutive calls ([`call_index`]) fall in consecutive phases.
 pub(crate) fn drain_due(now: Instant, period: Duration, port: u16) -> Instant {
     static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    let phase = period / DRAIN_PHASES * (u32::from(port / 2) % DRAIN_PHASES);
+    let phase = period / DRAIN_PHASES * (call_index(port) % DRAIN_PHASES);
     let base = *EPOCH + phase;
     if now < base {
         return base; // the grid's first tick of this phase is still ahead

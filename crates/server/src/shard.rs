@@ -12,9 +12,12 @@
 //! and a shard count that divides the grid's phases keeps each tick's burst on one thread.
 
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use tokio::runtime::{Builder, Handle};
+
+use crate::intake::call_index;
 
 /// The process's call threads.
 #[derive(Debug)]
@@ -32,7 +35,7 @@ impl Shards {
         if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
         let s = Arc::new(Shards::start(n).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -44,9 +47,9 @@ impl Shards {
     }
 
     /// `n` threads, each running its own runtime until the process ends.
-    fn start(n: usize) -> std::io::Result<Shards> {
-        let mut handles = Vec::with_capacity(n);
-        for i in 0..n.max(1) {
+    fn start(n: NonZeroUsize) -> std::io::Result<Shards> {
+        let mut handles = Vec::with_capacity(n.get());
+        for i in 0..n.get() {
             let rt = Builder::new_current_thread().enable_all().build()?;
             handles.push(rt.handle().clone());
             std::thread::Builder::new()
@@ -56,11 +59,10 @@ impl Shards {
         Ok(Shards { handles })
     }
 
-    /// Runs the task of the call on RTP `port` on that port's shard. Ports are handed out
-    /// even ones only, in order: consecutive calls land on consecutive shards, as on
-    /// consecutive drain phases.
+    /// Runs the task of the call on RTP `port` on that port's shard: consecutive calls
+    /// ([`call_index`]) land on consecutive shards, as on consecutive drain phases.
     pub(crate) fn spawn(&self, port: u16, task: impl Future<Output = ()> + Send + 'static) {
-        let i = usize::from(port / 2) % self.handles.len();
+        let i = call_index(port) as usize % self.handles.len();
         self.handles[i].spawn(task);
     }
 }
@@ -71,7 +73,7 @@ mod tests {
 
     #[test]
     fn a_port_s_call_runs_on_its_own_shard_thread_and_neighbours_on_the_next() {
-        let shards = Shards::start(2).expect("threads");
+        let shards = Shards::start(NonZeroUsize::new(2).expect("two")).expect("threads");
         let (tx, rx) = std::sync::mpsc::channel();
         for port in [40000u16, 40002, 40004] {
             let tx = tx.clone();
