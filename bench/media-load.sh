@@ -10,7 +10,7 @@
 # Usage: bench/media-load.sh [RECORDINGS] [SECONDS] [PLAYBACKS]   (default 1000 30 300)
 #        BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
 #        MIXED=K records K more messages while the playbacks play (mixed load: the
-#        recordings' drains and the playbacks' frames on the same worker threads).
+#        recordings' drains and the playbacks' frames on the same call threads).
 # Needs: sip-tester (with RTPSTREAM, as Debian's), tshark, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,13 +61,18 @@ sample() {
     sleep 0.5
   done
 }
+# SIPp callers leaving messages (record.xml) at ms1: COUNT calls of MS each from SIP port
+# SPORT and media ports from MPORT, given up after TIMEOUT s; more SIPp options after.
+record() {
+  local sport=$1 mport=$2 count=$3 ms=$4 timeout=$5; shift 5
+  (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/record.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 \
+     -p "$sport" -mp "$mport" -key recipient 5551230002 \
+     -d "$ms" -m "$count" -r "$rate" -l $(( count + 100 )) -timeout "${timeout}s" \
+     -nostdin "$@" 127.0.0.1:25370 > /dev/null 2>&1)
+}
 idle=$(rss $BP)
 sample > "$work/samples.txt" & RP=$!
-limit=$(( n + 100 ))
-(cd "$work" && sipp -sf "$OLDPWD/interop/sipp/record.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 \
-   -p 25390 -mp 50000 -key recipient 5551230002 \
-   -d $(( secs * 1000 )) -m "$n" -r "$rate" -l "$limit" -timeout $(( secs + 120 ))s \
-   -nostdin -trace_stat -fd 1 -stf rec.csv 127.0.0.1:25370 > /dev/null 2>&1) || true
+record 25390 50000 "$n" $(( secs * 1000 )) $(( secs + 120 )) -trace_stat -fd 1 -stf rec.csv || true
 sleep 3
 kill $RP 2>/dev/null || true; RP=
 failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/rec.csv")
@@ -103,10 +108,7 @@ if [ "$m" -gt 0 ]; then
   MP=
   if [ "${MIXED:-0}" -gt 0 ]; then
     # Their greetings are captured too (the server's own 20 ms playout, same as a message's).
-    (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/record.xml" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 \
-       -p 25392 -mp 52000 -key recipient 5551230002 \
-       -d $(( secs * 1000 + 10000 )) -m "$MIXED" -r "$rate" -l $(( MIXED + 100 )) -timeout $(( secs + 130 ))s \
-       -nostdin 127.0.0.1:25370 > /dev/null 2>&1) & MP=$!
+    record 25392 52000 "$MIXED" $(( secs * 1000 + 10000 )) $(( secs + 130 )) & MP=$!
     sleep $(( MIXED / rate + 1 ))
   fi
   (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/listen.xml" -s "$link" -i 127.0.0.1 -mi 127.0.0.1 \
