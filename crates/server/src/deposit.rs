@@ -11,8 +11,8 @@ use boxless_media::audio::convert;
 use boxless_media::{Codec, Negotiated, Pending, Received, RtpReceiver};
 use boxless_sip::Message;
 
-use crate::call::{Answer, CallSettings, EndReason, Output, Playout};
-use crate::leg::{Leg, LegEvent, PendingBye};
+use crate::flow::{CallSettings, EndReason, Output, Playout};
+use crate::leg::{Answer, Leg, LegEvent, PendingBye};
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum Phase {

@@ -9,10 +9,10 @@ use boxless_media::{Codec, RtpSender, write_sdp};
 use boxless_sip::{Dialog, Local, Message, SipTimers};
 
 use crate::admission::{self, Context};
-use crate::call::{Answer, CallFlow, CallSettings, Deposit, EndReason, Output, Retrieval};
-use crate::leg::LegSetup;
+use crate::call::{
+    Answer, CallFlow, CallSettings, Deposit, EndReason, LegSetup, Output, Retrieval, RetrievalSetup,
+};
 use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
-use crate::retrieval::RetrievalSetup;
 
 pub(crate) const T1: Duration = Duration::from_millis(500);
 pub(crate) const CALLER: &str = "127.0.0.1:9000";

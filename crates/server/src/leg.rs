@@ -12,13 +12,13 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use boxless_core::TimerTable;
-use boxless_media::{Negotiated, negotiate, write_sdp};
+use boxless_media::{Negotiated, RtpSender, negotiate, write_sdp};
 use boxless_sip::session::{self, Negotiation, Refresher, SessionTimer};
 use boxless_sip::{
     Dialog, Fired, Message, Method, SipTimers, UacNonInvite, UasInvite, write_response,
 };
 
-use crate::call::Output;
+use crate::flow::Output;
 
 /// What we allow and support, in every `2xx` and `405`.
 pub(crate) const ALLOW: &str = "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO\r\n";
@@ -86,6 +86,40 @@ enum Timer {
 impl From<Timer> for usize {
     fn from(t: Timer) -> usize {
         t as usize
+    }
+}
+
+/// What answering an INVITE needs, whichever machine runs the call.
+#[derive(Debug)]
+pub struct Answer<'a> {
+    /// The INVITE.
+    pub invite: &'a Message<'a>,
+    /// Its dialog.
+    pub dialog: Dialog,
+    /// The leg's addresses and timers.
+    pub setup: LegSetup,
+    /// The INVITE's offer, negotiated; `None`: late offer.
+    pub offer: Option<Negotiated>,
+    /// RFC 4028 timer agreed by admission.
+    pub timer: Option<SessionTimer>,
+    /// Our RTP stream.
+    pub tx: RtpSender,
+}
+
+impl Answer<'_> {
+    /// Answers the INVITE: the leg and the output queue holding our `200`.
+    pub(crate) fn leg(self, now: Instant) -> (Leg, VecDeque<Output>, RtpSender) {
+        let mut out = VecDeque::new();
+        let leg = Leg::answer(
+            now,
+            self.invite,
+            self.dialog,
+            self.setup,
+            self.offer,
+            self.timer,
+            &mut out,
+        );
+        (leg, out, self.tx)
     }
 }
 
@@ -628,7 +662,7 @@ mod tests {
 
     use boxless_media::Codec;
 
-    use crate::call::EndReason;
+    use crate::flow::EndReason;
     use crate::harness::{deposit, invite, request, retrieval, sdp, settings};
     use boxless_sip::Method;
 
@@ -671,7 +705,7 @@ mod tests {
         h.d.handle_stored(h.now, true);
         let mut to = None;
         while let Some(o) = h.d.poll_output() {
-            if let crate::call::Output::Sip { bytes, to: t } = o {
+            if let crate::flow::Output::Sip { bytes, to: t } = o {
                 h.sip.push(bytes);
                 to = Some(t);
             }

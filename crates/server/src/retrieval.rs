@@ -13,8 +13,8 @@ use boxless_media::audio::convert_into;
 use boxless_media::{Codec, DtmfDetector, FRAME, Negotiated, Prompts, Received, RtpReceiver};
 use boxless_sip::Message;
 
-use crate::call::{Answer, EndReason, Output, Playout};
-use crate::leg::{Leg, LegEvent};
+use crate::flow::{EndReason, Output, Playout};
+use crate::leg::{Answer, Leg, LegEvent};
 use crate::menu::{Action, Menu, Prompt};
 
 /// What a retrieval call plays from: its menu, the prompts and the messages' audio.

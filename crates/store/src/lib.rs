@@ -213,6 +213,9 @@ pub struct Store {
     events_on: std::sync::atomic::AtomicBool,
     /// Without delivery receipts, an SMS the SMSC took is as delivered as it gets.
     accepted_is_final: std::sync::atomic::AtomicBool,
+    /// Tests only: how long each access stalls ([`Store::slow_down`]).
+    #[cfg(feature = "fault-injection")]
+    stall_ms: std::sync::atomic::AtomicU64,
 }
 
 const SCHEMA: &str = "
@@ -289,6 +292,8 @@ impl Store {
             rng: Mutex::new(Rng::from_entropy()),
             events_on: std::sync::atomic::AtomicBool::new(false),
             accepted_is_final: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "fault-injection")]
+            stall_ms: std::sync::atomic::AtomicU64::new(0),
         };
         store.remove_orphans()?;
         Ok(store)
@@ -296,7 +301,28 @@ impl Store {
 
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock is a bug elsewhere; the connection itself stays usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let db = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.stall();
+        db
+    }
+
+    /// Tests only (feature `fault-injection`, never in a release build): from now on every
+    /// access to the database and every read of audio takes `by` longer, the connection
+    /// held meanwhile, as on a busy cloud disk.
+    #[cfg(feature = "fault-injection")]
+    pub fn slow_down(&self, by: std::time::Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.stall_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[inline]
+    fn stall(&self) {
+        #[cfg(feature = "fault-injection")]
+        match self.stall_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => {}
+            ms => std::thread::sleep(std::time::Duration::from_millis(ms)),
+        }
     }
 
     fn remove_orphans(&self) -> Result<()> {
@@ -621,6 +647,7 @@ impl Store {
 
     /// A message's audio, mono, and its sample rate (8 or 16 kHz), whatever its encoding.
     pub fn audio(&self, id: &str) -> Result<(u32, Vec<i16>)> {
+        self.stall();
         let b = fs::read(self.audio_path(id))?;
         wav::decode(&b).ok_or_else(|| not_our_wav(id))
     }

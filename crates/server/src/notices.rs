@@ -1,0 +1,131 @@
+//! What a finished call leaves in the store: the message and the notices to the
+//! recipient's channels, or a missed-call alert; and, at start, what a crash cut short.
+//! Everything here blocks on the store: callers run it off the async threads.
+
+use boxless_core::PhoneNumber;
+use boxless_core::recipient::{Channel, Language};
+use boxless_notify::{email, text, webhook};
+use boxless_store::{Arrival, Recording};
+
+use crate::server::MessagingServer;
+
+impl MessagingServer {
+    /// The language of `n`'s texts: its entry's, else its country's (blocking: reads the
+    /// recipients' copy).
+    pub(crate) fn language(&self, n: PhoneNumber) -> Language {
+        let prefs = self.directory.get(n).ok().flatten();
+        self.languages.for_number(n, prefs.as_ref())
+    }
+
+    /// Stores a finished recording as a message and queues its notices to the
+    /// recipient's channels (blocking).
+    pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> bool {
+        let recipient = rec.arrival().recipient;
+        let (policy, offset) = (self.policy, self.utc_offset);
+        // The recipient's entry says who gets the SMS; the copy answers even while
+        // NATS is away, and no entry means the recipient alone.
+        let prefs = self
+            .directory
+            .get(recipient)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "recipients' copy unreadable: SMS to the recipient only");
+                None
+            })
+            .unwrap_or_default();
+        let routes = prefs.routes(recipient, |c| match c {
+            Channel::Sms => true,
+            Channel::Email => self.email_on,
+            Channel::Webhook => self.webhook_on,
+        });
+        if routes.len() < prefs.channels.len() {
+            tracing::warn!(%recipient, "a channel of the recipient's entry is not configured on this server ([email] smtp, webhook.secret_file): left out");
+        }
+        let lang = self.languages.for_number(recipient, Some(&prefs));
+        let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| match c {
+            Channel::Sms => text::message_sms(f, policy, offset, lang),
+            Channel::Email => email::message_email(f, policy, offset, lang),
+            Channel::Webhook => webhook::notice_body(f, &self.id),
+        };
+        match self
+            .store
+            .deposit_recording(rec, keep, &routes, self.fallback_after_ms, render)
+        {
+            Ok(m) => {
+                tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
+                metrics::counter!("boxless_messages_stored_total", "server" => self.id.clone())
+                    .increment(1);
+                self.notifier.wake.notify_one();
+                self.notifier.wake_others.notify_one();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "message NOT stored");
+                metrics::counter!("boxless_store_errors_total").increment(1);
+                false
+            }
+        }
+    }
+
+    /// Queues a missed-call alert and drops the call's recording, if any (blocking).
+    pub(crate) fn missed_call(&self, a: Arrival, rec: Option<Recording>) -> bool {
+        let (recipient, caller, at) = (a.recipient, a.caller, a.received_at_ms);
+        let offset = self.utc_offset;
+        let lang = self.language(recipient);
+        let render = |calls| text::missed_call_sms(caller, calls, at, offset, lang);
+        let queued =
+            self.store
+                .missed_call(recipient, caller, at, self.missed_call_merge_ms, render);
+        // Dropped only once the alert is durable: a crash in between alerts again (the
+        // alerts of one caller merge), never not at all.
+        if let Some(rec) = rec
+            && let Err(e) = self.store.discard_recording(rec)
+        {
+            tracing::error!(error = %e, "a short recording's file NOT removed");
+        }
+        match queued {
+            Ok(queued) => {
+                metrics::counter!("boxless_missed_calls_total").increment(1);
+                if queued {
+                    self.notifier.wake.notify_one();
+                } else {
+                    metrics::counter!("boxless_sms_merged_total", "reason" => "missed_call_burst")
+                        .increment(1);
+                    tracing::info!(%recipient, "missed-call alert merged: the same caller's alert went out just now");
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "missed-call alert NOT stored");
+                false
+            }
+        }
+    }
+
+    /// Deposits what a crash (or a stop) cut short: each recording long enough is a
+    /// message, notified as any other; a shorter one a missed call (blocking).
+    pub(crate) fn recover(&self) {
+        let found = match self.store.interrupted() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(server = %self.id, error = %e, "interrupted recordings NOT recovered");
+                return;
+            }
+        };
+        for rec in found {
+            self.salvage(rec);
+        }
+    }
+
+    /// Keeps a recording its call did not store: a message when long enough, else a
+    /// missed call (blocking).
+    pub(crate) fn salvage(&self, rec: Recording) {
+        let min = self.settings.min_samples as u64 * u64::from(rec.rate()) / 8000;
+        tracing::warn!(server = %self.id, id = %rec.id(), duration_ms = rec.duration_ms(), "keeping a recording cut short");
+        metrics::counter!("boxless_recordings_recovered_total").increment(1);
+        if rec.samples() >= min {
+            self.deposit(rec, u64::MAX);
+        } else {
+            self.missed_call(rec.arrival(), Some(rec));
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! A call's task: it loads what the call needs (the recipient's language and greeting; for
+//! a retrieval, the link's messages, its lockout and their audio), answers the INVITE, then
+//! runs the sans-IO [`CallFlow`] on its RTP socket and the SIP messages the socket tasks
+//! hand it, until the call ends. Whatever it waits on (the store, a slow disk) holds up
+//! this call alone.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boxless_core::config::{AccessCodePolicy, Greeting, TrustCallerId};
+use boxless_core::recipient::Language;
+use boxless_core::{PhoneNumber, now_ms};
+use boxless_media::RtpSender;
+use boxless_net::rtp::RtpSocket;
+use boxless_sip::parties::Target;
+use boxless_sip::{Dialog, Message, Method};
+use boxless_store::{Arrival, MessageState};
+use tokio::sync::mpsc;
+
+use crate::admission::{Admitted, Refusal};
+use crate::call::{Answer, CallFlow, Deposit, EndReason, Output, Retrieval, RetrievalSetup};
+use crate::intake::{DRAIN_MAX, Tape, drain_due, drain_period};
+use crate::leg::LegSetup;
+use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
+use crate::server::MessagingServer;
+use crate::wire::{CallEvent, SipTx, refuse, respond};
+
+/// A set-up still loading after this long sends `100 Trying`, so that the caller's
+/// INVITE client transaction stops retransmitting (RFC 3261 §8.2.6.1 asks for it past
+/// 200 ms; T1 is 500 ms).
+const TRYING_AFTER: Duration = Duration::from_millis(100);
+
+/// An admitted call, before its set-up is loaded: what the socket task decided and made
+/// (dialog, RTP socket, the call's place in the endpoint's table).
+#[derive(Debug)]
+pub(crate) struct Start {
+    pub(crate) server: Arc<MessagingServer>,
+    pub(crate) call_id: String,
+    /// The INVITE as received.
+    pub(crate) invite: Vec<u8>,
+    /// It came over TCP or TLS.
+    pub(crate) reliable: bool,
+    pub(crate) admitted: Admitted,
+    pub(crate) dialog: Dialog,
+    pub(crate) leg: LegSetup,
+    pub(crate) rtp_tx: RtpSender,
+    pub(crate) sip: SipTx,
+    pub(crate) rtp: RtpSocket,
+    pub(crate) port: u16,
+    pub(crate) events: mpsc::Receiver<CallEvent>,
+}
+
+/// What a call's machine needs from the store before it can answer.
+enum Loaded {
+    Deposit {
+        recipient: PhoneNumber,
+        greeting: Arc<[i16]>,
+    },
+    Retrieval {
+        link: PhoneNumber,
+        setup: Box<RetrievalSetup>,
+    },
+}
+
+impl Start {
+    /// Loads the set-up, answers the INVITE and runs the call to its end.
+    pub(crate) async fn run(self) {
+        let server = self.server.clone();
+        let (call_id, port) = (self.call_id.clone(), self.port);
+        let Ok(invite) = Message::parse(&self.invite, self.reliable) else {
+            // The socket task parsed these very bytes; nothing to answer if it changed.
+            server.call_ended(&call_id, port);
+            return;
+        };
+        let load = load(server.clone(), self.admitted);
+        tokio::pin!(load);
+        let loaded = match tokio::time::timeout(TRYING_AFTER, &mut load).await {
+            Ok(loaded) => loaded,
+            Err(_) => {
+                let to = self.leg.reply_to;
+                respond(&self.sip, &invite, 100, "Trying", to, b"").await;
+                load.await
+            }
+        };
+        let Some(loaded) = loaded else {
+            let r = Refusal {
+                code: 500,
+                reason: "Server Internal Error",
+                extra: "Retry-After: 5\r\n".into(),
+            };
+            refuse(&self.sip, &invite, self.leg.reply_to, r).await;
+            server.call_ended(&call_id, port);
+            return;
+        };
+        let now = Instant::now();
+        let answer = Answer {
+            invite: &invite,
+            dialog: self.dialog,
+            setup: self.leg,
+            offer: self.admitted.offer,
+            timer: self.admitted.timer,
+            tx: self.rtp_tx,
+        };
+        let (machine, recipient, link) = match loaded {
+            Loaded::Retrieval { link, setup } => (
+                CallFlow::Retrieval(Box::new(Retrieval::new(now, answer, *setup))),
+                link,
+                Some(link),
+            ),
+            Loaded::Deposit {
+                recipient,
+                greeting,
+            } => {
+                let settings = server.settings.clone();
+                let d = Deposit::new(now, settings, answer, greeting);
+                (CallFlow::Deposit(Box::new(d)), recipient, None)
+            }
+        };
+        let call = Call {
+            server,
+            call_id,
+            machine,
+            tx: self.sip,
+            rtp: self.rtp,
+            port,
+            media_peer: None,
+            latched: None,
+            recipient,
+            caller: self.admitted.caller,
+            link,
+            answered_ms: now_ms(),
+            events: self.events,
+            tape: Tape::default(),
+        };
+        call.run().await;
+    }
+}
+
+/// What the call's machine needs before it answers; `None` when the store cannot say
+/// (the caller gets `500` with a Retry-After).
+async fn load(server: Arc<MessagingServer>, a: Admitted) -> Option<Loaded> {
+    match a.target {
+        Target::Retrieval(link) => retrieval_setup(server, link, a.caller, a.verified)
+            .await
+            .map(|s| Loaded::Retrieval {
+                link,
+                setup: Box::new(s),
+            }),
+        Target::Deposit(recipient) => Some(Loaded::Deposit {
+            recipient,
+            greeting: match server.greeting {
+                Greeting::Digits => {
+                    let me = server.clone();
+                    let lang = tokio::task::spawn_blocking(move || me.language(recipient))
+                        .await
+                        .unwrap_or_default();
+                    server.prompts.greeting(lang, &recipient.digits()).into()
+                }
+                Greeting::Tone => server.tone.clone(),
+            },
+        }),
+    }
+}
+
+/// Loads what a call to `link` from `caller` may hear and starts its menu.
+/// `verified`: the caller's identity carries STIR/SHAKEN's `TN-Validation-Passed`.
+async fn retrieval_setup(
+    server: Arc<MessagingServer>,
+    link: PhoneNumber,
+    caller: Option<PhoneNumber>,
+    verified: bool,
+) -> Option<RetrievalSetup> {
+    let now = now_ms();
+    let me = server.clone();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let (store, dir) = (&me.store, &me.directory);
+        let (msgs, matched) = store.for_link(link, caller, |c, r| dir.stands_for(c, r))?;
+        // Prompts in the language of whom the messages are for (else the caller's).
+        let lang: Language = me.language(
+            msgs.first()
+                .and_then(|m| m.recipient)
+                .or(caller)
+                .unwrap_or(link),
+        );
+        let locked = store.link_locked(link, now)?;
+        let mut audio = HashMap::new();
+        for m in &msgs {
+            let (rate, samples) = store.audio(&m.id)?;
+            audio.insert(m.id.clone(), (rate, Arc::<[i16]>::from(samples)));
+        }
+        Ok::<_, boxless_store::Error>((msgs, matched, locked, audio, lang))
+    })
+    .await;
+    let (msgs, matched, locked, audio, language) = match loaded {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, %link, "cannot load messages for retrieval");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    // Caller-ID may stand in for the code only as far as the operator trusts it.
+    let trusted_id = matched
+        && match server.trust_caller_id {
+            TrustCallerId::TrustedPeer => true,
+            TrustCallerId::Verified => verified,
+        };
+    let code_required = match server.policy {
+        AccessCodePolicy::Never => false,
+        AccessCodePolicy::WhenCallerIdMismatch => !trusted_id,
+        AccessCodePolicy::Always => true,
+    };
+    let menu_msgs = msgs
+        .into_iter()
+        .map(|m| MenuMessage {
+            id: m.id,
+            caller: m.caller,
+            received_at_ms: m.received_at_ms,
+            access_code: m.access_code,
+        })
+        .collect();
+    let menu = Menu::new(
+        Instant::now(),
+        MenuSettings {
+            max_wrong_codes: server.max_wrong_codes,
+            ..MenuSettings::default()
+        },
+        menu_msgs,
+        code_required,
+        // A locked link number takes no code; the recipient's trusted caller-ID
+        // needs none.
+        code_required && locked,
+    );
+    Some(RetrievalSetup {
+        menu,
+        prompts: server.prompts.clone(),
+        language,
+        audio,
+        utc_offset_min: server.utc_offset,
+    })
+}
+
+/// Counts a wrong code on `link` (from any caller); true when the link is now locked.
+async fn wrong_code(server: &MessagingServer, link: PhoneNumber) -> bool {
+    metrics::counter!("boxless_wrong_access_codes_total").increment(1);
+    let store = server.store.clone();
+    let (max, window) = (server.max_wrong_codes_per_link, server.lockout_ms);
+    let res =
+        tokio::task::spawn_blocking(move || store.wrong_code(link, now_ms(), max, window)).await;
+    match res {
+        Ok(Ok(true)) => {
+            metrics::counter!("boxless_link_lockouts_total").increment(1);
+            tracing::warn!(%link, "link number locked: too many wrong access codes");
+            true
+        }
+        Ok(Ok(false)) => false,
+        Ok(Err(e)) => {
+            // Unrecorded, a wrong code must not open the door: treat it as locked.
+            tracing::error!(%link, error = %e, "wrong access code NOT recorded; locking this call out");
+            true
+        }
+        Err(_) => true,
+    }
+}
+
+struct Call {
+    server: Arc<MessagingServer>,
+    call_id: String,
+    machine: CallFlow,
+    tx: SipTx,
+    rtp: RtpSocket,
+    port: u16,
+    /// Where the caller wants RTP (`None` until agreed: late offer).
+    media_peer: Option<SocketAddr>,
+    latched: Option<SocketAddr>,
+    recipient: PhoneNumber,
+    caller: Option<PhoneNumber>,
+    link: Option<PhoneNumber>,
+    answered_ms: u64,
+    events: mpsc::Receiver<CallEvent>,
+    /// The recording, from the caller's first voice packet until it is stored.
+    tape: Tape,
+}
+
+impl Call {
+    async fn run(mut self) {
+        let mut next_drain = drain_due(Instant::now(), drain_period(&self.machine), self.port);
+        let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut reason = EndReason::CallerBye;
+        'outer: loop {
+            while let Some(out) = self.machine.poll_output() {
+                match out {
+                    Output::Sip { bytes, to } => self.tx.send(&bytes, to).await,
+                    Output::Rtp => {
+                        if let Some(to) = self.latched.or(self.media_peer)
+                            && self.rtp.send_to(self.machine.rtp_packet(), to).is_err()
+                        {
+                            // A full send buffer drops the frame: late audio is no audio.
+                            metrics::counter!("boxless_rtp_send_dropped_total").increment(1);
+                        }
+                    }
+                    Output::MediaPeer(to) => {
+                        if self.media_peer != Some(to) {
+                            // A new address (re-INVITE, late answer): latch afresh.
+                            self.media_peer = Some(to);
+                            self.latched = None;
+                            // The kernel lets in only the new address's IP (any port,
+                            // until the first packet latches one); `0.0.0.0` (hold:
+                            // nothing is sent to us) lets everyone in, and drain_rtp
+                            // drops them all.
+                            let heard = if to.ip().is_unspecified() {
+                                self.rtp.disconnect()
+                            } else {
+                                self.rtp.hear_only(to.ip())
+                            };
+                            if let Err(e) = heard {
+                                tracing::debug!(error = %e, "RTP socket not narrowed");
+                            }
+                        }
+                    }
+                    Output::Record => self.record(),
+                    Output::Store { keep } => storing = Some(self.store(keep)),
+                    Output::MissedCall => storing = Some(self.missed_call()),
+                    Output::Mark { id, mark } => self.mark(id, mark),
+                    Output::WrongCode => {
+                        if let Some(link) = self.link
+                            && wrong_code(&self.server, link).await
+                        {
+                            self.machine.lock_out(Instant::now());
+                        }
+                    }
+                    Output::Ended(r) => {
+                        reason = r;
+                        break 'outer;
+                    }
+                }
+            }
+            // Received RTP waits in the socket until the task wakes anyway (a timer: every
+            // 20 ms while it plays) or the drain comes due: one wake per RECORD_DRAIN of a
+            // recording rather than one per packet.
+            let wake = self
+                .machine
+                .poll_timeout()
+                .map_or(next_drain, |t| t.min(next_drain));
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { break };
+                    if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
+                        if m.method() == Some(Method::Bye) {
+                            // Media sent before the BYE may still wait in the socket: keep it.
+                            self.drain_rtp();
+                        }
+                        self.machine.handle_sip(Instant::now(), &m, ev.reply_to);
+                    }
+                }
+                ok = async { storing.as_mut().expect("guarded by the select condition").await }, if storing.is_some() => {
+                    storing = None;
+                    self.machine.handle_stored(Instant::now(), ok.unwrap_or(false));
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    // What waited in the socket came first: a voice in it must reach the
+                    // machine before its silence timer can fire.
+                    self.drain_rtp();
+                    self.machine.handle_timeout(now);
+                    next_drain = drain_due(now, drain_period(&self.machine), self.port);
+                }
+            }
+        }
+        if let Some(h) = storing {
+            let _ = h.await;
+        }
+        if let Some(rec) = self.tape.unload() {
+            // Ended without a store (the leg closed under it): what was said is kept.
+            let server = self.server.clone();
+            let _ = tokio::task::spawn_blocking(move || server.salvage(rec)).await;
+        }
+        tracing::info!(?reason, "call ended");
+        self.server.call_ended(&self.call_id, self.port);
+    }
+
+    /// Takes what waits in the RTP socket, at most [`DRAIN_MAX`] packets (a flood cannot
+    /// hold the task; the kernel drops what overflows the socket's buffer), in batches of
+    /// [`boxless_net::rtp::BATCH`] a system call; a recording's audio goes to its tape as
+    /// it comes due. Only the caller's media IP is heard; the first port it sends from is
+    /// latched. The kernel drops anyone else's datagrams before they take room in the
+    /// socket's buffer: the socket hears only the caller's IP from the SDP on, and only
+    /// the latched source from here on.
+    fn drain_rtp(&mut self) {
+        let arrival = self.arrival();
+        let Self {
+            server,
+            rtp,
+            media_peer,
+            latched,
+            machine,
+            tape,
+            ..
+        } = self;
+        let now = Instant::now();
+        rtp.drain(DRAIN_MAX, |packet, from| {
+            let expected = media_peer.is_some_and(|p| p.ip() == from.ip());
+            if expected && latched.is_none_or(|l| l == from) {
+                *latched = Some(from);
+                machine.handle_rtp(now, packet);
+                tape.take_due(machine, &server.store, arrival);
+            } else {
+                metrics::counter!("boxless_rtp_ignored_total").increment(1);
+            }
+        });
+        if let Some(l) = *latched
+            && rtp.peer() != Some(l)
+            && let Err(e) = rtp.connect(l)
+        {
+            // Unconnected, the socket still works: strangers are dropped here instead.
+            tracing::debug!(error = %e, "RTP socket not connected");
+        }
+    }
+
+    /// Appends the machine's audio to the call's recording ([`Tape::take`]).
+    fn record(&mut self) {
+        let arrival = self.arrival();
+        self.tape
+            .take(&mut self.machine, &self.server.store, arrival);
+    }
+
+    /// Stores the recording (or, when it could not be written, alerts a missed call and
+    /// reports the store failed).
+    fn store(&mut self, keep: u64) -> tokio::task::JoinHandle<bool> {
+        let server = self.server.clone();
+        let failed = self.tape.failed();
+        let rec = self.tape.unload();
+        let arrival = self.arrival();
+        tokio::task::spawn_blocking(move || match rec {
+            Some(rec) if !failed => server.deposit(rec, keep),
+            rec => {
+                metrics::counter!("boxless_store_errors_total").increment(1);
+                server.missed_call(arrival, rec);
+                false
+            }
+        })
+    }
+
+    fn missed_call(&mut self) -> tokio::task::JoinHandle<bool> {
+        let server = self.server.clone();
+        let rec = self.tape.unload();
+        let arrival = self.arrival();
+        tokio::task::spawn_blocking(move || server.missed_call(arrival, rec))
+    }
+
+    fn arrival(&self) -> Arrival {
+        Arrival {
+            recipient: self.recipient,
+            caller: self.caller,
+            received_at_ms: self.answered_ms,
+        }
+    }
+
+    fn mark(&self, id: String, mark: Mark) {
+        let store = self.server.store.clone();
+        let state = match mark {
+            Mark::Heard => MessageState::Heard,
+            Mark::Saved => MessageState::Saved,
+            Mark::Deleted => MessageState::Deleted,
+        };
+        tokio::task::spawn_blocking(move || match store.set_state(&id, state, now_ms()) {
+            Ok(_) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
+            Err(e) => tracing::error!(id = %id, error = %e, "message state NOT recorded"),
+        });
+    }
+}

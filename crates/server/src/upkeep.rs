@@ -1,0 +1,71 @@
+//! A server's upkeep: its status on the board (a heartbeat every TTL/3) and the retention
+//! sweep once a minute.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use boxless_core::{ServerState, now_ms};
+use boxless_notify::text;
+use boxless_store::Retention;
+
+use crate::server::MessagingServer;
+
+impl MessagingServer {
+    /// Publishes the server's state on its slot of the status board.
+    pub(crate) fn report(&self) {
+        let state = if self.stopped.load(Ordering::Relaxed) {
+            ServerState::Down
+        } else if self.draining.load(Ordering::Relaxed) {
+            ServerState::Draining
+        } else {
+            ServerState::Up
+        };
+        let notifier_ok = self.notifier.healthy.load(Ordering::Relaxed);
+        self.board.slots[self.slot].heartbeat(state, self.store.free_disk(), notifier_ok, now_ms());
+    }
+
+    /// Reports the server's state at least every TTL/3.
+    pub(crate) async fn heartbeat(self: Arc<Self>) {
+        let every = (self.ttl / 3).max(Duration::from_millis(100));
+        loop {
+            tokio::time::sleep(every).await;
+            let s = self.clone();
+            let _ = tokio::task::spawn_blocking(move || s.report()).await;
+        }
+    }
+
+    /// Applies retention once a minute: reminders before expiry, deletion after it.
+    pub(crate) async fn retention(self: Arc<Self>, policy: Retention) {
+        loop {
+            let s = self.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                let offset = s.utc_offset;
+                let now = now_ms();
+                if let Err(e) = s.store.prune_outbox(now) {
+                    tracing::error!(error = %e, "pruning finished notifications failed");
+                }
+                s.store.sweep(now, &policy, |m, expires| {
+                    let lang = s.language(m.recipient);
+                    text::reminder_sms(m.caller, m.link_number, expires, offset, lang)
+                })
+            })
+            .await;
+            match res {
+                Ok(Ok(done)) if done.deleted + done.reminded > 0 => {
+                    tracing::info!(
+                        deleted = done.deleted,
+                        reminded = done.reminded,
+                        "retention sweep"
+                    );
+                    if done.reminded > 0 {
+                        self.notifier.wake.notify_one();
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+}
