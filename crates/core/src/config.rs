@@ -226,8 +226,8 @@ impl Default for NumberingConfig {
     fn default() -> Self {
         NumberingConfig {
             country_code: "1".into(),
-            language_by_country: [("1", "en"), ("33", "fr"), ("34", "es"), ("49", "de")]
-                .into_iter()
+            language_by_country: crate::recipient::DEFAULT_LANGUAGE_BY_COUNTRY
+                .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         }

@@ -110,10 +110,19 @@ pub struct Languages {
     by_country: Vec<(String, Language)>,
 }
 
+/// `numbering.language_by_country` when the config does not set it: the countries whose
+/// prompts ship with Boxless.
+pub const DEFAULT_LANGUAGE_BY_COUNTRY: &[(&str, &str)] =
+    &[("1", "en"), ("33", "fr"), ("34", "es"), ("49", "de")];
+
 impl Default for Languages {
     fn default() -> Languages {
-        Languages::parse(&crate::config::NumberingConfig::default().language_by_country)
-            .expect("the default map is valid")
+        let map = DEFAULT_LANGUAGE_BY_COUNTRY
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        // The default map is four well-formed entries (unit test below).
+        Languages::parse(&map).expect("the default map is valid")
     }
 }
 

@@ -13,6 +13,7 @@ pub mod webhook;
 pub mod worker;
 
 pub use backoff::Backoff;
-pub use sender::{ReceiptBook, SendError, Sender, Smpp, SmppSettings};
+pub use peers::ReceiptBook;
+pub use sender::{SendError, Sender, Smpp, SmppSettings};
 pub use spend::SpendPolicy;
 pub use worker::{Notices, NotifierHandle};

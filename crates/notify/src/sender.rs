@@ -3,14 +3,14 @@
 //! reconnect).
 
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxless_control::Recipients;
 use boxless_core::config::LongText;
 use boxless_core::recipient::Languages;
 use boxless_core::{PhoneNumber, now_ms};
-use boxless_store::{Delivery, OutboxJob, Receipted, Settled, Store};
+use boxless_store::{Delivery, OutboxJob, Receipted, Store};
 use futures_util::StreamExt;
 use rusmpp::pdus::{BindTransceiver, DeliverSm, SubmitSm};
 use rusmpp::tlvs::{MessageSubmissionRequestTlvValue, TlvValue};
@@ -20,6 +20,7 @@ use rusmpp::values::{
 };
 use rusmpp::{CommandId, CommandStatus, Pdu};
 
+use crate::peers::{Applied, ReceiptBook, record_settled};
 use crate::receipt::{self, Inbound};
 use crate::text;
 
@@ -80,121 +81,6 @@ pub struct SmppSettings {
     pub long_text: LongText,
     /// The language of a STOP/START answer.
     pub languages: Languages,
-}
-
-/// The stores a receipt may belong to: this server's first, then the others in this
-/// process (`boxless serve`), since an SMSC may return a receipt on any bind of the
-/// account; then, with NATS, the other processes ([`crate::peers`]).
-#[derive(Debug, Default)]
-pub struct ReceiptBook {
-    stores: RwLock<Vec<Arc<Store>>>,
-    peers: std::sync::OnceLock<boxless_control::Client>,
-}
-
-/// Where a receipt went.
-#[derive(Debug)]
-enum Applied {
-    /// A store of this process.
-    Here(Receipted),
-    /// Another process stored it.
-    Elsewhere,
-}
-
-impl ReceiptBook {
-    /// Adds a server's store.
-    pub fn add(&self, store: Arc<Store>) {
-        self.stores
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(store);
-    }
-
-    /// Offers receipts no store here knows to other processes over `client`, and
-    /// answers theirs (spawns [`crate::peers::serve`]).
-    pub fn share(self: &Arc<Self>, client: boxless_control::Client) {
-        if self.peers.set(client.clone()).is_ok() {
-            tokio::spawn(crate::peers::serve(self.clone(), client));
-        }
-    }
-
-    pub(crate) fn stores(&self) -> Vec<Arc<Store>> {
-        self.stores
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Settles a receipt in the store that sent its part (`own` first), if it is here.
-    pub(crate) fn settle_here(
-        &self,
-        own: Option<&Arc<Store>>,
-        id: &str,
-        d: Delivery,
-        error: Option<&str>,
-        now: u64,
-    ) -> boxless_store::Result<Option<Receipted>> {
-        let others = self.stores();
-        let rest = others
-            .iter()
-            .filter(|s| own.is_none_or(|o| !Arc::ptr_eq(s, o)));
-        for s in own.into_iter().chain(rest) {
-            if let Some(r) = s.settle_known(id, d, error, now)? {
-                return Ok(Some(r));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Applies a receipt: to the store that sent the part, here or (with NATS) in
-    /// another process, else kept early in `own`.
-    async fn apply(
-        self: &Arc<Self>,
-        own: &Arc<Store>,
-        id: String,
-        d: Delivery,
-        error: Option<String>,
-    ) -> Result<Applied, String> {
-        let (book, store, i, e) = (self.clone(), own.clone(), id.clone(), error.clone());
-        let here = tokio::task::spawn_blocking(move || {
-            book.settle_here(Some(&store), &i, d, e.as_deref(), now_ms())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        if let Some(r) = here {
-            return Ok(Applied::Here(r));
-        }
-        if let Some(client) = self.peers.get()
-            && crate::peers::offer(client, &id, d, error.as_deref()).await
-        {
-            return Ok(Applied::Elsewhere);
-        }
-        let store = own.clone();
-        tokio::task::spawn_blocking(move || {
-            store.keep_early(
-                &id,
-                d,
-                error.as_deref(),
-                now_ms(),
-                boxless_store::receipts::MAX_EARLY_RECEIPTS,
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-        Ok(Applied::Here(Receipted::Early))
-    }
-}
-
-/// Counts what a receipt settled.
-pub fn record_settled(s: &Settled) {
-    if let (Some(d), Some(ms)) = (s.state, s.latency_ms) {
-        metrics::counter!("boxless_sms_receipts_total", "state" => d.as_str()).increment(1);
-        if d == Delivery::Delivered {
-            metrics::histogram!("boxless_sms_delivery_seconds").record(ms as f64 / 1000.0);
-        }
-        tracing::info!(job = s.job, message = ?s.message_id, state = d.as_str(), after_ms = ms, "SMS settled by its receipt");
-    }
 }
 
 /// Where SMS go.

@@ -78,7 +78,7 @@ pub async fn run(
                     let text = (job.kind == JobKind::Digest).then(|| std::mem::take(&mut job.text));
                     tokio::task::spawn_blocking(move || {
                         s.accepted(&job, parts, text.as_deref(), now)
-                            .map(|settled| settled.iter().for_each(crate::sender::record_settled))
+                            .map(|settled| settled.iter().for_each(crate::peers::record_settled))
                     })
                     .await
                 }

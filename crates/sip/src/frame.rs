@@ -1,6 +1,7 @@
 //! Stream framing (RFC 3261 §18.3): where one message ends in a TCP byte stream.
 
-use crate::parse::{find_head_end as head_end, header_is, parse_small_uint};
+use crate::lex::parse_small_uint;
+use crate::parse::{find_head_end as head_end, header_is};
 
 /// What the front of a stream buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

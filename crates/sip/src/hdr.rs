@@ -1,43 +1,6 @@
 //! Typed, borrowed views of the header fields Boxless reads.
 
-use crate::parse::{is_token_char, parse_small_uint, trim_lws};
-
-/// A set of bytes as a lookup table, built at compile time.
-pub(crate) struct ByteSet([bool; 256]);
-
-impl ByteSet {
-    /// The set of `chars`, plus ASCII letters and digits when `alnum`.
-    pub(crate) const fn new(chars: &[u8], alnum: bool) -> ByteSet {
-        let mut t = [false; 256];
-        let mut i = 0;
-        while i < chars.len() {
-            t[chars[i] as usize] = true;
-            i += 1;
-        }
-        if alnum {
-            let mut c = 0;
-            while c < 256 {
-                let b = c as u8;
-                if b.is_ascii_alphanumeric() {
-                    t[c] = true;
-                }
-                c += 1;
-            }
-        }
-        ByteSet(t)
-    }
-
-    #[inline]
-    pub(crate) fn has(&self, b: u8) -> bool {
-        self.0[b as usize]
-    }
-}
-
-/// Index of the first byte of `s` in `set`.
-#[inline]
-pub(crate) fn find_byte(s: &str, set: &ByteSet) -> Option<usize> {
-    s.bytes().position(|b| set.has(b))
-}
+use crate::lex::{ByteSet, find_byte, find1, is_token_char, parse_small_uint, split1, trim_lws};
 
 const LWS: &ByteSet = &ByteSet::new(b" \t\r\n", false);
 const PARAM_SEP: &ByteSet = &ByteSet::new(b";,", false);
@@ -45,28 +8,6 @@ const HOST: &ByteSet = &ByteSet::new(b"-.[]:_", true);
 const SCHEME: &ByteSet = &ByteSet::new(b"+-.", true);
 const URI_STOP: &ByteSet = &ByteSet::new(b" \t\r\n<>", false);
 const ADDR_SPEC_STOP: &ByteSet = &ByteSet::new(b"?,\"", false);
-
-/// Index of the first `b` (ASCII) in `s`: a plain byte loop, cheaper than a char pattern
-/// on the short strings of header values.
-#[inline]
-pub(crate) fn find1(s: &str, b: u8) -> Option<usize> {
-    s.bytes().position(|c| c == b)
-}
-
-/// `s` split around its first `b` (ASCII), without it.
-#[inline]
-pub(crate) fn split1(s: &str, b: u8) -> Option<(&str, &str)> {
-    // `b` is ASCII, so both sides are on char boundaries.
-    find1(s, b).map(|i| (&s[..i], &s[i + 1..]))
-}
-
-/// `s` split around its last `b` (ASCII), without it.
-#[inline]
-pub(crate) fn rsplit1(s: &str, b: u8) -> Option<(&str, &str)> {
-    s.bytes()
-        .rposition(|c| c == b)
-        .map(|i| (&s[..i], &s[i + 1..]))
-}
 
 /// Splits a header value at commas that are outside quotes and angle brackets.
 pub fn split_commas(value: &str) -> impl Iterator<Item = &str> {

@@ -5,6 +5,7 @@
 pub mod dialog;
 pub mod frame;
 pub mod hdr;
+mod lex;
 pub mod parse;
 pub mod parties;
 pub mod session;

@@ -5,7 +5,8 @@
 //! not match the method, an unsupported version) are kept in [`Message::defect`] together with
 //! the status code to answer; problems that leave nothing to answer are an [`Error`].
 
-use crate::hdr::{self, CSeq, Via, find1, rsplit1, split1};
+use crate::hdr::{self, CSeq, Via};
+use crate::lex::{find1, is_token_char, parse_small_uint, rsplit1, split1, trim_lws};
 
 /// Most header fields one message may carry; more is refused as too large.
 pub const MAX_HEADERS: usize = 96;
@@ -591,35 +592,6 @@ pub(crate) fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
 #[inline]
 fn memchr_nl(s: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', s)
-}
-
-/// Trims SP, HT, CR and LF from both ends.
-#[inline]
-pub(crate) fn trim_lws(s: &str) -> &str {
-    let b = s.as_bytes();
-    let lws = |c: &u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
-    let start = b.iter().position(|c| !lws(c)).unwrap_or(b.len());
-    let end = b.iter().rposition(|c| !lws(c)).map_or(start, |i| i + 1);
-    // Both ends sit next to ASCII bytes, hence on char boundaries.
-    &s[start..end.max(start)]
-}
-
-const TOKEN: &hdr::ByteSet = &hdr::ByteSet::new(b"-.!%*_+`'~", true);
-
-/// RFC 3261 `token` characters.
-#[inline]
-pub(crate) fn is_token_char(b: u8) -> bool {
-    TOKEN.has(b)
-}
-
-/// Parses a decimal number of at most `max`; leading zeros allowed, nothing else.
-pub(crate) fn parse_small_uint(s: &str, max: u64) -> Option<u64> {
-    let s = trim_lws(s);
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let v: u64 = s.parse().ok()?;
-    (v <= max).then_some(v)
 }
 
 /// Compares a header name with a canonical lower-case long name, knowing compact forms.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::hdr::{param, split_commas};
-use crate::parse::{Message, parse_small_uint};
+use crate::lex::parse_small_uint;
+use crate::parse::Message;
 
 /// Who sends the refreshes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
