@@ -1,4 +1,4 @@
-//! `boxless`: the command line (INTERFACE.md "CLI").
+//! `boxless`: the command line (docs/cli.md).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -81,7 +81,7 @@ pub async fn status_table(base: &str, access: &Access) -> anyhow::Result<String>
             seen
         ));
     }
-    // A router whose control plane is down says so (INTERFACE: degraded health).
+    // A router whose control plane is down says so (docs/http.md: degraded health).
     if let Some(line) = a.header("boxless-health") {
         out.push_str(&format!("health: {line}\n"));
     }

@@ -1,4 +1,4 @@
-//! The Boxless HTTP API (INTERFACE.md "HTTP API"): `/healthz`, `/metrics`,
+//! The Boxless HTTP API (docs/http.md): `/healthz`, `/metrics`,
 //! `/api/v1/servers`, `/api/v1/messages`, audio download and delete; web playback
 //! (`/m/{token}`) and the operator's `/status` page.
 #![warn(missing_docs)]
@@ -96,7 +96,7 @@ pub fn router(state: ApiState) -> Router {
             error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such endpoint; see README \"HTTP API\"",
+                "no such endpoint; see docs/http.md",
             )
         })
         .layer(axum::middleware::from_fn_with_state(auth, auth::layer))

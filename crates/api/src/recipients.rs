@@ -1,5 +1,5 @@
-//! `PUT/GET/DELETE /api/v1/recipients/{number}`: a recipient's preferences (INTERFACE.md,
-//! "Notifications that reach people"). Writes need an admin token (the auth layer).
+//! `PUT/GET/DELETE /api/v1/recipients/{number}`: a recipient's preferences (docs/http.md,
+//! "Routes"; docs/sms.md, "Channels and fallback"). Writes need an admin token (the auth layer).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};

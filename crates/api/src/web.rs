@@ -1,4 +1,4 @@
-//! Web playback (INTERFACE.md "Web playback"): `GET /m/{token}` and its audio, Save,
+//! Web playback (docs/http.md, "Web playback"): `GET /m/{token}` and its audio, Save,
 //! Delete and "heard", for the link the SMS carries.
 //!
 //! The token is the only credential, so these routes skip the API's bearer tokens. Every

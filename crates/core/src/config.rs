@@ -1,11 +1,11 @@
-//! The configuration file (INTERFACE.md "Config file") and its checks.
+//! The configuration file (docs/configuration.md) and its checks.
 //!
 //! Every problem becomes one [`ConfigError`] naming the file, the key and the fix.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::acl::PeerFilter;
 use crate::number::{LinkPool, Numbering};
@@ -30,7 +30,7 @@ pub struct ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where servers keep their SQLite store and audio.
@@ -79,7 +79,7 @@ fn default_data_dir() -> PathBuf {
 }
 
 /// How the router directs calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RouterMode {
     /// Answer `302` with the chosen server as Contact.
@@ -90,7 +90,7 @@ pub enum RouterMode {
 }
 
 /// `[router]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
     /// UDP and TCP address.
@@ -137,7 +137,7 @@ impl Default for RouterConfig {
 }
 
 /// `[http]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the HTTP API.
@@ -169,7 +169,7 @@ impl Default for HttpConfig {
 }
 
 /// How HTTP requests are authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HttpAuth {
     /// No authentication: allowed only when every HTTP address is loopback.
@@ -180,7 +180,7 @@ pub enum HttpAuth {
 }
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// GET only.
@@ -200,7 +200,7 @@ impl Scope {
 }
 
 /// One `[[http.tokens]]` entry: the config holds the token's SHA-256, never the token.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
     /// Who holds it (shown in logs instead of the token).
@@ -212,7 +212,7 @@ pub struct TokenConfig {
 }
 
 /// `[numbering]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NumberingConfig {
     /// Completes national numbers.
@@ -235,7 +235,7 @@ impl Default for NumberingConfig {
 }
 
 /// How SMS leave the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum SmsTransport {
     /// Written to the log.
@@ -246,7 +246,7 @@ pub enum SmsTransport {
 }
 
 /// `[webhook]`: every event POSTed as JSON, signed.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookConfig {
     /// `http://` or `https://` URL; empty: no webhooks.
@@ -256,7 +256,7 @@ pub struct WebhookConfig {
 }
 
 /// `[email]`: the e-mail channel (recipients whose entry lists `email`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmailConfig {
     /// `smtp://host:port` (STARTTLS) or `smtps://host:port` (TLS); empty: no e-mail.
@@ -284,7 +284,7 @@ impl Default for EmailConfig {
 }
 
 /// `[web]`: web playback (the SMS carries `base_url/m/<token>`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebConfig {
     /// Where browsers reach the HTTP listener (or the proxy before it); empty: no link.
@@ -339,7 +339,7 @@ pub fn parse_smtp_url(url: &str) -> Result<(bool, String, u16), String> {
 }
 
 /// How a text too long for one SMS reaches the SMSC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LongText {
     /// Parts carrying a user data header (esm_class UDHI): what most SMSCs expect.
@@ -350,7 +350,7 @@ pub enum LongText {
 }
 
 /// `[sms]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmsConfig {
     /// log | smpp
@@ -410,7 +410,7 @@ impl Default for SmsConfig {
 }
 
 /// When retrieval asks for the access code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum AccessCodePolicy {
     /// Never.
@@ -423,7 +423,7 @@ pub enum AccessCodePolicy {
 }
 
 /// Which caller-IDs may stand in for the access code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum TrustCallerId {
     /// Any caller-ID that arrives from a trusted peer.
@@ -434,7 +434,7 @@ pub enum TrustCallerId {
 }
 
 /// `[retrieval]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrievalConfig {
     /// never | when-caller-id-mismatch | always
@@ -463,7 +463,7 @@ impl Default for RetrievalConfig {
 }
 
 /// `[messages]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MessagesConfig {
     /// Recording stops here.
@@ -483,7 +483,7 @@ pub struct MessagesConfig {
 }
 
 /// `messages.audio_format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AudioFormat {
     /// The G.711 law the caller sent (µ-law or A-law WAV, 8 kB/s); a G.722 call wideband
@@ -495,7 +495,7 @@ pub enum AudioFormat {
 }
 
 /// The default greeting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Greeting {
     /// Speaks the recipient's digits, then the tone.
@@ -520,7 +520,7 @@ impl Default for MessagesConfig {
 }
 
 /// Where server status travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ControlBackend {
     /// In-process (serve).
@@ -531,7 +531,7 @@ pub enum ControlBackend {
 }
 
 /// `[control]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// local | nats
@@ -577,7 +577,7 @@ impl Default for ControlConfig {
 }
 
 /// `[sip]`: RFC 3261 timers and limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SipConfig {
     /// T1, the RTT estimate (ms).
@@ -614,7 +614,7 @@ impl Default for SipConfig {
 }
 
 /// One `[[servers]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     /// Unique id.

@@ -1,4 +1,4 @@
-//! Who a call is for and who placed it (INTERFACE.md "SIP").
+//! Who a call is for and who placed it (docs/sip.md, "Who a call is for").
 //!
 //! Recipient: the first Diversion entry (RFC 5806), else the History-Info entry that was
 //! retargeted from (RFC 7044 / RFC 4458), else the Request-URI user. Caller: the
@@ -8,7 +8,7 @@
 use crate::hdr::{NameAddr, Uri, unescape_into};
 use crate::parse::Message;
 
-/// What a call is for (INTERFACE.md "SIP"): the one rule the router and the servers share.
+/// What a call is for (docs/sip.md): the one rule the router and the servers share.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target<N> {
     /// A call to a link number, not forwarded: play that number's messages.

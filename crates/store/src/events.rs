@@ -1,6 +1,6 @@
-//! Events for the webhook (INTERFACE.md: `message.deposited`, `missed_call`,
-//! `notification.delivered`, `notification.failed`, `message.heard`, `message.saved`,
-//! `message.deleted`), written in the same transaction as the change they report, so a
+//! Events for the webhook (docs/sms.md, "The operator's events": `message.deposited`,
+//! `missed_call`, `notification.delivered`, `notification.failed`, `message.heard`,
+//! `message.saved`, `message.deleted`), written in the same transaction as the change they report, so a
 //! crash can neither lose one nor report a change that did not happen.
 //!
 //! They go out in the order they were written (one cursor): a receiver that is down

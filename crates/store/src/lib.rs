@@ -57,7 +57,7 @@ pub enum Error {
 /// Store result.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// A message's life (INTERFACE.md).
+/// A message's life (docs/http.md, "Routes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageState {
     /// Stored, not yet notified.

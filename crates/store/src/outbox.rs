@@ -1,6 +1,5 @@
 //! The notification outbox: due jobs, their outcomes, and the spend limits that live in
-//! the store so that a restart resets none of them (INTERFACE.md: "rate-limit counters
-//! survive a restart").
+//! the store so that a restart resets none of them (docs/sms.md, "Limits").
 //!
 //! - A burst of missed-call alerts from one caller to one recipient is one SMS: a new
 //!   alert within `merge_ms` of the previous one joins it (while it waits) or is kept as

@@ -1,10 +1,10 @@
-//! The trust-boundary keys (INTERFACE.md "Trust boundary"): trusted SIP peers, API tokens,
+//! The trust-boundary keys (docs/configuration.md; docs/sip.md, "Trust boundary"): trusted SIP peers, API tokens,
 //! secrets read from files, and the refusal to expose an unauthenticated API or an
 //! unauthenticated control plane beyond this host.
 
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigError, ControlBackend, HttpAuth, Scope};
 use crate::acl::PeerFilter;
@@ -24,6 +24,13 @@ impl Secret {
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// A serialized config shows where a secret is, never the secret.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
     }
 }
 
