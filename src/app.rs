@@ -12,7 +12,7 @@ use boxless_control::Recipients;
 use boxless_core::config::{ControlBackend, SmsTransport};
 use boxless_core::{Checked, ControlLink, Rng, ServerSlot, ServerSpec, StatusBoard, now_ms};
 use boxless_media::Prompts;
-use boxless_notify::{Backoff, NotifierHandle, ReceiptBook, Sender, Smpp, SmppSettings};
+use boxless_notify::ReceiptBook;
 use boxless_router::RouterCore;
 use boxless_router::proxy::ProxySettings;
 use boxless_server::MessagingServer;
@@ -87,135 +87,7 @@ async fn start_server(
             )
         })?;
     }
-    let notifier = Arc::new(NotifierHandle::default());
-    let sender = match c.sms.transport {
-        SmsTransport::Log => Sender::Log,
-        SmsTransport::Smpp => Sender::Smpp(Smpp::new(
-            SmppSettings {
-                address: c.sms.address.clone(),
-                system_id: c.sms.system_id.clone(),
-                password: cfg.secrets.sms_password.expose().to_string(),
-                enquire_link: Duration::from_secs(c.sms.enquire_link_seconds.max(1)),
-                receipts: c.sms.delivery_receipts,
-                long_text: c.sms.long_text,
-                languages: cfg.languages.clone(),
-            },
-            store.clone(),
-            book.clone(),
-            Some(recipients.clone()),
-        )),
-    };
-    let backoff = Backoff::new(
-        c.sms.retry_initial_ms,
-        c.sms.retry_max_ms,
-        Rng::from_entropy(),
-    );
-    // Calls for one number spread over every server, and servers share nothing: each
-    // takes an equal share of the hourly limit, so the cluster as a whole never exceeds
-    // it (at least one each).
-    let servers = cfg.servers.len().max(1) as u32;
-    let spend = boxless_notify::SpendPolicy {
-        allowed_prefixes: c.sms.allowed_prefixes.clone(),
-        max_per_hour: (c.sms.max_per_recipient_per_hour / servers).max(1),
-    };
-    if c.sms.transport == SmsTransport::Smpp && spend.allowed_prefixes.is_empty() {
-        tracing::warn!(
-            server = %id,
-            "sms.allowed_prefixes is empty: SMS may go to any number in the world (see README \"Security\")"
-        );
-    }
-    // One set of HTTPS roots for the events and the recipients' webhooks.
-    let tls = match &cfg.secrets.webhook_secret {
-        Some(_) => Some(
-            boxless_net::tls::public_client_config(None)
-                .map_err(|e| anyhow::anyhow!("key `webhook.secret_file`: TLS roots: {e}"))?,
-        ),
-        None => None,
-    };
-    if let (Some(secret), Some(tls)) = (&cfg.secrets.webhook_secret, &tls)
-        && !c.webhook.url.trim().is_empty()
-    {
-        let url = boxless_net::http::Url::parse(c.webhook.url.trim()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "key `webhook.url`: `{}` is not an http:// or https:// URL (host, optional port, path)",
-                c.webhook.url
-            )
-        })?;
-        // Events are written from now on, in the transactions of the changes they report.
-        store.enable_events();
-        tokio::spawn(boxless_notify::webhook::run(
-            store.clone(),
-            boxless_notify::webhook::WebhookSettings {
-                url,
-                secret: secret.expose().as_bytes().to_vec(),
-                tls: tls.clone(),
-                server: id.clone(),
-            },
-            Backoff::new(
-                c.sms.retry_initial_ms,
-                c.sms.retry_max_ms,
-                Rng::from_entropy(),
-            ),
-        ));
-    }
-    if !c.sms.delivery_receipts {
-        // No receipt will come: the SMSC's acceptance is all we learn.
-        store.accepted_is_final();
-    }
-    let email = match c.email.smtp.trim() {
-        "" => None,
-        _ => Some(
-            boxless_notify::email::Mailer::new(
-                &boxless_notify::email::EmailSettings {
-                    smtp: c.email.smtp.clone(),
-                    user: c.email.user.clone(),
-                    password: cfg
-                        .secrets
-                        .email_password
-                        .as_ref()
-                        .map(|p| p.expose().to_string())
-                        .unwrap_or_default(),
-                    from: c.email.from.clone(),
-                    attach_audio: c.email.attach_audio,
-                },
-                store.clone(),
-            )
-            .map_err(|e| anyhow::anyhow!(e))?,
-        ),
-    };
-    let webhook = cfg
-        .secrets
-        .webhook_secret
-        .as_ref()
-        .zip(tls)
-        .map(|(secret, tls)| boxless_notify::webhook::NoticePoster {
-            secret: secret.expose().as_bytes().to_vec(),
-            tls,
-            server: id.clone(),
-        });
-    tokio::spawn(boxless_notify::worker::run_notices(
-        store.clone(),
-        boxless_notify::Notices { email, webhook },
-        Backoff::new(
-            c.sms.retry_initial_ms,
-            c.sms.retry_max_ms,
-            Rng::from_entropy(),
-        ),
-        notifier.clone(),
-    ));
-    tokio::spawn(boxless_notify::worker::run(
-        store.clone(),
-        recipients.copy().clone(),
-        sender,
-        backoff,
-        boxless_notify::worker::SmsRules {
-            spend,
-            utc_offset_min: c.sms.utc_offset_minutes,
-            languages: cfg.languages.clone(),
-        },
-        notifier.clone(),
-    ));
-    notifier.healthy.store(true, Ordering::Relaxed);
+    let notifier = boxless_notify::start(cfg, id, &store, book, recipients)?;
     let server = MessagingServer::start(
         cfg,
         spec,

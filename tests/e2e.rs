@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use boxless_phone::{CallOutcome, place_call};
 use boxless_testkit::{Mode, http, http_get, voice};
-use common::{find_in, g711, messages, opts, stored_audio, system, system_full};
+use common::{
+    find_in, g711, messages, messages_when, opts, settled, stored_audio, system, system_full, until,
+};
 
 /// The access code an SMS carries (" Code 123456.").
 fn code_in(text: &str) -> String {
@@ -52,9 +54,11 @@ async fn redirect_deposit_stores_the_audio_and_sends_the_sms() {
     let d = m["duration_ms"].as_u64().unwrap();
     assert!((2400..=2700).contains(&d), "duration {d}");
     // The SMSC accepted it: notified.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let m = &messages(&sys, "+15551230002").await[0];
-    assert_eq!(m["state"], "notified");
+    let list = messages_when(&sys, "+15551230002", "the message notified", |l| {
+        l[0]["state"] == "notified"
+    })
+    .await;
+    let m = &list[0];
     assert_eq!(m["notifications"][0]["state"], "accepted");
 
     let stored = stored_audio(&sys, m["id"].as_str().unwrap()).await;
@@ -152,28 +156,35 @@ async fn smsc_refusing_then_throttling_only_delays_sms_and_never_duplicates() {
             .unwrap();
         assert_completed(&out);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = messages_when(&sys, "+15551230002", "three refused notices", |l| {
+        l.len() == 3
+            && l.iter().all(|m| {
+                m["notifications"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("refused"))
+            })
+    })
+    .await;
     assert!(sys.smsc.accepted().is_empty());
     assert!(sys.smsc.submits() >= 3);
-    let list = messages(&sys, "+15551230002").await;
     assert_eq!(list.len(), 3, "{list:?} {:?}", sys.smsc.submits());
     assert!(
         list.iter().all(
             |m| m["state"] == "new" && m["notifications"][0]["attempts"].as_u64().unwrap() >= 1
         )
     );
-    assert!(list.iter().all(|m| {
-        m["notifications"][0]["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("refused")
-    }));
+    // Throttled until the SMSC has throttled a retry, then accepting.
+    let before = sys.smsc.submits();
     sys.smsc.set_mode(Mode::Throttle);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until("a throttled retry", Duration::from_secs(10), || async {
+        sys.smsc.submits() > before
+    })
+    .await;
     sys.smsc.set_mode(Mode::Accept);
     let sms = sys.smsc.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(sms.len(), 3);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Every notice taken: nothing is left to send, so none can go twice.
+    messages_when(&sys, "+15551230002", "every notice accepted", settled).await;
     assert_eq!(sys.smsc.accepted().len(), 3, "no SMS twice");
     let mut links: Vec<String> = sms.iter().map(|s| s.source.clone()).collect();
     links.sort();
@@ -314,9 +325,10 @@ async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes()
             "{:?}",
             out.first_audio
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let list = messages(&sys, "+15551230002").await;
-        assert_eq!(list[0]["state"], "heard", "{mode}: {}", list[0]);
+        messages_when(&sys, "+15551230002", "the message heard", |l| {
+            l[0]["state"] == "heard"
+        })
+        .await;
 
         // A second message; the heard one freed the link number. 7 deletes it.
         assert_completed(
@@ -337,13 +349,16 @@ async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes()
         o.dtmf_at = 13.0;
         o.seconds = Some(16.0);
         assert_completed(&place_call(&o).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let list = messages(&sys, "+15551230002").await;
-        let states: Vec<&str> = list.iter().map(|m| m["state"].as_str().unwrap()).collect();
-        assert!(
-            states.contains(&"deleted") && states.contains(&"heard"),
-            "{mode}: {states:?}"
-        );
+        messages_when(
+            &sys,
+            "+15551230002",
+            "one message deleted, one heard",
+            |l| {
+                let states: Vec<&str> = l.iter().filter_map(|m| m["state"].as_str()).collect();
+                states.contains(&"deleted") && states.contains(&"heard")
+            },
+        )
+        .await;
         let _ = std::fs::remove_dir_all(&sys.data);
     }
 }
@@ -474,10 +489,16 @@ async fn notify_numbers_get_the_sms_and_an_opted_out_number_gets_none() {
         .unwrap();
     assert_completed(&out);
     let sms = sys.smsc.wait_for(3, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every notice settled (the opted-out one too): no SMS can follow.
+    let list = messages_when(
+        &sys,
+        "+15551230002",
+        "both messages' notices settled",
+        |l| l.len() == 2 && settled(l),
+    )
+    .await;
     assert_eq!(sys.smsc.accepted().len(), 3, "{sms:?}");
     assert_eq!(sms[2].destination, "15551230002");
-    let list = messages(&sys, "+15551230002").await;
     assert_eq!(list.len(), 2, "both messages listed");
     let newest = &list[0]["notifications"];
     let to_other = newest

@@ -149,6 +149,47 @@ pub async fn messages(sys: &System, recipient: &str) -> Vec<serde_json::Value> {
     serde_json::from_str(&body).unwrap()
 }
 
+/// Waits until `cond` holds, asking every 20 ms; fails the test naming `what` after
+/// `limit`. Tests wait for what they need, never for a fixed time.
+pub async fn until<F, Fut>(what: &str, limit: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "waited {limit:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The messages for `recipient` once `cond` holds of them (see [`until`]).
+pub async fn messages_when(
+    sys: &System,
+    recipient: &str,
+    what: &str,
+    cond: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    until(what, Duration::from_secs(10), || async {
+        cond(&messages(sys, recipient).await)
+    })
+    .await;
+    messages(sys, recipient).await
+}
+
+/// Every notice of every message for `recipient` has an outcome: none is waiting for
+/// a retry, so no further SMS can go.
+pub fn settled(list: &[serde_json::Value]) -> bool {
+    list.iter().all(|m| {
+        m["notifications"]
+            .as_array()
+            .is_some_and(|n| n.iter().all(|n| n["state"] != "pending"))
+    })
+}
+
 /// The audio of stored message `id`, from its server's store.
 pub async fn stored_audio(sys: &System, id: &str) -> Vec<i16> {
     let store = sys

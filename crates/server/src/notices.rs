@@ -4,7 +4,6 @@
 
 use boxless_core::PhoneNumber;
 use boxless_core::recipient::{Channel, Language};
-use boxless_notify::{email, text, webhook};
 use boxless_store::{Arrival, Recording};
 
 use crate::server::MessagingServer;
@@ -21,7 +20,6 @@ impl MessagingServer {
     /// recipient's channels (blocking).
     pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> bool {
         let recipient = rec.arrival().recipient;
-        let (policy, offset) = (self.policy, self.utc_offset);
         // The recipient's entry says who gets the SMS; the copy answers even while
         // NATS is away, and no entry means the recipient alone.
         let prefs = self
@@ -41,11 +39,7 @@ impl MessagingServer {
             tracing::warn!(%recipient, "a channel of the recipient's entry is not configured on this server ([email] smtp, webhook.secret_file): left out");
         }
         let lang = self.languages.for_number(recipient, Some(&prefs));
-        let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| match c {
-            Channel::Sms => text::message_sms(f, policy, offset, lang),
-            Channel::Email => email::message_email(f, policy, offset, lang),
-            Channel::Webhook => webhook::notice_body(f, &self.id),
-        };
+        let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| self.texts.message(f, c, lang);
         match self
             .store
             .deposit_recording(rec, keep, &routes, self.fallback_after_ms, render)
@@ -69,9 +63,8 @@ impl MessagingServer {
     /// Queues a missed-call alert and drops the call's recording, if any (blocking).
     pub(crate) fn missed_call(&self, a: Arrival, rec: Option<Recording>) -> bool {
         let (recipient, caller, at) = (a.recipient, a.caller, a.received_at_ms);
-        let offset = self.utc_offset;
         let lang = self.language(recipient);
-        let render = |calls| text::missed_call_sms(caller, calls, at, offset, lang);
+        let render = |calls| self.texts.missed_call(caller, calls, at, lang);
         let queued =
             self.store
                 .missed_call(recipient, caller, at, self.missed_call_merge_ms, render);

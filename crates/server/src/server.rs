@@ -13,7 +13,7 @@ use boxless_core::recipient::Languages;
 use boxless_core::{Checked, Gate, Numbering, PeerFilter, Rng, ServerSpec, StatusBoard};
 use boxless_media::Prompts;
 use boxless_net::rtp::RtpSocket;
-use boxless_notify::NotifierHandle;
+use boxless_notify::{NoticeTexts, NotifierHandle};
 use boxless_sip::SipTimers;
 use boxless_store::{Directory, Retention, Store};
 use tokio::net::{TcpListener, UdpSocket};
@@ -36,6 +36,8 @@ pub struct MessagingServer {
     pub(crate) store: Arc<Store>,
     pub(crate) directory: Arc<Directory>,
     pub(crate) notifier: Arc<NotifierHandle>,
+    /// The texts of its notices.
+    pub(crate) texts: NoticeTexts,
     pub(crate) prompts: Arc<Prompts>,
     pub(crate) tone: Arc<[i16]>,
     pub(crate) greeting: Greeting,
@@ -104,6 +106,7 @@ impl MessagingServer {
             store,
             directory,
             notifier,
+            texts: NoticeTexts::new(cfg, &spec.config.id),
             tone: prompts.tone().into(),
             prompts,
             greeting: c.messages.greeting,

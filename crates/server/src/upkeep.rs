@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use boxless_core::{ServerState, now_ms};
-use boxless_notify::text;
 use boxless_store::Retention;
 
 use crate::server::MessagingServer;
@@ -40,14 +39,13 @@ impl MessagingServer {
         loop {
             let s = self.clone();
             let res = tokio::task::spawn_blocking(move || {
-                let offset = s.utc_offset;
                 let now = now_ms();
                 if let Err(e) = s.store.prune_outbox(now) {
                     tracing::error!(error = %e, "pruning finished notifications failed");
                 }
                 s.store.sweep(now, &policy, |m, expires| {
                     let lang = s.language(m.recipient);
-                    text::reminder_sms(m.caller, m.link_number, expires, offset, lang)
+                    s.texts.reminder(m.caller, m.link_number, expires, lang)
                 })
             })
             .await;
