@@ -392,26 +392,18 @@ async fn messages(
         },
     };
     let limit = q.limit.unwrap_or(1000).min(10_000);
-    let stores = s.stores.clone();
-    let res = tokio::task::spawn_blocking(move || {
-        let mut all = Vec::new();
-        for st in &stores {
-            all.extend(st.list(recipient, limit)?);
+    let mut all = Vec::new();
+    for st in &s.stores {
+        match st
+            .read(move |st| st.list(recipient, limit))
+            .await
+            .and_then(|r| r)
+        {
+            Ok(l) => all.extend(l),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
         }
-        Ok::<_, boxless_store::Error>(all)
-    })
-    .await;
-    let mut list: Vec<Value> = match res {
-        Ok(Ok(list)) => list.iter().map(json_message).collect(),
-        Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e.to_string()),
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                &e.to_string(),
-            );
-        }
-    };
+    }
+    let mut list: Vec<Value> = all.iter().map(json_message).collect();
     // Servers in other processes: asked at once, each within a bound.
     let query = match recipient {
         Some(r) => format!("/api/v1/messages?recipient=%2B{}&limit={limit}", r.digits()),
@@ -499,26 +491,34 @@ fn no_message() -> Response {
     )
 }
 
-/// Runs `f` on the store that holds message `id`, off the async worker threads.
+/// How a request reaches a store.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// Runs `f` on the store that holds message `id`, on its reader or its writer thread.
 async fn with_store<T: Send + 'static>(
     s: &ApiState,
     id: &str,
+    access: Access,
     f: impl FnOnce(&Store, &str) -> boxless_store::Result<T> + Send + 'static,
 ) -> Result<T, Response> {
     let Some(st) = store_of(s, id).filter(|_| valid_id(id)).cloned() else {
         return Err(no_message());
     };
     let id = id.to_string();
-    match tokio::task::spawn_blocking(move || f(&st, &id)).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "store",
-            &e.to_string(),
-        )),
+    let job = move |st: &Store| f(st, &id);
+    let res = match access {
+        Access::Read => st.read(job).await,
+        Access::Write => st.write(job).await,
+    };
+    match res.and_then(|r| r) {
+        Ok(v) => Ok(v),
         Err(e) => Err(error(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            "store",
             &e.to_string(),
         )),
     }
@@ -534,7 +534,7 @@ async fn message(
     {
         return r;
     }
-    match with_store(&s, &id, |st, id| st.get(id)).await {
+    match with_store(&s, &id, Access::Read, |st, id| st.get(id)).await {
         Ok(Some(m)) => axum::Json(json_message(&m)).into_response(),
         Ok(None) => no_message(),
         Err(r) => r,
@@ -578,7 +578,11 @@ async fn audio(
     {
         return r;
     }
-    match with_store(&s, &id, move |st, id| st.audio_file(id, original)).await {
+    match with_store(&s, &id, Access::Read, move |st, id| {
+        st.audio_file(id, original)
+    })
+    .await
+    {
         Ok(Some(b)) => ([(header::CONTENT_TYPE, "audio/wav")], b).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
@@ -602,7 +606,7 @@ async fn delete(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<St
     {
         return r;
     }
-    match with_store(&s, &id, |st, id| st.delete(id)).await {
+    match with_store(&s, &id, Access::Write, |st, id| st.delete(id)).await {
         Ok(true) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
         Ok(false) => no_message(),
         Err(r) => r,

@@ -26,11 +26,16 @@ th.n,td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .up{color:#0a6b2d}.down{color:#b3261e}.draining{color:#8a5a00}\
 svg{width:100%;height:auto;max-width:60rem}.note{color:#555}";
 
-/// Summed activity of the stores in this process (zeros when it has none).
-fn local(s: &ApiState, now: u64) -> Result<Activity, String> {
+/// Summed activity of the stores in this process (zeros when it has none), each read on
+/// its own reader.
+async fn local(s: &ApiState, now: u64) -> Result<Activity, String> {
     let mut sum = Activity::empty(now, MINUTES);
     for st in &s.stores {
-        let a = st.activity(now, MINUTES).map_err(|e| e.to_string())?;
+        let a = st
+            .read(move |st| st.activity(now, MINUTES))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| e.to_string())?;
         add(&mut sum, &a);
     }
     Ok(sum)
@@ -63,12 +68,9 @@ fn from_json(v: &Value) -> Option<Activity> {
 /// once; the ids of those that did not answer.
 async fn gather(s: &ApiState, headers: &HeaderMap) -> (Activity, Vec<String>) {
     let now = now_ms();
-    let st = s.clone();
-    let mut sum = tokio::task::spawn_blocking(move || local(&st, now))
+    let mut sum = local(s, now)
         .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_else(|| Activity::empty(now, MINUTES));
+        .unwrap_or_else(|_| Activity::empty(now, MINUTES));
     let (answers, mut missing) = crate::ask_remotes(s, headers, "/api/v1/activity").await;
     for (id, v) in answers {
         match from_json(&v) {
@@ -83,21 +85,15 @@ async fn gather(s: &ApiState, headers: &HeaderMap) -> (Activity, Vec<String>) {
 /// `GET /api/v1/activity`: this process's stores' per-minute counts, last hour.
 pub(crate) async fn activity(State(s): State<ApiState>) -> Response {
     let now = now_ms();
-    let st = s.clone();
-    match tokio::task::spawn_blocking(move || local(&st, now)).await {
-        Ok(Ok(a)) => axum::Json(json!({
+    match local(&s, now).await {
+        Ok(a) => axum::Json(json!({
             "from_ms": a.from_ms,
             "minute_ms": 60_000,
             "deposits": a.deposits,
             "notices": a.notices,
         }))
         .into_response(),
-        Ok(Err(e)) => crate::error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e),
-        Err(e) => crate::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            &e.to_string(),
-        ),
+        Err(e) => crate::error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e),
     }
 }
 

@@ -229,7 +229,7 @@ async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
         },
     };
     let (st, t) = (store.clone(), token.clone());
-    match tokio::task::spawn_blocking(move || st.by_web_token(&t)).await {
+    match st.read(move |st| st.by_web_token(&t)).await {
         Ok(Ok(Some(m))) if m.server == token.server() => Opened::Here(store, m, token),
         Ok(Ok(_)) => Opened::Answer(miss(web, ip)),
         Ok(Err(e)) => {
@@ -426,7 +426,7 @@ async fn audio_get(
     };
     // Every browser plays 16-bit PCM WAV (not all play G.711 in WAV): converted if kept so.
     let (st, id) = (store.clone(), m.id.clone());
-    let bytes = match tokio::task::spawn_blocking(move || st.audio_file(&id, false)).await {
+    let bytes = match st.read(move |st| st.audio_file(&id, false)).await {
         Ok(Ok(Some(b))) => b,
         _ => return not_found(&s.web),
     };
@@ -481,7 +481,7 @@ async fn audio_get(
 
 async fn mark(store: &Arc<Store>, id: &str, state: MessageState) -> bool {
     let (st, id) = (store.clone(), id.to_string());
-    match tokio::task::spawn_blocking(move || st.set_state(&id, state, now_ms())).await {
+    match st.write(move |st| st.set_state(&id, state, now_ms())).await {
         Ok(Ok(changed)) => {
             if changed {
                 tracing::info!(state = %state.as_str(), "message state (web)");

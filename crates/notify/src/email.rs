@@ -214,7 +214,7 @@ impl Mailer {
         let audio = if self.attach_audio && !mid.is_empty() {
             // As 16-bit PCM WAV, which every mail client's player reads.
             let (store, id) = (self.store.clone(), mid.clone());
-            match tokio::task::spawn_blocking(move || store.audio_file(&id, false)).await {
+            match store.read(move |store| store.audio_file(&id, false)).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => return Err(SendError::retry(format!("reading the audio: {e}"))),
                 Err(e) => return Err(SendError::retry(format!("reading the audio: {e}"))),

@@ -63,8 +63,9 @@ impl ReceiptBook {
             .clone()
     }
 
-    /// Settles a receipt in the store that sent its part (`own` first), if it is here.
-    pub(crate) fn settle_here(
+    /// Settles a receipt in the store that sent its part (`own` first), if it is here:
+    /// each store in turn, on its writer.
+    pub(crate) async fn settle_here(
         &self,
         own: Option<&Arc<Store>>,
         id: &str,
@@ -77,7 +78,11 @@ impl ReceiptBook {
             .iter()
             .filter(|s| own.is_none_or(|o| !Arc::ptr_eq(s, o)));
         for s in own.into_iter().chain(rest) {
-            if let Some(r) = s.settle_known(id, d, error, now)? {
+            let (id, error) = (id.to_string(), error.map(str::to_string));
+            let settled = s
+                .write(move |s| s.settle_known(&id, d, error.as_deref(), now))
+                .await??;
+            if let Some(r) = settled {
                 return Ok(Some(r));
             }
         }
@@ -93,13 +98,10 @@ impl ReceiptBook {
         d: Delivery,
         error: Option<String>,
     ) -> Result<Applied, String> {
-        let (book, store, i, e) = (self.clone(), own.clone(), id.clone(), error.clone());
-        let here = tokio::task::spawn_blocking(move || {
-            book.settle_here(Some(&store), &i, d, e.as_deref(), now_ms())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        let here = self
+            .settle_here(Some(own), &id, d, error.as_deref(), now_ms())
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(r) = here {
             return Ok(Applied::Here(r));
         }
@@ -109,18 +111,19 @@ impl ReceiptBook {
             return Ok(Applied::Elsewhere);
         }
         let store = own.clone();
-        tokio::task::spawn_blocking(move || {
-            store.keep_early(
-                &id,
-                d,
-                error.as_deref(),
-                now_ms(),
-                boxless_store::receipts::MAX_EARLY_RECEIPTS,
-            )
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        store
+            .write(move |store| {
+                store.keep_early(
+                    &id,
+                    d,
+                    error.as_deref(),
+                    now_ms(),
+                    boxless_store::receipts::MAX_EARLY_RECEIPTS,
+                )
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         Ok(Applied::Here(Receipted::Early))
     }
 }
@@ -204,14 +207,9 @@ pub async fn serve(book: Arc<ReceiptBook>, client: Client) {
                 let (Some(reply), Some((o, d))) = (m.reply, read_offer(&m.payload)) else {
                     continue;
                 };
-                let b = book.clone();
-                let now = now_ms();
-                let res = tokio::task::spawn_blocking(move || {
-                    b.settle_here(None, &o.id, d, o.error.as_deref(), now)
-                })
-                .await;
+                let res = book.settle_here(None, &o.id, d, o.error.as_deref(), now_ms()).await;
                 match res {
-                    Ok(Ok(Some(r))) => {
+                    Ok(Some(r)) => {
                         if let Receipted::Settled(s) = &r {
                             record_settled(s);
                         }
@@ -219,8 +217,8 @@ pub async fn serve(book: Arc<ReceiptBook>, client: Client) {
                         // Stored: the offering process may now acknowledge it to the SMSC.
                         let _ = client.publish(reply, "settled".into()).await;
                     }
-                    Ok(Ok(None)) => {}
-                    other => tracing::error!(?other, "a receipt offered by another process not recorded"),
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(error = %e, "a receipt offered by another process not recorded"),
                 }
             }
             _ = tick.tick() => reoffer(&book, &client).await,
@@ -234,14 +232,13 @@ async fn reoffer(book: &Arc<ReceiptBook>, client: &Client) {
     let since = now_ms().saturating_sub(REOFFER_FOR.as_millis() as u64);
     for store in book.stores() {
         let s = store.clone();
-        let Ok(Ok(early)) = tokio::task::spawn_blocking(move || s.early_since(since, 100)).await
-        else {
+        let Ok(Ok(early)) = s.read(move |s| s.early_since(since, 100)).await else {
             continue;
         };
         for e in early {
             if offer(client, &e.smsc_id, e.delivery, e.error.as_deref()).await {
                 let s = store.clone();
-                let _ = tokio::task::spawn_blocking(move || s.forget_early(&e.smsc_id)).await;
+                let _ = s.write(move |s| s.forget_early(&e.smsc_id)).await;
             }
         }
     }

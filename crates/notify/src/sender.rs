@@ -252,7 +252,8 @@ impl Smpp {
         // A retry sends only the parts the SMSC has not taken, with the same reference.
         let store = self.store.clone();
         let id = job.id;
-        let done = tokio::task::spawn_blocking(move || store.parts_accepted(id))
+        let done = store
+            .read(move |store| store.parts_accepted(id))
             .await
             .map_err(|e| err("store", &e))?
             .map_err(|e| err("store", &e))?;
@@ -328,7 +329,8 @@ impl Smpp {
                 }
             };
             let store = self.store.clone();
-            tokio::task::spawn_blocking(move || store.part_accepted(id, k as u8, &message_id))
+            store
+                .write(move |store| store.part_accepted(id, k as u8, &message_id))
                 .await
                 .map_err(|e| err("store", &e))?
                 .map_err(|e| err("store", &e))?;
@@ -437,8 +439,7 @@ async fn mo(
                 let from_us = smpp_number(to);
                 let lang = languages.for_number(n, Some(&prefs));
                 let (s, t) = (store.clone(), text::confirmation(out, lang));
-                let _ =
-                    tokio::task::spawn_blocking(move || s.confirm(n, from_us, t, now_ms())).await;
+                let _ = s.write(move |s| s.confirm(n, from_us, t, now_ms())).await;
             }
             CommandStatus::EsmeRok
         }

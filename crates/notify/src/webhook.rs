@@ -148,7 +148,7 @@ pub async fn run(store: Arc<Store>, s: WebhookSettings, mut backoff: Backoff) {
         if now.saturating_sub(last_prune) > 60_000 {
             last_prune = now;
             let st = store.clone();
-            if let Ok(Ok(dropped)) = tokio::task::spawn_blocking(move || st.prune_events(now)).await
+            if let Ok(Ok(dropped)) = st.write(move |st| st.prune_events(now)).await
                 && dropped > 0
             {
                 metrics::counter!("boxless_webhook_dropped_total").increment(dropped as u64);
@@ -156,7 +156,7 @@ pub async fn run(store: Arc<Store>, s: WebhookSettings, mut backoff: Backoff) {
             }
         }
         let st = store.clone();
-        let next = match tokio::task::spawn_blocking(move || st.next_event()).await {
+        let next = match st.read(move |st| st.next_event()).await {
             Ok(Ok(e)) => e,
             other => {
                 tracing::error!(?other, "webhook: reading the next event failed");
@@ -183,11 +183,11 @@ pub async fn run(store: Arc<Store>, s: WebhookSettings, mut backoff: Backoff) {
             Ok(a) if (200..300).contains(&a.status) => {
                 let st = store.clone();
                 let eid = e.id;
-                if let Ok(Err(err)) | Err(err) =
-                    tokio::task::spawn_blocking(move || st.event_sent(eid))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .map(|r| r.map_err(|e| e.to_string()))
+                if let Ok(Err(err)) | Err(err) = st
+                    .write(move |st| st.event_sent(eid))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .map(|r| r.map_err(|e| e.to_string()))
                 {
                     tracing::error!(error = %err, "webhook: recording a sent event failed; it will go again");
                 }

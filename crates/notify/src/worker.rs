@@ -76,7 +76,7 @@ pub async fn run(
                     }
                     // A digest's text is written when it goes: keep what went.
                     let text = (job.kind == JobKind::Digest).then(|| std::mem::take(&mut job.text));
-                    tokio::task::spawn_blocking(move || {
+                    s.write(move |s| {
                         s.accepted(&job, parts, text.as_deref(), now)
                             .map(|settled| settled.iter().for_each(crate::peers::record_settled))
                     })
@@ -85,8 +85,7 @@ pub async fn run(
                 Err(e) if e.permanent => {
                     metrics::counter!("boxless_sms_failed_total").increment(1);
                     tracing::warn!(error = %e, "SMS refused for good: the next channel, if any");
-                    let r =
-                        tokio::task::spawn_blocking(move || s.refused(&job, &e.detail, now)).await;
+                    let r = s.write(move |s| s.refused(&job, &e.detail, now)).await;
                     handle.wake_others.notify_one();
                     r
                 }
@@ -95,7 +94,7 @@ pub async fn run(
                     let delay = backoff.delay_ms(job.attempts + 1);
                     tracing::warn!(error = %e, attempt = job.attempts + 1, retry_in_ms = delay, "SMS not accepted");
                     let detail = e.detail;
-                    tokio::task::spawn_blocking(move || s.failed(&job, now + delay, &detail)).await
+                    s.write(move |s| s.failed(&job, now + delay, &detail)).await
                 }
             };
             recorded(res);
@@ -104,14 +103,15 @@ pub async fn run(
             continue;
         }
         let s = store.clone();
-        let (next, pending) = tokio::task::spawn_blocking(move || {
-            (
-                s.next_due(Lane::Sms).ok().flatten(),
-                s.pending().unwrap_or(0),
-            )
-        })
-        .await
-        .unwrap_or((None, 0));
+        let (next, pending) = s
+            .read(move |s| {
+                (
+                    s.next_due(Lane::Sms).ok().flatten(),
+                    s.pending().unwrap_or(0),
+                )
+            })
+            .await
+            .unwrap_or((None, 0));
         handle
             .healthy
             .store(pending < MAX_BACKLOG, Ordering::Relaxed);
@@ -172,20 +172,20 @@ pub async fn run_notices(
                     metrics::counter!("boxless_notices_sent_total", "channel" => channel)
                         .increment(1);
                     tracing::info!(job = job.id, channel, message = ?job.message_id, "notice taken");
-                    tokio::task::spawn_blocking(move || s.handed_over(&job, now)).await
+                    s.write(move |s| s.handed_over(&job, now)).await
                 }
                 Err(e) if e.permanent => {
                     metrics::counter!("boxless_notices_failed_total", "channel" => channel)
                         .increment(1);
                     tracing::warn!(job = job.id, channel, error = %e, "notice refused for good: the next channel, if any");
-                    tokio::task::spawn_blocking(move || s.refused(&job, &e.detail, now)).await
+                    s.write(move |s| s.refused(&job, &e.detail, now)).await
                 }
                 Err(e) => {
                     metrics::counter!("boxless_notices_failed_total", "channel" => channel)
                         .increment(1);
                     let delay = backoff.delay_ms(job.attempts + 1);
                     tracing::warn!(job = job.id, channel, error = %e, attempt = job.attempts + 1, retry_in_ms = delay, "notice not taken");
-                    tokio::task::spawn_blocking(move || s.failed(&job, now + delay, &e.detail))
+                    s.write(move |s| s.failed(&job, now + delay, &e.detail))
                         .await
                 }
             };
@@ -195,7 +195,8 @@ pub async fn run_notices(
             continue;
         }
         let s = store.clone();
-        let next = tokio::task::spawn_blocking(move || s.next_due(Lane::Other).ok().flatten())
+        let next = s
+            .read(move |s| s.next_due(Lane::Other).ok().flatten())
             .await
             .unwrap_or(None);
         // Receipts bring a fallback forward from another task: look at least every second.
@@ -211,7 +212,7 @@ pub async fn run_notices(
 /// a second's pause).
 async fn due(store: &Arc<Store>, limit: usize, lane: Lane) -> Option<Vec<OutboxJob>> {
     let (s, now) = (store.clone(), now_ms());
-    match tokio::task::spawn_blocking(move || s.due(now, limit, lane)).await {
+    match s.read(move |s| s.due(now, limit, lane)).await {
         Ok(Ok(j)) => Some(j),
         other => {
             tracing::error!(?other, ?lane, "outbox: reading due notices failed");
@@ -222,11 +223,8 @@ async fn due(store: &Arc<Store>, limit: usize, lane: Lane) -> Option<Vec<OutboxJ
 }
 
 /// Logs an outcome the store could not record (the notice stays due: it goes again).
-fn recorded<T>(res: Result<boxless_store::Result<T>, tokio::task::JoinError>) {
-    if let Ok(Err(e)) | Err(e) = res
-        .map_err(|e| e.to_string())
-        .map(|r| r.map_err(|e| e.to_string()))
-    {
+fn recorded<T>(res: boxless_store::Result<boxless_store::Result<T>>) {
+    if let Ok(Err(e)) | Err(e) = res {
         tracing::error!(error = %e, "outbox: recording an outcome failed");
     }
 }
@@ -242,7 +240,7 @@ async fn apply_spend(
     let s = store.clone();
     let rules = rules.clone();
     let dir = directory.clone();
-    let res = tokio::task::spawn_blocking(move || -> boxless_store::Result<Option<OutboxJob>> {
+    let res = s.write(move |s| -> boxless_store::Result<Option<OutboxJob>> {
         let now = now_ms();
         // Checked when it is due, so a STOP that came after the deposit counts.
         if job.kind != JobKind::Confirm && dir.opted_out(job.destination) {

@@ -161,7 +161,9 @@ impl MessagingServer {
             tracing::info!(server = %server.id, sip_tls = %addr, "SIP over TLS");
         }
         let me = server.clone();
-        tokio::task::spawn_blocking(move || me.recover())
+        server
+            .store
+            .write(move |_| me.recover())
             .await
             .map_err(std::io::Error::other)?;
         tokio::spawn(server.clone().heartbeat());

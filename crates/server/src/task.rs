@@ -152,6 +152,7 @@ async fn load(server: Arc<MessagingServer>, a: Admitted) -> Option<Loaded> {
             recipient,
             greeting: match server.greeting {
                 Greeting::Digits => {
+                    // The recipients' copy is its own database, not the message store.
                     let me = server.clone();
                     let lang = tokio::task::spawn_blocking(move || me.language(recipient))
                         .await
@@ -174,25 +175,27 @@ async fn retrieval_setup(
 ) -> Option<RetrievalSetup> {
     let now = now_ms();
     let me = server.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let (store, dir) = (&me.store, &me.directory);
-        let (msgs, matched) = store.for_link(link, caller, |c, r| dir.stands_for(c, r))?;
-        // Prompts in the language of whom the messages are for (else the caller's).
-        let lang: Language = me.language(
-            msgs.first()
-                .and_then(|m| m.recipient)
-                .or(caller)
-                .unwrap_or(link),
-        );
-        let locked = store.link_locked(link, now)?;
-        let mut audio = HashMap::new();
-        for m in &msgs {
-            let (rate, samples) = store.audio(&m.id)?;
-            audio.insert(m.id.clone(), (rate, Arc::<[i16]>::from(samples)));
-        }
-        Ok::<_, boxless_store::Error>((msgs, matched, locked, audio, lang))
-    })
-    .await;
+    let loaded = server
+        .store
+        .read(move |store| {
+            let dir = &me.directory;
+            let (msgs, matched) = store.for_link(link, caller, |c, r| dir.stands_for(c, r))?;
+            // Prompts in the language of whom the messages are for (else the caller's).
+            let lang: Language = me.language(
+                msgs.first()
+                    .and_then(|m| m.recipient)
+                    .or(caller)
+                    .unwrap_or(link),
+            );
+            let locked = store.link_locked(link, now)?;
+            let mut audio = HashMap::new();
+            for m in &msgs {
+                let (rate, samples) = store.audio(&m.id)?;
+                audio.insert(m.id.clone(), (rate, Arc::<[i16]>::from(samples)));
+            }
+            Ok::<_, boxless_store::Error>((msgs, matched, locked, audio, lang))
+        })
+        .await;
     let (msgs, matched, locked, audio, language) = match loaded {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
@@ -247,8 +250,9 @@ async fn wrong_code(server: &MessagingServer, link: PhoneNumber) -> bool {
     metrics::counter!("boxless_wrong_access_codes_total").increment(1);
     let store = server.store.clone();
     let (max, window) = (server.max_wrong_codes_per_link, server.lockout_ms);
-    let res =
-        tokio::task::spawn_blocking(move || store.wrong_code(link, now_ms(), max, window)).await;
+    let res = store
+        .write(move |store| store.wrong_code(link, now_ms(), max, window))
+        .await;
     match res {
         Ok(Ok(true)) => {
             metrics::counter!("boxless_link_lockouts_total").increment(1);
@@ -264,6 +268,9 @@ async fn wrong_code(server: &MessagingServer, link: PhoneNumber) -> bool {
         Err(_) => true,
     }
 }
+
+/// A store in progress: true once the message (or the missed-call alert) is durable.
+type Storing = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 struct Call {
     server: Arc<MessagingServer>,
@@ -287,7 +294,7 @@ struct Call {
 impl Call {
     async fn run(mut self) {
         let mut next_drain = drain_due(Instant::now(), drain_period(&self.machine), self.port);
-        let mut storing: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut storing: Option<Storing> = None;
         let mut reason = EndReason::CallerBye;
         'outer: loop {
             while let Some(out) = self.machine.poll_output() {
@@ -357,7 +364,7 @@ impl Call {
                 }
                 ok = async { storing.as_mut().expect("guarded by the select condition").await }, if storing.is_some() => {
                     storing = None;
-                    self.machine.handle_stored(Instant::now(), ok.unwrap_or(false));
+                    self.machine.handle_stored(Instant::now(), ok);
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -375,7 +382,7 @@ impl Call {
         if let Some(rec) = self.tape.unload() {
             // Ended without a store (the leg closed under it): what was said is kept.
             let server = self.server.clone();
-            let _ = tokio::task::spawn_blocking(move || server.salvage(rec)).await;
+            let _ = self.server.store.write(move |_| server.salvage(rec)).await;
         }
         tracing::info!(?reason, "call ended");
         self.server.call_ended(&self.call_id, self.port);
@@ -428,26 +435,34 @@ impl Call {
 
     /// Stores the recording (or, when it could not be written, alerts a missed call and
     /// reports the store failed).
-    fn store(&mut self, keep: u64) -> tokio::task::JoinHandle<bool> {
+    fn store(&mut self, keep: u64) -> Storing {
         let server = self.server.clone();
         let failed = self.tape.failed();
         let rec = self.tape.unload();
         let arrival = self.arrival();
-        tokio::task::spawn_blocking(move || match rec {
-            Some(rec) if !failed => server.deposit(rec, keep),
-            rec => {
-                metrics::counter!("boxless_store_errors_total").increment(1);
-                server.missed_call(arrival, rec);
-                false
-            }
+        let store = self.server.store.clone();
+        Box::pin(async move {
+            let stored = store.write(move |_| match rec {
+                Some(rec) if !failed => server.deposit(rec, keep),
+                rec => {
+                    metrics::counter!("boxless_store_errors_total").increment(1);
+                    server.missed_call(arrival, rec);
+                    false
+                }
+            });
+            stored.await.unwrap_or(false)
         })
     }
 
-    fn missed_call(&mut self) -> tokio::task::JoinHandle<bool> {
+    fn missed_call(&mut self) -> Storing {
         let server = self.server.clone();
         let rec = self.tape.unload();
         let arrival = self.arrival();
-        tokio::task::spawn_blocking(move || server.missed_call(arrival, rec))
+        let store = self.server.store.clone();
+        Box::pin(async move {
+            let queued = store.write(move |_| server.missed_call(arrival, rec));
+            queued.await.unwrap_or(false)
+        })
     }
 
     fn arrival(&self) -> Arrival {
@@ -465,9 +480,12 @@ impl Call {
             Mark::Saved => MessageState::Saved,
             Mark::Deleted => MessageState::Deleted,
         };
-        tokio::task::spawn_blocking(move || match store.set_state(&id, state, now_ms()) {
-            Ok(_) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
-            Err(e) => tracing::error!(id = %id, error = %e, "message state NOT recorded"),
+        tokio::spawn(async move {
+            let set = store.write(move |s| s.set_state(&id, state, now_ms()).map(|_| id));
+            match set.await.and_then(|r| r) {
+                Ok(id) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
+                Err(e) => tracing::error!(error = %e, "message state NOT recorded"),
+            }
         });
     }
 }

@@ -29,6 +29,8 @@ impl MessagingServer {
         let every = (self.ttl / 3).max(Duration::from_millis(100));
         loop {
             tokio::time::sleep(every).await;
+            // statvfs, off the async threads; not on the store's readers, where a
+            // heartbeat would queue behind slow reads and the server look dead.
             let s = self.clone();
             let _ = tokio::task::spawn_blocking(move || s.report()).await;
         }
@@ -38,17 +40,19 @@ impl MessagingServer {
     pub(crate) async fn retention(self: Arc<Self>, policy: Retention) {
         loop {
             let s = self.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                let now = now_ms();
-                if let Err(e) = s.store.prune_outbox(now) {
-                    tracing::error!(error = %e, "pruning finished notifications failed");
-                }
-                s.store.sweep(now, &policy, |m, expires| {
-                    let lang = s.language(m.recipient);
-                    s.texts.reminder(m.caller, m.link_number, expires, lang)
+            let res = self
+                .store
+                .write(move |_| {
+                    let now = now_ms();
+                    if let Err(e) = s.store.prune_outbox(now) {
+                        tracing::error!(error = %e, "pruning finished notifications failed");
+                    }
+                    s.store.sweep(now, &policy, |m, expires| {
+                        let lang = s.language(m.recipient);
+                        s.texts.reminder(m.caller, m.link_number, expires, lang)
+                    })
                 })
-            })
-            .await;
+                .await;
             match res {
                 Ok(Ok(done)) if done.deleted + done.reminded > 0 => {
                     tracing::info!(

@@ -71,7 +71,7 @@ impl Store {
 
     /// The oldest event not yet sent.
     pub fn next_event(&self) -> Result<Option<Event>> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare_cached(
             "SELECT id, kind, data, created_ms FROM events
              WHERE id > COALESCE((SELECT last_id FROM event_cursor WHERE one = 1), 0)
@@ -107,7 +107,7 @@ impl Store {
 
     /// Events not yet sent.
     pub fn events_waiting(&self) -> Result<u64> {
-        let v: i64 = self.db().query_row(
+        let v: i64 = self.read_db().query_row(
             "SELECT COUNT(*) FROM events
              WHERE id > COALESCE((SELECT last_id FROM event_cursor WHERE one = 1), 0)",
             [],

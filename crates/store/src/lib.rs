@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod receipts;
 pub mod recording;
 pub mod retention;
+mod threads;
 pub mod wav;
 pub mod web;
 
@@ -52,6 +53,9 @@ pub enum Error {
     /// A bounded table is full.
     #[error("{0}: full")]
     Full(&'static str),
+    /// The store's threads are gone (the store was dropped), or a job on them panicked.
+    #[error("the store stopped")]
+    Stopped,
 }
 
 /// Store result.
@@ -203,7 +207,14 @@ pub struct SmsFacts<'a> {
 /// One server's store.
 #[derive(Debug)]
 pub struct Store {
+    /// The one connection that writes (and reads within a change).
     conn: Mutex<Connection>,
+    /// Read-only connections: reads beside the writes (WAL).
+    readers: Vec<Mutex<Connection>>,
+    /// The next reader to try first.
+    next_reader: std::sync::atomic::AtomicUsize,
+    /// The writer and reader threads async code reaches the store through.
+    threads: threads::Threads,
     dir: PathBuf,
     web: std::sync::OnceLock<web::WebLinks>,
     audio_dir: PathBuf,
@@ -282,8 +293,23 @@ impl Store {
         outbox::migrate(&conn)?;
         conn.execute_batch("CREATE INDEX IF NOT EXISTS outbox_sent ON outbox(sent_at_ms)")?;
         conn.execute_batch(events::SCHEMA)?;
+        let path = dir.join("messages.sqlite");
+        let readers = (0..threads::READERS)
+            .map(|_| {
+                let r = Connection::open_with_flags(
+                    &path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                r.busy_timeout(std::time::Duration::from_secs(5))?;
+                Ok(Mutex::new(r))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let store = Store {
             conn: Mutex::new(conn),
+            readers,
+            next_reader: std::sync::atomic::AtomicUsize::new(0),
+            threads: threads::Threads::start(server_id)?,
             dir: dir.to_path_buf(),
             web: std::sync::OnceLock::new(),
             audio_dir,
@@ -302,6 +328,23 @@ impl Store {
     fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock is a bug elsewhere; the connection itself stays usable.
         let db = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        self.stall();
+        db
+    }
+
+    /// A read-only connection: a free one if any, else the next in turn.
+    fn read_db(&self) -> std::sync::MutexGuard<'_, Connection> {
+        let first = self
+            .next_reader
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.readers.len();
+        let db = (0..n)
+            .find_map(|i| self.readers[(first + i) % n].try_lock().ok())
+            .unwrap_or_else(|| {
+                self.readers[first % n]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            });
         self.stall();
         db
     }
@@ -503,7 +546,7 @@ impl Store {
 
     /// One message.
     pub fn get(&self, id: &str) -> Result<Option<MessageInfo>> {
-        let db = self.db();
+        let db = self.read_db();
         let row = db
             .query_row(select_message!("WHERE id = ?1"), [id], |r| self.row(r))
             .optional()?;
@@ -518,7 +561,7 @@ impl Store {
 
     /// Messages, newest first, optionally for one recipient.
     pub fn list(&self, recipient: Option<PhoneNumber>, limit: usize) -> Result<Vec<MessageInfo>> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare(select_message!(
             "WHERE (?1 IS NULL OR recipient = ?1) ORDER BY received_at_ms DESC, id LIMIT ?2"
         ))?;
@@ -566,7 +609,7 @@ impl Store {
         caller: Option<PhoneNumber>,
         stands_for: impl Fn(PhoneNumber, PhoneNumber) -> bool,
     ) -> Result<(Vec<LinkMessage>, bool)> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare_cached(
             "SELECT id, recipient, caller, received_at_ms, access_code FROM messages
              WHERE link_number = ?1 AND state IN ('new', 'notified') ORDER BY received_at_ms, id",

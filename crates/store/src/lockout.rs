@@ -24,7 +24,7 @@ impl Store {
     /// True while `link` is locked at `now`.
     pub fn link_locked(&self, link: PhoneNumber, now: u64) -> Result<bool> {
         let until: Option<i64> = self
-            .db()
+            .read_db()
             .query_row(
                 "SELECT locked_until_ms FROM lockouts WHERE link_number = ?1",
                 [link.as_u64() as i64],

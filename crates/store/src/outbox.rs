@@ -229,7 +229,7 @@ impl Store {
 
     /// Notices of `lane` due at `now`, oldest first.
     pub fn due(&self, now: u64, limit: usize, lane: Lane) -> Result<Vec<OutboxJob>> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare_cached(
             "SELECT id, message_id, destination, source, text, attempts, kind, channel, address, step
              FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (channel = 'sms') = ?3
@@ -266,7 +266,7 @@ impl Store {
 
     /// SMS sent to `to` in the rolling hour before `now`.
     pub fn window(&self, to: PhoneNumber, now: u64) -> Result<Window> {
-        let (sent, oldest): (i64, Option<i64>) = self.db().query_row(
+        let (sent, oldest): (i64, Option<i64>) = self.read_db().query_row(
             "SELECT COUNT(*), MIN(sent_at_ms) FROM outbox
              WHERE destination = ?1 AND sent_at_ms > ?2 AND channel = 'sms'",
             params![to.as_u64() as i64, sql_ms(now.saturating_sub(HOUR_MS))],
@@ -340,7 +340,7 @@ impl Store {
 
     /// What digest `id` carries.
     pub fn digest_facts(&self, id: i64) -> Result<DigestFacts> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare_cached(
             "SELECT kind, merged_count, caller, source, created_ms FROM outbox
              WHERE digest_id = ?1 ORDER BY created_ms DESC, id DESC",
@@ -380,7 +380,7 @@ impl Store {
 
     /// When the next pending notice of `lane` is due, if any.
     pub fn next_due(&self, lane: Lane) -> Result<Option<u64>> {
-        let v: Option<i64> = self.db().query_row(
+        let v: Option<i64> = self.read_db().query_row(
             "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending' AND (channel = 'sms') = ?1",
             [lane == Lane::Sms],
             |r| r.get(0),
@@ -390,7 +390,7 @@ impl Store {
 
     /// Pending SMS count.
     pub fn pending(&self) -> Result<u64> {
-        let v: i64 = self.db().query_row(
+        let v: i64 = self.read_db().query_row(
             "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
             [],
             |r| r.get(0),

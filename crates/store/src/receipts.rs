@@ -248,7 +248,7 @@ impl Store {
 
     /// The parts of `job` the SMSC has taken (a retry sends only the others).
     pub fn parts_accepted(&self, job: i64) -> Result<Vec<u8>> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt =
             db.prepare_cached("SELECT part FROM sms_parts WHERE outbox_id = ?1 ORDER BY part")?;
         let v = stmt
@@ -398,7 +398,7 @@ impl Store {
     /// Early receipts kept since `since` (oldest first, at most `limit`): another process
     /// sharing the SMPP account may have sent their parts.
     pub fn early_since(&self, since: u64, limit: usize) -> Result<Vec<EarlyReceipt>> {
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare_cached(
             "SELECT smsc_id, state, error FROM early_receipts WHERE received_ms >= ?1
              ORDER BY received_ms LIMIT ?2",
@@ -431,7 +431,7 @@ impl Store {
     /// Receipts waiting for their `submit_sm_resp`.
     pub fn early_receipts(&self) -> Result<u64> {
         let v: i64 = self
-            .db()
+            .read_db()
             .query_row("SELECT COUNT(*) FROM early_receipts", [], |r| r.get(0))?;
         Ok(v as u64)
     }

@@ -117,7 +117,7 @@ impl Store {
     /// The message a token opens: only while it exists and is not deleted.
     pub fn by_web_token(&self, token: &WebToken) -> Result<Option<MessageInfo>> {
         let h = hash(token);
-        let db = self.db();
+        let db = self.read_db();
         let mut stmt = db.prepare_cached(crate::select_message!(
             "WHERE web_hash = ?1 AND state != 'deleted'"
         ))?;
@@ -175,7 +175,7 @@ impl Store {
     pub fn activity(&self, now_ms: u64, minutes: u32) -> Result<Activity> {
         let empty = Activity::empty(now_ms, minutes);
         let from = empty.from_ms;
-        let db = self.db();
+        let db = self.read_db();
         let per_minute = |sql: &str| -> Result<Vec<u32>> {
             let mut v = empty.deposits.clone();
             let mut stmt = db.prepare_cached(sql)?;
