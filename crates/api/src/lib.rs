@@ -6,6 +6,7 @@
 pub mod auth;
 mod page;
 pub mod recipients;
+pub mod schema;
 mod status;
 pub mod web;
 
@@ -18,11 +19,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use boxless_core::{ControlHealth, PhoneNumber, StatusBoard, now_ms, rfc3339};
+use boxless_core::{ControlHealth, PhoneNumber, StatusBoard, now_ms};
 use boxless_store::{MessageInfo, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// What the API reads.
 #[derive(Clone)]
@@ -90,6 +91,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(recipients::delete),
         )
         .route("/api/v1/activity", get(status::activity))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/status", get(status::page))
         .merge(web::routes())
         .fallback(|| async {
@@ -101,6 +103,14 @@ pub fn router(state: ApiState) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(auth, auth::layer))
         .with_state(state)
+}
+
+/// `GET /api/v1/openapi.json`: this API's OpenAPI document, made from the handlers.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
+async fn openapi() -> Response {
+    use utoipa::OpenApi as _;
+    axum::Json(schema::ApiDoc::openapi()).into_response()
 }
 
 /// Serves the API on `addr` until the runtime stops: HTTPS when `tls` is given.
@@ -170,11 +180,11 @@ async fn serve_tls(
 }
 
 fn error(code: StatusCode, error: &str, detail: &str) -> Response {
-    (
-        code,
-        axum::Json(json!({ "error": error, "detail": detail })),
-    )
-        .into_response()
+    let body = schema::ErrorBody {
+        error: error.to_string(),
+        detail: detail.to_string(),
+    };
+    (code, axum::Json(body)).into_response()
 }
 
 /// Header naming a degraded control plane on `/healthz` and `/api/v1/servers`.
@@ -213,32 +223,39 @@ fn with_health(s: &ApiState, mut r: Response) -> Response {
 }
 
 /// `GET /api/v1/health`: the process's health in full.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health",
+    responses((status = 200, description = "The process's health", body = schema::Health)))]
 async fn health(State(s): State<ApiState>) -> Response {
     let taking = s.taking_calls.load(Ordering::Relaxed);
-    let (connected, down_for, grace_left) = match s.board.control.health(now_ms()) {
-        ControlHealth::Ok => (true, Value::Null, Value::Null),
+    let (connected, down_for_ms, grace_left_ms) = match s.board.control.health(now_ms()) {
+        ControlHealth::Ok => (true, None, None),
         ControlHealth::Degraded {
             down_for_ms,
             grace_left_ms,
-        } => (false, json!(down_for_ms), json!(grace_left_ms)),
+        } => (false, Some(down_for_ms), Some(grace_left_ms)),
     };
     let status = match (taking, connected) {
         (false, _) => "draining",
         (true, false) => "degraded",
         (true, true) => "ok",
     };
-    axum::Json(json!({
-        "status": status,
-        "taking_calls": taking,
-        "control": {
-            "connected": connected,
-            "down_for_ms": down_for,
-            "grace_left_ms": grace_left,
+    axum::Json(schema::Health {
+        status: status.to_string(),
+        taking_calls: taking,
+        control: schema::ControlView {
+            connected,
+            down_for_ms,
+            grace_left_ms,
         },
-    }))
+    })
     .into_response()
 }
 
+/// `GET /healthz`: `ok` while the process takes calls (open, no token).
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses(
+        (status = 200, description = "Taking calls; a `boxless-health: degraded; ...` header while NATS is unreachable", body = String, content_type = "text/plain"),
+        (status = 503, description = "Draining", body = String, content_type = "text/plain")))]
 async fn healthz(State(s): State<ApiState>) -> Response {
     if s.taking_calls.load(Ordering::Relaxed) {
         with_health(&s, (StatusCode::OK, "ok").into_response())
@@ -247,6 +264,9 @@ async fn healthz(State(s): State<ApiState>) -> Response {
     }
 }
 
+/// `GET /metrics`: Prometheus text format (read token).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 async fn metrics_text(State(s): State<ApiState>) -> Response {
     let now = now_ms();
     let at = s.board.status_time(now);
@@ -272,32 +292,36 @@ async fn metrics_text(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// `GET /api/v1/servers`: every messaging server as the router sees it.
+#[utoipa::path(get, path = "/api/v1/servers", tag = "servers",
+    responses((status = 200, description = "The servers", body = [schema::ServerView])))]
 async fn servers(State(s): State<ApiState>) -> Response {
     let now = now_ms();
     let at = s.board.status_time(now);
-    let list: Vec<Value> = s
+    let list: Vec<schema::ServerView> = s
         .board
         .slots
         .iter()
         .map(|slot| {
             let v = slot.view();
-            json!({
-                "id": slot.id,
-                "address": slot.sip.to_string(),
-                "state": v.effective_state(at, s.ttl_ms).as_str(),
-                "active_calls": v.active,
-                "capacity": v.capacity,
-                "free_disk_bytes": v.free_disk,
-                "last_seen_ms": if v.last_update_ms == 0 { Value::Null } else { json!(now.saturating_sub(v.last_update_ms)) },
-                "link_numbers": slot.pool.to_strings(),
-            })
+            schema::ServerView {
+                id: slot.id.clone(),
+                address: slot.sip.to_string(),
+                state: v.effective_state(at, s.ttl_ms).as_str().to_string(),
+                active_calls: v.active,
+                capacity: v.capacity,
+                free_disk_bytes: v.free_disk,
+                last_seen_ms: (v.last_update_ms != 0).then(|| now.saturating_sub(v.last_update_ms)),
+                link_numbers: slot.pool.to_strings(),
+            }
         })
         .collect();
     with_health(&s, axum::Json(list).into_response())
 }
 
 /// `GET /api/v1/messages` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// Only this recipient (E.164).
     pub recipient: Option<String>,
@@ -306,23 +330,8 @@ pub struct MessagesQuery {
 }
 
 fn json_message(m: &MessageInfo) -> Value {
-    json!({
-        "id": m.id,
-        "recipient": m.recipient.to_string(),
-        "caller": m.caller.map(|c| c.to_string()),
-        "received_at": rfc3339(m.received_at_ms),
-        "duration_ms": m.duration_ms,
-        "link_number": m.link_number.to_string(),
-        "server": m.server,
-        "state": m.state.as_str(),
-        "notifications": m.notifications.iter().map(|n| json!({
-            "channel": n.channel, "to": n.to, "step": n.step, "state": n.state,
-            "attempts": n.attempts, "last_error": n.last_error,
-            "accepted_at": n.accepted_at_ms.map(rfc3339),
-            "final_at": n.final_at_ms.map(rfc3339),
-            "delivery_ms": n.accepted_at_ms.zip(n.final_at_ms).map(|(a, f)| f.saturating_sub(a)),
-        })).collect::<Vec<_>>(),
-    })
+    // A struct of strings and numbers always serializes.
+    serde_json::to_value(schema::MessageView::from(m)).unwrap_or(Value::Null)
 }
 
 /// The caller's `Authorization` value, passed on to the servers a router's API asks.
@@ -373,6 +382,11 @@ async fn ask_remotes(
     (answers, missing)
 }
 
+/// `GET /api/v1/messages`: the messages of every server, newest first.
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", params(MessagesQuery),
+    responses(
+        (status = 200, description = "Messages; from a router, `boxless-missing-servers` names the servers that did not answer", body = [schema::MessageView]),
+        (status = 400, description = "A recipient that is not E.164", body = schema::ErrorBody)))]
 async fn messages(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -524,6 +538,12 @@ async fn with_store<T: Send + 'static>(
     }
 }
 
+/// `GET /api/v1/messages/{id}`: one message.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", operation_id = "get_message",
+    params(("id" = String, Path, description = "The message id, `<server>-<hex>`")),
+    responses(
+        (status = 200, description = "The message", body = schema::MessageView),
+        (status = 404, description = "No such message", body = schema::ErrorBody)))]
 async fn message(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -542,12 +562,20 @@ async fn message(
 }
 
 /// `GET /api/v1/messages/{id}/audio` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AudioQuery {
     /// `original`: the file as stored (G.711 WAV when kept so); else 16-bit PCM WAV.
     pub format: Option<String>,
 }
 
+/// `GET /api/v1/messages/{id}/audio`: the recording as WAV.
+#[utoipa::path(get, path = "/api/v1/messages/{id}/audio", tag = "messages",
+    params(("id" = String, Path, description = "The message id"), AudioQuery),
+    responses(
+        (status = 200, description = "Mono 16-bit PCM WAV (8 or 16 kHz); with `format=original` the file as stored", body = Vec<u8>, content_type = "audio/wav"),
+        (status = 400, description = "An unknown format", body = schema::ErrorBody),
+        (status = 404, description = "No audio for that id", body = schema::ErrorBody)))]
 async fn audio(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -593,6 +621,13 @@ async fn audio(
     }
 }
 
+/// `DELETE /api/v1/messages/{id}`: marks it deleted and removes its audio (admin token).
+#[utoipa::path(delete, path = "/api/v1/messages/{id}", tag = "messages", operation_id = "delete_message",
+    params(("id" = String, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "Deleted", body = schema::MessageDeleted),
+        (status = 403, description = "A read token", body = schema::ErrorBody),
+        (status = 404, description = "No such message", body = schema::ErrorBody)))]
 async fn delete(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if valid_id(&id)
         && let Some(r) = forward(
@@ -607,7 +642,11 @@ async fn delete(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<St
         return r;
     }
     match with_store(&s, &id, Access::Write, |st, id| st.delete(id)).await {
-        Ok(true) => axum::Json(json!({ "id": id, "state": "deleted" })).into_response(),
+        Ok(true) => axum::Json(schema::MessageDeleted {
+            id,
+            state: "deleted".into(),
+        })
+        .into_response(),
         Ok(false) => no_message(),
         Err(r) => r,
     }
@@ -687,9 +726,9 @@ mod tests {
         let r = put(r#"{"notify_numbers": ["+15551230009"], "language": "fr"}"#).await;
         assert_eq!(r.status(), StatusCode::OK);
         let v = body(recipients::get(State(s.clone()), num()).await).await;
-        assert_eq!(v["notify_numbers"], json!(["+15551230009"]));
+        assert_eq!(v["notify_numbers"], serde_json::json!(["+15551230009"]));
         assert_eq!(v["language"], "fr");
-        assert_eq!(v["channels"], json!(["sms"]));
+        assert_eq!(v["channels"], serde_json::json!(["sms"]));
         assert_eq!(v["opted_out"], false);
         let r = recipients::get(State(s.clone()), Path("12".into())).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);

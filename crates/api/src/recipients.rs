@@ -1,6 +1,8 @@
 //! `PUT/GET/DELETE /api/v1/recipients/{number}`: a recipient's preferences (docs/http.md,
 //! "Routes"; docs/sms.md, "Channels and fallback"). Writes need an admin token (the auth layer).
 
+use crate::schema::{ErrorBody, RecipientDeleted, RecipientView};
+use crate::{ApiState, error};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -8,9 +10,6 @@ use axum::response::{IntoResponse, Response};
 use boxless_control::{Recipients, RecipientsError};
 use boxless_core::PhoneNumber;
 use boxless_core::recipient::{Prefs, PrefsInput};
-use serde_json::{Value, json};
-
-use crate::{ApiState, error};
 
 /// Bodies larger than this are refused: an entry is a few hundred bytes.
 const MAX_BODY: usize = 16 * 1024;
@@ -43,19 +42,28 @@ fn unavailable(e: RecipientsError) -> Response {
 }
 
 /// An entry as the API shows it.
-pub fn json_prefs(n: PhoneNumber, p: &Prefs) -> Value {
+pub fn json_prefs(n: PhoneNumber, p: &Prefs) -> RecipientView {
     let i = p.input();
-    json!({
-        "number": n.to_string(),
-        "email": i.email,
-        "webhook_url": i.webhook_url,
-        "language": i.language,
-        "channels": i.channels,
-        "opted_out": i.opted_out,
-        "notify_numbers": i.notify_numbers,
-    })
+    RecipientView {
+        number: Some(n.to_string()),
+        email: i.email,
+        webhook_url: i.webhook_url,
+        language: i.language,
+        channels: i.channels,
+        opted_out: i.opted_out,
+        notify_numbers: i.notify_numbers,
+    }
 }
 
+const NUMBER: &str = "The recipient's number, E.164 (`+` written `%2B`)";
+
+/// `GET /api/v1/recipients/{number}`: a recipient's entry.
+#[utoipa::path(get, path = "/api/v1/recipients/{number}", tag = "recipients", operation_id = "get_recipient",
+    params(("number" = String, Path, description = NUMBER)),
+    responses(
+        (status = 200, description = "The entry", body = RecipientView),
+        (status = 404, description = "No entry (SMS only, language from the country code)", body = ErrorBody),
+        (status = 503, description = "The recipients' bucket cannot be reached", body = ErrorBody)))]
 pub(crate) async fn get(State(s): State<ApiState>, Path(raw): Path<String>) -> Response {
     let (n, r) = match target(&s, &raw) {
         Ok(t) => t,
@@ -72,6 +80,15 @@ pub(crate) async fn get(State(s): State<ApiState>, Path(raw): Path<String>) -> R
     }
 }
 
+/// `PUT /api/v1/recipients/{number}`: sets a recipient's entry (admin token).
+#[utoipa::path(put, path = "/api/v1/recipients/{number}", tag = "recipients", operation_id = "put_recipient",
+    params(("number" = String, Path, description = NUMBER)),
+    request_body(content = RecipientView, description = "The entry, without `number`; at most 16 KiB"),
+    responses(
+        (status = 200, description = "The entry as stored", body = RecipientView),
+        (status = 400, description = "A field that is wrong, named", body = ErrorBody),
+        (status = 413, description = "More than 16 KiB", body = ErrorBody),
+        (status = 503, description = "The recipients' bucket cannot be reached", body = ErrorBody)))]
 pub(crate) async fn put(
     State(s): State<ApiState>,
     Path(raw): Path<String>,
@@ -110,13 +127,24 @@ pub(crate) async fn put(
     }
 }
 
+/// `DELETE /api/v1/recipients/{number}`: removes a recipient's entry (admin token).
+#[utoipa::path(delete, path = "/api/v1/recipients/{number}", tag = "recipients", operation_id = "delete_recipient",
+    params(("number" = String, Path, description = NUMBER)),
+    responses(
+        (status = 200, description = "Removed", body = RecipientDeleted),
+        (status = 404, description = "No entry", body = ErrorBody),
+        (status = 503, description = "The recipients' bucket cannot be reached", body = ErrorBody)))]
 pub(crate) async fn delete(State(s): State<ApiState>, Path(raw): Path<String>) -> Response {
     let (n, r) = match target(&s, &raw) {
         Ok(t) => t,
         Err(e) => return *e,
     };
     match r.delete(n).await {
-        Ok(true) => axum::Json(json!({ "number": n.to_string(), "deleted": true })).into_response(),
+        Ok(true) => axum::Json(RecipientDeleted {
+            number: n.to_string(),
+            deleted: true,
+        })
+        .into_response(),
         Ok(false) => error(
             StatusCode::NOT_FOUND,
             "not_found",

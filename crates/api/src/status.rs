@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use boxless_core::now_ms;
 use boxless_store::Activity;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::ApiState;
 
@@ -83,15 +83,17 @@ async fn gather(s: &ApiState, headers: &HeaderMap) -> (Activity, Vec<String>) {
 }
 
 /// `GET /api/v1/activity`: this process's stores' per-minute counts, last hour.
+#[utoipa::path(get, path = "/api/v1/activity", tag = "servers",
+    responses((status = 200, description = "Deposits and notices per minute, this process's servers", body = crate::schema::ActivityView)))]
 pub(crate) async fn activity(State(s): State<ApiState>) -> Response {
     let now = now_ms();
     match local(&s, now).await {
-        Ok(a) => axum::Json(json!({
-            "from_ms": a.from_ms,
-            "minute_ms": 60_000,
-            "deposits": a.deposits,
-            "notices": a.notices,
-        }))
+        Ok(a) => axum::Json(crate::schema::ActivityView {
+            from_ms: a.from_ms,
+            minute_ms: 60_000,
+            deposits: a.deposits,
+            notices: a.notices,
+        })
         .into_response(),
         Err(e) => crate::error(StatusCode::INTERNAL_SERVER_ERROR, "store", &e),
     }
@@ -269,9 +271,14 @@ mod tests {
         assert_eq!(svg.matches("<polyline").count(), 1);
         assert!(svg.contains("peak 7") && svg.contains(">now<"));
         assert!(svg.len() < 12 * 1024, "{} bytes", svg.len());
-        let back = from_json(&json!({"from_ms": 5, "deposits": a.deposits, "notices": a.notices}))
-            .unwrap();
+        let back = from_json(
+            &serde_json::json!({"from_ms": 5, "deposits": a.deposits, "notices": a.notices}),
+        )
+        .unwrap();
         assert_eq!(back.deposits[59], 7);
-        assert!(from_json(&json!({"from_ms": 5, "deposits": [1, "x"], "notices": []})).is_none());
+        assert!(
+            from_json(&serde_json::json!({"from_ms": 5, "deposits": [1, "x"], "notices": []}))
+                .is_none()
+        );
     }
 }
