@@ -26,21 +26,20 @@ Exits 1 when a check fails. Usage:
   python3 interop/abuse.py [--bin target/release/boxless] [untrusted pump forgedbye brute http nats]
 """
 
-import argparse
 import json
 import os
 import re
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from failover import (  # noqa: E402
-    ROOT, Fail, caller_pcap, check, free_port, read_jsonl, start_smsc_and_serve, stop_all,
-    wait_tcp, wait_until,
+from harness import (  # noqa: E402
+    ROOT, Procs, caller_pcap, check, free_port, ports, read_jsonl, run, start_smsc_and_serve,
+    stop_all,
+    wait_until, write_config,
 )
 
 LIMIT_PER_HOUR = 4            # two servers: 2 each
@@ -60,7 +59,7 @@ class Serve:
 
     def __init__(self, binary, work):
         self.bin, self.work = binary, work
-        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2", "h1", "h2")}
+        self.p = ports()
         self.sms_out = os.path.join(work, "sms.jsonl")
         self.procs = []
         self.crt, self.key = os.path.join(work, "api.crt"), os.path.join(work, "api.key")
@@ -72,47 +71,13 @@ class Serve:
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.admin, admin_lines = self.token("ops", "admin")
         self.read, read_lines = self.token("dash", "read")
-        self.cfg = os.path.join(work, "boxless.toml")
-        with open(self.cfg, "w") as f:
-            f.write(f"""data_dir = "{work}/data"
-[router]
-listen = "127.0.0.1:{self.p['router']}"
-mode = "redirect"
-redirect_contacts = 1
-[sip]
-trusted_peers = ["127.0.0.1/32"]
-[http]
-listen = "127.0.0.1:{self.p['http']}"
-auth = "token"
-tls_cert = "{self.crt}"
-tls_key = "{self.key}"
-{admin_lines}
-{read_lines}
-[sms]
-transport = "smpp"
-address = "127.0.0.1:{self.p['smsc']}"
-retry_initial_ms = 200
-retry_max_ms = 2000
-allowed_prefixes = ["+1"]
-max_per_recipient_per_hour = {LIMIT_PER_HOUR}
-[retrieval]
-max_wrong_codes_per_link = {WRONG_CODES_PER_LINK}
-[messages]
-greeting = "tone"
-silence_seconds = 5
-[[servers]]
-id = "ms1"
-listen = "127.0.0.1:{self.p['s1']}"
-http = "127.0.0.1:{self.p['h1']}"
-rtp_ports = "39000-39499"
-link_numbers = ["+18005550100-+18005550149"]
-[[servers]]
-id = "ms2"
-listen = "127.0.0.1:{self.p['s2']}"
-http = "127.0.0.1:{self.p['h2']}"
-rtp_ports = "39500-39999"
-link_numbers = ["+18005550150-+18005550199"]
-""")
+        self.cfg = write_config(
+            work, self.p, rtp=39000, mode="redirect", router="redirect_contacts = 1",
+            top='[sip]\ntrusted_peers = ["127.0.0.1/32"]\n',
+            http=f'auth = "token"\ntls_cert = "{self.crt}"\ntls_key = "{self.key}"\n'
+                 f"{admin_lines}\n{read_lines}",
+            sms=f'allowed_prefixes = ["+1"]\nmax_per_recipient_per_hour = {LIMIT_PER_HOUR}',
+            extra=f"[retrieval]\nmax_wrong_codes_per_link = {WRONG_CODES_PER_LINK}")
         self.ctx = ssl.create_default_context(cafile=self.crt)
 
     def token(self, name, scope):
@@ -295,51 +260,26 @@ def http(s):
 
 
 def nats(binary, work):
-    p = {k: free_port() for k in ("nats", "router", "http", "s1", "s2", "h1", "h2")}
+    p = ports("nats")
     for name, pw in (("good.pw", "right-password"), ("bad.pw", "wrong-password")):
         # Secret files readable by their owner only: boxless refuses others.
         fd = os.open(os.path.join(work, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(pw + "\n")
-    base = f"""data_dir = "{work}/nats-data"
-[router]
-listen = "127.0.0.1:{p['router']}"
-[http]
-listen = "127.0.0.1:{p['http']}"
-[control]
-backend = "nats"
-url = "nats://127.0.0.1:{p['nats']}"
-user = "boxless"
-password_file = "{work}/PASSWORD"
-[[servers]]
-id = "ms1"
-listen = "127.0.0.1:{p['s1']}"
-http = "127.0.0.1:{p['h1']}"
-rtp_ports = "41000-41099"
-link_numbers = ["+18005550100"]
-[[servers]]
-id = "ms2"
-listen = "127.0.0.1:{p['s2']}"
-http = "127.0.0.1:{p['h2']}"
-rtp_ports = "41100-41199"
-link_numbers = ["+18005550101"]
-"""
-    for name, pw in (("good.toml", "good.pw"), ("bad.toml", "bad.pw")):
-        with open(os.path.join(work, name), "w") as f:
-            f.write(base.replace("PASSWORD", pw))
-    procs = []
-
-    def start(name, argv, port):
-        log = open(os.path.join(work, f"{name}.log"), "ab")
-        procs.append(subprocess.Popen(argv, stdout=log, stderr=log, cwd=work))
-        wait_tcp(port)
-
+    cfg = {}
+    for name, pw in (("good", "good.pw"), ("bad", "bad.pw")):
+        cfg[name] = write_config(
+            work, p, rtp=41000, rtp_span=100, links=("+18005550100", "+18005550101"),
+            name=f"{name}.toml",
+            extra=(f'[control]\nbackend = "nats"\nurl = "nats://127.0.0.1:{p["nats"]}"\n'
+                   f'user = "boxless"\npassword_file = "{work}/{pw}"'))
+    procs = Procs(work)
     try:
-        start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(p["nats"]),
-                       "--user", "boxless", "--pass", "right-password"], p["nats"])
-        start("ms1", [binary, "server", "--config", os.path.join(work, "good.toml"), "--id", "ms1"], p["h1"])
-        start("ms2", [binary, "server", "--config", os.path.join(work, "bad.toml"), "--id", "ms2"], p["h2"])
-        start("router", [binary, "router", "--config", os.path.join(work, "good.toml")], p["http"])
+        procs.start("nats", ["nats-server", "-a", "127.0.0.1", "-p", str(p["nats"]),
+                             "--user", "boxless", "--pass", "right-password"], p["nats"])
+        procs.start("ms1", [binary, "server", "--config", cfg["good"], "--id", "ms1"], p["h1"])
+        procs.start("ms2", [binary, "server", "--config", cfg["bad"], "--id", "ms2"], p["h2"])
+        procs.start("router", [binary, "router", "--config", cfg["good"]], p["http"])
 
         def states():
             with urllib.request.urlopen(f"http://127.0.0.1:{p['http']}/api/v1/servers", timeout=2) as r:
@@ -354,41 +294,28 @@ link_numbers = ["+18005550101"]
         check(st["ms1"] == "up" and st["ms2"] == "down", "the wrong password is refused, the right one joins")
         check(refused, "the refused server says why")
     finally:
-        for pr in procs:
-            pr.kill()
-            pr.wait()
+        procs.kill()
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("runs", nargs="*",
-                    default=["untrusted", "pump", "forgedbye", "brute", "http", "nats"])
-    a = ap.parse_args()
-    binary = os.path.abspath(a.bin)
-    failed = []
-    with tempfile.TemporaryDirectory(prefix="boxless-abuse-") as work:
-        s = None
-        for run in a.runs:
-            print(f"== {run}")
-            try:
-                if run == "nats":
-                    nats(binary, work)
-                    continue
-                if s is None:
-                    s = Serve(binary, work)
-                    s.start()
-                {"untrusted": untrusted, "pump": pump, "forgedbye": forged_bye,
-                 "brute": brute, "http": http}[run](s)
-            except (Fail, RuntimeError, subprocess.TimeoutExpired, StopIteration, KeyError) as e:
-                print(f"  FAILED: {e!r}")
-                failed.append(run)
-        if s is not None:
-            s.stop()
-        if failed:
-            os.system(f"tail -n 40 {work}/serve.log")
-    print(f"abuse: {len(a.runs) - len(failed)} passed, {len(failed)} failed")
-    sys.exit(1 if failed else 0)
+    # One `boxless serve` serves every run but `nats`, which starts its own processes.
+    serve = []
+
+    def one(name, a, work):
+        if name == "nats":
+            return nats(a.bin, work)
+        if not serve:
+            serve.append(Serve(a.bin, work))
+            serve[0].start()
+        {"untrusted": untrusted, "pump": pump, "forgedbye": forged_bye,
+         "brute": brute, "http": http}[name](serve[0])
+
+    try:
+        run(__doc__, ["untrusted", "pump", "forgedbye", "brute", "http", "nats"], one,
+            prefix="boxless-abuse-")
+    finally:
+        if serve:
+            serve[0].stop()
 
 
 if __name__ == "__main__":

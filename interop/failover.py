@@ -26,137 +26,22 @@ It prints the figures (detection, rejoin, failed calls, router CPU per call) and
       [kill] [drain] [nats]
 """
 
-import argparse
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
-import wave
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from harness import (
+    ROOT, Fail, Procs, caller_pcap, cpu_ns, free_port, http_get, ports, run,
+    server_state, wait_until, write_config,
+)
+
 TTL_S = 3
 RECIPIENT = "+15551230002"
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-    # The SIP ports take UDP and TCP; make sure both are free.
-    with socket.socket() as t:
-        try:
-            t.bind(("127.0.0.1", port))
-        except OSError:
-            return free_port()
-    return port
-
-
-def wait_tcp(port, limit=20.0):
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"127.0.0.1:{port} did not come up within {limit} s")
-
-
-def http_get(port, path, timeout=2.0):
-    """(status, headers, parsed JSON or text); status 0 when nothing answered."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
-            body = r.read().decode()
-            try:
-                body = json.loads(body)
-            except ValueError:
-                pass
-            return r.status, dict(r.headers), body
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
-    except OSError:
-        return 0, {}, None
-
-
-def server_state(http, sid):
-    code, _, body = http_get(http, "/api/v1/servers", timeout=1.0)
-    if code != 200:
-        return None
-    for s in body:
-        if s["id"] == sid:
-            return s
-    return None
-
-
-def cpu_ns(pid):
-    """CPU time of every thread of `pid` so far, in ns (schedstat: ns precision)."""
-    total = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            pass
-    return total
-
-
-class Fail(Exception):
-    """A check of an interop script failed."""
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-    print(f"  ok: {what}")
-
-
-def read_jsonl(path):
-    """Every JSON line of `path` (the SMSC simulator's record); [] before it exists."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def start_smsc_and_serve(binary, cfg, work, p, sms_out, servers):
-    """The SMSC simulator on p["smsc"] and `boxless serve` with `cfg`, logs in `work`; waits
-    for the API on p["http"] and until `servers()` lists every server up. Returns the
-    processes, smsc first; on a failed start they are stopped before the error is raised."""
-    procs = []
-    try:
-        log = open(os.path.join(work, "smsc.log"), "ab")
-        procs.append(subprocess.Popen(
-            ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(p["smsc"]), sms_out],
-            stdout=log, stderr=log))
-        wait_tcp(p["smsc"])
-        log = open(os.path.join(work, "serve.log"), "ab")
-        procs.append(subprocess.Popen([binary, "serve", "--config", cfg],
-                                      stdout=log, stderr=log, cwd=work))
-        wait_tcp(p["http"])
-        wait_until(lambda: all(s["state"] == "up" for s in servers() or []), 10,
-                   "both servers up")
-    except BaseException:
-        stop_all(procs)
-        raise
-    return procs
-
-
-def stop_all(procs):
-    """SIGTERM, then SIGKILL after 10 s; newest first."""
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 class System:
@@ -165,52 +50,22 @@ class System:
     def __init__(self, binary, work):
         self.bin = binary
         self.work = work
-        self.procs = {}
-        self.p = {k: free_port() for k in ("nats", "router", "http", "smsc", "s1", "s2", "h1", "h2")}
+        self.procs = Procs(work)
+        self.p = ports("nats")
         self.sms_out = os.path.join(work, "sms.jsonl")
-        self.cfg = os.path.join(work, "boxless.toml")
-        with open(self.cfg, "w") as f:
-            f.write(f"""data_dir = "{work}/data"
-[router]
-listen = "127.0.0.1:{self.p['router']}"
-mode = "proxy"
-[http]
-listen = "127.0.0.1:{self.p['http']}"
-[sms]
-transport = "smpp"
-address = "127.0.0.1:{self.p['smsc']}"
-retry_initial_ms = 200
-retry_max_ms = 2000
-# Every call is for one number: lift the hourly SMS limit (interop/abuse.py tests it).
-max_per_recipient_per_hour = 100000
-[messages]
-greeting = "tone"
-silence_seconds = 5
-[control]
+        self.cfg = write_config(
+            work, self.p, rtp=36000, rtp_span=1000, mode="proxy",
+            links=("+18005550000-+18005550999", "+18005551000-+18005551999"),
+            # Every call is for one number: lift the hourly SMS limit (interop/abuse.py
+            # tests it).
+            sms="max_per_recipient_per_hour = 100000",
+            extra=f"""[control]
 backend = "nats"
 url = "nats://127.0.0.1:{self.p['nats']}"
-ttl_seconds = {TTL_S}
-[[servers]]
-id = "ms1"
-listen = "127.0.0.1:{self.p['s1']}"
-http = "127.0.0.1:{self.p['h1']}"
-rtp_ports = "36000-36999"
-link_numbers = ["+18005550000-+18005550999"]
-[[servers]]
-id = "ms2"
-listen = "127.0.0.1:{self.p['s2']}"
-http = "127.0.0.1:{self.p['h2']}"
-rtp_ports = "37000-37999"
-link_numbers = ["+18005551000-+18005551999"]
-""")
+ttl_seconds = {TTL_S}""")
 
     def start(self, name, argv, port=None, env=None):
-        log = open(os.path.join(self.work, f"{name}.log"), "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=self.work)
-        self.procs[name] = proc
-        if port:
-            wait_tcp(port)
-        return proc
+        return self.procs.start(name, argv, port, env)
 
     def nats(self):
         # JetStream holds the recipients' preferences (a key-value bucket).
@@ -240,37 +95,7 @@ link_numbers = ["+18005551000-+18005551999"]
                        10, f"{sid} up at the router")
 
     def stop(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def wait_until(cond, limit, what):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < limit:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.02)
-    raise RuntimeError(f"timed out after {limit} s waiting for: {what}")
-
-
-def caller_pcap(work):
-    """The caller's voice (two committed prompts) as a PCMU pcap for SIPp."""
-    prompts = os.path.join(ROOT, "crates/media/prompts")
-    frames = b""
-    for name in ("you-have-reached.wav", "leave-message.wav"):
-        with wave.open(os.path.join(prompts, name)) as w:
-            params = w.getparams()
-            frames += w.readframes(w.getnframes())
-    wav = os.path.join(work, "caller.wav")
-    with wave.open(wav, "wb") as w:
-        w.setparams(params)
-        w.writeframes(frames)
-    pcap = os.path.join(work, "caller.pcap")
-    subprocess.run([sys.executable, os.path.join(ROOT, "interop/make_pcap.py"), wav, pcap],
-                   check=True)
-    return pcap
+        self.procs.kill()
 
 
 class Load:
@@ -519,16 +344,15 @@ def scenario(name, binary, rate, seconds):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("--rate", type=int, default=10, help="calls per second")
-    ap.add_argument("--seconds", type=int, default=20, help="seconds of new calls")
-    ap.add_argument("scenarios", nargs="*", default=["kill", "drain", "nats"],
-                    choices=["kill", "drain", "nats"])
-    a = ap.parse_args()
-    binary = os.path.abspath(a.bin)
-    ok = all([scenario(s, binary, a.rate, a.seconds) for s in a.scenarios])
-    sys.exit(0 if ok else 1)
+    def add_args(ap):
+        ap.add_argument("--rate", type=int, default=10, help="calls per second")
+        ap.add_argument("--seconds", type=int, default=20, help="seconds of new calls")
+
+    def one(name, a, _work):
+        if not scenario(name, a.bin, a.rate, a.seconds):
+            raise Fail(f"{name}: see above")
+
+    run(__doc__, ["kill", "drain", "nats"], one, add_args, prefix="boxless-failover-")
 
 
 if __name__ == "__main__":

@@ -51,23 +51,20 @@ Prints the figures; exits 1 when a check fails. Usage:
   python3 interop/notify.py [--bin target/release/boxless] [receipts crash prefs]
 """
 
-import argparse
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import failover  # noqa: E402
-from failover import (  # noqa: E402
-    ROOT, Fail, check, free_port, http_get, read_jsonl, start_smsc_and_serve, stop_all,
-    wait_tcp, wait_until,
+from harness import (  # noqa: E402
+    ROOT, check, free_port, http_get, ports, read_jsonl, run, start_smsc_and_serve,
+    stop_all, wait_tcp, wait_until, write_config,
 )
 
 CALLER = "+15551230001"
@@ -80,44 +77,15 @@ class System:
     def __init__(self, binary, work, rules, extra="", sms="", greeting="tone"):
         self.bin, self.work = binary, work
         os.makedirs(work, exist_ok=True)
-        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2",
-                                           "h1", "h2")}
+        self.p = ports()
         self.sms_out = os.path.join(work, "sms.jsonl")
         self.receipts_out = os.path.join(work, "sms.receipts.jsonl")
         self.rules = rules
-        self.cfg = os.path.join(work, "boxless.toml")
         self.procs = []
-        with open(self.cfg, "w") as f:
-            f.write(f"""data_dir = "{work}/data"
-[router]
-listen = "127.0.0.1:{self.p['router']}"
-[http]
-listen = "127.0.0.1:{self.p['http']}"
-[sms]
-transport = "smpp"
-address = "127.0.0.1:{self.p['smsc']}"
-retry_initial_ms = 200
-retry_max_ms = 2000
-max_per_recipient_per_hour = 100000
-delivery_receipts = true
-{sms}
-[messages]
-greeting = "{greeting}"
-silence_seconds = 5
-{extra}
-[[servers]]
-id = "ms1"
-listen = "127.0.0.1:{self.p['s1']}"
-http = "127.0.0.1:{self.p['h1']}"
-rtp_ports = "42000-42499"
-link_numbers = ["+18005550100-+18005550149"]
-[[servers]]
-id = "ms2"
-listen = "127.0.0.1:{self.p['s2']}"
-http = "127.0.0.1:{self.p['h2']}"
-rtp_ports = "42500-42999"
-link_numbers = ["+18005550150-+18005550199"]
-""")
+        self.cfg = write_config(
+            work, self.p, rtp=42000,
+            sms=f"max_per_recipient_per_hour = 100000\ndelivery_receipts = true\n{sms}",
+            greeting=greeting, extra=extra)
 
     def start(self, smsc=True):
         os.environ["SMSC_RECEIPTS"] = json.dumps(self.rules)
@@ -309,19 +277,30 @@ class Receiver:
         self.srv.shutdown()
 
 
+def over_nats(binary, work, name, receipts):
+    """Router and two `boxless server` processes over NATS (`failover.System`), up, in
+    `work/name`, the SMSC simulator answering by the `receipts` rules; and that folder."""
+    os.environ["SMSC_RECEIPTS"] = json.dumps(receipts)
+    w = os.path.join(work, name)
+    os.makedirs(w, exist_ok=True)
+    s = failover.System(binary, w)
+    try:
+        s.up()
+    except BaseException:
+        s.stop()
+        raise
+    return s, w
+
+
 def shared_account(binary, work):
     """Router and two `boxless server` processes over NATS, one SMPP account: the SMSC
     returns each receipt on the other server's bind, one of them even before the
     submit_sm_resp; every notice must still reach `delivered`, each SMS sent once."""
     later, early = "+15551230002", "+15551230003"
-    os.environ["SMSC_RECEIPTS"] = json.dumps({later[1:]: "elsewhere:300",
-                                              early[1:]: "early-elsewhere",
-                                              "default": "none"})
-    w = os.path.join(work, "shared-account")
-    os.makedirs(w, exist_ok=True)
-    s = failover.System(binary, w)
+    s, w = over_nats(binary, work, "shared-account", {later[1:]: "elsewhere:300",
+                                                      early[1:]: "early-elsewhere",
+                                                      "default": "none"})
     try:
-        s.up()
         api = s.p["http"]
         servers = set()
         # Calls for one number until it has messages on both servers (the router's
@@ -754,17 +733,23 @@ def french(binary, work):
         ROOT, "crates/media/prompts/fr", name + ".wav"))[1]
     en = lambda name: read_wav(os.path.join(  # noqa: E731
         ROOT, "crates/media/prompts", name + ".wav"))[1]
-    try:
-        heard = os.path.join(w, "deposit.wav")
+
+    def hear(what, frm, to, prompt, *args):
+        """Calls `to` from `frm` and records it: how well the French and the English
+        `prompt` match what was heard, and where the French one was."""
+        heard = os.path.join(w, f"{what}.wav")
         r = subprocess.run(
-            [s.bin, "call", "--via", f"127.0.0.1:{s.p['router']}", "--from", CALLER,
-             "--to", to, "--play", VOICE, "--play-at", "9", "--seconds", "12",
-             "--record", heard],
+            [s.bin, "call", "--via", f"127.0.0.1:{s.p['router']}", "--from", frm, "--to", to,
+             *args, "--record", heard],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-        check(r.returncode == 0, "the deposit call completed")
+        check(r.returncode == 0, f"the {what} call completed")
         _, got = read_wav(heard)
-        c_fr, lag = heard_at(fr("you-have-reached"), got, 8000)
-        c_en, _ = heard_at(en("you-have-reached"), got, 8000)
+        c_fr, lag = heard_at(fr(prompt), got, 8000)
+        return c_fr, lag, heard_at(en(prompt), got, 8000)[0]
+
+    try:
+        c_fr, lag, c_en = hear("deposit", CALLER, to, "you-have-reached", "--play", VOICE,
+                               "--play-at", "9", "--seconds", "12")
         print(f"  the caller heard the greeting: French 'Vous êtes bien au' correlation "
               f"{c_fr:.3f} at {lag / 8:.0f} ms, English 'You have reached' {c_en:.3f}")
         check(c_fr >= 0.9 and c_en < 0.5, "the greeting is French")
@@ -773,16 +758,9 @@ def french(binary, work):
         print(f"  SMS: {text!r}")
         check(text.startswith("Message vocal de " + CALLER), "the SMS is French")
         code, msgs = http(s.p["http"], "GET", f"/api/v1/messages?recipient=%2B{to[1:]}")
-        heard = os.path.join(w, "retrieval.wav")
-        r = subprocess.run(
-            [s.bin, "call", "--via", f"127.0.0.1:{s.p['router']}", "--from", to,
-             "--to", msgs[0]["link_number"], "--seconds", "6", "--record", heard],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
-        check(r.returncode == 0, "the retrieval call completed")
-        _, got = read_wav(heard)
-        c_fr, lag = heard_at(fr("message-from"), got, 8000)
-        c_en, _ = heard_at(en("message-from"), got, 8000)
-        print(f"  the recipient called {msgs[0]['link_number']}: French 'Message de' "
+        link = msgs[0]["link_number"]
+        c_fr, lag, c_en = hear("retrieval", to, link, "message-from", "--seconds", "6")
+        print(f"  the recipient called {link}: French 'Message de' "
               f"correlation {c_fr:.3f} at {lag / 8:.0f} ms, English 'Message from' {c_en:.3f}")
         check(c_fr >= 0.9 and c_en < 0.5, "the retrieval prompts are French")
     finally:
@@ -810,12 +788,8 @@ def phone(binary, router, frm, to, *extra):
 
 def prefs(binary, work):
     recipient, other = "+15551230002", "+15551230009"
-    os.environ["SMSC_RECEIPTS"] = json.dumps({"default": "delivered:200"})
-    w = os.path.join(work, "prefs")
-    os.makedirs(w, exist_ok=True)
-    s = failover.System(binary, w)
+    s, w = over_nats(binary, work, "prefs", {"default": "delivered:200"})
     try:
-        s.up()
         api = s.p["http"]
         code, v = http(api, "PUT", f"/api/v1/recipients/%2B{recipient[1:]}",
                        {"notify_numbers": [other]})
@@ -891,26 +865,9 @@ def prefs(binary, work):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("scenarios", nargs="*",
-                    default=["receipts", "crash", "webhooks", "prefs", "shared_account",
-                             "fallback", "fallback_crash", "email_tls", "french"])
-    a = ap.parse_args()
-    a.bin = os.path.abspath(a.bin)
-    work = tempfile.mkdtemp(prefix="boxless-notify-")
-    failed = []
-    for name in a.scenarios:
-        print(f"== {name}")
-        try:
-            globals()[name](a.bin, work)
-        except (Fail, RuntimeError, subprocess.TimeoutExpired) as e:
-            print(f"  FAIL: {e}")
-            failed.append(name)
-    if failed:
-        print(f"failed: {failed}; work directory kept: {work}")
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
+    run(__doc__, ["receipts", "crash", "webhooks", "prefs", "shared_account", "fallback",
+                  "fallback_crash", "email_tls", "french"],
+        lambda name, a, work: globals()[name](a.bin, work), prefix="boxless-notify-")
 
 
 if __name__ == "__main__":

@@ -25,19 +25,17 @@ exits 1 when one fails. Usage:
                            [switch baresip sipp_tls]
 """
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import wave
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from failover import (  # noqa: E402
-    ROOT, Fail, caller_pcap, check, free_port, http_get, read_jsonl, start_smsc_and_serve,
-    stop_all, wait_tcp, wait_until,
+from harness import (  # noqa: E402
+    ROOT, Fail, caller_pcap, check, free_port, http_get, ports, read_jsonl, run,
+    start_smsc_and_serve, stop_all, wait_tcp, wait_until, write_config,
 )
 
 RECIPIENT = "+15551230002"
@@ -53,8 +51,7 @@ class System:
     def __init__(self, binary, work, mode, router_extra="", tls=False):
         self.bin, self.work, self.mode = binary, work, mode
         os.makedirs(work, exist_ok=True)
-        self.p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2", "h1", "h2",
-                                           "tls", "t1", "t2")}
+        self.p = ports("tls", "t1", "t2")
         sip, s1_tls, s2_tls = "", "", ""
         if tls:
             # SIP over TLS on the router and on each server, one self-signed certificate.
@@ -70,38 +67,10 @@ class System:
             s1_tls = f"tls_listen = \"127.0.0.1:{self.p['t1']}\"\n"
             s2_tls = f"tls_listen = \"127.0.0.1:{self.p['t2']}\"\n"
         self.sms_out = os.path.join(work, "sms.jsonl")
-        self.cfg = os.path.join(work, "boxless.toml")
         self.procs = []
-        with open(self.cfg, "w") as f:
-            f.write(f"""data_dir = "{work}/data"
-[router]
-listen = "127.0.0.1:{self.p['router']}"
-mode = "{mode}"
-{router_extra}
-{sip}[http]
-listen = "127.0.0.1:{self.p['http']}"
-[sms]
-transport = "smpp"
-address = "127.0.0.1:{self.p['smsc']}"
-retry_initial_ms = 200
-retry_max_ms = 2000
-max_per_recipient_per_hour = 100000
-[messages]
-greeting = "tone"
-silence_seconds = 5
-[[servers]]
-id = "ms1"
-listen = "127.0.0.1:{self.p['s1']}"
-{s1_tls}http = "127.0.0.1:{self.p['h1']}"
-rtp_ports = "41000-41499"
-link_numbers = ["+18005550100-+18005550149"]
-[[servers]]
-id = "ms2"
-listen = "127.0.0.1:{self.p['s2']}"
-{s2_tls}http = "127.0.0.1:{self.p['h2']}"
-rtp_ports = "41500-41999"
-link_numbers = ["+18005550150-+18005550199"]
-""")
+        self.cfg = write_config(work, self.p, rtp=41000, mode=mode, router=router_extra, top=sip,
+                                sms="max_per_recipient_per_hour = 100000",
+                                servers=(s1_tls, s2_tls))
 
     def start(self):
         self.procs = start_smsc_and_serve(
@@ -452,31 +421,20 @@ def baresip(binary, work):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("--sipp-tls", default=SIPP_TLS[0], help="SIPp built with TLS")
-    ap.add_argument("scenarios", nargs="*", default=["switch", "baresip", "sipp_tls"])
-    a = ap.parse_args()
-    SIPP_TLS[0] = os.path.abspath(a.sipp_tls)
-    # Processes start in their own work directories: the binary's path must not be relative.
-    a.bin = os.path.abspath(a.bin)
-    work = tempfile.mkdtemp(prefix="boxless-peers-")
-    failed = []
-    for name in a.scenarios:
-        print(f"== {name}")
-        try:
-            globals()[name](a.bin, work)
-        except (Fail, RuntimeError, subprocess.TimeoutExpired) as e:
-            print(f"  FAIL: {e}")
-            failed.append(name)
-    print("\ninterop matrix (peer | mode | transport | codec | result | figures)")
-    for peer, mode, transport, codec, passed, figures in MATRIX:
-        print(f"  {peer:<22} {mode:<12} {transport:<5} {codec:<6} "
-              f"{'pass' if passed else 'FAIL':<5} {figures}")
-    if failed:
-        print(f"failed: {failed}; work directory kept: {work}")
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
+    def add_args(ap):
+        ap.add_argument("--sipp-tls", default=SIPP_TLS[0], help="SIPp built with TLS")
+
+    def one(name, a, work):
+        SIPP_TLS[0] = os.path.abspath(a.sipp_tls)
+        globals()[name](a.bin, work)
+
+    try:
+        run(__doc__, ["switch", "baresip", "sipp_tls"], one, add_args, prefix="boxless-peers-")
+    finally:
+        print("\ninterop matrix (peer | mode | transport | codec | result | figures)")
+        for peer, mode, transport, codec, passed, figures in MATRIX:
+            print(f"  {peer:<22} {mode:<12} {transport:<5} {codec:<6} "
+                  f"{'pass' if passed else 'FAIL':<5} {figures}")
 
 
 if __name__ == "__main__":

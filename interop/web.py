@@ -13,7 +13,9 @@ carries and:
   - presses Save (the API says `saved`), then Delete and its confirmation (`deleted`),
     after which the link gets the 404 page;
   - opens a forged token: 404, the same page;
-  - opens /status: the servers' table and the chart.
+  - opens /status: the servers' table and the chart;
+  - and, without the browser, validates the API's OpenAPI document
+    (`GET /api/v1/openapi.json`) with openapi-spec-validator.
 
 It also measures, without the browser: the page's weight, the time to first byte of the
 page and of the audio (median of 20), and in the browser the time from play() to audio
@@ -23,7 +25,6 @@ playing. Prints the figures; exits 1 when a check fails. Usage:
   target/interop-venv/bin/python interop/web.py [--bin target/release/boxless] [--out DIR]
 """
 
-import argparse
 import http.client
 import os
 import re
@@ -31,13 +32,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from failover import (  # noqa: E402
-    ROOT, Fail, caller_pcap, check, free_port, http_get, read_jsonl, start_smsc_and_serve,
-    stop_all, wait_until,
+import harness  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT, Fail, caller_pcap, check, free_port, http_get, ports, read_jsonl, start_smsc_and_serve,
+    stop_all, wait_until, write_config,
 )
 
 from selenium import webdriver  # noqa: E402
@@ -48,38 +49,16 @@ RECIPIENT = "+15551230002"
 CALLER = "+15551230001"
 
 
-def config(work, p):
-    path = os.path.join(work, "boxless.toml")
-    with open(path, "w") as f:
-        f.write(f"""data_dir = "{work}/data"
-[router]
-listen = "127.0.0.1:{p['router']}"
-[http]
-listen = "127.0.0.1:{p['http']}"
-[web]
-base_url = "http://127.0.0.1:{p['http']}"
-[sms]
-transport = "smpp"
-address = "127.0.0.1:{p['smsc']}"
-retry_initial_ms = 200
-retry_max_ms = 2000
-[messages]
-greeting = "tone"
-silence_seconds = 5
-[[servers]]
-id = "ms1"
-listen = "127.0.0.1:{p['s1']}"
-http = "127.0.0.1:{p['h1']}"
-rtp_ports = "44000-44499"
-link_numbers = ["+18005550100-+18005550149"]
-[[servers]]
-id = "ms2"
-listen = "127.0.0.1:{p['s2']}"
-http = "127.0.0.1:{p['h2']}"
-rtp_ports = "44500-44999"
-link_numbers = ["+18005550150-+18005550199"]
-""")
-    return path
+def openapi(port):
+    """The API's own description validates as OpenAPI (openapi-spec-validator)."""
+    from openapi_spec_validator import validate
+    code, _, doc = http_get(port, "/api/v1/openapi.json")
+    check(code == 200 and isinstance(doc, dict), "GET /api/v1/openapi.json answers JSON")
+    try:
+        validate(doc)
+    except Exception as e:  # the validator's own error types
+        raise Fail(f"the OpenAPI document does not validate: {e}") from e
+    check(True, f"the OpenAPI {doc['openapi']} document ({len(doc['paths'])} paths) validates")
 
 
 def sipp_deposit(work, router):
@@ -151,14 +130,16 @@ def length_text(ms):
     return f"{s // 60}:{s % 60:02d}"
 
 
-def run(binary, work, out):
-    p = {k: free_port() for k in ("router", "http", "smsc", "s1", "s2", "h1", "h2")}
-    cfg = config(work, p)
+def playback(binary, work, out):
+    p = ports()
+    cfg = write_config(work, p, rtp=44000, sms="",
+                       top=f'[web]\nbase_url = "http://127.0.0.1:{p["http"]}"\n')
     sms_out = os.path.join(work, "sms.jsonl")
     procs = start_smsc_and_serve(binary, cfg, work, p, sms_out,
                                  lambda: http_get(p["http"], "/api/v1/servers")[2])
     drivers = []
     try:
+        openapi(p["http"])
         sipp_deposit(work, p["router"])
         wait_until(lambda: read_jsonl(sms_out), 15, "the SMS")
         text = read_jsonl(sms_out)[0]["text"]
@@ -261,21 +242,15 @@ def run(binary, work, out):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("--out", default=os.path.join(ROOT, "target/web-test"))
-    a = ap.parse_args()
-    os.makedirs(a.out, exist_ok=True)
-    work = tempfile.mkdtemp(prefix="boxless-web-")
-    print("web playback (headless Chromium)")
-    try:
-        run(os.path.abspath(a.bin), work, a.out)
-    except (Fail, RuntimeError) as e:
-        print(f"FAIL: {e}")
-        print(f"  logs in {work}")
-        sys.exit(1)
-    print(f"  screenshots in {a.out}")
-    shutil.rmtree(work, ignore_errors=True)
+    def add_args(ap):
+        ap.add_argument("--out", default=os.path.join(ROOT, "target/web-test"))
+
+    def one(_name, a, work):
+        os.makedirs(a.out, exist_ok=True)
+        playback(a.bin, work, a.out)
+        print(f"  screenshots in {a.out}")
+
+    harness.run(__doc__, ["playback"], one, add_args, prefix="boxless-web-")
 
 
 if __name__ == "__main__":

@@ -284,16 +284,8 @@ mod tests {
 
         /// Starts call `n` from `invite` as the driver does for an [`Dispatch::Admit`].
         fn start(&mut self, invite: &[u8], n: u32) {
-            let msg = Message::parse(invite, false).unwrap();
-            let local = Local {
-                tag: "srv".into(),
-                contact: "sip:+15551230002@127.0.0.1:5070".into(),
-                transport: "UDP",
-                sent_by: "127.0.0.1:5070".into(),
-                branch_prefix: "z9hG4bKsrv".into(),
-            };
-            let dialog = Dialog::uas(&msg, local).unwrap();
-            assert!(self.ep.insert(msg.call_id, dialog.id().clone(), n));
+            let call_id = Message::parse(invite, false).unwrap().call_id.to_string();
+            assert!(self.ep.insert(&call_id, dialog_of(invite), n));
         }
     }
 
@@ -507,14 +499,16 @@ CSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n"
         assert_eq!(code(&f.handle(&in_dialog("BYE"))), Some((481, None)));
     }
 
+    /// The dialog the server makes for `invite`: its To-tag `srv`, its branches
+    /// `z9hG4bKsrv...`.
     fn dialog_of(invite: &[u8]) -> DialogId {
         let msg = Message::parse(invite, false).unwrap();
         let local = Local {
-            tag: "x".into(),
-            contact: "sip:x@127.0.0.1".into(),
+            tag: "srv".into(),
+            contact: "sip:+15551230002@127.0.0.1:5070".into(),
             transport: "UDP",
             sent_by: "127.0.0.1:5070".into(),
-            branch_prefix: "z9hG4bKx".into(),
+            branch_prefix: "z9hG4bKsrv".into(),
         };
         Dialog::uas(&msg, local).unwrap().id().clone()
     }
