@@ -182,14 +182,23 @@ pub async fn accept_sip<F, Fut>(
 pub mod rtp;
 pub mod tls;
 
-/// A minimal HTTP/1.1 client for the Boxless APIs (loopback and LAN; HTTPS with a
-/// configured CA; no redirects).
+/// The HTTP/1.1 client of the Boxless APIs (a router's API asking its servers, webhooks,
+/// `boxless status`): hyper's, over a TCP or TLS stream we open ourselves, so that the
+/// address is the one given (no name resolution but a webhook URL's host) and HTTPS checks
+/// the certificate we say. One request per connection; no redirects; the whole exchange
+/// within a time limit, the answer's body at most [`MAX_BODY`].
 pub mod http {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, Limited};
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpStream;
+
+    /// The largest answer body read: more than any message's audio (180 s of 16 kHz
+    /// 16-bit PCM is 5.8 MB).
+    pub const MAX_BODY: usize = 64 * 1024 * 1024;
 
     /// An HTTP answer.
     #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,9 +266,9 @@ pub mod http {
         send(target, method, path, &auth, &[], limit).await
     }
 
-    /// Sends `METHOD path` with `headers` (a name or value with a line break is refused,
-    /// so nothing can be smuggled) and `body` (with its Content-Length when not empty or
-    /// not a GET), and reads the whole answer, all within `limit`.
+    /// Sends `METHOD path` with `headers` (a name or value that is not a valid header,
+    /// one with a line break for instance, is refused, so nothing can be smuggled) and
+    /// `body`, and reads the whole answer, all within `limit`.
     pub async fn send(
         target: &Target,
         method: &str,
@@ -269,36 +278,21 @@ pub mod http {
         limit: Duration,
     ) -> std::io::Result<Answer> {
         let addr = target.addr;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            if k.bytes().chain(v.bytes()).any(|b| b == b'\r' || b == b'\n') {
-                return Err(std::io::Error::other(format!("bad {k} value")));
-            }
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        let mut msg = head.into_bytes();
-        msg.extend_from_slice(body);
-        tokio::time::timeout(limit, async {
+        let req = build(method, path, &addr.to_string(), headers, body)?;
+        within(limit, async {
             let s = TcpStream::connect(addr).await?;
-            let mut buf = Vec::new();
             match &target.tls {
-                None => exchange(s, &msg, &mut buf).await?,
+                None => exchange(s, req).await,
                 Some(cfg) => {
                     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
                     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                         .connect(name, s)
                         .await?;
-                    exchange(tls, &msg, &mut buf).await?
+                    exchange(tls, req).await
                 }
             }
-            parse(&buf).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))
         })
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
     }
 
     /// An `http://` or `https://` URL, parsed once.
@@ -363,7 +357,7 @@ pub mod http {
         }
     }
 
-    /// POSTs `body` to `url` with `headers` (names and values without line breaks) and
+    /// POSTs `body` to `url` with `headers` (valid header names and values only) and
     /// reads the answer, all within `limit`. HTTPS checks the server's certificate against
     /// `tls` (its roots) and the URL's host.
     pub async fn post(
@@ -373,84 +367,96 @@ pub mod http {
         tls: &std::sync::Arc<rustls::ClientConfig>,
         limit: Duration,
     ) -> std::io::Result<Answer> {
-        let host_header = if url.host.contains(':') {
+        let host = if url.host.contains(':') {
             format!("[{}]:{}", url.host, url.port)
         } else {
             format!("{}:{}", url.host, url.port)
         };
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            url.path,
-            body.len()
-        );
-        for (k, v) in headers {
-            if format!("{k}{v}").bytes().any(|b| b == b'\r' || b == b'\n') {
-                return Err(std::io::Error::other("a header with a line break"));
-            }
-            head.push_str(&format!("{k}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        let mut msg = head.into_bytes();
-        msg.extend_from_slice(body);
-        tokio::time::timeout(limit, async {
+        let req = build("POST", &url.path, &host, headers, body)?;
+        within(limit, async {
             let s = TcpStream::connect((url.host.as_str(), url.port)).await?;
-            let mut buf = Vec::new();
             if url.https {
                 let name = rustls::pki_types::ServerName::try_from(url.host.clone())
                     .map_err(|e| std::io::Error::other(format!("host {}: {e}", url.host)))?;
                 let tls = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, s)
                     .await?;
-                exchange(tls, &msg, &mut buf).await?;
+                exchange(tls, req).await
             } else {
-                exchange(s, &msg, &mut buf).await?;
+                exchange(s, req).await
             }
-            parse(&buf).ok_or_else(|| std::io::Error::other("malformed HTTP answer"))
         })
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out"))?
     }
 
-    async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-        mut s: S,
-        head: &[u8],
-        buf: &mut Vec<u8>,
-    ) -> std::io::Result<()> {
-        s.write_all(head).await?;
-        s.flush().await?;
-        match s.read_to_end(buf).await {
-            Ok(_) => Ok(()),
-            // A TLS peer that closes without close_notify after a complete answer.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => Ok(()),
-            Err(e) => Err(e),
+    /// A request with `Host: host`, `Connection: close` and the caller's headers; a body's
+    /// length is sent whenever there is a body or the method carries one.
+    fn build(
+        method: &str,
+        path: &str,
+        host: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<hyper::Request<Full<Bytes>>> {
+        let bad = |e: hyper::http::Error| std::io::Error::other(format!("bad request: {e}"));
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host)
+            .header("connection", "close");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
         }
+        if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
+            b = b.header("content-length", body.len());
+        }
+        b.body(Full::new(Bytes::copy_from_slice(body))).map_err(bad)
     }
 
-    fn parse(buf: &[u8]) -> Option<Answer> {
-        let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let head = std::str::from_utf8(&buf[..end]).ok()?;
-        let body = &buf[end + 4..];
-        let status = head.split(' ').nth(1)?.parse().ok()?;
-        let mut content_type = None;
-        let mut chunked = false;
-        let mut headers = Vec::new();
-        for line in head.lines().skip(1) {
-            let (k, v) = line.split_once(':')?;
-            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            if k.eq_ignore_ascii_case("content-type") {
-                content_type = Some(v.trim().to_string());
-            } else if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.to_ascii_lowercase().contains("chunked")
-            {
-                chunked = true;
-            }
-        }
-        let body = if chunked {
-            dechunk(body)?
-        } else {
-            body.to_vec()
-        };
-        Some(Answer {
+    async fn within<T>(
+        limit: Duration,
+        f: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> std::io::Result<T> {
+        tokio::time::timeout(limit, f).await.map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP request timed out")
+        })?
+    }
+
+    /// One request on a fresh connection, and its whole answer.
+    async fn exchange<S>(io: S, req: hyper::Request<Full<Bytes>>) -> std::io::Result<Answer>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let err = |e: hyper::Error| std::io::Error::other(format!("HTTP: {e}"));
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(err)?;
+        // The connection is driven beside the request; it ends with the answer (close).
+        let conn = tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(err)?;
+        let status = resp.status().as_u16();
+        let headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).trim().to_string(),
+                )
+            })
+            .collect();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| std::io::Error::other(format!("HTTP body: {e}")))?
+            .to_bytes()
+            .to_vec();
+        conn.abort();
+        let content_type = headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.clone());
+        Ok(Answer {
             status,
             content_type,
             headers,
@@ -458,45 +464,78 @@ pub mod http {
         })
     }
 
-    fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
-        loop {
-            let nl = b.windows(2).position(|w| w == b"\r\n")?;
-            let size = usize::from_str_radix(
-                std::str::from_utf8(&b[..nl])
-                    .ok()?
-                    .split(';')
-                    .next()?
-                    .trim(),
-                16,
-            )
-            .ok()?;
-            b = &b[nl + 2..];
-            if size == 0 {
-                return Some(out);
-            }
-            out.extend_from_slice(b.get(..size)?);
-            b = b.get(size + 2..)?;
-        }
-    }
-
     #[cfg(test)]
     mod tests {
         use super::*;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        #[test]
-        fn plain_and_chunked_answers() {
-            let a = parse(
+        /// A server that answers one connection with `answer`, and what it was sent.
+        async fn one_answer(
+            answer: &'static [u8],
+        ) -> (SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let h = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut got = vec![0u8; 4096];
+                let n = s.read(&mut got).await.unwrap();
+                s.write_all(answer).await.unwrap();
+                s.shutdown().await.unwrap();
+                got.truncate(n);
+                got
+            });
+            (addr, h)
+        }
+
+        #[tokio::test]
+        async fn plain_and_chunked_answers() {
+            let (addr, sent) = one_answer(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n[]",
             )
+            .await;
+            let a = request_with(
+                &Target::plain(addr),
+                "GET",
+                "/api/v1/servers",
+                Some("Bearer t"),
+                Duration::from_secs(2),
+            )
+            .await
             .unwrap();
             assert_eq!(
                 (a.status, a.content_type.as_deref(), a.body.as_slice()),
                 (200, Some("application/json"), &b"[]"[..])
             );
-            let a = parse(b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
+            let sent = String::from_utf8(sent.await.unwrap()).unwrap();
+            assert!(
+                sent.starts_with("GET /api/v1/servers HTTP/1.1\r\n"),
+                "{sent}"
+            );
+            assert!(sent.contains("authorization: Bearer t\r\n"), "{sent}");
+            let (addr, _) = one_answer(
+                b"HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+            )
+            .await;
+            let a = request(addr, "GET", "/x", Duration::from_secs(2))
+                .await
+                .unwrap();
             assert_eq!((a.status, a.body.as_slice()), (404, &b"abcde"[..]));
-            assert!(parse(b"garbage").is_none());
+            let (addr, _) = one_answer(b"garbage").await;
+            assert!(
+                request(addr, "GET", "/x", Duration::from_secs(2))
+                    .await
+                    .is_err()
+            );
+        }
+
+        #[tokio::test]
+        async fn a_header_with_a_line_break_is_refused_before_anything_is_sent() {
+            let t = Target::plain("127.0.0.1:9".parse().unwrap());
+            let smuggle = [("X-Test", "a\r\nX-Evil: 1")];
+            let e = send(&t, "GET", "/", &smuggle, &[], Duration::from_secs(1))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("bad request"), "{e}");
         }
     }
 }
