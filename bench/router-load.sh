@@ -5,6 +5,7 @@
 # With --nats: the router alone as `boxless router`, status from two `boxless server`
 # processes over a local nats-server, OPTIONS probes on; only the router's CPU counts.
 # Usage: bench/router-load.sh [--nats] [RATE...]   (default: 5000 10000 20000; 10 s per rate)
+#        BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
 # Needs: sip-tester (and nats-server for --nats); loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,8 @@ scenario=../shared/bench/sipp-redirect-load.xml
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-cargo build --release -q
+bin=${BOXLESS:-./target/release/boxless}
+[ -n "${BOXLESS:-}" ] || cargo build --release -q
 sed -e 's#^data_dir = .*#data_dir = "'"$work"'/data"#' \
     -e 's#^listen = "127.0.0.1:5060"#listen = "127.0.0.1:25160"#' \
     -e 's#^listen = "127.0.0.1:8080"#listen = "127.0.0.1:28080"#' \
@@ -31,11 +33,11 @@ if [ $nats = 1 ]; then
   nats-server -a 127.0.0.1 -p 24222 > "$work/nats.log" 2>&1 & pids+=($!)
   sleep 0.5
   for id in ms1 ms2; do
-    RUST_LOG=warn ./target/release/boxless server --config "$work/bench.toml" --id $id > "$work/$id.log" 2>&1 & pids+=($!)
+    RUST_LOG=warn "$bin" server --config "$work/bench.toml" --id $id > "$work/$id.log" 2>&1 & pids+=($!)
   done
-  RUST_LOG=warn ./target/release/boxless router --config "$work/bench.toml" > "$work/router.log" 2>&1 & BP=$!
+  RUST_LOG=warn "$bin" router --config "$work/bench.toml" > "$work/router.log" 2>&1 & BP=$!
 else
-  RUST_LOG=warn ./target/release/boxless serve --config "$work/bench.toml" > "$work/serve.log" 2>&1 & BP=$!
+  RUST_LOG=warn "$bin" serve --config "$work/bench.toml" > "$work/serve.log" 2>&1 & BP=$!
 fi
 pids+=($BP)
 sleep 2

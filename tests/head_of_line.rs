@@ -146,6 +146,32 @@ async fn a_slow_store_holds_up_its_retrievals_and_not_the_server_s_sip() {
         worst <= PROMPT,
         "the server's SIP waited {worst:?} behind the store"
     );
+    // A caller who gives up while its call still loads: 200 to its CANCEL, 487 to its
+    // INVITE, at once (RFC 3261 §9.2), not a 200 OK seconds later.
+    let cancel = request("CANCEL", addr, &link, from, "r19", "");
+    let t0 = Instant::now();
+    callers.send_to(cancel.as_bytes(), addr).await.unwrap();
+    let mut answers = Vec::new();
+    while !answers
+        .iter()
+        .any(|a: &String| a.starts_with("SIP/2.0 487"))
+    {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), callers.recv_from(&mut buf))
+            .await
+            .expect("the cancelled call is answered")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if text.contains("Call-ID: r19\r\n") && !text.contains("100 Trying") {
+            answers.push(text.lines().next().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(
+        answers,
+        ["SIP/2.0 200 OK", "SIP/2.0 487 Request Terminated"],
+        "CANCEL answered, then the INVITE"
+    );
+    assert!(t0.elapsed() < SLOW, "cancelled in {:?}", t0.elapsed());
+
     // The whole time, the retrievals were still loading (each reads the store at least
     // three times, one after the other: 600 ms and more, twenty in a row).
     assert!(

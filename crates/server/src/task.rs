@@ -67,21 +67,60 @@ enum Loaded {
 impl Start {
     /// Loads the set-up, answers the INVITE and runs the call to its end.
     pub(crate) async fn run(self) {
+        // The set-up (the INVITE parsed, the loading, the select over both) is a future of
+        // its own on the heap, freed before the call runs: inline, its size would set the
+        // size of every call's task for the call's whole life (measured: 6 to 10 KiB more
+        // RSS a call at 1,000 recordings).
+        if let Some(call) = Box::pin(self.answer()).await {
+            call.run().await;
+        }
+    }
+
+    /// Loads the set-up and answers the INVITE: the call, or None when it ended already
+    /// (cancelled, or the store could not say).
+    async fn answer(mut self) -> Option<Call> {
         let server = self.server.clone();
         let (call_id, port) = (self.call_id.clone(), self.port);
         let Ok(invite) = Message::parse(&self.invite, self.reliable) else {
             // The socket task parsed these very bytes; nothing to answer if it changed.
             server.call_ended(&call_id, port);
-            return;
+            return None;
         };
         let load = load(server.clone(), self.admitted);
         tokio::pin!(load);
-        let loaded = match tokio::time::timeout(TRYING_AFTER, &mut load).await {
-            Ok(loaded) => loaded,
-            Err(_) => {
-                let to = self.leg.reply_to;
-                respond(&self.sip, &invite, 100, "Trying", to, b"").await;
-                load.await
+        let reply_to = self.leg.reply_to;
+        let trying_at = tokio::time::Instant::now() + TRYING_AFTER;
+        let mut trying = false;
+        // What the caller sends while the set-up loads waits here for the machine; a
+        // CANCEL ends the call at once (RFC 3261 §9.2: 200 to the CANCEL, 487 to the INVITE).
+        let mut early = Vec::new();
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut load => break loaded,
+                _ = tokio::time::sleep_until(trying_at), if !trying => {
+                    trying = true;
+                    respond(&self.sip, &invite, 100, "Trying", reply_to, b"").await;
+                }
+                ev = self.events.recv() => {
+                    // The endpoint holds the sender until the call ends: never None here.
+                    let Some(ev) = ev else { continue };
+                    let Ok(m) = Message::parse(&ev.bytes, ev.stream) else { continue };
+                    match m.method() {
+                        Some(Method::Cancel) => {
+                            respond(&self.sip, &m, 200, "OK", ev.reply_to, b"").await;
+                            respond(&self.sip, &invite, 487, "Request Terminated", reply_to, b"").await;
+                            tracing::info!("call cancelled while its set-up loaded");
+                            server.call_ended(&call_id, port);
+                            return None;
+                        }
+                        // The INVITE again: it gets the provisional answer again.
+                        Some(Method::Invite) if trying => {
+                            respond(&self.sip, &invite, 100, "Trying", reply_to, b"").await;
+                        }
+                        Some(Method::Invite) => {}
+                        _ => early.push(ev),
+                    }
+                }
             }
         };
         let Some(loaded) = loaded else {
@@ -90,9 +129,9 @@ impl Start {
                 reason: "Server Internal Error",
                 extra: "Retry-After: 5\r\n".into(),
             };
-            refuse(&self.sip, &invite, self.leg.reply_to, r).await;
+            refuse(&self.sip, &invite, reply_to, r).await;
             server.call_ended(&call_id, port);
-            return;
+            return None;
         };
         let now = Instant::now();
         let answer = Answer {
@@ -118,6 +157,12 @@ impl Start {
                 (CallFlow::Deposit(Box::new(d)), recipient, None)
             }
         };
+        let mut machine = machine;
+        for ev in early {
+            if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
+                machine.handle_sip(Instant::now(), &m, ev.reply_to);
+            }
+        }
         let call = Call {
             server,
             call_id,
@@ -134,7 +179,7 @@ impl Start {
             events: self.events,
             tape: Tape::default(),
         };
-        call.run().await;
+        Some(call)
     }
 }
 
