@@ -1,5 +1,5 @@
 //! The messaging server's socket driver: one task per SIP socket (UDP, and one per TCP or
-//! TLS connection). Each message is parsed once and handed to the sans-IO [`Endpoint`];
+//! TLS connection). Each message is parsed and handed to the sans-IO [`Endpoint`];
 //! this file only acts on its [`Dispatch`]. Nothing here waits on the store: a new call's
 //! task loads what the call needs itself ([`crate::task`]).
 

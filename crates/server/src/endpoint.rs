@@ -1,5 +1,5 @@
 //! What the server does with one SIP message (sans-IO): answer it itself, hand it to a
-//! running call, admit a new call, or drop it. The socket tasks parse each datagram once,
+//! running call, admit a new call, or drop it. The socket tasks parse each datagram,
 //! ask [`Endpoint::handle`] and act on the [`Dispatch`]; nothing here reads a clock,
 //! touches a socket or waits on the store, so one slow disk read never holds up another
 //! call's SIP. The router's `decide` module has the same shape.
