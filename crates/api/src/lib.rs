@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod openapi;
 mod page;
 pub mod recipients;
 pub mod schema;
@@ -91,7 +92,7 @@ pub fn router(state: ApiState) -> Router {
                 .delete(recipients::delete),
         )
         .route("/api/v1/activity", get(status::activity))
-        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/status", get(status::page))
         .merge(web::routes())
         .fallback(|| async {
@@ -108,9 +109,9 @@ pub fn router(state: ApiState) -> Router {
 /// `GET /api/v1/openapi.json`: this API's OpenAPI document, made from the handlers.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "health",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", body = Object)))]
-async fn openapi() -> Response {
+async fn openapi_json() -> Response {
     use utoipa::OpenApi as _;
-    axum::Json(schema::ApiDoc::openapi()).into_response()
+    axum::Json(openapi::ApiDoc::openapi()).into_response()
 }
 
 /// Serves the API on `addr` until the runtime stops: HTTPS when `tls` is given.
