@@ -319,8 +319,8 @@ fn api_messages(http: u16) -> Vec<serde_json::Value> {
 }
 
 fn g711(samples: &[i16]) -> Vec<i16> {
-    let c = boxless_media::Codec::Pcmu;
-    samples.iter().map(|&s| c.decode(c.encode(s))).collect()
+    let law = boxless_media::Law::Ulaw;
+    samples.iter().map(|&s| law.decode(law.encode(s))).collect()
 }
 
 fn check_sms(sms: &serde_json::Value) {
@@ -519,7 +519,7 @@ fn sipp_message_cut_by_kill_9_keeps_what_was_said_and_is_notified_once() {
     let (voice, _) = caller_audio(&dir);
     let ulaw: Vec<u8> = voice
         .iter()
-        .map(|&s| boxless_media::Codec::Pcmu.encode(s))
+        .map(|&s| boxless_media::Law::Ulaw.encode(s))
         .collect();
     std::fs::write(dir.join("caller.ulaw"), &ulaw).unwrap();
     let p = ports();

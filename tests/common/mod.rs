@@ -131,8 +131,8 @@ pub fn opts(via: SocketAddr, play: Vec<i16>) -> CallOptions {
 }
 
 pub fn g711(samples: &[i16]) -> Vec<i16> {
-    let c = boxless_media::Codec::Pcmu;
-    samples.iter().map(|&s| c.decode(c.encode(s))).collect()
+    let law = boxless_media::Law::Ulaw;
+    samples.iter().map(|&s| law.decode(law.encode(s))).collect()
 }
 
 pub async fn messages(sys: &System, recipient: &str) -> Vec<serde_json::Value> {

@@ -182,7 +182,7 @@ pub fn key_freqs(key: char) -> Option<(f64, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::g711::Codec;
+    use crate::g711::Law;
 
     fn tone(key: char, ms: usize, amp: f64) -> Vec<i16> {
         let (f1, f2) = key_freqs(key).unwrap();
@@ -226,7 +226,7 @@ mod tests {
         let clean = sequence("159#", 90, 80, 4000.0);
         let coded: Vec<i16> = clean
             .iter()
-            .map(|&s| Codec::Pcma.decode(Codec::Pcma.encode(s)))
+            .map(|&s| Law::Alaw.decode(Law::Alaw.encode(s)))
             .collect();
         assert_eq!(detect(&coded), "159#");
         let mut x = 12345u32;
@@ -259,7 +259,7 @@ mod tests {
         let (mut pressed, mut found, mut extra) = (0usize, 0usize, 0usize);
         let mut seed = 7u32;
         for &amp in &[1500.0, 4000.0, 9000.0] {
-            for codec in [Codec::Pcmu, Codec::Pcma] {
+            for codec in [Law::Ulaw, Law::Alaw] {
                 for &noise in &[0i32, 300, 900] {
                     for &on_ms in &[70usize, 120] {
                         let seq: String = (0..10)
@@ -323,7 +323,7 @@ mod tests {
             assert_eq!(detect(s), "", "{name}");
             let coded: Vec<i16> = s
                 .iter()
-                .map(|&x| Codec::Pcma.decode(Codec::Pcma.encode(x)))
+                .map(|&x| Law::Alaw.decode(Law::Alaw.encode(x)))
                 .collect();
             assert_eq!(detect(&coded), "", "{name} (A-law)");
             seconds += s.len() as f64 / 8000.0;

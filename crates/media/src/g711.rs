@@ -49,48 +49,68 @@ impl Codec {
         }
     }
 
-    /// Decodes one G.711 octet. G.722 has state and is never coded here: a call of this
-    /// for it is a programming error.
+    /// Its G.711 law, coded sample by sample here; None for G.722, whose coder has state
+    /// and lives in the receiver and the sender of [`crate::rtp`].
+    pub fn law(self) -> Option<Law> {
+        match self {
+            Codec::Pcmu => Some(Law::Ulaw),
+            Codec::Pcma => Some(Law::Alaw),
+            Codec::G722 => None,
+        }
+    }
+}
+
+/// A G.711 law: stateless, one octet a sample. Only a law can be asked to code a sample,
+/// so no code path can ask G.722 to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Law {
+    /// µ-law (PCMU).
+    Ulaw,
+    /// A-law (PCMA).
+    Alaw,
+}
+
+impl Law {
+    /// The codec of this law.
+    pub fn codec(self) -> Codec {
+        match self {
+            Law::Ulaw => Codec::Pcmu,
+            Law::Alaw => Codec::Pcma,
+        }
+    }
+
+    /// Decodes one octet.
     #[inline]
     pub fn decode(self, b: u8) -> i16 {
         match self {
-            Codec::Pcmu => decode_ulaw(b),
-            Codec::Pcma => decode_alaw(b),
-            Codec::G722 => {
-                unreachable!("G.722 is decoded by rtp::RtpReceiver, which holds its state")
-            }
+            Law::Ulaw => decode_ulaw(b),
+            Law::Alaw => decode_alaw(b),
+        }
+    }
+
+    /// Encodes one sample.
+    #[inline]
+    pub fn encode(self, s: i16) -> u8 {
+        match self {
+            Law::Ulaw => encode_ulaw(s),
+            Law::Alaw => encode_alaw(s),
         }
     }
 
     /// The square of each octet's decoded sample, by octet: a packet kept as sent is
-    /// measured (voice or silence) without decoding it. G.722: as [`Codec::decode`].
+    /// measured (voice or silence) without decoding it.
     pub fn squares(self) -> &'static [u32; 256] {
-        fn table(law: Codec) -> [u32; 256] {
+        fn table(law: Law) -> [u32; 256] {
             std::array::from_fn(|o| {
                 let v = i32::from(law.decode(o as u8));
                 (v * v) as u32
             })
         }
-        static ULAW: LazyLock<[u32; 256]> = LazyLock::new(|| table(Codec::Pcmu));
-        static ALAW: LazyLock<[u32; 256]> = LazyLock::new(|| table(Codec::Pcma));
+        static ULAW: LazyLock<[u32; 256]> = LazyLock::new(|| table(Law::Ulaw));
+        static ALAW: LazyLock<[u32; 256]> = LazyLock::new(|| table(Law::Alaw));
         match self {
-            Codec::Pcmu => &ULAW,
-            Codec::Pcma => &ALAW,
-            Codec::G722 => {
-                unreachable!("G.722 is decoded by rtp::RtpReceiver, which holds its state")
-            }
-        }
-    }
-
-    /// Encodes one G.711 sample (see [`Codec::decode`] for G.722).
-    #[inline]
-    pub fn encode(self, s: i16) -> u8 {
-        match self {
-            Codec::Pcmu => encode_ulaw(s),
-            Codec::Pcma => encode_alaw(s),
-            Codec::G722 => {
-                unreachable!("G.722 is encoded by rtp::RtpSender, which holds its state")
-            }
+            Law::Ulaw => &ULAW,
+            Law::Alaw => &ALAW,
         }
     }
 }
@@ -100,8 +120,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_g711_has_a_law_and_each_law_names_its_codec() {
+        assert_eq!(Codec::G722.law(), None);
+        for c in [Codec::Pcmu, Codec::Pcma] {
+            assert_eq!(c.law().map(Law::codec), Some(c));
+        }
+    }
+
+    #[test]
     fn the_squares_are_those_of_the_decoded_samples_and_fit() {
-        for law in [Codec::Pcmu, Codec::Pcma] {
+        for law in [Law::Ulaw, Law::Alaw] {
             for o in 0..=255u8 {
                 let v = i64::from(law.decode(o));
                 assert_eq!(

@@ -9,7 +9,7 @@ pub mod rtp;
 pub mod sdp;
 
 pub use dtmf::DtmfDetector;
-pub use g711::Codec;
+pub use g711::{Codec, Law};
 pub use prompts::Prompts;
 pub use rtp::{FRAME, Pending, Received, RtpReceiver, RtpSender};
 pub use sdp::{Direction, Negotiated, SdpError, negotiate, write_sdp};

@@ -4,7 +4,7 @@ use audio_codec::g722::{G722Decoder, G722Encoder};
 use audio_codec::{Decoder as _, Encoder as _};
 
 use crate::audio::convert_into;
-use crate::g711::Codec;
+use crate::g711::{Codec, Law};
 
 /// A timestamp jump beyond this (samples) starts a new segment.
 const JUMP_LIMIT: i64 = 8000 * 5;
@@ -33,8 +33,8 @@ pub enum Received {
 pub enum Pending<'a> {
     /// Linear samples.
     Pcm(&'a [i16]),
-    /// Octets in this law ([`Codec::Pcmu`] or [`Codec::Pcma`]).
-    G711(Codec, &'a [u8]),
+    /// Octets in this law.
+    G711(Law, &'a [u8]),
 }
 
 impl Pending<'_> {
@@ -64,7 +64,7 @@ impl Pending<'_> {
 enum Window {
     Pcm(Vec<i16>),
     /// A streaming G.711 call kept as sent: half the memory, no decode and re-encode.
-    G711(Codec, Vec<u8>),
+    G711(Law, Vec<u8>),
 }
 
 impl Window {
@@ -281,16 +281,14 @@ impl RtpReceiver {
             if self.streaming {
                 // Allocated once, exactly: the window never grows past it.
                 let cap = self.ms(TAKE_MS + REORDER_MS + HEADROOM_MS);
-                self.window = match self.codec {
-                    Codec::Pcmu | Codec::Pcma if self.keep_g711 => {
-                        Window::G711(self.codec, Vec::with_capacity(cap))
-                    }
+                self.window = match self.codec.law() {
+                    Some(law) if self.keep_g711 => Window::G711(law, Vec::with_capacity(cap)),
                     _ => Window::Pcm(Vec::with_capacity(cap)),
                 };
             }
         }
         // In the window's own law the payload is the audio: copied, never decoded.
-        let as_sent = matches!(self.window, Window::G711(law, _) if law == self.codec);
+        let as_sent = matches!(self.window, Window::G711(law, _) if Some(law) == self.codec.law());
         let n = if as_sent {
             p.payload().len()
         } else {
@@ -365,15 +363,15 @@ impl RtpReceiver {
     /// Decodes a voice payload at the codec's rate into `conv`, at the recording's rate.
     fn decode(&mut self, payload: &[u8]) {
         self.pcm.clear();
-        match self.g722.as_mut().filter(|_| self.codec == Codec::G722) {
-            Some(d) => {
+        match (self.codec.law(), self.g722.as_mut()) {
+            (Some(law), _) => self.pcm.extend(payload.iter().map(|&b| law.decode(b))),
+            (None, Some(d)) => {
                 self.pcm.resize(payload.len() * 2, 0);
                 let n = d.decode_into(payload, &mut self.pcm).unwrap_or(0);
                 self.pcm.truncate(n);
             }
-            None => self
-                .pcm
-                .extend(payload.iter().map(|&b| self.codec.decode(b))),
+            // G.722 always has its decoder (made with the codec): nothing to decode else.
+            (None, None) => {}
         }
         self.conv.clear();
         convert_into(&self.pcm, self.codec.rate(), self.rate(), &mut self.conv);
@@ -457,10 +455,10 @@ pub fn decode_voice(datagram: &[u8], codec: Codec, pt: u8, out: &mut Vec<i16>) -
     let Ok(p) = rtp_types::RtpPacket::parse(datagram) else {
         return false;
     };
-    if p.payload_type() != pt || codec == Codec::G722 {
+    let Some(law) = codec.law().filter(|_| p.payload_type() == pt) else {
         return false;
-    }
-    out.extend(p.payload().iter().map(|&b| codec.decode(b)));
+    };
+    out.extend(p.payload().iter().map(|&b| law.decode(b)));
     true
 }
 
@@ -555,8 +553,13 @@ impl RtpSender {
         let m = std::mem::take(&mut self.marker);
         self.header(out, self.pt, m);
         let n = self.codec.frame();
-        match self.g722.as_mut().filter(|_| self.codec == Codec::G722) {
-            Some(e) => {
+        match (self.codec.law(), self.g722.as_mut()) {
+            (Some(law), _) => {
+                for i in 0..n {
+                    out.push(law.encode(frame.get(i).copied().unwrap_or(0)));
+                }
+            }
+            (None, Some(e)) => {
                 let mut pcm = [0i16; 320];
                 let take = frame.len().min(n);
                 pcm[..take].copy_from_slice(&frame[..take]);
@@ -566,11 +569,8 @@ impl RtpSender {
                 let written = e.encode_into(&pcm[..n], &mut out[head..]).unwrap_or(0);
                 out.truncate(head + written);
             }
-            None => {
-                for i in 0..n {
-                    out.push(self.codec.encode(frame.get(i).copied().unwrap_or(0)));
-                }
-            }
+            // G.722 always has its encoder (made with the codec): an empty payload else.
+            (None, None) => {}
         }
         // RTP clocks G.711 and G.722 alike at 8 kHz (RFC 3551).
         self.ts = self.ts.wrapping_add(FRAME as u32);
@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn a_packet_is_voice_when_its_rms_reaches_the_level_quiet_or_loud_or_half_each() {
-        let d = f64::from(Codec::Pcmu.decode(Codec::Pcmu.encode(1000)));
+        let d = f64::from(Law::Ulaw.decode(Law::Ulaw.encode(1000)));
         // Loud first half, silent second: RMS d / sqrt(2), found only by summing to the end.
         let mut half = vec![1000i16; FRAME / 2];
         half.resize(FRAME, 0);
@@ -654,7 +654,7 @@ mod tests {
         let got = rx.into_samples();
         let want: Vec<i16> = audio
             .iter()
-            .map(|&s| Codec::Pcmu.decode(Codec::Pcmu.encode(s)))
+            .map(|&s| Law::Ulaw.decode(Law::Ulaw.encode(s)))
             .collect();
         assert_eq!(got, want);
     }
@@ -690,7 +690,7 @@ mod tests {
             rx.ready(true).decode_into(&mut taken);
             let want: Vec<i16> = audio
                 .iter()
-                .map(|&s| Codec::Pcmu.decode(Codec::Pcmu.encode(s)))
+                .map(|&s| Law::Ulaw.decode(Law::Ulaw.encode(s)))
                 .collect();
             assert_eq!(taken, want, "keep_g711: {keep_g711}");
         }
@@ -706,7 +706,7 @@ mod tests {
         }
         // A lost packet, then one more: the hole is µ-law silence, not octet 0 (a loud click).
         rx.receive(&p[4]);
-        let Pending::G711(Codec::Pcmu, kept) = rx.ready(true) else {
+        let Pending::G711(Law::Ulaw, kept) = rx.ready(true) else {
             panic!("kept in µ-law: {:?}", rx.ready(true))
         };
         let sent = |d: &[u8]| rtp_types::RtpPacket::parse(d).unwrap().payload().to_vec();
@@ -714,7 +714,7 @@ mod tests {
         assert!(
             kept[3 * FRAME..4 * FRAME]
                 .iter()
-                .all(|&o| o == Codec::Pcmu.encode(0))
+                .all(|&o| o == Law::Ulaw.encode(0))
         );
         assert_eq!(&kept[4 * FRAME..], &sent(&p[4])[..]);
         assert_eq!(rx.window.capacity(), 8000 * 13 / 10, "1.3 s of octets");
@@ -724,11 +724,11 @@ mod tests {
         let mut d = Vec::new();
         tx.voice(&audio[5 * FRAME..6 * FRAME], &mut d);
         assert!(matches!(rx.receive(&d), Received::Audio { .. }));
-        let Pending::G711(Codec::Pcmu, kept) = rx.ready(true) else {
+        let Pending::G711(Law::Ulaw, kept) = rx.ready(true) else {
             panic!("still µ-law")
         };
         for (&o, &s) in kept[5 * FRAME..].iter().zip(&audio[5 * FRAME..]) {
-            let (got, want) = (Codec::Pcmu.decode(o) as i32, s as i32);
+            let (got, want) = (Law::Ulaw.decode(o) as i32, s as i32);
             assert!((got - want).abs() <= want.abs() / 8 + 16, "{got} vs {want}");
         }
     }

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use boxless_media::{Codec, Pending};
+use boxless_media::{Law, Pending};
 use boxless_store::{Arrival, Encoding, Recording, Store};
 
 use crate::call::CallFlow;
@@ -86,7 +86,7 @@ impl Tape {
         if !self.failed {
             if self.recording.is_none() {
                 let enc = match audio {
-                    Pending::G711(Codec::Pcma, _) => Encoding::Alaw,
+                    Pending::G711(Law::Alaw, _) => Encoding::Alaw,
                     Pending::G711(..) => Encoding::Mulaw,
                     Pending::Pcm(_) => Encoding::Pcm16,
                 };
@@ -164,7 +164,7 @@ mod tests {
         // Three seconds of voice wait in the socket and come in one drain, as the driver
         // hands them over: each packet, then whatever came due. The window keeps room for
         // 1.3 s; the rest must have gone to the tape by the time it arrives.
-        let mut tx = RtpSender::new(Codec::Pcmu, 0, 77, 5, 5);
+        let mut tx = RtpSender::new(boxless_media::Codec::Pcmu, 0, 77, 5, 5);
         let mut b = Vec::new();
         let mut tape = Tape::default();
         for _ in 0..150 {
