@@ -32,6 +32,11 @@ use crate::wire::{CallEvent, SipTx, refuse, respond};
 /// 200 ms; T1 is 500 ms).
 const TRYING_AFTER: Duration = Duration::from_millis(100);
 
+/// Messages kept for the machine while a call's set-up loads, at most: what the call's
+/// channel holds. Past it they are dropped and counted, as when the channel is full, so a
+/// peer cannot grow a loading call's memory.
+const EARLY_MAX: usize = 32;
+
 /// An admitted call, before its set-up is loaded: what the socket task decided and made
 /// (dialog, RTP socket, the call's place in the endpoint's table).
 #[derive(Debug)]
@@ -118,7 +123,11 @@ impl Start {
                             respond(&self.sip, &invite, 100, "Trying", reply_to, b"").await;
                         }
                         Some(Method::Invite) => {}
-                        _ => early.push(ev),
+                        _ if early.len() < EARLY_MAX => early.push(ev),
+                        _ => {
+                            metrics::counter!("boxless_sip_dropped_total", "reason" => "call_busy")
+                                .increment(1);
+                        }
                     }
                 }
             }
