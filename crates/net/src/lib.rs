@@ -431,27 +431,39 @@ pub mod http {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(err)?;
-        // The connection is driven beside the request; it ends with the answer (close).
-        let conn = tokio::spawn(conn);
-        let resp = sender.send_request(req).await.map_err(err)?;
-        let status = resp.status().as_u16();
-        let headers: Vec<(String, String)> = resp
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).trim().to_string(),
-                )
-            })
-            .collect();
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| std::io::Error::other(format!("HTTP body: {e}")))?
-            .to_bytes()
-            .to_vec();
-        conn.abort();
+        // The connection is driven here, beside the request, not in a task of its own: a
+        // peer that stalls is dropped with this future when the caller's time runs out.
+        let answer = async {
+            let resp = sender.send_request(req).await.map_err(err)?;
+            let status = resp.status().as_u16();
+            let headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).trim().to_string(),
+                    )
+                })
+                .collect();
+            let body = Limited::new(resp.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| std::io::Error::other(format!("HTTP body: {e}")))?
+                .to_bytes()
+                .to_vec();
+            Ok::<_, std::io::Error>((status, headers, body))
+        };
+        tokio::pin!(answer, conn);
+        let (status, headers, body) = tokio::select! {
+            biased;
+            a = &mut answer => a?,
+            c = &mut conn => {
+                c.map_err(err)?;
+                // Closed (Connection: close): what it sent is the answer, or its error.
+                answer.await?
+            }
+        };
         let content_type = headers
             .iter()
             .find(|(k, _)| k == "content-type")
@@ -526,6 +538,29 @@ pub mod http {
                     .await
                     .is_err()
             );
+        }
+
+        #[tokio::test]
+        async fn a_peer_that_stalls_mid_answer_times_out() {
+            // Headers promising 10 bytes, then nothing, the connection held open.
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let held = tokio::spawn(async move {
+                let (mut s, _) = l.accept().await.unwrap();
+                let mut got = vec![0u8; 4096];
+                let _ = s.read(&mut got).await;
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            });
+            let t = std::time::Instant::now();
+            let e = request(addr, "GET", "/", Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
+            assert!(t.elapsed() < Duration::from_secs(2));
+            held.abort();
         }
 
         #[tokio::test]
