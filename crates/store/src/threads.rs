@@ -69,8 +69,7 @@ impl Store {
         self: &Arc<Self>,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
-        let queue = self.threads.writes.clone();
-        self.run(queue, f).await
+        self.run(&self.threads.writes, f).await
     }
 
     /// Runs `f` on one of the store's reader threads: reads from async code go this way,
@@ -79,13 +78,12 @@ impl Store {
         self: &Arc<Self>,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
-        let queue = self.threads.reads.clone();
-        self.run(queue, f).await
+        self.run(&self.threads.reads, f).await
     }
 
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        queue: mpsc::Sender<Job>,
+        queue: &mpsc::Sender<Job>,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
