@@ -166,18 +166,26 @@ where
     }
 }
 
-/// The messages for `recipient` once `cond` holds of them (see [`until`]).
+/// The messages for `recipient` once `cond` holds of them: the very list it held of,
+/// asked every 20 ms; fails the test naming `what` after 10 s.
 pub async fn messages_when(
     sys: &System,
     recipient: &str,
     what: &str,
     cond: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    until(what, Duration::from_secs(10), || async {
-        cond(&messages(sys, recipient).await)
-    })
-    .await;
-    messages(sys, recipient).await
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = messages(sys, recipient).await;
+        if cond(&list) {
+            return list;
+        }
+        assert!(
+            tokio::time::Instant::now() < end,
+            "waited 10 s for {what}: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Every notice of every message for `recipient` has an outcome: none is waiting for
