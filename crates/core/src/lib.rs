@@ -7,7 +7,6 @@ pub mod config;
 pub mod number;
 pub mod recipient;
 pub mod status;
-pub mod timers;
 pub mod util;
 pub mod web;
 
@@ -15,5 +14,4 @@ pub use acl::{Admission, FloodGuard, Gate, PeerFilter};
 pub use config::{Checked, Config, ConfigError, RouterMode, ServerSpec};
 pub use number::{LinkPool, Numbering, PhoneNumber};
 pub use status::{ControlHealth, ControlLink, ServerSlot, ServerState, StatusBoard, StatusView};
-pub use timers::TimerTable;
 pub use util::{Rng, now_ms, rfc3339};

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use boxless_timer::TimerTable;
+
 /// Probe timers and thresholds.
 #[derive(Debug, Clone, Copy)]
 pub struct ProbeSettings {
@@ -29,14 +31,29 @@ impl Default for ProbeSettings {
     }
 }
 
+/// A server's deadlines.
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// Its next probe.
+    Probe,
+    /// The outstanding probe fails.
+    Answer,
+}
+
+impl From<Timer> for usize {
+    fn from(t: Timer) -> usize {
+        t as usize
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Target {
     down: bool,
     fails: u32,
     oks: u32,
-    next_at: Instant,
-    /// Outstanding probe: (sequence number, deadline).
-    pending: Option<(u64, Instant)>,
+    timers: TimerTable<Timer, 2>,
+    /// The outstanding probe's sequence number.
+    pending: Option<u64>,
 }
 
 /// A change of a server's probe verdict.
@@ -63,12 +80,16 @@ impl Prober {
         let step = s.interval / (n.max(1) as u32);
         Prober {
             targets: (0..n)
-                .map(|i| Target {
-                    down: false,
-                    fails: 0,
-                    oks: 0,
-                    next_at: now + step * i as u32,
-                    pending: None,
+                .map(|i| {
+                    let mut timers = TimerTable::default();
+                    timers.set(Timer::Probe, now + step * i as u32);
+                    Target {
+                        down: false,
+                        fails: 0,
+                        oks: 0,
+                        timers,
+                        pending: None,
+                    }
                 })
                 .collect(),
             s,
@@ -79,36 +100,31 @@ impl Prober {
 
     /// A probe to send now: (server index, sequence number to put in the request).
     pub fn poll_probe(&mut self, now: Instant) -> Option<(usize, u64)> {
-        let i = self
-            .targets
-            .iter()
-            .position(|t| t.pending.is_none() && now >= t.next_at)?;
+        let i = self.targets.iter().position(|t| {
+            t.pending.is_none() && t.timers.get(Timer::Probe).is_some_and(|at| at <= now)
+        })?;
         self.seq += 1;
         let t = &mut self.targets[i];
-        t.pending = Some((self.seq, now + self.s.timeout));
-        t.next_at = now + self.s.interval;
+        t.pending = Some(self.seq);
+        t.timers.set(Timer::Answer, now + self.s.timeout);
+        t.timers.set(Timer::Probe, now + self.s.interval);
         Some((i, self.seq))
     }
 
     /// An answer to probe `seq`; `alive` when the server answered as a healthy one would.
     pub fn answered(&mut self, seq: u64, alive: bool) {
-        let Some(i) = self
-            .targets
-            .iter()
-            .position(|t| t.pending.map(|p| p.0) == Some(seq))
-        else {
+        let Some(i) = self.targets.iter().position(|t| t.pending == Some(seq)) else {
             return;
         };
         self.targets[i].pending = None;
+        self.targets[i].timers.clear(Timer::Answer);
         self.record(i, alive);
     }
 
     /// Expires unanswered probes.
     pub fn handle_timeout(&mut self, now: Instant) {
         for i in 0..self.targets.len() {
-            if let Some((_, deadline)) = self.targets[i].pending
-                && now >= deadline
-            {
+            if self.targets[i].timers.fired(Timer::Answer, now) {
                 self.targets[i].pending = None;
                 self.record(i, false);
             }
@@ -153,9 +169,10 @@ impl Prober {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.targets
             .iter()
-            .map(|t| match t.pending {
-                Some((_, d)) => d,
-                None => t.next_at,
+            .filter_map(|t| match t.pending {
+                // The next probe waits for the outstanding one's answer or failure.
+                Some(_) => t.timers.get(Timer::Answer),
+                None => t.timers.get(Timer::Probe),
             })
             .min()
     }

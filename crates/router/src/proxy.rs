@@ -3,7 +3,9 @@
 //! [`crate::driver`].
 //!
 //! The router adds its Via, rewrites the Request-URI to the chosen server and relays
-//! responses. A server that sends 408 or 5xx, or nothing within `answer_timeout`, is
+//! responses. Each server tried is a branch, an INVITE client transaction
+//! ([`boxless_sip::UacInvite`]: retransmissions, the answer and ring waits, the ACK of a
+//! failure). A server that sends 408 or 5xx, or nothing within `answer_timeout`, is
 //! dropped for that call (ACKed or CANCELled) and the next available server is tried; the
 //! caller sees an error only when none is left. With `record_route` the forwarded INVITE
 //! carries our Record-Route, and in-dialog requests (ACK, BYE, re-INVITE, UPDATE) that
@@ -11,15 +13,17 @@
 //! responses relayed by Via; the router still holds no dialog state. Without it, ACK for
 //! 2xx and BYE go straight to the server's Contact.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boxless_core::{PhoneNumber, Rng};
-use boxless_sip::{Message, Method, write_response};
+use boxless_sip::{
+    InviteFired, InviteWaits, Message, Method, Received, SipTimers, UacInvite, write_response,
+};
+use boxless_timer::{TimerQueue, TimerTable};
 
 use crate::decide::{RouterCore, Verdict};
 use crate::{policy, relay};
@@ -88,30 +92,60 @@ pub enum Output<R> {
     },
 }
 
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum State {
-    Trying,
-    Proceeding,
-    Done,
+/// The proxy's own deadlines for a call (its server side, facing the caller).
+#[derive(Debug, Clone, Copy)]
+enum Timer {
+    /// The caller cancelled and the server has not answered with a final yet: past this,
+    /// the caller gets its `487` from us.
+    CancelAnswer,
+    /// The caller has its final answer: the transaction absorbs retransmissions until then.
+    Linger,
 }
 
+impl From<Timer> for usize {
+    fn from(t: Timer) -> usize {
+        t as usize
+    }
+}
+
+/// One server tried for a call: the INVITE client transaction towards it.
+#[derive(Debug)]
+struct Branch {
+    server: usize,
+    uac: UacInvite,
+}
+
+/// A call the proxy holds, from the caller's INVITE until its final answer has lingered.
 #[derive(Debug)]
 struct Tsx<R> {
+    /// The caller's key (its branch, sent-by and Call-ID).
+    key: String,
     invite: Vec<u8>,
     reply: R,
     /// Recipient (deposit) or link number (retrieval), as first decided.
     user: PhoneNumber,
     /// Retrievals go to the owner only: never failed over.
     retrieval: bool,
-    tried: Vec<usize>,
-    server: Option<usize>,
-    branch: String,
-    forwarded: Vec<u8>,
-    state: State,
-    deadline: Instant,
-    retransmit: Option<(Instant, Duration)>,
+    /// Every server tried, in order; the last is the live one until the caller has its
+    /// final answer.
+    branches: Vec<Branch>,
+    timers: TimerTable<Timer, 2>,
     last_final: Option<Vec<u8>>,
     cancelled: bool,
+}
+
+impl<R> Tsx<R> {
+    fn done(&self) -> bool {
+        self.last_final.is_some()
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.branches
+            .iter()
+            .filter_map(|b| b.uac.poll_timeout())
+            .chain(self.timers.next())
+            .min()
+    }
 }
 
 /// The proxy's transactions, keyed by the caller's branch.
@@ -121,9 +155,11 @@ pub struct Proxy<R> {
     local: SocketAddr,
     s: ProxySettings,
     rng: Rng,
-    tsx: HashMap<String, Tsx<R>>,
-    by_branch: HashMap<String, String>,
-    timers: BinaryHeap<Reverse<(Instant, String)>>,
+    tsx: HashMap<u64, Tsx<R>>,
+    by_key: HashMap<String, u64>,
+    by_branch: HashMap<String, u64>,
+    next_id: u64,
+    timers: TimerQueue<u64>,
     out: Vec<Output<R>>,
     scratch: String,
     /// Keys the branches of statelessly forwarded requests (§16.11: deterministic, and
@@ -146,8 +182,10 @@ impl<R: Clone> Proxy<R> {
             s,
             rng,
             tsx: HashMap::new(),
+            by_key: HashMap::new(),
             by_branch: HashMap::new(),
-            timers: BinaryHeap::new(),
+            next_id: 0,
+            timers: TimerQueue::default(),
             out: Vec::new(),
             scratch: String::new(),
         }
@@ -169,8 +207,8 @@ impl<R: Clone> Proxy<R> {
     }
 
     /// The earliest timer.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.timers.earliest()
     }
 
     /// A message from the network. `from_server` is true when `src` is a server's address.
@@ -207,7 +245,6 @@ impl<R: Clone> Proxy<R> {
             Some(_) => self.stateless(now_ms, msg, reply),
         }
     }
-
     /// An in-dialog request that names us in its top Route: on to the next hop, provided
     /// that is one of our servers or a trusted peer (never a relay to strangers).
     fn loose_route(&mut self, msg: &Message<'_>, reply: R, skip: usize) {
@@ -267,7 +304,7 @@ impl<R: Clone> Proxy<R> {
 
     fn invite(&mut self, now: Instant, now_ms: u64, msg: &Message<'_>, bytes: &[u8], reply: R) {
         let Some(key) = Self::key(msg) else { return };
-        if let Some(t) = self.tsx.get(&key) {
+        if let Some(t) = self.by_key.get(&key).and_then(|id| self.tsx.get(id)) {
             // A retransmission: repeat what the caller last got.
             let b = match &t.last_final {
                 Some(f) => f.clone(),
@@ -308,29 +345,53 @@ impl<R: Clone> Proxy<R> {
             bytes: relay::simple(msg, 100, "Trying"),
             reply: reply.clone(),
         });
-        let t = Tsx {
-            invite: bytes.to_vec(),
-            reply,
-            user,
-            retrieval,
-            tried: Vec::with_capacity(2),
-            server: None,
-            branch: String::new(),
-            forwarded: Vec::new(),
-            state: State::Trying,
-            deadline: now,
-            retransmit: None,
-            last_final: None,
-            cancelled: false,
-        };
-        self.tsx.insert(key.clone(), t);
-        self.forward_to(now, &key, server);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_key.insert(key.clone(), id);
+        self.tsx.insert(
+            id,
+            Tsx {
+                key,
+                invite: bytes.to_vec(),
+                reply,
+                user,
+                retrieval,
+                branches: Vec::with_capacity(2),
+                timers: TimerTable::default(),
+                last_final: None,
+                cancelled: false,
+            },
+        );
+        self.forward_to(now, id, server);
+        self.rearm(id);
     }
 
-    fn forward_to(&mut self, now: Instant, key: &str, server: usize) {
+    /// Arms the queue for call `id`'s next deadline; forgets a call whose time is over.
+    fn rearm(&mut self, id: u64) {
+        let Some(t) = self.tsx.get(&id) else {
+            return self.timers.arm(id, None);
+        };
+        match t.poll_timeout() {
+            Some(at) => self.timers.arm(id, Some(at)),
+            // Nothing left to wait for (the answer has lingered).
+            None => self.remove(id),
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.timers.arm(id, None);
+        if let Some(t) = self.tsx.remove(&id) {
+            self.by_key.remove(&t.key);
+            for b in &t.branches {
+                self.by_branch.remove(b.uac.branch());
+            }
+        }
+    }
+
+    fn forward_to(&mut self, now: Instant, id: u64, server: usize) {
         let branch = format!("z9hG4bK{:016x}", self.rng.next_u64());
         let addr = self.core.board.slots[server].sip;
-        let Some(t) = self.tsx.get_mut(key) else {
+        let Some(t) = self.tsx.get_mut(&id) else {
             return;
         };
         let Ok(msg) = Message::parse(&t.invite, false) else {
@@ -344,86 +405,86 @@ impl<R: Clone> Proxy<R> {
             &branch,
             &rr,
         );
-        t.tried.push(server);
-        t.server = Some(server);
-        t.branch = branch.clone();
-        t.forwarded = fwd.clone();
-        t.state = State::Trying;
-        t.deadline = now + self.s.answer_timeout;
-        t.retransmit = Some((now + self.s.t1, self.s.t1));
-        self.by_branch.insert(branch, key.to_string());
-        self.timers.push(Reverse((
-            now + self.s.t1.min(self.s.answer_timeout),
-            key.to_string(),
-        )));
+        let timers = SipTimers {
+            t1: self.s.t1,
+            ..SipTimers::default()
+        };
+        let waits = InviteWaits {
+            answer: self.s.answer_timeout,
+            ring: self.s.ring_timeout,
+        };
+        // The servers are reached over UDP.
+        let uac = UacInvite::new(now, fwd.clone(), branch.clone(), false, timers, waits);
+        t.branches.push(Branch { server, uac });
+        self.by_branch.insert(branch, id);
         self.out.push(Output::ToServer { bytes: fwd, addr });
         metrics::counter!("boxless_router_forwarded_total").increment(1);
     }
 
-    /// Tries the next available server for `key`, or answers the caller with `fallback`.
-    fn failover(&mut self, now: Instant, now_ms: u64, key: &str, fallback: Option<Vec<u8>>) {
-        let Some(t) = self.tsx.get(key) else { return };
+    /// Tries the next available server for call `id`, or answers the caller with
+    /// `fallback` (the last server's answer) or a `503`.
+    fn failover(&mut self, now: Instant, now_ms: u64, id: u64, fallback: Option<Vec<u8>>) {
+        let Some(t) = self.tsx.get(&id) else { return };
         // The same policy as a first choice, among the servers not tried yet.
         let choice = if t.cancelled || t.retrieval {
             None
         } else {
-            let tried = &t.tried;
+            let branches = &t.branches;
             policy::pick_where(
                 &self.core.board,
                 self.core.board.status_time(now_ms),
                 self.core.ttl_ms,
                 &mut self.rng,
-                |i| !tried.contains(&i),
+                |i| !branches.iter().any(|b| b.server == i),
             )
         };
-        match choice {
-            Some(server) => {
-                metrics::counter!("boxless_router_failovers_total").increment(1);
-                tracing::info!(server = %self.core.board.slots[server].id, "failing over");
-                self.forward_to(now, key, server);
+        if let Some(server) = choice {
+            metrics::counter!("boxless_router_failovers_total").increment(1);
+            tracing::info!(server = %self.core.board.slots[server].id, "failing over");
+            return self.forward_to(now, id, server);
+        }
+        let b = match fallback {
+            Some(b) => b,
+            None if t.cancelled => {
+                let Ok(inv) = Message::parse(&t.invite, false) else {
+                    return;
+                };
+                relay::simple(&inv, 487, "Request Terminated")
             }
             None => {
-                let b = match fallback {
-                    Some(b) => b,
-                    None => {
-                        let Some(Ok(msg)) =
-                            self.tsx.get(key).map(|t| Message::parse(&t.invite, false))
-                        else {
-                            return;
-                        };
-                        let mut b = Vec::new();
-                        let extra = format!("Retry-After: {}\r\n", self.core.retry_after);
-                        write_response(
-                            &mut b,
-                            &msg,
-                            503,
-                            "Service Unavailable",
-                            Some(&"proxy"),
-                            None,
-                            extra.as_bytes(),
-                            None,
-                        );
-                        b
-                    }
+                let Ok(msg) = Message::parse(&t.invite, false) else {
+                    return;
                 };
-                self.finish(now, key, b);
+                let mut b = Vec::new();
+                let extra = format!("Retry-After: {}\r\n", self.core.retry_after);
+                write_response(
+                    &mut b,
+                    &msg,
+                    503,
+                    "Service Unavailable",
+                    Some(&"proxy"),
+                    None,
+                    extra.as_bytes(),
+                    None,
+                );
+                b
             }
-        }
+        };
+        self.finish(now, id, b);
     }
 
-    fn finish(&mut self, now: Instant, key: &str, final_bytes: Vec<u8>) {
-        let Some(t) = self.tsx.get_mut(key) else {
+    /// The caller's final answer: sent now, repeated to its retransmissions for `linger`.
+    fn finish(&mut self, now: Instant, id: u64, final_bytes: Vec<u8>) {
+        let Some(t) = self.tsx.get_mut(&id) else {
             return;
         };
-        t.state = State::Done;
-        t.retransmit = None;
         t.last_final = Some(final_bytes.clone());
-        t.deadline = now + self.s.linger;
+        t.timers.clear(Timer::CancelAnswer);
+        t.timers.set(Timer::Linger, now + self.s.linger);
         self.out.push(Output::ToCaller {
             bytes: final_bytes,
             reply: t.reply.clone(),
         });
-        self.timers.push(Reverse((t.deadline, key.to_string())));
     }
 
     fn response(&mut self, now: Instant, now_ms: u64, msg: &Message<'_>) {
@@ -438,63 +499,77 @@ impl<R: Clone> Proxy<R> {
             self.out.push(Output::Relay { bytes, addr });
             return;
         }
-        let Some(key) = via.branch.and_then(|b| self.by_branch.get(b)).cloned() else {
-            return;
-        };
-        let Some(t) = self.tsx.get_mut(&key) else {
-            return;
-        };
-        if via.branch != Some(t.branch.as_str()) {
-            return;
-        }
-        let code = msg.status().unwrap_or(500);
-        let is_invite = msg.cseq.is_some_and(|c| c.method == "INVITE");
-        if !is_invite {
+        if msg.cseq.is_none_or(|c| c.method != "INVITE") {
             return; // 200 to our CANCEL
         }
-        let relayed = relay::strip_top_via(msg);
-        let server_addr = t.server.map(|s| self.core.board.slots[s].sip);
-        match code {
-            100 => {
-                t.retransmit = None;
-            }
-            101..=199 => {
-                t.retransmit = None;
-                t.state = State::Proceeding;
-                t.deadline = now + self.s.ring_timeout;
-                self.timers.push(Reverse((t.deadline, key.clone())));
-                self.out.push(Output::ToCaller {
-                    bytes: relayed,
-                    reply: t.reply.clone(),
+        let Some(branch) = via.branch else { return };
+        let Some(&id) = self.by_branch.get(branch) else {
+            return;
+        };
+        self.branch_response(now, now_ms, id, branch, msg);
+        self.rearm(id);
+    }
+
+    fn branch_response(
+        &mut self,
+        now: Instant,
+        now_ms: u64,
+        id: u64,
+        branch: &str,
+        msg: &Message<'_>,
+    ) {
+        let Some(t) = self.tsx.get_mut(&id) else {
+            return;
+        };
+        let Some(i) = t.branches.iter().position(|b| b.uac.branch() == branch) else {
+            return;
+        };
+        let code = msg.status().unwrap_or(500);
+        let last = i + 1 == t.branches.len();
+        let live = last && !t.done();
+        let b = &mut t.branches[i];
+        let addr = self.core.board.slots[b.server].sip;
+        let received = b.uac.response(now, code);
+        if b.uac.cancel_due(now) {
+            Self::cancel_to(&mut self.out, b.uac.message(), addr);
+        }
+        let ack = |out: &mut Vec<Output<R>>, inv: &[u8]| {
+            if let Ok(inv) = Message::parse(inv, false) {
+                out.push(Output::ToServer {
+                    bytes: relay::build_ack(&inv, msg),
+                    addr,
                 });
             }
-            200..=299 => {
-                // 2xx (and its retransmissions) always reach the caller.
-                if t.state == State::Done {
-                    self.out.push(Output::ToCaller {
-                        bytes: relayed,
-                        reply: t.reply.clone(),
-                    });
-                } else {
-                    self.finish(now, &key, relayed);
+        };
+        match received {
+            Received::Trying | Received::Stray => {}
+            Received::FinalAgain => ack(&mut self.out, b.uac.message()),
+            // Only the live server's answers reach the caller (and the 2xx retransmissions of
+            // the one that answered): a late 2xx from a server given up on would fork the call.
+            Received::Provisional if live => self.out.push(Output::ToCaller {
+                bytes: relay::strip_top_via(msg),
+                reply: t.reply.clone(),
+            }),
+            Received::Accepted if last => self.out.push(Output::ToCaller {
+                bytes: relay::strip_top_via(msg),
+                reply: t.reply.clone(),
+            }),
+            Received::Provisional | Received::Accepted => {}
+            Received::Final if code < 300 => {
+                if live {
+                    self.finish(now, id, relay::strip_top_via(msg));
                 }
             }
-            _ => {
-                if let Some(addr) = server_addr
-                    && let Ok(inv) = Message::parse(&t.forwarded, false)
-                {
-                    self.out.push(Output::ToServer {
-                        bytes: relay::build_ack(&inv, msg),
-                        addr,
-                    });
-                }
-                if t.state == State::Done {
+            Received::Final => {
+                ack(&mut self.out, b.uac.message());
+                if !live {
                     return;
                 }
+                let relayed = relay::strip_top_via(msg);
                 if code == 408 || (500..600).contains(&code) {
-                    self.failover(now, now_ms, &key, Some(relayed));
+                    self.failover(now, now_ms, id, Some(relayed));
                 } else {
-                    self.finish(now, &key, relayed);
+                    self.finish(now, id, relayed);
                 }
             }
         }
@@ -506,83 +581,87 @@ impl<R: Clone> Proxy<R> {
             reply,
         });
         let Some(key) = Self::key(msg) else { return };
-        let Some(t) = self.tsx.get_mut(&key) else {
+        let Some(&id) = self.by_key.get(&key) else {
             return;
         };
-        if t.state == State::Done {
+        let Some(t) = self.tsx.get_mut(&id) else {
+            return;
+        };
+        if t.done() {
             return;
         }
         t.cancelled = true;
-        if let (Some(s), Ok(inv)) = (t.server, Message::parse(&t.forwarded, false)) {
-            self.out.push(Output::ToServer {
+        if let Some(b) = t.branches.last_mut()
+            && b.uac.cancel(now)
+        {
+            Self::cancel_to(
+                &mut self.out,
+                b.uac.message(),
+                self.core.board.slots[b.server].sip,
+            );
+        }
+        // If the server never answers, the caller still gets its 487.
+        t.timers
+            .set(Timer::CancelAnswer, now + self.s.answer_timeout);
+        self.rearm(id);
+    }
+
+    /// The CANCEL for a forwarded INVITE, to its server.
+    fn cancel_to(out: &mut Vec<Output<R>>, forwarded: &[u8], addr: SocketAddr) {
+        if let Ok(inv) = Message::parse(forwarded, false) {
+            out.push(Output::ToServer {
                 bytes: relay::build_cancel(&inv),
-                addr: self.core.board.slots[s].sip,
+                addr,
             });
         }
-        // If the server never answers the CANCEL, the caller still gets its 487.
-        t.deadline = now + self.s.answer_timeout;
-        self.timers.push(Reverse((t.deadline, key)));
     }
 
     /// Runs due timers.
     pub fn handle_timeout(&mut self, now: Instant, now_ms: u64) {
-        while let Some(Reverse((at, key))) = self.timers.peek().cloned() {
-            if at > now {
-                break;
+        while let Some(id) = self.timers.pop(now) {
+            self.run_timers(now, now_ms, id);
+            self.rearm(id);
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant, now_ms: u64, id: u64) {
+        let Some(t) = self.tsx.get_mut(&id) else {
+            return;
+        };
+        let mut gave_up = false;
+        let n = t.branches.len();
+        let done = t.done();
+        for (i, b) in t.branches.iter_mut().enumerate() {
+            let addr = self.core.board.slots[b.server].sip;
+            match b.uac.handle_timeout(now) {
+                None => {}
+                Some(InviteFired::Retransmit) => self.out.push(Output::ToServer {
+                    bytes: b.uac.message().to_vec(),
+                    addr,
+                }),
+                Some(fired) => {
+                    if fired == InviteFired::NoFinal {
+                        Self::cancel_to(&mut self.out, b.uac.message(), addr);
+                    }
+                    if i + 1 == n && !done {
+                        tracing::warn!(server = %self.core.board.slots[b.server].id, "server did not answer in time");
+                        gave_up = true;
+                    }
+                }
             }
-            self.timers.pop();
-            let Some(t) = self.tsx.get_mut(&key) else {
-                continue;
+        }
+        if t.timers.fired(Timer::CancelAnswer, now) && !t.done() {
+            let Ok(inv) = Message::parse(&t.invite, false) else {
+                return;
             };
-            if t.state == State::Done {
-                if now >= t.deadline {
-                    let t = self
-                        .tsx
-                        .remove(&key)
-                        .expect("present: looked up just above");
-                    self.by_branch.remove(&t.branch);
-                }
-                continue;
-            }
-            if let Some((rt, every)) = t.retransmit
-                && now >= rt
-                && now < t.deadline
-            {
-                let next = every * 2;
-                t.retransmit = Some((now + next, next));
-                if let Some(s) = t.server {
-                    self.out.push(Output::ToServer {
-                        bytes: t.forwarded.clone(),
-                        addr: self.core.board.slots[s].sip,
-                    });
-                }
-                let at = (now + next).min(t.deadline);
-                self.timers.push(Reverse((at, key.clone())));
-                continue;
-            }
-            if now >= t.deadline {
-                if t.cancelled {
-                    let Ok(inv) = Message::parse(&t.invite, false) else {
-                        continue;
-                    };
-                    let b = relay::simple(&inv, 487, "Request Terminated");
-                    self.finish(now, &key, b);
-                    continue;
-                }
-                // No answer in time: CANCEL a ringing branch, then try the next server.
-                if t.state == State::Proceeding
-                    && let (Some(s), Ok(inv)) = (t.server, Message::parse(&t.forwarded, false))
-                {
-                    self.out.push(Output::ToServer {
-                        bytes: relay::build_cancel(&inv),
-                        addr: self.core.board.slots[s].sip,
-                    });
-                }
-                tracing::warn!(server = ?t.server.map(|s| self.core.board.slots[s].id.clone()), "server did not answer in time");
-                self.failover(now, now_ms, &key, None);
-            } else {
-                self.timers.push(Reverse((t.deadline, key.clone())));
-            }
+            let b = relay::simple(&inv, 487, "Request Terminated");
+            return self.finish(now, id, b);
+        }
+        if t.timers.fired(Timer::Linger, now) {
+            return self.remove(id);
+        }
+        if gave_up {
+            self.failover(now, now_ms, id, None);
         }
     }
 }
@@ -962,5 +1041,52 @@ To: <sip:+15551230002@h>;tag=srv\r\nCall-ID: pc\r\nCSeq: 2 BYE\r\nMax-Forwards: 
             }
         }
         assert_eq!(p.len(), 4);
+    }
+
+    #[test]
+    fn a_cancel_before_any_provisional_waits_for_one() {
+        let mut p = proxy();
+        let t0 = Instant::now();
+        p.handle(t0, now_ms(), &invite("INVITE"), false, 1);
+        let (server, fwd) = outputs(&mut p)[1].clone();
+        p.handle(t0, now_ms(), &invite("CANCEL"), false, 1);
+        let out = outputs(&mut p);
+        assert_eq!(out.len(), 1, "only the caller's 200: {out:?}");
+        assert_eq!(status(&out[0].1), Some(200));
+        p.handle(t0, now_ms(), &answer(&fwd, 100), false, 0);
+        let out = outputs(&mut p);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].0, server);
+        assert!(
+            out[0].1.starts_with(b"CANCEL "),
+            "sent once the server said Trying"
+        );
+    }
+
+    #[test]
+    fn a_retransmitted_failure_is_acked_again_and_a_late_2xx_is_not_relayed() {
+        let mut p = proxy();
+        let t0 = Instant::now();
+        p.handle(t0, now_ms(), &invite("INVITE"), false, 1);
+        let (_, fwd) = outputs(&mut p)[1].clone();
+        let busy = answer(&fwd, 503);
+        p.handle(t0, now_ms(), &busy, false, 0);
+        let (_, fwd2) = outputs(&mut p)[1].clone();
+        p.handle(t0, now_ms(), &busy, false, 0);
+        let out = outputs(&mut p);
+        assert_eq!(out.len(), 1, "no second failover: {out:?}");
+        assert!(out[0].1.starts_with(b"ACK "));
+        // The first server answers 200 after all: the caller is on the second one.
+        p.handle(t0, now_ms(), &answer(&fwd, 200), false, 0);
+        assert!(outputs(&mut p).is_empty());
+        p.handle(t0, now_ms(), &answer(&fwd2, 200), false, 0);
+        assert_eq!(status(&outputs(&mut p)[0].1), Some(200));
+        // Once its answer has lingered, the call is forgotten.
+        assert_eq!(p.len(), 1);
+        while let Some(at) = p.poll_timeout() {
+            p.handle_timeout(at, now_ms());
+            outputs(&mut p);
+        }
+        assert!(p.is_empty() && p.by_branch.is_empty() && p.by_key.is_empty());
     }
 }

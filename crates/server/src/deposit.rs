@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boxless_core::TimerTable;
 use boxless_media::audio::convert;
 use boxless_media::{Codec, Negotiated, Pending, Received, RtpReceiver};
 use boxless_sip::Message;
+use boxless_timer::TimerTable;
 
 use crate::flow::{CallSettings, EndReason, Output, Playout};
 use crate::leg::{Answer, Leg, LegEvent, PendingBye};

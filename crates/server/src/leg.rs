@@ -11,12 +11,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use boxless_core::TimerTable;
 use boxless_media::{Negotiated, RtpSender, negotiate, write_sdp};
 use boxless_sip::session::{self, Negotiation, Refresher, SessionTimer};
 use boxless_sip::{
     Dialog, Fired, Message, Method, SipTimers, UacNonInvite, UasInvite, write_response,
 };
+use boxless_timer::TimerTable;
 
 use crate::flow::Output;
 

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use boxless_core::TimerTable;
 use boxless_core::recipient::Language;
 use boxless_core::util::civil;
 use boxless_media::audio::convert_into;
 use boxless_media::{Codec, DtmfDetector, FRAME, Negotiated, Prompts, Received, RtpReceiver};
 use boxless_sip::Message;
+use boxless_timer::TimerTable;
 
 use crate::flow::{EndReason, Output, Playout};
 use crate::leg::{Answer, Leg, LegEvent};

@@ -1,5 +1,5 @@
 //! SIP for Boxless with no I/O: zero-copy parsing, stream framing, printing, and the
-//! transaction and dialog state a UAS needs (time is an argument, output is returned).
+//! transaction and dialog state a UAS and the router's proxy need (time is an argument, output is returned).
 #![warn(missing_docs)]
 
 pub mod dialog;
@@ -16,5 +16,8 @@ pub use dialog::{Dialog, DialogError, DialogId, Local};
 pub use frame::{Frame, frame};
 pub use hdr::{CSeq, NameAddr, Uri, Via};
 pub use parse::{Defect, Error, Header, Message, Method, StartLine};
-pub use tsx::{Fired, SipTimers, UacNonInvite, UasInvite};
+pub use tsx::{
+    Fired, InviteFired, InviteState, InviteWaits, Received, SipTimers, UacInvite, UacNonInvite,
+    UasInvite,
+};
 pub use write::{Request, response_target, stateless_tag, write_request, write_response};

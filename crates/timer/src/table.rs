@@ -1,4 +1,4 @@
-//! A fixed table of named deadlines for a sans-IO machine: each machine names its timers
+//! A fixed table of named deadlines inside one sans-IO machine: the machine names its timers
 //! with an enum, the table answers "what is next" and "did this one fire".
 
 use std::marker::PhantomData;
