@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use boxless_core::now_ms;
 use boxless_media::RtpSender;
 use boxless_sip::parties::Target;
-use boxless_sip::{Dialog, Local, Message};
+use boxless_sip::{Dialog, Local, Message, OwnedMessage};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -101,11 +101,10 @@ impl MessagingServer {
                 respond(tx, &msg, r.code, r.reason, r.to, r.extra.as_bytes()).await;
             }
             Dispatch::ToCall { call, reply_to } => {
-                let ev = CallEvent {
-                    bytes: bytes.to_vec(),
-                    reply_to,
-                    stream,
+                let Some(msg) = OwnedMessage::copy_of(&msg, bytes) else {
+                    return;
                 };
+                let ev = CallEvent { msg, reply_to };
                 if call.try_send(ev).is_err() {
                     metrics::counter!("boxless_sip_dropped_total", "reason" => "call_busy")
                         .increment(1);
@@ -196,11 +195,14 @@ impl MessagingServer {
         if admitted.offer.is_none() {
             metrics::counter!("boxless_late_offers_total").increment(1);
         }
+        let Some(invite) = OwnedMessage::copy_of(msg, bytes) else {
+            self.release_port(port);
+            return;
+        };
         let start = Start {
             server: self.clone(),
             call_id: msg.call_id.to_string(),
-            invite: bytes.to_vec(),
-            reliable,
+            invite,
             admitted,
             dialog,
             leg: LegSetup {

@@ -15,7 +15,7 @@ use boxless_core::{PhoneNumber, now_ms};
 use boxless_media::RtpSender;
 use boxless_net::rtp::RtpSocket;
 use boxless_sip::parties::Target;
-use boxless_sip::{Dialog, Message, Method};
+use boxless_sip::{Dialog, Method, OwnedMessage};
 use boxless_store::{Arrival, MessageState};
 use tokio::sync::mpsc;
 
@@ -43,10 +43,8 @@ const EARLY_MAX: usize = 32;
 pub(crate) struct Start {
     pub(crate) server: Arc<MessagingServer>,
     pub(crate) call_id: String,
-    /// The INVITE as received.
-    pub(crate) invite: Vec<u8>,
-    /// It came over TCP or TLS.
-    pub(crate) reliable: bool,
+    /// The INVITE, as the socket task parsed it.
+    pub(crate) invite: OwnedMessage,
     pub(crate) admitted: Admitted,
     pub(crate) dialog: Dialog,
     pub(crate) leg: LegSetup,
@@ -72,7 +70,7 @@ enum Loaded {
 impl Start {
     /// Loads the set-up, answers the INVITE and runs the call to its end.
     pub(crate) async fn run(self) {
-        // The set-up (the INVITE parsed, the loading, the select over both) is a future of
+        // The set-up (the loading, the select over it and the caller's messages) is a future of
         // its own on the heap, freed before the call runs: inline, its size would set the
         // size of every call's task for the call's whole life (measured: 6 to 10 KiB more
         // RSS a call at 1,000 recordings).
@@ -86,11 +84,7 @@ impl Start {
     async fn answer(mut self) -> Option<Call> {
         let server = self.server.clone();
         let (call_id, port) = (self.call_id.clone(), self.port);
-        let Ok(invite) = Message::parse(&self.invite, self.reliable) else {
-            // The socket task parsed these very bytes; nothing to answer if it changed.
-            server.call_ended(&call_id, port);
-            return None;
-        };
+        let invite = self.invite.get();
         let load = load(server.clone(), self.admitted);
         tokio::pin!(load);
         let reply_to = self.leg.reply_to;
@@ -104,23 +98,23 @@ impl Start {
                 loaded = &mut load => break loaded,
                 _ = tokio::time::sleep_until(trying_at), if !trying => {
                     trying = true;
-                    respond(&self.sip, &invite, 100, "Trying", reply_to, b"").await;
+                    respond(&self.sip, invite, 100, "Trying", reply_to, b"").await;
                 }
                 ev = self.events.recv() => {
                     // The endpoint holds the sender until the call ends: never None here.
                     let Some(ev) = ev else { continue };
-                    let Ok(m) = Message::parse(&ev.bytes, ev.stream) else { continue };
+                    let m = ev.msg.get();
                     match m.method() {
                         Some(Method::Cancel) => {
-                            respond(&self.sip, &m, 200, "OK", ev.reply_to, b"").await;
-                            respond(&self.sip, &invite, 487, "Request Terminated", reply_to, b"").await;
+                            respond(&self.sip, m, 200, "OK", ev.reply_to, b"").await;
+                            respond(&self.sip, invite, 487, "Request Terminated", reply_to, b"").await;
                             tracing::info!("call cancelled while its set-up loaded");
                             server.call_ended(&call_id, port);
                             return None;
                         }
                         // The INVITE again: it gets the provisional answer again.
                         Some(Method::Invite) if trying => {
-                            respond(&self.sip, &invite, 100, "Trying", reply_to, b"").await;
+                            respond(&self.sip, invite, 100, "Trying", reply_to, b"").await;
                         }
                         Some(Method::Invite) => {}
                         _ if early.len() < EARLY_MAX => early.push(ev),
@@ -138,13 +132,13 @@ impl Start {
                 reason: "Server Internal Error",
                 extra: "Retry-After: 5\r\n".into(),
             };
-            refuse(&self.sip, &invite, reply_to, r).await;
+            refuse(&self.sip, invite, reply_to, r).await;
             server.call_ended(&call_id, port);
             return None;
         };
         let now = Instant::now();
         let answer = Answer {
-            invite: &invite,
+            invite,
             dialog: self.dialog,
             setup: self.leg,
             offer: self.admitted.offer,
@@ -168,9 +162,7 @@ impl Start {
         };
         let mut machine = machine;
         for ev in early {
-            if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
-                machine.handle_sip(Instant::now(), &m, ev.reply_to);
-            }
+            machine.handle_sip(Instant::now(), ev.msg.get(), ev.reply_to);
         }
         let call = Call {
             server,
@@ -408,13 +400,12 @@ impl Call {
             tokio::select! {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break };
-                    if let Ok(m) = Message::parse(&ev.bytes, ev.stream) {
-                        if m.method() == Some(Method::Bye) {
-                            // Media sent before the BYE may still wait in the socket: keep it.
-                            self.drain_rtp();
-                        }
-                        self.machine.handle_sip(Instant::now(), &m, ev.reply_to);
+                    let m = ev.msg.get();
+                    if m.method() == Some(Method::Bye) {
+                        // Media sent before the BYE may still wait in the socket: keep it.
+                        self.drain_rtp();
                     }
+                    self.machine.handle_sip(Instant::now(), m, ev.reply_to);
                 }
                 ok = async { storing.as_mut().expect("guarded by the select condition").await }, if storing.is_some() => {
                     storing = None;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use boxless_sip::{Message, write_response};
+use boxless_sip::{Message, OwnedMessage, write_response};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -47,12 +47,11 @@ impl SipTx {
     }
 }
 
-/// A SIP message for a call task.
+/// A SIP message for a call task, parsed by the socket task (not again by the call).
 #[derive(Debug)]
 pub(crate) struct CallEvent {
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) msg: OwnedMessage,
     pub(crate) reply_to: SocketAddr,
-    pub(crate) stream: bool,
 }
 
 /// Answers `msg` statelessly (the To-tag derived from the request, so a retransmission

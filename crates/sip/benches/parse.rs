@@ -12,7 +12,26 @@ fn bench(c: &mut Criterion) {
                 .len
         })
     });
-    let m = boxless_sip::Message::parse(INVITE, false).unwrap();
+    // One buffer: two uses of a `const` need not be one address.
+    let buf: Vec<u8> = INVITE.to_vec();
+    let m = boxless_sip::Message::parse(&buf, false).unwrap();
+    // What the server does with a message for a call: parse once, hand over a copy.
+    c.bench_function("copy_invite_for_a_call", |b| {
+        b.iter(|| {
+            boxless_sip::OwnedMessage::copy_of(black_box(&m), &buf)
+                .unwrap()
+                .get()
+                .len
+        })
+    });
+    c.bench_function("parse_invite_owned", |b| {
+        b.iter(|| {
+            boxless_sip::OwnedMessage::parse(black_box(INVITE).into(), false)
+                .unwrap()
+                .get()
+                .len
+        })
+    });
     let mut out = Vec::with_capacity(2048);
     c.bench_function("write_302", |b| {
         b.iter(|| {

@@ -6,6 +6,7 @@ pub mod dialog;
 pub mod frame;
 pub mod hdr;
 mod lex;
+pub mod owned;
 pub mod parse;
 pub mod parties;
 pub mod session;
@@ -15,6 +16,7 @@ pub mod write;
 pub use dialog::{Dialog, DialogError, DialogId, Local};
 pub use frame::{Frame, frame};
 pub use hdr::{CSeq, NameAddr, Uri, Via};
+pub use owned::OwnedMessage;
 pub use parse::{Defect, Error, Header, Message, Method, StartLine};
 pub use tsx::{
     Fired, InviteFired, InviteState, InviteWaits, Received, SipTimers, UacInvite, UacNonInvite,

@@ -204,7 +204,7 @@ impl Kind {
 }
 
 /// A parsed SIP message borrowing its buffer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, yoke::Yokeable)]
 pub struct Message<'a> {
     /// Request or status line.
     pub start: StartLine<'a>,
@@ -277,6 +277,77 @@ impl<'a> Message<'a> {
             msg.check_request();
         }
         Ok(msg)
+    }
+
+    /// The same message over `copy`, a byte-for-byte copy of `buf` (the buffer it was
+    /// parsed from): every field points at the same place in the copy, found by its
+    /// offset, not by parsing again. `None` when a field lies outside `buf` or `copy` is
+    /// not such a copy.
+    pub fn rebase<'b>(&self, buf: &'a [u8], copy: &'b [u8]) -> Option<Message<'b>> {
+        if copy.len() != buf.len() {
+            return None;
+        }
+        let base = buf.as_ptr() as usize;
+        let bytes = |s: &[u8]| -> Option<&'b [u8]> {
+            if s.is_empty() {
+                return Some(&[]);
+            }
+            let at = (s.as_ptr() as usize).checked_sub(base)?;
+            copy.get(at..at.checked_add(s.len())?)
+        };
+        let text = |s: &str| -> Option<&'b str> {
+            if s.is_empty() {
+                return Some("");
+            }
+            std::str::from_utf8(bytes(s.as_bytes())?).ok()
+        };
+        let start = match self.start {
+            StartLine::Request { method, uri } => StartLine::Request {
+                method: match method {
+                    Method::Other(m) => Method::Other(text(m)?),
+                    Method::Invite => Method::Invite,
+                    Method::Ack => Method::Ack,
+                    Method::Bye => Method::Bye,
+                    Method::Cancel => Method::Cancel,
+                    Method::Options => Method::Options,
+                    Method::Register => Method::Register,
+                    Method::Info => Method::Info,
+                    Method::Update => Method::Update,
+                },
+                uri: text(uri)?,
+            },
+            StartLine::Response { code, reason } => StartLine::Response {
+                code,
+                reason: text(reason)?,
+            },
+        };
+        let mut headers = [EMPTY; MAX_HEADERS];
+        for (to, h) in headers.iter_mut().zip(self.headers()) {
+            *to = Header {
+                name: text(h.name)?,
+                value: text(h.value)?,
+                kind: h.kind,
+            };
+        }
+        Some(Message {
+            start,
+            headers,
+            n_headers: self.n_headers,
+            body: bytes(self.body)?,
+            len: self.len,
+            defect: self.defect,
+            call_id: text(self.call_id)?,
+            from: text(self.from)?,
+            to: text(self.to)?,
+            cseq: match self.cseq {
+                Some(c) => Some(CSeq {
+                    seq: c.seq,
+                    method: text(c.method)?,
+                }),
+                None => None,
+            },
+            max_forwards: self.max_forwards,
+        })
     }
 
     /// True for a request.
