@@ -564,7 +564,7 @@ mod tests {
         assert_eq!(tsx.state(), InviteState::Terminated);
         assert_eq!(tsx.response(t0, 200), Received::Stray, "too late");
 
-        let mut tcp = invite(t0, true);
+        let tcp = invite(t0, true);
         assert_eq!(
             tcp.poll_timeout(),
             Some(t0 + Duration::from_secs(2)),
