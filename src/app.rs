@@ -69,6 +69,7 @@ async fn start_server(
     prompts: &Arc<Prompts>,
     book: &Arc<ReceiptBook>,
     recipients: &Recipients,
+    client: Option<&boxless_control::Client>,
 ) -> anyhow::Result<(Arc<MessagingServer>, Arc<Store>)> {
     let c = &cfg.config;
     let id = &spec.config.id;
@@ -77,6 +78,10 @@ async fn start_server(
         Store::open(&dir, id, spec.pool.clone())
             .with_context(|| format!("opening the store of server `{id}` in {}", dir.display()))?,
     );
+    let replicate = c.store.replication == boxless_core::config::Replication::Jetstream;
+    store
+        .replicate(replicate)
+        .with_context(|| format!("store of server `{id}`: replication's bookkeeping"))?;
     book.add(store.clone());
     if let Some(base) = &cfg.web.base_url {
         // Each message from now on gets a web link; the key lives in the server's data dir.
@@ -99,8 +104,20 @@ async fn start_server(
     )
     .await
     .with_context(|| format!("starting server `{id}` on {}", spec.config.listen))?;
+    if let (true, Some(client)) = (replicate, client) {
+        server.replicate(boxless_server::replication::Replication::start(
+            client.clone(),
+            id,
+            store.clone(),
+            c.store.replicas,
+            REPLICA_DEADLINE,
+        ));
+    }
     Ok((server, store))
 }
+
+/// Bounds each JetStream call of replication, and the wait a caller's `200` may add.
+const REPLICA_DEADLINE: Duration = Duration::from_secs(2);
 
 async fn start_router(cfg: &Checked, board: &Arc<StatusBoard>) -> anyhow::Result<SocketAddr> {
     let c = &cfg.config;
@@ -326,8 +343,16 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
     // Receipts for any of this process's servers may arrive on any one's SMPP bind.
     let book = Arc::new(ReceiptBook::default());
     for spec in &cfg.servers {
-        let (server, store) =
-            start_server(&cfg, spec, &board, &prompts, &book, &recipients).await?;
+        let (server, store) = start_server(
+            &cfg,
+            spec,
+            &board,
+            &prompts,
+            &book,
+            &recipients,
+            client.as_ref(),
+        )
+        .await?;
         servers.push(server);
         stores.push(store);
     }
@@ -423,7 +448,16 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
         // on another server's bind, and is handed over through NATS.
         book.share(client.clone());
     }
-    let (server, store) = start_server(&cfg, spec, &board, &prompts, &book, &recipients).await?;
+    let (server, store) = start_server(
+        &cfg,
+        spec,
+        &board,
+        &prompts,
+        &book,
+        &recipients,
+        Some(&client),
+    )
+    .await?;
     let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
     let board_for_exit = board.clone();
     tokio::spawn(boxless_control::publish_status(

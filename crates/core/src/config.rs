@@ -66,6 +66,9 @@ pub struct Config {
     /// `[control]`
     #[serde(default)]
     pub control: ControlConfig,
+    /// `[store]`: where messages live besides the server's own disk.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// `[sip]` protocol timers and limits.
     #[serde(default)]
     pub sip: SipConfig,
@@ -530,6 +533,36 @@ pub enum ControlBackend {
     Nats,
 }
 
+/// Where a server's messages live besides its own disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// This host's disk only (one box).
+    #[default]
+    None,
+    /// Also the NATS JetStream cluster (docs/configuration.md, `[store]`).
+    Jetstream,
+}
+
+/// `[store]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `none` or `jetstream` (needs `control.backend = "nats"`).
+    pub replication: Replication,
+    /// Copies JetStream keeps of each message (1, 3 or 5).
+    pub replicas: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            replication: Replication::None,
+            replicas: 3,
+        }
+    }
+}
+
 /// `[control]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -771,6 +804,23 @@ impl Config {
             return Err(err(
                 "control.url".into(),
                 "must name at least one NATS server, e.g. \"nats://127.0.0.1:4222\" (several: comma-separated)".into(),
+            ));
+        }
+        if self.store.replication == Replication::Jetstream
+            && self.control.backend != ControlBackend::Nats
+        {
+            return Err(err(
+                "store.replication".into(),
+                "\"jetstream\" keeps messages in the NATS cluster: set control.backend = \"nats\" and control.url, or replication = \"none\"".into(),
+            ));
+        }
+        if ![1, 3, 5].contains(&self.store.replicas) {
+            return Err(err(
+                "store.replicas".into(),
+                format!(
+                    "must be 1, 3 or 5 (a JetStream stream's copies: one, or a majority that survives one or two nodes); got {}",
+                    self.store.replicas
+                ),
             ));
         }
         if self.control.ttl_seconds == 0 {
@@ -1016,6 +1066,26 @@ mod tests {
             let e = Config::load_str(&two(a, b), "x.toml").unwrap_err();
             assert_eq!(e.key, "servers[1].rtp_ports", "{a} {b}");
         }
+    }
+
+    #[test]
+    fn replication_needs_nats_and_a_quorum_size() {
+        let e = Config::load_str("[store]\nreplication = \"jetstream\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "store.replication");
+        assert!(e.problem.contains("control.backend = \"nats\""), "{e}");
+        let nats = "[control]\nbackend = \"nats\"\n[store]\nreplication = \"jetstream\"\n";
+        let c = Config::load_str(nats, "x.toml").unwrap();
+        assert_eq!(c.config.store.replication, Replication::Jetstream);
+        assert_eq!(c.config.store.replicas, 3);
+        let e = Config::load_str(&format!("{nats}replicas = 2\n"), "x.toml").unwrap_err();
+        assert_eq!(e.key, "store.replicas");
+        let e = Config::load_str("[store]\nreplication = \"raft\"\n", "x.toml").unwrap_err();
+        assert_eq!(e.key, "store.replication");
+        assert_eq!(
+            Config::embedded().config.store.replication,
+            Replication::None,
+            "one box keeps its disk only"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod intake;
 pub mod leg;
 pub mod menu;
 mod notices;
+pub mod replication;
 pub mod retrieval;
 mod server;
 mod shard;

@@ -17,8 +17,8 @@ impl MessagingServer {
     }
 
     /// Stores a finished recording as a message and queues its notices to the
-    /// recipient's channels (blocking).
-    pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> bool {
+    /// recipient's channels (blocking): the message's id, or None when it was not stored.
+    pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> Option<String> {
         let recipient = rec.arrival().recipient;
         // The recipient's entry says who gets the SMS; the copy answers even while
         // NATS is away, and no entry means the recipient alone.
@@ -50,12 +50,12 @@ impl MessagingServer {
                     .increment(1);
                 self.notifier.wake.notify_one();
                 self.notifier.wake_others.notify_one();
-                true
+                Some(m.id)
             }
             Err(e) => {
                 tracing::error!(error = %e, "message NOT stored");
                 metrics::counter!("boxless_store_errors_total").increment(1);
-                false
+                None
             }
         }
     }

@@ -68,6 +68,8 @@ pub struct MessagingServer {
     pub(crate) email_on: bool,
     /// A webhook key signs notices to recipients' own webhooks.
     pub(crate) webhook_on: bool,
+    /// `[store] replication = "jetstream"`: set once, right after start.
+    pub(crate) replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
 }
 
 impl MessagingServer {
@@ -141,6 +143,7 @@ impl MessagingServer {
             fallback_after_ms: c.sms.fallback_after_seconds.saturating_mul(1000),
             email_on: !c.email.smtp.trim().is_empty(),
             webhook_on: cfg.secrets.webhook_secret.is_some(),
+            replication: std::sync::OnceLock::new(),
         });
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
@@ -174,6 +177,12 @@ impl MessagingServer {
         server.report();
         tracing::info!(server = %server.id, sip = %server.listen, "messaging server up");
         Ok(server)
+    }
+
+    /// Replicates its messages with `r` from now on (what was stored before is caught up
+    /// by `r`'s loop). A second call changes nothing.
+    pub fn replicate(&self, r: Arc<crate::replication::Replication>) {
+        let _ = self.replication.set(r);
     }
 
     /// The server's id.

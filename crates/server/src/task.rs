@@ -487,15 +487,23 @@ impl Call {
         let arrival = self.arrival();
         let store = self.server.store.clone();
         Box::pin(async move {
+            let me = server.clone();
             let stored = store.write(move |_| match rec {
-                Some(rec) if !failed => server.deposit(rec, keep),
+                Some(rec) if !failed => me.deposit(rec, keep),
                 rec => {
                     metrics::counter!("boxless_store_errors_total").increment(1);
-                    server.missed_call(arrival, rec);
-                    false
+                    me.missed_call(arrival, rec);
+                    None
                 }
             });
-            stored.await.unwrap_or(false)
+            let Ok(Some(id)) = stored.await else {
+                return false;
+            };
+            // With replication, the caller's 200 waits for a JetStream majority too.
+            if let Some(r) = server.replication.get() {
+                r.deposited(&id).await;
+            }
+            true
         })
     }
 
@@ -525,10 +533,16 @@ impl Call {
             Mark::Saved => MessageState::Saved,
             Mark::Deleted => MessageState::Deleted,
         };
+        let replication = self.server.replication.get().cloned();
         tokio::spawn(async move {
             let set = store.write(move |s| s.set_state(&id, state, now_ms()).map(|_| id));
             match set.await.and_then(|r| r) {
-                Ok(id) => tracing::info!(id = %id, state = %state.as_str(), "message state"),
+                Ok(id) => {
+                    tracing::info!(id = %id, state = %state.as_str(), "message state");
+                    if let Some(r) = replication {
+                        r.changed();
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "message state NOT recorded"),
             }
         });

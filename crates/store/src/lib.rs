@@ -23,6 +23,7 @@ mod lockout;
 pub mod outbox;
 pub mod receipts;
 pub mod recording;
+pub mod replica;
 pub mod retention;
 mod threads;
 pub mod wav;
@@ -285,6 +286,20 @@ impl Store {
             "web_hash",
             "ALTER TABLE messages ADD COLUMN web_hash BLOB",
         )?;
+        // Replication's bookkeeping (`replica`): a row's revision and the one JetStream has.
+        add_column(
+            &conn,
+            "messages",
+            "revision",
+            "ALTER TABLE messages ADD COLUMN revision INTEGER NOT NULL DEFAULT 1",
+        )?;
+        add_column(
+            &conn,
+            "messages",
+            "replicated",
+            "ALTER TABLE messages ADD COLUMN replicated INTEGER NOT NULL DEFAULT 0",
+        )?;
+        conn.execute_batch(replica::SCHEMA)?;
         // Web tokens are found by their hash; the operator's page counts by minute.
         conn.execute_batch(
             "CREATE UNIQUE INDEX IF NOT EXISTS messages_web ON messages(web_hash);

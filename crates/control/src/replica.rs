@@ -1,0 +1,242 @@
+//! A server's messages in the NATS JetStream cluster (docs/configuration.md, `[store]
+//! replication = "jetstream"`). The names are fixed, so any server finds another's:
+//!
+//! - stream `BOXLESS_AUDIO`, subject `boxless.audio.<server>.<message id>`: a message's
+//!   WAV file in chunks of at most [`CHUNK`] bytes, in order; headers `Boxless-Chunk`
+//!   (its index) and `Boxless-Chunks` (how many make the file) on each. A write after a
+//!   failed one first purges the subject, so chunks of the two never mix.
+//! - key-value bucket `boxless_messages`, key `<server>.<message id>`: the message's
+//!   record (JSON, [`MessageRecord`]); its state is updated in place; a removed message's
+//!   key is deleted and its audio purged.
+//!
+//! The record is written after the last chunk is acknowledged: a record in the bucket
+//! means its audio is whole. Both keep `replicas` copies and acknowledge a write once a
+//! majority has it (JetStream's Raft). Every call here has a deadline: a JetStream that
+//! stops answering fails the call, never hangs it.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, message::PublishMessage, stream};
+use boxless_store::replica::MessageRecord;
+use bytes::Bytes;
+
+/// The audio stream.
+pub const AUDIO_STREAM: &str = "BOXLESS_AUDIO";
+/// The records' bucket.
+pub const MESSAGES_BUCKET: &str = "boxless_messages";
+/// Largest chunk of audio in one stream message (NATS's default max payload is 1 MiB).
+pub const CHUNK: usize = 64 * 1024;
+
+/// Why a replication call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// NATS or JetStream refused or failed.
+    #[error("JetStream: {0}")]
+    Nats(String),
+    /// No answer within the deadline.
+    #[error("JetStream did not answer within {0:?}")]
+    Timeout(Duration),
+    /// What JetStream holds is not what we wrote.
+    #[error("JetStream holds a damaged {0}")]
+    Damaged(&'static str),
+}
+
+fn nats(e: impl std::fmt::Display) -> ReplicaError {
+    ReplicaError::Nats(e.to_string())
+}
+
+/// What [`Replica::put`] writes of a message's audio.
+#[derive(Debug, Clone, Copy)]
+pub enum Audio<'a> {
+    /// JetStream has it already (a state change).
+    Had,
+    /// The WAV file, written for the first time (the deposit).
+    First(&'a [u8]),
+    /// The WAV file again (a retry after a failure: what an earlier try left is purged).
+    Again(&'a [u8]),
+}
+
+/// The audio stream and the records' bucket, reached through one NATS connection.
+#[derive(Clone)]
+pub struct Replica {
+    js: jetstream::Context,
+    audio: stream::Stream,
+    records: kv::Store,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replica")
+    }
+}
+
+fn subject(server: &str, id: &str) -> String {
+    format!("boxless.audio.{server}.{id}")
+}
+
+fn key(server: &str, id: &str) -> String {
+    format!("{server}.{id}")
+}
+
+impl Replica {
+    /// Finds (making them when missing) the stream and the bucket with `replicas` copies;
+    /// each later call waits at most `deadline`.
+    pub async fn open(
+        client: &async_nats::Client,
+        replicas: usize,
+        deadline: Duration,
+    ) -> Result<Replica, ReplicaError> {
+        let js = jetstream::new(client.clone());
+        let audio = tokio::time::timeout(
+            deadline,
+            js.get_or_create_stream(stream::Config {
+                name: AUDIO_STREAM.into(),
+                description: Some("Boxless messages' audio, in chunks".into()),
+                subjects: vec!["boxless.audio.>".into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_message_size: (CHUNK + 1024) as i32,
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|_| ReplicaError::Timeout(deadline))?
+        .map_err(nats)?;
+        let records = match tokio::time::timeout(deadline, js.get_key_value(MESSAGES_BUCKET))
+            .await
+            .map_err(|_| ReplicaError::Timeout(deadline))?
+        {
+            Ok(kv) => kv,
+            Err(_) => tokio::time::timeout(
+                deadline,
+                js.create_key_value(kv::Config {
+                    bucket: MESSAGES_BUCKET.into(),
+                    description: "Boxless messages' records".into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    max_value_size: 16 * 1024,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|_| ReplicaError::Timeout(deadline))?
+            .map_err(nats)?,
+        };
+        Ok(Replica {
+            js,
+            audio,
+            records,
+            deadline,
+        })
+    }
+
+    async fn within<T, E: std::fmt::Display>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ReplicaError> {
+        tokio::time::timeout(self.deadline, f)
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.deadline))?
+            .map_err(nats)
+    }
+
+    /// Writes message `r` with its audio (the deposit), or only its record (a state
+    /// change). Returns once a JetStream majority has all of it.
+    pub async fn put(&self, r: &MessageRecord, audio: Audio<'_>) -> Result<(), ReplicaError> {
+        let wav = match audio {
+            Audio::Had => None,
+            Audio::First(wav) => Some(wav),
+            Audio::Again(wav) => {
+                // An earlier try may have left some chunks past the duplicate window.
+                let subject = subject(&r.server, &r.id);
+                self.within(async { self.audio.purge().filter(subject).await })
+                    .await?;
+                Some(wav)
+            }
+        };
+        if let Some(wav) = wav {
+            let chunks = wav.chunks(CHUNK).len().max(1);
+            let subject = subject(&r.server, &r.id);
+            let mut acks = Vec::with_capacity(chunks);
+            for (n, chunk) in wav.chunks(CHUNK).enumerate() {
+                let mut h = HeaderMap::new();
+                h.insert("Boxless-Chunks", chunks.to_string().as_str());
+                h.insert("Boxless-Chunk", n.to_string().as_str());
+                let p = PublishMessage::build()
+                    .payload(Bytes::copy_from_slice(chunk))
+                    .headers(h);
+                acks.push(
+                    self.within(self.js.send_publish(subject.clone(), p))
+                        .await?,
+                );
+            }
+            for ack in acks {
+                self.within(ack.into_future()).await?;
+            }
+        }
+        let json = serde_json::to_vec(r).map_err(nats)?;
+        self.within(self.records.put(key(&r.server, &r.id), json.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets message `id` of `server`: its record and its audio.
+    pub async fn forget(&self, server: &str, id: &str) -> Result<(), ReplicaError> {
+        self.within(self.records.purge(key(server, id))).await?;
+        let subject = subject(server, id);
+        self.within(async { self.audio.purge().filter(subject).await })
+            .await?;
+        Ok(())
+    }
+
+    /// The record of message `id` of `server`, if JetStream has it.
+    pub async fn record(
+        &self,
+        server: &str,
+        id: &str,
+    ) -> Result<Option<MessageRecord>, ReplicaError> {
+        let Some(v) = self.within(self.records.get(key(server, id))).await? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|_| ReplicaError::Damaged("record"))
+    }
+
+    /// The audio of message `id` of `server`: the WAV file as it was written.
+    pub async fn audio(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
+        let subject = subject(server, id);
+        let mut wav = Vec::new();
+        // The first message at or after this sequence on the subject.
+        let mut next = 1;
+        let mut got = 0usize;
+        loop {
+            // From the stream's leader, not a direct get from any replica: a replica may
+            // not have the last write yet.
+            let get = self
+                .audio
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone());
+            let m = self.within(get.send()).await?;
+            let header = |name| -> Option<usize> { m.headers.get(name)?.as_str().parse().ok() };
+            let (Some(chunks), Some(n)) = (header("Boxless-Chunks"), header("Boxless-Chunk"))
+            else {
+                return Err(ReplicaError::Damaged("audio chunk"));
+            };
+            if n != got {
+                return Err(ReplicaError::Damaged("audio chunk"));
+            }
+            wav.extend_from_slice(&m.payload);
+            got += 1;
+            if got == chunks {
+                return Ok(wav);
+            }
+            next = m.sequence + 1;
+        }
+    }
+}

