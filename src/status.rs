@@ -62,8 +62,8 @@ pub async fn status_table(base: &str, access: &Access) -> anyhow::Result<String>
     let servers: Vec<serde_json::Value> = serde_json::from_slice(&a.body)
         .context("the API answered something that is not a server list")?;
     let mut out = format!(
-        "{:<12} {:<9} {:>15} {:>12} {:>10}\n",
-        "ID", "STATE", "ACTIVE/CAP", "FREE DISK", "LAST SEEN"
+        "{:<12} {:<9} {:>15} {:>12} {:>10} {:>12}\n",
+        "ID", "STATE", "ACTIVE/CAP", "FREE DISK", "LAST SEEN", "UNREPLICATED"
     );
     for v in servers {
         let free = v["free_disk_bytes"].as_u64().unwrap_or(0);
@@ -72,13 +72,18 @@ pub async fn status_table(base: &str, access: &Access) -> anyhow::Result<String>
             .map_or("never".to_string(), |ms| {
                 format!("{:.1}s ago", ms as f64 / 1000.0)
             });
+        // "-": the server keeps its messages on its own disk only.
+        let unreplicated = v["unreplicated"]
+            .as_u64()
+            .map_or("-".to_string(), |n| n.to_string());
         out.push_str(&format!(
-            "{:<12} {:<9} {:>15} {:>12} {:>10}\n",
+            "{:<12} {:<9} {:>15} {:>12} {:>10} {:>12}\n",
             v["id"].as_str().unwrap_or("?"),
             v["state"].as_str().unwrap_or("?"),
             format!("{}/{}", v["active_calls"], v["capacity"]),
             format!("{:.1} GiB", free as f64 / (1u64 << 30) as f64),
-            seen
+            seen,
+            unreplicated
         ));
     }
     // A router whose control plane is down says so (docs/http.md: degraded health).

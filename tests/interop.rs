@@ -840,6 +840,25 @@ fn with_replication_a_message_is_in_jetstream_when_the_caller_has_its_200() {
             "call {i}: the audio whole"
         );
     }
+    // The status says none is behind (`unreplicated` 0, not null: they replicate).
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = rt
+            .block_on(boxless_net::http::request(
+                SocketAddr::from(([127, 0, 0, 1], p.http)),
+                "GET",
+                "/api/v1/servers",
+                Duration::from_secs(5),
+            ))
+            .unwrap();
+        let servers: Vec<serde_json::Value> = serde_json::from_slice(&a.body).unwrap();
+        let behind: Vec<_> = servers.iter().map(|v| v["unreplicated"].clone()).collect();
+        if behind.iter().all(|b| b == 0) {
+            break;
+        }
+        assert!(Instant::now() < until, "servers' unreplicated: {behind:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     // A state change follows (the API's delete: within the loop's 5 s).
     let (_, msgs) = router_messages(p.http);
     let (id, server) = (

@@ -314,6 +314,7 @@ async fn servers(State(s): State<ApiState>) -> Response {
                 free_disk_bytes: v.free_disk,
                 last_seen_ms: (v.last_update_ms != 0).then(|| now.saturating_sub(v.last_update_ms)),
                 link_numbers: slot.pool.to_strings(),
+                unreplicated: v.unreplicated,
             }
         })
         .collect();

@@ -36,6 +36,9 @@ pub struct ServerView {
     pub last_seen_ms: Option<u64>,
     /// Its link-number ranges.
     pub link_numbers: Vec<String>,
+    /// Its messages not yet in JetStream (`[store] replication`); null when it does not
+    /// replicate.
+    pub unreplicated: Option<u64>,
 }
 
 /// One notice of a message: one channel, one destination.

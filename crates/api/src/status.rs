@@ -192,8 +192,10 @@ pub(crate) async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Respo
                 now.saturating_sub(v.last_update_ms) as f64 / 1000.0
             )
         };
+        // "-": the server keeps its messages on its own disk only.
+        let unreplicated = v.unreplicated.map_or("-".to_string(), |n| n.to_string());
         rows.push_str(&format!(
-            "<tr><td>{}</td><td class=\"{state}\">{state}</td><td class=\"n\">{}/{}</td><td class=\"n\">{:.1} GiB</td><td class=\"n\">{seen}</td></tr>",
+            "<tr><td>{}</td><td class=\"{state}\">{state}</td><td class=\"n\">{}/{}</td><td class=\"n\">{:.1} GiB</td><td class=\"n\">{seen}</td><td class=\"n\">{unreplicated}</td></tr>",
             esc(&slot.id),
             v.active,
             v.capacity,
@@ -218,7 +220,7 @@ pub(crate) async fn page(State(s): State<ApiState>, headers: HeaderMap) -> Respo
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta http-equiv=\"refresh\" content=\"15\"><title>Boxless status</title>\
          <style>{STYLE}</style></head><body><main><h1>Boxless status</h1>{health}\
-         <table><thead><tr><th>ID</th><th>STATE</th><th class=\"n\">ACTIVE/CAP</th><th class=\"n\">FREE DISK</th><th class=\"n\">LAST SEEN</th></tr></thead>\
+         <table><thead><tr><th>ID</th><th>STATE</th><th class=\"n\">ACTIVE/CAP</th><th class=\"n\">FREE DISK</th><th class=\"n\">LAST SEEN</th><th class=\"n\">UNREPLICATED</th></tr></thead>\
          <tbody>{rows}</tbody></table>\
          <h2>Last hour: deposits {dep}, notifications {not}</h2>{chart}\
          <p class=\"note\">Bars: messages stored per minute. Line: notices sent per minute (SMS, e-mail, webhook). \

@@ -43,6 +43,10 @@ pub struct StatusMessage {
     pub free_disk_bytes: u64,
     /// True while its notifier can send.
     pub notifier_ok: bool,
+    /// Messages not yet in JetStream; absent when it does not replicate (and from
+    /// servers of a version before replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreplicated: Option<u64>,
 }
 
 impl StatusMessage {
@@ -56,6 +60,7 @@ impl StatusMessage {
             capacity: v.capacity,
             free_disk_bytes: v.free_disk,
             notifier_ok: v.notifier_ok,
+            unreplicated: v.unreplicated,
         }
     }
 
@@ -78,6 +83,7 @@ impl StatusMessage {
             notifier_ok: self.notifier_ok,
             last_update_ms: received_ms,
             probe_down: false,
+            unreplicated: self.unreplicated,
         });
         true
     }
@@ -363,6 +369,36 @@ mod tests {
             ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
         );
         assert_eq!(servers("nats://127.0.0.1:4222"), ["nats://127.0.0.1:4222"]);
+    }
+
+    #[test]
+    fn unreplicated_travels_only_from_a_server_that_replicates() {
+        let slot = ServerSlot::new(
+            "ms1",
+            ([127, 0, 0, 1], 5070).into(),
+            LinkPool::default(),
+            10,
+        );
+        slot.publish(StatusView::up(10, 1));
+        let wire = serde_json::to_string(&StatusMessage::of(&slot)).unwrap();
+        assert!(!wire.contains("unreplicated"), "{wire}");
+        slot.set_unreplicated(Some(7));
+        let m = StatusMessage::of(&slot);
+        assert_eq!(m.unreplicated, Some(7));
+        let board = StatusBoard::new(vec![ServerSlot::new(
+            "ms1",
+            ([127, 0, 0, 1], 5070).into(),
+            LinkPool::default(),
+            10,
+        )]);
+        let back: StatusMessage =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert!(back.apply(&board, 2));
+        assert_eq!(board.slots[0].view().unreplicated, Some(7));
+        // A status from a server of a version before replication parses, as "does not".
+        let old: StatusMessage = serde_json::from_str(&wire).unwrap();
+        assert!(old.apply(&board, 3));
+        assert_eq!(board.slots[0].view().unreplicated, None);
     }
 
     #[test]

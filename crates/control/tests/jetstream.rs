@@ -92,6 +92,22 @@ async fn reach(urls: &str) -> (async_nats::Client, Replica) {
     }
 }
 
+/// `f`'s answer once it succeeds, retried for up to 20 s.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, boxless_control::replica::ReplicaError>>,
+{
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f().await {
+            Ok(t) => return t,
+            Err(e) => assert!(Instant::now() < until, "{what} after the loss: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 fn record(revision: u64, state: &str) -> MessageRecord {
     MessageRecord {
         id: "ms1-00000000000000ab".into(),
@@ -127,23 +143,19 @@ async fn a_message_outlives_a_node_and_is_forgotten_when_removed() {
     // One host lost: its node killed and its disk gone.
     drop(nodes.remove(0));
     let heard = record(2, "heard");
-    let until = Instant::now() + Duration::from_secs(20);
-    loop {
-        // The stream's leader may have been on the lost node: a new one is elected.
-        match replica.put(&heard, Audio::Had).await {
-            Ok(()) => break,
-            Err(e) => assert!(Instant::now() < until, "no write after the loss: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Each stream whose leader was on the lost node elects a new one: calls fail (within
+    // their deadline, never hanging) until it has.
+    let after_loss = Instant::now();
+    retry("the state change", || replica.put(&heard, Audio::Had)).await;
     assert_eq!(replica.record("ms1", &r.id).await.unwrap(), Some(heard));
-    assert_eq!(
-        replica.audio("ms1", &r.id).await.unwrap(),
-        wav,
-        "two copies left"
+    let audio = retry("the audio", || replica.audio("ms1", &r.id)).await;
+    assert_eq!(audio, wav, "two copies left");
+    eprintln!(
+        "written and read back {:?} after the loss",
+        after_loss.elapsed()
     );
 
-    replica.forget("ms1", &r.id).await.unwrap();
+    retry("forgetting", || replica.forget("ms1", &r.id)).await;
     assert_eq!(replica.record("ms1", &r.id).await.unwrap(), None);
     assert!(replica.audio("ms1", &r.id).await.is_err(), "audio purged");
 }

@@ -151,6 +151,8 @@ pub struct ServerSlot {
     notifier_ok: AtomicBool,
     last_update_ms: AtomicU64,
     probe_down: AtomicBool,
+    /// Messages not yet in JetStream; [`NOT_REPLICATING`] when it does not replicate.
+    unreplicated: AtomicU64,
     /// Share of new calls (0: standby); from the configuration.
     pub weight: u32,
 }
@@ -172,7 +174,12 @@ pub struct StatusView {
     pub last_update_ms: u64,
     /// The router's own SIP OPTIONS probes find it dead (never published).
     pub probe_down: bool,
+    /// Messages not yet in JetStream (`[store] replication`); None: it does not replicate.
+    pub unreplicated: Option<u64>,
 }
+
+/// A slot's `unreplicated` when its server does not replicate.
+const NOT_REPLICATING: u64 = u64::MAX;
 
 impl StatusView {
     /// A server that is up, idle, with room and a healthy notifier, reported at `at_ms`.
@@ -185,6 +192,7 @@ impl StatusView {
             notifier_ok: true,
             last_update_ms: at_ms,
             probe_down: false,
+            unreplicated: None,
         }
     }
 
@@ -228,6 +236,7 @@ impl ServerSlot {
             notifier_ok: AtomicBool::new(false),
             last_update_ms: AtomicU64::new(0),
             probe_down: AtomicBool::new(false),
+            unreplicated: AtomicU64::new(NOT_REPLICATING),
             weight: 1,
         }
     }
@@ -254,7 +263,14 @@ impl ServerSlot {
             notifier_ok: self.notifier_ok.load(Relaxed),
             last_update_ms: self.last_update_ms.load(Relaxed),
             probe_down: self.probe_down.load(Relaxed),
+            unreplicated: Some(self.unreplicated.load(Relaxed)).filter(|&n| n != NOT_REPLICATING),
         }
+    }
+
+    /// How many of its messages JetStream does not have yet (None: it does not replicate).
+    pub fn set_unreplicated(&self, n: Option<u64>) {
+        self.unreplicated
+            .store(n.unwrap_or(NOT_REPLICATING), Relaxed);
     }
 
     /// The router's probes find the server dead (true) or alive again (false).
@@ -270,6 +286,7 @@ impl ServerSlot {
         self.free_disk.store(v.free_disk, Relaxed);
         self.notifier_ok.store(v.notifier_ok, Relaxed);
         self.last_update_ms.store(v.last_update_ms, Relaxed);
+        self.set_unreplicated(v.unreplicated);
     }
 
     /// A server's periodic report; active calls are counted by [`ServerSlot::call_started`].

@@ -8,7 +8,7 @@
 //! JetStream (the caller would wait the whole deadline on every call): it is kept locally
 //! and the loop sends it when JetStream is back.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -42,6 +42,8 @@ pub struct Replication {
     wake: Notify,
     /// Bounds each JetStream call, and a deposit's whole write.
     deadline: Duration,
+    /// Rows behind at the loop's last count (what the heartbeat reports).
+    last_behind: AtomicU64,
 }
 
 impl Replication {
@@ -61,12 +63,18 @@ impl Replication {
             down: AtomicBool::new(true),
             wake: Notify::new(),
             deadline,
+            last_behind: AtomicU64::new(0),
         });
         tokio::spawn(r.clone().run(client, replicas));
         r
     }
 
-    /// Rows JetStream is behind on (the status's `unreplicated`).
+    /// Rows JetStream was behind on at the last count (the status's `unreplicated`).
+    pub fn last_behind(&self) -> u64 {
+        self.last_behind.load(Ordering::Relaxed)
+    }
+
+    /// Rows JetStream is behind on now.
     pub async fn behind(&self) -> u64 {
         self.store
             .read(|s| s.behind_count())
@@ -164,8 +172,10 @@ impl Replication {
                 // Caught up: deposits wait for JetStream again.
                 self.down.store(false, Ordering::Relaxed);
             }
+            let behind = self.behind().await;
+            self.last_behind.store(behind, Ordering::Relaxed);
             metrics::gauge!("boxless_replication_behind", "server" => self.server.clone())
-                .set(self.behind().await as f64);
+                .set(behind as f64);
             // Caught up: sleep until a call changes something, or 5 s (the API's and the
             // retention's changes, rows a crash left behind: one indexed query). After a
             // failure: back off.

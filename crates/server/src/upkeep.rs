@@ -21,7 +21,9 @@ impl MessagingServer {
             ServerState::Up
         };
         let notifier_ok = self.notifier.healthy.load(Ordering::Relaxed);
-        self.board.slots[self.slot].heartbeat(state, self.store.free_disk(), notifier_ok, now_ms());
+        let slot = &self.board.slots[self.slot];
+        slot.set_unreplicated(self.replication.get().map(|r| r.last_behind()));
+        slot.heartbeat(state, self.store.free_disk(), notifier_ok, now_ms());
     }
 
     /// Reports the server's state at least every TTL/3.
