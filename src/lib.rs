@@ -76,6 +76,11 @@ mod tests {
         );
         assert!(!cfg.peers.allows("192.0.2.1".parse().unwrap()));
         assert_eq!(cfg.secrets.sms_password.expose(), "s3cret");
+        assert_eq!(
+            (cfg.config.store.replication, cfg.config.store.replicas),
+            (boxless_core::config::Replication::Jetstream, 3),
+            "hosts.toml keeps every message on three NATS nodes"
+        );
         std::fs::remove_dir_all(&etc).unwrap();
     }
 }
