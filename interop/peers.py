@@ -153,10 +153,27 @@ def sipp(work, scenario, target, pcap, calls, extra=(), binary="sipp"):
     os.makedirs(d)
     with open(os.path.join(d, "callers.csv"), "w") as f:
         f.write("SEQUENTIAL\n+15551230001;\n")
-    argv = [binary, "-sf", os.path.join(ROOT, "interop/sipp", scenario), "-inf", "callers.csv",
+    sf, keys = os.path.join(ROOT, "interop/sipp", scenario), ["-key", "pcap", pcap]
+    if binary != "sipp":
+        # Debian 13's SIPp 3.7.3 (the TLS build) loses a `-key` value depending on the
+        # options around it ("keyword not supplied"): its scenario gets the values
+        # written in instead.
+        extra, values = list(extra), {"pcap": pcap}
+        while "-key" in extra:
+            i = extra.index("-key")
+            values[extra[i + 1]] = extra[i + 2]
+            del extra[i:i + 3]
+        with open(sf) as f:
+            text = f.read()
+        for k, v in values.items():
+            text = text.replace(f"[{k}]", v)
+        sf, keys = os.path.join(d, scenario), []
+        with open(sf, "w") as f:
+            f.write(text)
+    argv = [binary, "-sf", sf, "-inf", "callers.csv",
             "-s", FORWARDED if scenario != "via-switch.xml" else "15557000000",
             "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
-            "-mp", str(43000 + free_port() % 400 * 2), "-key", "pcap", pcap,
+            "-mp", str(43000 + free_port() % 400 * 2), *keys,
             *extra, target, "-m", str(calls), "-r", "1", "-l", "5", "-timeout", "60s",
             "-nostdin", "-trace_stat", "-stf", "stat.csv", "-trace_err"]
     r = subprocess.run(argv, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
