@@ -12,7 +12,7 @@ use boxless_control::Recipients;
 use boxless_core::config::{ControlBackend, SmsTransport};
 use boxless_core::{Checked, ControlLink, Rng, ServerSlot, ServerSpec, StatusBoard, now_ms};
 use boxless_media::Prompts;
-use boxless_notify::ReceiptBook;
+use boxless_notify::{Limits, ReceiptBook};
 use boxless_router::RouterCore;
 use boxless_router::proxy::ProxySettings;
 use boxless_server::MessagingServer;
@@ -61,16 +61,49 @@ fn board_of(cfg: &Checked, remote: bool) -> Arc<StatusBoard> {
     })
 }
 
+/// What the servers of one process share.
+struct Shared<'a> {
+    board: &'a Arc<StatusBoard>,
+    prompts: &'a Arc<Prompts>,
+    /// Receipts for any of them may arrive on any one's SMPP bind.
+    book: &'a Arc<ReceiptBook>,
+    recipients: &'a Recipients,
+    /// The limits counted across the cluster.
+    limits: &'a Arc<Limits>,
+    client: Option<&'a boxless_control::Client>,
+}
+
+/// The process's cluster-wide limits: in memory on one box, in JetStream over NATS (with
+/// the replicas of the messages when they are replicated, else of the control plane's
+/// buckets).
+fn limits(cfg: &Checked, client: Option<&boxless_control::Client>) -> Arc<Limits> {
+    let c = &cfg.config;
+    match client {
+        None => Limits::local(),
+        Some(client) => {
+            let replicas = match c.store.replication {
+                boxless_core::config::Replication::Jetstream => c.store.replicas,
+                boxless_core::config::Replication::None => c.control.kv_replicas,
+            };
+            Limits::nats(client.clone(), replicas, cfg.servers.len() as u32)
+        }
+    }
+}
+
 /// Opens one server's store, starts its notifier and its SIP side.
 async fn start_server(
     cfg: &Checked,
     spec: &ServerSpec,
-    board: &Arc<StatusBoard>,
-    prompts: &Arc<Prompts>,
-    book: &Arc<ReceiptBook>,
-    recipients: &Recipients,
-    client: Option<&boxless_control::Client>,
+    shared: &Shared<'_>,
 ) -> anyhow::Result<(Arc<MessagingServer>, Arc<Store>)> {
+    let Shared {
+        board,
+        prompts,
+        book,
+        recipients,
+        limits,
+        client,
+    } = *shared;
     let c = &cfg.config;
     let id = &spec.config.id;
     let dir = c.data_dir.join(id);
@@ -92,7 +125,7 @@ async fn start_server(
             )
         })?;
     }
-    let notifier = boxless_notify::start(cfg, id, &store, book, recipients)?;
+    let notifier = boxless_notify::start(cfg, id, &store, book, recipients, limits)?;
     let server = MessagingServer::start(
         cfg,
         spec,
@@ -340,19 +373,16 @@ pub async fn serve(cfg: Checked, metrics: PrometheusHandle) -> anyhow::Result<Ru
         cfg.config.data_dir.join("recipients.sqlite"),
         client.as_ref(),
     )?;
-    // Receipts for any of this process's servers may arrive on any one's SMPP bind.
-    let book = Arc::new(ReceiptBook::default());
+    let shared = Shared {
+        board: &board,
+        prompts: &prompts,
+        book: &Arc::new(ReceiptBook::default()),
+        recipients: &recipients,
+        limits: &limits(&cfg, client.as_ref()),
+        client: client.as_ref(),
+    };
     for spec in &cfg.servers {
-        let (server, store) = start_server(
-            &cfg,
-            spec,
-            &board,
-            &prompts,
-            &book,
-            &recipients,
-            client.as_ref(),
-        )
-        .await?;
+        let (server, store) = start_server(&cfg, spec, &shared).await?;
         servers.push(server);
         stores.push(store);
     }
@@ -448,16 +478,15 @@ pub async fn server(cfg: Checked, id: &str, metrics: PrometheusHandle) -> anyhow
         // on another server's bind, and is handed over through NATS.
         book.share(client.clone());
     }
-    let (server, store) = start_server(
-        &cfg,
-        spec,
-        &board,
-        &prompts,
-        &book,
-        &recipients,
-        Some(&client),
-    )
-    .await?;
+    let shared = Shared {
+        board: &board,
+        prompts: &prompts,
+        book: &book,
+        recipients: &recipients,
+        limits: &limits(&cfg, Some(&client)),
+        client: Some(&client),
+    };
+    let (server, store) = start_server(&cfg, spec, &shared).await?;
     let ttl = Duration::from_secs(cfg.config.control.ttl_seconds);
     let board_for_exit = board.clone();
     tokio::spawn(boxless_control::publish_status(

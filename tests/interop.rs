@@ -788,6 +788,111 @@ fn router_and_servers_as_processes_over_nats() {
 
 #[test]
 #[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
+fn the_hourly_limit_and_missed_call_bursts_hold_across_server_processes() {
+    let dir = temp("limits");
+    let p = ports();
+    let (_nats, _, control) = nats_server(&dir);
+    let (h1, h2) = (free_port(), free_port());
+    let cfg = write_config_with(&dir, &p, "redirect", "log", &control, h1, h2);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let limited = text.replace(
+        "max_per_recipient_per_hour = 100000",
+        "max_per_recipient_per_hour = 3",
+    );
+    assert_ne!(text, limited);
+    std::fs::write(&cfg, limited).unwrap();
+    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1.log"));
+    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
+    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
+    wait_state(p.http, "ms1", "up", Duration::from_secs(5));
+    wait_state(p.http, "ms2", "up", Duration::from_secs(5));
+    // Four messages for one number, two on each server (called directly, as a
+    // redirected caller does): the first three SMS go at once, the fourth waits for the
+    // digest. Split in shares, each server would have sent one.
+    let started = Instant::now();
+    for (i, port) in [p.s1, p.s2, p.s1, p.s2].into_iter().enumerate() {
+        let out = phone_call(port, &format!("555123100{i}"), 2.0);
+        assert!(out.completed(), "call {i}: {out:?}");
+    }
+    let states = |msgs: &[serde_json::Value]| -> Vec<String> {
+        msgs.iter()
+            .map(|m| {
+                m["notifications"][0]["state"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let msgs = loop {
+        let (_, msgs) = router_messages(p.http);
+        let st = states(&msgs);
+        let done = st
+            .iter()
+            .filter(|s| *s == "accepted" || *s == "delivered")
+            .count();
+        if msgs.len() == 4 && done == 3 && st.iter().any(|s| s == "merged") {
+            break msgs;
+        }
+        assert!(Instant::now() < until, "three SMS and one merged: {st:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "4 messages on two servers, 3 SMS sent and 1 merged {:?} after the first call",
+        started.elapsed()
+    );
+    let servers: std::collections::BTreeSet<&str> = msgs
+        .iter()
+        .filter_map(|m| m["id"].as_str()?.split('-').next())
+        .collect();
+    assert_eq!(servers.len(), 2, "both servers took calls: {servers:?}");
+    // Two short calls from one caller to another number, one on each server: one alert.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for port in [p.s1, p.s2] {
+        let out = rt
+            .block_on(boxless_phone::place_call(&boxless_phone::CallOptions {
+                via: SocketAddr::from(([127, 0, 0, 1], port)),
+                from: "5551231009".into(),
+                to: "5551239999".into(),
+                diversion: Some("5551239999".into()),
+                headers: Vec::new(),
+                play: Vec::new(),
+                play_at: 0.0,
+                dtmf: String::new(),
+                dtmf_at: 0.0,
+                seconds: Some(0.8),
+                answer_timeout: Duration::from_secs(10),
+            }))
+            .unwrap();
+        assert!(out.completed(), "short call: {out:?}");
+    }
+    let merged = |log: &str| {
+        std::fs::read_to_string(dir.join(log))
+            .unwrap_or_default()
+            .matches("missed-call alert merged")
+            .count()
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while merged("ms1.log") + merged("ms2.log") == 0 {
+        assert!(
+            Instant::now() < until,
+            "the second short call was not merged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        (merged("ms1.log"), merged("ms2.log")),
+        (0, 1),
+        "ms2 merged the call ms1 alerted of"
+    );
+}
+
+#[test]
+#[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
 fn with_replication_a_message_is_in_jetstream_when_the_caller_has_its_200() {
     use boxless_control::replica::Replica;
     let dir = temp("replica");

@@ -6,6 +6,7 @@
 //! Subjects: `boxless.status.<server id>` (status), `boxless.status.request` (ask).
 #![warn(missing_docs)]
 
+pub mod counters;
 pub mod recipients;
 pub mod replica;
 

@@ -159,3 +159,72 @@ async fn a_message_outlives_a_node_and_is_forgotten_when_removed() {
     assert_eq!(replica.record("ms1", &r.id).await.unwrap(), None);
     assert!(replica.audio("ms1", &r.id).await.is_err(), "audio purged");
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server 2.10+ on PATH; run by .ci/run"]
+async fn servers_counting_one_hour_at_once_never_exceed_the_limit() {
+    use boxless_control::counters::{Counters, Missed};
+    use boxless_core::PhoneNumber;
+    let (_nodes, urls) = cluster();
+    let _ = reach(&urls).await;
+    // Two servers, each on its own node of the cluster.
+    let mut servers = Vec::new();
+    for url in urls.split(',').take(2) {
+        let c = async_nats::connect(url).await.unwrap();
+        let counters = retry("the counters' bucket", || {
+            Counters::open(&c, 3, Duration::from_secs(5))
+        })
+        .await;
+        servers.push(counters);
+    }
+    let to = PhoneNumber::parse_e164("+15551230002").unwrap();
+    let now = boxless_core::now_ms();
+    // Twelve SMS for one number due at once, six on each server; the hour allows 3.
+    let takes: Vec<_> = (0..12u64)
+        .map(|i| {
+            let c = servers[(i % 2) as usize].clone();
+            tokio::spawn(async move { c.take_sms(to, now + i, 3, false).await })
+        })
+        .collect();
+    let mut granted = Vec::new();
+    for (i, t) in takes.into_iter().enumerate() {
+        if t.await.unwrap().expect("counted").granted {
+            granted.push(now + i as u64);
+        }
+    }
+    assert_eq!(granted.len(), 3, "exactly the limit: {granted:?}");
+    // One that did not go gives its place back.
+    servers[1].give_back_sms(to, granted[0]).await.unwrap();
+    let again = servers[0].take_sms(to, now + 20, 3, false).await.unwrap();
+    assert_eq!((again.granted, again.before.sent), (true, 2));
+    assert!(
+        !servers[1]
+            .take_sms(to, now + 21, 3, false)
+            .await
+            .unwrap()
+            .granted
+    );
+    // A burst of missed calls seen by both servers at once: one of them alerts.
+    let caller = PhoneNumber::parse_e164("+15551230001");
+    let claims: Vec<_> = (0..6u64)
+        .map(|i| {
+            let c = servers[(i % 2) as usize].clone();
+            let id = if i % 2 == 0 { "ms1" } else { "ms2" };
+            tokio::spawn(async move {
+                let m = c.claim_missed(to, caller, id, now + i, 600_000).await;
+                (id, m.expect("claimed"))
+            })
+        })
+        .collect();
+    let mut alerting = std::collections::BTreeSet::new();
+    for c in claims {
+        if let (id, Missed::Mine) = c.await.unwrap() {
+            alerting.insert(id);
+        }
+    }
+    assert_eq!(
+        alerting.len(),
+        1,
+        "one server holds the alert: {alerting:?}"
+    );
+}

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod email;
+pub mod limits;
 pub mod peers;
 pub mod receipt;
 pub mod sender;
@@ -14,6 +15,7 @@ pub mod webhook;
 pub mod worker;
 
 pub use backoff::Backoff;
+pub use limits::Limits;
 pub use peers::ReceiptBook;
 pub use sender::{SendError, Sender, Smpp, SmppSettings};
 pub use spend::SpendPolicy;

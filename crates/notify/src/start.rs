@@ -15,8 +15,8 @@ use boxless_core::{Checked, PhoneNumber, Rng};
 use boxless_store::{SmsFacts, Store};
 
 use crate::{
-    Backoff, Notices, NotifierHandle, ReceiptBook, Sender, Smpp, SmppSettings, SpendPolicy, email,
-    text, webhook, worker,
+    Backoff, Limits, Notices, NotifierHandle, ReceiptBook, Sender, Smpp, SmppSettings, SpendPolicy,
+    email, text, webhook, worker,
 };
 
 /// Why a server's notifier did not start: the key at fault and what is wrong.
@@ -32,13 +32,15 @@ pub struct StartError {
 
 /// Starts the notifier of server `server` (its SMS worker, its notices worker and, with
 /// `webhook.url`, its events worker) on `store`; the handle wakes them and says whether
-/// they run.
+/// they run. `limits` are the process's cluster-wide counts; this server's store joins
+/// the stores that seed them.
 pub fn start(
     cfg: &Checked,
     server: &str,
     store: &Arc<Store>,
     book: &Arc<ReceiptBook>,
     recipients: &Recipients,
+    limits: &Arc<Limits>,
 ) -> Result<Arc<NotifierHandle>, StartError> {
     let c = &cfg.config;
     let backoff = || {
@@ -48,7 +50,11 @@ pub fn start(
             Rng::from_entropy(),
         )
     };
-    let notifier = Arc::new(NotifierHandle::default());
+    limits.add(store.clone());
+    let notifier = Arc::new(NotifierHandle {
+        limits: limits.clone(),
+        ..NotifierHandle::default()
+    });
     let sender = match c.sms.transport {
         SmsTransport::Log => Sender::Log,
         SmsTransport::Smpp => Sender::Smpp(Smpp::new(
@@ -66,13 +72,10 @@ pub fn start(
             Some(recipients.clone()),
         )),
     };
-    // Calls for one number spread over every server, and servers share nothing: each
-    // takes an equal share of the hourly limit, so the cluster as a whole never exceeds
-    // it (at least one each).
-    let servers = cfg.servers.len().max(1) as u32;
+    // The hourly limit is the cluster's: `limits` counts it across servers.
     let spend = SpendPolicy {
         allowed_prefixes: c.sms.allowed_prefixes.clone(),
-        max_per_hour: (c.sms.max_per_recipient_per_hour / servers).max(1),
+        max_per_hour: c.sms.max_per_recipient_per_hour,
     };
     if c.sms.transport == SmsTransport::Smpp && spend.allowed_prefixes.is_empty() {
         tracing::warn!(
@@ -168,6 +171,7 @@ pub fn start(
             utc_offset_min: c.sms.utc_offset_minutes,
             languages: cfg.languages.clone(),
         },
+        limits.clone(),
         notifier.clone(),
     ));
     notifier.healthy.store(true, Ordering::Relaxed);

@@ -12,6 +12,7 @@ use boxless_store::{Directory, JobKind, Lane, OutboxJob, Store};
 use tokio::sync::Notify;
 
 use crate::backoff::Backoff;
+use crate::limits::Limits;
 use crate::sender::Sender;
 use crate::spend::{Spend, SpendPolicy};
 
@@ -27,6 +28,8 @@ pub struct NotifierHandle {
     pub wake_others: Notify,
     /// True while the worker runs and its backlog is bounded.
     pub healthy: AtomicBool,
+    /// The limits counted across the cluster, shared by the process's servers.
+    pub limits: Arc<Limits>,
 }
 
 /// What the SMS worker applies to each due SMS.
@@ -47,6 +50,7 @@ pub async fn run(
     mut sender: Sender,
     mut backoff: Backoff,
     rules: SmsRules,
+    limits: Arc<Limits>,
     handle: Arc<NotifierHandle>,
 ) {
     handle.healthy.store(true, Ordering::Relaxed);
@@ -60,12 +64,17 @@ pub async fn run(
         for job in jobs {
             let span = tracing::info_span!("outbox", job = job.id, to = %job.destination);
             let _e = span.enter();
-            let Some(mut job) = apply_spend(&store, &directory, &rules, job).await else {
+            let spent = apply_spend(&store, &directory, &rules, &limits, job).await;
+            let Some((mut job, counted_at)) = spent else {
                 // Blocked or opted out may have brought the next channel forward.
                 handle.wake_others.notify_one();
                 continue;
             };
             let outcome = sender.submit(&job).await;
+            if outcome.is_err() {
+                // Not sent: its place in the hour is free again.
+                limits.give_back_sms(job.destination, counted_at).await;
+            }
             let s = store.clone();
             let now = now_ms();
             let res = match outcome {
@@ -230,63 +239,82 @@ fn recorded<T>(res: boxless_store::Result<boxless_store::Result<T>>) {
 }
 
 /// Applies the spend limits to a due job: the job to submit (a digest with its text and
-/// link written now), or None when it is blocked, merged or deferred.
+/// link written now) with the time its SMS was counted at in the cluster's hour, or None
+/// when it is blocked, merged or deferred.
 async fn apply_spend(
     store: &Arc<Store>,
     directory: &Arc<Directory>,
     rules: &Arc<SmsRules>,
+    limits: &Limits,
     job: OutboxJob,
-) -> Option<OutboxJob> {
-    let s = store.clone();
-    let rules = rules.clone();
-    let dir = directory.clone();
-    let res = s.write(move |s| -> boxless_store::Result<Option<OutboxJob>> {
-        let now = now_ms();
-        // Checked when it is due, so a STOP that came after the deposit counts.
-        if job.kind != JobKind::Confirm && dir.opted_out(job.destination) {
-            metrics::counter!("boxless_sms_opted_out_total").increment(1);
-            tracing::info!(to = %job.destination, "SMS not sent: the number opted out (STOP)");
-            s.opted_out(&job, now)?;
-            return Ok(None);
-        }
-        let window = s.window(job.destination, now)?;
-        match rules.spend.decide(&job, window, now) {
-            Spend::Send if job.kind == JobKind::Digest => {
-                let facts = s.digest_facts(job.id)?;
-                let entry = dir.get(job.destination).ok().flatten();
-                let lang = rules.languages.for_number(job.destination, entry.as_ref());
-                Ok(Some(OutboxJob {
-                    text: crate::text::digest_sms(&facts, rules.utc_offset_min, lang),
-                    source: facts.link,
-                    ..job
-                }))
+) -> Option<(OutboxJob, u64)> {
+    let now = now_ms();
+    let to = job.destination;
+    // Checked when it is due, so a STOP that came after the deposit counts.
+    let opted_out = job.kind != JobKind::Confirm && directory.opted_out(to);
+    if opted_out || !rules.spend.allows(to) {
+        let res = store
+            .write(move |s| {
+                if opted_out {
+                    metrics::counter!("boxless_sms_opted_out_total").increment(1);
+                    tracing::info!(%to, "SMS not sent: the number opted out (STOP)");
+                    s.opted_out(&job, now)
+                } else {
+                    metrics::counter!("boxless_sms_blocked_total", "reason" => "prefix")
+                        .increment(1);
+                    tracing::warn!(%to, "SMS blocked: destination outside sms.allowed_prefixes");
+                    s.blocked(&job, "destination not in sms.allowed_prefixes", now)
+                }
+            })
+            .await;
+        recorded(res);
+        return None;
+    }
+    // The hour is the cluster's: counted (and this SMS with it) before deciding, so two
+    // servers cannot both take its last place.
+    let max = rules.spend.max_per_hour;
+    let taken = limits
+        .take_sms(to, now, max, job.kind == JobKind::Confirm)
+        .await;
+    let (s, rules2, dir) = (store.clone(), rules.clone(), directory.clone());
+    let res = s
+        .write(move |s| -> boxless_store::Result<Option<OutboxJob>> {
+            let window = taken.before;
+            match rules2.spend.decide(&job, window, now) {
+                Spend::Send if job.kind == JobKind::Digest => {
+                    let facts = s.digest_facts(job.id)?;
+                    let entry = dir.get(job.destination).ok().flatten();
+                    let lang = rules2.languages.for_number(job.destination, entry.as_ref());
+                    Ok(Some(OutboxJob {
+                        text: crate::text::digest_sms(&facts, rules2.utc_offset_min, lang),
+                        source: facts.link,
+                        ..job
+                    }))
+                }
+                Spend::Send => Ok(Some(job)),
+                Spend::Block => {
+                    s.blocked(&job, "destination not in sms.allowed_prefixes", now)?;
+                    Ok(None)
+                }
+                Spend::Merge { digest_at } => {
+                    metrics::counter!("boxless_sms_merged_total", "reason" => "hourly_limit")
+                        .increment(1);
+                    tracing::warn!(
+                        to = %job.destination,
+                        sent_last_hour = window.sent,
+                        "SMS merged into a digest: sms.max_per_recipient_per_hour reached"
+                    );
+                    s.merge(&job, now, digest_at)?;
+                    Ok(None)
+                }
+                Spend::Defer { until } => {
+                    s.defer(&job, until)?;
+                    Ok(None)
+                }
             }
-            Spend::Send => Ok(Some(job)),
-            Spend::Block => {
-                metrics::counter!("boxless_sms_blocked_total", "reason" => "prefix").increment(1);
-                tracing::warn!(to = %job.destination, "SMS blocked: destination outside sms.allowed_prefixes");
-                s.blocked(&job, "destination not in sms.allowed_prefixes", now)?;
-                Ok(None)
-            }
-            Spend::Merge { digest_at } => {
-                metrics::counter!("boxless_sms_merged_total", "reason" => "hourly_limit")
-                    .increment(1);
-                tracing::warn!(
-                    to = %job.destination,
-                    sent_last_hour = window.sent,
-                    "SMS merged into a digest: sms.max_per_recipient_per_hour reached"
-                );
-                s.merge(&job, now, digest_at)?;
-                Ok(None)
-            }
-            Spend::Defer { until } => {
-                s.defer(&job, until)?;
-                Ok(None)
-            }
-        }
-    })
-    .await;
-    match res {
+        })
+        .await;
+    let job = match res {
         Ok(Ok(j)) => j,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "outbox: applying spend limits failed");
@@ -294,6 +322,15 @@ async fn apply_spend(
         }
         Err(e) => {
             tracing::error!(error = %e, "outbox: spend task failed");
+            None
+        }
+    };
+    match job {
+        Some(job) => Some((job, now)),
+        None => {
+            if taken.granted {
+                limits.give_back_sms(to, now).await;
+            }
             None
         }
     }

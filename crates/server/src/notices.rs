@@ -61,13 +61,16 @@ impl MessagingServer {
     }
 
     /// Queues a missed-call alert and drops the call's recording, if any (blocking).
-    pub(crate) fn missed_call(&self, a: Arrival, rec: Option<Recording>) -> bool {
+    /// `elsewhere`: another server's alert covers this caller's burst (the cluster's
+    /// count said so), so it is only recorded.
+    pub(crate) fn missed_call(&self, a: Arrival, rec: Option<Recording>, elsewhere: bool) -> bool {
         let (recipient, caller, at) = (a.recipient, a.caller, a.received_at_ms);
         let lang = self.language(recipient);
         let render = |calls| self.texts.missed_call(caller, calls, at, lang);
-        let queued =
-            self.store
-                .missed_call(recipient, caller, at, self.missed_call_merge_ms, render);
+        let merge = self.missed_call_merge_ms;
+        let queued = self
+            .store
+            .missed_call(recipient, caller, at, merge, elsewhere, render);
         // Dropped only once the alert is durable: a crash in between alerts again (the
         // alerts of one caller merge), never not at all.
         if let Some(rec) = rec
@@ -83,7 +86,12 @@ impl MessagingServer {
                 } else {
                     metrics::counter!("boxless_sms_merged_total", "reason" => "missed_call_burst")
                         .increment(1);
-                    tracing::info!(%recipient, "missed-call alert merged: the same caller's alert went out just now");
+                    let why = if elsewhere {
+                        "another server's alert covers this caller's burst"
+                    } else {
+                        "the same caller's alert went out just now"
+                    };
+                    tracing::info!(%recipient, "missed-call alert merged: {why}");
                 }
                 true
             }
@@ -118,7 +126,7 @@ impl MessagingServer {
         if rec.samples() >= min {
             self.deposit(rec, u64::MAX);
         } else {
-            self.missed_call(rec.arrival(), Some(rec));
+            self.missed_call(rec.arrival(), Some(rec), false);
         }
     }
 }

@@ -13,7 +13,7 @@ use boxless_core::recipient::Languages;
 use boxless_core::{Checked, Gate, Numbering, PeerFilter, Rng, ServerSpec, StatusBoard};
 use boxless_media::Prompts;
 use boxless_net::rtp::RtpSocket;
-use boxless_notify::{NoticeTexts, NotifierHandle};
+use boxless_notify::{Limits, NoticeTexts, NotifierHandle};
 use boxless_sip::SipTimers;
 use boxless_store::{Directory, Retention, Store};
 use tokio::net::{TcpListener, UdpSocket};
@@ -63,6 +63,8 @@ pub struct MessagingServer {
     pub(crate) lockout_ms: u64,
     pub(crate) trust_caller_id: TrustCallerId,
     pub(crate) missed_call_merge_ms: u64,
+    /// The limits counted across the cluster (a burst of missed calls is one alert).
+    pub(crate) limits: Arc<Limits>,
     pub(crate) fallback_after_ms: u64,
     /// `[email] smtp` is set.
     pub(crate) email_on: bool,
@@ -107,6 +109,7 @@ impl MessagingServer {
             numbering: cfg.numbering.clone(),
             store,
             directory,
+            limits: notifier.limits.clone(),
             notifier,
             texts: NoticeTexts::new(cfg, &spec.config.id),
             tone: prompts.tone().into(),

@@ -492,7 +492,7 @@ impl Call {
                 Some(rec) if !failed => me.deposit(rec, keep),
                 rec => {
                     metrics::counter!("boxless_store_errors_total").increment(1);
-                    me.missed_call(arrival, rec);
+                    me.missed_call(arrival, rec, false);
                     None
                 }
             });
@@ -513,7 +513,12 @@ impl Call {
         let arrival = self.arrival();
         let store = self.server.store.clone();
         Box::pin(async move {
-            let queued = store.write(move |_| server.missed_call(arrival, rec));
+            // One alert per burst across the cluster: another server may hold it.
+            let (merge, id) = (server.missed_call_merge_ms, server.id.as_str());
+            let (to, from, at) = (arrival.recipient, arrival.caller, arrival.received_at_ms);
+            let elsewhere = server.limits.missed_call(to, from, id, at, merge).await
+                == boxless_control::counters::Missed::Theirs;
+            let queued = store.write(move |_| server.missed_call(arrival, rec, elsewhere));
             queued.await.unwrap_or(false)
         })
     }

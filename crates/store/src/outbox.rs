@@ -89,7 +89,7 @@ pub enum Lane {
 }
 
 /// SMS sent to one number in the last rolling hour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Window {
     /// How many.
     pub sent: u32,
@@ -166,13 +166,15 @@ impl Store {
     /// alert from the same caller to the same recipient it joins that one: a waiting
     /// alert is rewritten by `render(calls, now)`; one already sent (or blocked) stays the
     /// only SMS and this call is recorded as `merged`. Returns true when an SMS is queued
-    /// or rewritten.
+    /// or rewritten. With `elsewhere`, another server's alert covers this burst (the
+    /// cluster's count said so): the call is recorded as `merged` and nothing is queued.
     pub fn missed_call(
         &self,
         recipient: PhoneNumber,
         caller: Option<PhoneNumber>,
         now: u64,
         merge_ms: u64,
+        elsewhere: bool,
         render: impl FnOnce(u32) -> String,
     ) -> Result<bool> {
         let mut db = self.db();
@@ -188,6 +190,14 @@ impl Store {
             )
             .optional()?;
         let queued = match previous {
+            _ if elsewhere => {
+                tx.execute(
+                    "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, last_error)
+                     VALUES (NULL, 'sms', ?1, ?2, '', 'merged', ?3, 'missed_call', ?2, ?3, 'same caller as another server''s alert just now')",
+                    params![dest, from, sql_ms(now)],
+                )?;
+                false
+            }
             Some((id, state, count)) if state == "pending" => {
                 tx.execute(
                     "UPDATE outbox SET merged_count = ?2, created_ms = ?3, text = ?4 WHERE id = ?1",
@@ -276,6 +286,26 @@ impl Store {
             sent: sent as u32,
             oldest_ms: oldest.map(|v| v as u64),
         })
+    }
+
+    /// When the SMS accepted for `to` after `since` went (ms, oldest first, at most
+    /// `limit`): what seeds a process's count of the rolling hour after a restart.
+    pub fn sent_times(&self, to: PhoneNumber, since: u64, limit: usize) -> Result<Vec<u64>> {
+        let db = self.read_db();
+        let mut stmt = db.prepare_cached(
+            "SELECT sent_at_ms FROM outbox
+             WHERE destination = ?1 AND sent_at_ms > ?2 AND channel = 'sms'
+             ORDER BY sent_at_ms DESC LIMIT ?3",
+        )?;
+        let mut v: Vec<u64> = stmt
+            .query_map(
+                params![to.as_u64() as i64, sql_ms(since), limit as i64],
+                |r| r.get::<_, i64>(0),
+            )?
+            .map(|r| r.map(|v| v as u64))
+            .collect::<rusqlite::Result<_>>()?;
+        v.reverse();
+        Ok(v)
     }
 
     /// Merges `job` into its destination's pending digest (made, due at `digest_at`, if
@@ -450,11 +480,11 @@ mod tests {
         let min = 60_000;
         let t = 1_000_000_000;
         assert!(
-            s.missed_call(r, c, t, 10 * min, |k| format!("{k} calls"))
+            s.missed_call(r, c, t, 10 * min, false, |k| format!("{k} calls"))
                 .unwrap()
         );
         assert!(
-            s.missed_call(r, c, t + min, 10 * min, |k| format!("{k} calls"))
+            s.missed_call(r, c, t + min, 10 * min, false, |k| format!("{k} calls"))
                 .unwrap()
         );
         let jobs = s.due(t + 2 * min, 10, crate::Lane::Sms).unwrap();
@@ -464,21 +494,34 @@ mod tests {
         s.accepted(&jobs[0], 1, None, t + 2 * min).unwrap();
         // Sent already: a third in the burst is kept as merged, not sent again.
         assert!(
-            !s.missed_call(r, c, t + 3 * min, 10 * min, |k| format!("{k} calls"))
+            !s.missed_call(r, c, t + 3 * min, 10 * min, false, |k| format!("{k} calls"))
                 .unwrap()
         );
         assert!(s.due(t + 4 * min, 10, crate::Lane::Sms).unwrap().is_empty());
         // Another caller, or the same one after a quiet spell, is a new alert.
         assert!(
-            s.missed_call(r, Some(n("+15551230009")), t + 4 * min, 10 * min, |_| "x"
-                .into())
-                .unwrap()
+            s.missed_call(
+                r,
+                Some(n("+15551230009")),
+                t + 4 * min,
+                10 * min,
+                false,
+                |_| "x".into()
+            )
+            .unwrap()
         );
         assert!(
-            s.missed_call(r, c, t + 30 * min, 10 * min, |_| "y".into())
+            s.missed_call(r, c, t + 30 * min, 10 * min, false, |_| "y".into())
                 .unwrap()
         );
         assert_eq!(s.due(t + 31 * min, 10, crate::Lane::Sms).unwrap().len(), 2);
+        // Another server's alert covers a caller never seen here: merged, nothing queued.
+        let other = Some(n("+15551230007"));
+        assert!(
+            !s.missed_call(r, other, t + 32 * min, 10 * min, true, |_| "z".into())
+                .unwrap()
+        );
+        assert_eq!(s.due(t + 33 * min, 10, crate::Lane::Sms).unwrap().len(), 2);
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -507,6 +550,13 @@ mod tests {
         }
         let w = s.window(r, t + 10).unwrap();
         assert_eq!((w.sent, w.oldest_ms), (2, Some(t)));
+        assert_eq!(s.sent_times(r, t - 1, 10).unwrap(), vec![t, t + 1]);
+        assert_eq!(
+            s.sent_times(r, t - 1, 1).unwrap(),
+            vec![t + 1],
+            "the newest"
+        );
+        assert!(s.sent_times(r, t + 1, 10).unwrap().is_empty());
         assert_eq!(
             s.window(r, t + HOUR_MS + 1).unwrap().sent,
             0,
@@ -515,7 +565,7 @@ mod tests {
         // Two more messages and a missed call merge into one digest.
         deposit("+15551230003", t + 20);
         deposit("+15551230004", t + 30);
-        s.missed_call(r, Some(n("+15551230005")), t + 10_000, 0, |_| {
+        s.missed_call(r, Some(n("+15551230005")), t + 10_000, 0, false, |_| {
             "missed".into()
         })
         .unwrap();

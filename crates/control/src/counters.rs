@@ -1,0 +1,426 @@
+//! Counters every server shares, so the limits of docs/configuration.md hold for the
+//! cluster rather than for each server: the SMS a number got in the rolling hour
+//! (`sms.max_per_recipient_per_hour`) and the missed-call alert a caller's burst already
+//! has (`sms.missed_call_merge_minutes`).
+//!
+//! The arithmetic is sans-IO ([`SentTimes`], [`MissedClaim`]): one process's servers keep
+//! it in memory, servers over NATS in the JetStream key-value bucket `boxless_counters`
+//! ([`Counters`]), each change a compare-and-set on the key's revision, so two servers
+//! taking the last SMS of an hour at once cannot both have it. Keys: `sms.<digits>` (the
+//! send times, decimal ms, comma-separated) and `missed.<recipient>.<caller or 0>`
+//! (`<server> <ms>`). Entries live at most an hour and a minute (the longest window), so
+//! the bucket holds only numbers notified in the last hour.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use boxless_core::PhoneNumber;
+use boxless_store::Window;
+use boxless_store::outbox::HOUR_MS;
+use bytes::Bytes;
+
+use crate::replica::ReplicaError;
+
+/// The bucket.
+pub const COUNTERS_BUCKET: &str = "boxless_counters";
+
+/// The most send times kept for one number (the configuration bounds the hourly limit
+/// below it; a longer value read from the bucket keeps its newest).
+pub const MAX_TIMES: usize = 1000;
+
+/// The send times of one number's SMS in the rolling hour, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SentTimes(VecDeque<u64>);
+
+/// What [`SentTimes::take`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// True: the SMS may go, and its time is counted.
+    pub granted: bool,
+    /// The hour as it was before the take.
+    pub before: Window,
+}
+
+impl SentTimes {
+    /// Times read from the bucket or the stores; unparsable parts are skipped, the order
+    /// restored and the length bounded.
+    pub fn parse(bytes: &[u8]) -> SentTimes {
+        let mut v: Vec<u64> = bytes
+            .split(|b| *b == b',')
+            .filter_map(|p| std::str::from_utf8(p).ok()?.parse().ok())
+            .collect();
+        v.sort_unstable();
+        SentTimes::from_sorted(v)
+    }
+
+    /// Times already in order (oldest first).
+    pub fn from_sorted(mut v: Vec<u64>) -> SentTimes {
+        if v.len() > MAX_TIMES {
+            v.drain(..v.len() - MAX_TIMES);
+        }
+        SentTimes(v.into())
+    }
+
+    /// The value written to the bucket.
+    pub fn encode(&self) -> Bytes {
+        let mut s = String::with_capacity(self.0.len() * 14);
+        for (i, t) in self.0.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str(&t.to_string());
+        }
+        Bytes::from(s)
+    }
+
+    /// Forgets the times an hour or more before `now`.
+    pub fn prune(&mut self, now: u64) {
+        let since = now.saturating_sub(HOUR_MS);
+        while self.0.front().is_some_and(|t| *t <= since) {
+            self.0.pop_front();
+        }
+    }
+
+    /// True when no time is kept.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The rolling hour before `now`.
+    pub fn window(&mut self, now: u64) -> Window {
+        self.prune(now);
+        Window {
+            sent: self.0.len() as u32,
+            oldest_ms: self.0.front().copied(),
+        }
+    }
+
+    /// Counts an SMS at `now` when the hour has fewer than `max`, or always with
+    /// `force` (the one answer to a STOP/START).
+    pub fn take(&mut self, now: u64, max: u32, force: bool) -> Taken {
+        let before = self.window(now);
+        let granted = force || before.sent < max;
+        if granted {
+            if self.0.len() >= MAX_TIMES {
+                self.0.pop_front();
+            }
+            // Kept in order even if clocks of two servers disagree a little.
+            let at = self.0.partition_point(|t| *t <= now);
+            self.0.insert(at, now);
+        }
+        Taken { granted, before }
+    }
+
+    /// Gives back the SMS counted at `at` (it did not go). False when it is not there.
+    pub fn give_back(&mut self, at: u64) -> bool {
+        match self.0.iter().position(|t| *t == at) {
+            Some(i) => {
+                self.0.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Who holds the missed-call alert of one caller to one recipient, and since when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissedClaim {
+    /// The server that queued the alert.
+    pub server: String,
+    /// The burst's latest call (ms); the window slides with each call.
+    pub at_ms: u64,
+}
+
+/// What a server does with a missed call, given the cluster's claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// This server queues (or updates) the alert.
+    Mine,
+    /// Another server's alert covers this call: merge it, send nothing.
+    Theirs,
+}
+
+impl MissedClaim {
+    /// Reads `<server> <ms>`.
+    pub fn parse(bytes: &[u8]) -> Option<MissedClaim> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let (server, at) = s.split_once(' ')?;
+        Some(MissedClaim {
+            server: server.to_string(),
+            at_ms: at.parse().ok()?,
+        })
+    }
+
+    /// The value written to the bucket.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(format!("{} {}", self.server, self.at_ms))
+    }
+
+    /// Decides for `server`'s missed call at `now`, with the claim `held` (if any) and a
+    /// merge window of `merge_ms`; returns the decision and the claim to write.
+    pub fn decide(
+        held: Option<MissedClaim>,
+        server: &str,
+        now: u64,
+        merge_ms: u64,
+    ) -> (Missed, MissedClaim) {
+        match held {
+            Some(c) if c.at_ms.saturating_add(merge_ms) >= now && c.server != server => (
+                Missed::Theirs,
+                MissedClaim {
+                    at_ms: now.max(c.at_ms),
+                    ..c
+                },
+            ),
+            _ => (
+                Missed::Mine,
+                MissedClaim {
+                    server: server.to_string(),
+                    at_ms: now,
+                },
+            ),
+        }
+    }
+}
+
+/// How often a compare-and-set is tried again after another server changed the key.
+const CAS_TRIES: usize = 8;
+
+/// The counters' bucket, reached through one NATS connection.
+#[derive(Clone)]
+pub struct Counters {
+    kv: kv::Store,
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Counters")
+    }
+}
+
+fn nats(e: impl std::fmt::Display) -> ReplicaError {
+    ReplicaError::Nats(e.to_string())
+}
+
+fn sms_key(n: PhoneNumber) -> String {
+    format!("sms.{}", n.as_u64())
+}
+
+fn missed_key(recipient: PhoneNumber, caller: Option<PhoneNumber>) -> String {
+    format!(
+        "missed.{}.{}",
+        recipient.as_u64(),
+        caller.map_or(0, |c| c.as_u64())
+    )
+}
+
+impl Counters {
+    /// Finds (making it when missing) the bucket with `replicas` copies; each later call
+    /// waits at most `deadline`.
+    pub async fn open(
+        client: &async_nats::Client,
+        replicas: usize,
+        deadline: Duration,
+    ) -> Result<Counters, ReplicaError> {
+        let js = jetstream::new(client.clone());
+        let within = |f| tokio::time::timeout(deadline, f);
+        let kv = match within(js.get_key_value(COUNTERS_BUCKET))
+            .await
+            .map_err(|_| ReplicaError::Timeout(deadline))?
+        {
+            Ok(kv) => kv,
+            Err(_) => tokio::time::timeout(
+                deadline,
+                js.create_key_value(kv::Config {
+                    bucket: COUNTERS_BUCKET.into(),
+                    description: "Boxless limits counted across servers".into(),
+                    history: 1,
+                    max_age: Duration::from_millis(HOUR_MS) + Duration::from_secs(60),
+                    storage: jetstream::stream::StorageType::File,
+                    num_replicas: replicas.max(1),
+                    max_value_size: 16 * 1024,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|_| ReplicaError::Timeout(deadline))?
+            .map_err(nats)?,
+        };
+        Ok(Counters { kv, deadline })
+    }
+
+    async fn within<T, E: std::fmt::Display>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, ReplicaError> {
+        tokio::time::timeout(self.deadline, f)
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.deadline))?
+            .map_err(nats)
+    }
+
+    /// Applies `change` to the value at `key` with compare-and-set, again when another
+    /// server wrote in between; `change` returns the value to write (None: write nothing)
+    /// and what to answer.
+    async fn cas<T>(
+        &self,
+        key: &str,
+        mut change: impl FnMut(Option<&[u8]>) -> (Option<Bytes>, T),
+    ) -> Result<T, ReplicaError> {
+        for _ in 0..CAS_TRIES {
+            let entry = self.within(self.kv.entry(key)).await?;
+            // A deleted or purged key reads as no value.
+            let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
+            let (value, answer) = change(live.map(|e| &e.value[..]));
+            let Some(value) = value else {
+                return Ok(answer);
+            };
+            let written = match &entry {
+                Some(e) => {
+                    tokio::time::timeout(self.deadline, self.kv.update(key, value, e.revision))
+                        .await
+                        .map_err(|_| ReplicaError::Timeout(self.deadline))?
+                        .map_err(|e| e.to_string())
+                }
+                None => tokio::time::timeout(self.deadline, self.kv.create(key, value))
+                    .await
+                    .map_err(|_| ReplicaError::Timeout(self.deadline))?
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(_) => return Ok(answer),
+                // Another server's write came first (wrong last sequence, or the key
+                // exists now): read again.
+                Err(_) => continue,
+            }
+        }
+        Err(ReplicaError::Nats(format!(
+            "{key}: {CAS_TRIES} compare-and-set tries lost to other servers"
+        )))
+    }
+
+    /// Counts an SMS to `n` at `now` if the cluster's hour has fewer than `max` (always
+    /// with `force`).
+    pub async fn take_sms(
+        &self,
+        n: PhoneNumber,
+        now: u64,
+        max: u32,
+        force: bool,
+    ) -> Result<Taken, ReplicaError> {
+        self.cas(&sms_key(n), |v| {
+            let mut times = v.map(SentTimes::parse).unwrap_or_default();
+            let taken = times.take(now, max, force);
+            (taken.granted.then(|| times.encode()), taken)
+        })
+        .await
+    }
+
+    /// Gives back the SMS to `n` counted at `at` (it did not go).
+    pub async fn give_back_sms(&self, n: PhoneNumber, at: u64) -> Result<(), ReplicaError> {
+        self.cas(&sms_key(n), |v| {
+            let mut times = v.map(SentTimes::parse).unwrap_or_default();
+            (times.give_back(at).then(|| times.encode()), ())
+        })
+        .await
+    }
+
+    /// Decides who alerts `recipient` of `caller`'s missed call at `now` (see
+    /// [`MissedClaim::decide`]), and writes the claim.
+    pub async fn claim_missed(
+        &self,
+        recipient: PhoneNumber,
+        caller: Option<PhoneNumber>,
+        server: &str,
+        now: u64,
+        merge_ms: u64,
+    ) -> Result<Missed, ReplicaError> {
+        self.cas(&missed_key(recipient, caller), |v| {
+            let held = v.and_then(MissedClaim::parse);
+            let (missed, claim) = MissedClaim::decide(held, server, now, merge_ms);
+            (Some(claim.encode()), missed)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hour_counts_rolls_and_gives_back() {
+        let mut t = SentTimes::default();
+        let h = HOUR_MS;
+        assert!(t.take(h, 2, false).granted);
+        assert!(t.take(h + 10, 2, false).granted);
+        let full = t.take(h + 20, 2, false);
+        assert!(!full.granted);
+        assert_eq!(
+            full.before,
+            Window {
+                sent: 2,
+                oldest_ms: Some(h)
+            }
+        );
+        // The one answer to a STOP goes anyway, and counts.
+        assert!(t.take(h + 30, 2, true).granted);
+        assert_eq!(t.window(h + 30).sent, 3);
+        // An hour after the first, it has left the window.
+        assert_eq!(t.window(2 * h).sent, 2);
+        assert!(t.give_back(h + 30));
+        assert!(!t.give_back(h + 30));
+        assert!(t.take(2 * h, 2, false).granted);
+    }
+
+    #[test]
+    fn times_travel_as_text_and_hostile_values_stay_bounded() {
+        let mut t = SentTimes::default();
+        for i in 0..5 {
+            t.take(HOUR_MS + i, 10, false);
+        }
+        assert_eq!(SentTimes::parse(&t.encode()), t);
+        // Out of order, garbage between, too many: sorted, skipped, the newest kept.
+        let mut raw = b"9,x,,3,\xff,7".to_vec();
+        assert_eq!(SentTimes::parse(&raw).encode(), Bytes::from("3,7,9"));
+        raw = (0..(MAX_TIMES as u64 + 50))
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+            .into_bytes();
+        let many = SentTimes::parse(&raw);
+        assert_eq!(many.0.len(), MAX_TIMES);
+        assert_eq!(many.0.front(), Some(&50));
+        // A late clock still lands in order.
+        let mut t = SentTimes::parse(b"100,300");
+        t.take(200, 10, false);
+        assert_eq!(t.encode(), Bytes::from("100,200,300"));
+    }
+
+    #[test]
+    fn a_missed_call_burst_has_one_alert_across_servers() {
+        let w = 10 * 60_000;
+        let (m, c) = MissedClaim::decide(None, "ms1", 1_000, w);
+        assert_eq!(m, Missed::Mine);
+        assert_eq!(MissedClaim::parse(&c.encode()), Some(c.clone()));
+        // The same server again: its own alert (its store merges the count).
+        assert_eq!(
+            MissedClaim::decide(Some(c.clone()), "ms1", 2_000, w).0,
+            Missed::Mine
+        );
+        // Another server within the window: merged; the window slides, the holder stays.
+        let (m, c2) = MissedClaim::decide(Some(c.clone()), "ms2", 5_000, w);
+        assert_eq!(
+            (m, c2.server.as_str(), c2.at_ms),
+            (Missed::Theirs, "ms1", 5_000)
+        );
+        // Past the window: a new burst, the other server's.
+        let (m, c3) = MissedClaim::decide(Some(c2), "ms2", 5_000 + w + 1, w);
+        assert_eq!((m, c3.server.as_str()), (Missed::Mine, "ms2"));
+        assert_eq!(MissedClaim::parse(b"no-number"), None);
+        assert_eq!(MissedClaim::parse(b"ms1 x"), None);
+    }
+}
