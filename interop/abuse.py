@@ -42,7 +42,7 @@ from harness import (  # noqa: E402
     wait_until, write_config,
 )
 
-LIMIT_PER_HOUR = 4            # two servers: 2 each
+LIMIT_PER_HOUR = 4            # for the cluster: both servers count together
 WRONG_CODES_PER_LINK = 4
 RECIPIENT = "+15551230002"
 SIPP = os.path.join(ROOT, "interop/sipp")
