@@ -226,29 +226,17 @@ impl Counters {
         deadline: Duration,
     ) -> Result<Counters, ReplicaError> {
         let js = jetstream::new(client.clone());
-        let within = |f| tokio::time::timeout(deadline, f);
-        let kv = match within(js.get_key_value(COUNTERS_BUCKET))
-            .await
-            .map_err(|_| ReplicaError::Timeout(deadline))?
-        {
-            Ok(kv) => kv,
-            Err(_) => tokio::time::timeout(
-                deadline,
-                js.create_key_value(kv::Config {
-                    bucket: COUNTERS_BUCKET.into(),
-                    description: "Boxless limits counted across servers".into(),
-                    history: 1,
-                    max_age: Duration::from_millis(HOUR_MS) + Duration::from_secs(60),
-                    storage: jetstream::stream::StorageType::File,
-                    num_replicas: replicas.max(1),
-                    max_value_size: 16 * 1024,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|_| ReplicaError::Timeout(deadline))?
-            .map_err(nats)?,
+        let config = kv::Config {
+            bucket: COUNTERS_BUCKET.into(),
+            description: "Boxless limits counted across servers".into(),
+            history: 1,
+            max_age: Duration::from_millis(HOUR_MS) + Duration::from_secs(60),
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: replicas.max(1),
+            max_value_size: 16 * 1024,
+            ..Default::default()
         };
+        let kv = crate::replica::bucket(&js, config, deadline).await?;
         Ok(Counters { kv, deadline })
     }
 

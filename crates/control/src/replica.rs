@@ -73,6 +73,26 @@ impl std::fmt::Debug for Replica {
     }
 }
 
+/// The key-value bucket `config` names, made with `config` when it does not exist; each
+/// step waits at most `deadline`.
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+    deadline: Duration,
+) -> Result<kv::Store, ReplicaError> {
+    let timeout = |_| ReplicaError::Timeout(deadline);
+    match tokio::time::timeout(deadline, js.get_key_value(config.bucket.clone()))
+        .await
+        .map_err(timeout)?
+    {
+        Ok(kv) => Ok(kv),
+        Err(_) => tokio::time::timeout(deadline, js.create_key_value(config))
+            .await
+            .map_err(timeout)?
+            .map_err(nats),
+    }
+}
+
 fn subject(server: &str, id: &str) -> String {
     format!("boxless.audio.{server}.{id}")
 }
@@ -105,27 +125,20 @@ impl Replica {
         .await
         .map_err(|_| ReplicaError::Timeout(deadline))?
         .map_err(nats)?;
-        let records = match tokio::time::timeout(deadline, js.get_key_value(MESSAGES_BUCKET))
-            .await
-            .map_err(|_| ReplicaError::Timeout(deadline))?
-        {
-            Ok(kv) => kv,
-            Err(_) => tokio::time::timeout(
-                deadline,
-                js.create_key_value(kv::Config {
-                    bucket: MESSAGES_BUCKET.into(),
-                    description: "Boxless messages' records".into(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    num_replicas: replicas,
-                    max_value_size: 16 * 1024,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|_| ReplicaError::Timeout(deadline))?
-            .map_err(nats)?,
-        };
+        let records = bucket(
+            &js,
+            kv::Config {
+                bucket: MESSAGES_BUCKET.into(),
+                description: "Boxless messages' records".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_value_size: 16 * 1024,
+                ..Default::default()
+            },
+            deadline,
+        )
+        .await?;
         Ok(Replica {
             js,
             audio,
