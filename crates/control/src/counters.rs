@@ -20,7 +20,7 @@ use boxless_store::Window;
 use boxless_store::outbox::HOUR_MS;
 use bytes::Bytes;
 
-use crate::replica::ReplicaError;
+use crate::replica::{ReplicaError, within};
 
 /// The bucket.
 pub const COUNTERS_BUCKET: &str = "boxless_counters";
@@ -201,10 +201,6 @@ impl std::fmt::Debug for Counters {
     }
 }
 
-fn nats(e: impl std::fmt::Display) -> ReplicaError {
-    ReplicaError::Nats(e.to_string())
-}
-
 fn sms_key(n: PhoneNumber) -> String {
     format!("sms.{}", n.as_u64())
 }
@@ -240,16 +236,6 @@ impl Counters {
         Ok(Counters { kv, deadline })
     }
 
-    async fn within<T, E: std::fmt::Display>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, ReplicaError> {
-        tokio::time::timeout(self.deadline, f)
-            .await
-            .map_err(|_| ReplicaError::Timeout(self.deadline))?
-            .map_err(nats)
-    }
-
     /// Applies `change` to the value at `key` with compare-and-set, again when another
     /// server wrote in between; `change` returns the value to write (None: write nothing)
     /// and what to answer.
@@ -259,7 +245,7 @@ impl Counters {
         mut change: impl FnMut(Option<&[u8]>) -> (Option<Bytes>, T),
     ) -> Result<T, ReplicaError> {
         for _ in 0..CAS_TRIES {
-            let entry = self.within(self.kv.entry(key)).await?;
+            let entry = within(self.deadline, self.kv.entry(key)).await?;
             // A deleted or purged key reads as no value.
             let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
             let (value, answer) = change(live.map(|e| &e.value[..]));

@@ -43,8 +43,19 @@ pub enum ReplicaError {
     Damaged(&'static str),
 }
 
-fn nats(e: impl std::fmt::Display) -> ReplicaError {
+pub(crate) fn nats(e: impl std::fmt::Display) -> ReplicaError {
     ReplicaError::Nats(e.to_string())
+}
+
+/// `f`'s answer, or a timeout after `deadline`; its error as a [`ReplicaError`].
+pub(crate) async fn within<T, E: std::fmt::Display>(
+    deadline: Duration,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ReplicaError> {
+    tokio::time::timeout(deadline, f)
+        .await
+        .map_err(|_| ReplicaError::Timeout(deadline))?
+        .map_err(nats)
 }
 
 /// What [`Replica::put`] writes of a message's audio.
@@ -151,10 +162,7 @@ impl Replica {
         &self,
         f: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, ReplicaError> {
-        tokio::time::timeout(self.deadline, f)
-            .await
-            .map_err(|_| ReplicaError::Timeout(self.deadline))?
-            .map_err(nats)
+        within(self.deadline, f).await
     }
 
     /// Writes message `r` with its audio (the deposit), or only its record (a state

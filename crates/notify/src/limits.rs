@@ -134,6 +134,26 @@ impl Limits {
         }
     }
 
+    /// `f`'s answer from JetStream within [`CLUSTER_DEADLINE`]; None (counted and logged)
+    /// when it failed or did not answer, and the caller counts locally.
+    async fn ask<T>(
+        &self,
+        what: &'static str,
+        f: impl std::future::Future<Output = Result<T, boxless_control::replica::ReplicaError>>,
+    ) -> Option<T> {
+        match tokio::time::timeout(CLUSTER_DEADLINE, f).await {
+            Ok(Ok(t)) => Some(t),
+            Ok(Err(e)) => {
+                self.fell_back(what, &e);
+                None
+            }
+            Err(_) => {
+                self.fell_back(what, &"no answer within 2 s");
+                None
+            }
+        }
+    }
+
     /// Counts an SMS to `to` at `now` when the cluster's hour has fewer than `max` (always
     /// with `force`: the one answer to a STOP/START).
     pub async fn take_sms(&self, to: PhoneNumber, now: u64, max: u32, force: bool) -> Taken {
@@ -146,10 +166,8 @@ impl Limits {
         }
         let mut share = max;
         if let Some(c) = self.cluster() {
-            match tokio::time::timeout(CLUSTER_DEADLINE, c.take_sms(to, now, max, force)).await {
-                Ok(Ok(t)) => return t,
-                Ok(Err(e)) => self.fell_back("sms_hour", &e),
-                Err(_) => self.fell_back("sms_hour", &"no answer within 2 s"),
+            if let Some(t) = self.ask("sms_hour", c.take_sms(to, now, max, force)).await {
+                return t;
             }
             share = (max / self.servers).max(1);
         }
@@ -158,12 +176,13 @@ impl Limits {
 
     /// Gives back the SMS to `to` counted at `at`: it did not go.
     pub async fn give_back_sms(&self, to: PhoneNumber, at: u64) {
-        if let Some(c) = self.cluster() {
-            match tokio::time::timeout(CLUSTER_DEADLINE, c.give_back_sms(to, at)).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => self.fell_back("sms_hour", &e),
-                Err(_) => self.fell_back("sms_hour", &"no answer within 2 s"),
-            }
+        if let Some(c) = self.cluster()
+            && self
+                .ask("sms_hour", c.give_back_sms(to, at))
+                .await
+                .is_some()
+        {
+            return;
         }
         if let Some(t) = self.lock_hours().get_mut(&to) {
             t.give_back(at);
@@ -224,10 +243,8 @@ impl Limits {
     ) -> Missed {
         if let Some(c) = self.cluster() {
             let claim = c.claim_missed(recipient, caller, server, now, merge_ms);
-            match tokio::time::timeout(CLUSTER_DEADLINE, claim).await {
-                Ok(Ok(m)) => return m,
-                Ok(Err(e)) => self.fell_back("missed_call", &e),
-                Err(_) => self.fell_back("missed_call", &"no answer within 2 s"),
+            if let Some(m) = self.ask("missed_call", claim).await {
+                return m;
             }
         }
         let mut missed = self.missed.lock().unwrap_or_else(|p| p.into_inner());
