@@ -62,7 +62,7 @@ pub async fn status_table(base: &str, access: &Access) -> anyhow::Result<String>
     let servers: Vec<serde_json::Value> = serde_json::from_slice(&a.body)
         .context("the API answered something that is not a server list")?;
     let mut out = format!(
-        "{:<12} {:<9} {:>15} {:>12} {:>10} {:>12}\n",
+        "{:<12} {:<9} {:>15} {:>12} {:>10} {:>12}  SERVES\n",
         "ID", "STATE", "ACTIVE/CAP", "FREE DISK", "LAST SEEN", "UNREPLICATED"
     );
     for v in servers {
@@ -76,14 +76,24 @@ pub async fn status_table(base: &str, access: &Access) -> anyhow::Result<String>
         let unreplicated = v["unreplicated"]
             .as_u64()
             .map_or("-".to_string(), |n| n.to_string());
+        // Whose link numbers it answers; "-": nobody's (catching up after a takeover).
+        let serves = v["serves"].as_array().map_or(String::new(), |ids| {
+            let ids: Vec<&str> = ids.iter().filter_map(|i| i.as_str()).collect();
+            if ids.is_empty() {
+                "-".into()
+            } else {
+                ids.join(",")
+            }
+        });
         out.push_str(&format!(
-            "{:<12} {:<9} {:>15} {:>12} {:>10} {:>12}\n",
+            "{:<12} {:<9} {:>15} {:>12} {:>10} {:>12}  {}\n",
             v["id"].as_str().unwrap_or("?"),
             v["state"].as_str().unwrap_or("?"),
             format!("{}/{}", v["active_calls"], v["capacity"]),
             format!("{:.1} GiB", free as f64 / (1u64 << 30) as f64),
             seen,
-            unreplicated
+            unreplicated,
+            serves
         ));
     }
     // A router whose control plane is down says so (docs/http.md: degraded health).

@@ -305,6 +305,15 @@ async fn servers(State(s): State<ApiState>) -> Response {
         .iter()
         .map(|slot| {
             let v = slot.view();
+            let (me, others) = slot.serves();
+            let serves = s
+                .board
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|&(i, o)| (o.id == slot.id && me) || (i < 64 && others & (1 << i) != 0))
+                .map(|(_, o)| o.id.clone())
+                .collect();
             schema::ServerView {
                 id: slot.id.clone(),
                 address: slot.sip.to_string(),
@@ -315,6 +324,7 @@ async fn servers(State(s): State<ApiState>) -> Response {
                 last_seen_ms: (v.last_update_ms != 0).then(|| now.saturating_sub(v.last_update_ms)),
                 link_numbers: slot.pool.to_strings(),
                 unreplicated: v.unreplicated,
+                serves,
             }
         })
         .collect();
@@ -459,10 +469,9 @@ async fn forward(
     path: &str,
     id: &str,
 ) -> Option<Response> {
-    let r = s.remotes.iter().find(|r| {
-        id.strip_prefix(r.id.as_str())
-            .is_some_and(|x| x.starts_with('-'))
-    })?;
+    let Holder::Remote(r) = holder(s, server_of(s, id)?) else {
+        return None;
+    };
     let auth = authorization(headers);
     Some(
         match boxless_net::http::request_with(
@@ -488,11 +497,52 @@ async fn forward(
     )
 }
 
+/// Where the messages of one server are answered for.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Holder<'a> {
+    /// A store of this process.
+    Local(&'a Arc<Store>),
+    /// A server in another process.
+    Remote(&'a Remote),
+    /// Neither.
+    Nowhere,
+}
+
+/// Who answers for server `server`'s messages now: the server itself, or the one that took
+/// it over while it is lost or catching up (docs/high-availability.md); with nobody
+/// serving it, the server itself (which then answers as it can: 503, or not at all).
+pub(crate) fn holder<'a>(s: &'a ApiState, server: &str) -> Holder<'a> {
+    let board = &s.board;
+    let serving = board
+        .slots
+        .iter()
+        .position(|slot| slot.id == server)
+        .and_then(|i| board.serving(i, now_ms(), s.ttl_ms))
+        .map_or(server, |i| board.slots[i].id.as_str());
+    if let Some(st) = s.stores.iter().find(|st| st.server_id() == serving) {
+        return Holder::Local(st);
+    }
+    match s.remotes.iter().find(|r| r.id == serving) {
+        Some(r) => Holder::Remote(r),
+        None => Holder::Nowhere,
+    }
+}
+
+/// The server whose message `id` (`<server>-<hex>`) is: a server id may hold `-` too, so
+/// the configured ids are matched, the longest first.
+fn server_of<'a>(s: &'a ApiState, id: &str) -> Option<&'a str> {
+    let ids = s.board.slots.iter().map(|slot| slot.id.as_str());
+    let ids = ids.chain(s.stores.iter().map(|st| st.server_id()));
+    ids.chain(s.remotes.iter().map(|r| r.id.as_str()))
+        .filter(|sid| id.strip_prefix(sid).is_some_and(|x| x.starts_with('-')))
+        .max_by_key(|sid| sid.len())
+}
+
 fn store_of<'a>(s: &'a ApiState, id: &str) -> Option<&'a Arc<Store>> {
-    s.stores.iter().find(|st| {
-        id.strip_prefix(st.server_id())
-            .is_some_and(|r| r.starts_with('-'))
-    })
+    match holder(s, server_of(s, id)?) {
+        Holder::Local(st) => Some(st),
+        _ => None,
+    }
 }
 
 fn valid_id(id: &str) -> bool {

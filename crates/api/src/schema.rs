@@ -39,6 +39,9 @@ pub struct ServerView {
     /// Its messages not yet in JetStream (`[store] replication`); null when it does not
     /// replicate.
     pub unreplicated: Option<u64>,
+    /// The server ids whose link numbers and web links it answers: itself, and any it
+    /// took over; empty while it catches up after coming back.
+    pub serves: Vec<String>,
 }
 
 /// One notice of a message: one channel, one destination.

@@ -201,9 +201,8 @@ async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
         return Opened::Answer(too_many(web));
     }
     let token = WebToken::parse(raw);
-    if let Some(t) = &token
-        && let Some(r) = s.remotes.iter().find(|r| r.id == t.server())
-    {
+    let held = token.as_ref().map(|t| crate::holder(s, t.server()));
+    if let Some(crate::Holder::Remote(r)) = held {
         let answer = forward(s, r, &req, ip).await;
         if answer.status() == StatusCode::NOT_FOUND {
             // The server counted it against the client too; this process guards itself.
@@ -211,12 +210,10 @@ async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
         }
         return Opened::Answer(answer);
     }
-    let local = token.as_ref().and_then(|t| {
-        s.stores
-            .iter()
-            .find(|st| st.server_id() == t.server())
-            .cloned()
-    });
+    let local = match held {
+        Some(crate::Holder::Local(st)) => Some(st.clone()),
+        _ => None,
+    };
     // A malformed token or an unknown server still costs one lookup, as a wrong token does.
     let (store, token) = match (local, token) {
         (Some(st), Some(t)) => (st, t),

@@ -48,6 +48,11 @@ pub struct StatusMessage {
     /// servers of a version before replication).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreplicated: Option<u64>,
+    /// The server ids whose link numbers and web links it answers: itself, and any it
+    /// took over. Absent: itself alone (the usual case, and servers of an earlier
+    /// version); an empty list: none (it is catching up after a takeover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<Vec<String>>,
 }
 
 impl StatusMessage {
@@ -62,7 +67,27 @@ impl StatusMessage {
             free_disk_bytes: v.free_disk,
             notifier_ok: v.notifier_ok,
             unreplicated: v.unreplicated,
+            serves: None,
         }
+    }
+
+    /// The status of the board's slot `index` now, with whom it serves.
+    pub fn of_slot(board: &StatusBoard, index: usize) -> StatusMessage {
+        let slot = &board.slots[index];
+        let mut m = StatusMessage::of(slot);
+        let (me, others) = slot.serves();
+        if !me || others != 0 {
+            m.serves = Some(
+                board
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| (i == index && me) || (i < 64 && others & (1 << i) != 0))
+                    .map(|(_, s)| s.id.clone())
+                    .collect(),
+            );
+        }
+        m
     }
 
     /// Writes it into the router's slot for that server. Freshness is the router's own
@@ -86,6 +111,21 @@ impl StatusMessage {
             probe_down: false,
             unreplicated: self.unreplicated,
         });
+        match &self.serves {
+            None => slot.set_serves(true, 0),
+            Some(ids) => {
+                let (mut me, mut others) = (false, 0u64);
+                for id in ids {
+                    match board.slots.iter().position(|s| &s.id == id) {
+                        _ if *id == self.id => me = true,
+                        Some(i) if i < 64 => others |= 1 << i,
+                        // An id this board does not know (or past the 64th): ignored.
+                        _ => {}
+                    }
+                }
+                slot.set_serves(me, others);
+            }
+        }
         true
     }
 
@@ -95,6 +135,7 @@ impl StatusMessage {
             || self.notifier_ok != other.notifier_ok
             || (self.active_calls >= self.capacity) != (other.active_calls >= other.capacity)
             || self.active_calls != other.active_calls
+            || self.serves != other.serves
     }
 }
 
@@ -235,7 +276,7 @@ pub async fn publish_status(
                 }
             }
         }
-        let now = StatusMessage::of(&board.slots[index]);
+        let now = StatusMessage::of_slot(&board, index);
         let due = last_sent.elapsed() >= every;
         let changed =
             last.as_ref().is_none_or(|l| l.differs(&now)) && last_sent.elapsed() >= min_gap;
@@ -260,10 +301,10 @@ pub async fn publish_status(
 /// Publishes server `id`'s status once, now, and waits (up to a second) until NATS has
 /// it: the last word of a server that stops.
 pub async fn publish_now(client: &async_nats::Client, board: &StatusBoard, id: &str) {
-    let Some(slot) = board.by_id(id) else {
+    let Some(index) = board.slots.iter().position(|s| s.id == id) else {
         return;
     };
-    let Ok(payload) = serde_json::to_vec(&StatusMessage::of(slot)) else {
+    let Ok(payload) = serde_json::to_vec(&StatusMessage::of_slot(board, index)) else {
         return;
     };
     if client.connection_state() != async_nats::connection::State::Connected {
@@ -453,5 +494,41 @@ mod tests {
         draining.state = "draining".into();
         assert!(draining.differs(&back));
         assert!(!back.differs(&back.clone()));
+    }
+
+    #[test]
+    fn serves_travels_by_id_and_its_absence_means_itself() {
+        let slot =
+            |id: &str| ServerSlot::new(id, ([127, 0, 0, 1], 5070).into(), LinkPool::default(), 10);
+        let here = StatusBoard::new(vec![slot("ms1"), slot("ms2"), slot("ms3")]);
+        let m = StatusMessage::of_slot(&here, 1);
+        assert_eq!(m.serves, None, "itself alone is not written");
+        here.slots[1].set_serves(true, 0b001);
+        let m = StatusMessage::of_slot(&here, 1);
+        assert_eq!(m.serves, Some(vec!["ms1".to_string(), "ms2".to_string()]));
+        assert!(m.differs(&StatusMessage::of(&here.slots[1])));
+        // A router whose board lists the servers in another order maps them by id.
+        let there = StatusBoard::new(vec![slot("ms3"), slot("ms2"), slot("ms1")]);
+        assert!(m.apply(&there, 5));
+        assert_eq!(there.slots[1].serves(), (true, 0b100));
+        here.slots[0].set_serves(false, 0);
+        let back = StatusMessage::of_slot(&here, 0);
+        assert_eq!(back.serves, Some(vec![]));
+        assert!(back.apply(&there, 6));
+        assert_eq!(there.slots[2].serves(), (false, 0));
+        let mut stranger = m.clone();
+        stranger.serves = Some(vec!["ms2".into(), "ms9".into()]);
+        assert!(stranger.apply(&there, 7));
+        assert_eq!(
+            there.slots[1].serves(),
+            (true, 0),
+            "an unknown id is ignored"
+        );
+        let old: StatusMessage = serde_json::from_str(
+            &serde_json::to_string(&StatusMessage::of(&here.slots[2])).unwrap(),
+        )
+        .unwrap();
+        assert!(old.apply(&there, 8));
+        assert_eq!(there.slots[0].serves(), (true, 0));
     }
 }

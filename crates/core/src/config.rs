@@ -544,6 +544,10 @@ pub enum Replication {
     Jetstream,
 }
 
+/// The most `[[servers]]` with replication: a status names whom it serves among them as
+/// bits of one word (`ServerSlot::set_serves`).
+pub const MAX_TAKEOVER_SERVERS: usize = 64;
+
 /// `[store]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -552,6 +556,8 @@ pub struct StoreConfig {
     pub replication: Replication,
     /// Copies JetStream keeps of each message (1, 3 or 5).
     pub replicas: usize,
+    /// A server whose status has been absent this long is taken over by one live server.
+    pub takeover_after_seconds: u64,
 }
 
 impl Default for StoreConfig {
@@ -559,6 +565,7 @@ impl Default for StoreConfig {
         StoreConfig {
             replication: Replication::None,
             replicas: 3,
+            takeover_after_seconds: 30,
         }
     }
 }
@@ -823,6 +830,26 @@ impl Config {
                 ),
             ));
         }
+        if self.store.takeover_after_seconds < 2 * self.control.ttl_seconds.max(1) {
+            return Err(err(
+                "store.takeover_after_seconds".into(),
+                format!(
+                    "must be at least twice control.ttl_seconds ({}): a server whose status is merely late must not be taken over",
+                    self.control.ttl_seconds
+                ),
+            ));
+        }
+        if self.store.replication == Replication::Jetstream
+            && self.servers.len() > MAX_TAKEOVER_SERVERS
+        {
+            return Err(err(
+                "servers".into(),
+                format!(
+                    "at most {MAX_TAKEOVER_SERVERS} [[servers]] with store.replication = \"jetstream\" (a status names whom it serves among them); got {}",
+                    self.servers.len()
+                ),
+            ));
+        }
         if self.control.ttl_seconds == 0 {
             return Err(err(
                 "control.ttl_seconds".into(),
@@ -1079,6 +1106,10 @@ mod tests {
         assert_eq!(c.config.store.replicas, 3);
         let e = Config::load_str(&format!("{nats}replicas = 2\n"), "x.toml").unwrap_err();
         assert_eq!(e.key, "store.replicas");
+        let e =
+            Config::load_str(&format!("{nats}takeover_after_seconds = 5\n"), "x.toml").unwrap_err();
+        assert_eq!(e.key, "store.takeover_after_seconds");
+        assert!(e.problem.contains("twice control.ttl_seconds (3)"), "{e}");
         let e = Config::load_str("[store]\nreplication = \"raft\"\n", "x.toml").unwrap_err();
         assert_eq!(e.key, "store.replication");
         assert_eq!(

@@ -153,6 +153,12 @@ pub struct ServerSlot {
     probe_down: AtomicBool,
     /// Messages not yet in JetStream; [`NOT_REPLICATING`] when it does not replicate.
     unreplicated: AtomicU64,
+    /// It answers its own link numbers (false while a server that comes back catches up
+    /// with what the server that took it over did meanwhile).
+    serves_self: AtomicBool,
+    /// The other servers whose link numbers and web links it answers (it took them over):
+    /// bit `i` is the board's slot `i`.
+    serves_others: AtomicU64,
     /// Share of new calls (0: standby); from the configuration.
     pub weight: u32,
 }
@@ -237,6 +243,8 @@ impl ServerSlot {
             last_update_ms: AtomicU64::new(0),
             probe_down: AtomicBool::new(false),
             unreplicated: AtomicU64::new(NOT_REPLICATING),
+            serves_self: AtomicBool::new(true),
+            serves_others: AtomicU64::new(0),
             weight: 1,
         }
     }
@@ -271,6 +279,21 @@ impl ServerSlot {
     pub fn set_unreplicated(&self, n: Option<u64>) {
         self.unreplicated
             .store(n.unwrap_or(NOT_REPLICATING), Relaxed);
+    }
+
+    /// Whose link numbers it answers: its own (`me`), and those of the board's slots in
+    /// the mask `others` (bit `i`: slot `i`; servers it took over).
+    pub fn set_serves(&self, me: bool, others: u64) {
+        self.serves_self.store(me, Relaxed);
+        self.serves_others.store(others, Relaxed);
+    }
+
+    /// See [`ServerSlot::set_serves`].
+    pub fn serves(&self) -> (bool, u64) {
+        (
+            self.serves_self.load(Relaxed),
+            self.serves_others.load(Relaxed),
+        )
     }
 
     /// The router's probes find the server dead (true) or alive again (false).
@@ -357,6 +380,22 @@ impl StatusBoard {
     /// A slot by id.
     pub fn by_id(&self, id: &str) -> Option<&ServerSlot> {
         self.slots.iter().find(|s| s.id == id)
+    }
+
+    /// The slot that answers slot `owner`'s link numbers and web links now: the owner
+    /// itself while it is up and serves them, else a server that is up and took it over
+    /// (docs/high-availability.md). None: nobody does.
+    pub fn serving(&self, owner: usize, now_ms: u64, ttl_ms: u64) -> Option<usize> {
+        let at = self.status_time(now_ms);
+        let up = |s: &ServerSlot| s.view().effective_state(at, ttl_ms) == ServerState::Up;
+        let o = self.slots.get(owner)?;
+        if o.serves().0 && up(o) {
+            return Some(owner);
+        }
+        let bit = 1u64.checked_shl(owner as u32)?;
+        self.slots
+            .iter()
+            .position(|s| s.serves().1 & bit != 0 && up(s))
     }
 }
 
@@ -446,5 +485,31 @@ mod tests {
             }
         );
         assert_eq!(StatusBoard::default().control.health(9), ControlHealth::Ok);
+    }
+
+    #[test]
+    fn a_server_s_numbers_go_to_whoever_serves_them() {
+        let slot =
+            |id: &str| ServerSlot::new(id, ([127, 0, 0, 1], 5070).into(), LinkPool::default(), 10);
+        let b = StatusBoard::new(vec![slot("ms1"), slot("ms2"), slot("ms3")]);
+        for s in &b.slots {
+            s.publish(StatusView::up(10, 1_000));
+        }
+        assert_eq!(b.serving(0, 1_500, 3_000), Some(0), "its own, by default");
+        // ms1 lost: nobody serves it until ms3 says it took it over.
+        assert_eq!(b.serving(0, 4_500, 3_000), None);
+        b.slots[1].publish(StatusView::up(10, 4_000));
+        b.slots[2].publish(StatusView::up(10, 4_000));
+        b.slots[2].set_serves(true, 0b001);
+        assert_eq!(b.serving(0, 4_500, 3_000), Some(2));
+        // ms1 back but still catching up: ms3 keeps its numbers.
+        b.slots[0].publish(StatusView::up(10, 4_400));
+        b.slots[0].set_serves(false, 0);
+        assert_eq!(b.serving(0, 4_500, 3_000), Some(2));
+        // Handed back.
+        b.slots[2].set_serves(true, 0);
+        b.slots[0].set_serves(true, 0);
+        assert_eq!(b.serving(0, 4_500, 3_000), Some(0));
+        assert_eq!(b.serving(7, 4_500, 3_000), None, "no such slot");
     }
 }

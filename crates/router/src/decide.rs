@@ -177,23 +177,21 @@ impl RouterCore {
             None => return respond(404, "Not Found"),
             Some(parties::Target::Deposit(r)) => r,
             Some(parties::Target::Retrieval(link)) => {
-                // Only the owner holds the message: never another server.
-                // Fresh, up, and answering this router's probes: else the caller hears 480
-                // now rather than a proxy timeout later.
+                // Only the owner holds the message, or the server that took it over:
+                // never another. Fresh, up, and answering this router's probes: else
+                // the caller hears 480 now rather than a proxy timeout later.
                 let Some(owner) = owner.get() else {
                     return respond(404, "Not Found");
                 };
-                let v = self.board.slots[owner].view();
-                let state = v.effective_state(self.board.status_time(now_ms), self.ttl_ms);
-                if state != boxless_core::ServerState::Up {
+                let Some(server) = self.board.serving(owner, now_ms, self.ttl_ms) else {
                     return Verdict::Respond {
                         code: 480,
                         reason: "Temporarily Unavailable",
                         extra: Extra::RetryAfter,
                     };
-                }
+                };
                 return Verdict::Route {
-                    server: owner,
+                    server,
                     user: link,
                     retrieval: true,
                     alternates: policy::Alternates::default(),
@@ -478,7 +476,7 @@ mod tests {
     }
 
     #[test]
-    fn link_numbers_go_to_their_owner_only() {
+    fn link_numbers_go_to_their_owner_or_whoever_took_it_over() {
         let c = core(RouterMode::Redirect);
         assert!(matches!(
             decide(&c, &invite("+18005550160", "")),
@@ -502,6 +500,34 @@ mod tests {
             decide(&c, &invite("+18005550160", "")),
             Verdict::Respond { code: 480, .. }
         ));
+        // Taken over by ms1: its link numbers go there, until ms2 serves them again.
+        c.board.slots[0].set_serves(true, 0b10);
+        assert!(matches!(
+            decide(&c, &invite("+18005550160", "")),
+            Verdict::Route {
+                server: 0,
+                retrieval: true,
+                ..
+            }
+        ));
+        c.board.slots[1].publish(StatusView::up(10, 1000));
+        c.board.slots[1].set_serves(false, 0);
+        assert!(
+            matches!(
+                decide(&c, &invite("+18005550160", "")),
+                Verdict::Route { server: 0, .. }
+            ),
+            "ms2 back but catching up"
+        );
+        c.board.slots[1].set_serves(true, 0);
+        c.board.slots[0].set_serves(true, 0);
+        assert!(matches!(
+            decide(&c, &invite("+18005550160", "")),
+            Verdict::Route { server: 1, .. }
+        ));
+        let mut v = c.board.slots[1].view();
+        v.state = ServerState::Down;
+        c.board.slots[1].publish(v);
         // A diverted call to a link number is a deposit for whoever was diverted.
         let d = decide(
             &c,
