@@ -9,6 +9,7 @@
 pub mod counters;
 pub mod recipients;
 pub mod replica;
+pub mod takeover;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -228,3 +228,59 @@ async fn servers_counting_one_hour_at_once_never_exceed_the_limit() {
         "one server holds the alert: {alerting:?}"
     );
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server 2.10+ on PATH; run by .ci/run"]
+async fn of_servers_racing_for_a_lost_one_exactly_one_wins_and_hands_it_back() {
+    use boxless_control::takeover::{Lease, Leases};
+    let (_nodes, urls) = cluster();
+    let _ = reach(&urls).await;
+    // Three servers, each on its own node, see ms1 go silent at once.
+    let mut servers = Vec::new();
+    for url in urls.split(',') {
+        let c = async_nats::connect(url).await.unwrap();
+        let leases = retry("the leases' bucket", || {
+            Leases::open(&c, 3, Duration::from_secs(5))
+        })
+        .await;
+        servers.push(leases);
+    }
+    for round in 0..3 {
+        let races: Vec<_> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let l = l.clone();
+                tokio::spawn(async move { (i, l.take("ms1", &format!("ms{}", i + 2)).await) })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for r in races {
+            let (i, took) = r.await.unwrap();
+            if took.expect("asked") {
+                won.push(i);
+            }
+        }
+        assert_eq!(won.len(), 1, "round {round}: one holder, not {won:?}");
+        let holder = format!("ms{}", won[0] + 2);
+        let (lease, rev) = servers[0].get("ms1").await.unwrap().expect("held");
+        assert_eq!(lease.holder, holder);
+        // A write at a revision someone else moved past is refused.
+        let other = Lease {
+            holder: "ms9".into(),
+            handback: false,
+        };
+        assert!(!servers[1].put("ms1", &other, rev - 1).await.unwrap());
+        // ms1 is back and asks; the holder lets go at the revision it read.
+        let asked = Lease {
+            handback: true,
+            ..lease
+        };
+        assert!(servers[2].put("ms1", &asked, rev).await.unwrap());
+        let (seen, rev) = servers[won[0]].get("ms1").await.unwrap().unwrap();
+        assert!(seen.handback);
+        assert!(!servers[won[0]].release("ms1", rev - 1).await.unwrap());
+        assert!(servers[won[0]].release("ms1", rev).await.unwrap());
+        assert_eq!(servers[1].get("ms1").await.unwrap(), None, "nobody holds it");
+    }
+}
