@@ -281,6 +281,10 @@ async fn of_servers_racing_for_a_lost_one_exactly_one_wins_and_hands_it_back() {
         assert!(seen.handback);
         assert!(!servers[won[0]].release("ms1", rev - 1).await.unwrap());
         assert!(servers[won[0]].release("ms1", rev).await.unwrap());
-        assert_eq!(servers[1].get("ms1").await.unwrap(), None, "nobody holds it");
+        assert_eq!(
+            servers[1].get("ms1").await.unwrap(),
+            None,
+            "nobody holds it"
+        );
     }
 }

@@ -205,7 +205,12 @@ impl Replication {
                         let kind = if had_audio { Kind::Had } else { Kind::Again };
                         self.send(replica, record, kind).await
                     }
-                    Behind::Gone(id) => match replica.forget(&self.server, &id).await {
+                    // A removed message taken over from another server is forgotten
+                    // under that server's key.
+                    Behind::Gone(id) => match replica
+                        .forget(boxless_store::server_of(&id).unwrap_or(&self.server), &id)
+                        .await
+                    {
                         Ok(()) => {
                             let _ = self.store.write(move |s| s.forgotten(&id)).await;
                             Ok(())

@@ -16,6 +16,7 @@ use boxless_core::recipient::{Channel, Route};
 use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub mod adopt;
 pub mod directory;
 pub mod events;
 pub mod fallback;
@@ -225,6 +226,9 @@ pub struct Store {
     events_on: std::sync::atomic::AtomicBool,
     /// Without delivery receipts, an SMS the SMSC took is as delivered as it gets.
     accepted_is_final: std::sync::atomic::AtomicBool,
+    /// No notice is due while set: a server that was taken over catches up first
+    /// ([`Store::hold_notices`]).
+    held: std::sync::atomic::AtomicBool,
     /// Tests only: how long each access stalls ([`Store::slow_down`]).
     #[cfg(feature = "fault-injection")]
     stall_ms: std::sync::atomic::AtomicU64,
@@ -299,6 +303,13 @@ impl Store {
             "replicated",
             "ALTER TABLE messages ADD COLUMN replicated INTEGER NOT NULL DEFAULT 0",
         )?;
+        // The server a message was taken over from (NULL: this server's own).
+        add_column(
+            &conn,
+            "messages",
+            "origin",
+            "ALTER TABLE messages ADD COLUMN origin TEXT",
+        )?;
         conn.execute_batch(replica::SCHEMA)?;
         // Web tokens are found by their hash; the operator's page counts by minute.
         conn.execute_batch(
@@ -333,6 +344,7 @@ impl Store {
             rng: Mutex::new(Rng::from_entropy()),
             events_on: std::sync::atomic::AtomicBool::new(false),
             accepted_is_final: std::sync::atomic::AtomicBool::new(false),
+            held: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "fault-injection")]
             stall_ms: std::sync::atomic::AtomicU64::new(0),
         };
@@ -411,6 +423,7 @@ impl Store {
         self.audio_dir.join(format!("{id}.wav"))
     }
 
+    /// A new message id: `<server>-<16 hex>` ([`server_of`] reads the server back).
     fn new_id(&self) -> String {
         let r = self
             .rng
@@ -494,7 +507,7 @@ impl Store {
         let tx = db.transaction()?;
         let link = choose_link(&tx, &self.pool, msg.recipient)?;
         let now = now_ms();
-        let web_hash = self.web_hash_for(id);
+        let web_hash = self.own_web_hash(id);
         tx.execute(
             "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms, web_hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8, ?9)",
@@ -521,37 +534,20 @@ impl Store {
             }),
             now,
         )?;
-        let caller = msg.caller.map(|c| c.as_u64() as i64);
-        for (step, route) in routes.iter().enumerate() {
-            let due = now.saturating_add((step as u64).saturating_mul(fallback_after_ms));
-            let text = render(&facts, route.channel());
-            let insert = |to: PhoneNumber, address: Option<&str>| {
-                tx.execute(
-                    "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, step, address)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, 'message', ?7, ?8, ?9, ?10)",
-                    params![id, route.channel().as_str(), to.as_u64() as i64, link.as_u64() as i64, text, sql_ms(due), caller, now as i64, step as i64, address],
-                )
-            };
-            match route {
-                Route::Sms(numbers) => {
-                    for to in numbers {
-                        insert(*to, None)?;
-                    }
-                }
-                Route::Email(a) | Route::Webhook(a) => {
-                    insert(msg.recipient, Some(a))?;
-                }
-            }
-        }
+        queue_notices(&tx, id, &facts, routes, fallback_after_ms, render, now)?;
         tx.commit()?;
         Ok(())
     }
 
     fn write_wav(&self, id: &str, samples: &[i16], rate: u32, enc: Encoding) -> Result<()> {
+        self.write_audio(id, &wav::encode(samples, rate, enc))
+    }
+
+    /// Writes message `id`'s WAV file durably (whole, or not at all).
+    pub(crate) fn write_audio(&self, id: &str, bytes: &[u8]) -> Result<()> {
         let tmp = self.audio_dir.join(format!("{id}.wav.tmp"));
-        let bytes = wav::encode(samples, rate, enc);
         let mut f = fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
         fs::rename(&tmp, self.audio_path(id))?;
@@ -765,6 +761,52 @@ fn not_our_wav(id: &str) -> Error {
 
 /// Runs `ddl` (an `ALTER TABLE ... ADD COLUMN`) unless `table` already has `column`: a
 /// store made by an older version gains it on open.
+/// The server that recorded message `id` (`<server>-<16 hex>`; a server id may hold `-`,
+/// the hex part never does).
+pub fn server_of(id: &str) -> Option<&str> {
+    id.rsplit_once('-')
+        .map(|(server, _)| server)
+        .filter(|s| !s.is_empty())
+}
+
+/// Queues message `id`'s notices within `tx`: for each step of `routes`, one row per
+/// destination, step `k` due `k * fallback_after_ms` after `now` (see
+/// [`Store::deposit_routed`]).
+pub(crate) fn queue_notices(
+    tx: &Connection,
+    id: &str,
+    facts: &SmsFacts<'_>,
+    routes: &[Route],
+    fallback_after_ms: u64,
+    render: &mut impl FnMut(&SmsFacts<'_>, Channel) -> String,
+    now: u64,
+) -> Result<()> {
+    let caller = facts.message.caller.map(|c| c.as_u64() as i64);
+    let link = facts.link_number.as_u64() as i64;
+    for (step, route) in routes.iter().enumerate() {
+        let due = now.saturating_add((step as u64).saturating_mul(fallback_after_ms));
+        let text = render(facts, route.channel());
+        let insert = |to: PhoneNumber, address: Option<&str>| {
+            tx.execute(
+                "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, step, address)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, 'message', ?7, ?8, ?9, ?10)",
+                params![id, route.channel().as_str(), to.as_u64() as i64, link, text, sql_ms(due), caller, now as i64, step as i64, address],
+            )
+        };
+        match route {
+            Route::Sms(numbers) => {
+                for to in numbers {
+                    insert(*to, None)?;
+                }
+            }
+            Route::Email(a) | Route::Webhook(a) => {
+                insert(facts.message.recipient, Some(a))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn add_column(conn: &Connection, table: &str, column: &str, ddl: &str) -> Result<()> {
     let has = conn
         .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?

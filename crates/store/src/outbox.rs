@@ -239,6 +239,9 @@ impl Store {
 
     /// Notices of `lane` due at `now`, oldest first.
     pub fn due(&self, now: u64, limit: usize, lane: Lane) -> Result<Vec<OutboxJob>> {
+        if self.held() {
+            return Ok(Vec::new());
+        }
         let db = self.read_db();
         let mut stmt = db.prepare_cached(
             "SELECT id, message_id, destination, source, text, attempts, kind, channel, address, step

@@ -93,14 +93,16 @@ impl Store {
         self.read_db()
             .query_row(
                 "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number,
-                        access_code, state, state_changed_ms, web_hash, revision
+                        access_code, state, state_changed_ms, web_hash, revision, origin
                  FROM messages WHERE id = ?1",
                 [id],
                 |r| {
                     let hash: Option<Vec<u8>> = r.get(9)?;
                     Ok(MessageRecord {
                         id: r.get(0)?,
-                        server: self.server_id().to_string(),
+                        server: r
+                            .get::<_, Option<String>>(11)?
+                            .unwrap_or_else(|| self.server_id().to_string()),
                         recipient: r.get::<_, i64>(1)? as u64,
                         caller: r.get::<_, Option<i64>>(2)?.map(|c| c as u64),
                         received_at_ms: r.get::<_, i64>(3)? as u64,

@@ -130,7 +130,7 @@ impl Store {
             return text;
         }
         match (self.web.get(), message_id) {
-            (Some(w), Some(id)) => text.replace(WEB_LINK, &w.url(&self.server_id, id)),
+            (Some(w), Some(id)) => text.replace(WEB_LINK, &w.url(self.token_server(id), id)),
             // Written while web links were on, sent after they were turned off.
             _ => text.replace(WEB_LINK, "-"),
         }
@@ -138,11 +138,21 @@ impl Store {
 
     /// The web link of message `id` (tests and the operator's tools; never logged).
     pub fn web_link(&self, id: &str) -> Option<String> {
-        self.web.get().map(|w| w.url(&self.server_id, id))
+        self.web.get().map(|w| w.url(self.token_server(id), id))
     }
 
-    pub(crate) fn web_hash_for(&self, id: &str) -> Option<Vec<u8>> {
-        self.web.get().map(|w| hash(&w.token(&self.server_id, id)))
+    /// The server a message's web token names: the one that recorded it (a message taken
+    /// over keeps its server's links, which routers send to whoever serves that server).
+    fn token_server<'a>(&'a self, id: &'a str) -> &'a str {
+        crate::server_of(id).unwrap_or(&self.server_id)
+    }
+
+    /// The hash of the token this store gives message `id` (a taken-over message whose
+    /// notices it sends gets one too: `adopt`).
+    pub(crate) fn own_web_hash(&self, id: &str) -> Option<Vec<u8>> {
+        self.web
+            .get()
+            .map(|w| hash(&w.token(self.token_server(id), id)))
     }
 }
 
