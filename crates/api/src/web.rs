@@ -227,7 +227,11 @@ async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
     };
     let (st, t) = (store.clone(), token.clone());
     match st.read(move |st| st.by_web_token(&t)).await {
-        Ok(Ok(Some(m))) if m.server == token.server() => Opened::Here(store, m, token),
+        // The token names the server that recorded the message (which may be one this
+        // server answers for).
+        Ok(Ok(Some(m))) if boxless_store::server_of(&m.id) == Some(token.server()) => {
+            Opened::Here(store, m, token)
+        }
         Ok(Ok(_)) => Opened::Answer(miss(web, ip)),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "web link lookup failed");

@@ -228,6 +228,38 @@ impl Replica {
             .map_err(|_| ReplicaError::Damaged("record"))
     }
 
+    /// Every record of `server`'s messages JetStream holds, oldest first. Lists the
+    /// bucket's keys (each step within the deadline) and reads those of `server`.
+    pub async fn records_of(&self, server: &str) -> Result<Vec<MessageRecord>, ReplicaError> {
+        use futures_util::StreamExt as _;
+        let prefix = format!("{server}.");
+        let mut keys = self.within(self.records.keys()).await?;
+        let mut ids = Vec::new();
+        loop {
+            let next = tokio::time::timeout(self.deadline, keys.next())
+                .await
+                .map_err(|_| ReplicaError::Timeout(self.deadline))?;
+            match next {
+                None => break,
+                Some(k) => {
+                    let k = k.map_err(nats)?;
+                    if let Some(id) = k.strip_prefix(&prefix) {
+                        ids.push(id.to_string());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Forgotten between the listing and the read: skipped.
+            if let Some(r) = self.record(server, &id).await? {
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|r| r.received_at_ms);
+        Ok(out)
+    }
+
     /// The audio of message `id` of `server`: the WAV file as it was written.
     pub async fn audio(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
         let subject = subject(server, id);

@@ -74,6 +74,40 @@ impl Silence {
     }
 }
 
+/// Every server's status as it comes, for [`Silence`].
+pub struct Statuses(async_nats::Subscriber);
+
+impl std::fmt::Debug for Statuses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Statuses")
+    }
+}
+
+impl Statuses {
+    /// Follows `boxless.status.*` on `client`.
+    pub async fn follow(client: &async_nats::Client) -> Result<Statuses, ReplicaError> {
+        client
+            .subscribe("boxless.status.*")
+            .await
+            .map(Statuses)
+            .map_err(nats)
+    }
+
+    /// The id of the next server heard: Some(None) for a message that is not a status on
+    /// its server's own subject (a router's request, a forgery); None when the
+    /// subscription ended.
+    pub async fn next(&mut self) -> Option<Option<String>> {
+        use futures_util::StreamExt as _;
+        let m = self.0.next().await?;
+        Some(
+            serde_json::from_slice::<crate::StatusMessage>(&m.payload)
+                .ok()
+                .filter(|s| m.subject.as_str() == crate::status_subject(&s.id))
+                .map(|s| s.id),
+        )
+    }
+}
+
 /// What server `me` does about server `lost`'s lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -162,6 +196,27 @@ impl Leases {
             .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
     }
 
+    /// The revision of `id`'s lease when it was let go and not yet forgotten (the server
+    /// then has to catch up: [`Leases::forget`] once it has); None otherwise.
+    pub async fn released(&self, id: &str) -> Result<Option<u64>, ReplicaError> {
+        let entry = within(self.deadline, self.kv.entry(id)).await?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Delete)
+            .map(|e| e.revision))
+    }
+
+    /// Forgets `id`'s let-go lease at `revision` (nothing if it changed since): a server
+    /// that caught up leaves no trace, so its next start need not catch up again.
+    pub async fn forget(&self, id: &str, revision: u64) -> Result<(), ReplicaError> {
+        let done = tokio::time::timeout(
+            self.deadline,
+            self.kv.purge_expect_revision(id, Some(revision)),
+        )
+        .await
+        .map_err(|_| ReplicaError::Timeout(self.deadline))?;
+        self.settled(id, revision, done).await.map(|_| ())
+    }
+
     /// The revision to write over: the key's last entry (a deleted key keeps one), or 0.
     async fn last_revision(&self, id: &str) -> Result<u64, ReplicaError> {
         let entry = within(self.deadline, self.kv.entry(id)).await?;
@@ -175,10 +230,24 @@ impl Leases {
         let done = tokio::time::timeout(self.deadline, self.kv.update(id, value.into(), revision))
             .await
             .map_err(|_| ReplicaError::Timeout(self.deadline))?;
+        self.settled(id, revision, done.map(|_| ())).await
+    }
+
+    /// A compare-and-set write's outcome: refused because another server wrote first
+    /// (the key moved past `revision`; JetStream words this in more than one way) is
+    /// `false`, any other refusal an error.
+    async fn settled<E: std::fmt::Display>(
+        &self,
+        id: &str,
+        revision: u64,
+        done: Result<(), E>,
+    ) -> Result<bool, ReplicaError> {
         match done {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
-            Err(e) => Err(nats(e)),
+            Ok(()) => Ok(true),
+            Err(e) => match self.last_revision(id).await? {
+                r if r != revision => Ok(false),
+                _ => Err(nats(e)),
+            },
         }
     }
 
@@ -204,14 +273,7 @@ impl Leases {
         )
         .await
         .map_err(|_| ReplicaError::Timeout(self.deadline))?;
-        match done {
-            Ok(()) => Ok(true),
-            // Refused: because another server wrote first (the key moved on), or not.
-            Err(e) => match self.last_revision(id).await? {
-                r if r != revision => Ok(false),
-                _ => Err(nats(e)),
-            },
-        }
+        self.settled(id, revision, done).await
     }
 }
 

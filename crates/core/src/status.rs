@@ -382,6 +382,24 @@ impl StatusBoard {
         self.slots.iter().find(|s| s.id == id)
     }
 
+    /// True when `n` is a link number slot `me` answers: its own, or one of a server it
+    /// took over.
+    pub fn answers(&self, me: usize, n: PhoneNumber) -> bool {
+        let Some(slot) = self.slots.get(me) else {
+            return false;
+        };
+        if slot.pool.contains(n) {
+            return true;
+        }
+        let others = slot.serves().1;
+        others != 0
+            && self
+                .slots
+                .iter()
+                .enumerate()
+                .any(|(i, s)| i < 64 && others & (1 << i) != 0 && s.pool.contains(n))
+    }
+
     /// The slot that answers slot `owner`'s link numbers and web links now: the owner
     /// itself while it is up and serves them, else a server that is up and took it over
     /// (docs/high-availability.md). None: nobody does.

@@ -2,7 +2,7 @@
 //! snapshot of the server's state. The driver then does what needs I/O (loading a link's
 //! messages, binding an RTP port) and answers with the refusal when there is one.
 
-use boxless_core::{LinkPool, Numbering, PhoneNumber};
+use boxless_core::{LinkPool, Numbering, PhoneNumber, StatusBoard};
 use boxless_media::{Negotiated, negotiate};
 use boxless_sip::Message;
 use boxless_sip::hdr::{NameAddr, Uri, split_commas};
@@ -23,10 +23,34 @@ pub struct Context<'a> {
     pub capacity: u32,
     /// How users become numbers.
     pub numbering: &'a Numbering,
-    /// Its link numbers.
-    pub pool: &'a LinkPool,
+    /// The link numbers it answers.
+    pub links: Links<'a>,
     /// Our RFC 4028 `Min-SE`.
     pub min_se: u32,
+}
+
+/// The link numbers a server answers.
+#[derive(Debug, Clone, Copy)]
+pub enum Links<'a> {
+    /// These (tests, and a server that never takes another over).
+    Pool(&'a LinkPool),
+    /// Slot `me`'s, and those of the servers it took over (docs/high-availability.md).
+    Board {
+        /// The status board.
+        board: &'a StatusBoard,
+        /// This server's slot.
+        me: usize,
+    },
+}
+
+impl Links<'_> {
+    /// True when `n` is one of them.
+    pub fn contains(&self, n: PhoneNumber) -> bool {
+        match self {
+            Links::Pool(p) => p.contains(n),
+            Links::Board { board, me } => board.answers(*me, n),
+        }
+    }
 }
 
 /// A call the server takes.
@@ -130,7 +154,7 @@ pub fn admit(msg: &Message<'_>, ctx: &Context<'_>) -> Result<Admitted, Refusal> 
     let target = parties::target(
         msg,
         |u| ctx.numbering.normalize(u),
-        |n| ctx.pool.contains(n),
+        |n| ctx.links.contains(n),
     )
     .ok_or_else(|| refuse(404, "Not Found", ""))?;
     let offer = if msg.body.is_empty() {
@@ -187,7 +211,7 @@ Contact: <sip:+15551230001@127.0.0.1:9>\r\n{extra}{ctype}Content-Length: {}\r\n\
             active: 0,
             capacity: 10,
             numbering: &numbering,
-            pool: &pool,
+            links: Links::Pool(&pool),
             min_se: 90,
         };
         f(&mut ctx);

@@ -88,7 +88,10 @@ impl MessagingServer {
                 active: view.active,
                 capacity: view.capacity,
                 numbering: &self.numbering,
-                pool: &slot.pool,
+                links: crate::admission::Links::Board {
+                    board: &self.board,
+                    me: self.slot,
+                },
                 min_se: boxless_sip::session::MIN_SE,
             };
             self.lock_endpoint().handle(now_ms(), src, &msg, &ctx)

@@ -271,7 +271,7 @@ mod tests {
                 active: self.active,
                 capacity: 10,
                 numbering: &self.numbering,
-                pool: &self.pool,
+                links: crate::admission::Links::Pool(&self.pool),
                 min_se: 90,
             };
             let msg = Message::parse(bytes, false).unwrap();

@@ -104,7 +104,7 @@ pub(crate) fn start_with(
         active: 0,
         capacity: 10,
         numbering: &numbering,
-        pool: &pool,
+        links: crate::admission::Links::Pool(&pool),
         min_se: 90,
     };
     let a = admission::admit(&m, &ctx).expect("admitted");

@@ -20,6 +20,7 @@ pub mod replication;
 pub mod retrieval;
 mod server;
 mod shard;
+pub mod takeover;
 mod task;
 mod upkeep;
 mod wire;

@@ -3,7 +3,8 @@
 //! Everything here blocks on the store: callers run it off the async threads.
 
 use boxless_core::PhoneNumber;
-use boxless_core::recipient::{Channel, Language};
+use boxless_core::recipient::{Channel, Language, Route};
+use boxless_store::replica::MessageRecord;
 use boxless_store::{Arrival, Recording};
 
 use crate::server::MessagingServer;
@@ -16,12 +17,10 @@ impl MessagingServer {
         self.languages.for_number(n, prefs.as_ref())
     }
 
-    /// Stores a finished recording as a message and queues its notices to the
-    /// recipient's channels (blocking): the message's id, or None when it was not stored.
-    pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> Option<String> {
-        let recipient = rec.arrival().recipient;
-        // The recipient's entry says who gets the SMS; the copy answers even while
-        // NATS is away, and no entry means the recipient alone.
+    /// Where `recipient`'s notices go (its entry's channels that this server can use;
+    /// no entry: an SMS to the recipient) and in which language (blocking).
+    pub(crate) fn routes(&self, recipient: PhoneNumber) -> (Vec<Route>, Language) {
+        // The copy answers even while NATS is away.
         let prefs = self
             .directory
             .get(recipient)
@@ -38,7 +37,13 @@ impl MessagingServer {
         if routes.len() < prefs.channels.len() {
             tracing::warn!(%recipient, "a channel of the recipient's entry is not configured on this server ([email] smtp, webhook.secret_file): left out");
         }
-        let lang = self.languages.for_number(recipient, Some(&prefs));
+        (routes, self.languages.for_number(recipient, Some(&prefs)))
+    }
+
+    /// Stores a finished recording as a message and queues its notices to the
+    /// recipient's channels (blocking): the message's id, or None when it was not stored.
+    pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> Option<String> {
+        let (routes, lang) = self.routes(rec.arrival().recipient);
         let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| self.texts.message(f, c, lang);
         match self
             .store
@@ -58,6 +63,25 @@ impl MessagingServer {
                 None
             }
         }
+    }
+
+    /// Keeps message `r` taken over from another server (or missed by this one while it
+    /// was taken over) with its audio, notifying it when it never was (blocking): true
+    /// when it was new here.
+    pub(crate) fn adopt(&self, r: &MessageRecord, wav: &[u8]) -> boxless_store::Result<bool> {
+        let Some(recipient) = PhoneNumber::parse_e164(&format!("+{}", r.recipient)) else {
+            return Ok(false);
+        };
+        let (routes, lang) = self.routes(recipient);
+        let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| self.texts.message(f, c, lang);
+        let added = self
+            .store
+            .adopt(r, wav, &routes, self.fallback_after_ms, render)?;
+        if added && r.state == "new" {
+            self.notifier.wake.notify_one();
+            self.notifier.wake_others.notify_one();
+        }
+        Ok(added)
     }
 
     /// Queues a missed-call alert and drops the call's recording, if any (blocking).

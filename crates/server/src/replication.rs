@@ -69,6 +69,11 @@ impl Replication {
         r
     }
 
+    /// The stream and the bucket, once JetStream has been reached.
+    pub fn replica(&self) -> Option<&Replica> {
+        self.replica.get()
+    }
+
     /// Rows JetStream was behind on at the last count (the status's `unreplicated`).
     pub fn last_behind(&self) -> u64 {
         self.last_behind.load(Ordering::Relaxed)
