@@ -182,9 +182,10 @@ async fn run(cli: Cli) -> ExitCode {
             if let Some(code) = out.bye_response {
                 let at = out.hangup_at_ms.unwrap_or(0);
                 println!(
-                    "BYE -> {code} (sent at {}.{:03} s since the epoch)",
+                    "BYE -> {code} (sent at {}.{:03} s since the epoch, answered in {:.2} ms)",
                     at / 1000,
-                    at % 1000
+                    at % 1000,
+                    out.bye_wait.unwrap_or_default().as_secs_f64() * 1000.0
                 );
             }
             if let Some(t) = out.first_audio {

@@ -1304,6 +1304,117 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
     );
 }
 
+/// ms1's host is lost (the server and one NATS node killed, both disks wiped) 20 s into a
+/// 40 s message: ms2 takes ms1 over and keeps what JetStream received of the recording as
+/// a message of its own, notified once; ms1 back on an empty disk changes nothing.
+#[test]
+#[ignore = "interop: needs nats-server, sipp, node and ../shared; run by .ci/run"]
+fn a_host_lost_mid_message_leaves_what_was_said_to_the_server_that_takes_over() {
+    let dir = temp("takeover-cut");
+    let (voice, _) = caller_audio(&dir);
+    let ulaw: Vec<u8> = voice
+        .iter()
+        .map(|&s| boxless_media::Law::Ulaw.encode(s))
+        .collect();
+    std::fs::write(dir.join("caller.ulaw"), &ulaw).unwrap();
+    let p = ports();
+    let out = dir.join("sms.jsonl");
+    let (mut nodes, node_dirs, urls) = nats_cluster(&dir);
+    let extra = format!(
+        "[control]\nbackend = \"nats\"\nurl = \"{urls}\"\nttl_seconds = 2\n\
+         [store]\nreplication = \"jetstream\"\nreplicas = 3\ntakeover_after_seconds = 6"
+    );
+    let (h1, h2) = (free_port(), free_port());
+    let cfg = write_config_with(&dir, &p, "proxy", "smpp", &extra, h1, h2);
+    let _smsc = smsc(p.smsc, &out, "accept");
+    let mut ms1 = Some(boxless(
+        &["server", "--id", "ms1"],
+        &cfg,
+        h1,
+        &dir.join("ms1.log"),
+    ));
+    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
+    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
+    wait_state(p.http, "ms1", "up", Duration::from_secs(20));
+    wait_state(p.http, "ms2", "up", Duration::from_secs(20));
+    let recording = dir.join("data/ms1/recording");
+    let mut caller = Proc(
+        Command::new("sipp")
+            .current_dir(&dir)
+            .arg("-sf")
+            .arg(root().join("interop/sipp/record.xml"))
+            .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &free_port().to_string()])
+            .args(["-key", "recipient", "5551230002"])
+            .args(["-d", "40000", "-m", "1", "-timeout", "60s", "-nostdin"])
+            .arg(format!("127.0.0.1:{}", p.s1))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp runs (apt-get install sip-tester)"),
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(&recording).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < end, "no recording started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(20));
+    let lost = Instant::now();
+    drop(ms1.take());
+    drop(nodes[0].take());
+    let _ = caller.0.kill();
+    std::fs::remove_dir_all(dir.join("data").join("ms1")).unwrap();
+    std::fs::remove_dir_all(&node_dirs[0]).unwrap();
+    assert!(
+        sms_lines(&out).is_empty(),
+        "nothing notified before the loss"
+    );
+    // Within the takeover delay and 20 s: the message is listed, on ms2, and notified.
+    let until = lost + Duration::from_secs(6 + 20);
+    let m = loop {
+        let (_, msgs) = router_messages(p.http);
+        if let Some(m) = msgs.first()
+            && !sms_lines(&out).is_empty()
+        {
+            break m.clone();
+        }
+        assert!(Instant::now() < until, "not kept in time: {msgs:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    eprintln!("kept {:?} after the loss: {m}", lost.elapsed());
+    let d = m["duration_ms"].as_u64().unwrap();
+    assert!(d >= 15_000, "{d} ms kept of the 20 s said");
+    assert_eq!(m["server"], "ms2");
+    assert_eq!(
+        m["caller"], "+15551",
+        "who called: from the recording's first write"
+    );
+    let id = m["id"].as_str().unwrap();
+    let wav = router_http(p.http, "GET", &format!("/api/v1/messages/{id}/audio"));
+    let (_, stored) = boxless_store::wav::decode(&wav.body).unwrap();
+    let sent: Vec<i16> = g711(&voice)
+        .into_iter()
+        .cycle()
+        .take(stored.len())
+        .collect();
+    let (corr, _) = boxless_media::audio::best_correlation(&sent, &stored, 1600);
+    eprintln!("{d} ms kept of the 20 s said, correlation {corr:.3}");
+    assert!(corr >= 0.9, "what was said: correlation {corr}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sms_lines(&out).len(), 1, "notified once");
+    // ms1 back on an empty disk: nothing new, nothing twice.
+    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1b.log"));
+    let until = Instant::now() + Duration::from_secs(30);
+    while !serves(p.http).contains(&("ms1".to_string(), vec!["ms1".to_string()])) {
+        assert!(Instant::now() < until, "ms1 not back: {:?}", serves(p.http));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, msgs) = router_messages(p.http);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert_eq!(sms_lines(&out).len(), 1, "notified once");
+}
+
 /// What RFC 4475 expects of the router for each message (by file name).
 fn expected(name: &str, verdict: &str) -> Expect {
     match name {

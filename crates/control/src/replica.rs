@@ -9,6 +9,13 @@
 //!   record (JSON, [`MessageRecord`]); its state is updated in place; a removed message's
 //!   key is deleted and its audio purged.
 //!
+//! - stream `BOXLESS_RECORDING`, subject `boxless.rec.<server>.<message id>`: a recording
+//!   in progress, shipped while the caller speaks as the recording file's bytes from
+//!   `Boxless-Offset` on; purged once the recording ends (its message then lives in the
+//!   two above). A server that takes the recording over (its server lost mid-call) keeps
+//!   it as a message and marks the subject `Boxless-Salvaged-By` (the returning server
+//!   then drops its own copy). Kept at most a day.
+//!
 //! The record is written after the last chunk is acknowledged: a record in the bucket
 //! means its audio is whole. Both keep `replicas` copies and acknowledge a write once a
 //! majority has it (JetStream's Raft). Every call here has a deadline: a JetStream that
@@ -24,6 +31,8 @@ use bytes::Bytes;
 
 /// The audio stream.
 pub const AUDIO_STREAM: &str = "BOXLESS_AUDIO";
+/// The recordings in progress.
+pub const RECORDING_STREAM: &str = "BOXLESS_RECORDING";
 /// The records' bucket.
 pub const MESSAGES_BUCKET: &str = "boxless_messages";
 /// Largest chunk of audio in one stream message (NATS's default max payload is 1 MiB).
@@ -69,11 +78,21 @@ pub enum Audio<'a> {
     Again(&'a [u8]),
 }
 
+/// A recording in progress as JetStream has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shipped {
+    /// The file's bytes so far (its WAV header, its `bxls` chunk, the audio).
+    Bytes(Vec<u8>),
+    /// Another server kept it as a message already.
+    Salvaged,
+}
+
 /// The audio stream and the records' bucket, reached through one NATS connection.
 #[derive(Clone)]
 pub struct Replica {
     js: jetstream::Context,
     audio: stream::Stream,
+    recording: stream::Stream,
     records: kv::Store,
     deadline: Duration,
 }
@@ -108,6 +127,10 @@ fn subject(server: &str, id: &str) -> String {
     format!("boxless.audio.{server}.{id}")
 }
 
+fn rec_subject(server: &str, id: &str) -> String {
+    format!("boxless.rec.{server}.{id}")
+}
+
 fn key(server: &str, id: &str) -> String {
     format!("{server}.{id}")
 }
@@ -136,6 +159,23 @@ impl Replica {
         .await
         .map_err(|_| ReplicaError::Timeout(deadline))?
         .map_err(nats)?;
+        let recording = tokio::time::timeout(
+            deadline,
+            js.get_or_create_stream(stream::Config {
+                name: RECORDING_STREAM.into(),
+                description: Some("Boxless recordings in progress".into()),
+                subjects: vec!["boxless.rec.>".into()],
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                max_message_size: (CHUNK + 1024) as i32,
+                // A subject no server purged (a server lost with nobody to take it over).
+                max_age: Duration::from_secs(24 * 3600),
+                ..Default::default()
+            }),
+        )
+        .await
+        .map_err(|_| ReplicaError::Timeout(deadline))?
+        .map_err(nats)?;
         let records = bucket(
             &js,
             kv::Config {
@@ -153,6 +193,7 @@ impl Replica {
         Ok(Replica {
             js,
             audio,
+            recording,
             records,
             deadline,
         })
@@ -258,6 +299,124 @@ impl Replica {
         }
         out.sort_by_key(|r| r.received_at_ms);
         Ok(out)
+    }
+
+    /// Ships `bytes` of server `server`'s recording `id`, from `offset` of its file; at
+    /// most [`CHUNK`] bytes per stream message. Returns once JetStream has them.
+    pub async fn ship(
+        &self,
+        server: &str,
+        id: &str,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let subject = rec_subject(server, id);
+        let mut acks = Vec::new();
+        for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let mut h = HeaderMap::new();
+            let at = offset + (n * CHUNK) as u64;
+            h.insert("Boxless-Offset", at.to_string().as_str());
+            let p = PublishMessage::build()
+                .payload(Bytes::copy_from_slice(chunk))
+                .headers(h);
+            acks.push(
+                self.within(self.js.send_publish(subject.clone(), p))
+                    .await?,
+            );
+        }
+        for ack in acks {
+            self.within(ack.into_future()).await?;
+        }
+        Ok(())
+    }
+
+    /// Marks server `server`'s recording `id` kept as a message by server `by`.
+    pub async fn salvaged(&self, server: &str, id: &str, by: &str) -> Result<(), ReplicaError> {
+        let mut h = HeaderMap::new();
+        h.insert("Boxless-Salvaged-By", by);
+        let p = PublishMessage::build().payload(Bytes::new()).headers(h);
+        let ack = self
+            .within(self.js.send_publish(rec_subject(server, id), p))
+            .await?;
+        self.within(ack.into_future()).await?;
+        Ok(())
+    }
+
+    /// Forgets server `server`'s recording `id` (it ended: its message is replicated, or it
+    /// was too short to keep).
+    pub async fn drop_recording(&self, server: &str, id: &str) -> Result<(), ReplicaError> {
+        let subject = rec_subject(server, id);
+        self.within(async { self.recording.purge().filter(subject).await })
+            .await?;
+        Ok(())
+    }
+
+    /// The recordings of `server` JetStream holds, with how many stream messages each.
+    pub async fn recordings_of(&self, server: &str) -> Result<Vec<(String, usize)>, ReplicaError> {
+        use futures_util::StreamExt as _;
+        let prefix = format!("boxless.rec.{server}.");
+        let mut subjects = self
+            .within(self.recording.info_with_subjects(format!("{prefix}>")))
+            .await?;
+        let mut out = Vec::new();
+        loop {
+            let next = tokio::time::timeout(self.deadline, subjects.next())
+                .await
+                .map_err(|_| ReplicaError::Timeout(self.deadline))?;
+            match next {
+                None => break,
+                Some(s) => {
+                    let (subject, count) = s.map_err(nats)?;
+                    if let Some(id) = subject.strip_prefix(&prefix) {
+                        out.push((id.to_string(), count));
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Server `server`'s recording `id` as shipped (`messages`: its count from
+    /// [`Replica::recordings_of`]): the longest run of bytes from the file's start (a
+    /// chunk shipped again after a restart overlaps; a gap ends it).
+    pub async fn recording(
+        &self,
+        server: &str,
+        id: &str,
+        messages: usize,
+    ) -> Result<Shipped, ReplicaError> {
+        let subject = rec_subject(server, id);
+        let mut bytes = Vec::new();
+        let mut next = 1;
+        for _ in 0..messages {
+            let get = self
+                .recording
+                .raw_message_builder()
+                .sequence(next)
+                .next_by_subject(subject.clone());
+            let m = self.within(get.send()).await?;
+            next = m.sequence + 1;
+            if m.headers.get("Boxless-Salvaged-By").is_some() {
+                return Ok(Shipped::Salvaged);
+            }
+            let Some(at) = m
+                .headers
+                .get("Boxless-Offset")
+                .and_then(|v| v.as_str().parse::<usize>().ok())
+            else {
+                return Err(ReplicaError::Damaged("recording chunk"));
+            };
+            let have = bytes.len();
+            if at > have {
+                break;
+            }
+            let payload = &m.payload[..];
+            if at + payload.len() > have {
+                bytes.extend_from_slice(&payload[have - at..]);
+            }
+        }
+        Ok(Shipped::Bytes(bytes))
     }
 
     /// The audio of message `id` of `server`: the WAV file as it was written.

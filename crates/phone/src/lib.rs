@@ -53,6 +53,9 @@ pub struct CallOutcome {
     pub bye_response: Option<u16>,
     /// When we sent our BYE (ms since the UNIX epoch).
     pub hangup_at_ms: Option<u64>,
+    /// From our BYE to its final response (a server that replicates answers once the
+    /// message is durable: this is what the caller waits).
+    pub bye_wait: Option<Duration>,
     /// True if the far end hung up.
     pub remote_hangup: bool,
     /// What we heard (8 kHz mono).
@@ -378,6 +381,7 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
         sip.send_to(&bye, peer_addr).await?;
         // The BYE's non-INVITE client transaction (Timer E, Timer F) from boxless-sip.
         let now = || Instant::now().into_std();
+        let sent = now();
         let mut tsx = UacNonInvite::new(now(), bye, branch, false, SipTimers::default());
         while !tsx.done() {
             tokio::select! {
@@ -389,6 +393,7 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
                         && tsx.response(code)
                     {
                         out.bye_response = Some(code);
+                        out.bye_wait = Some(now().saturating_duration_since(sent));
                     }
                 }
                 r = rtp.recv_from(&mut mbuf) => {

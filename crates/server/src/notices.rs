@@ -127,8 +127,9 @@ impl MessagingServer {
     }
 
     /// Deposits what a crash (or a stop) cut short: each recording long enough is a
-    /// message, notified as any other; a shorter one a missed call (blocking).
-    pub(crate) fn recover(&self) {
+    /// message, notified as any other; a shorter one a missed call; one in `kept_elsewhere`
+    /// (another server kept it while it answered for this one) is dropped (blocking).
+    pub(crate) fn recover(&self, kept_elsewhere: &std::collections::HashSet<String>) {
         let found = match self.store.interrupted() {
             Ok(found) => found,
             Err(e) => {
@@ -137,6 +138,13 @@ impl MessagingServer {
             }
         };
         for rec in found {
+            if kept_elsewhere.contains(rec.id()) {
+                tracing::info!(server = %self.id, id = %rec.id(), "a recording cut short was kept by the server that answered for this one: dropped here");
+                if let Err(e) = self.store.discard_recording(rec) {
+                    tracing::error!(error = %e, "a recording's file NOT removed");
+                }
+                continue;
+            }
             self.salvage(rec);
         }
     }

@@ -4,10 +4,15 @@
 //! first, with every state change and removal (`boxless_store::replica`: the store knows
 //! what JetStream is behind on, so nothing depends on this process remembering).
 //!
+//! Recordings in progress are shipped too, every [`SHIP_EVERY`]: the bytes each file
+//! gained since the last tick, so a server lost mid-call leaves the words said until a
+//! couple of seconds before to the server that takes it over (`crate::takeover`).
+//!
 //! While a write has failed and none has succeeded since, a deposit does not wait for
 //! JetStream (the caller would wait the whole deadline on every call): it is kept locally
 //! and the loop sends it when JetStream is back.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -19,6 +24,13 @@ use tokio::sync::Notify;
 
 /// Rows the catch-up loop takes from the store at a time.
 const BATCH: usize = 64;
+
+/// How often recordings in progress are shipped: what a server lost mid-call loses at most
+/// (plus the call's own write interval, about a second).
+pub const SHIP_EVERY: Duration = Duration::from_secs(2);
+
+/// The most bytes of one recording shipped per tick (a whole minute of 16-bit 16 kHz).
+const SHIP_MAX: usize = 2 << 20;
 
 /// What a write sends of a message's audio.
 #[derive(Debug, Clone, Copy)]
@@ -171,6 +183,7 @@ impl Replication {
             }
         };
         tracing::info!(server = %self.server, replicas, "replicating messages to JetStream");
+        tokio::spawn(self.clone().ship_loop(replica.clone()));
         loop {
             let ok = self.catch_up(replica).await;
             if ok {
@@ -191,6 +204,57 @@ impl Replication {
                 (wait * 2).min(Duration::from_secs(10))
             };
             let _ = tokio::time::timeout(pause, self.wake.notified()).await;
+        }
+    }
+
+    /// Ships what each recording in progress gained since the last tick; forgets those
+    /// that ended. Holds one offset per recording in progress (at most the calls).
+    async fn ship_loop(self: Arc<Self>, replica: Replica) {
+        let mut shipped: HashMap<String, u64> = HashMap::new();
+        let mut tick = tokio::time::interval(SHIP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(Ok(now)) = self.store.read(|s| s.recordings()).await else {
+                continue;
+            };
+            let live: HashSet<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
+            let ended: Vec<String> = shipped
+                .keys()
+                .filter(|id| !live.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in ended {
+                // Its message is replicated by the catch-up loop (or it was too short).
+                if replica.drop_recording(&self.server, &id).await.is_ok() {
+                    shipped.remove(&id);
+                }
+            }
+            for (id, len) in now {
+                let from = shipped.get(&id).copied().unwrap_or(0);
+                if len <= from {
+                    continue;
+                }
+                let rid = id.clone();
+                let Ok(Ok(Some(bytes))) = self
+                    .store
+                    .read(move |s| s.recording_bytes(&rid, from, SHIP_MAX))
+                    .await
+                else {
+                    continue;
+                };
+                match replica.ship(&self.server, &id, from, &bytes).await {
+                    Ok(()) => {
+                        shipped.insert(id, from + bytes.len() as u64);
+                        metrics::counter!("boxless_recording_bytes_shipped_total", "server" => self.server.clone())
+                            .increment(bytes.len() as u64);
+                    }
+                    Err(e) => {
+                        self.failed(&e);
+                        break;
+                    }
+                }
+            }
         }
     }
 

@@ -166,12 +166,16 @@ impl MessagingServer {
             );
             tracing::info!(server = %server.id, sip_tls = %addr, "SIP over TLS");
         }
-        let me = server.clone();
-        server
-            .store
-            .write(move |_| me.recover())
-            .await
-            .map_err(std::io::Error::other)?;
+        // A server that replicates recovers once it knows whether another server kept
+        // its interrupted recordings meanwhile (crate::takeover).
+        if !server.store.held() {
+            let me = server.clone();
+            server
+                .store
+                .write(move |_| me.recover(&Default::default()))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         tokio::spawn(server.clone().heartbeat());
         tokio::spawn(server.clone().retention(Retention::days(
             c.messages.keep_heard_days,

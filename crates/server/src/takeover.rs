@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use boxless_control::replica::{Replica, ReplicaError};
+use boxless_control::replica::{Replica, ReplicaError, Shipped};
 use boxless_control::takeover::{Claim, Lease, Leases, Silence, Statuses, claim};
 use boxless_core::now_ms;
 
@@ -166,12 +166,38 @@ impl Takeover {
     }
 
     async fn serve_self(&self) {
+        // What a crash cut short, but not what the server that answered for this one
+        // kept as its own message meanwhile.
+        let kept = match self.kept_elsewhere().await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::warn!(server = %self.server.id, error = %e, "JetStream not asked which recordings were kept elsewhere: recovering all");
+                Default::default()
+            }
+        };
+        let me = self.server.clone();
+        if let Err(e) = self.server.store.write(move |_| me.recover(&kept)).await {
+            tracing::error!(server = %self.server.id, error = %e, "interrupted recordings NOT recovered");
+        }
         let slot = &self.server.board.slots[self.server.slot];
         slot.set_serves(true, slot.serves().1);
         self.server.store.hold_notices(false);
         self.server.notifier.wake.notify_one();
         self.publish().await;
         tracing::info!(server = %self.server.id, "answering this server's own numbers");
+    }
+
+    /// This server's recordings another server kept as messages while it answered for it.
+    async fn kept_elsewhere(&self) -> Result<std::collections::HashSet<String>, ReplicaError> {
+        let replica = self.replica()?;
+        let mut kept = std::collections::HashSet::new();
+        for (id, count) in replica.recordings_of(&self.server.id).await? {
+            if replica.recording(&self.server.id, &id, count).await? == Shipped::Salvaged {
+                replica.drop_recording(&self.server.id, &id).await?;
+                kept.insert(id);
+            }
+        }
+        Ok(kept)
     }
 
     /// One step of getting this server's numbers back: true once it may serve them.
@@ -335,6 +361,7 @@ impl Takeover {
         let replica = self.replica()?;
         let records = replica.records_of(id).await?;
         let added = self.fetch(replica, &records).await?;
+        let salvaged = self.salvage(replica, id, held).await?;
         held.scanned_ms[index] = now;
         if first {
             held.mask |= 1 << index;
@@ -343,9 +370,56 @@ impl Takeover {
             self.publish().await;
             metrics::counter!("boxless_takeovers_total", "server" => self.server.id.clone())
                 .increment(1);
-            tracing::warn!(server = %self.server.id, lost = %id, messages = records.len(), added, "took over: answering its link numbers and web links");
+            tracing::warn!(server = %self.server.id, lost = %id, messages = records.len(), added, salvaged, "took over: answering its link numbers and web links");
         }
         Ok(())
+    }
+
+    /// Keeps, as this server's own messages, the recordings server `id` was making when it
+    /// was lost (what it shipped of them): each deposited or, too short, alerted as a
+    /// missed call, then marked kept. How many.
+    async fn salvage(
+        &self,
+        replica: &Replica,
+        id: &str,
+        held: &mut Held,
+    ) -> Result<usize, ReplicaError> {
+        let mut kept = 0;
+        for (rid, count) in replica.recordings_of(id).await? {
+            if held.salvaged.contains(&rid) {
+                continue;
+            }
+            // Ended just before the loss: its message came with the records.
+            if replica.record(id, &rid).await?.is_some() {
+                replica.drop_recording(id, &rid).await?;
+                continue;
+            }
+            let Shipped::Bytes(bytes) = replica.recording(id, &rid, count).await? else {
+                continue;
+            };
+            let server = self.server.clone();
+            let done = self
+                .server
+                .store
+                .write(move |s| -> boxless_store::Result<bool> {
+                    let Some(rec) = s.take_recording(&bytes)? else {
+                        return Ok(false);
+                    };
+                    server.salvage(rec);
+                    Ok(true)
+                })
+                .await
+                .map_err(|e| ReplicaError::Nats(e.to_string()))?
+                .map_err(|e| ReplicaError::Nats(e.to_string()))?;
+            // Kept once, even if the mark below is lost: this process remembers it too.
+            held.salvaged.insert(rid.clone());
+            replica.salvaged(id, &rid, &self.server.id).await?;
+            if done {
+                kept += 1;
+                tracing::warn!(server = %self.server.id, lost = %id, recording = %rid, "kept a recording the lost server was making");
+            }
+        }
+        Ok(kept)
     }
 
     /// Stops answering for slot `index`'s numbers.
@@ -383,6 +457,8 @@ struct Held {
     mask: u64,
     /// When each one's records were last listed.
     scanned_ms: [u64; 64],
+    /// The recordings in progress of lost servers kept here (at most their calls).
+    salvaged: std::collections::HashSet<String>,
 }
 
 impl Default for Held {
@@ -390,6 +466,7 @@ impl Default for Held {
         Held {
             mask: 0,
             scanned_ms: [0; 64],
+            salvaged: Default::default(),
         }
     }
 }

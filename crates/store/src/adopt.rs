@@ -58,7 +58,8 @@ impl Store {
         self.held.store(on, Ordering::Relaxed);
     }
 
-    pub(crate) fn held(&self) -> bool {
+    /// True while notices are held ([`Store::hold_notices`]).
+    pub fn held(&self) -> bool {
         self.held.load(Ordering::Relaxed)
     }
 

@@ -252,6 +252,74 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The recordings in progress (and those a crash left): their ids and file lengths.
+    pub fn recordings(&self) -> Result<Vec<(String, u64)>> {
+        let Ok(entries) = fs::read_dir(self.recording_dir()) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wav"))
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            // Ended between the listing and now: skipped.
+            if let Ok(m) = entry.metadata() {
+                out.push((id, m.len()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// At most `max` bytes of recording `id`'s file from `from`; None when it ended.
+    pub fn recording_bytes(&self, id: &str, from: u64, max: usize) -> Result<Option<Vec<u8>>> {
+        let file = match File::open(self.recording_dir().join(format!("{id}.wav"))) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata()?.len();
+        let n = len.saturating_sub(from).min(max as u64) as usize;
+        let mut buf = vec![0u8; n];
+        file.read_exact_at(&mut buf, from)?;
+        Ok(Some(buf))
+    }
+
+    /// Keeps a recording another server was making when it was lost (its file's bytes as
+    /// shipped to JetStream) as one of this store's, under a new id, its header finished:
+    /// the caller deposits it (or alerts a missed call) as it does a crash's leftovers.
+    /// None when the bytes do not hold a whole header.
+    pub fn take_recording(&self, bytes: &[u8]) -> Result<Option<Recording>> {
+        let dir = self.recording_dir();
+        fs::create_dir_all(&dir)?;
+        let id = self.new_id();
+        let path = dir.join(format!("{id}.wav"));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        match reopen(id, &path)? {
+            Some(mut rec) => {
+                rec.finish(rec.samples)?;
+                Ok(Some(rec))
+            }
+            None => {
+                fs::remove_file(&path)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// A recording file as a crash left it; `None` when its header is not all there.
 fn reopen(id: String, path: &std::path::Path) -> Result<Option<Recording>> {
     let mut file = fs::OpenOptions::new().read(true).write(true).open(path)?;
@@ -305,6 +373,37 @@ mod tests {
             format!("from {:?}", f.message.caller)
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_recording_in_progress_is_read_in_pieces_and_kept_whole_by_another_store() {
+        let (d1, d2) = (crate::tests::tempdir(), crate::tests::tempdir());
+        let (ms1, other) = (store(d1.as_path()), store(d2.as_path()));
+        let mut rec = ms1
+            .start_recording(arrival(), 8000, Encoding::Mulaw)
+            .unwrap();
+        rec.append(&voice(8000)).unwrap();
+        let (id, len) = ms1.recordings().unwrap().pop().unwrap();
+        assert_eq!(id, rec.id());
+        // Shipped in two pieces, as a replicator would between two appends.
+        let mut shipped = ms1.recording_bytes(&id, 0, 100).unwrap().unwrap();
+        rec.append(&voice(8000)).unwrap();
+        shipped.extend(ms1.recording_bytes(&id, 100, 1 << 20).unwrap().unwrap());
+        assert_eq!(shipped.len() as u64, len + 8000);
+        let kept = other
+            .take_recording(&shipped)
+            .unwrap()
+            .expect("a whole header");
+        assert_ne!(kept.id(), id, "a new id of the store that keeps it");
+        assert_eq!((kept.arrival(), kept.duration_ms()), (arrival(), 2000));
+        let m = sms(&other, kept, u64::MAX);
+        let (_, got) = wav::decode(&fs::read(other.audio_path(&m.id)).unwrap()).unwrap();
+        assert_eq!(got.len(), 16_000);
+        // Cut inside its header: nothing kept, nothing left.
+        assert!(other.take_recording(&shipped[..20]).unwrap().is_none());
+        assert!(other.recordings().unwrap().is_empty());
+        drop(rec);
+        assert_eq!(ms1.recording_bytes("ms1-gone", 0, 10).unwrap(), None);
     }
 
     #[test]

