@@ -8,6 +8,8 @@ at a steady rate through the router, and does one thing to the system mid-load:
   kill   kill -9 of server ms1, restarted a few seconds later
   drain  SIGTERM of server ms2 (must exit 0), restarted afterwards
   nats   nats-server stopped and, after longer than the status TTL, started again
+  routers  two routers behind Kamailio's dispatcher (the operator's switch, the load goes
+           to Kamailio); kill -9 of one router
 
 Then it checks, per scenario:
   - kill:  the router marks ms1 down within two TTLs; every failed call was answered by
@@ -15,6 +17,9 @@ Then it checks, per scenario:
   - drain: no call fails; ms2 is seen `draining`, exits 0 and rejoins when restarted.
   - nats:  no call fails; the router reports degraded health while NATS is away and
            healthy again once it is back.
+  - routers: calls go on through the other router; the failed calls are at most those
+           in flight on the killed one (dispatched to it, no final answer yet: from
+           Kamailio's log).
   - all:   every call SIPp completed has its message listed by the router's API (which
            asks every server) and an SMS at the SMSC naming its caller, none twice.
 
@@ -23,7 +28,7 @@ It prints the figures (detection, rejoin, failed calls, router CPU per call) and
 
   cargo build --release
   python3 interop/failover.py [--bin target/release/boxless] [--rate 10] [--seconds 20] \
-      [kill] [drain] [nats]
+      [kill] [drain] [nats] [routers]
 """
 
 import json
@@ -42,6 +47,7 @@ from harness import (
 
 TTL_S = 3
 RECIPIENT = "+15551230002"
+KAMAILIO_MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules"
 
 
 class System:
@@ -101,8 +107,9 @@ ttl_seconds = {TTL_S}""")
 class Load:
     """SIPp at a steady rate through the router; one distinct caller per call."""
 
-    def __init__(self, system, rate, seconds):
+    def __init__(self, system, rate, seconds, target=None):
         self.s = system
+        self.target = target or f"127.0.0.1:{system.p['router']}"
         self.calls = rate * seconds
         self.rate = rate
         self.callers = [f"+1555{3000000 + i}" for i in range(self.calls)]
@@ -117,7 +124,7 @@ class Load:
                 "-inf", "callers.csv", "-s", RECIPIENT[1:], "-i", "127.0.0.1",
                 "-mi", "127.0.0.1", "-p", str(free_port()), "-mp", str(38000 + free_port() % 500 * 2),
                 "-key", "pcap", self.pcap, "-key", "recipient", RECIPIENT[2:],
-                f"127.0.0.1:{self.s.p['router']}", "-m", str(self.calls), "-r", str(self.rate),
+                self.target, "-m", str(self.calls), "-r", str(self.rate),
                 "-l", "200", "-max_non_invite_retrans", "3", "-timeout", "180s", "-nostdin",
                 "-trace_stat", "-stf", "stat.csv", "-trace_calldebug", "-trace_err"]
         self.t0 = time.monotonic()
@@ -152,6 +159,57 @@ class Load:
                 port = re.search(r"X-Answered-By: sip:[^@]*@127\.0\.0\.1:(\d+)", block)
                 out[callers[0]] = int(port.group(1)) if port else None
         return out
+
+
+def second_router(system):
+    """Router B: the same servers and NATS, its own SIP and HTTP ports. Returns its port."""
+    p = dict(system.p, router=free_port(), http=free_port())
+    with open(system.cfg) as f:
+        cfg = f.read()
+    cfg = cfg.replace(f'listen = "127.0.0.1:{system.p["router"]}"',
+                      f'listen = "127.0.0.1:{p["router"]}"', 1)
+    cfg = cfg.replace(f'listen = "127.0.0.1:{system.p["http"]}"',
+                      f'listen = "127.0.0.1:{p["http"]}"', 1)
+    path = os.path.join(system.work, "router-b.toml")
+    with open(path, "w") as f:
+        f.write(cfg)
+    system.start("router-b", [system.bin, "router", "--config", path], p["http"])
+    return p["router"], p["http"]
+
+
+def kamailio_dispatcher(system, routers):
+    """Kamailio with the dispatcher over `routers` (SIP ports); returns its port."""
+    port = free_port()
+    listing = os.path.join(system.work, "dispatcher.list")
+    with open(listing, "w") as f:
+        f.write("".join(f"1 sip:127.0.0.1:{r}\n" for r in routers))
+    with open(os.path.join(ROOT, "interop/kamailio/dispatcher.cfg")) as f:
+        cfg = f.read()
+    for k, v in (("PORT", port), ("MPATH", KAMAILIO_MODULES), ("LIST", listing)):
+        cfg = cfg.replace(f"@@{k}@@", str(v))
+    path = os.path.join(system.work, "kamailio.cfg")
+    with open(path, "w") as f:
+        f.write(cfg)
+    system.start("kamailio", ["kamailio", "-f", path, "-DD", "-E", "-m", "64", "-M", "8",
+                              "-P", os.path.join(system.work, "kamailio.pid"),
+                              "-Y", system.work])
+    time.sleep(1)
+    return port
+
+
+def in_flight(system, router_port, at):
+    """Calls Kamailio had sent to the router on `router_port` by `at` (epoch s) with no
+    final answer from it by then: what its death could fail."""
+    sent, answered = {}, set()
+    with open(os.path.join(system.work, "kamailio.log"), errors="replace") as f:
+        for line in f:
+            m = re.search(r"switch: dispatch (\S+) to sip:127\.0\.0\.1:(\d+) at ([\d.]+)", line)
+            if m and int(m.group(2)) == router_port and float(m.group(3)) <= at:
+                sent[m.group(1)] = float(m.group(3))
+            m = re.search(r"switch: final \d+ for (\S+) from 127\.0\.0\.1:(\d+) at ([\d.]+)", line)
+            if m and int(m.group(2)) == router_port and float(m.group(3)) <= at:
+                answered.add(m.group(1))
+    return len([c for c in sent if c not in answered])
 
 
 def check_messages(system, load, failed, wait_s=30.0):
@@ -230,7 +288,15 @@ def scenario(name, binary, rate, seconds):
     problems = []
     try:
         system.up()
-        load = Load(system, rate, seconds)
+        target = None
+        if name == "routers":
+            router_b, http_b = second_router(system)
+            for sid in ("ms1", "ms2"):
+                wait_until(lambda s=sid: (server_state(http_b, s) or {}).get("state") == "up",
+                           10, f"{sid} up at router B")
+            switch = kamailio_dispatcher(system, [system.p["router"], router_b])
+            target = f"127.0.0.1:{switch}"
+        load = Load(system, rate, seconds, target)
         router_pid = system.procs["router"].pid
         # Router CPU: idle (probes, NATS) over 2 s, then under load until the event, with
         # nothing else asking the router anything.
@@ -289,6 +355,15 @@ def scenario(name, binary, rate, seconds):
             wait_until(lambda: (server_state(http, "ms2") or {}).get("state") == "up",
                        3 * TTL_S, "restarted ms2 up at the router")
             figures["rejoin (restart -> router marks ms2 up)"] = f"{time.monotonic() - t:.2f} s"
+        elif name == "routers":
+            killed_at = time.time()
+            system.procs["router"].kill()
+            system.procs["router"].wait()
+            time.sleep(1.5)
+            figures["calls in flight on router A at its kill -9"] = in_flight(
+                system, system.p["router"], killed_at)
+            # The router's API is gone with it: router B's answers from here on.
+            system.p["http"] = http_b
         elif name == "nats":
             outage = TTL_S + 2
             system.procs["nats"].terminate()
@@ -325,6 +400,15 @@ def scenario(name, binary, rate, seconds):
             if others:
                 problems.append(f"{len(others)} failed calls were not on the killed server: "
                                 f"{list(others.items())[:5]}")
+        elif name == "routers":
+            flight = figures["calls in flight on router A at its kill -9"]
+            if failed_n > flight:
+                problems.append(f"{failed_n} calls failed, more than the {flight} in flight "
+                                f"on the killed router: {list(failed.items())[:5]}")
+            with open(os.path.join(system.work, "kamailio.log"), errors="replace") as f:
+                text = f.read()
+            figures["calls Kamailio sent on to router B after A timed out"] = text.count(
+                "switch: failover")
         elif failed_n:
             problems.append(f"{failed_n} calls failed: {list(failed.items())[:5]}")
         more, completed, listed = check_messages(system, load, failed)
@@ -352,7 +436,7 @@ def main():
         if not scenario(name, a.bin, a.rate, a.seconds):
             raise Fail(f"{name}: see above")
 
-    run(__doc__, ["kill", "drain", "nats"], one, add_args, prefix="boxless-failover-")
+    run(__doc__, ["kill", "drain", "nats", "routers"], one, add_args, prefix="boxless-failover-")
 
 
 if __name__ == "__main__":

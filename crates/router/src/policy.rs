@@ -4,11 +4,18 @@
 //! first ("power of two choices"): a stale view cannot herd every call onto one server,
 //! light traffic splits by weight, heavy traffic evens out the load relative to capacity.
 //! Servers of weight 0 are standby: drawn only when no weighted server is available.
+//! A server whose replication to JetStream lags (more than [`LAGGING`] messages not yet
+//! there: JetStream is away for it) is drawn only when no other is available, so new
+//! messages go where they are safe on two hosts at once.
 
 use boxless_core::{Rng, StatusBoard};
 
 /// Most servers one router considers.
 pub const MAX_SERVERS: usize = 256;
+
+/// Messages not yet in JetStream past which a server counts as lagging (a healthy one
+/// has at most the few deposits of the last second on the wire).
+pub const LAGGING: u64 = 16;
 
 /// Picks a server index for a new deposit, or None when none is available.
 pub fn pick(board: &StatusBoard, now_ms: u64, ttl_ms: u64, rng: &mut Rng) -> Option<usize> {
@@ -26,12 +33,29 @@ pub fn pick_where(
     let mut avail = [0u16; MAX_SERVERS];
     let mut n = 0;
     let mut total = 0u64;
+    let mut lagging = 0;
     for (i, s) in board.slots.iter().enumerate().take(MAX_SERVERS) {
-        if allowed(i) && s.view().available(now_ms, ttl_ms) {
+        let v = s.view();
+        if allowed(i) && v.available(now_ms, ttl_ms) {
             avail[n] = i as u16;
             n += 1;
             total += u64::from(s.weight);
+            lagging += usize::from(lags(&v));
         }
+    }
+    // Some replicate and some lag: only those that replicate are drawn.
+    if lagging > 0 && lagging < n {
+        let mut kept = 0;
+        total = 0;
+        for k in 0..n {
+            let i = avail[k] as usize;
+            if !lags(&board.slots[i].view()) {
+                avail[kept] = i as u16;
+                kept += 1;
+                total += u64::from(board.slots[i].weight);
+            }
+        }
+        n = kept;
     }
     let avail = &avail[..n];
     // Only standby servers left: they share the calls evenly.
@@ -61,6 +85,10 @@ pub fn pick_where(
             })
         }
     }
+}
+
+fn lags(v: &boxless_core::StatusView) -> bool {
+    v.unreplicated.is_some_and(|b| b > LAGGING)
 }
 
 /// One server drawn in proportion to `weight` (`total` = the sum over `avail` but `skip`).
@@ -197,6 +225,28 @@ mod tests {
         assert_eq!(pick(&b, 5000, 3000, &mut rng), None);
         // Stale beyond the TTL: down.
         assert_eq!(pick(&board(2), 10_000, 3000, &mut rng), None);
+    }
+
+    #[test]
+    fn a_server_whose_replication_lags_gets_calls_only_when_no_other_can() {
+        let b = board(3);
+        for (s, behind) in b.slots.iter().zip([0, LAGGING + 1, 3]) {
+            s.set_unreplicated(Some(behind));
+        }
+        let mut rng = Rng::seeded(9);
+        let mut counts = [0u32; 3];
+        for _ in 0..300 {
+            counts[pick(&b, 5000, 3000, &mut rng).unwrap()] += 1;
+        }
+        assert_eq!(counts[1], 0, "{counts:?}");
+        assert!(counts[0] > 100 && counts[2] > 100, "{counts:?}");
+        // The others full: the lagging one still takes calls (kept on its disk).
+        for i in [0, 2] {
+            let mut v = b.slots[i].view();
+            v.active = v.capacity;
+            b.slots[i].publish(v);
+        }
+        assert_eq!(pick(&b, 5000, 3000, &mut rng), Some(1));
     }
 
     #[test]
