@@ -190,10 +190,19 @@ def kamailio_dispatcher(system, routers):
     path = os.path.join(system.work, "kamailio.cfg")
     with open(path, "w") as f:
         f.write(cfg)
-    system.start("kamailio", ["kamailio", "-f", path, "-DD", "-E", "-m", "64", "-M", "8",
-                              "-P", os.path.join(system.work, "kamailio.pid"),
-                              "-Y", system.work])
-    time.sleep(1)
+    k = system.start("kamailio", ["kamailio", "-f", path, "-DD", "-E", "-m", "64", "-M", "8",
+                                  "-P", os.path.join(system.work, "kamailio.pid"),
+                                  "-Y", system.work])
+    # UDP only: up once it logs its first probe of the routers, or dead on a bad config.
+    log = os.path.join(system.work, "kamailio.log")
+
+    def probing():
+        if k.poll() is not None:
+            raise Fail(f"Kamailio exited {k.returncode}: see {log}")
+        with open(log, errors="replace") as f:
+            return "Listening on" in f.read()
+    wait_until(probing, 10, "Kamailio up")
+    time.sleep(1.5)
     return port
 
 
