@@ -124,6 +124,62 @@ impl SentTimes {
     }
 }
 
+/// Wrong access codes on one link number, from every caller and every server: a window
+/// opens at the first wrong code and lasts `window_ms`; `max` within it lock the link
+/// for `window_ms` (the store's `lockouts` table, cluster-wide).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LockWindow {
+    /// When the window opened (ms).
+    pub start_ms: u64,
+    /// Wrong codes in it.
+    pub wrong: u32,
+    /// Locked until (ms; 0: not locked).
+    pub until_ms: u64,
+}
+
+impl LockWindow {
+    /// Reads `<start> <wrong> <until>`.
+    pub fn parse(bytes: &[u8]) -> Option<LockWindow> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let mut it = s.split(' ');
+        let w = LockWindow {
+            start_ms: it.next()?.parse().ok()?,
+            wrong: it.next()?.parse().ok()?,
+            until_ms: it.next()?.parse().ok()?,
+        };
+        it.next().is_none().then_some(w)
+    }
+
+    /// The value written to the bucket.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(format!(
+            "{} {} {}",
+            self.start_ms, self.wrong, self.until_ms
+        ))
+    }
+
+    /// True while locked at `now`.
+    pub fn locked(&self, now: u64) -> bool {
+        self.until_ms > now
+    }
+
+    /// Counts a wrong code at `now`; true when the link is locked after it.
+    pub fn wrong_code(&mut self, now: u64, max: u32, window_ms: u64) -> bool {
+        let running = self.locked(now) || now < self.start_ms.saturating_add(window_ms);
+        if !running {
+            *self = LockWindow {
+                start_ms: now,
+                ..LockWindow::default()
+            };
+        }
+        self.wrong = self.wrong.saturating_add(1);
+        if self.wrong >= max && self.until_ms <= now {
+            self.until_ms = now.saturating_add(window_ms);
+        }
+        self.locked(now)
+    }
+}
+
 /// Who holds the missed-call alert of one caller to one recipient, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MissedClaim {
@@ -203,6 +259,10 @@ impl std::fmt::Debug for Counters {
 
 fn sms_key(n: PhoneNumber) -> String {
     format!("sms.{}", n.as_u64())
+}
+
+fn lock_key(link: PhoneNumber) -> String {
+    format!("lockout.{}", link.as_u64())
 }
 
 fn missed_key(recipient: PhoneNumber, caller: Option<PhoneNumber>) -> String {
@@ -302,6 +362,30 @@ impl Counters {
         .await
     }
 
+    /// Counts a wrong access code on `link` at `now` for the whole cluster; true when the
+    /// link is locked after it.
+    pub async fn wrong_code(
+        &self,
+        link: PhoneNumber,
+        now: u64,
+        max: u32,
+        window_ms: u64,
+    ) -> Result<bool, ReplicaError> {
+        self.cas(&lock_key(link), |v| {
+            let mut w = v.and_then(LockWindow::parse).unwrap_or_default();
+            let locked = w.wrong_code(now, max, window_ms);
+            (Some(w.encode()), locked)
+        })
+        .await
+    }
+
+    /// True while `link` is locked at `now` by the cluster's count.
+    pub async fn link_locked(&self, link: PhoneNumber, now: u64) -> Result<bool, ReplicaError> {
+        let v = within(self.deadline, self.kv.get(lock_key(link))).await?;
+        Ok(v.and_then(|v| LockWindow::parse(&v))
+            .is_some_and(|w| w.locked(now)))
+    }
+
     /// Decides who alerts `recipient` of `caller`'s missed call at `now` (see
     /// [`MissedClaim::decide`]), and writes the claim.
     pub async fn claim_missed(
@@ -324,6 +408,26 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_locks_at_the_limit_within_its_window_and_opens_after_it() {
+        let (min, t) = (60_000, 1_000_000);
+        let mut w = LockWindow::default();
+        assert!(!w.wrong_code(t, 3, 15 * min));
+        assert!(!w.wrong_code(t + 1, 3, 15 * min));
+        assert!(w.wrong_code(t + 2, 3, 15 * min), "the third locks");
+        let back = LockWindow::parse(&w.encode()).unwrap();
+        assert_eq!(back, w);
+        assert!(back.locked(t + 2 + 15 * min - 1));
+        assert!(!back.locked(t + 2 + 15 * min));
+        // A window over without a lock starts again.
+        let mut w = LockWindow::default();
+        assert!(!w.wrong_code(t, 2, min));
+        assert!(!w.wrong_code(t + min, 2, min), "a new window");
+        assert!(w.wrong_code(t + min + 1, 2, min));
+        assert_eq!(LockWindow::parse(b"1 2"), None);
+        assert_eq!(LockWindow::parse(b"1 2 3 4"), None);
+    }
 
     #[test]
     fn the_hour_counts_rolls_and_gives_back() {

@@ -227,6 +227,24 @@ async fn servers_counting_one_hour_at_once_never_exceed_the_limit() {
         1,
         "one server holds the alert: {alerting:?}"
     );
+    // Wrong access codes on one link number, on both servers at once: the fourth locks it
+    // for the whole cluster.
+    let link = PhoneNumber::parse_e164("+18005550100").unwrap();
+    let wrong: Vec<_> = (0..4u64)
+        .map(|i| {
+            let c = servers[(i % 2) as usize].clone();
+            tokio::spawn(async move { c.wrong_code(link, now + i, 4, 900_000).await })
+        })
+        .collect();
+    let mut locked = 0;
+    for w in wrong {
+        locked += usize::from(w.await.unwrap().expect("counted"));
+    }
+    assert_eq!(locked, 1, "exactly the fourth locks");
+    for c in &servers {
+        assert!(c.link_locked(link, now + 10).await.unwrap());
+        assert!(!c.link_locked(link, now + 10 + 900_000).await.unwrap());
+    }
 }
 
 #[tokio::test]

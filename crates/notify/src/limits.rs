@@ -174,6 +174,32 @@ impl Limits {
         self.take_local(to, now, share, force).await
     }
 
+    /// Counts a wrong access code on `link` for the whole cluster (over NATS): Some(true)
+    /// when the cluster's count locks it; None on one box (a link number has one server
+    /// there, whose store counts) or while JetStream does not answer.
+    pub async fn wrong_code(
+        &self,
+        link: PhoneNumber,
+        now: u64,
+        max: u32,
+        window_ms: u64,
+    ) -> Option<bool> {
+        let c = self.cluster()?;
+        self.ask("lockout", c.wrong_code(link, now, max, window_ms))
+            .await
+    }
+
+    /// True when the cluster's count locks `link` at `now` (see [`Limits::wrong_code`]).
+    pub async fn link_locked(&self, link: PhoneNumber, now: u64) -> bool {
+        match self.cluster() {
+            Some(c) => self
+                .ask("lockout", c.link_locked(link, now))
+                .await
+                .unwrap_or(false),
+            None => false,
+        }
+    }
+
     /// Gives back the SMS to `to` counted at `at`: it did not go.
     pub async fn give_back_sms(&self, to: PhoneNumber, at: u64) {
         if let Some(c) = self.cluster()

@@ -243,7 +243,10 @@ async fn retrieval_setup(
         })
         .await;
     let (msgs, matched, locked, audio, language) = match loaded {
-        Ok(Ok(v)) => v,
+        Ok(Ok((msgs, matched, locked, audio, language))) => {
+            let locked = locked || server.limits.link_locked(link, now).await;
+            (msgs, matched, locked, audio, language)
+        }
         Ok(Err(e)) => {
             tracing::error!(error = %e, %link, "cannot load messages for retrieval");
             return None;
@@ -296,16 +299,19 @@ async fn wrong_code(server: &MessagingServer, link: PhoneNumber) -> bool {
     metrics::counter!("boxless_wrong_access_codes_total").increment(1);
     let store = server.store.clone();
     let (max, window) = (server.max_wrong_codes_per_link, server.lockout_ms);
+    let now = now_ms();
     let res = store
-        .write(move |store| store.wrong_code(link, now_ms(), max, window))
+        .write(move |store| store.wrong_code(link, now, max, window))
         .await;
+    // Over NATS the cluster counts too (a link taken over keeps its count; docs/sip.md).
+    let cluster = server.limits.wrong_code(link, now, max, window).await == Some(true);
     match res {
-        Ok(Ok(true)) => {
+        Ok(Ok(local)) if local || cluster => {
             metrics::counter!("boxless_link_lockouts_total").increment(1);
             tracing::warn!(%link, "link number locked: too many wrong access codes");
             true
         }
-        Ok(Ok(false)) => false,
+        Ok(Ok(_)) => false,
         Ok(Err(e)) => {
             // Unrecorded, a wrong code must not open the door: treat it as locked.
             tracing::error!(%link, error = %e, "wrong access code NOT recorded; locking this call out");

@@ -319,6 +319,8 @@ mod tests {
             "+18005550100",
             "its own link number"
         );
+        // Wrong codes on it count here, though it is not of ms2's pool.
+        assert!(ms2.wrong_code(m.link_number, 5_000, 1, 60_000).unwrap());
         assert_eq!(ms2.audio_file(&id, true).unwrap().unwrap(), wav);
         let jobs = ms2.due(u64::MAX / 2, 10, Lane::Sms).unwrap();
         assert_eq!(jobs.len(), 1);

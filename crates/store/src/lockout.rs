@@ -35,7 +35,8 @@ impl Store {
     }
 
     /// Counts a wrong code on `link` at `now`; returns true when the link is locked after
-    /// it. Only numbers of this server's pool are counted (the table stays bounded).
+    /// it. Only numbers of this server's pool, and those of messages it keeps for a server
+    /// it took over, are counted (the table stays bounded by them).
     pub fn wrong_code(
         &self,
         link: PhoneNumber,
@@ -43,7 +44,7 @@ impl Store {
         max: u32,
         window_ms: u64,
     ) -> Result<bool> {
-        if !self.pool.contains(link) {
+        if !self.pool.contains(link) && !self.holds_link(link)? {
             return Ok(false);
         }
         let mut db = self.db();
@@ -75,6 +76,21 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(until > now)
+    }
+}
+
+impl Store {
+    /// True when a message kept here has `link` as its link number.
+    fn holds_link(&self, link: PhoneNumber) -> Result<bool> {
+        Ok(self
+            .read_db()
+            .query_row(
+                "SELECT 1 FROM messages WHERE link_number = ?1 LIMIT 1",
+                [link.as_u64() as i64],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 }
 
