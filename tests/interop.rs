@@ -511,6 +511,45 @@ fn smsc_outage_and_kill_9_lose_no_message_and_send_no_sms_twice() {
     drop(serve_proc);
 }
 
+/// The caller's voice (as [`caller_audio`]), also as raw µ-law in `dir/caller.ulaw` for
+/// SIPp's RTP engine.
+fn caller_ulaw(dir: &Path) -> Vec<i16> {
+    let (voice, _) = caller_audio(dir);
+    let ulaw: Vec<u8> = voice
+        .iter()
+        .map(|&s| boxless_media::Law::Ulaw.encode(s))
+        .collect();
+    std::fs::write(dir.join("caller.ulaw"), &ulaw).unwrap();
+    voice
+}
+
+/// SIPp leaving a 40 s message straight at the server on `port` (record.xml, its RTP
+/// engine looping `dir/caller.ulaw`); returns once the recording's file exists in
+/// `recording` (with the caller's first voice packet).
+fn long_message(dir: &Path, port: u16, recording: &Path) -> Proc {
+    let caller = Proc(
+        Command::new("sipp")
+            .current_dir(dir)
+            .arg("-sf")
+            .arg(root().join("interop/sipp/record.xml"))
+            .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
+            .args(["-p", &free_port().to_string()])
+            .args(["-key", "recipient", "5551230002"])
+            .args(["-d", "40000", "-m", "1", "-timeout", "60s", "-nostdin"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sipp runs (apt-get install sip-tester)"),
+    );
+    let end = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(recording).map_or(true, |mut d| d.next().is_none()) {
+        assert!(Instant::now() < end, "no recording started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    caller
+}
+
 /// A 40 s message from SIPp (its RTP engine looping the caller's voice) straight at server
 /// ms1; the server dies by SIGKILL 20 s into it. After a restart the 20 s said so far are a
 /// message like any other, notified once, and a second kill and restart change nothing.
@@ -518,46 +557,13 @@ fn smsc_outage_and_kill_9_lose_no_message_and_send_no_sms_twice() {
 #[ignore = "interop: needs sipp, node and ../shared; run by .ci/run"]
 fn sipp_message_cut_by_kill_9_keeps_what_was_said_and_is_notified_once() {
     let dir = temp("cut");
-    let (voice, _) = caller_audio(&dir);
-    let ulaw: Vec<u8> = voice
-        .iter()
-        .map(|&s| boxless_media::Law::Ulaw.encode(s))
-        .collect();
-    std::fs::write(dir.join("caller.ulaw"), &ulaw).unwrap();
+    let voice = caller_ulaw(&dir);
     let p = ports();
     let out = dir.join("sms.jsonl");
     let _smsc = smsc(p.smsc, &out, "accept");
     let cfg = write_config(&dir, &p, "redirect", "smpp");
     let mut serve_proc = serve(&cfg, p.http, &dir.join("serve.log"));
-    let recording = dir.join("data/ms1/recording");
-    let mut caller = Proc(
-        Command::new("sipp")
-            .current_dir(&dir)
-            .arg("-sf")
-            .arg(root().join("interop/sipp/record.xml"))
-            .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
-            .args(["-p", &free_port().to_string()])
-            .args([
-                "-key",
-                "audio",
-                "caller.ulaw",
-                "-key",
-                "recipient",
-                "5551230002",
-            ])
-            .args(["-d", "40000", "-m", "1", "-timeout", "60s", "-nostdin"])
-            .arg(format!("127.0.0.1:{}", p.s1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp runs (apt-get install sip-tester)"),
-    );
-    // The file appears with the caller's first voice packet; 20 s later, SIGKILL.
-    let end = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_dir(&recording).map_or(true, |mut d| d.next().is_none()) {
-        assert!(Instant::now() < end, "no recording started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut caller = long_message(&dir, p.s1, &dir.join("data/ms1/recording"));
     std::thread::sleep(Duration::from_secs(20));
     let _ = serve_proc.0.kill();
     let _ = serve_proc.0.wait();
@@ -1102,6 +1108,64 @@ fn serves(http: u16) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// Three NATS nodes, a router and two servers over them, replicating (R3), taken over
+/// after 6 s of silence; `extra` adds config lines.
+struct Replicated {
+    nodes: Vec<Option<Proc>>,
+    node_dirs: Vec<PathBuf>,
+    cfg: PathBuf,
+    h1: u16,
+    ms1: Option<Proc>,
+    _ms2: Proc,
+    _router: Proc,
+}
+
+impl Replicated {
+    fn start(dir: &Path, p: &Ports, extra: &str) -> Replicated {
+        let (nodes, node_dirs, urls) = nats_cluster(dir);
+        let extra = format!(
+            "[control]\nbackend = \"nats\"\nurl = \"{urls}\"\nttl_seconds = 2\n\
+             [store]\nreplication = \"jetstream\"\nreplicas = 3\ntakeover_after_seconds = 6\n{extra}"
+        );
+        let (h1, h2) = (free_port(), free_port());
+        let cfg = write_config_with(dir, p, "proxy", "smpp", &extra, h1, h2);
+        let ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1.log"));
+        let ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
+        let router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
+        wait_state(p.http, "ms1", "up", Duration::from_secs(20));
+        wait_state(p.http, "ms2", "up", Duration::from_secs(20));
+        Replicated {
+            nodes,
+            node_dirs,
+            cfg,
+            h1,
+            ms1: Some(ms1),
+            _ms2: ms2,
+            _router: router,
+        }
+    }
+
+    /// ms1's host is lost: ms1 and the first NATS node killed (SIGKILL), both disks wiped.
+    fn lose_ms1_host(&mut self, dir: &Path) -> Instant {
+        let lost = Instant::now();
+        drop(self.ms1.take());
+        drop(self.nodes[0].take());
+        std::fs::remove_dir_all(dir.join("data").join("ms1")).unwrap();
+        std::fs::remove_dir_all(&self.node_dirs[0]).unwrap();
+        lost
+    }
+
+    /// ms1 started again (on whatever its disk holds).
+    fn restart_ms1(&self, dir: &Path) -> Proc {
+        boxless(
+            &["server", "--id", "ms1"],
+            &self.cfg,
+            self.h1,
+            &dir.join("ms1b.log"),
+        )
+    }
+}
+
 /// The host of ms1 is lost (the server and one NATS node killed, both disks wiped) with
 /// two of its notices pending: ms2 takes it over, sends those two once, plays its
 /// messages by their link numbers and opens their web links; ms1 comes back on an empty
@@ -1112,26 +1176,9 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
     let dir = temp("takeover");
     let p = ports();
     let out = dir.join("sms.jsonl");
-    let (mut nodes, node_dirs, urls) = nats_cluster(&dir);
-    let extra = format!(
-        "[control]\nbackend = \"nats\"\nurl = \"{urls}\"\nttl_seconds = 2\n\
-         [store]\nreplication = \"jetstream\"\nreplicas = 3\ntakeover_after_seconds = 6\n\
-         [web]\nbase_url = \"http://127.0.0.1:{}\"",
-        p.http
-    );
-    let (h1, h2) = (free_port(), free_port());
-    let cfg = write_config_with(&dir, &p, "proxy", "smpp", &extra, h1, h2);
+    let web = format!("[web]\nbase_url = \"http://127.0.0.1:{}\"", p.http);
     let mut smsc_proc = Some(smsc(p.smsc, &out, "accept"));
-    let mut ms1 = Some(boxless(
-        &["server", "--id", "ms1"],
-        &cfg,
-        h1,
-        &dir.join("ms1.log"),
-    ));
-    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
-    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
-    wait_state(p.http, "ms1", "up", Duration::from_secs(20));
-    wait_state(p.http, "ms2", "up", Duration::from_secs(20));
+    let mut sys = Replicated::start(&dir, &p, &web);
     // Messages straight to each server: one on ms2, one on ms1 notified at once, then
     // two on ms1 while the SMSC is down.
     let call = |port: u16, from: &str| {
@@ -1151,11 +1198,7 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
         assert!(Instant::now() < until, "{:?}", api_servers(p.http));
         std::thread::sleep(Duration::from_millis(200));
     }
-    let lost = Instant::now();
-    drop(ms1.take());
-    drop(nodes[0].take());
-    std::fs::remove_dir_all(dir.join("data").join("ms1")).unwrap();
-    std::fs::remove_dir_all(&node_dirs[0]).unwrap();
+    let lost = sys.lose_ms1_host(&dir);
     let _smsc2 = smsc(p.smsc, &out, "accept");
     // Within the takeover delay and 20 s: ms2 answers for ms1, every message is listed,
     // and the two pending notices went, once.
@@ -1244,7 +1287,7 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
     assert!(d.status < 300, "delete: {}", d.status);
     // ms1 comes back on an empty disk: it takes its numbers back once caught up.
     let back = Instant::now();
-    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1b.log"));
+    let _ms1 = sys.restart_ms1(&dir);
     let until = back + Duration::from_secs(30);
     loop {
         let s = serves(p.http);
@@ -1311,60 +1354,15 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
 #[ignore = "interop: needs nats-server, sipp, node and ../shared; run by .ci/run"]
 fn a_host_lost_mid_message_leaves_what_was_said_to_the_server_that_takes_over() {
     let dir = temp("takeover-cut");
-    let (voice, _) = caller_audio(&dir);
-    let ulaw: Vec<u8> = voice
-        .iter()
-        .map(|&s| boxless_media::Law::Ulaw.encode(s))
-        .collect();
-    std::fs::write(dir.join("caller.ulaw"), &ulaw).unwrap();
+    let voice = caller_ulaw(&dir);
     let p = ports();
     let out = dir.join("sms.jsonl");
-    let (mut nodes, node_dirs, urls) = nats_cluster(&dir);
-    let extra = format!(
-        "[control]\nbackend = \"nats\"\nurl = \"{urls}\"\nttl_seconds = 2\n\
-         [store]\nreplication = \"jetstream\"\nreplicas = 3\ntakeover_after_seconds = 6"
-    );
-    let (h1, h2) = (free_port(), free_port());
-    let cfg = write_config_with(&dir, &p, "proxy", "smpp", &extra, h1, h2);
     let _smsc = smsc(p.smsc, &out, "accept");
-    let mut ms1 = Some(boxless(
-        &["server", "--id", "ms1"],
-        &cfg,
-        h1,
-        &dir.join("ms1.log"),
-    ));
-    let _ms2 = boxless(&["server", "--id", "ms2"], &cfg, h2, &dir.join("ms2.log"));
-    let _router = boxless(&["router"], &cfg, p.http, &dir.join("router.log"));
-    wait_state(p.http, "ms1", "up", Duration::from_secs(20));
-    wait_state(p.http, "ms2", "up", Duration::from_secs(20));
-    let recording = dir.join("data/ms1/recording");
-    let mut caller = Proc(
-        Command::new("sipp")
-            .current_dir(&dir)
-            .arg("-sf")
-            .arg(root().join("interop/sipp/record.xml"))
-            .args(["-s", "15551230002", "-i", "127.0.0.1", "-mi", "127.0.0.1"])
-            .args(["-p", &free_port().to_string()])
-            .args(["-key", "recipient", "5551230002"])
-            .args(["-d", "40000", "-m", "1", "-timeout", "60s", "-nostdin"])
-            .arg(format!("127.0.0.1:{}", p.s1))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sipp runs (apt-get install sip-tester)"),
-    );
-    let end = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_dir(&recording).map_or(true, |mut d| d.next().is_none()) {
-        assert!(Instant::now() < end, "no recording started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut sys = Replicated::start(&dir, &p, "");
+    let mut caller = long_message(&dir, p.s1, &dir.join("data/ms1/recording"));
     std::thread::sleep(Duration::from_secs(20));
-    let lost = Instant::now();
-    drop(ms1.take());
-    drop(nodes[0].take());
+    let lost = sys.lose_ms1_host(&dir);
     let _ = caller.0.kill();
-    std::fs::remove_dir_all(dir.join("data").join("ms1")).unwrap();
-    std::fs::remove_dir_all(&node_dirs[0]).unwrap();
     assert!(
         sms_lines(&out).is_empty(),
         "nothing notified before the loss"
@@ -1403,7 +1401,7 @@ fn a_host_lost_mid_message_leaves_what_was_said_to_the_server_that_takes_over() 
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(sms_lines(&out).len(), 1, "notified once");
     // ms1 back on an empty disk: nothing new, nothing twice.
-    let _ms1 = boxless(&["server", "--id", "ms1"], &cfg, h1, &dir.join("ms1b.log"));
+    let _ms1 = sys.restart_ms1(&dir);
     let until = Instant::now() + Duration::from_secs(30);
     while !serves(p.http).contains(&("ms1".to_string(), vec!["ms1".to_string()])) {
         assert!(Instant::now() < until, "ms1 not back: {:?}", serves(p.http));

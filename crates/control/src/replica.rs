@@ -206,6 +206,32 @@ impl Replica {
         within(self.deadline, f).await
     }
 
+    /// Publishes `bytes` on `subject` in chunks of at most [`CHUNK`], chunk `n` with the
+    /// headers `headers(n, ..)` writes; returns once JetStream acknowledged them all.
+    async fn publish_chunks(
+        &self,
+        subject: String,
+        bytes: &[u8],
+        headers: impl Fn(usize, &mut HeaderMap),
+    ) -> Result<(), ReplicaError> {
+        let mut acks = Vec::with_capacity(bytes.len().div_ceil(CHUNK));
+        for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let mut h = HeaderMap::new();
+            headers(n, &mut h);
+            let p = PublishMessage::build()
+                .payload(Bytes::copy_from_slice(chunk))
+                .headers(h);
+            acks.push(
+                self.within(self.js.send_publish(subject.clone(), p))
+                    .await?,
+            );
+        }
+        for ack in acks {
+            self.within(ack.into_future()).await?;
+        }
+        Ok(())
+    }
+
     /// Writes message `r` with its audio (the deposit), or only its record (a state
     /// change). Returns once a JetStream majority has all of it.
     pub async fn put(&self, r: &MessageRecord, audio: Audio<'_>) -> Result<(), ReplicaError> {
@@ -222,23 +248,11 @@ impl Replica {
         };
         if let Some(wav) = wav {
             let chunks = wav.chunks(CHUNK).len().max(1);
-            let subject = subject(&r.server, &r.id);
-            let mut acks = Vec::with_capacity(chunks);
-            for (n, chunk) in wav.chunks(CHUNK).enumerate() {
-                let mut h = HeaderMap::new();
+            self.publish_chunks(subject(&r.server, &r.id), wav, |n, h| {
                 h.insert("Boxless-Chunks", chunks.to_string().as_str());
                 h.insert("Boxless-Chunk", n.to_string().as_str());
-                let p = PublishMessage::build()
-                    .payload(Bytes::copy_from_slice(chunk))
-                    .headers(h);
-                acks.push(
-                    self.within(self.js.send_publish(subject.clone(), p))
-                        .await?,
-                );
-            }
-            for ack in acks {
-                self.within(ack.into_future()).await?;
-            }
+            })
+            .await?;
         }
         let json = serde_json::to_vec(r).map_err(nats)?;
         self.within(self.records.put(key(&r.server, &r.id), json.into()))
@@ -310,24 +324,11 @@ impl Replica {
         offset: u64,
         bytes: &[u8],
     ) -> Result<(), ReplicaError> {
-        let subject = rec_subject(server, id);
-        let mut acks = Vec::new();
-        for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
-            let mut h = HeaderMap::new();
+        self.publish_chunks(rec_subject(server, id), bytes, |n, h| {
             let at = offset + (n * CHUNK) as u64;
             h.insert("Boxless-Offset", at.to_string().as_str());
-            let p = PublishMessage::build()
-                .payload(Bytes::copy_from_slice(chunk))
-                .headers(h);
-            acks.push(
-                self.within(self.js.send_publish(subject.clone(), p))
-                    .await?,
-            );
-        }
-        for ack in acks {
-            self.within(ack.into_future()).await?;
-        }
-        Ok(())
+        })
+        .await
     }
 
     /// Marks server `server`'s recording `id` kept as a message by server `by`.
