@@ -14,7 +14,9 @@
 //!   `Boxless-Offset` on; purged once the recording ends (its message then lives in the
 //!   two above). A server that takes the recording over (its server lost mid-call) keeps
 //!   it as a message and marks the subject `Boxless-Salvaged-By` (the returning server
-//!   then drops its own copy). Kept at most a day.
+//!   then drops its own copy). A recording that became a message keeps its bytes here
+//!   ([`Audio::Shipped`]: the deposit adds the rest and a last message with the file's
+//!   length and finished header) until the message is forgotten.
 //!
 //! The record is written after the last chunk is acknowledged: a record in the bucket
 //! means its audio is whole. Both keep `replicas` copies and acknowledge a write once a
@@ -76,6 +78,18 @@ pub enum Audio<'a> {
     First(&'a [u8]),
     /// The WAV file again (a retry after a failure: what an earlier try left is purged).
     Again(&'a [u8]),
+    /// The WAV file of a recording whose first `from` bytes were shipped while it was made
+    /// ([`Replica::ship`]): only the rest goes, and a last message on the recording's
+    /// subject with the file's length and its finished header (the first `header_len`
+    /// bytes). Half the bytes of [`Audio::First`] for a message of any length.
+    Shipped {
+        /// The WAV file.
+        wav: &'a [u8],
+        /// Bytes of it JetStream has.
+        from: u64,
+        /// Its header's length (the bytes before the audio).
+        header_len: usize,
+    },
 }
 
 /// A recording in progress as JetStream has it.
@@ -85,6 +99,8 @@ pub enum Shipped {
     Bytes(Vec<u8>),
     /// Another server kept it as a message already.
     Salvaged,
+    /// It became a message on its own server: its WAV file, whole.
+    Finished(Vec<u8>),
 }
 
 /// The audio stream and the records' bucket, reached through one NATS connection.
@@ -168,8 +184,6 @@ impl Replica {
                 storage: stream::StorageType::File,
                 num_replicas: replicas,
                 max_message_size: (CHUNK + 1024) as i32,
-                // A subject no server purged (a server lost with nobody to take it over).
-                max_age: Duration::from_secs(24 * 3600),
                 ..Default::default()
             }),
         )
@@ -239,11 +253,33 @@ impl Replica {
             Audio::Had => None,
             Audio::First(wav) => Some(wav),
             Audio::Again(wav) => {
-                // An earlier try may have left some chunks past the duplicate window.
+                // An earlier try may have left some chunks past the duplicate window, and
+                // the recording's shipped bytes are not its audio.
                 let subject = subject(&r.server, &r.id);
                 self.within(async { self.audio.purge().filter(subject).await })
                     .await?;
+                self.drop_recording(&r.server, &r.id).await?;
                 Some(wav)
+            }
+            Audio::Shipped {
+                wav,
+                from,
+                header_len,
+            } => {
+                let len = wav.len() as u64;
+                if from < len {
+                    self.ship(&r.server, &r.id, from, &wav[from as usize..])
+                        .await?;
+                }
+                let mut h = HeaderMap::new();
+                h.insert("Boxless-Length", len.to_string().as_str());
+                let head = Bytes::copy_from_slice(&wav[..header_len.min(wav.len())]);
+                let p = PublishMessage::build().payload(head).headers(h);
+                let ack = self
+                    .within(self.js.send_publish(rec_subject(&r.server, &r.id), p))
+                    .await?;
+                self.within(ack.into_future()).await?;
+                None
             }
         };
         if let Some(wav) = wav {
@@ -266,7 +302,7 @@ impl Replica {
         let subject = subject(server, id);
         self.within(async { self.audio.purge().filter(subject).await })
             .await?;
-        Ok(())
+        self.drop_recording(server, id).await
     }
 
     /// The record of message `id` of `server`, if JetStream has it.
@@ -401,6 +437,20 @@ impl Replica {
             if m.headers.get("Boxless-Salvaged-By").is_some() {
                 return Ok(Shipped::Salvaged);
             }
+            if let Some(len) = m
+                .headers
+                .get("Boxless-Length")
+                .and_then(|v| v.as_str().parse::<usize>().ok())
+            {
+                // The deposit's last word: the file's length and its finished header.
+                let head = &m.payload[..];
+                if bytes.len() < len || head.len() > len {
+                    return Err(ReplicaError::Damaged("recorded audio"));
+                }
+                bytes.truncate(len);
+                bytes[..head.len()].copy_from_slice(head);
+                return Ok(Shipped::Finished(bytes));
+            }
             let Some(at) = m
                 .headers
                 .get("Boxless-Offset")
@@ -422,6 +472,52 @@ impl Replica {
 
     /// The audio of message `id` of `server`: the WAV file as it was written.
     pub async fn audio(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
+        match self.audio_stream(server, id).await {
+            Ok(wav) => Ok(wav),
+            // Not in the audio stream: a recording shipped while it was made.
+            Err(e) => {
+                let count = self.recordings_of_subject(&rec_subject(server, id)).await?;
+                match self.recording(server, id, count).await? {
+                    Shipped::Finished(wav) => Ok(wav),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    /// Server `server`'s recording `id` as JetStream has it; None when it has nothing.
+    pub async fn recording_state(
+        &self,
+        server: &str,
+        id: &str,
+    ) -> Result<Option<Shipped>, ReplicaError> {
+        match self.recordings_of_subject(&rec_subject(server, id)).await? {
+            0 => Ok(None),
+            count => self.recording(server, id, count).await.map(Some),
+        }
+    }
+
+    /// How many stream messages the recordings' subject `subject` holds.
+    async fn recordings_of_subject(&self, subject: &str) -> Result<usize, ReplicaError> {
+        use futures_util::StreamExt as _;
+        let mut subjects = self
+            .within(self.recording.info_with_subjects(subject))
+            .await?;
+        let mut count = 0;
+        while let Some(s) = tokio::time::timeout(self.deadline, subjects.next())
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.deadline))?
+        {
+            let (name, n) = s.map_err(nats)?;
+            if name == subject {
+                count = n;
+            }
+        }
+        Ok(count)
+    }
+
+    /// The audio of message `id` of `server` from the audio stream.
+    async fn audio_stream(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
         let subject = subject(server, id);
         let mut wav = Vec::new();
         // The first message at or after this sequence on the subject.

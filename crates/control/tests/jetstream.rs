@@ -306,3 +306,52 @@ async fn of_servers_racing_for_a_lost_one_exactly_one_wins_and_hands_it_back() {
         );
     }
 }
+
+#[tokio::test]
+#[ignore = "needs nats-server 2.10+ on PATH; run by .ci/run"]
+async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_rest() {
+    use boxless_control::replica::Shipped;
+    let (_nodes, urls) = cluster();
+    let (_c, replica) = reach(&urls).await;
+    // A file as it is recorded: a header saying "length unknown", then audio.
+    let mut growing = vec![0xffu8; 44];
+    growing.extend((0..200_000u32).map(|i| (i % 251) as u8));
+    let r = record(1, "new");
+    replica.ship("ms1", &r.id, 0, &growing[..70_000]).await.unwrap();
+    // A restart ships again from the start: the overlap is skipped.
+    replica.ship("ms1", &r.id, 0, &growing[..100_000]).await.unwrap();
+    assert_eq!(
+        replica.recording_state("ms1", &r.id).await.unwrap(),
+        Some(Shipped::Bytes(growing[..100_000].to_vec()))
+    );
+    // The deposit: its trailing silence trimmed, the header finished.
+    let mut wav = growing[..180_000].to_vec();
+    wav[..44].copy_from_slice(&[7u8; 44]);
+    let audio = Audio::Shipped {
+        wav: &wav,
+        from: 100_000,
+        header_len: 44,
+    };
+    replica.put(&r, audio).await.unwrap();
+    assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
+    // Trimmed below what was shipped: cut to the file's length.
+    let mut r2 = record(1, "new");
+    r2.id = "ms1-00000000000000ac".into();
+    replica.ship("ms1", &r2.id, 0, &growing[..150_000]).await.unwrap();
+    let short = {
+        let mut w = growing[..120_000].to_vec();
+        w[..44].copy_from_slice(&[9u8; 44]);
+        w
+    };
+    let audio = Audio::Shipped {
+        wav: &short,
+        from: 150_000,
+        header_len: 44,
+    };
+    replica.put(&r2, audio).await.unwrap();
+    assert_eq!(replica.audio("ms1", &r2.id).await.unwrap(), short);
+    // Forgotten with its message.
+    replica.forget("ms1", &r.id).await.unwrap();
+    assert!(replica.audio("ms1", &r.id).await.is_err());
+    assert_eq!(replica.recording_state("ms1", &r.id).await.unwrap(), None);
+}

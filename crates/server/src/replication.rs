@@ -35,8 +35,9 @@ const SHIP_MAX: usize = 2 << 20;
 /// What a write sends of a message's audio.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    /// Its first write (the deposit).
-    First,
+    /// Its first write (the deposit), of which this many bytes were shipped while it was
+    /// recorded.
+    First(u64),
     /// JetStream never acknowledged it: written again, whatever was left purged first.
     Again,
     /// JetStream has it: the record only.
@@ -56,6 +57,8 @@ pub struct Replication {
     deadline: Duration,
     /// Rows behind at the loop's last count (what the heartbeat reports).
     last_behind: AtomicU64,
+    /// Bytes of each recording in progress JetStream has (at most one entry per call).
+    shipped: std::sync::Mutex<HashMap<String, u64>>,
 }
 
 impl Replication {
@@ -76,6 +79,7 @@ impl Replication {
             wake: Notify::new(),
             deadline,
             last_behind: AtomicU64::new(0),
+            shipped: Default::default(),
         });
         tokio::spawn(r.clone().run(client, replicas));
         r
@@ -111,9 +115,13 @@ impl Replication {
                 let Ok(Ok(Some(record))) = store.read(move |s| s.record(&id)).await else {
                     return self.wake.notify_one();
                 };
+                let shipped = self.lock_shipped().remove(&record.id).unwrap_or(0);
                 // One bound for the whole write: the caller is waiting for its 200.
-                match tokio::time::timeout(self.deadline, self.send(replica, record, Kind::First))
-                    .await
+                match tokio::time::timeout(
+                    self.deadline,
+                    self.send(replica, record, Kind::First(shipped)),
+                )
+                .await
                 {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => self.failed(&e),
@@ -149,7 +157,7 @@ impl Replication {
         let wav = match kind {
             Kind::Had => None,
             // None: the audio is gone here too (deleted before it was ever sent).
-            Kind::First | Kind::Again => {
+            Kind::First(_) | Kind::Again => {
                 let id = id.clone();
                 self.store
                     .read(move |s| s.audio_file(&id, true))
@@ -160,7 +168,18 @@ impl Replication {
             }
         };
         let audio = match (&wav, kind) {
-            (Some(w), Kind::First) => Audio::First(w),
+            // Most of it went while it was recorded: the rest only.
+            (Some(w), Kind::First(from)) if from > 0 => {
+                match boxless_store::wav::parse(w).map(|p| p.data.0) {
+                    Some(header_len) if (header_len as u64) < from => Audio::Shipped {
+                        wav: w,
+                        from,
+                        header_len,
+                    },
+                    _ => Audio::First(w),
+                }
+            }
+            (Some(w), Kind::First(_)) => Audio::First(w),
             (Some(w), _) => Audio::Again(w),
             (None, _) => Audio::Had,
         };
@@ -209,8 +228,11 @@ impl Replication {
 
     /// Ships what each recording in progress gained since the last tick; forgets those
     /// that ended. Holds one offset per recording in progress (at most the calls).
+    fn lock_shipped(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.shipped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     async fn ship_loop(self: Arc<Self>, replica: Replica) {
-        let mut shipped: HashMap<String, u64> = HashMap::new();
         let mut tick = tokio::time::interval(SHIP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -219,19 +241,24 @@ impl Replication {
                 continue;
             };
             let live: HashSet<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
-            let ended: Vec<String> = shipped
+            let ended: Vec<String> = self
+                .lock_shipped()
                 .keys()
                 .filter(|id| !live.contains(id.as_str()))
                 .cloned()
                 .collect();
             for id in ended {
-                // Its message is replicated by the catch-up loop (or it was too short).
-                if replica.drop_recording(&self.server, &id).await.is_ok() {
-                    shipped.remove(&id);
+                // A message now (its deposit's write missed, or raced this tick): its
+                // bytes are its audio's start. Else too short to keep: forgotten.
+                let rid = id.clone();
+                let message = self.store.read(move |s| s.get(&rid)).await;
+                let forget = matches!(message, Ok(Ok(None)));
+                if !forget || replica.drop_recording(&self.server, &id).await.is_ok() {
+                    self.lock_shipped().remove(&id);
                 }
             }
             for (id, len) in now {
-                let from = shipped.get(&id).copied().unwrap_or(0);
+                let from = self.lock_shipped().get(&id).copied().unwrap_or(0);
                 if len <= from {
                     continue;
                 }
@@ -245,7 +272,7 @@ impl Replication {
                 };
                 match replica.ship(&self.server, &id, from, &bytes).await {
                     Ok(()) => {
-                        shipped.insert(id, from + bytes.len() as u64);
+                        self.lock_shipped().insert(id, from + bytes.len() as u64);
                         metrics::counter!("boxless_recording_bytes_shipped_total", "server" => self.server.clone())
                             .increment(bytes.len() as u64);
                     }

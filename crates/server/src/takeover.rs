@@ -187,12 +187,20 @@ impl Takeover {
         tracing::info!(server = %self.server.id, "answering this server's own numbers");
     }
 
-    /// This server's recordings another server kept as messages while it answered for it.
+    /// This server's interrupted recordings another server kept as messages while it
+    /// answered for it.
     async fn kept_elsewhere(&self) -> Result<std::collections::HashSet<String>, ReplicaError> {
         let replica = self.replica()?;
+        let here = self
+            .server
+            .store
+            .read(|s| s.recordings())
+            .await
+            .map_err(|e| ReplicaError::Nats(e.to_string()))?
+            .map_err(|e| ReplicaError::Nats(e.to_string()))?;
         let mut kept = std::collections::HashSet::new();
-        for (id, count) in replica.recordings_of(&self.server.id).await? {
-            if replica.recording(&self.server.id, &id, count).await? == Shipped::Salvaged {
+        for (id, _) in here {
+            if replica.recording_state(&self.server.id, &id).await? == Some(Shipped::Salvaged) {
                 replica.drop_recording(&self.server.id, &id).await?;
                 kept.insert(id);
             }
@@ -361,7 +369,8 @@ impl Takeover {
         let replica = self.replica()?;
         let records = replica.records_of(id).await?;
         let added = self.fetch(replica, &records).await?;
-        let salvaged = self.salvage(replica, id, held).await?;
+        let messages = records.iter().map(|r| r.id.as_str()).collect();
+        let salvaged = self.salvage(replica, id, &messages, held).await?;
         held.scanned_ms[index] = now;
         if first {
             held.mask |= 1 << index;
@@ -382,16 +391,17 @@ impl Takeover {
         &self,
         replica: &Replica,
         id: &str,
+        messages: &std::collections::HashSet<&str>,
         held: &mut Held,
     ) -> Result<usize, ReplicaError> {
         let mut kept = 0;
         for (rid, count) in replica.recordings_of(id).await? {
-            if held.salvaged.contains(&rid) {
+            // A message already (its audio may live on this subject), or kept here.
+            if messages.contains(rid.as_str()) || held.salvaged.contains(&rid) {
                 continue;
             }
-            // Ended just before the loss: its message came with the records.
+            // Became a message just before the loss, its record not read above.
             if replica.record(id, &rid).await?.is_some() {
-                replica.drop_recording(id, &rid).await?;
                 continue;
             }
             let Shipped::Bytes(bytes) = replica.recording(id, &rid, count).await? else {
