@@ -317,9 +317,15 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     let mut growing = vec![0xffu8; 44];
     growing.extend((0..200_000u32).map(|i| (i % 251) as u8));
     let r = record(1, "new");
-    replica.ship("ms1", &r.id, 0, &growing[..70_000]).await.unwrap();
+    replica
+        .ship("ms1", &r.id, 0, &growing[..70_000])
+        .await
+        .unwrap();
     // A restart ships again from the start: the overlap is skipped.
-    replica.ship("ms1", &r.id, 0, &growing[..100_000]).await.unwrap();
+    replica
+        .ship("ms1", &r.id, 0, &growing[..100_000])
+        .await
+        .unwrap();
     assert_eq!(
         replica.recording_state("ms1", &r.id).await.unwrap(),
         Some(Shipped::Bytes(growing[..100_000].to_vec()))
@@ -337,7 +343,10 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     // Trimmed below what was shipped: cut to the file's length.
     let mut r2 = record(1, "new");
     r2.id = "ms1-00000000000000ac".into();
-    replica.ship("ms1", &r2.id, 0, &growing[..150_000]).await.unwrap();
+    replica
+        .ship("ms1", &r2.id, 0, &growing[..150_000])
+        .await
+        .unwrap();
     let short = {
         let mut w = growing[..120_000].to_vec();
         w[..44].copy_from_slice(&[9u8; 44]);
