@@ -332,7 +332,7 @@ async fn the_recipient_calling_the_link_number_hears_the_message_in_both_modes()
 
         // A second message; the heard one freed the link number. 7 deletes it.
         assert_completed(
-            &place_call(&opts(sys.running.router, voice(1500, 8)))
+            &place_call(&opts(sys.running.router, voice(2500, 8)))
                 .await
                 .unwrap(),
         );
