@@ -130,7 +130,15 @@ impl MessagingServer {
     /// message, notified as any other; a shorter one a missed call; one in `kept_elsewhere`
     /// (another server kept it while it answered for this one) is dropped (blocking).
     pub(crate) fn recover(&self, kept_elsewhere: &std::collections::HashSet<String>) {
-        let found = match self.store.interrupted() {
+        let leftovers = self
+            .leftovers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let found = match self
+            .store
+            .interrupted_of(|id| leftovers.as_ref().is_none_or(|l| l.contains(id)))
+        {
             Ok(found) => found,
             Err(e) => {
                 tracing::error!(server = %self.id, error = %e, "interrupted recordings NOT recovered");

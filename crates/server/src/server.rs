@@ -72,6 +72,9 @@ pub struct MessagingServer {
     pub(crate) webhook_on: bool,
     /// `[store] replication = "jetstream"`: set once, right after start.
     pub(crate) replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
+    /// The recordings a stop left, listed before the first call: what a recovery that
+    /// runs later (crate::takeover) may touch; None once recovered (or never deferred).
+    pub(crate) leftovers: Mutex<Option<std::collections::HashSet<String>>>,
 }
 
 impl MessagingServer {
@@ -147,7 +150,20 @@ impl MessagingServer {
             email_on: !c.email.smtp.trim().is_empty(),
             webhook_on: cfg.secrets.webhook_secret.is_some(),
             replication: std::sync::OnceLock::new(),
+            leftovers: Mutex::new(None),
         });
+        if server.store.held() {
+            // Recovery waits (crate::takeover), and calls come meanwhile: it will touch
+            // only what is on disk now, never a live call's recording.
+            let ids = server
+                .store
+                .recordings()
+                .map_err(std::io::Error::other)?
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            *server.leftovers.lock().unwrap_or_else(|p| p.into_inner()) = Some(ids);
+        }
         let udp = Arc::new(UdpSocket::bind(spec.config.listen).await?);
         let tcp = TcpListener::bind(spec.config.listen).await?;
         tokio::spawn(server.clone().udp_loop(udp));

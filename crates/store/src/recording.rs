@@ -216,6 +216,12 @@ impl Store {
     /// recording whose message was committed just before the crash only finishes its move;
     /// a file that does not say whose it is (cut before its header) is removed.
     pub fn interrupted(&self) -> Result<Vec<Recording>> {
+        self.interrupted_of(|_| true)
+    }
+
+    /// [`Store::interrupted`] for the recordings whose id `wanted` admits only: a server
+    /// that recovers after it started taking calls leaves its live calls' files alone.
+    pub fn interrupted_of(&self, wanted: impl Fn(&str) -> bool) -> Result<Vec<Recording>> {
         let dir = self.recording_dir();
         let Ok(entries) = fs::read_dir(&dir) else {
             return Ok(Vec::new());
@@ -231,6 +237,9 @@ impl Store {
             else {
                 continue;
             };
+            if !wanted(&id) {
+                continue;
+            }
             if self.get(&id)?.is_some() {
                 tracing::info!(%id, "finishing the move of a message stored just before a stop");
                 self.move_to_audio(&id, &path)?;
@@ -404,6 +413,28 @@ mod tests {
         assert!(other.recordings().unwrap().is_empty());
         drop(rec);
         assert_eq!(ms1.recording_bytes("ms1-gone", 0, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn a_late_recovery_leaves_a_live_call_s_recording_alone() {
+        let dir = crate::tests::tempdir();
+        let s = store(dir.as_path());
+        let mut left = s.start_recording(arrival(), 8000, Encoding::Mulaw).unwrap();
+        left.append(&voice(8000)).unwrap();
+        let left_id = left.id().to_string();
+        drop(left);
+        // Listed at start; then a call starts before the recovery runs.
+        let at_start: Vec<String> = s.recordings().unwrap().into_iter().map(|r| r.0).collect();
+        let mut live = s.start_recording(arrival(), 8000, Encoding::Mulaw).unwrap();
+        live.append(&voice(4000)).unwrap();
+        let found = s
+            .interrupted_of(|id| at_start.iter().any(|a| a == id))
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id(), left_id);
+        live.append(&voice(4000)).unwrap();
+        let m = sms(&s, live, u64::MAX);
+        assert_eq!(m.duration_ms, 1000, "the live call's file untouched");
     }
 
     #[test]
