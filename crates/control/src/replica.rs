@@ -160,36 +160,34 @@ impl Replica {
         deadline: Duration,
     ) -> Result<Replica, ReplicaError> {
         let js = jetstream::new(client.clone());
-        let audio = tokio::time::timeout(
+        // Both streams hold chunks of WAV files, `replicas` copies on disk.
+        let chunks = |name: &str, description: &str, subjects: &str| stream::Config {
+            name: name.into(),
+            description: Some(description.into()),
+            subjects: vec![subjects.into()],
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            max_message_size: (CHUNK + 1024) as i32,
+            ..Default::default()
+        };
+        let audio = within(
             deadline,
-            js.get_or_create_stream(stream::Config {
-                name: AUDIO_STREAM.into(),
-                description: Some("Boxless messages' audio, in chunks".into()),
-                subjects: vec!["boxless.audio.>".into()],
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                max_message_size: (CHUNK + 1024) as i32,
-                ..Default::default()
-            }),
+            js.get_or_create_stream(chunks(
+                AUDIO_STREAM,
+                "Boxless messages' audio, in chunks",
+                "boxless.audio.>",
+            )),
         )
-        .await
-        .map_err(|_| ReplicaError::Timeout(deadline))?
-        .map_err(nats)?;
-        let recording = tokio::time::timeout(
+        .await?;
+        let recording = within(
             deadline,
-            js.get_or_create_stream(stream::Config {
-                name: RECORDING_STREAM.into(),
-                description: Some("Boxless recordings in progress".into()),
-                subjects: vec!["boxless.rec.>".into()],
-                storage: stream::StorageType::File,
-                num_replicas: replicas,
-                max_message_size: (CHUNK + 1024) as i32,
-                ..Default::default()
-            }),
+            js.get_or_create_stream(chunks(
+                RECORDING_STREAM,
+                "Boxless recordings in progress",
+                "boxless.rec.>",
+            )),
         )
-        .await
-        .map_err(|_| ReplicaError::Timeout(deadline))?
-        .map_err(nats)?;
+        .await?;
         let records = bucket(
             &js,
             kv::Config {
