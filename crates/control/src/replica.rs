@@ -4,19 +4,26 @@
 //! - stream `BOXLESS_AUDIO`, subject `boxless.audio.<server>.<message id>`: a message's
 //!   WAV file in chunks of at most [`CHUNK`] bytes, in order; headers `Boxless-Chunk`
 //!   (its index) and `Boxless-Chunks` (how many make the file) on each. A write after a
-//!   failed one first purges the subject, so chunks of the two never mix.
+//!   failed one first purges the subject, so chunks of the two never mix. Or, for a
+//!   message whose start was shipped while it was recorded, only the rest: chunks with
+//!   `Boxless-Offset` (where in the file each goes), then one with `Boxless-Length` (the
+//!   file's length) carrying the file's finished header ([`Audio::Shipped`]).
 //! - key-value bucket `boxless_messages`, key `<server>.<message id>`: the message's
 //!   record (JSON, [`MessageRecord`]); its state is updated in place; a removed message's
 //!   key is deleted and its audio purged.
 //!
 //! - stream `BOXLESS_RECORDING`, subject `boxless.rec.<server>.<message id>`: a recording
 //!   in progress, shipped while the caller speaks as the recording file's bytes from
-//!   `Boxless-Offset` on; purged once the recording ends (its message then lives in the
-//!   two above). A server that takes the recording over (its server lost mid-call) keeps
-//!   it as a message and marks the subject `Boxless-Salvaged-By` (the returning server
-//!   then drops its own copy). A recording that became a message keeps its bytes here
-//!   ([`Audio::Shipped`]: the deposit adds the rest and a last message with the file's
-//!   length and finished header) until the message is forgotten.
+//!   `Boxless-Offset` on. A server that takes the recording over (its server lost
+//!   mid-call) keeps it as a message and marks the subject `Boxless-Salvaged-By` (the
+//!   returning server then drops its own copy). A recording too short to keep is purged;
+//!   one that became a message keeps its bytes here (the start of its audio) until the
+//!   message is forgotten.
+//!
+//! The deposit's last write goes to the audio stream, not to the recordings': a stream
+//! stores its writes in order, and the recordings' stream takes every call's audio every
+//! couple of seconds, so a deposit written there waited behind megabytes of other calls
+//! (bench/RESULTS.md, "Replication: what it costs").
 //!
 //! The record is written after the last chunk is acknowledged: a record in the bucket
 //! means its audio is whole. Both keep `replicas` copies and acknowledge a write once a
@@ -79,9 +86,9 @@ pub enum Audio<'a> {
     /// The WAV file again (a retry after a failure: what an earlier try left is purged).
     Again(&'a [u8]),
     /// The WAV file of a recording whose first `from` bytes were shipped while it was made
-    /// ([`Replica::ship`]): only the rest goes, and a last message on the recording's
-    /// subject with the file's length and its finished header (the first `header_len`
-    /// bytes). Half the bytes of [`Audio::First`] for a message of any length.
+    /// ([`Replica::ship`]): only the rest goes to the audio stream, and a last message with
+    /// the file's length and its finished header (the first `header_len` bytes), in one
+    /// round trip. Half the bytes of [`Audio::First`] for a message of any length.
     Shipped {
         /// The WAV file.
         wav: &'a [u8],
@@ -99,8 +106,42 @@ pub enum Shipped {
     Bytes(Vec<u8>),
     /// Another server kept it as a message already.
     Salvaged,
-    /// It became a message on its own server: its WAV file, whole.
-    Finished(Vec<u8>),
+}
+
+/// A file put together from pieces that each say where they go (`Boxless-Offset`): a
+/// piece shipped again after a restart overlaps what is there and only its new bytes
+/// count; a piece past a gap is refused (nothing after a gap can be trusted).
+#[derive(Debug, Default)]
+struct Pieces(Vec<u8>);
+
+impl Pieces {
+    /// Adds `payload` at `at`; false (and nothing added) past a gap.
+    fn add(&mut self, at: usize, payload: &[u8]) -> bool {
+        let have = self.0.len();
+        if at > have {
+            return false;
+        }
+        if at + payload.len() > have {
+            self.0.extend_from_slice(&payload[have - at..]);
+        }
+        true
+    }
+
+    /// The whole file: `len` bytes (a message trimmed after its start was shipped is
+    /// shorter than what was shipped), its first bytes replaced by `head` (the header as
+    /// the deposit finished it).
+    fn finish(mut self, len: usize, head: &[u8]) -> Result<Vec<u8>, ReplicaError> {
+        if self.0.len() < len || head.len() > len {
+            return Err(ReplicaError::Damaged("recorded audio"));
+        }
+        self.0.truncate(len);
+        self.0[..head.len()].copy_from_slice(head);
+        Ok(self.0)
+    }
+}
+
+fn header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.as_str().parse().ok()
 }
 
 /// The audio stream and the records' bucket, reached through one NATS connection.
@@ -264,19 +305,20 @@ impl Replica {
                 from,
                 header_len,
             } => {
-                let len = wav.len() as u64;
-                if from < len {
-                    self.ship(&r.server, &r.id, from, &wav[from as usize..])
-                        .await?;
-                }
+                // The rest and the end in one round trip: the stream keeps them in order.
+                let subject = subject(&r.server, &r.id);
+                let from = (from as usize).min(wav.len());
+                let mut acks = Vec::new();
+                self.send_pieces(&subject, from, &wav[from..], &mut acks)
+                    .await?;
                 let mut h = HeaderMap::new();
-                h.insert("Boxless-Length", len.to_string().as_str());
+                h.insert("Boxless-Length", wav.len().to_string().as_str());
                 let head = Bytes::copy_from_slice(&wav[..header_len.min(wav.len())]);
                 let p = PublishMessage::build().payload(head).headers(h);
-                let ack = self
-                    .within(self.js.send_publish(rec_subject(&r.server, &r.id), p))
-                    .await?;
-                self.within(ack.into_future()).await?;
+                acks.push(self.within(self.js.send_publish(subject, p)).await?);
+                for ack in acks {
+                    self.within(ack.into_future()).await?;
+                }
                 None
             }
         };
@@ -371,22 +413,35 @@ impl Replica {
     ) -> Result<(), ReplicaError> {
         let mut acks = Vec::new();
         for (id, offset, bytes) in items {
-            let subject = rec_subject(server, id);
-            for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
-                let mut h = HeaderMap::new();
-                let at = offset + (n * CHUNK) as u64;
-                h.insert("Boxless-Offset", at.to_string().as_str());
-                let p = PublishMessage::build()
-                    .payload(Bytes::copy_from_slice(chunk))
-                    .headers(h);
-                acks.push(
-                    self.within(self.js.send_publish(subject.clone(), p))
-                        .await?,
-                );
-            }
+            let at = usize::try_from(offset).map_err(nats)?;
+            self.send_pieces(&rec_subject(server, id), at, bytes, &mut acks)
+                .await?;
         }
         for ack in acks {
             self.within(ack.into_future()).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `bytes` of a file, from `offset` of it, on `subject` in pieces of at most
+    /// [`CHUNK`] (`Boxless-Offset` on each); their acknowledgements go to `acks`.
+    async fn send_pieces(
+        &self,
+        subject: &str,
+        offset: usize,
+        bytes: &[u8],
+        acks: &mut Vec<jetstream::context::PublishAckFuture>,
+    ) -> Result<(), ReplicaError> {
+        for (n, chunk) in bytes.chunks(CHUNK).enumerate() {
+            let mut h = HeaderMap::new();
+            h.insert("Boxless-Offset", (offset + n * CHUNK).to_string().as_str());
+            let p = PublishMessage::build()
+                .payload(Bytes::copy_from_slice(chunk))
+                .headers(h);
+            acks.push(
+                self.within(self.js.send_publish(subject.to_string(), p))
+                    .await?,
+            );
         }
         Ok(())
     }
@@ -448,7 +503,7 @@ impl Replica {
         messages: usize,
     ) -> Result<Shipped, ReplicaError> {
         let subject = rec_subject(server, id);
-        let mut bytes = Vec::new();
+        let mut bytes = Pieces::default();
         let mut next = 1;
         for _ in 0..messages {
             let get = self
@@ -461,52 +516,14 @@ impl Replica {
             if m.headers.get("Boxless-Salvaged-By").is_some() {
                 return Ok(Shipped::Salvaged);
             }
-            if let Some(len) = m
-                .headers
-                .get("Boxless-Length")
-                .and_then(|v| v.as_str().parse::<usize>().ok())
-            {
-                // The deposit's last word: the file's length and its finished header.
-                let head = &m.payload[..];
-                if bytes.len() < len || head.len() > len {
-                    return Err(ReplicaError::Damaged("recorded audio"));
-                }
-                bytes.truncate(len);
-                bytes[..head.len()].copy_from_slice(head);
-                return Ok(Shipped::Finished(bytes));
-            }
-            let Some(at) = m
-                .headers
-                .get("Boxless-Offset")
-                .and_then(|v| v.as_str().parse::<usize>().ok())
-            else {
+            let Some(at) = header(&m.headers, "Boxless-Offset") else {
                 return Err(ReplicaError::Damaged("recording chunk"));
             };
-            let have = bytes.len();
-            if at > have {
+            if !bytes.add(at, &m.payload) {
                 break;
             }
-            let payload = &m.payload[..];
-            if at + payload.len() > have {
-                bytes.extend_from_slice(&payload[have - at..]);
-            }
         }
-        Ok(Shipped::Bytes(bytes))
-    }
-
-    /// The audio of message `id` of `server`: the WAV file as it was written.
-    pub async fn audio(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
-        match self.audio_stream(server, id).await {
-            Ok(wav) => Ok(wav),
-            // Not in the audio stream: a recording shipped while it was made.
-            Err(e) => {
-                let count = self.recordings_of_subject(&rec_subject(server, id)).await?;
-                match self.recording(server, id, count).await? {
-                    Shipped::Finished(wav) => Ok(wav),
-                    _ => Err(e),
-                }
-            }
-        }
+        Ok(Shipped::Bytes(bytes.0))
     }
 
     /// Server `server`'s recording `id` as JetStream has it; None when it has nothing.
@@ -540,10 +557,12 @@ impl Replica {
         Ok(count)
     }
 
-    /// The audio of message `id` of `server` from the audio stream.
-    async fn audio_stream(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
+    /// The audio of message `id` of `server`, the WAV file as it was written: its chunks
+    /// in the audio stream, or the rest of a recording shipped while it was made.
+    pub async fn audio(&self, server: &str, id: &str) -> Result<Vec<u8>, ReplicaError> {
         let subject = subject(server, id);
         let mut wav = Vec::new();
+        let mut rest: Option<Pieces> = None;
         // The first message at or after this sequence on the subject.
         let mut next = 1;
         let mut got = 0usize;
@@ -556,9 +575,29 @@ impl Replica {
                 .sequence(next)
                 .next_by_subject(subject.clone());
             let m = self.within(get.send()).await?;
-            let header = |name| -> Option<usize> { m.headers.get(name)?.as_str().parse().ok() };
-            let (Some(chunks), Some(n)) = (header("Boxless-Chunks"), header("Boxless-Chunk"))
-            else {
+            next = m.sequence + 1;
+            if let Some(at) = header::<usize>(&m.headers, "Boxless-Offset") {
+                let pieces = match &mut rest {
+                    Some(p) => p,
+                    None => rest.insert(self.shipped_start(server, id).await?),
+                };
+                if !pieces.add(at, &m.payload) {
+                    return Err(ReplicaError::Damaged("recorded audio"));
+                }
+                continue;
+            }
+            if let Some(len) = header::<usize>(&m.headers, "Boxless-Length") {
+                let pieces = match rest.take() {
+                    Some(p) => p,
+                    // Everything was shipped while it was recorded.
+                    None => self.shipped_start(server, id).await?,
+                };
+                return pieces.finish(len, &m.payload);
+            }
+            let (Some(chunks), Some(n)) = (
+                header::<usize>(&m.headers, "Boxless-Chunks"),
+                header::<usize>(&m.headers, "Boxless-Chunk"),
+            ) else {
                 return Err(ReplicaError::Damaged("audio chunk"));
             };
             if n != got {
@@ -569,7 +608,48 @@ impl Replica {
             if got == chunks {
                 return Ok(wav);
             }
-            next = m.sequence + 1;
         }
+    }
+
+    /// What the recordings' stream holds of message `id` of `server`: the start of its
+    /// audio.
+    async fn shipped_start(&self, server: &str, id: &str) -> Result<Pieces, ReplicaError> {
+        let count = self.recordings_of_subject(&rec_subject(server, id)).await?;
+        match self.recording(server, id, count).await? {
+            Shipped::Bytes(b) => Ok(Pieces(b)),
+            Shipped::Salvaged => Err(ReplicaError::Damaged("recorded audio")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_skip_what_was_shipped_twice_and_stop_at_a_gap() {
+        let file: Vec<u8> = (0..100u8).collect();
+        let mut p = Pieces::default();
+        assert!(p.add(0, &file[..40]));
+        // Shipped again from an earlier offset after a restart: only the new bytes count.
+        assert!(p.add(30, &file[30..60]));
+        assert!(!p.add(70, &file[70..]), "a gap");
+        assert_eq!(p.0, &file[..60]);
+        assert!(p.add(60, &file[60..]));
+        // Finished: trimmed to its length, its header replaced.
+        let wav = p.finish(80, &[9, 9]).unwrap();
+        assert_eq!(wav.len(), 80);
+        assert_eq!(&wav[..3], &[9, 9, 2]);
+        // Shorter than its length, or a header longer than the file: damaged.
+        let short = Pieces(file[..10].to_vec());
+        assert!(matches!(
+            short.finish(20, &[]),
+            Err(ReplicaError::Damaged(_))
+        ));
+        let tiny = Pieces(file[..10].to_vec());
+        assert!(matches!(
+            tiny.finish(2, &[0; 4]),
+            Err(ReplicaError::Damaged(_))
+        ));
     }
 }

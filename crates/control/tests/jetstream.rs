@@ -340,6 +340,11 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     };
     replica.put(&r, audio).await.unwrap();
     assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
+    // The rest went to the audio stream: the recording's subject is its start, as shipped.
+    assert_eq!(
+        replica.recording_state("ms1", &r.id).await.unwrap(),
+        Some(Shipped::Bytes(growing[..100_000].to_vec()))
+    );
     // Trimmed below what was shipped: cut to the file's length.
     let mut r2 = record(1, "new");
     r2.id = "ms1-00000000000000ac".into();
@@ -359,6 +364,25 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     };
     replica.put(&r2, audio).await.unwrap();
     assert_eq!(replica.audio("ms1", &r2.id).await.unwrap(), short);
+    // Everything shipped while recorded, nothing trimmed: only the finished header goes.
+    let mut r3 = record(1, "new");
+    r3.id = "ms1-00000000000000ad".into();
+    replica
+        .ship("ms1", &r3.id, 0, &growing[..90_000])
+        .await
+        .unwrap();
+    let whole = {
+        let mut w = growing[..90_000].to_vec();
+        w[..44].copy_from_slice(&[5u8; 44]);
+        w
+    };
+    let audio = Audio::Shipped {
+        wav: &whole,
+        from: 90_000,
+        header_len: 44,
+    };
+    replica.put(&r3, audio).await.unwrap();
+    assert_eq!(replica.audio("ms1", &r3.id).await.unwrap(), whole);
     // Forgotten with its message.
     replica.forget("ms1", &r.id).await.unwrap();
     assert!(replica.audio("ms1", &r.id).await.is_err());

@@ -62,6 +62,10 @@ pub struct Replication {
     last_behind: AtomicU64,
     /// Bytes of each recording in progress JetStream has (at most one entry per call).
     shipped: std::sync::Mutex<HashMap<String, u64>>,
+    /// Deposits whose first write is on the wire (at most one entry per call ending), and
+    /// whether the catch-up loop passed over one meanwhile: it leaves them alone (a
+    /// second writer would purge what the first is writing), and is woken when they land.
+    flight: std::sync::Mutex<HashMap<String, bool>>,
 }
 
 impl Replication {
@@ -83,6 +87,7 @@ impl Replication {
             deadline,
             last_behind: AtomicU64::new(0),
             shipped: Default::default(),
+            flight: Default::default(),
         });
         tokio::spawn(r.clone().run(client, replicas));
         r
@@ -109,8 +114,10 @@ impl Replication {
     }
 
     /// A message was just stored: returns once JetStream has it, or at once while
-    /// JetStream is down (then, or on failure, the loop sends it later).
-    pub async fn deposited(&self, id: &str) {
+    /// JetStream is down (then, or on failure, the loop sends it later). Its mark as
+    /// replicated is written after the return: the caller's `200` does not wait for the
+    /// store's writer, and a mark lost in a crash only sends the message again.
+    pub async fn deposited(self: &Arc<Self>, id: &str) {
         match self.replica.get() {
             Some(replica) if !self.down.load(Ordering::Relaxed) => {
                 let id = id.to_string();
@@ -118,20 +125,57 @@ impl Replication {
                 let Ok(Ok(Some(record))) = store.read(move |s| s.record(&id)).await else {
                     return self.wake.notify_one();
                 };
-                let shipped = self.lock_shipped().remove(&record.id).unwrap_or(0);
+                let (id, revision) = (record.id.clone(), record.revision);
+                let shipped = self.lock_shipped().remove(&id).unwrap_or(0);
+                self.lock_flight().insert(id.clone(), false);
                 // One bound for the whole write: the caller is waiting for its 200.
-                match tokio::time::timeout(
-                    self.deadline,
-                    self.send(replica, record, Kind::First(shipped)),
-                )
-                .await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => self.failed(&e),
-                    Err(_) => self.failed(&ReplicaError::Timeout(self.deadline)),
+                let put = self.put(replica, record, Kind::First(shipped));
+                match tokio::time::timeout(self.deadline, put).await {
+                    Ok(Ok(())) => {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            let mark = me.store.write({
+                                let id = id.clone();
+                                move |s| s.replicated(&id, revision)
+                            });
+                            let _ = mark.await;
+                            me.landed(&id);
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        self.failed(&e);
+                        self.landed(&id);
+                    }
+                    Err(_) => {
+                        self.failed(&ReplicaError::Timeout(self.deadline));
+                        self.landed(&id);
+                    }
                 }
             }
             _ => self.wake.notify_one(),
+        }
+    }
+
+    fn lock_flight(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Deposit `id`'s first write is over (acknowledged and marked, or failed).
+    fn landed(&self, id: &str) {
+        if self.lock_flight().remove(id) == Some(true) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether message `id`'s first write is on the wire (the catch-up loop then leaves it
+    /// and is woken when it lands).
+    fn in_flight(&self, id: &str) -> bool {
+        match self.lock_flight().get_mut(id) {
+            Some(passed) => {
+                *passed = true;
+                true
+            }
+            None => false,
         }
     }
 
@@ -157,11 +201,23 @@ impl Replication {
         kind: Kind,
     ) -> Result<(), ReplicaError> {
         let (id, revision) = (record.id.clone(), record.revision);
+        self.put(replica, record, kind).await?;
+        let _ = self.store.write(move |s| s.replicated(&id, revision)).await;
+        Ok(())
+    }
+
+    /// Writes `record`, with its audio unless JetStream has it.
+    async fn put(
+        &self,
+        replica: &Replica,
+        record: MessageRecord,
+        kind: Kind,
+    ) -> Result<(), ReplicaError> {
         let wav = match kind {
             Kind::Had => None,
             // None: the audio is gone here too (deleted before it was ever sent).
             Kind::First(_) | Kind::Again => {
-                let id = id.clone();
+                let id = record.id.clone();
                 self.store
                     .read(move |s| s.audio_file(&id, true))
                     .await
@@ -187,7 +243,6 @@ impl Replication {
             (None, _) => Audio::Had,
         };
         replica.put(&record, audio).await?;
-        let _ = self.store.write(move |s| s.replicated(&id, revision)).await;
         self.down.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -324,8 +379,15 @@ impl Replication {
             if batch.is_empty() {
                 return true;
             }
+            let mut left = 0;
+            let rows = batch.len();
             for b in batch {
                 let done = match b {
+                    // Its deposit is writing it: woken when that lands.
+                    Behind::Record { record, .. } if self.in_flight(&record.id) => {
+                        left += 1;
+                        Ok(())
+                    }
                     Behind::Record { record, had_audio } => {
                         // Never acknowledged: an earlier try may have left part of it.
                         let kind = if had_audio { Kind::Had } else { Kind::Again };
@@ -348,6 +410,9 @@ impl Replication {
                     self.failed(&e);
                     return false;
                 }
+            }
+            if left == rows {
+                return true;
             }
         }
     }

@@ -161,11 +161,20 @@ impl Store {
     }
 
     /// JetStream acknowledged revision `revision` of `id` (a later one stays behind).
+    ///
+    /// Committed without a sync of its own (the next deposit's commit syncs it with its
+    /// own): a mark lost with the host's power only makes the record and audio be sent
+    /// again, and a deposit waiting for the writer behind an fsync per mark waited for
+    /// nothing.
     pub fn replicated(&self, id: &str, revision: u64) -> Result<()> {
-        self.db().execute(
+        let db = self.db();
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        let done = db.execute(
             "UPDATE messages SET replicated = ?2 WHERE id = ?1 AND replicated < ?2",
             params![id, revision as i64],
-        )?;
+        );
+        db.pragma_update(None, "synchronous", "FULL")?;
+        done?;
         Ok(())
     }
 
@@ -235,6 +244,12 @@ mod tests {
         s.replicated(&id, 2).unwrap();
         assert!(s.behind(10).unwrap().is_empty());
         assert_eq!(s.behind_count().unwrap(), 0);
+        // The mark's own commit skipped the sync; every other change still syncs.
+        let sync: i64 = s
+            .db()
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL");
     }
 
     #[test]
