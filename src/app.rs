@@ -85,7 +85,8 @@ fn limits(cfg: &Checked, client: Option<&boxless_control::Client>) -> Arc<Limits
                 boxless_core::config::Replication::Jetstream => c.store.replicas,
                 boxless_core::config::Replication::None => c.control.kv_replicas,
             };
-            Limits::nats(client.clone(), replicas, cfg.servers.len() as u32)
+            let lockout = Duration::from_secs(u64::from(c.retrieval.lockout_minutes) * 60);
+            Limits::nats(client.clone(), replicas, cfg.servers.len() as u32, lockout)
         }
     }
 }

@@ -274,25 +274,40 @@ fn missed_key(recipient: PhoneNumber, caller: Option<PhoneNumber>) -> String {
 }
 
 impl Counters {
-    /// Finds (making it when missing) the bucket with `replicas` copies; each later call
-    /// waits at most `deadline`.
+    /// Finds (making it when missing) the bucket with `replicas` copies, keeping each
+    /// count at least an hour and `window` (the longest window counted in it: the
+    /// lockout's); each later call waits at most `deadline`.
     pub async fn open(
         client: &async_nats::Client,
         replicas: usize,
+        window: Duration,
         deadline: Duration,
     ) -> Result<Counters, ReplicaError> {
         let js = jetstream::new(client.clone());
+        let max_age = Duration::from_millis(HOUR_MS).max(window) + Duration::from_secs(60);
         let config = kv::Config {
             bucket: COUNTERS_BUCKET.into(),
             description: "Boxless limits counted across servers".into(),
             history: 1,
-            max_age: Duration::from_millis(HOUR_MS) + Duration::from_secs(60),
+            max_age,
             storage: jetstream::stream::StorageType::File,
             num_replicas: replicas.max(1),
             max_value_size: 16 * 1024,
             ..Default::default()
         };
-        let kv = crate::replica::bucket(&js, config, deadline).await?;
+        let mut kv = crate::replica::bucket(&js, config, deadline).await?;
+        // Made by a server counting a shorter window: a lock would expire before its end.
+        // Only ever raised, so servers configured apart agree on the longest.
+        let info = within(deadline, kv.stream.info()).await?;
+        if info.config.max_age < max_age {
+            let mut config = info.config.clone();
+            config.max_age = max_age;
+            within(deadline, js.update_stream(config)).await?;
+            tracing::info!(
+                ?max_age,
+                "cluster counters kept longer, for the lockout window"
+            );
+        }
         Ok(Counters { kv, deadline })
     }
 

@@ -65,14 +65,20 @@ impl Limits {
     }
 
     /// Over NATS, with `servers` servers configured: the bucket on `client` with
-    /// `replicas` copies, reached in the background and retried until JetStream answers.
-    pub fn nats(client: boxless_control::Client, replicas: usize, servers: u32) -> Arc<Limits> {
+    /// `replicas` copies, keeping counts at least `window` (the lockout's), reached in the
+    /// background and retried until JetStream answers.
+    pub fn nats(
+        client: boxless_control::Client,
+        replicas: usize,
+        servers: u32,
+        window: Duration,
+    ) -> Arc<Limits> {
         let limits = Arc::new(Limits::new(servers.max(1)));
         let slot = limits.cluster.clone();
         tokio::spawn(async move {
             let mut warned = false;
             loop {
-                match Counters::open(&client, replicas, Duration::from_secs(1)).await {
+                match Counters::open(&client, replicas, window, Duration::from_secs(1)).await {
                     Ok(c) => {
                         *slot.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
                         if warned {
