@@ -130,8 +130,11 @@ impl Replication {
                 self.lock_flight().insert(id.clone(), false);
                 // One bound for the whole write: the caller is waiting for its 200.
                 let put = self.put(replica, record, Kind::First(shipped));
-                match tokio::time::timeout(self.deadline, put).await {
-                    Ok(Ok(())) => {
+                let put = tokio::time::timeout(self.deadline, put)
+                    .await
+                    .unwrap_or(Err(ReplicaError::Timeout(self.deadline)));
+                match put {
+                    Ok(()) => {
                         let me = self.clone();
                         tokio::spawn(async move {
                             let mark = me.store.write({
@@ -142,12 +145,8 @@ impl Replication {
                             me.landed(&id);
                         });
                     }
-                    Ok(Err(e)) => {
+                    Err(e) => {
                         self.failed(&e);
-                        self.landed(&id);
-                    }
-                    Err(_) => {
-                        self.failed(&ReplicaError::Timeout(self.deadline));
                         self.landed(&id);
                     }
                 }
