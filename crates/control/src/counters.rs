@@ -241,8 +241,24 @@ impl MissedClaim {
     }
 }
 
-/// How often a compare-and-set is tried again after another server changed the key.
-const CAS_TRIES: usize = 8;
+/// How many writes a compare-and-set may lose to other servers before it gives up: far
+/// more than servers counting one key at once lose in practice (each round one wins).
+const CAS_TRIES: u32 = 32;
+
+/// Waits a random 0-2 ms after the first lost write, up to 0-16 ms after more; false
+/// (without waiting) when that would take longer than `left`.
+async fn backoff(lost: u32, left: Duration) -> bool {
+    use std::hash::BuildHasher;
+    // A fresh hasher's keys are random per process and step per call: jitter enough.
+    let most = 2u64 << lost.min(3);
+    let micros = std::collections::hash_map::RandomState::new().hash_one(lost) % (most * 1000);
+    let wait = Duration::from_micros(micros);
+    if wait >= left {
+        return false;
+    }
+    tokio::time::sleep(wait).await;
+    true
+}
 
 /// The counters' bucket, reached through one NATS connection.
 #[derive(Clone)]
@@ -314,13 +330,36 @@ impl Counters {
     /// Applies `change` to the value at `key` with compare-and-set, again when another
     /// server wrote in between; `change` returns the value to write (None: write nothing)
     /// and what to answer.
+    ///
+    /// The bucket lets any of its copies answer a read (the client makes key-value
+    /// streams with direct get), so right after a lost write a read may still show the
+    /// revision that lost: it is read again rather than written to lose again. Lost
+    /// writes back off for a random few milliseconds, so servers counting one key at once
+    /// do not collide in step; the whole stays within the deadline.
     async fn cas<T>(
         &self,
         key: &str,
         mut change: impl FnMut(Option<&[u8]>) -> (Option<Bytes>, T),
     ) -> Result<T, ReplicaError> {
-        for _ in 0..CAS_TRIES {
-            let entry = within(self.deadline, self.kv.entry(key)).await?;
+        let until = tokio::time::Instant::now() + self.deadline;
+        let left = || until.saturating_duration_since(tokio::time::Instant::now());
+        let timeout = |_| ReplicaError::Timeout(self.deadline);
+        let mut lost = 0;
+        // The revision the last lost write was made against (0: the key was absent).
+        let mut behind: Option<u64> = None;
+        loop {
+            let entry = tokio::time::timeout(left(), self.kv.entry(key))
+                .await
+                .map_err(timeout)?
+                .map_err(crate::replica::nats)?;
+            let revision = entry.as_ref().map_or(0, |e| e.revision);
+            if behind == Some(revision) {
+                if !backoff(lost, left()).await {
+                    return Err(ReplicaError::Timeout(self.deadline));
+                }
+                behind = None;
+                continue;
+            }
             // A deleted or purged key reads as no value.
             let live = entry.as_ref().filter(|e| e.operation == kv::Operation::Put);
             let (value, answer) = change(live.map(|e| &e.value[..]));
@@ -328,27 +367,34 @@ impl Counters {
                 return Ok(answer);
             };
             let written = match &entry {
-                Some(e) => {
-                    tokio::time::timeout(self.deadline, self.kv.update(key, value, e.revision))
-                        .await
-                        .map_err(|_| ReplicaError::Timeout(self.deadline))?
-                        .map_err(|e| e.to_string())
-                }
-                None => tokio::time::timeout(self.deadline, self.kv.create(key, value))
+                Some(e) => tokio::time::timeout(left(), self.kv.update(key, value, e.revision))
                     .await
-                    .map_err(|_| ReplicaError::Timeout(self.deadline))?
-                    .map_err(|e| e.to_string()),
+                    .map_err(timeout)?
+                    .map_err(|e| (crate::replica::lost_race(&e), e.to_string())),
+                None => tokio::time::timeout(left(), self.kv.create(key, value))
+                    .await
+                    .map_err(timeout)?
+                    .map_err(|e| (crate::replica::lost_race(&e), e.to_string())),
             };
             match written {
                 Ok(_) => return Ok(answer),
-                // Another server's write came first (wrong last sequence, or the key
-                // exists now): read again.
-                Err(_) => continue,
+                // Another server's write came first: read again.
+                Err((true, _)) => {}
+                // Anything else (the stream between leaders, say) is the caller's to
+                // retry, not this loop's.
+                Err((false, why)) => return Err(ReplicaError::Nats(format!("{key}: {why}"))),
+            }
+            lost += 1;
+            if lost >= CAS_TRIES {
+                return Err(ReplicaError::Nats(format!(
+                    "{key}: {CAS_TRIES} compare-and-set tries lost to other servers"
+                )));
+            }
+            behind = Some(revision);
+            if !backoff(lost, left()).await {
+                return Err(ReplicaError::Timeout(self.deadline));
             }
         }
-        Err(ReplicaError::Nats(format!(
-            "{key}: {CAS_TRIES} compare-and-set tries lost to other servers"
-        )))
     }
 
     /// Counts an SMS to `n` at `now` if the cluster's hour has fewer than `max` (always

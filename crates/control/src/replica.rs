@@ -65,6 +65,33 @@ pub(crate) fn nats(e: impl std::fmt::Display) -> ReplicaError {
     ReplicaError::Nats(e.to_string())
 }
 
+/// True when a compare-and-set write was refused because the key had moved past the
+/// revision it named: another server wrote first. JetStream says so with error code 10071
+/// or, from newer servers, 10164; the client names only the first, so the codes are read
+/// from the error's sources.
+pub(crate) fn lost_race(e: &(dyn std::error::Error + 'static)) -> bool {
+    use jetstream::ErrorCode;
+    let mut at = Some(e);
+    while let Some(e) = at {
+        if let Some(js) = e.downcast_ref::<jetstream::Error>()
+            && matches!(
+                js.error_code(),
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            )
+        {
+            return true;
+        }
+        if let Some(c) = e.downcast_ref::<kv::CreateError>()
+            && c.kind() == kv::CreateErrorKind::AlreadyExists
+        {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
+
 /// `f`'s answer, or a timeout after `deadline`; its error as a [`ReplicaError`].
 pub(crate) async fn within<T, E: std::fmt::Display>(
     deadline: Duration,
@@ -179,6 +206,10 @@ pub(crate) async fn bucket(
             .map_err(nats),
     }
 }
+
+/// Reads of one listing on the wire at once: enough to hide the round trip, few enough
+/// that a listing of many keys does not crowd out the deposits' writes.
+const LISTING_IN_FLIGHT: usize = 32;
 
 fn subject(server: &str, id: &str) -> String {
     format!("boxless.audio.{server}.{id}")
@@ -359,53 +390,42 @@ impl Replica {
             .map_err(|_| ReplicaError::Damaged("record"))
     }
 
-    /// Every record of `server`'s messages JetStream holds, oldest first. One ordered
-    /// consumer on the bucket's stream, filtered to `server`'s keys and delivering each
-    /// key's last value: only that server's records cross the wire, in one pass, whatever
-    /// the other servers hold (each step within the deadline).
+    /// Every record of `server`'s messages JetStream holds, oldest first: only that
+    /// server's keys are listed and read, whatever the other servers hold (each step
+    /// within the deadline).
     pub async fn records_of(&self, server: &str) -> Result<Vec<MessageRecord>, ReplicaError> {
-        use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
         use futures_util::StreamExt as _;
-        let config = push::OrderedConfig {
-            deliver_subject: self.js.client().new_inbox(),
-            description: Some(format!("records of server {server}")),
-            filter_subject: format!("{}{server}.>", self.records.prefix),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            replay_policy: ReplayPolicy::Instant,
-            ..Default::default()
-        };
-        let consumer = self
-            .within(self.records.stream.create_consumer(config))
+        // The keys from the stream's subjects (its leader answers), then each key's last
+        // value. Not a consumer: an ephemeral consumer placed on a node lost moments ago
+        // (the cluster takes a while to call it offline) never answers its creation, and a
+        // listing is wanted most right after a loss.
+        let filter = format!("{}{server}.>", self.records.prefix);
+        let mut subjects = self
+            .within(self.records.stream.info_with_subjects(filter))
             .await?;
-        let mut out = Vec::new();
-        if consumer.cached_info().num_pending == 0 {
-            return Ok(out);
+        let mut keys = Vec::new();
+        while let Some(s) = tokio::time::timeout(self.deadline, subjects.next())
+            .await
+            .map_err(|_| ReplicaError::Timeout(self.deadline))?
+        {
+            keys.push(s.map_err(nats)?.0);
         }
-        let mut messages = self.within(consumer.messages()).await?;
-        loop {
-            let Some(m) = tokio::time::timeout(self.deadline, messages.next())
-                .await
-                .map_err(|_| ReplicaError::Timeout(self.deadline))?
-            else {
-                return Err(ReplicaError::Nats(
-                    "the records' listing ended early".into(),
-                ));
-            };
-            let m = m.map_err(nats)?;
-            let pending = m.info().map_err(nats)?.pending;
+        let stream = &self.records.stream;
+        let mut values = futures_util::stream::iter(keys)
+            .map(|subject| {
+                self.within(stream.raw_message_builder().last_by_subject(subject).send())
+            })
+            .buffer_unordered(LISTING_IN_FLIGHT);
+        let mut out = Vec::new();
+        while let Some(m) = values.next().await {
+            let m = m?;
             // A forgotten message's key keeps a delete or purge marker until it ages out.
-            let removed = m
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get("KV-Operation").is_some());
-            if !removed {
-                let r = serde_json::from_slice(&m.payload)
-                    .map_err(|_| ReplicaError::Damaged("record"))?;
-                out.push(r);
+            if m.headers.get("KV-Operation").is_some() {
+                continue;
             }
-            if pending == 0 {
-                break;
-            }
+            let r =
+                serde_json::from_slice(&m.payload).map_err(|_| ReplicaError::Damaged("record"))?;
+            out.push(r);
         }
         out.sort_by_key(|r: &MessageRecord| r.received_at_ms);
         Ok(out)

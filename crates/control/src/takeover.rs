@@ -234,9 +234,10 @@ impl Leases {
     }
 
     /// A compare-and-set write's outcome: refused because another server wrote first
-    /// (the key moved past `revision`; JetStream words this in more than one way) is
-    /// `false`, any other refusal an error.
-    async fn settled<E: std::fmt::Display>(
+    /// (the key moved past `revision`) is `false`, any other refusal an error. The
+    /// refusal's code says so; failing that, a read showing the key moved does (a read
+    /// may come from a copy not yet up to date, so it is not asked first).
+    async fn settled<E: std::error::Error + 'static>(
         &self,
         id: &str,
         revision: u64,
@@ -244,6 +245,7 @@ impl Leases {
     ) -> Result<bool, ReplicaError> {
         match done {
             Ok(()) => Ok(true),
+            Err(e) if crate::replica::lost_race(&e) => Ok(false),
             Err(e) => match self.last_revision(id).await? {
                 r if r != revision => Ok(false),
                 _ => Err(nats(e)),

@@ -82,7 +82,14 @@ async fn reach(urls: &str) -> (async_nats::Client, Replica) {
             urls.split(',').map(|u| u.parse().unwrap()).collect();
         match async_nats::connect(servers).await {
             Ok(c) => match Replica::open(&c, 3, Duration::from_secs(5)).await {
-                Ok(r) => return (c, r),
+                // A stream just made answers on every node only once its assignment
+                // has reached them ("no stream found for given subject", "no
+                // responders" until then): a whole write, read and removal shows it
+                // has, for the node this client is on.
+                Ok(r) => match probe(&r).await {
+                    Ok(()) => return (c, r),
+                    Err(e) => why = e.to_string(),
+                },
                 Err(e) => why = e.to_string(),
             },
             Err(e) => why = e.to_string(),
@@ -90,6 +97,18 @@ async fn reach(urls: &str) -> (async_nats::Client, Replica) {
         assert!(Instant::now() < until, "cluster not up: {why}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A message of a server no test lists, written, read back and forgotten.
+async fn probe(r: &Replica) -> Result<(), boxless_control::replica::ReplicaError> {
+    let m = MessageRecord {
+        id: "probe-0000000000000001".into(),
+        server: "probe".into(),
+        ..record(1, "new")
+    };
+    r.put(&m, Audio::First(&[0u8; 100])).await?;
+    r.audio("probe", &m.id).await?;
+    r.forget("probe", &m.id).await
 }
 
 /// `f`'s answer once it succeeds, retried for up to 20 s.
@@ -102,7 +121,10 @@ where
     loop {
         match f().await {
             Ok(t) => return t,
-            Err(e) => assert!(Instant::now() < until, "{what} after the loss: {e}"),
+            Err(e) => assert!(
+                Instant::now() < until,
+                "{what}, still failing after 20 s: {e}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -197,6 +219,13 @@ async fn servers_counting_one_hour_at_once_never_exceed_the_limit() {
         let c = async_nats::connect(url).await.unwrap();
         let counters = retry("the counters' bucket", || {
             Counters::open(&c, 3, window, Duration::from_secs(5))
+        })
+        .await;
+        // The bucket answers reads on this client's node once its stream has reached
+        // it (a "no responders" until then).
+        let nobody = PhoneNumber::parse_e164("+15550000000").unwrap();
+        retry("the counters' first read", || {
+            counters.link_locked(nobody, 0)
         })
         .await;
         let js = async_nats::jetstream::new(c.clone());
@@ -300,6 +329,7 @@ async fn of_servers_racing_for_a_lost_one_exactly_one_wins_and_hands_it_back() {
             Leases::open(&c, 3, Duration::from_secs(5))
         })
         .await;
+        retry("the leases' first read", || leases.get("nobody")).await;
         servers.push(leases);
     }
     for round in 0..3 {
