@@ -89,6 +89,11 @@ pub struct MessageView {
     pub state: String,
     /// Its notices.
     pub notifications: Vec<NotificationView>,
+    /// What was said, as the operator's recogniser heard it (machine text; null unless
+    /// `transcript_state` is `done`).
+    pub transcript: Option<String>,
+    /// `off`, `pending`, `done`, `no_speech` or `failed`.
+    pub transcript_state: String,
 }
 
 impl From<&MessageInfo> for MessageView {
@@ -120,6 +125,8 @@ impl From<&MessageInfo> for MessageView {
                         .map(|(a, f)| f.saturating_sub(a)),
                 })
                 .collect(),
+            transcript: m.transcript.clone(),
+            transcript_state: m.transcript_state.as_str().to_string(),
         }
     }
 }

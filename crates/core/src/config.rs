@@ -72,6 +72,9 @@ pub struct Config {
     /// `[sip]` protocol timers and limits.
     #[serde(default)]
     pub sip: SipConfig,
+    /// `[transcription]`: the operator's speech recogniser.
+    #[serde(default)]
+    pub transcription: TranscriptionConfig,
     /// `[[servers]]`
     #[serde(default)]
     pub servers: Vec<ServerConfig>,
@@ -388,6 +391,8 @@ pub struct SmsConfig {
     pub long_text: LongText,
     /// No `delivered` by then (or `undeliverable` before): the recipient's next channel.
     pub fallback_after_seconds: u64,
+    /// The most SMS parts one notice may take: a transcript is cut to fit.
+    pub max_parts: u32,
 }
 
 impl Default for SmsConfig {
@@ -408,7 +413,50 @@ impl Default for SmsConfig {
             delivery_receipts: true,
             long_text: LongText::Udh,
             fallback_after_seconds: 300,
+            max_parts: 3,
         }
+    }
+}
+
+/// `[transcription]`: the operator's recogniser, behind the OpenAI-compatible
+/// `POST /v1/audio/transcriptions` (docs/transcription.md).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscriptionConfig {
+    /// The route's whole URL; empty: no transcripts.
+    pub url: String,
+    /// Sent as the `model` field.
+    pub model: String,
+    /// A file whose first line is the Bearer token; empty: none.
+    pub token_file: String,
+    /// One request's whole exchange, audio up and text down.
+    pub timeout_seconds: u64,
+    /// Requests at once; jobs beyond wait in a bounded queue.
+    pub concurrency: u32,
+    /// Messages up to this long are transcribed whole; of longer ones, this much.
+    pub max_seconds: u64,
+    /// The SMS waits at most this long for the transcript.
+    pub sms_wait_seconds: u64,
+}
+
+impl Default for TranscriptionConfig {
+    fn default() -> Self {
+        TranscriptionConfig {
+            url: String::new(),
+            model: "whisper-1".into(),
+            token_file: String::new(),
+            timeout_seconds: 60,
+            concurrency: 2,
+            max_seconds: 300,
+            sms_wait_seconds: 8,
+        }
+    }
+}
+
+impl TranscriptionConfig {
+    /// True with a recogniser configured.
+    pub fn on(&self) -> bool {
+        !self.url.trim().is_empty()
     }
 }
 

@@ -282,13 +282,13 @@ pub mod http {
         within(limit, async {
             let s = TcpStream::connect(addr).await?;
             match &target.tls {
-                None => exchange(s, req).await,
+                None => exchange(s, req, MAX_BODY).await,
                 Some(cfg) => {
                     let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
                     let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                         .connect(name, s)
                         .await?;
-                    exchange(tls, req).await
+                    exchange(tls, req, MAX_BODY).await
                 }
             }
         })
@@ -367,6 +367,19 @@ pub mod http {
         tls: &std::sync::Arc<rustls::ClientConfig>,
         limit: Duration,
     ) -> std::io::Result<Answer> {
+        post_bounded(url, headers, body, tls, limit, MAX_BODY).await
+    }
+
+    /// [`post`] reading at most `max_body` bytes of the answer (more is an error): for a
+    /// peer whose answers are small, so that a hostile one cannot make us hold megabytes.
+    pub async fn post_bounded(
+        url: &Url,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        tls: &std::sync::Arc<rustls::ClientConfig>,
+        limit: Duration,
+        max_body: usize,
+    ) -> std::io::Result<Answer> {
         let host = if url.host.contains(':') {
             format!("[{}]:{}", url.host, url.port)
         } else {
@@ -381,9 +394,9 @@ pub mod http {
                 let tls = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, s)
                     .await?;
-                exchange(tls, req).await
+                exchange(tls, req, max_body).await
             } else {
-                exchange(s, req).await
+                exchange(s, req, max_body).await
             }
         })
         .await
@@ -423,7 +436,11 @@ pub mod http {
     }
 
     /// One request on a fresh connection, and its whole answer.
-    async fn exchange<S>(io: S, req: hyper::Request<Full<Bytes>>) -> std::io::Result<Answer>
+    async fn exchange<S>(
+        io: S,
+        req: hyper::Request<Full<Bytes>>,
+        max_body: usize,
+    ) -> std::io::Result<Answer>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -446,7 +463,7 @@ pub mod http {
                     )
                 })
                 .collect();
-            let body = Limited::new(resp.into_body(), MAX_BODY)
+            let body = Limited::new(resp.into_body(), max_body)
                 .collect()
                 .await
                 .map_err(|e| std::io::Error::other(format!("HTTP body: {e}")))?

@@ -22,6 +22,18 @@ use crate::SendError;
 /// One SMTP conversation may take this long.
 const SMTP_LIMIT: Duration = Duration::from_secs(30);
 
+/// A message's e-mail (as [`message_email`] wrote it) with the whole transcript after
+/// its body, labelled as machine text.
+pub fn with_transcript(mail: String, transcript: &str, lang: Language) -> String {
+    let label = match lang {
+        Language::En => "What was said (automatic transcript, may contain errors):",
+        Language::Fr => "Ce qui a été dit (transcription automatique, peut contenir des erreurs) :",
+        Language::Es => "Lo que se dijo (transcripción automática, puede contener errores):",
+        Language::De => "Was gesagt wurde (automatische Abschrift, kann Fehler enthalten):",
+    };
+    format!("{mail}\n\n{label}\n\"{transcript}\"")
+}
+
 /// The words of the e-mail for a stored message: the subject, an empty line, the body.
 /// Written at deposit (the store keeps it in the outbox row), like the SMS.
 pub fn message_email(

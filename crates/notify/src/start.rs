@@ -186,6 +186,7 @@ pub struct NoticeTexts {
     policy: AccessCodePolicy,
     utc_offset_min: i32,
     server: String,
+    max_parts: usize,
 }
 
 impl NoticeTexts {
@@ -195,16 +196,42 @@ impl NoticeTexts {
             policy: cfg.config.retrieval.access_code,
             utc_offset_min: cfg.config.sms.utc_offset_minutes,
             server: server.to_string(),
+            max_parts: cfg.config.sms.max_parts as usize,
         }
     }
 
     /// A message's notice on `channel`: the SMS text, the e-mail, or the recipient's
     /// webhook's JSON.
     pub fn message(&self, f: &SmsFacts<'_>, channel: Channel, lang: Language) -> String {
-        match channel {
-            Channel::Sms => text::message_sms(f, self.policy, self.utc_offset_min, lang),
-            Channel::Email => email::message_email(f, self.policy, self.utc_offset_min, lang),
-            Channel::Webhook => webhook::notice_body(f, &self.server),
+        self.message_with(f, channel, lang, None, None)
+    }
+
+    /// [`NoticeTexts::message`] with the message's transcript: the SMS quotes its opening
+    /// words, as many as `sms.max_parts` hold once `link` (the message's web link, which
+    /// the text carries as a mark until it is sent) is in; the e-mail and the webhook's
+    /// JSON carry it whole.
+    pub fn message_with(
+        &self,
+        f: &SmsFacts<'_>,
+        channel: Channel,
+        lang: Language,
+        transcript: Option<&str>,
+        link: Option<&str>,
+    ) -> String {
+        match (channel, transcript) {
+            (Channel::Sms, None) => text::message_sms(f, self.policy, self.utc_offset_min, lang),
+            (Channel::Sms, Some(t)) => {
+                let base = text::message_sms(f, self.policy, self.utc_offset_min, lang);
+                text::with_transcript(&base, link, t, self.max_parts, lang)
+            }
+            (Channel::Email, t) => {
+                let mail = email::message_email(f, self.policy, self.utc_offset_min, lang);
+                match t {
+                    Some(t) => email::with_transcript(mail, t, lang),
+                    None => mail,
+                }
+            }
+            (Channel::Webhook, t) => webhook::notice_body(f, &self.server, t),
         }
     }
 

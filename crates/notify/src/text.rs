@@ -81,6 +81,75 @@ pub fn message_sms(
     s
 }
 
+/// The label before a transcript's words: the reader knows a machine wrote them.
+fn transcript_label(lang: Language) -> &'static str {
+    match lang {
+        Language::En => "Automatic transcript:",
+        Language::Fr => "Transcription automatique :",
+        Language::Es => "Transcripcion automatica:",
+        Language::De => "Automatische Abschrift:",
+    }
+}
+
+/// Typographic marks recognisers like, as the GSM-7 characters that look the same: one
+/// curly apostrophe would turn the whole SMS into UCS-2, with less than half the room.
+fn plain_marks(c: char) -> char {
+    match c {
+        '\u{2018}' | '\u{2019}' | '\u{201a}' | '\u{2032}' => '\'',
+        '\u{201c}' | '\u{201d}' | '\u{201e}' | '\u{00ab}' | '\u{00bb}' => '"',
+        '\u{2010}'..='\u{2015}' | '\u{2212}' => '-',
+        '\u{00a0}' | '\u{2009}' | '\u{202f}' => ' ',
+        c => c,
+    }
+}
+
+/// True when `text` goes in at most `max_parts` SMS.
+fn fits(text: &str, max_parts: usize) -> bool {
+    let coded = encode(text);
+    let parts = split(&coded);
+    parts.len() <= max_parts && parts.iter().map(|p| p.len()).sum::<usize>() == coded.octets.len()
+}
+
+/// `text` followed by the opening words of `transcript`, quoted and labelled as machine
+/// text, as many as keep the notice within `max_parts` SMS once `link` replaces the
+/// web-link mark (cut on a word, `...` when cut); `text` alone when not even one word fits.
+pub fn with_transcript(
+    text: &str,
+    link: Option<&str>,
+    transcript: &str,
+    max_parts: usize,
+    lang: Language,
+) -> String {
+    let plain: String = transcript.chars().map(plain_marks).collect();
+    let words: Vec<&str> = plain.split_whitespace().collect();
+    let quoted = |k: usize| {
+        let cut = if k < words.len() { "..." } else { "" };
+        format!(
+            "{text} {} \"{}{cut}\"",
+            transcript_label(lang),
+            words[..k].join(" ")
+        )
+    };
+    let measured = |k: usize| match link {
+        Some(l) => quoted(k).replace(boxless_store::WEB_LINK, l),
+        None => quoted(k),
+    };
+    // More words never fit better: the most that fit, found by halving.
+    let (mut lo, mut hi) = (0, words.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(&measured(mid), max_parts) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    if lo == 0 {
+        return text.to_string();
+    }
+    quoted(lo)
+}
+
 /// The one answer to a STOP (`out`) or a START.
 pub fn confirmation(out: bool, lang: Language) -> &'static str {
     match (lang, out) {
@@ -628,5 +697,45 @@ mod tests {
         assert_eq!(c.data_coding, 8);
         assert_eq!(c.octets.len(), 12);
         assert_eq!(&c.octets[..2], &[0x04, 0x1f]);
+    }
+
+    #[test]
+    fn a_transcript_is_quoted_cut_on_a_word_to_fit_the_parts() {
+        let base =
+            "Voice message from +15551230001, 0:23, 14:05. Listen: {web} or call +18005550100.";
+        let link = "https://vm.example.net/m/ms1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        // Short: whole, no dots; the curly apostrophe made plain, so still GSM-7.
+        let short = with_transcript(
+            base,
+            Some(link),
+            "It\u{2019}s Anna, call me.",
+            3,
+            Language::En,
+        );
+        assert!(
+            short.ends_with("Automatic transcript: \"It's Anna, call me.\""),
+            "{short}"
+        );
+        assert_eq!(encode(&short).data_coding, 0);
+        // Long: as many words as three parts hold with the real link, then "...".
+        let long = "word ".repeat(400);
+        for parts in [1, 2, 3, 8] {
+            let t = with_transcript(base, Some(link), &long, parts, Language::En);
+            let sent = t.replace(boxless_store::WEB_LINK, link);
+            assert!(fits(&sent, parts), "{parts} parts: {sent}");
+            if parts > 1 {
+                assert!(t.ends_with("word...\""), "{t}");
+                // One more word would not have fitted.
+                let more = sent.replace("word...", "word word...");
+                assert!(!fits(&more, parts), "cut too early at {parts}");
+            }
+        }
+        // The notice alone already fills the one part allowed: no transcript at all.
+        let one = with_transcript(base, Some(link), &long, 1, Language::En);
+        assert!(one == base || one.contains("word"), "{one}");
+        // A non-GSM word makes it UCS-2: fewer characters, still within the parts.
+        let t = with_transcript(base, Some(link), &format!("Привет {long}"), 3, Language::Fr);
+        assert!(t.contains("Transcription automatique : \"Привет"));
+        assert!(fits(&t.replace(boxless_store::WEB_LINK, link), 3));
     }
 }

@@ -71,7 +71,11 @@ pub fn body(server: &str, e: &Event) -> String {
 
 /// The body POSTed to a recipient's own `webhook_url` for a new message (written at
 /// deposit, in the outbox row).
-pub fn notice_body(f: &boxless_store::SmsFacts<'_>, server: &str) -> String {
+pub fn notice_body(
+    f: &boxless_store::SmsFacts<'_>,
+    server: &str,
+    transcript: Option<&str>,
+) -> String {
     serde_json::json!({
         "type": "message.notice",
         "server": server,
@@ -81,6 +85,7 @@ pub fn notice_body(f: &boxless_store::SmsFacts<'_>, server: &str) -> String {
         "duration_ms": f.duration_ms,
         "link_number": f.link_number.to_string(),
         "web_url": f.web_link,
+        "transcript": transcript,
     })
     .to_string()
 }

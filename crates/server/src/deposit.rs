@@ -285,7 +285,10 @@ impl Deposit {
         }
         if keep >= min {
             self.out.push_back(Output::Record);
-            self.out.push_back(Output::Store { keep: keep as u64 });
+            self.out.push_back(Output::Store {
+                keep: keep as u64,
+                voiced: self.last_voice_pos > 0,
+            });
         } else {
             self.out.push_back(Output::MissedCall);
         }

@@ -81,6 +81,9 @@ pub enum Output {
     Store {
         /// Samples kept: a trailing silence that ended the recording is left out.
         keep: u64,
+        /// Some packet of it was voice: without any, the recogniser is not asked (it
+        /// would only invent words for the silence).
+        voiced: bool,
     },
     /// Queue a missed-call alert durably (and drop the recording, if one was started),
     /// then call [`CallFlow::handle_stored`].

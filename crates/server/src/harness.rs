@@ -206,7 +206,7 @@ impl Harness {
                     self.d.audio_taken(n);
                     self.stored_rate = Some(rate);
                 }
-                Output::Store { keep } => {
+                Output::Store { keep, .. } => {
                     let mut samples = std::mem::take(&mut self.recorded);
                     samples.truncate(keep as usize);
                     self.stored = Some(samples);

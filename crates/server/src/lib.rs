@@ -22,6 +22,7 @@ mod server;
 mod shard;
 pub mod takeover;
 mod task;
+mod transcripts;
 mod upkeep;
 mod wire;
 

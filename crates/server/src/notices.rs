@@ -41,8 +41,9 @@ impl MessagingServer {
     }
 
     /// Stores a finished recording as a message and queues its notices to the
-    /// recipient's channels (blocking): the message's id, or None when it was not stored.
-    pub(crate) fn deposit(&self, rec: Recording, keep: u64) -> Option<String> {
+    /// recipient's channels (blocking), and asks for its transcript (`voiced`: whether
+    /// any of it was voice): the message's id, or None when it was not stored.
+    pub(crate) fn deposit(&self, rec: Recording, keep: u64, voiced: bool) -> Option<String> {
         let (routes, lang) = self.routes(rec.arrival().recipient);
         let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| self.texts.message(f, c, lang);
         match self
@@ -55,12 +56,46 @@ impl MessagingServer {
                     .increment(1);
                 self.notifier.wake.notify_one();
                 self.notifier.wake_others.notify_one();
+                if let Some(t) = &self.transcriber {
+                    t.submit(&m.id, voiced, lang);
+                }
                 Some(m.id)
             }
             Err(e) => {
                 tracing::error!(error = %e, "message NOT stored");
                 metrics::counter!("boxless_store_errors_total").increment(1);
                 None
+            }
+        }
+    }
+
+    /// Records message `id`'s transcript and re-writes its notices still waiting with it
+    /// (blocking): true when it landed (it lands once).
+    pub(crate) fn transcribed(&self, id: &str, t: &boxless_store::Transcript) -> bool {
+        let Ok(Some(m)) = self.store.get(id) else {
+            return false;
+        };
+        let lang = self.routes(m.recipient).1;
+        // The SMS is cut to its parts with the real link in it, which only the store knows
+        // (the text carries a mark until it goes).
+        let link = self.store.web_link(id);
+        let render = |f: &boxless_store::SmsFacts<'_>, c: Channel, text: Option<&str>| {
+            self.texts.message_with(f, c, lang, text, link.as_deref())
+        };
+        let now = boxless_core::now_ms();
+        match self
+            .store
+            .transcribed(id, t, self.fallback_after_ms, render, now)
+        {
+            Ok(landed) => {
+                if landed {
+                    tracing::info!(%id, state = t.state.as_str(), "transcript recorded");
+                }
+                landed
+            }
+            Err(e) => {
+                tracing::error!(%id, error = %e, "transcript NOT recorded");
+                false
             }
         }
     }
@@ -164,7 +199,7 @@ impl MessagingServer {
         tracing::warn!(server = %self.id, id = %rec.id(), duration_ms = rec.duration_ms(), "keeping a recording cut short");
         metrics::counter!("boxless_recordings_recovered_total").increment(1);
         if rec.samples() >= min {
-            self.deposit(rec, u64::MAX);
+            self.deposit(rec, u64::MAX, true);
         } else {
             self.missed_call(rec.arrival(), Some(rec), false);
         }

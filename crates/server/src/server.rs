@@ -72,6 +72,8 @@ pub struct MessagingServer {
     pub(crate) webhook_on: bool,
     /// `[store] replication = "jetstream"`: set once, right after start.
     pub(crate) replication: std::sync::OnceLock<Arc<crate::replication::Replication>>,
+    /// `[transcription]` on: asks the recogniser for each stored message's transcript.
+    pub(crate) transcriber: Option<crate::transcripts::Transcriber>,
     /// The recordings a stop left, listed before the first call: what a recovery that
     /// runs later (crate::takeover) may touch; None once recovered (or never deferred).
     pub(crate) leftovers: Mutex<Option<std::collections::HashSet<String>>>,
@@ -103,6 +105,17 @@ impl MessagingServer {
             c.sip.max_invites_per_second_per_peer,
             Rng::from_entropy().next_u64(),
         );
+        let transcriber = crate::transcripts::Transcriber::new(
+            &c.transcription,
+            cfg.secrets.transcription_token.clone(),
+        )?;
+        if transcriber.is_some() {
+            let t = &c.transcription;
+            store.enable_transcripts(boxless_store::Hold {
+                sms_ms: t.sms_wait_seconds.saturating_mul(1000),
+                email_ms: t.timeout_seconds.saturating_mul(1000),
+            });
+        }
         let server = Arc::new(MessagingServer {
             id: spec.config.id.clone(),
             listen: spec.config.listen,
@@ -150,6 +163,7 @@ impl MessagingServer {
             email_on: !c.email.smtp.trim().is_empty(),
             webhook_on: cfg.secrets.webhook_secret.is_some(),
             replication: std::sync::OnceLock::new(),
+            transcriber,
             leftovers: Mutex::new(None),
         });
         if server.store.held() {
@@ -192,6 +206,7 @@ impl MessagingServer {
                 .await
                 .map_err(std::io::Error::other)?;
         }
+        tokio::spawn(crate::transcripts::run(server.clone()));
         tokio::spawn(server.clone().heartbeat());
         tokio::spawn(server.clone().retention(Retention::days(
             c.messages.keep_heard_days,

@@ -380,7 +380,7 @@ impl Call {
                         }
                     }
                     Output::Record => self.record(),
-                    Output::Store { keep } => storing = Some(self.store(keep)),
+                    Output::Store { keep, voiced } => storing = Some(self.store(keep, voiced)),
                     Output::MissedCall => storing = Some(self.missed_call()),
                     Output::Mark { id, mark } => self.mark(id, mark),
                     Output::WrongCode => {
@@ -486,7 +486,7 @@ impl Call {
 
     /// Stores the recording (or, when it could not be written, alerts a missed call and
     /// reports the store failed).
-    fn store(&mut self, keep: u64) -> Storing {
+    fn store(&mut self, keep: u64, voiced: bool) -> Storing {
         let server = self.server.clone();
         let failed = self.tape.failed();
         let rec = self.tape.unload();
@@ -495,7 +495,7 @@ impl Call {
         Box::pin(async move {
             let me = server.clone();
             let stored = store.write(move |_| match rec {
-                Some(rec) if !failed => me.deposit(rec, keep),
+                Some(rec) if !failed => me.deposit(rec, keep, voiced),
                 rec => {
                     metrics::counter!("boxless_store_errors_total").increment(1);
                     me.missed_call(arrival, rec, false);

@@ -27,6 +27,7 @@ pub mod recording;
 pub mod replica;
 pub mod retention;
 mod threads;
+pub mod transcript;
 pub mod wav;
 pub mod web;
 
@@ -36,6 +37,7 @@ pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
 pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
 pub use recording::{Arrival, Recording};
 pub use retention::{Aging, Fate, Retention, Swept};
+pub use transcript::{Hold, Transcript, TranscriptState};
 pub use wav::Encoding;
 pub use web::{Activity, WEB_LINK};
 
@@ -145,6 +147,10 @@ pub struct MessageInfo {
     pub state: MessageState,
     /// Per-channel delivery.
     pub notifications: Vec<Notification>,
+    /// The recogniser's words, once `transcript_state` is `Done`.
+    pub transcript: Option<String>,
+    /// Where the transcript stands.
+    pub transcript_state: TranscriptState,
 }
 
 /// What a deposit stores.
@@ -219,6 +225,8 @@ pub struct Store {
     threads: threads::Threads,
     dir: PathBuf,
     web: std::sync::OnceLock<web::WebLinks>,
+    /// Set while transcripts are on: how long new messages' notices wait for theirs.
+    transcripts: std::sync::OnceLock<transcript::Hold>,
     audio_dir: PathBuf,
     server_id: String,
     pool: LinkPool,
@@ -310,6 +318,7 @@ impl Store {
             "origin",
             "ALTER TABLE messages ADD COLUMN origin TEXT",
         )?;
+        transcript::migrate(&conn)?;
         conn.execute_batch(replica::SCHEMA)?;
         // Web tokens are found by their hash; the operator's page counts by minute.
         conn.execute_batch(
@@ -338,6 +347,7 @@ impl Store {
             threads: threads::Threads::start(server_id)?,
             dir: dir.to_path_buf(),
             web: std::sync::OnceLock::new(),
+            transcripts: std::sync::OnceLock::new(),
             audio_dir,
             server_id: server_id.to_string(),
             pool,
@@ -508,10 +518,16 @@ impl Store {
         let link = choose_link(&tx, &self.pool, msg.recipient)?;
         let now = now_ms();
         let web_hash = self.own_web_hash(id);
+        let hold = self.transcript_hold();
+        let transcript = if hold.is_some() {
+            TranscriptState::Pending
+        } else {
+            TranscriptState::Off
+        };
         tx.execute(
-            "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms, web_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8, ?9)",
-            params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64, web_hash],
+            "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms, web_hash, transcript_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8, ?9, ?10)",
+            params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64, web_hash, transcript.as_str()],
         )?;
         let facts = SmsFacts {
             message: msg,
@@ -535,6 +551,15 @@ impl Store {
             now,
         )?;
         queue_notices(&tx, id, &facts, routes, fallback_after_ms, render, now)?;
+        if let Some(h) = hold {
+            // Held for the transcript; the outcome brings them forward
+            // (`Store::transcribed`), the hold's end sends them without it.
+            tx.execute(
+                "UPDATE outbox SET next_attempt_ms = MAX(next_attempt_ms, ?2 + CASE channel WHEN 'email' THEN ?4 ELSE ?3 END)
+                 WHERE message_id = ?1 AND state = 'pending'",
+                params![id, sql_ms(now), sql_ms(h.sms_ms), sql_ms(h.email_ms)],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
@@ -607,6 +632,8 @@ impl Store {
             server: self.server_id.clone(),
             state: MessageState::parse(&state),
             notifications: Vec::new(),
+            transcript: r.get(7)?,
+            transcript_state: TranscriptState::parse(&r.get::<_, String>(8)?),
         })
     }
 
@@ -821,7 +848,7 @@ pub(crate) fn add_column(conn: &Connection, table: &str, column: &str, ddl: &str
 macro_rules! select_message {
     ($rest:literal) => {
         concat!(
-            "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state FROM messages ",
+            "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number, state, transcript, transcript_state FROM messages ",
             $rest
         )
     };

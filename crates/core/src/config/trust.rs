@@ -52,6 +52,8 @@ pub struct Secrets {
     pub webhook_secret: Option<Secret>,
     /// The SMTP password, with `email.user`.
     pub email_password: Option<Secret>,
+    /// The recogniser's Bearer token (`transcription.token_file`).
+    pub transcription_token: Option<Secret>,
 }
 
 /// An API token as the server checks it: the SHA-256 of the token, never the token.
@@ -183,6 +185,12 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             "must be at least 1 (default 300): how long a notice may go undelivered before the next channel",
         ));
     }
+    if !(1..=8).contains(&c.sms.max_parts) {
+        return Err(e(
+            "sms.max_parts",
+            "must be 1 to 8 (default 3): the SMS parts one notice may take",
+        ));
+    }
     if c.sms.missed_call_merge_minutes > 60 {
         return Err(e(
             "sms.missed_call_merge_minutes",
@@ -221,6 +229,7 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
         (s, _) => s,
     };
     let email_password = email(c, err)?;
+    let transcription_token = transcription(c, err)?;
     Ok(Trust {
         sip_tls,
         peers,
@@ -230,8 +239,82 @@ pub(super) fn check(c: &Config, err: Err<'_>) -> Result<Trust, ConfigError> {
             control_password,
             webhook_secret,
             email_password,
+            transcription_token,
         },
     })
+}
+
+/// The most requests at once to the recogniser.
+const MAX_TRANSCRIPTION_CONCURRENCY: u32 = 64;
+
+/// `[transcription]`: the URL (callers' voices leave the host: over TLS unless the
+/// recogniser is on this host), the bounds, and the token file.
+fn transcription(c: &Config, err: Err<'_>) -> Result<Option<Secret>, ConfigError> {
+    let e = |key: &str, problem: String| err(key.to_string(), problem);
+    let t = &c.transcription;
+    let url = t.url.trim();
+    if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://"))
+        || url.len() == "https://".len()
+        || url.contains(char::is_whitespace)
+    {
+        return Err(e(
+            "transcription.url",
+            "an http:// or https:// URL of the recogniser's OpenAI-compatible route, e.g. \"https://asr.internal/v1/audio/transcriptions\", or empty for no transcripts".into(),
+        ));
+    }
+    if url.starts_with("http://") && !url_is_loopback(url) {
+        return Err(e(
+            "transcription.url",
+            format!(
+                "`{url}` would send callers' voices across the network in clear: use https:// (a TLS proxy before the recogniser) or a recogniser on this host"
+            ),
+        ));
+    }
+    if t.timeout_seconds == 0 || t.timeout_seconds > 600 {
+        return Err(e(
+            "transcription.timeout_seconds",
+            format!("must be 1 to 600 (default 60); got {}", t.timeout_seconds),
+        ));
+    }
+    if !(1..=MAX_TRANSCRIPTION_CONCURRENCY).contains(&t.concurrency) {
+        return Err(e(
+            "transcription.concurrency",
+            format!(
+                "must be 1 to {MAX_TRANSCRIPTION_CONCURRENCY} (default 2): requests at once to the recogniser; got {}",
+                t.concurrency
+            ),
+        ));
+    }
+    if t.max_seconds == 0 {
+        return Err(e(
+            "transcription.max_seconds",
+            "must be at least 1 (default 300): how much of a message is transcribed".into(),
+        ));
+    }
+    if t.sms_wait_seconds > t.timeout_seconds.min(60) {
+        return Err(e(
+            "transcription.sms_wait_seconds",
+            format!(
+                "must be 0 to {} (at most timeout_seconds and 60: a notice late by more than a minute is no notice); got {}",
+                t.timeout_seconds.min(60),
+                t.sms_wait_seconds
+            ),
+        ));
+    }
+    // It goes into a multipart field as is.
+    if t.model.is_empty()
+        || t.model.len() > 200
+        || !t.model.bytes().all(|b| b.is_ascii_graphic() && b != b'"')
+    {
+        return Err(e(
+            "transcription.model",
+            "the recogniser's model name, e.g. \"whisper-1\" (1 to 200 printable ASCII characters, no spaces or quotes)".into(),
+        ));
+    }
+    match t.token_file.as_str() {
+        "" => Ok(None),
+        f => Ok(Some(read_secret(f, "transcription.token_file", err)?)),
+    }
 }
 
 /// `[email]`: the SMTP URL, the From address, and the password file with a user.
@@ -491,6 +574,41 @@ mod tests {
             (
                 "[sms]\nmissed_call_merge_minutes = 61\n",
                 "sms.missed_call_merge_minutes",
+            ),
+            ("[sms]\nmax_parts = 0\n", "sms.max_parts"),
+            ("[sms]\nmax_parts = 9\n", "sms.max_parts"),
+            (
+                "[transcription]\nurl = \"ftp://asr\"\n",
+                "transcription.url",
+            ),
+            (
+                "[transcription]\nurl = \"http://10.0.0.5:8000/v1/audio/transcriptions\"\n",
+                "transcription.url",
+            ),
+            (
+                "[transcription]\nurl = \"http://127.0.0.1:8000/v1\"\nsms_wait_seconds = 61\ntimeout_seconds = 120\n",
+                "transcription.sms_wait_seconds",
+            ),
+            (
+                "[transcription]\nsms_wait_seconds = 10\ntimeout_seconds = 5\n",
+                "transcription.sms_wait_seconds",
+            ),
+            (
+                "[transcription]\nconcurrency = 0\n",
+                "transcription.concurrency",
+            ),
+            (
+                "[transcription]\ntimeout_seconds = 0\n",
+                "transcription.timeout_seconds",
+            ),
+            (
+                "[transcription]\nmax_seconds = 0\n",
+                "transcription.max_seconds",
+            ),
+            ("[transcription]\nmodel = \"\"\n", "transcription.model"),
+            (
+                "[transcription]\ntoken_file = \"/nonexistent/asr-token\"\n",
+                "transcription.token_file",
             ),
             (
                 "[sms]\nallowed_prefixes = [\"+\"]\n",
