@@ -72,6 +72,7 @@ struct Words {
     yes: &'static str,
     keep: &'static str,
     deleted: &'static str,
+    transcript: &'static str,
 }
 
 fn words(lang: Language) -> &'static Words {
@@ -93,6 +94,7 @@ fn words(lang: Language) -> &'static Words {
             yes: "Delete",
             keep: "Keep it",
             deleted: "The message is deleted.",
+            transcript: "What was said (automatic transcript, may contain errors)",
         },
         Language::Fr => &Words {
             title: "Message vocal",
@@ -111,6 +113,7 @@ fn words(lang: Language) -> &'static Words {
             yes: "Supprimer",
             keep: "Le garder",
             deleted: "Le message est supprimé.",
+            transcript: "Ce qui a été dit (transcription automatique, peut contenir des erreurs)",
         },
         Language::Es => &Words {
             title: "Mensaje de voz",
@@ -129,6 +132,7 @@ fn words(lang: Language) -> &'static Words {
             yes: "Borrar",
             keep: "Conservarlo",
             deleted: "El mensaje está borrado.",
+            transcript: "Lo que se dijo (transcripción automática, puede contener errores)",
         },
         Language::De => &Words {
             title: "Sprachnachricht",
@@ -147,6 +151,7 @@ fn words(lang: Language) -> &'static Words {
             yes: "Löschen",
             keep: "Behalten",
             deleted: "Die Nachricht ist gelöscht.",
+            transcript: "Was gesagt wurde (automatische Abschrift, kann Fehler enthalten)",
         },
     }
 }
@@ -164,6 +169,8 @@ pub(crate) struct MessageView<'a> {
     pub duration_ms: u64,
     pub link_number: PhoneNumber,
     pub saved: bool,
+    /// The recogniser's words (cleaned when they came), once there are any.
+    pub transcript: Option<&'a str>,
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -227,6 +234,14 @@ pub(crate) fn message(v: &MessageView<'_>, lang: Language) -> String {
             ),
         )
     };
+    // Under the player, escaped like every other value: the recogniser is not trusted.
+    let said = v.transcript.map_or_else(String::new, |t| {
+        format!(
+            "<figure id=\"transcript\"><figcaption>{}</figcaption><blockquote>{}</blockquote></figure>",
+            esc(w.transcript),
+            esc(t)
+        )
+    });
     let body = format!(
         "<h1>{title}</h1>\
          <dl><dt>{lf}</dt><dd id=\"caller\">{from}</dd>\
@@ -234,6 +249,7 @@ pub(crate) fn message(v: &MessageView<'_>, lang: Language) -> String {
          <dt>{ll}</dt><dd id=\"length\">{len}</dd></dl>\
          <audio id=\"player\" controls preload=\"none\" src=\"{t}/audio\" aria-label=\"{play}\">\
          {no_audio} <a href=\"{t}/audio\" download>{download}</a></audio>\
+         {said}\
          {done}\
          <div class=\"row\">\
          {save}\
@@ -350,6 +366,7 @@ mod tests {
             duration_ms: 23_400,
             link_number: PhoneNumber::parse_e164("+18005550100").unwrap(),
             saved: false,
+            transcript: None,
         }
     }
 
@@ -379,6 +396,22 @@ mod tests {
         );
         assert!(saved.contains("role=\"status\"") && saved.contains("Unknown number"));
         assert!(!saved.contains("id=\"save\""), "saved: no Save button");
+        assert!(
+            !saved.contains("id=\"transcript\""),
+            "no transcript: no quote"
+        );
+        // A transcript shows under the player, escaped: the recogniser is not trusted.
+        let said = message(
+            &MessageView {
+                transcript: Some("Call me <script>x</script> back"),
+                ..view()
+            },
+            Language::De,
+        );
+        let at = |s: &str| said.find(s).unwrap();
+        assert!(at("id=\"player\"") < at("id=\"transcript\""));
+        assert!(said.contains("Call me &lt;script&gt;x&lt;/script&gt; back"));
+        assert!(said.contains("automatische Abschrift"));
     }
 
     #[test]

@@ -351,6 +351,7 @@ async fn page_get(
             duration_ms: m.duration_ms,
             link_number: m.link_number,
             saved: m.state == MessageState::Saved,
+            transcript: m.transcript.as_deref(),
         },
         lang,
     );
