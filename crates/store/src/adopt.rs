@@ -130,15 +130,13 @@ impl Store {
                 duration_ms: r.duration_ms,
                 web_link: web_hash.is_some().then_some(crate::web::WEB_LINK),
             };
-            crate::queue_notices(
-                &tx,
-                &r.id,
-                &facts,
-                routes,
-                fallback_after_ms,
-                &mut render,
+            // Adopted messages are not transcribed here: nothing waits for one.
+            let when = crate::Schedule {
                 now,
-            )?;
+                fallback_after_ms,
+                hold: None,
+            };
+            crate::queue_notices(&tx, &r.id, &facts, routes, when, &mut render)?;
         }
         tx.commit()?;
         Ok(added)

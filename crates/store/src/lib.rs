@@ -550,16 +550,12 @@ impl Store {
             }),
             now,
         )?;
-        queue_notices(&tx, id, &facts, routes, fallback_after_ms, render, now)?;
-        if let Some(h) = hold {
-            // Held for the transcript; the outcome brings them forward
-            // (`Store::transcribed`), the hold's end sends them without it.
-            tx.execute(
-                "UPDATE outbox SET next_attempt_ms = MAX(next_attempt_ms, ?2 + CASE channel WHEN 'email' THEN ?4 ELSE ?3 END)
-                 WHERE message_id = ?1 AND state = 'pending'",
-                params![id, sql_ms(now), sql_ms(h.sms_ms), sql_ms(h.email_ms)],
-            )?;
-        }
+        let when = Schedule {
+            now,
+            fallback_after_ms,
+            hold,
+        };
+        queue_notices(&tx, id, &facts, routes, when, render)?;
         tx.commit()?;
         Ok(())
     }
@@ -796,22 +792,38 @@ pub fn server_of(id: &str) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// When a message's notices are due.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schedule {
+    /// When they are queued.
+    pub now: u64,
+    /// Step `k` is due `k * fallback_after_ms` after `now`.
+    pub fallback_after_ms: u64,
+    /// While its transcript is awaited, none is due before `now` plus its channel's hold.
+    pub hold: Option<Hold>,
+}
+
 /// Queues message `id`'s notices within `tx`: for each step of `routes`, one row per
-/// destination, step `k` due `k * fallback_after_ms` after `now` (see
-/// [`Store::deposit_routed`]).
+/// destination, due as `when` says (see [`Store::deposit_routed`]).
 pub(crate) fn queue_notices(
     tx: &Connection,
     id: &str,
     facts: &SmsFacts<'_>,
     routes: &[Route],
-    fallback_after_ms: u64,
+    when: Schedule,
     render: &mut impl FnMut(&SmsFacts<'_>, Channel) -> String,
-    now: u64,
 ) -> Result<()> {
     let caller = facts.message.caller.map(|c| c.as_u64() as i64);
     let link = facts.link_number.as_u64() as i64;
+    let now = when.now;
     for (step, route) in routes.iter().enumerate() {
-        let due = now.saturating_add((step as u64).saturating_mul(fallback_after_ms));
+        let due = now.saturating_add((step as u64).saturating_mul(when.fallback_after_ms));
+        // Held for the transcript; its outcome brings the row forward
+        // (`Store::transcribed`), the hold's end sends it without.
+        let held = when
+            .hold
+            .map_or(0, |h| now.saturating_add(h.of(route.channel())));
+        let due = due.max(held);
         let text = render(facts, route.channel());
         let insert = |to: PhoneNumber, address: Option<&str>| {
             tx.execute(
