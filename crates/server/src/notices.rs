@@ -72,14 +72,13 @@ impl MessagingServer {
     /// Records message `id`'s transcript and re-writes its notices still waiting with it
     /// (blocking): true when it landed (it lands once).
     pub(crate) fn transcribed(&self, id: &str, t: &boxless_store::Transcript) -> bool {
-        let Ok(Some(m)) = self.store.get(id) else {
-            return false;
-        };
-        let lang = self.routes(m.recipient).1;
         // The SMS is cut to its parts with the real link in it, which only the store knows
         // (the text carries a mark until it goes).
         let link = self.store.web_link(id);
+        // The recipient's language, read once, only when a notice is still waiting.
+        let mut lang = None;
         let render = |f: &boxless_store::SmsFacts<'_>, c: Channel, text: Option<&str>| {
+            let lang = *lang.get_or_insert_with(|| self.language(f.message.recipient));
             self.texts.message_with(f, c, lang, text, link.as_deref())
         };
         let now = boxless_core::now_ms();

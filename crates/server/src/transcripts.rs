@@ -44,11 +44,20 @@ struct Job {
     tries: usize,
 }
 
+/// What the worker is handed.
+#[derive(Debug)]
+enum Work {
+    /// Ask the recogniser (or decide without it).
+    Ask(Job),
+    /// Record this message as failed: its job found the queue full.
+    Fail(String),
+}
+
 /// What the server keeps to ask for transcripts.
 pub(crate) struct Transcriber {
-    queue: mpsc::Sender<Job>,
+    queue: mpsc::Sender<Work>,
     /// The queue's other end, until the worker takes it.
-    pending: Mutex<Option<mpsc::Receiver<Job>>>,
+    pending: Mutex<Option<mpsc::Receiver<Work>>>,
     breaker: Mutex<Breaker>,
     url: Url,
     model: String,
@@ -106,30 +115,27 @@ impl Transcriber {
             language,
             tries: 0,
         };
-        if let Err(e) = self.queue.try_send(job) {
-            let job = match e {
-                mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
-            };
+        if self.queue.try_send(Work::Ask(job)).is_err() {
             metrics::counter!("boxless_transcriptions_total", "outcome" => "queue_full")
                 .increment(1);
-            tracing::warn!(id = %job.id, "transcription queue full: the message goes without a transcript");
-            self.fail_later(job);
+            tracing::warn!(%id, "transcription queue full: the message goes without a transcript");
+            // The worker records it (the caller may be the store's thread, which the
+            // write needs) once the queue has room; its notices wait no longer than
+            // their hold meanwhile.
+            let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                return;
+            };
+            let tx = self.queue.clone();
+            let id = id.to_string();
+            rt.spawn(async move {
+                let _ = tx.send(Work::Fail(id)).await;
+            });
         }
     }
 
-    /// Records `job` as failed from a task of its own (the caller may be the store's
-    /// thread, which the write needs).
-    fn fail_later(&self, job: Job) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let tx = self.queue.clone();
-        // The worker records it: a job whose tries are spent is only written.
-        let mut job = job;
-        job.tries = usize::MAX;
-        rt.spawn(async move {
-            let _ = tx.send(job).await;
-        });
+    /// The breaker, whoever panicked holding it.
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -147,12 +153,10 @@ pub(crate) async fn run(server: Arc<MessagingServer>) {
     let left = server
         .store
         .read(move |s| {
-            let ids = s.transcripts_pending().unwrap_or_default();
-            ids.into_iter()
-                .filter_map(|id| {
-                    let m = s.get(&id).ok().flatten()?;
-                    Some((id, me.language(m.recipient)))
-                })
+            let pending = s.transcripts_pending().unwrap_or_default();
+            pending
+                .into_iter()
+                .map(|(id, recipient)| (id, me.language(recipient)))
                 .collect::<Vec<_>>()
         })
         .await
@@ -161,29 +165,24 @@ pub(crate) async fn run(server: Arc<MessagingServer>) {
         t.submit(&id, true, lang);
     }
     let slots = Arc::new(Semaphore::new(t.concurrency));
-    while let Some(job) = rx.recv().await {
+    while let Some(work) = rx.recv().await {
         metrics::gauge!("boxless_transcription_queue", "server" => server.id.clone())
             .set(rx.len() as f64);
-        let fail = Transcript {
-            state: TranscriptState::Failed,
-            text: None,
+        let job = match work {
+            Work::Ask(job) => job,
+            Work::Fail(id) => {
+                record(&server, &id, Transcript::failed()).await;
+                continue;
+            }
         };
-        if job.tries == usize::MAX {
-            record(&server, &job.id, fail).await;
-            continue;
-        }
         if !job.voiced {
             metrics::counter!("boxless_transcriptions_total", "outcome" => "no_voice").increment(1);
-            let none = Transcript {
-                state: TranscriptState::NoSpeech,
-                text: None,
-            };
-            record(&server, &job.id, none).await;
+            record(&server, &job.id, Transcript::no_speech()).await;
             continue;
         }
-        if t.breaker_open() {
+        if t.breaker().open(boxless_core::now_ms()) {
             metrics::counter!("boxless_transcriptions_total", "outcome" => "skipped").increment(1);
-            record(&server, &job.id, fail).await;
+            record(&server, &job.id, Transcript::failed()).await;
             continue;
         }
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -216,15 +215,9 @@ pub(crate) async fn run(server: Arc<MessagingServer>) {
                             let mut again = job;
                             again.tries += 1;
                             tokio::time::sleep(*after).await;
-                            let _ = tx.send(again).await;
+                            let _ = tx.send(Work::Ask(again)).await;
                         }
-                        None => {
-                            let fail = Transcript {
-                                state: TranscriptState::Failed,
-                                text: None,
-                            };
-                            record(&server, &job.id, fail).await
-                        }
+                        None => record(&server, &job.id, Transcript::failed()).await,
                     }
                 }
             }
@@ -245,24 +238,10 @@ async fn record(server: &Arc<MessagingServer>, id: &str, t: Transcript) {
 }
 
 impl Transcriber {
-    fn breaker_open(&self) -> bool {
-        let now = boxless_core::now_ms();
-        self.breaker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .open(now)
-    }
-
     /// One message's request (and, when the service refuses `verbose_json`, a second with
     /// `json`): its transcript, or why not.
     async fn ask(&self, server: &MessagingServer, job: &Job) -> Result<Transcript, String> {
-        let now = boxless_core::now_ms();
-        if !self
-            .breaker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(now)
-        {
+        if !self.breaker().allow(boxless_core::now_ms()) {
             return Err("the recogniser is failing: skipped for now".into());
         }
         let path = server.store.audio_path(&job.id);
@@ -280,10 +259,7 @@ impl Transcriber {
             answer = self.post(server, job, &audio.wav, Format::Json).await;
         }
         let failed = |how| {
-            self.breaker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .failed(boxless_core::now_ms(), how);
+            self.breaker().failed(boxless_core::now_ms(), how);
             metrics::counter!("boxless_transcriptions_total", "outcome" => "failed").increment(1);
         };
         let body = match answer {
@@ -309,10 +285,7 @@ impl Transcriber {
                 return Err(e.to_string());
             }
         };
-        self.breaker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .succeeded();
+        self.breaker().succeeded();
         metrics::histogram!("boxless_transcription_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("boxless_transcript_words").record(reply.words as f64);
@@ -330,10 +303,7 @@ impl Transcriber {
             Outcome::NoSpeech => {
                 metrics::counter!("boxless_transcriptions_total", "outcome" => "no_speech")
                     .increment(1);
-                Transcript {
-                    state: TranscriptState::NoSpeech,
-                    text: None,
-                }
+                Transcript::no_speech()
             }
         })
     }

@@ -80,6 +80,24 @@ pub struct Transcript {
     pub text: Option<String>,
 }
 
+impl Transcript {
+    /// The recogniser failed (or was not asked: failing, or its queue full).
+    pub fn failed() -> Transcript {
+        Transcript {
+            state: TranscriptState::Failed,
+            text: None,
+        }
+    }
+
+    /// Nothing was said.
+    pub fn no_speech() -> Transcript {
+        Transcript {
+            state: TranscriptState::NoSpeech,
+            text: None,
+        }
+    }
+}
+
 /// Adds the transcript's columns to stores made before transcripts existed.
 pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<()> {
     add_column(
@@ -222,16 +240,20 @@ impl Store {
         Ok(())
     }
 
-    /// The messages whose transcript is still `pending` (asked again after a restart).
-    pub fn transcripts_pending(&self) -> Result<Vec<String>> {
+    /// The messages whose transcript is still `pending` (asked again after a restart),
+    /// with their recipients, oldest first.
+    pub fn transcripts_pending(&self) -> Result<Vec<(String, PhoneNumber)>> {
         let db = self.read_db();
         let mut stmt = db.prepare_cached(
-            "SELECT id FROM messages WHERE transcript_state = 'pending' AND state != 'deleted' ORDER BY received_at_ms",
+            "SELECT id, recipient FROM messages WHERE transcript_state = 'pending' AND state != 'deleted' ORDER BY received_at_ms",
         )?;
-        let ids = stmt
-            .query_map([], |r| r.get(0))?
+        let rows: Vec<(String, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        Ok(ids)
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, n)| Some((id, PhoneNumber::parse_e164(&format!("+{n}"))?)))
+            .collect())
     }
 }
 
@@ -300,11 +322,8 @@ mod tests {
         assert_eq!(got.transcript.as_deref(), Some("call me back"));
         assert_eq!(got.transcript_state, TranscriptState::Done);
         // An outcome lands once.
-        let late = Transcript {
-            state: TranscriptState::Failed,
-            text: None,
-        };
+        let late = Transcript::failed();
         assert!(!s.transcribed(&m.id, &late, 300_000, render, now).unwrap());
-        assert_eq!(s.transcripts_pending().unwrap(), Vec::<String>::new());
+        assert_eq!(s.transcripts_pending().unwrap(), []);
     }
 }
