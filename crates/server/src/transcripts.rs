@@ -241,14 +241,16 @@ impl Transcriber {
     /// One message's request (and, when the service refuses `verbose_json`, a second with
     /// `json`): its transcript, or why not.
     async fn ask(&self, server: &MessagingServer, job: &Job) -> Result<Transcript, String> {
-        if !self.breaker().allow(boxless_core::now_ms()) {
-            return Err("the recogniser is failing: skipped for now".into());
-        }
         let path = server.store.audio_path(&job.id);
         let max_seconds = self.max_seconds;
         let audio = tokio::task::spawn_blocking(move || pcm16(&path, max_seconds))
             .await
             .map_err(|e| e.to_string())??;
+        // Only now: once allowed, a request must end in succeeded or failed, or the
+        // breaker's one probe would never come back.
+        if !self.breaker().allow(boxless_core::now_ms()) {
+            return Err("the recogniser is failing: skipped for now".into());
+        }
         let started = Instant::now();
         let mut answer = self
             .post(server, job, &audio.wav, Format::VerboseJson)
