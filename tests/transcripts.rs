@@ -63,6 +63,15 @@ async fn recogniser(answer: &'static str, delay: Duration) -> (u16, Seen) {
     (port, seen)
 }
 
+/// A whole system whose servers ask the recogniser on `port`, the SMS waiting at most
+/// `sms_wait_seconds` for it.
+async fn asking(tag: &str, port: u16, sms_wait_seconds: u64) -> common::System {
+    let extra = format!(
+        "[transcription]\nurl = \"http://127.0.0.1:{port}/v1/audio/transcriptions\"\nsms_wait_seconds = {sms_wait_seconds}\n"
+    );
+    system_with(tag, "redirect", "", "", &extra).await
+}
+
 const SAID: &str = r#"{"text":" Hi, it’s Anna. Call me back. Thank you.","segments":[
  {"text":" Hi, it’s Anna.","no_speech_prob":0.02,"avg_logprob":-0.21},
  {"text":" Call me back.","no_speech_prob":0.05,"avg_logprob":-0.3},
@@ -71,10 +80,7 @@ const SAID: &str = r#"{"text":" Hi, it’s Anna. Call me back. Thank you.","segm
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sms_quotes_what_was_said_and_the_api_has_it_whole() {
     let (port, seen) = recogniser(SAID, Duration::from_millis(300)).await;
-    let extra = format!(
-        "[transcription]\nurl = \"http://127.0.0.1:{port}/v1/audio/transcriptions\"\nsms_wait_seconds = 8\n"
-    );
-    let sys = system_with("transcript", "redirect", "", "", &extra).await;
+    let sys = asking("transcript", port, 8).await;
     let out = place_call(&opts(sys.running.router, voice(2500, 3)))
         .await
         .unwrap();
@@ -132,10 +138,7 @@ async fn the_sms_quotes_what_was_said_and_the_api_has_it_whole() {
 async fn a_recogniser_that_refuses_or_hangs_holds_no_sms_up() {
     // Nothing listens on this port: the connection is refused.
     let closed = free_port();
-    let extra = format!(
-        "[transcription]\nurl = \"http://127.0.0.1:{closed}/v1/audio/transcriptions\"\nsms_wait_seconds = 8\n"
-    );
-    let sys = system_with("transcript-refused", "redirect", "", "", &extra).await;
+    let sys = asking("transcript-refused", closed, 8).await;
     for i in 0..2 {
         let out = place_call(&opts(sys.running.router, voice(2500, i)))
             .await
@@ -169,10 +172,7 @@ async fn a_recogniser_that_refuses_or_hangs_holds_no_sms_up() {
 
     // A recogniser that takes longer than the SMS may wait.
     let (port, _seen) = recogniser(SAID, Duration::from_secs(30)).await;
-    let extra = format!(
-        "[transcription]\nurl = \"http://127.0.0.1:{port}/v1/audio/transcriptions\"\nsms_wait_seconds = 2\n"
-    );
-    let sys = system_with("transcript-slow", "redirect", "", "", &extra).await;
+    let sys = asking("transcript-slow", port, 2).await;
     let out = place_call(&opts(sys.running.router, voice(2500, 5)))
         .await
         .unwrap();

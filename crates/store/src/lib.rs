@@ -972,7 +972,7 @@ mod tests {
         PhoneNumber::parse_e164(s).unwrap()
     }
 
-    fn store(dir: &Path) -> Store {
+    pub(crate) fn store(dir: &Path) -> Store {
         Store::open(
             dir,
             "ms1",

@@ -261,7 +261,6 @@ impl Store {
 mod tests {
     use super::*;
     use crate::{Lane, NewMessage};
-    use boxless_core::LinkPool;
     use boxless_core::recipient::Route;
 
     fn n(s: &str) -> PhoneNumber {
@@ -271,12 +270,7 @@ mod tests {
     #[test]
     fn notices_wait_for_the_transcript_and_go_with_it_once() {
         let dir = crate::tests::tempdir();
-        let s = Store::open(
-            &dir,
-            "ms1",
-            LinkPool::parse(&["+18005550100-+18005550101"]).unwrap(),
-        )
-        .unwrap();
+        let s = crate::tests::store(&dir);
         s.enable_transcripts(Hold {
             sms_ms: 8_000,
             email_ms: 60_000,
