@@ -72,6 +72,22 @@ async fn asking(tag: &str, port: u16, sms_wait_seconds: u64) -> common::System {
     system_with(tag, "redirect", "", "", &extra).await
 }
 
+/// A 2.5 s message left through the router (voice `seed`), then the SMS so far once
+/// there are `n`, and how long after the hang-up the last came.
+async fn leave_message(
+    sys: &common::System,
+    seed: u32,
+    n: usize,
+) -> (Vec<boxless_testkit::Sms>, Duration) {
+    let out = place_call(&opts(sys.running.router, voice(2500, seed)))
+        .await
+        .unwrap();
+    assert!(out.completed(), "{out:?}");
+    let hung_up = Instant::now();
+    let sms = sys.smsc.wait_for(n, Duration::from_secs(10)).await;
+    (sms, hung_up.elapsed())
+}
+
 const SAID: &str = r#"{"text":" Hi, it’s Anna. Call me back. Thank you.","segments":[
  {"text":" Hi, it’s Anna.","no_speech_prob":0.02,"avg_logprob":-0.21},
  {"text":" Call me back.","no_speech_prob":0.05,"avg_logprob":-0.3},
@@ -81,13 +97,7 @@ const SAID: &str = r#"{"text":" Hi, it’s Anna. Call me back. Thank you.","segm
 async fn the_sms_quotes_what_was_said_and_the_api_has_it_whole() {
     let (port, seen) = recogniser(SAID, Duration::from_millis(300)).await;
     let sys = asking("transcript", port, 8).await;
-    let out = place_call(&opts(sys.running.router, voice(2500, 3)))
-        .await
-        .unwrap();
-    assert!(out.completed(), "{out:?}");
-    let hung_up = Instant::now();
-    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
-    let waited = hung_up.elapsed();
+    let (sms, waited) = leave_message(&sys, 3, 1).await;
     assert_eq!(sms.len(), 1, "{sms:?}");
     // The doubted "Thank you." (the recogniser calls it silence) is left out; the curly
     // apostrophe goes as a plain one, so the SMS stays GSM-7.
@@ -140,20 +150,11 @@ async fn a_recogniser_that_refuses_or_hangs_holds_no_sms_up() {
     let closed = free_port();
     let sys = asking("transcript-refused", closed, 8).await;
     for i in 0..2 {
-        let out = place_call(&opts(sys.running.router, voice(2500, i)))
-            .await
-            .unwrap();
-        assert!(out.completed(), "{out:?}");
-        let hung_up = Instant::now();
-        let sms = sys
-            .smsc
-            .wait_for(i as usize + 1, Duration::from_secs(10))
-            .await;
+        let (sms, waited) = leave_message(&sys, i, i as usize + 1).await;
         assert_eq!(sms.len(), i as usize + 1);
         assert!(
-            hung_up.elapsed() < Duration::from_secs(3),
-            "call {i}: SMS {:?} after the hang-up",
-            hung_up.elapsed()
+            waited < Duration::from_secs(3),
+            "call {i}: SMS {waited:?} after the hang-up"
         );
         assert!(
             !sms[i as usize].text.contains("transcript"),
@@ -173,13 +174,7 @@ async fn a_recogniser_that_refuses_or_hangs_holds_no_sms_up() {
     // A recogniser that takes longer than the SMS may wait.
     let (port, _seen) = recogniser(SAID, Duration::from_secs(30)).await;
     let sys = asking("transcript-slow", port, 2).await;
-    let out = place_call(&opts(sys.running.router, voice(2500, 5)))
-        .await
-        .unwrap();
-    assert!(out.completed(), "{out:?}");
-    let hung_up = Instant::now();
-    let sms = sys.smsc.wait_for(1, Duration::from_secs(10)).await;
-    let waited = hung_up.elapsed();
+    let (sms, waited) = leave_message(&sys, 5, 1).await;
     assert_eq!(sms.len(), 1);
     assert!(
         waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
