@@ -27,6 +27,7 @@ exits 1 when one fails. Usage:
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -329,9 +330,9 @@ class Baresip:
         self.user = user
         modules = "".join(f"module {c}.so\n" for c in codecs)
         rtp = 44000 + free_port() % 200 * 10
-        with open(os.path.join(self.dir, "config"), "w") as f:
-            f.write(f"""poll_method epoll
-sip_listen 127.0.0.1:{free_port()}
+        # Written again before each start with a fresh SIP port (`{sip}`).
+        self.config = f"""poll_method epoll
+sip_listen 127.0.0.1:{{sip}}
 sip_trans_def udp
 {f"sip_cafile {cafile}" if cafile else ""}
 audio_player alsa,null
@@ -345,7 +346,7 @@ module alsa.so
 module sndfile.so
 module account.so
 snd_path {self.rec}
-""")
+"""
         with open(os.path.join(self.dir, "accounts"), "w") as f:
             f.write(f"<sip:{user}@127.0.0.1>;regint=0\n")
 
@@ -358,17 +359,33 @@ snd_path {self.rec}
         argv = ["baresip", "-f", self.dir, "-n", "127.0.0.1", "-e", f"/dial {target}",
                 "-t", str(seconds)]
         for attempt in (1, 2):
+            with open(os.path.join(self.dir, "config"), "w") as f:
+                f.write(self.config.replace("{sip}", str(sip_port())))
             r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, timeout=seconds + 20)
             with open(os.path.join(self.dir, f"baresip-{attempt}.log"), "w") as f:
                 f.write(r.stdout)
             # Once in a while baresip 1.0 starts without placing the call at all (nothing
-            # reaches the router): that start is repeated, once; a call it placed never is.
+            # reaches the router), or finds a port of its taken meanwhile: that start is
+            # repeated, once, on a new port; a call it placed never is.
             if "connecting to" in r.stdout or attempt == 2:
                 break
             print(f"  baresip placed no call (log {self.dir}/baresip-1.log); starting it again")
         heard = [f for f in os.listdir(self.rec) if f.endswith("-dec.wav")]
         return r.stdout, (read_wav(os.path.join(self.rec, heard[0])) if heard else (8000, []))
+
+
+def sip_port():
+    """A port for baresip's SIP: it listens on UDP and TCP there and TLS on the next one."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket() as t:
+                t.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free ports in a row for baresip")
 
 
 def codec_of(log):
