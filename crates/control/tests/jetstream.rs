@@ -144,6 +144,8 @@ fn record(revision: u64, state: &str) -> MessageRecord {
         state_changed_ms: 2,
         web_hash: None,
         revision,
+        transcript: Some("Call me back.".into()),
+        transcript_state: "done".into(),
     }
 }
 

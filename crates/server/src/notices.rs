@@ -115,6 +115,14 @@ impl MessagingServer {
             self.notifier.wake.notify_one();
             self.notifier.wake_others.notify_one();
         }
+        // The lost server's recogniser never answered: this one's is asked (the store
+        // kept it `pending` only because there is one).
+        if added
+            && r.transcript_state == "pending"
+            && let Some(t) = &self.transcriber
+        {
+            t.submit(&r.id, true, lang);
+        }
         Ok(added)
     }
 

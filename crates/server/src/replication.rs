@@ -390,7 +390,7 @@ impl Replication {
                     Behind::Record { record, had_audio } => {
                         // Never acknowledged: an earlier try may have left part of it.
                         let kind = if had_audio { Kind::Had } else { Kind::Again };
-                        self.send(replica, record, kind).await
+                        self.send(replica, *record, kind).await
                     }
                     // A removed message taken over from another server is forgotten
                     // under that server's key.

@@ -94,14 +94,20 @@ impl Store {
         // A new hash is a change JetStream must get: one revision past the record's.
         let revision = r.revision + u64::from(fresh_hash.is_some());
         let origin = (r.server != self.server_id()).then_some(r.server.as_str());
+        // A transcript the lost server was still waiting for is asked for here, if this
+        // server has a recogniser (the caller submits it); else it will never come.
+        let transcript_state = match r.transcript_state.as_str() {
+            "pending" if self.transcript_hold().is_none() => "failed",
+            s => s,
+        };
         let now = boxless_core::now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
         let added = tx.execute(
             "INSERT OR IGNORE INTO messages (id, recipient, caller, received_at_ms, duration_ms,
                  link_number, access_code, state, state_changed_ms, web_hash, revision,
-                 replicated, origin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 replicated, origin, transcript, transcript_state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 r.id,
                 r.recipient as i64,
@@ -116,6 +122,8 @@ impl Store {
                 revision as i64,
                 r.revision as i64,
                 origin,
+                r.transcript,
+                transcript_state,
             ],
         )? == 1;
         if added && notify {
@@ -212,10 +220,18 @@ impl Store {
             // Changed while another server answered for it: its version wins.
             let web_hash = r.web_hash.as_deref().and_then(hex);
             tx.execute(
-                "UPDATE messages SET state = ?2, state_changed_ms = ?3, web_hash = ?4 WHERE id = ?1",
-                params![id, r.state, r.state_changed_ms as i64, web_hash],
+                "UPDATE messages SET state = ?2, state_changed_ms = ?3, web_hash = ?4,
+                     transcript = ?5, transcript_state = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    r.state,
+                    r.state_changed_ms as i64,
+                    web_hash,
+                    r.transcript,
+                    r.transcript_state
+                ],
             )?;
-            // After the state's trigger, so that JetStream is not sent what it has.
+            // After the triggers, so that JetStream is not sent what it has.
             tx.execute(
                 "UPDATE messages SET revision = ?2, replicated = ?2 WHERE id = ?1",
                 params![id, r.revision as i64],
@@ -404,5 +420,69 @@ mod tests {
             b,
             crate::replica::Behind::Record { record, .. } if record.id == unsent
         )));
+    }
+
+    #[test]
+    fn a_transcript_travels_with_the_record_and_one_still_awaited_is_asked_again_or_failed() {
+        use crate::transcript::{Hold, Transcript, TranscriptState};
+        let ms1 = store("ms1", "+18005550100");
+        ms1.enable_transcripts(Hold {
+            sms_ms: 8_000,
+            email_ms: 60_000,
+        });
+        let (done, waiting) = (deposit(&ms1, 1_000), deposit(&ms1, 2_000));
+        let before = ms1.record(&done).unwrap().unwrap();
+        assert_eq!(before.transcript_state, "pending");
+        let said = Transcript {
+            state: TranscriptState::Done,
+            text: Some("Call me back.".into()),
+        };
+        assert!(
+            ms1.transcribed(&done, &said, 0, |_, _, _| "SMS".into(), 3_000)
+                .unwrap()
+        );
+        // The transcript is a change JetStream must get.
+        let after = ms1.record(&done).unwrap().unwrap();
+        assert_eq!(after.revision, before.revision + 1);
+        assert_eq!(
+            (after.transcript.as_deref(), after.transcript_state.as_str()),
+            (Some("Call me back."), "done")
+        );
+        let wav = ms1.audio_file(&done, true).unwrap().unwrap();
+        // A server without a recogniser keeps the words, and fails the one still awaited.
+        let ms2 = store("ms2", "+18005550200");
+        let pending = ms1.record(&waiting).unwrap().unwrap();
+        for r in [&after, &pending] {
+            assert!(ms2.adopt(r, &wav, &sms_to_recipient(), 0, text).unwrap());
+        }
+        let got = ms2.get(&done).unwrap().unwrap();
+        assert_eq!(got.transcript.as_deref(), Some("Call me back."));
+        assert_eq!(got.transcript_state, TranscriptState::Done);
+        let got = ms2.get(&waiting).unwrap().unwrap();
+        assert_eq!(got.transcript_state, TranscriptState::Failed);
+        // One with a recogniser keeps it pending (its server asks for it).
+        let ms3 = store("ms3", "+18005550300");
+        ms3.enable_transcripts(Hold {
+            sms_ms: 8_000,
+            email_ms: 60_000,
+        });
+        assert!(
+            ms3.adopt(&pending, &wav, &sms_to_recipient(), 0, text)
+                .unwrap()
+        );
+        assert_eq!(
+            ms3.get(&waiting).unwrap().unwrap().transcript_state,
+            TranscriptState::Pending
+        );
+        // An older record without the fields reads as transcripts off.
+        let mut old = serde_json::to_value(&before).unwrap();
+        let o = old.as_object_mut().unwrap();
+        o.remove("transcript");
+        o.remove("transcript_state");
+        let old: MessageRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (old.transcript, old.transcript_state.as_str()),
+            (None, "off")
+        );
     }
 }

@@ -25,12 +25,16 @@ const TRIGGERS: &str = "
 CREATE TRIGGER IF NOT EXISTS replica_revision AFTER UPDATE OF state ON messages
     WHEN NEW.state != OLD.state
     BEGIN UPDATE messages SET revision = revision + 1 WHERE id = NEW.id; END;
+CREATE TRIGGER IF NOT EXISTS replica_transcript AFTER UPDATE OF transcript_state ON messages
+    WHEN NEW.transcript_state != OLD.transcript_state
+    BEGIN UPDATE messages SET revision = revision + 1 WHERE id = NEW.id; END;
 CREATE TRIGGER IF NOT EXISTS replica_removed AFTER DELETE ON messages
     BEGIN INSERT OR IGNORE INTO replica_gone (id) VALUES (OLD.id); END;
 ";
 
 const NO_TRIGGERS: &str = "
 DROP TRIGGER IF EXISTS replica_revision;
+DROP TRIGGER IF EXISTS replica_transcript;
 DROP TRIGGER IF EXISTS replica_removed;
 DELETE FROM replica_gone;
 ";
@@ -63,6 +67,16 @@ pub struct MessageRecord {
     pub web_hash: Option<String>,
     /// The row's revision this record is.
     pub revision: u64,
+    /// The transcript's words, once done (records written before transcripts: none).
+    #[serde(default)]
+    pub transcript: Option<String>,
+    /// The API's `transcript_state` (records written before transcripts: `off`).
+    #[serde(default = "transcripts_off")]
+    pub transcript_state: String,
+}
+
+fn transcripts_off() -> String {
+    "off".into()
 }
 
 /// What the replicator must do next for one row.
@@ -71,8 +85,8 @@ pub enum Behind {
     /// Send this record, with the audio unless `had_audio` (JetStream acknowledged an
     /// earlier revision, so it has the audio).
     Record {
-        /// The row now.
-        record: MessageRecord,
+        /// The row now (boxed: a record with its transcript is large beside a `Gone`).
+        record: Box<MessageRecord>,
         /// An earlier revision was acknowledged.
         had_audio: bool,
     },
@@ -93,7 +107,8 @@ impl Store {
         self.read_db()
             .query_row(
                 "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number,
-                        access_code, state, state_changed_ms, web_hash, revision, origin
+                        access_code, state, state_changed_ms, web_hash, revision, origin,
+                        transcript, transcript_state
                  FROM messages WHERE id = ?1",
                 [id],
                 |r| {
@@ -113,6 +128,8 @@ impl Store {
                         state_changed_ms: r.get::<_, i64>(8)? as u64,
                         web_hash: hash.map(|h| h.iter().map(|b| format!("{b:02x}")).collect()),
                         revision: r.get::<_, i64>(10)? as u64,
+                        transcript: r.get(12)?,
+                        transcript_state: r.get(13)?,
                     })
                 },
             )
@@ -141,7 +158,7 @@ impl Store {
         for (id, replicated) in ids {
             if let Some(record) = self.record(&id)? {
                 out.push(Behind::Record {
-                    record,
+                    record: Box::new(record),
                     had_audio: replicated > 0,
                 });
             }
