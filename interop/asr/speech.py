@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Speech with a reference text nobody here recorded, and the word error rate.
 
-- `librivox(out)`: Debian's `pocketsphinx-testdata` has five LibriVox recordings of
+- `librivox(out, rate)`: Debian's `pocketsphinx-testdata` has five LibriVox recordings of
   *Sense and Sensibility* (16 kHz) with their reference texts: joined, 24.7 s of read
-  speech, written as 8 kHz 16-bit mono (what a G.711 call carries).
+  speech, written as 8 kHz 16-bit mono (what a G.711 call carries) or at 16 kHz.
 - `espeak(text, voice, out)`: `espeak-ng` speaking a text (French, German), 8 kHz.
 - `wer(reference, hypothesis)`: word-level Levenshtein distance over the reference's
   length, both lower-cased, punctuation and accents folded, numbers as written.
@@ -13,6 +13,7 @@
 """
 
 import array
+import math
 import os
 import re
 import subprocess
@@ -57,8 +58,9 @@ def write_wav(path, samples, rate=8000):
         w.writeframes(samples.tobytes())
 
 
-def librivox(out):
-    """Writes the joined LibriVox speech to `out` (8 kHz); returns its reference text."""
+def librivox(out, rate=8000):
+    """Writes the joined LibriVox speech to `out` (8 kHz, or 16 kHz as recorded); returns
+    its reference text."""
     texts = {}
     with open(os.path.join(LIBRIVOX, "transcription")) as f:
         for line in f:
@@ -68,28 +70,46 @@ def librivox(out):
     with open(os.path.join(LIBRIVOX, "fileids")) as f:
         ids = [line.strip() for line in f if line.strip()]
     joined = array.array("h")
-    gap = array.array("h", [0] * 2400)  # 0.3 s between sentences
+    gap = array.array("h", [0] * (rate * 3 // 10))  # 0.3 s between sentences
     for i in ids:
-        rate, samples = read_wav(os.path.join(LIBRIVOX, i + ".wav"))
-        joined.extend(to_8k(rate, samples))
+        got, samples = read_wav(os.path.join(LIBRIVOX, i + ".wav"))
+        joined.extend(to_8k(got, samples) if rate == 8000 else samples)
         joined.extend(gap)
-    write_wav(out, joined)
+    write_wav(out, joined, rate)
     return " ".join(texts[i] for i in ids)
 
 
-def espeak(text, voice, out):
+def espeak(text, voice, out, speed=150):
     """`espeak-ng -v voice` speaking `text`, written to `out` at 8 kHz."""
     with tempfile.TemporaryDirectory() as d:
         raw = os.path.join(d, "say.wav")
-        subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", raw, text], check=True,
-                       timeout=60)
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", raw, text],
+                       check=True, timeout=60)
         rate, samples = read_wav(raw)
-    if rate != 8000:
-        # espeak-ng speaks at 22,050 Hz: nearest-sample resampling to 16 kHz, then 2:1.
-        step = rate / 16000
-        samples = array.array("h", (samples[int(i * step)] for i in range(int(len(samples) / step))))
-        samples = to_8k(16000, samples)
-    write_wav(out, samples)
+    write_wav(out, resample_8k(rate, samples))
+
+
+def resample_8k(rate, samples):
+    """Any rate down to 8 kHz: a windowed-sinc low-pass at 3.6 kHz, read at each output
+    instant (espeak-ng speaks at 22,050 Hz; picking samples would alias)."""
+    if rate == 8000:
+        return samples
+    half, cut = 24, 3600 / rate
+    taps = []
+    for k in range(-half, half + 1):
+        sinc = 2 * cut if k == 0 else math.sin(2 * math.pi * cut * k) / (math.pi * k)
+        taps.append(sinc * (0.54 + 0.46 * math.cos(math.pi * k / half)))
+    out = array.array("h")
+    step, n = rate / 8000, len(samples)
+    for i in range(int(n / step)):
+        c = int(i * step)
+        acc = 0.0
+        for k, t in enumerate(taps, -half):
+            j = c + k
+            if 0 <= j < n:
+                acc += t * samples[j]
+        out.append(max(-32768, min(32767, int(acc))))
+    return out
 
 
 def words(text):
