@@ -32,7 +32,6 @@ Prints the figures; exits 1 when a check fails. Usage:
                          [--model-dir target/asr-model] [english long hang refused languages g722]
 """
 
-import argparse
 import array
 import email
 import email.policy
@@ -40,20 +39,18 @@ import math
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "asr"))
 import speech  # noqa: E402
 from harness import (  # noqa: E402
-    ROOT, Fail, check, free_port, http_get, ports, read_jsonl, start_smsc_and_serve, stop_all,
-    wait_tcp, wait_until, write_config,
+    ROOT, FAILURES, check, free_port, http_get, parse_args, ports, read_jsonl, report,
+    start_smsc_and_serve, stop_all, wait_tcp, wait_until, write_config,
 )
 from notify import Smtp, http, secret_file  # noqa: E402
 from peers import Baresip  # noqa: E402
@@ -316,22 +313,28 @@ def long_message(a, work, asr, out):
         finally:
             s.stop()
             mta.stop()
-    except (Fail, RuntimeError, subprocess.TimeoutExpired, KeyError) as e:
+    except FAILURES as e:
         out.append(e)
+
+
+def librivox_sms(s, work, caller, recipient):
+    """SIPp leaves the LibriVox speech from `caller` for `recipient`: (the reference text,
+    the SMS, ms from the hang-up to it)."""
+    lv = os.path.join(work, "librivox.wav")
+    reference = speech.librivox(lv)
+    byes = sipp(s.work, s.p["router"], [(caller, recipient)], pcap_of(lv, work),
+                int(seconds_of(lv) * 1000) + 600)
+    wait_until(lambda: s.sms_to(recipient), 10, "the SMS")
+    sms = s.sms_to(recipient)[0]
+    return reference, sms, sms["t"] - byes[caller]
 
 
 def hang(a, work, python):
     asr = Recogniser(python, a.model_dir, work, hang_first=1)
-    lv = os.path.join(work, "librivox.wav")
-    reference = speech.librivox(lv)
     s = System(a.bin, os.path.join(work, "hang"), asr.url, 24000,
                transcription="timeout_seconds = 5\nsms_wait_seconds = 2")
     try:
-        byes = sipp(s.work, s.p["router"], [("+15551240300", "+15551280001")],
-                    pcap_of(lv, work), int(seconds_of(lv) * 1000) + 600)
-        wait_until(lambda: s.sms_to("+15551280001"), 10, "the SMS")
-        sms = s.sms_to("+15551280001")[0]
-        waited = sms["t"] - byes["+15551240300"]
+        reference, sms, waited = librivox_sms(s, work, "+15551240300", "+15551280001")
         print(f"  SMS {waited} ms after the hang-up: {sms['text']}")
         check(waited <= 3000, f"the SMS did not wait past sms_wait_seconds + 1 s ({waited} ms)")
         check(quote(sms["text"]) is None, "no transcript yet, so no quote")
@@ -347,16 +350,10 @@ def hang(a, work, python):
 
 
 def refused(a, work):
-    lv = os.path.join(work, "librivox.wav")
-    speech.librivox(lv)
     closed = f"http://127.0.0.1:{free_port()}/v1/audio/transcriptions"
     s = System(a.bin, os.path.join(work, "refused"), closed, 24000)
     try:
-        byes = sipp(s.work, s.p["router"], [("+15551240400", "+15551290001")],
-                    pcap_of(lv, work), int(seconds_of(lv) * 1000) + 600)
-        wait_until(lambda: s.sms_to("+15551290001"), 10, "the SMS")
-        sms = s.sms_to("+15551290001")[0]
-        waited = sms["t"] - byes["+15551240400"]
+        _, sms, waited = librivox_sms(s, work, "+15551240400", "+15551290001")
         m = s.messages("+15551290001")[0]
         # Still `pending` while its retries (for the API and e-mail copies) are due.
         print(f"  SMS {waited} ms after the hang-up; transcript_state {m['transcript_state']}")
@@ -411,18 +408,11 @@ def g722(a, work, asr):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
-    ap.add_argument("--asr-python", default=os.path.join(ROOT, "target/asr-venv/bin/python"))
-    ap.add_argument("--model-dir", default=os.path.join(ROOT, "target/asr-model"))
-    ap.add_argument("scenarios", nargs="*", default=list(SCENARIOS),
-                    help=f"any of: {' '.join(SCENARIOS)} (default: all)")
-    a = ap.parse_args()
-    unknown = [x for x in a.scenarios if x not in SCENARIOS]
-    if unknown:
-        ap.error(f"unknown scenarios {unknown}; choose from {list(SCENARIOS)}")
-    a.bin, a.model_dir = os.path.abspath(a.bin), os.path.abspath(a.model_dir)
+    def add_args(ap):
+        ap.add_argument("--asr-python", default=os.path.join(ROOT, "target/asr-venv/bin/python"))
+        ap.add_argument("--model-dir", default=os.path.join(ROOT, "target/asr-model"))
+    a = parse_args(__doc__, SCENARIOS, add_args)
+    a.model_dir = os.path.abspath(a.model_dir)
     work = tempfile.mkdtemp(prefix="boxless-asr-")
     asr = Recogniser(a.asr_python, a.model_dir, work)
     failed = []
@@ -430,10 +420,15 @@ def main():
     try:
         if "long" in a.scenarios:
             # Five minutes of one call: the other scenarios run meanwhile.
+            os.makedirs(os.path.join(work, "long"))
             long_thread = threading.Thread(target=long_message,
                                            args=(a, os.path.join(work, "long"), asr, long_out))
-            os.makedirs(os.path.join(work, "long"))
             long_thread.start()
+        scenarios = {"english": lambda d: english(a, d, asr),
+                     "hang": lambda d: hang(a, d, a.asr_python),
+                     "refused": lambda d: refused(a, d),
+                     "languages": lambda d: languages(a, d, asr),
+                     "g722": lambda d: g722(a, d, asr)}
         for name in a.scenarios:
             if name == "long":
                 continue
@@ -441,12 +436,8 @@ def main():
             d = os.path.join(work, name + "-files")
             os.makedirs(d)
             try:
-                {"english": lambda: english(a, d, asr),
-                 "hang": lambda: hang(a, d, a.asr_python),
-                 "refused": lambda: refused(a, d),
-                 "languages": lambda: languages(a, d, asr),
-                 "g722": lambda: g722(a, d, asr)}[name]()
-            except (Fail, RuntimeError, subprocess.TimeoutExpired, KeyError) as e:
+                scenarios[name](d)
+            except FAILURES as e:
                 print(f"  FAIL: {e!r}")
                 failed.append(name)
         if long_thread:
@@ -463,11 +454,7 @@ def main():
                 failed.append("long")
     finally:
         asr.stop()
-    print(f"{len(a.scenarios) - len(failed)} passed, {len(failed)} failed")
-    if failed:
-        print(f"failed: {failed}; work directory kept: {work}")
-        sys.exit(1)
-    shutil.rmtree(work, ignore_errors=True)
+    report(a.scenarios, failed, work)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ class Fail(Exception):
     """A check of an interop script failed."""
 
 
+# What a failed scenario raises: a check, a wait that timed out, a process that did not
+# answer, what a reply lacked.
+FAILURES = (Fail, RuntimeError, subprocess.TimeoutExpired, StopIteration, KeyError)
+
+
 def check(cond, what):
     if not cond:
         raise Fail(what)
@@ -244,11 +249,10 @@ def start_smsc_and_serve(binary, cfg, work, p, sms_out, servers):
     return list(procs.by_name.values())
 
 
-def run(doc, scenarios, run_one, add_args=None, prefix="boxless-interop-"):
-    """The scripts' `main`: `--bin` and the scenarios to run (default: all of
-    `scenarios`), each as `run_one(name, args, work)` in one work directory; a scenario
-    fails by raising. Prints `N passed, M failed`, keeps the work directory when one
-    failed and exits 1 then."""
+def parse_args(doc, scenarios, add_args=None):
+    """The scripts' command line: `--bin` (made absolute: processes start in their own
+    work directories), what `add_args(parser)` adds, and the scenarios to run (default:
+    all of `scenarios`)."""
     ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
@@ -260,18 +264,30 @@ def run(doc, scenarios, run_one, add_args=None, prefix="boxless-interop-"):
     unknown = [s for s in a.scenarios if s not in scenarios]
     if unknown:
         ap.error(f"unknown scenarios {unknown}; choose from {list(scenarios)}")
-    # Processes start in their own work directories: the binary's path must not be relative.
     a.bin = os.path.abspath(a.bin)
+    return a
+
+
+def run(doc, scenarios, run_one, add_args=None, prefix="boxless-interop-"):
+    """The scripts' `main`: `parse_args`, then each scenario as `run_one(name, args,
+    work)` in one work directory; a scenario fails by raising. Prints `N passed, M
+    failed`, keeps the work directory when one failed and exits 1 then."""
+    a = parse_args(doc, scenarios, add_args)
     work = tempfile.mkdtemp(prefix=prefix)
     failed = []
     for name in a.scenarios:
         print(f"== {name}")
         try:
             run_one(name, a, work)
-        except (Fail, RuntimeError, subprocess.TimeoutExpired, StopIteration, KeyError) as e:
+        except FAILURES as e:
             print(f"  FAIL: {e!r}")
             failed.append(name)
-    print(f"{len(a.scenarios) - len(failed)} passed, {len(failed)} failed")
+    report(a.scenarios, failed, work)
+
+
+def report(scenarios, failed, work):
+    """Prints `N passed, M failed`; keeps `work` and exits 1 when one failed."""
+    print(f"{len(scenarios) - len(failed)} passed, {len(failed)} failed")
     if failed:
         print(f"failed: {failed}; work directory kept: {work}")
         sys.exit(1)
