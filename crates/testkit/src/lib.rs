@@ -1,7 +1,9 @@
 //! Test support for Boxless: a fake SMSC speaking enough SMPP 3.4 to bind, take submit_sm
 //! and answer enquire_link (and to refuse or throttle on demand), free loopback ports, a
-//! tiny HTTP GET, and speech-like test audio.
+//! tiny HTTP GET, speech-like test audio, and nats-server on loopback (`nats`).
 #![warn(missing_docs)]
+
+pub mod nats;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
