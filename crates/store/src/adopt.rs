@@ -23,6 +23,7 @@ use boxless_core::recipient::Channel;
 use rusqlite::{OptionalExtension, params};
 
 use crate::replica::MessageRecord;
+use crate::transcript::TranscriptState;
 use crate::{Arrival, Result, Route, SmsFacts, Store};
 
 /// What [`Store::catch_up`] did.
@@ -96,10 +97,12 @@ impl Store {
         let origin = (r.server != self.server_id()).then_some(r.server.as_str());
         // A transcript the lost server was still waiting for is asked for here, if this
         // server has a recogniser (the caller submits it); else it will never come.
-        let transcript_state = match r.transcript_state.as_str() {
-            "pending" if self.transcript_hold().is_none() => "failed",
+        // Read as the store's own states: a spelling it does not know is `off`.
+        let transcript_state = match TranscriptState::parse(&r.transcript_state) {
+            TranscriptState::Pending if self.transcript_hold().is_none() => TranscriptState::Failed,
             s => s,
-        };
+        }
+        .as_str();
         let now = boxless_core::now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
@@ -228,7 +231,7 @@ impl Store {
                     r.state_changed_ms as i64,
                     web_hash,
                     r.transcript,
-                    r.transcript_state
+                    TranscriptState::parse(&r.transcript_state).as_str()
                 ],
             )?;
             // After the triggers, so that JetStream is not sent what it has.
