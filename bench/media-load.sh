@@ -92,7 +92,7 @@ db = sqlite3.connect(f"{work}/data/ms1/messages.sqlite")
 count, lo, hi = db.execute("SELECT count(*), min(duration_ms), max(duration_ms) FROM messages").fetchone()
 off = db.execute("SELECT count(*) FROM messages WHERE abs(duration_ms - ?) > 1000", (secs * 1000,)).fetchone()[0]
 total_ms = db.execute("SELECT sum(duration_ms) FROM messages").fetchone()[0] or 1
-disk = sum(os.path.getsize(p) for p in glob.glob(f"{work}/data/ms1/audio/*.wav"))
+disk = sum(os.path.getsize(p) for p in glob.glob(f"{work}/data/ms1/audio/*/*/*.wav"))
 print(f"recordings: {n} x {secs} s, failed (SIPp): {failed}, peak up at once: {peak_up}")
 print(f"stored: {count}, length {lo}..{hi} ms, off by more than 1 s: {off}")
 print(f"Boxless CPU with {peak_up} up ({span:.0f} s): {cores:.3f} cores")

@@ -82,8 +82,9 @@ async fn redirect_deposit_stores_the_audio_and_sends_the_sms() {
     .await
     .unwrap();
     assert!(kept.starts_with("RIFF"));
-    let file = std::fs::read(sys.data.join("ms1/audio").join(format!("{id}.wav")))
-        .or_else(|_| std::fs::read(sys.data.join("ms2/audio").join(format!("{id}.wav"))))
+    let in_store = |s: &str| boxless_store::audio::path_in(&sys.data.join(s), id);
+    let file = std::fs::read(in_store("ms1"))
+        .or_else(|_| std::fs::read(in_store("ms2")))
         .unwrap();
     // One byte a sample (8 a ms; the duration is whole ms) after the header and the chunk
     // that says whose message it is.

@@ -417,12 +417,10 @@ fn check_full_messages(
         let want = (voice.len() / 8) as i64;
         let id = m["id"].as_str().unwrap();
         let server = m["server"].as_str().unwrap();
-        let file = std::fs::read(
-            dir.join("data")
-                .join(server)
-                .join("audio")
-                .join(format!("{id}.wav")),
-        )
+        let file = std::fs::read(boxless_store::audio::path_in(
+            &dir.join("data").join(server),
+            id,
+        ))
         .unwrap();
         let (_, stored) = boxless_store::wav::decode(&file).expect("a WAV file the store wrote");
         let (corr, _) = boxless_media::audio::best_correlation(&g711(voice), &stored, 1600);
@@ -579,7 +577,7 @@ fn sipp_message_cut_by_kill_9_keeps_what_was_said_and_is_notified_once() {
     let m = &msgs[0];
     let d = m["duration_ms"].as_u64().unwrap();
     let id = m["id"].as_str().unwrap();
-    let file = std::fs::read(dir.join("data/ms1/audio").join(format!("{id}.wav"))).unwrap();
+    let file = std::fs::read(boxless_store::audio::path_in(&dir.join("data/ms1"), id)).unwrap();
     let (rate, stored) = boxless_store::wav::decode(&file).unwrap();
     // What was sent: the voice, looped.
     let sent: Vec<i16> = g711(&voice)
@@ -931,12 +929,10 @@ fn with_replication_a_message_is_in_jetstream_when_the_caller_has_its_200() {
             (r.recipient, r.caller),
             (15551230002, Some(15551250000 + i))
         );
-        let wav = std::fs::read(
-            dir.join("data")
-                .join(server)
-                .join("audio")
-                .join(format!("{id}.wav")),
-        )
+        let wav = std::fs::read(boxless_store::audio::path_in(
+            &dir.join("data").join(server),
+            id,
+        ))
         .unwrap();
         assert_eq!(
             rt.block_on(replica.audio(server, id)).unwrap(),

@@ -10,6 +10,9 @@ use boxless_store::Retention;
 
 use crate::server::MessagingServer;
 
+/// Audio leaf directories looked at per retention tick (of `boxless_store::audio::LEAVES`).
+const AUDIO_LEAVES_PER_TICK: u32 = 64;
+
 impl MessagingServer {
     /// Publishes the server's state on its slot of the status board.
     pub(crate) fn report(&self) {
@@ -38,8 +41,11 @@ impl MessagingServer {
         }
     }
 
-    /// Applies retention once a minute: reminders before expiry, deletion after it.
+    /// Applies retention once a minute: reminders before expiry, deletion after it; and
+    /// looks for stray audio in [`AUDIO_LEAVES_PER_TICK`] of the audio's leaf directories
+    /// (all of them in about 17 hours).
     pub(crate) async fn retention(self: Arc<Self>, policy: Retention) {
+        let mut cursor = 0u32;
         loop {
             let s = self.clone();
             let res = self
@@ -68,6 +74,21 @@ impl MessagingServer {
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "retention sweep failed"),
                 _ => {}
+            }
+            let from = cursor;
+            let swept = self.store.read(move |s| {
+                let mut c = from;
+                s.sweep_audio(&mut c, AUDIO_LEAVES_PER_TICK).map(|n| (n, c))
+            });
+            match swept.await {
+                Ok(Ok((n, next))) => {
+                    cursor = next;
+                    if n > 0 {
+                        tracing::warn!(removed = n, "stray audio removed");
+                    }
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "audio sweep failed"),
+                Err(_) => {}
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
         }

@@ -84,7 +84,7 @@ impl Store {
         if self.get(&r.id)?.is_some() {
             return Ok(false);
         }
-        self.write_audio(&r.id, wav)?;
+        self.stage_audio(&r.id, wav)?;
         let notify = r.state == "new";
         // Notices queued here carry a link this store can make: the record's hash is of a
         // token made with the lost server's key.
@@ -150,6 +150,13 @@ impl Store {
             crate::queue_notices(&tx, &r.id, &facts, routes, when, &mut render)?;
         }
         tx.commit()?;
+        drop(db);
+        if added {
+            self.publish_audio(&r.id)?;
+        } else {
+            // Kept already (its audio is in place): the staged copy goes.
+            fs_remove(&self.audio.staged(&r.id))?;
+        }
         Ok(added)
     }
 
@@ -184,10 +191,7 @@ impl Store {
         tx.commit()?;
         drop(db);
         for id in ids {
-            match std::fs::remove_file(self.audio_path(id)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
+            fs_remove(&self.audio_path(id))?;
         }
         Ok(())
     }
@@ -268,6 +272,14 @@ impl Store {
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?)
+    }
+}
+
+/// Removes `path`; one already gone is no error.
+fn fs_remove(path: &std::path::Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -1,14 +1,14 @@
 //! The per-server store: message rows and the notification outbox in SQLite (WAL), audio
 //! as WAV files, written so that a committed message survives `kill -9` at any instant.
 //!
-//! Order of a deposit: the WAV is written under a temporary name, fsynced, renamed and the
-//! directory fsynced; then the message row, its link number and its outbox rows are
-//! committed in one transaction (`synchronous = FULL`). A crash before the commit leaves an
-//! orphan file that the next [`Store::open`] removes; after it, everything is there.
+//! Order of a deposit: the WAV is written and fsynced where it waits (a recording's file,
+//! or `audio/incoming/`); then the message row, its link number and its outbox rows are
+//! committed in one transaction (`synchronous = FULL`); then the file moves to its place
+//! (`audio`: the layout on disk). A crash before the commit leaves a file only where
+//! [`Store::open`] looks (it removes it); one after it, a move that open finishes.
 #![warn(missing_docs)]
 
 use std::fs;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -17,6 +17,7 @@ use boxless_core::{LinkPool, PhoneNumber, Rng, now_ms};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub mod adopt;
+pub mod audio;
 pub mod directory;
 pub mod events;
 pub mod fallback;
@@ -227,7 +228,7 @@ pub struct Store {
     web: std::sync::OnceLock<web::WebLinks>,
     /// Set while transcripts are on: how long new messages' notices wait for theirs.
     transcripts: std::sync::OnceLock<transcript::Hold>,
-    audio_dir: PathBuf,
+    audio: audio::AudioDir,
     server_id: String,
     pool: LinkPool,
     rng: Mutex<Rng>,
@@ -277,8 +278,7 @@ impl Store {
     /// Opens (creating) `dir/messages.sqlite` and `dir/audio/`, removing leftovers of an
     /// interrupted deposit.
     pub fn open(dir: &Path, server_id: &str, pool: LinkPool) -> Result<Store> {
-        let audio_dir = dir.join("audio");
-        fs::create_dir_all(&audio_dir)?;
+        let audio = audio::AudioDir::open(dir.join("audio"))?;
         let conn = Connection::open(dir.join("messages.sqlite"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -348,7 +348,7 @@ impl Store {
             dir: dir.to_path_buf(),
             web: std::sync::OnceLock::new(),
             transcripts: std::sync::OnceLock::new(),
-            audio_dir,
+            audio,
             server_id: server_id.to_string(),
             pool,
             rng: Mutex::new(Rng::from_entropy()),
@@ -358,7 +358,7 @@ impl Store {
             #[cfg(feature = "fault-injection")]
             stall_ms: std::sync::atomic::AtomicU64::new(0),
         };
-        store.remove_orphans()?;
+        store.finish_incoming()?;
         Ok(store)
     }
 
@@ -405,24 +405,6 @@ impl Store {
         }
     }
 
-    fn remove_orphans(&self) -> Result<()> {
-        let db = self.db();
-        let mut known = db.prepare("SELECT 1 FROM messages WHERE id = ?1")?;
-        for entry in fs::read_dir(&self.audio_dir)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let orphan = match name.strip_suffix(".wav") {
-                Some(id) => !known.exists([id])?,
-                None => name.ends_with(".tmp"),
-            };
-            if orphan {
-                tracing::warn!(file = %path.display(), "removing audio of an uncommitted deposit");
-                fs::remove_file(&path)?;
-            }
-        }
-        Ok(())
-    }
-
     /// The server this store belongs to.
     pub fn server_id(&self) -> &str {
         &self.server_id
@@ -430,7 +412,7 @@ impl Store {
 
     /// Where a message's audio lives.
     pub fn audio_path(&self, id: &str) -> PathBuf {
-        self.audio_dir.join(format!("{id}.wav"))
+        self.audio.path(id)
     }
 
     /// A new message id: `<server>-<16 hex>` ([`server_of`] reads the server back).
@@ -489,7 +471,10 @@ impl Store {
     ) -> Result<MessageInfo> {
         let id = self.new_id();
         let duration_ms = msg.samples.len() as u64 * 1000 / u64::from(msg.sample_rate.max(1));
-        self.write_wav(&id, msg.samples, msg.sample_rate, msg.encoding)?;
+        self.stage_audio(
+            &id,
+            &wav::encode(msg.samples, msg.sample_rate, msg.encoding),
+        )?;
         self.commit_message(
             &id,
             msg.arrival(),
@@ -498,6 +483,7 @@ impl Store {
             fallback_after_ms,
             &mut render,
         )?;
+        self.publish_audio(&id)?;
         self.get(&id).map(|m| m.expect("row committed above"))
     }
 
@@ -560,20 +546,15 @@ impl Store {
         Ok(())
     }
 
-    fn write_wav(&self, id: &str, samples: &[i16], rate: u32, enc: Encoding) -> Result<()> {
-        self.write_audio(id, &wav::encode(samples, rate, enc))
+    /// Writes message `id`'s WAV file durably (whole, or not at all) where it waits for
+    /// its row's commit; [`Store::publish_audio`] then moves it to its place.
+    pub(crate) fn stage_audio(&self, id: &str, bytes: &[u8]) -> Result<()> {
+        self.audio.stage(id, bytes)
     }
 
-    /// Writes message `id`'s WAV file durably (whole, or not at all).
-    pub(crate) fn write_audio(&self, id: &str, bytes: &[u8]) -> Result<()> {
-        let tmp = self.audio_dir.join(format!("{id}.wav.tmp"));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, self.audio_path(id))?;
-        fs::File::open(&self.audio_dir)?.sync_all()?;
-        Ok(())
+    /// Moves message `id`'s staged audio to its place, once its row has committed.
+    pub(crate) fn publish_audio(&self, id: &str) -> Result<()> {
+        self.audio.publish(id, &self.audio.staged(id))
     }
 
     /// One message.
@@ -772,7 +753,7 @@ impl Store {
 
     /// Free bytes on the file system holding the audio.
     pub fn free_disk(&self) -> u64 {
-        free_bytes(&self.audio_dir).unwrap_or(0)
+        free_bytes(self.audio.root()).unwrap_or(0)
     }
 }
 
@@ -1098,25 +1079,55 @@ mod tests {
     #[test]
     fn reopen_keeps_committed_and_drops_orphans() {
         let dir = tempdir();
-        let id = {
-            let s = store(&dir);
+        let deposit = |s: &Store, at| {
             let msg = NewMessage {
                 recipient: n("+15551230002"),
                 caller: None,
-                received_at_ms: 1,
+                received_at_ms: at,
                 samples: &[1; 80],
                 sample_rate: 8000,
                 encoding: crate::Encoding::Pcm16,
             };
             s.deposit(&msg, |_| "x".into()).unwrap().id
         };
-        fs::write(dir.join("audio/ms1-orphan.wav"), b"x").unwrap();
-        fs::write(dir.join("audio/ms1-half.wav.tmp"), b"x").unwrap();
+        let (id, moved, legacy, stray) = {
+            let s = store(&dir);
+            let (id, moved, legacy) = (deposit(&s, 1), deposit(&s, 2), deposit(&s, 3));
+            // A crash after `moved`'s commit, before its audio left `incoming/`; and
+            // `legacy` as a store from before the layout keeps it.
+            fs::rename(s.audio_path(&moved), s.audio.staged(&moved)).unwrap();
+            fs::rename(
+                s.audio_path(&legacy),
+                dir.join(format!("audio/{legacy}.wav")),
+            )
+            .unwrap();
+            // A crash between a row's removal and its file's.
+            let stray = deposit(&s, 4);
+            s.db()
+                .execute("DELETE FROM messages WHERE id = ?1", [&stray])
+                .unwrap();
+            (id, moved, legacy, s.audio_path(&stray))
+        };
+        // Deposits that never committed, whole or half written.
+        fs::write(dir.join("audio/incoming/ms1-orphan.wav"), b"x").unwrap();
+        fs::write(dir.join("audio/incoming/ms1-half.wav.tmp"), b"x").unwrap();
         let s = store(&dir);
-        assert!(s.get(&id).unwrap().is_some());
-        assert!(s.audio_path(&id).exists());
-        assert!(!dir.join("audio/ms1-orphan.wav").exists());
-        assert!(!dir.join("audio/ms1-half.wav.tmp").exists());
+        for m in [&id, &moved, &legacy] {
+            assert!(s.get(m).unwrap().is_some());
+            assert!(s.audio_path(m).exists(), "{m} in its place");
+        }
+        assert_eq!(fs::read_dir(dir.join("audio/incoming")).unwrap().count(), 0);
+        // Open does not look among the stored files; the sweep does, a few leaves a time.
+        assert!(stray.exists());
+        let (mut cursor, mut removed) = (0, 0);
+        for _ in 0..audio::LEAVES / 4096 {
+            removed += s.sweep_audio(&mut cursor, 4096).unwrap();
+        }
+        assert_eq!((removed, cursor), (1, 0), "one stray, every leaf seen once");
+        assert!(!stray.exists());
+        for m in [&id, &moved, &legacy] {
+            assert!(s.audio_path(m).exists(), "{m} kept by the sweep");
+        }
         assert!(s.delete(&id).unwrap());
         assert!(!s.audio_path(&id).exists());
         assert_eq!(s.get(&id).unwrap().unwrap().state, MessageState::Deleted);

@@ -205,10 +205,7 @@ impl Store {
     }
 
     fn move_to_audio(&self, id: &str, from: &std::path::Path) -> Result<()> {
-        fs::rename(from, self.audio_path(id))?;
-        File::open(&self.audio_dir)?.sync_all()?;
-        File::open(self.recording_dir())?.sync_all()?;
-        Ok(())
+        self.audio.publish(id, from)
     }
 
     /// What a crash left: recordings not yet stored, their headers finished, to be

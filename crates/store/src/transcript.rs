@@ -111,7 +111,13 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<()> {
         "messages",
         "transcript_state",
         "ALTER TABLE messages ADD COLUMN transcript_state TEXT NOT NULL DEFAULT 'off'",
-    )
+    )?;
+    // What a start asks again for: found without reading every row.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS messages_transcript_pending ON messages(received_at_ms)
+             WHERE transcript_state = 'pending'",
+    )?;
+    Ok(())
 }
 
 impl Store {

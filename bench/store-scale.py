@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""What a server's store costs as it grows: `boxless serve` on a store filled with SIZE
+messages (rows copied from one real deposit; with --audio, each with its audio file, hard
+links of that deposit's WAV in the sharded layout), for each SIZE:
+
+  1. start to ready: `boxless serve` started, until the API lists both servers up
+     (median of --starts);
+  2. a deposit's BYE -> 200, from the test phone (`boxless call`), median of 5;
+  3. an API listing by recipient (`GET /api/v1/messages?recipient=`), median of 20;
+  4. with --audio: the audio sweep's work per retention tick (64 of the 65,536 leaf
+     directories: the files it looks at), from the layout itself.
+
+  cargo build --release
+  python3 bench/store-scale.py [--bin target/release/boxless] [--sizes 0 100000 1000000]
+      [--audio] [--starts 3]
+
+Loopback only; the store under a temporary directory (KEEP=1 keeps it).
+"""
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
+from harness import (  # noqa: E402
+    ROOT, Procs, ports, read_jsonl, server_state, wait_until, write_config,
+)
+
+RECIPIENT = "5551230002"
+LEAVES = 1 << 16
+
+
+def leaf_of(msg_id):
+    """The store's leaf directory for `msg_id` (boxless_store::audio: FNV-1a, folded)."""
+    h = 0x811C9DC5
+    for b in msg_id.encode():
+        h = ((h ^ b) * 0x01000193) & 0xFFFFFFFF
+    n = (h ^ (h >> 16)) & (LEAVES - 1)
+    return f"{n >> 8:02x}/{n & 0xff:02x}"
+
+
+def serve(args, work, cfg, p):
+    """`boxless serve` up (both servers), and the seconds it took."""
+    procs = Procs(work)
+    t0 = time.monotonic()
+    procs.start("serve", [args.bin, "serve", "--config", cfg])
+    wait_until(lambda: all((server_state(p["http"], s) or {}).get("state") == "up"
+                           for s in ("ms1", "ms2")), 600, "both servers up")
+    return procs, time.monotonic() - t0
+
+
+def call(args, p, voice, n):
+    out = subprocess.run(
+        [args.bin, "call", "--via", f"127.0.0.1:{p['s1']}", "--from", f"555124{n:04d}",
+         "--to", RECIPIENT, "--diversion", RECIPIENT, "--play", voice, "--play-at", "0.6"],
+        capture_output=True, text=True, timeout=60, check=False).stdout
+    for line in out.splitlines():
+        if "BYE -> 200" in line and "answered in" in line:
+            return float(line.split("answered in")[1].split()[0])
+    raise RuntimeError(f"no BYE -> 200 in: {out}")
+
+
+def listing(p):
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(f"http://127.0.0.1:{p['http']}/api/v1/messages?recipient="
+                                    f"%2B1{RECIPIENT}", timeout=30) as r:
+            body = r.read()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), len(body)
+
+
+def fill(db_path, audio_root, size, with_audio):
+    """`size` copies of the store's one message row (new ids, spread over 30 days and
+    10,000 other recipients), with audio if asked."""
+    db = sqlite3.connect(db_path)
+    cols = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
+    (src_id,) = db.execute("SELECT id FROM messages LIMIT 1").fetchone()
+    src_wav = os.path.join(audio_root, leaf_of(src_id), f"{src_id}.wav")
+    now = int(time.time() * 1000)
+    sel = ", ".join({"id": "?1", "received_at_ms": "?2", "state_changed_ms": "?2",
+                     "recipient": "?3"}.get(c, c) for c in cols)
+    sql = f"INSERT INTO messages ({', '.join(cols)}) SELECT {sel} FROM messages WHERE id = ?4"
+    made = 0
+    while made < size:
+        batch = []
+        for i in range(made, min(size, made + 50_000)):
+            mid = f"ms1-{(i * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF:016x}"
+            recipient = 1_555_000_0000 + (i % 10_000) * 7 + 1
+            batch.append((mid, now - (i * 2_592_000_000 // max(size, 1)), recipient, src_id))
+            if with_audio:
+                d = os.path.join(audio_root, leaf_of(mid))
+                os.makedirs(d, exist_ok=True)
+                os.link(src_wav, os.path.join(d, f"{mid}.wav"))
+        db.executemany(sql, batch)
+        db.commit()
+        made += len(batch)
+    db.close()
+
+
+def one(args, size, root, voice):
+    work = os.path.join(root, str(size))
+    os.makedirs(work)
+    p = ports()
+    cfg = write_config(work, p, rtp=40000, mode="proxy", sms="max_per_recipient_per_hour = 1000000")
+    procs = Procs(work)
+    procs.start("smsc", ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(p["smsc"]),
+                         os.path.join(work, "sms.jsonl")], p["smsc"])
+    try:
+        serving, _ = serve(args, work, cfg, p)
+        call(args, p, voice, 0)
+        wait_until(lambda: read_jsonl(os.path.join(work, "sms.jsonl")), 10, "the first SMS")
+        serving.stop()
+        t0 = time.monotonic()
+        store = os.path.join(work, "data", "ms1")
+        fill(os.path.join(store, "messages.sqlite"), os.path.join(store, "audio"), size,
+             args.audio)
+        filled = time.monotonic() - t0
+        starts = []
+        for _ in range(args.starts):
+            serving, took = serve(args, work, cfg, p)
+            starts.append(took)
+            serving.stop()
+        serving, _ = serve(args, work, cfg, p)
+        try:
+            byes = [call(args, p, voice, i + 1) for i in range(5)]
+            lst, body = listing(p)
+        finally:
+            serving.stop()
+        line = (f"{size:>10} messages (filled in {filled:.0f} s): start to ready "
+                f"{statistics.median(starts):.2f} s (of {', '.join(f'{s:.2f}' for s in starts)}); "
+                f"BYE -> 200 {statistics.median(byes):.1f} ms; listing by recipient "
+                f"{lst:.1f} ms ({body} B)")
+        if args.audio:
+            per_tick = [sum(len(os.listdir(os.path.join(store, "audio", f"{n >> 8:02x}",
+                                                        f"{n & 0xff:02x}")))
+                            if os.path.isdir(os.path.join(store, "audio", f"{n >> 8:02x}",
+                                                          f"{n & 0xff:02x}")) else 0
+                            for n in range(t, t + 64))
+                        for t in range(0, LEAVES, LEAVES // 16)]
+            line += f"; audio sweep: at most {max(per_tick)} files a tick"
+        print(line, flush=True)
+    finally:
+        procs.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/boxless"))
+    ap.add_argument("--sizes", nargs="+", type=int, default=[0, 100_000, 1_000_000])
+    ap.add_argument("--audio", action="store_true")
+    ap.add_argument("--starts", type=int, default=3)
+    args = ap.parse_args()
+    args.bin = os.path.abspath(args.bin)
+    root = tempfile.mkdtemp(prefix="boxless-store-scale-")
+    try:
+        voice = os.path.join(root, "caller.wav")
+        subprocess.run(["bash", "-c", f"source bench/lib.sh && caller_wav {voice}"], cwd=ROOT,
+                       check=True)
+        for size in args.sizes:
+            one(args, size, root, voice)
+    finally:
+        if os.environ.get("KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
