@@ -35,6 +35,7 @@ from harness import (  # noqa: E402
 
 RECIPIENT = "5551230002"
 LEAVES = 1 << 16
+LINKS_PER_FILE = 60_000
 
 
 def leaf_of(msg_id):
@@ -79,8 +80,8 @@ def listing(p):
 
 
 def fill(db_path, audio_root, size, with_audio):
-    """`size` copies of the store's one message row (new ids, spread over 30 days and
-    10,000 other recipients), with audio if asked."""
+    """`size` copies of the store's one message row and its notices (new ids, spread over
+    30 days and 10,000 other recipients), with audio if asked."""
     db = sqlite3.connect(db_path)
     cols = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
     (src_id,) = db.execute("SELECT id FROM messages LIMIT 1").fetchone()
@@ -89,6 +90,12 @@ def fill(db_path, audio_root, size, with_audio):
     sel = ", ".join({"id": "?1", "received_at_ms": "?2", "state_changed_ms": "?2",
                      "recipient": "?3"}.get(c, c) for c in cols)
     sql = f"INSERT INTO messages ({', '.join(cols)}) SELECT {sel} FROM messages WHERE id = ?4"
+    # Each message's notices too (its SMS, as delivered): a month's outbox is as long.
+    ocols = [r[1] for r in db.execute("PRAGMA table_info(outbox)") if r[1] != "id"]
+    notices = db.execute(f"SELECT {', '.join(ocols)} FROM outbox WHERE message_id = ?",
+                         (src_id,)).fetchall()
+    at = ocols.index("message_id")
+    osql = f"INSERT INTO outbox ({', '.join(ocols)}) VALUES ({', '.join('?' * len(ocols))})"
     made = 0
     while made < size:
         batch = []
@@ -97,10 +104,17 @@ def fill(db_path, audio_root, size, with_audio):
             recipient = 1_555_000_0000 + (i % 10_000) * 7 + 1
             batch.append((mid, now - (i * 2_592_000_000 // max(size, 1)), recipient, src_id))
             if with_audio:
+                if i % LINKS_PER_FILE == 0 and i:
+                    # ext4 allows 65,000 links to one inode: a fresh copy every so often.
+                    fresh = os.path.join(os.path.dirname(audio_root), f"fill-{i}.wav")
+                    shutil.copyfile(src_wav, fresh)
+                    src_wav = fresh
                 d = os.path.join(audio_root, leaf_of(mid))
                 os.makedirs(d, exist_ok=True)
                 os.link(src_wav, os.path.join(d, f"{mid}.wav"))
         db.executemany(sql, batch)
+        db.executemany(osql, [n[:at] + (mid,) + n[at + 1:] for (mid, _, _, _) in batch
+                              for n in notices])
         db.commit()
         made += len(batch)
     db.close()

@@ -575,15 +575,22 @@ impl Store {
     /// Messages, newest first, optionally for one recipient.
     pub fn list(&self, recipient: Option<PhoneNumber>, limit: usize) -> Result<Vec<MessageInfo>> {
         let db = self.read_db();
-        let mut stmt = db.prepare(select_message!(
-            "WHERE (?1 IS NULL OR recipient = ?1) ORDER BY received_at_ms DESC, id LIMIT ?2"
-        ))?;
-        let mut out: Vec<MessageInfo> = stmt
-            .query_map(
-                params![recipient.map(|r| r.as_u64() as i64), limit as i64],
-                |r| self.row(r),
-            )?
-            .collect::<rusqlite::Result<_>>()?;
+        // Two statements, not `?1 IS NULL OR recipient = ?1`: SQLite plans a statement once,
+        // and with the OR it walks every message newest first until the limit is met (67 ms
+        // at a million messages for a recipient with six). By recipient, the index
+        // `messages_recipient` reaches that recipient's rows alone, whatever the store holds.
+        let mut out: Vec<MessageInfo> = match recipient {
+            Some(r) => db
+                .prepare_cached(select_message!(
+                    "WHERE recipient = ?1 ORDER BY received_at_ms DESC, id LIMIT ?2"
+                ))?
+                .query_map(params![r.as_u64() as i64, limit as i64], |r| self.row(r))?
+                .collect::<rusqlite::Result<_>>()?,
+            None => db
+                .prepare_cached(select_message!("ORDER BY received_at_ms DESC, id LIMIT ?1"))?
+                .query_map(params![limit as i64], |r| self.row(r))?
+                .collect::<rusqlite::Result<_>>()?,
+        };
         for m in &mut out {
             m.notifications = notifications(&db, &m.id)?;
         }
