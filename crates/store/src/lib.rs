@@ -325,6 +325,7 @@ impl Store {
             "CREATE UNIQUE INDEX IF NOT EXISTS messages_web ON messages(web_hash);
              CREATE INDEX IF NOT EXISTS messages_received ON messages(received_at_ms);",
         )?;
+        conn.execute_batch(retention::SCHEMA)?;
         outbox::migrate(&conn)?;
         conn.execute_batch("CREATE INDEX IF NOT EXISTS outbox_sent ON outbox(sent_at_ms)")?;
         conn.execute_batch(events::SCHEMA)?;
@@ -1252,6 +1253,68 @@ mod tests {
         assert!(s.get(&m.id).unwrap().is_none());
         assert!(!s.audio_path(&m.id).exists());
         assert_eq!(s.pending().unwrap(), 0, "its SMS rows went with it");
+    }
+
+    #[test]
+    fn a_sweep_acts_on_a_bounded_batch_read_through_its_indexes() {
+        let dir = tempdir();
+        let s = store(&dir);
+        let day = 86_400_000u64;
+        let msg = NewMessage {
+            recipient: n("+15551230002"),
+            caller: Some(n("+15551230001")),
+            received_at_ms: 1000,
+            samples: &[1; 80],
+            sample_rate: 8000,
+            encoding: crate::Encoding::Pcm16,
+        };
+        let src = s.deposit(&msg, |_| "new".into()).unwrap();
+        let saved = s.deposit(&msg, |_| "new".into()).unwrap();
+        s.set_state(&saved.id, MessageState::Saved, 1000).unwrap();
+        {
+            let db = s.db();
+            // Copies of one expired message, more than a sweep takes.
+            for i in 0..retention::SWEEP_MAX + 3 {
+                db.execute(
+                    "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms,
+                         link_number, access_code, state, state_changed_ms)
+                     SELECT ?1, recipient, caller, received_at_ms, duration_ms, link_number,
+                         access_code, state, state_changed_ms FROM messages WHERE id = ?2",
+                    params![format!("ms1-copy{i}"), src.id],
+                )
+                .unwrap();
+            }
+            for plan in [
+                retention::DUE,
+                select_message!("WHERE recipient = ?1 ORDER BY received_at_ms DESC, id LIMIT ?2"),
+            ] {
+                let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {plan}")).unwrap();
+                let steps: Vec<String> = stmt
+                    .query_map(
+                        rusqlite::params_from_iter(std::iter::repeat_n(0, stmt.parameter_count())),
+                        |r| r.get::<_, String>(3),
+                    )
+                    .unwrap()
+                    .collect::<rusqlite::Result<_>>()
+                    .unwrap();
+                assert!(
+                    steps.iter().all(|st| !st.starts_with("SCAN messages")),
+                    "a whole-table read: {steps:?}"
+                );
+            }
+        }
+        let p = Retention::days(7, 30);
+        let render = |a: &Aging, exp: u64| format!("reminder {} {exp}", a.id);
+        let later = 1000 + 31 * day;
+        let first = s.sweep(later, &p, render).unwrap();
+        assert_eq!(first.deleted as usize, retention::SWEEP_MAX);
+        assert_eq!(
+            s.sweep(later, &p, render).unwrap().deleted,
+            4,
+            "the rest, and src"
+        );
+        assert_eq!(s.sweep(later, &p, render).unwrap(), Swept::default());
+        assert!(s.get(&saved.id).unwrap().is_some(), "saved is kept");
     }
 
     pub(crate) fn tempdir() -> PathBuf {
