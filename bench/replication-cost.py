@@ -34,7 +34,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
 from harness import (  # noqa: E402
-    ROOT, Procs, cpu_ns, free_port, ports, server_state, wait_until, write_config,
+    ROOT, Procs, bench_dir, cpu_ns, free_port, ports, server_state, wait_until,
+    write_config,
 )
 
 
@@ -209,18 +210,9 @@ def main():
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    root = tempfile.mkdtemp(prefix="boxless-replication-cost-")
-    try:
-        voice = os.path.join(root, "caller.wav")
-        subprocess.run(["bash", "-c", f"source bench/lib.sh && caller_wav {voice}"], cwd=ROOT,
-                       check=True)
+    with bench_dir("boxless-replication-cost-") as (root, voice):
         for mode in args.modes:
             one(args, mode, root, voice)
-    finally:
-        if os.environ.get("KEEP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

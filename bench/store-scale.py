@@ -24,18 +24,20 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
 from harness import (  # noqa: E402
-    ROOT, Procs, ports, read_jsonl, server_state, wait_until, write_config,
+    ROOT, Procs, bench_dir, ports, read_jsonl, server_state, wait_until, write_config,
 )
 
 RECIPIENT = "5551230002"
 LEAVES = 1 << 16
 LINKS_PER_FILE = 60_000
+# The filled messages span 28 days: a month of messages, none yet due for its reminder (day
+# 29) or expiry (day 30), as in a store whose sweeps have kept up.
+SPREAD_MS = 28 * 86_400_000
 
 
 def leaf_of(msg_id):
@@ -81,7 +83,7 @@ def listing(p):
 
 def fill(db_path, audio_root, size, with_audio):
     """`size` copies of the store's one message row and its notices (new ids, spread over
-    30 days and 10,000 other recipients), with audio if asked."""
+    SPREAD_MS and 10,000 other recipients), with audio if asked."""
     db = sqlite3.connect(db_path)
     cols = [r[1] for r in db.execute("PRAGMA table_info(messages)")]
     (src_id,) = db.execute("SELECT id FROM messages LIMIT 1").fetchone()
@@ -102,7 +104,7 @@ def fill(db_path, audio_root, size, with_audio):
         for i in range(made, min(size, made + 50_000)):
             mid = f"ms1-{(i * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF:016x}"
             recipient = 1_555_000_0000 + (i % 10_000) * 7 + 1
-            batch.append((mid, now - (i * 2_592_000_000 // max(size, 1)), recipient, src_id))
+            batch.append((mid, now - (i * SPREAD_MS // max(size, 1)), recipient, src_id))
             if with_audio:
                 if i % LINKS_PER_FILE == 0 and i:
                     # ext4 allows 65,000 links to one inode: a fresh copy every so often.
@@ -175,18 +177,9 @@ def main():
     ap.add_argument("--starts", type=int, default=3)
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
-    root = tempfile.mkdtemp(prefix="boxless-store-scale-")
-    try:
-        voice = os.path.join(root, "caller.wav")
-        subprocess.run(["bash", "-c", f"source bench/lib.sh && caller_wav {voice}"], cwd=ROOT,
-                       check=True)
+    with bench_dir("boxless-store-scale-") as (root, voice):
         for size in args.sizes:
             one(args, size, root, voice)
-    finally:
-        if os.environ.get("KEEP"):
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

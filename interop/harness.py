@@ -7,6 +7,7 @@ Every process listens on 127.0.0.1; every wait is bounded.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -266,6 +267,23 @@ def parse_args(doc, scenarios, add_args=None):
         ap.error(f"unknown scenarios {unknown}; choose from {list(scenarios)}")
     a.bin = os.path.abspath(a.bin)
     return a
+
+
+@contextlib.contextmanager
+def bench_dir(prefix):
+    """A bench's temporary directory and the caller's voice in it (`bench/lib.sh`
+    caller_wav): yields (root, voice); removed on the way out unless KEEP=1."""
+    root = tempfile.mkdtemp(prefix=prefix)
+    try:
+        voice = os.path.join(root, "caller.wav")
+        subprocess.run(["bash", "-c", f"source bench/lib.sh && caller_wav {voice}"], cwd=ROOT,
+                       check=True)
+        yield root, voice
+    finally:
+        if os.environ.get("KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def run(doc, scenarios, run_one, add_args=None, prefix="boxless-interop-"):

@@ -1191,19 +1191,24 @@ mod tests {
         assert!(!s.audio_path(&b.id).exists());
     }
 
-    #[test]
-    fn sweep_reminds_then_expires_on_virtual_time() {
-        let dir = tempdir();
-        let s = store(&dir);
-        let day = 86_400_000u64;
-        let msg = NewMessage {
+    /// A message received at 1,000 ms: retention's tests run on virtual time from there.
+    fn received_at_1000() -> NewMessage<'static> {
+        NewMessage {
             recipient: n("+15551230002"),
             caller: Some(n("+15551230001")),
             received_at_ms: 1000,
             samples: &[1; 80],
             sample_rate: 8000,
             encoding: crate::Encoding::Pcm16,
-        };
+        }
+    }
+
+    #[test]
+    fn sweep_reminds_then_expires_on_virtual_time() {
+        let dir = tempdir();
+        let s = store(&dir);
+        let day = 86_400_000u64;
+        let msg = received_at_1000();
         let m = s.deposit(&msg, |_| "new".into()).unwrap();
         let heard = s.deposit(&msg, |_| "new".into()).unwrap();
         s.set_state(&heard.id, MessageState::Heard, 1000 + day)
@@ -1260,14 +1265,7 @@ mod tests {
         let dir = tempdir();
         let s = store(&dir);
         let day = 86_400_000u64;
-        let msg = NewMessage {
-            recipient: n("+15551230002"),
-            caller: Some(n("+15551230001")),
-            received_at_ms: 1000,
-            samples: &[1; 80],
-            sample_rate: 8000,
-            encoding: crate::Encoding::Pcm16,
-        };
+        let msg = received_at_1000();
         let src = s.deposit(&msg, |_| "new".into()).unwrap();
         let saved = s.deposit(&msg, |_| "new".into()).unwrap();
         s.set_state(&saved.id, MessageState::Saved, 1000).unwrap();
