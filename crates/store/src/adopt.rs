@@ -155,7 +155,7 @@ impl Store {
             self.publish_audio(&r.id)?;
         } else {
             // Kept already (its audio is in place): the staged copy goes.
-            fs_remove(&self.audio.staged(&r.id))?;
+            crate::audio::remove_if_present(&self.audio.staged(&r.id))?;
         }
         Ok(added)
     }
@@ -191,7 +191,7 @@ impl Store {
         tx.commit()?;
         drop(db);
         for id in ids {
-            fs_remove(&self.audio_path(id))?;
+            self.remove_audio(id)?;
         }
         Ok(())
     }
@@ -272,14 +272,6 @@ impl Store {
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
             )
             .optional()?)
-    }
-}
-
-/// Removes `path`; one already gone is no error.
-fn fs_remove(path: &std::path::Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-        _ => Ok(()),
     }
 }
 

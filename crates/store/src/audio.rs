@@ -114,14 +114,7 @@ impl AudioDir {
     /// Files left in `incoming/` by a stop: (id, path); half-written ones (`.tmp`) with
     /// an empty id, to be removed.
     pub(crate) fn left_incoming(&self) -> Result<Vec<(String, PathBuf)>> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.incoming)? {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            let id = name.strip_suffix(".wav").unwrap_or("").to_string();
-            out.push((id, path));
-        }
-        Ok(out)
+        list(&self.incoming)
     }
 
     /// Moves audio kept before the layout (`root/<id>.wav`) to its leaf. Lists only the
@@ -146,24 +139,43 @@ impl AudioDir {
         Ok(())
     }
 
-    /// The files in leaf `n`: (id, path); other names with an empty id.
+    /// The files in leaf `n` (none while it does not exist yet).
     fn list_leaf(&self, n: u32) -> Result<Vec<(String, PathBuf)>> {
-        let entries = match fs::read_dir(self.leaf(n)) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let path = entry?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            out.push((name.strip_suffix(".wav").unwrap_or("").to_string(), path));
-        }
-        Ok(out)
+        list(&self.leaf(n))
+    }
+}
+
+/// The files in `dir`: (id, path), for `<id>.wav`; other names with an empty id. A
+/// directory not made yet holds nothing.
+fn list(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        out.push((name.strip_suffix(".wav").unwrap_or("").to_string(), path));
+    }
+    Ok(out)
+}
+
+/// Removes `path`; one already gone is no error (a removal repeated after a crash).
+pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+        _ => Ok(()),
     }
 }
 
 impl Store {
+    /// Removes message `id`'s audio, if it is there.
+    pub(crate) fn remove_audio(&self, id: &str) -> Result<()> {
+        remove_if_present(&self.audio_path(id))
+    }
+
     /// Looks at `leaves` leaf directories from `*cursor` on (wrapping; the cursor moves
     /// past them) and removes each file no message row names: what a crash between a
     /// row's removal and its file's left. Bounded work per call, whatever the store holds.
@@ -189,10 +201,8 @@ impl Store {
             drop(db);
             for path in stray {
                 tracing::warn!(file = %path.display(), "removing audio no message names");
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                    _ => removed += 1,
-                }
+                remove_if_present(&path)?;
+                removed += 1;
             }
         }
         Ok(removed)

@@ -582,9 +582,7 @@ impl Store {
         // `messages_recipient` reaches that recipient's rows alone, whatever the store holds.
         let mut out: Vec<MessageInfo> = match recipient {
             Some(r) => db
-                .prepare_cached(select_message!(
-                    "WHERE recipient = ?1 ORDER BY received_at_ms DESC, id LIMIT ?2"
-                ))?
+                .prepare_cached(BY_RECIPIENT)?
                 .query_map(params![r.as_u64() as i64, limit as i64], |r| self.row(r))?
                 .collect::<rusqlite::Result<_>>()?,
             None => db
@@ -750,11 +748,7 @@ impl Store {
                     .is_some(),
         );
         if n > 0 {
-            match fs::remove_file(self.audio_path(id)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.remove_audio(id)?;
         }
         Ok(n > 0)
     }
@@ -855,6 +849,11 @@ macro_rules! select_message {
     };
 }
 pub(crate) use select_message;
+
+/// A recipient's messages, newest first: through `messages_recipient`, that recipient's
+/// rows alone ([`Store::list`]).
+const BY_RECIPIENT: &str =
+    select_message!("WHERE recipient = ?1 ORDER BY received_at_ms DESC, id LIMIT ?2");
 
 /// The lowest link number of the pool that no unheard message of `recipient` uses; when
 /// every number is in use, the one with the fewest such messages (the number is then shared
@@ -1282,10 +1281,7 @@ mod tests {
                 )
                 .unwrap();
             }
-            for plan in [
-                retention::DUE,
-                select_message!("WHERE recipient = ?1 ORDER BY received_at_ms DESC, id LIMIT ?2"),
-            ] {
+            for plan in [retention::DUE, BY_RECIPIENT] {
                 let mut stmt = db.prepare(&format!("EXPLAIN QUERY PLAN {plan}")).unwrap();
                 let steps: Vec<String> = stmt
                     .query_map(

@@ -203,11 +203,7 @@ impl Store {
         }
         // After the commit: a crash in between strands a file, which the audio sweep finds.
         for id in gone {
-            match std::fs::remove_file(self.audio_path(&id)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.remove_audio(&id)?;
         }
         Ok(done)
     }
