@@ -4,6 +4,9 @@
 #  - SMS latency after hang-up: `boxless call` returns on the 200 to its BYE; the time until
 #    the SMSC simulator (npm smpp) records the SMS.
 # Usage: bench/deposit-load.sh [CALLS] [RATE]   (default 100 calls at 10/s, ~55 concurrent)
+#   DATA=DIR puts the servers' store under DIR (default: the temporary directory), to
+#   measure on the file system an operator's data_dir would be on.
+#   PROFILE=FILE also records the SIPp phase with `perf record -g` into FILE (perf.data).
 # Needs: sip-tester, nodejs + `npm ci` in interop/smsc, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,10 +14,10 @@ source bench/lib.sh
 calls=${1:-100}
 rate=${2:-10}
 work=$(mktemp -d)
-trap 'kill $BP $SP 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill $BP $SP 2>/dev/null || true; rm -rf "$work" "${DATA:-$work}/data-$$"' EXIT
 cargo build --release -q
 cat > "$work/b.toml" <<TOML
-data_dir = "$work/data"
+data_dir = "${DATA:-$work}/data-$$"
 [router]
 listen = "127.0.0.1:25260"
 [http]
@@ -46,21 +49,29 @@ sleep 1
 caller_wav "$work/caller.wav"
 python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.pcap"
 base=$(rss $BP)
-t0=$(ticks $BP)
+t0=$(ticks $BP); s0=($(ticks_split $BP))
 ( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!
+# CPU time as the scheduler counts it (ns, every thread), beside the coarse ticks.
+perf stat -e task-clock -p $BP -x, -o "$work/cpu.csv" > /dev/null 2>&1 & CP=$!
+if [ -n "${PROFILE:-}" ]; then
+  perf record ${PERF_ARGS:--g} -F 999 -p $BP -o "$PROFILE" > /dev/null 2>&1 & PP=$!
+fi
 printf 'SEQUENTIAL\n+15551230001;\n' > "$work/callers.csv"
 (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/deposit.xml" -inf "$work/callers.csv" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 -p 25290 -mp 26000 \
    -key pcap "$work/caller.pcap" -key recipient 5551230002 127.0.0.1:25260 \
    -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -fd 1 -stf s.csv > /dev/null 2>&1) || true
-t1=$(ticks $BP)
+t1=$(ticks $BP); s1=($(ticks_split $BP))
 kill $RP 2>/dev/null || true
+kill -INT $CP; wait $CP || true
+if [ -n "${PROFILE:-}" ]; then kill -INT $PP; wait $PP || true; fi
 peak=$(sort -n "$work/rss.txt" | tail -1)
 failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/s.csv")
 maxconc=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="CurrentCall") c=i} NR>1{if($c>m)m=$c} END{print m}' "$work/s.csv")
 sleep 3
 sms=$(wc -l < "$work/sms.jsonl")
 echo "calls: $calls at $rate/s, failed: $failed, peak concurrent (SIPp): $maxconc, SMS: $sms"
-echo "CPU per call: $(( (t1 - t0) * 10000 / calls )) µs (whole process, $(( t1 - t0 )) ticks)"
+echo "CPU per call: $(( (t1 - t0) * 10000 / calls )) µs (whole process, $(( t1 - t0 )) ticks: user $(( s1[0] - s0[0] )), system $(( s1[1] - s0[1] )))"
+echo "CPU per call (perf stat task-clock): $(awk -F, -v n="$calls" '/task-clock/{printf "%d", $1 * 1000 / n}' "$work/cpu.csv") µs"
 echo "RSS: idle ${base} KiB, peak ${peak} KiB -> $(( (peak - base) / (maxconc > 0 ? maxconc : 1) )) KiB per active call"
 # SMS latency: 10 sequential calls with the test phone.
 lat=()

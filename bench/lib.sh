@@ -13,6 +13,8 @@ PY
 
 # CPU ticks (user + system) of a process so far.
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# The same, user and system apart: "USER SYSTEM".
+ticks_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 # Resident memory of a process (KiB).
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }

@@ -15,6 +15,7 @@
 //! While [`Store::hold_notices`] is on, no notice is due: a returning server sends
 //! nothing before it knows what was sent for it.
 
+use crate::sql::Cached as _;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
@@ -106,7 +107,7 @@ impl Store {
         let now = boxless_core::now_ms();
         let mut db = self.db();
         let tx = db.transaction()?;
-        let added = tx.execute(
+        let added = tx.run(
             "INSERT OR IGNORE INTO messages (id, recipient, caller, received_at_ms, duration_ms,
                  link_number, access_code, state, state_changed_ms, web_hash, revision,
                  replicated, origin, transcript, transcript_state)
@@ -163,7 +164,7 @@ impl Store {
     /// The ids of the messages taken over from `origin` kept here.
     pub fn adopted(&self, origin: &str) -> Result<Vec<String>> {
         let db = self.read_db();
-        let mut stmt = db.prepare("SELECT id FROM messages WHERE origin = ?1")?;
+        let mut stmt = db.prepare_cached("SELECT id FROM messages WHERE origin = ?1")?;
         let ids = stmt
             .query_map([origin], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
@@ -184,9 +185,9 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction()?;
         for id in ids {
-            tx.execute("DELETE FROM outbox WHERE message_id = ?1", [id])?;
-            tx.execute("DELETE FROM messages WHERE id = ?1", [id])?;
-            tx.execute("DELETE FROM replica_gone WHERE id = ?1", [id])?;
+            tx.run("DELETE FROM outbox WHERE message_id = ?1", [id])?;
+            tx.run("DELETE FROM messages WHERE id = ?1", [id])?;
+            tx.run("DELETE FROM replica_gone WHERE id = ?1", [id])?;
         }
         tx.commit()?;
         drop(db);
@@ -205,7 +206,7 @@ impl Store {
         let mine: Vec<(String, i64)> = {
             let db = self.read_db();
             let mut stmt =
-                db.prepare("SELECT id, replicated FROM messages WHERE origin IS NULL")?;
+                db.prepare_cached("SELECT id, replicated FROM messages WHERE origin IS NULL")?;
             stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?
         };
@@ -226,7 +227,7 @@ impl Store {
             }
             // Changed while another server answered for it: its version wins.
             let web_hash = r.web_hash.as_deref().and_then(hex);
-            tx.execute(
+            tx.run(
                 "UPDATE messages SET state = ?2, state_changed_ms = ?3, web_hash = ?4,
                      transcript = ?5, transcript_state = ?6 WHERE id = ?1",
                 params![
@@ -239,13 +240,13 @@ impl Store {
                 ],
             )?;
             // After the triggers, so that JetStream is not sent what it has.
-            tx.execute(
+            tx.run(
                 "UPDATE messages SET revision = ?2, replicated = ?2 WHERE id = ?1",
                 params![id, r.revision as i64],
             )?;
             out.changed += 1;
             if r.state != "new" {
-                out.notices_dropped += tx.execute(
+                out.notices_dropped += tx.run(
                     "UPDATE outbox SET state = 'skipped',
                          last_error = 'notified by the server that answered for this one'
                      WHERE message_id = ?1 AND state = 'pending'",
@@ -266,7 +267,7 @@ impl Store {
     pub fn revisions(&self, id: &str) -> Result<Option<(u64, u64)>> {
         Ok(self
             .read_db()
-            .query_row(
+            .one(
                 "SELECT revision, replicated FROM messages WHERE id = ?1",
                 [id],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),

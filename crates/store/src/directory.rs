@@ -5,6 +5,7 @@
 //! process keeps of the JetStream key-value bucket (each entry with the bucket's revision,
 //! so an older update never overwrites a newer one), and what it uses while NATS is away.
 
+use crate::sql::Cached as _;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -63,6 +64,7 @@ impl Directory {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        crate::sql::prepare_once(&conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Directory {
             conn: Mutex::new(conn),
@@ -78,7 +80,7 @@ impl Directory {
     pub fn get(&self, n: PhoneNumber) -> Result<Option<Prefs>> {
         let db = self.db();
         let raw: Option<String> = db
-            .query_row(
+            .one(
                 "SELECT prefs FROM recipients WHERE number = ?1",
                 [key(n)],
                 |r| r.get(0),
@@ -91,7 +93,7 @@ impl Directory {
     pub fn revision(&self, n: PhoneNumber) -> Result<u64> {
         let v: Option<i64> = self
             .db()
-            .query_row(
+            .one(
                 "SELECT revision FROM recipients WHERE number = ?1",
                 [key(n)],
                 |r| r.get(0),
@@ -106,7 +108,7 @@ impl Directory {
         let mut db = self.db();
         let tx = db.transaction()?;
         let stored: Option<i64> = tx
-            .query_row(
+            .one(
                 "SELECT revision FROM recipients WHERE number = ?1",
                 [key(n)],
                 |r| r.get(0),
@@ -118,18 +120,18 @@ impl Directory {
             (None, s) => s.unwrap_or(0) + 1,
         };
         if stored.is_none() {
-            let count: i64 = tx.query_row("SELECT COUNT(*) FROM recipients", [], |r| r.get(0))?;
+            let count: i64 = tx.one("SELECT COUNT(*) FROM recipients", [], |r| r.get(0))?;
             if count >= self.max_entries {
                 return Err(Error::Full("recipients"));
             }
         }
-        tx.execute(
+        tx.run(
             "INSERT OR REPLACE INTO recipients (number, prefs, revision, updated_ms) VALUES (?1, ?2, ?3, ?4)",
             params![key(n), to_json(p), rev, sql_ms(now)],
         )?;
-        tx.execute("DELETE FROM notify_members WHERE recipient = ?1", [key(n)])?;
+        tx.run("DELETE FROM notify_members WHERE recipient = ?1", [key(n)])?;
         for m in &p.notify_numbers {
-            tx.execute(
+            tx.run(
                 "INSERT OR IGNORE INTO notify_members (member, recipient) VALUES (?1, ?2)",
                 params![key(*m), key(n)],
             )?;
@@ -142,12 +144,12 @@ impl Directory {
     pub fn delete(&self, n: PhoneNumber, revision: Option<u64>) -> Result<bool> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let gone = tx.execute(
+        let gone = tx.run(
             "DELETE FROM recipients WHERE number = ?1 AND (?2 IS NULL OR revision <= ?2)",
             params![key(n), revision.map(|r| r as i64)],
         )?;
         if gone > 0 {
-            tx.execute("DELETE FROM notify_members WHERE recipient = ?1", [key(n)])?;
+            tx.run("DELETE FROM notify_members WHERE recipient = ?1", [key(n)])?;
         }
         tx.commit()?;
         Ok(gone > 0)
@@ -164,7 +166,7 @@ impl Directory {
         caller == recipient
             || self
                 .db()
-                .query_row(
+                .one(
                     "SELECT 1 FROM notify_members WHERE member = ?1 AND recipient = ?2",
                     params![key(caller), key(recipient)],
                     |_| Ok(()),
@@ -179,7 +181,7 @@ impl Directory {
     pub fn len(&self) -> Result<u64> {
         let v: i64 = self
             .db()
-            .query_row("SELECT COUNT(*) FROM recipients", [], |r| r.get(0))?;
+            .one("SELECT COUNT(*) FROM recipients", [], |r| r.get(0))?;
         Ok(v as u64)
     }
 

@@ -9,6 +9,7 @@
 //! newest [`MAX_EVENTS`], is dropped and counted, so a receiver gone for good cannot grow
 //! the store without end.
 
+use crate::sql::Cached as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
@@ -50,7 +51,7 @@ pub struct Event {
 /// Writes an event inside the caller's transaction, when events are on.
 pub(crate) fn emit(tx: &Connection, on: bool, kind: &str, data: Value, now: u64) -> Result<()> {
     if on {
-        tx.execute(
+        tx.run(
             "INSERT INTO events (kind, data, created_ms) VALUES (?1, ?2, ?3)",
             params![kind, data.to_string(), sql_ms(now)],
         )?;
@@ -97,7 +98,7 @@ impl Store {
 
     /// Event `id` went out: the next one is due.
     pub fn event_sent(&self, id: i64) -> Result<()> {
-        self.db().execute(
+        self.db().run(
             "INSERT INTO event_cursor (one, last_id) VALUES (1, ?1)
              ON CONFLICT(one) DO UPDATE SET last_id = MAX(last_id, excluded.last_id)",
             [id],
@@ -107,7 +108,7 @@ impl Store {
 
     /// Events not yet sent.
     pub fn events_waiting(&self) -> Result<u64> {
-        let v: i64 = self.read_db().query_row(
+        let v: i64 = self.read_db().one(
             "SELECT COUNT(*) FROM events
              WHERE id > COALESCE((SELECT last_id FROM event_cursor WHERE one = 1), 0)",
             [],
@@ -125,13 +126,13 @@ impl Store {
     fn prune_events_within(&self, now: u64, max: i64) -> Result<usize> {
         let db = self.db();
         let cursor: i64 = db
-            .query_row("SELECT last_id FROM event_cursor WHERE one = 1", [], |r| {
+            .one("SELECT last_id FROM event_cursor WHERE one = 1", [], |r| {
                 r.get(0)
             })
             .optional()?
             .unwrap_or(0);
-        db.execute("DELETE FROM events WHERE id <= ?1", [cursor])?;
-        let dropped = db.execute(
+        db.run("DELETE FROM events WHERE id <= ?1", [cursor])?;
+        let dropped = db.run(
             "DELETE FROM events WHERE created_ms < ?1
              OR id <= (SELECT MAX(id) FROM events) - ?2",
             params![sql_ms(now.saturating_sub(KEEP_MS)), max],

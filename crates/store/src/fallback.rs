@@ -17,6 +17,7 @@
 //! any SMS), nothing is lost. Only notices of a message (`kind = 'message'`) fall back;
 //! alerts, reminders and digests are SMS only.
 
+use crate::sql::Cached as _;
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use crate::{OutboxJob, Result, Store, sql_ms};
@@ -24,7 +25,7 @@ use crate::{OutboxJob, Result, Store, sql_ms};
 /// A row's message and step, when it is a message's notice.
 fn place(tx: &Transaction<'_>, job: i64) -> Result<Option<(String, i64, String)>> {
     Ok(tx
-        .query_row(
+        .one(
             "SELECT message_id, step, channel FROM outbox
              WHERE id = ?1 AND kind = 'message' AND message_id IS NOT NULL",
             [job],
@@ -55,7 +56,7 @@ pub(crate) fn reached(tx: &Transaction<'_>, job: i64) -> Result<usize> {
         return Ok(n);
     };
     let why = format!("not needed: the {channel} notice reached the recipient");
-    Ok(n + tx.execute(
+    Ok(n + tx.run(
         "UPDATE outbox SET state = 'skipped', last_error = ?3
          WHERE message_id = ?1 AND kind = 'message' AND step > ?2 AND state = 'pending'",
         params![message, step, why],
@@ -69,7 +70,7 @@ pub(crate) fn gave_up(tx: &Transaction<'_>, job: i64, now: u64) -> Result<usize>
     let mut n = 0;
     for m in merged_into(tx, job)? {
         // The digest was their notice: they failed with it.
-        tx.execute(
+        tx.run(
             "UPDATE outbox SET state = 'undeliverable', last_error = 'its digest was not delivered'
              WHERE id = ?1 AND state = 'merged'",
             [m],
@@ -79,7 +80,7 @@ pub(crate) fn gave_up(tx: &Transaction<'_>, job: i64, now: u64) -> Result<usize>
     let Some((message, step, _)) = place(tx, job)? else {
         return Ok(n);
     };
-    let waiting: bool = tx.query_row(
+    let waiting: bool = tx.one(
         "SELECT EXISTS (SELECT 1 FROM outbox WHERE message_id = ?1 AND kind = 'message'
              AND step = ?2 AND state IN ('pending', 'accepted', 'merged'))",
         params![message, step],
@@ -88,7 +89,7 @@ pub(crate) fn gave_up(tx: &Transaction<'_>, job: i64, now: u64) -> Result<usize>
     if waiting {
         return Ok(n);
     }
-    Ok(n + tx.execute(
+    Ok(n + tx.run(
         "UPDATE outbox SET next_attempt_ms = MIN(next_attempt_ms, ?3)
          WHERE message_id = ?1 AND kind = 'message' AND state = 'pending' AND step = (
              SELECT MIN(step) FROM outbox WHERE message_id = ?1 AND kind = 'message'
@@ -132,7 +133,7 @@ impl Store {
     fn ended(&self, job: &OutboxJob, state: &str, why: &str, now: u64) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        tx.execute(
+        tx.run(
             "UPDATE outbox SET state = ?2, last_error = ?3, final_ms = ?4,
                  attempts = attempts + (?2 = 'undeliverable')
              WHERE id = ?1",
@@ -163,13 +164,13 @@ impl Store {
     pub fn handed_over(&self, job: &OutboxJob, now: u64) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        tx.execute(
+        tx.run(
             "UPDATE outbox SET state = 'accepted', attempts = attempts + 1, sent_at_ms = ?2,
                  last_error = NULL
              WHERE id = ?1",
             params![job.id, sql_ms(now)],
         )?;
-        tx.execute(
+        tx.run(
             "UPDATE messages SET state = 'notified', state_changed_ms = ?2
              WHERE id = ?1 AND state = 'new'",
             params![job.message_id, sql_ms(now)],

@@ -8,6 +8,7 @@
 //! [`Store::open`] looks (it removes it); one after it, a move that open finishes.
 #![warn(missing_docs)]
 
+use crate::sql::Cached as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -27,6 +28,7 @@ pub mod receipts;
 pub mod recording;
 pub mod replica;
 pub mod retention;
+mod sql;
 mod threads;
 pub mod transcript;
 pub mod wav;
@@ -283,6 +285,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        sql::prepare_once(&conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lockout::SCHEMA)?;
         // Stores made before reminders and web links existed lack these columns.
@@ -338,6 +341,7 @@ impl Store {
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 r.busy_timeout(std::time::Duration::from_secs(5))?;
+                sql::prepare_once(&r)?;
                 Ok(Mutex::new(r))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -511,7 +515,7 @@ impl Store {
         } else {
             TranscriptState::Off
         };
-        tx.execute(
+        tx.run(
             "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms, link_number, access_code, state, state_changed_ms, web_hash, transcript_state)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'new', ?8, ?9, ?10)",
             params![id, msg.recipient.as_u64() as i64, msg.caller.map(|c| c.as_u64() as i64), msg.received_at_ms as i64, duration_ms as i64, link.as_u64() as i64, code, now as i64, web_hash, transcript.as_str()],
@@ -562,7 +566,7 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<MessageInfo>> {
         let db = self.read_db();
         let row = db
-            .query_row(select_message!("WHERE id = ?1"), [id], |r| self.row(r))
+            .one(select_message!("WHERE id = ?1"), [id], |r| self.row(r))
             .optional()?;
         match row {
             Some(mut m) => {
@@ -687,10 +691,10 @@ impl Store {
     fn changed(&self, id: &str, sql: &str, state: &str, now: u64) -> Result<bool> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let n = tx.execute(sql, params![id, now as i64])?;
+        let n = tx.run(sql, params![id, now as i64])?;
         if n > 0 {
             let recipient: Option<i64> = tx
-                .query_row("SELECT recipient FROM messages WHERE id = ?1", [id], |r| {
+                .one("SELECT recipient FROM messages WHERE id = ?1", [id], |r| {
                     r.get(0)
                 })
                 .optional()?;
@@ -743,7 +747,7 @@ impl Store {
             deleted
                 || self
                     .db()
-                    .query_row("SELECT 1 FROM messages WHERE id = ?1", [id], |_| Ok(()))
+                    .one("SELECT 1 FROM messages WHERE id = ?1", [id], |_| Ok(()))
                     .optional()?
                     .is_some(),
         );
@@ -809,7 +813,7 @@ pub(crate) fn queue_notices(
         let due = due.max(held);
         let text = render(facts, route.channel());
         let insert = |to: PhoneNumber, address: Option<&str>| {
-            tx.execute(
+            tx.run(
                 "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, step, address)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, 'message', ?7, ?8, ?9, ?10)",
                 params![id, route.channel().as_str(), to.as_u64() as i64, link, text, sql_ms(due), caller, now as i64, step as i64, address],
@@ -831,7 +835,7 @@ pub(crate) fn queue_notices(
 
 pub(crate) fn add_column(conn: &Connection, table: &str, column: &str, ddl: &str) -> Result<()> {
     let has = conn
-        .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+        .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
         .exists([table, column])?;
     if !has {
         conn.execute_batch(ddl)?;
@@ -858,15 +862,16 @@ const BY_RECIPIENT: &str =
 /// The lowest link number of the pool that no unheard message of `recipient` uses; when
 /// every number is in use, the one with the fewest such messages (the number is then shared
 /// and retrieval plays them one after another).
+/// How many unheard messages of a recipient each link number holds.
+const LINKS_IN_USE: &str = "SELECT link_number, COUNT(*) FROM messages
+    WHERE recipient = ?1 AND state IN ('new', 'notified') GROUP BY link_number";
+
 fn choose_link(
     tx: &rusqlite::Transaction<'_>,
     pool: &LinkPool,
     recipient: PhoneNumber,
 ) -> Result<PhoneNumber> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT link_number, COUNT(*) FROM messages WHERE recipient = ?1 AND state IN ('new', 'notified')
-         GROUP BY link_number",
-    )?;
+    let mut stmt = tx.prepare_cached(LINKS_IN_USE)?;
     let used: std::collections::HashMap<i64, i64> = stmt
         .query_map([recipient.as_u64() as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
@@ -953,10 +958,10 @@ fn free_bytes(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn n(s: &str) -> PhoneNumber {
+    pub(crate) fn n(s: &str) -> PhoneNumber {
         PhoneNumber::parse_e164(s).unwrap()
     }
 
@@ -1111,7 +1116,7 @@ mod tests {
             // A crash between a row's removal and its file's.
             let stray = deposit(&s, 4);
             s.db()
-                .execute("DELETE FROM messages WHERE id = ?1", [&stray])
+                .run("DELETE FROM messages WHERE id = ?1", [&stray])
                 .unwrap();
             (id, moved, legacy, s.audio_path(&stray))
         };
@@ -1272,7 +1277,7 @@ mod tests {
             let db = s.db();
             // Copies of one expired message, more than a sweep takes.
             for i in 0..retention::SWEEP_MAX + 3 {
-                db.execute(
+                db.run(
                     "INSERT INTO messages (id, recipient, caller, received_at_ms, duration_ms,
                          link_number, access_code, state, state_changed_ms)
                      SELECT ?1, recipient, caller, received_at_ms, duration_ms, link_number,

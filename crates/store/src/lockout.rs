@@ -6,6 +6,7 @@
 //! locked no code opens it; only the recipient's own trusted caller-ID still does. One
 //! row per link number of this server's pool: the table is bounded by the pool.
 
+use crate::sql::Cached as _;
 use boxless_core::PhoneNumber;
 use rusqlite::{OptionalExtension, params};
 
@@ -25,7 +26,7 @@ impl Store {
     pub fn link_locked(&self, link: PhoneNumber, now: u64) -> Result<bool> {
         let until: Option<i64> = self
             .read_db()
-            .query_row(
+            .one(
                 "SELECT locked_until_ms FROM lockouts WHERE link_number = ?1",
                 [link.as_u64() as i64],
                 |r| r.get(0),
@@ -50,7 +51,7 @@ impl Store {
         let mut db = self.db();
         let tx = db.transaction()?;
         let row: Option<(i64, i64, i64)> = tx
-            .query_row(
+            .one(
                 "SELECT window_start_ms, wrong, locked_until_ms FROM lockouts WHERE link_number = ?1",
                 [link.as_u64() as i64],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -69,7 +70,7 @@ impl Store {
         } else {
             until
         };
-        tx.execute(
+        tx.run(
             "INSERT INTO lockouts (link_number, window_start_ms, wrong, locked_until_ms) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(link_number) DO UPDATE SET window_start_ms = ?2, wrong = ?3, locked_until_ms = ?4",
             params![link.as_u64() as i64, sql_ms(start), wrong as i64, sql_ms(until)],
@@ -84,7 +85,7 @@ impl Store {
     fn holds_link(&self, link: PhoneNumber) -> Result<bool> {
         Ok(self
             .read_db()
-            .query_row(
+            .one(
                 "SELECT 1 FROM messages WHERE link_number = ?1 LIMIT 1",
                 [link.as_u64() as i64],
                 |_| Ok(()),

@@ -11,6 +11,7 @@
 //!
 //! Every function takes `now`, so tests run on virtual time.
 
+use crate::sql::Cached as _;
 use boxless_core::PhoneNumber;
 use boxless_core::recipient::Channel;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -164,6 +165,12 @@ fn number(v: Option<i64>) -> Option<PhoneNumber> {
     v.and_then(|v| PhoneNumber::parse_e164(&format!("+{v}")))
 }
 
+/// The pending notices of one lane whose time has come, oldest first.
+pub(crate) const DUE: &str = "SELECT id, message_id, destination, source, text, attempts, kind,
+        channel, address, step
+    FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (channel = 'sms') = ?3
+    ORDER BY next_attempt_ms, id LIMIT ?2";
+
 impl Store {
     /// Queues a missed-call alert (no message kept). Within `merge_ms` of the previous
     /// alert from the same caller to the same recipient it joins that one: a waiting
@@ -184,7 +191,7 @@ impl Store {
         let tx = db.transaction()?;
         let (dest, from) = (recipient.as_u64() as i64, caller.map(|c| c.as_u64() as i64));
         let previous: Option<(i64, String, u32)> = tx
-            .query_row(
+            .one(
                 "SELECT id, state, merged_count FROM outbox
                  WHERE destination = ?1 AND kind = 'missed_call' AND caller IS ?2 AND created_ms >= ?3
                  ORDER BY created_ms DESC, id DESC LIMIT 1",
@@ -194,7 +201,7 @@ impl Store {
             .optional()?;
         let queued = match previous {
             _ if elsewhere => {
-                tx.execute(
+                tx.run(
                     "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, last_error)
                      VALUES (NULL, 'sms', ?1, ?2, '', 'merged', ?3, 'missed_call', ?2, ?3, 'same caller as another server''s alert just now')",
                     params![dest, from, sql_ms(now)],
@@ -202,14 +209,14 @@ impl Store {
                 false
             }
             Some((id, state, count)) if state == "pending" => {
-                tx.execute(
+                tx.run(
                     "UPDATE outbox SET merged_count = ?2, created_ms = ?3, text = ?4 WHERE id = ?1",
                     params![id, count + 1, sql_ms(now), render(count + 1)],
                 )?;
                 true
             }
             Some(_) => {
-                tx.execute(
+                tx.run(
                     "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms, last_error)
                      VALUES (NULL, 'sms', ?1, ?2, '', 'merged', ?3, 'missed_call', ?2, ?3, 'same caller as an alert just sent')",
                     params![dest, from, sql_ms(now)],
@@ -217,7 +224,7 @@ impl Store {
                 false
             }
             None => {
-                tx.execute(
+                tx.run(
                     "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, caller, created_ms)
                      VALUES (NULL, 'sms', ?1, ?2, ?3, 'pending', ?4, 'missed_call', ?2, ?4)",
                     params![dest, from, render(1), sql_ms(now)],
@@ -246,11 +253,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let db = self.read_db();
-        let mut stmt = db.prepare_cached(
-            "SELECT id, message_id, destination, source, text, attempts, kind, channel, address, step
-             FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (channel = 'sms') = ?3
-             ORDER BY next_attempt_ms, id LIMIT ?2",
-        )?;
+        let mut stmt = db.prepare_cached(DUE)?;
         let jobs: Vec<OutboxJob> = stmt
             .query_map(params![sql_ms(now), limit as i64, lane == Lane::Sms], |r| {
                 let kind: String = r.get(6)?;
@@ -282,7 +285,7 @@ impl Store {
 
     /// SMS sent to `to` in the rolling hour before `now`.
     pub fn window(&self, to: PhoneNumber, now: u64) -> Result<Window> {
-        let (sent, oldest): (i64, Option<i64>) = self.read_db().query_row(
+        let (sent, oldest): (i64, Option<i64>) = self.read_db().one(
             "SELECT COUNT(*), MIN(sent_at_ms) FROM outbox
              WHERE destination = ?1 AND sent_at_ms > ?2 AND channel = 'sms'",
             params![to.as_u64() as i64, sql_ms(now.saturating_sub(HOUR_MS))],
@@ -321,7 +324,7 @@ impl Store {
         let tx = db.transaction()?;
         let dest = job.destination.as_u64() as i64;
         let existing: Option<i64> = tx
-            .query_row(
+            .one(
                 "SELECT id FROM outbox WHERE destination = ?1 AND kind = 'digest' AND state = 'pending'
                  ORDER BY id LIMIT 1",
                 [dest],
@@ -331,7 +334,7 @@ impl Store {
         let digest = match existing {
             Some(id) => id,
             None => {
-                tx.execute(
+                tx.run(
                     "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, created_ms)
                      VALUES (NULL, 'sms', ?1, NULL, '', 'pending', ?2, 'digest', ?3)",
                     params![dest, sql_ms(digest_at), sql_ms(now)],
@@ -339,7 +342,7 @@ impl Store {
                 tx.last_insert_rowid()
             }
         };
-        tx.execute(
+        tx.run(
             "UPDATE outbox SET state = 'merged', digest_id = ?2, last_error = 'over sms.max_per_recipient_per_hour: in a digest' WHERE id = ?1",
             params![job.id, digest],
         )?;
@@ -351,13 +354,13 @@ impl Store {
     /// merged into a digest that is still to go). Returns how many went.
     pub fn prune_outbox(&self, now: u64) -> Result<usize> {
         let db = self.db();
-        let n = db.execute(
+        let n = db.run(
             "DELETE FROM outbox WHERE message_id IS NULL AND state NOT IN ('pending')
              AND COALESCE(sent_at_ms, created_ms) < ?1
              AND NOT EXISTS (SELECT 1 FROM outbox d WHERE d.id = outbox.digest_id AND d.state = 'pending')",
             [sql_ms(now.saturating_sub(KEEP_FINISHED_MS))],
         )?;
-        db.execute(
+        db.run(
             "DELETE FROM sms_parts WHERE NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = sms_parts.outbox_id)",
             [],
         )?;
@@ -367,7 +370,7 @@ impl Store {
     /// A job that may not go before `at` (its number's hour is full): waits, no attempt
     /// counted.
     pub fn defer(&self, job: &OutboxJob, at: u64) -> Result<()> {
-        self.db().execute(
+        self.db().run(
             "UPDATE outbox SET next_attempt_ms = ?2 WHERE id = ?1",
             params![job.id, sql_ms(at)],
         )?;
@@ -416,7 +419,7 @@ impl Store {
 
     /// When the next pending notice of `lane` is due, if any.
     pub fn next_due(&self, lane: Lane) -> Result<Option<u64>> {
-        let v: Option<i64> = self.read_db().query_row(
+        let v: Option<i64> = self.read_db().one(
             "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending' AND (channel = 'sms') = ?1",
             [lane == Lane::Sms],
             |r| r.get(0),
@@ -426,7 +429,7 @@ impl Store {
 
     /// Pending SMS count.
     pub fn pending(&self) -> Result<u64> {
-        let v: i64 = self.read_db().query_row(
+        let v: i64 = self.read_db().one(
             "SELECT COUNT(*) FROM outbox WHERE state = 'pending'",
             [],
             |r| r.get(0),
@@ -442,7 +445,7 @@ impl Store {
         text: &str,
         now: u64,
     ) -> Result<()> {
-        self.db().execute(
+        self.db().run(
             "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, created_ms)
              VALUES (NULL, 'sms', ?1, ?2, ?3, 'pending', ?4, 'confirm', ?4)",
             params![to.as_u64() as i64, from.map(|f| f.as_u64() as i64), text, sql_ms(now)],
@@ -452,7 +455,7 @@ impl Store {
 
     /// The attempt failed: try again at `next_at`.
     pub fn failed(&self, job: &OutboxJob, next_at: u64, error: &str) -> Result<()> {
-        self.db().execute(
+        self.db().run(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_ms = ?2, last_error = ?3 WHERE id = ?1",
             params![job.id, sql_ms(next_at), error],
         )?;
@@ -475,7 +478,7 @@ mod tests {
 
     fn state(s: &Store, id: i64) -> String {
         s.db()
-            .query_row("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
+            .one("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
             .unwrap()
     }
 

@@ -12,6 +12,7 @@
 //!
 //! Every function takes `now`, so tests run on virtual time.
 
+use crate::sql::Cached as _;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::{Result, Store, sql_ms};
@@ -157,7 +158,7 @@ fn settle(
     now: u64,
     events_on: bool,
 ) -> Result<Receipted> {
-    let changed = tx.execute(
+    let changed = tx.run(
         "UPDATE sms_parts SET state = ?3, error = ?4, final_ms = ?5
          WHERE outbox_id = ?1 AND part = ?2 AND state = 'accepted'",
         params![job, part, d.as_str(), error, sql_ms(now)],
@@ -171,7 +172,7 @@ fn settle(
 /// Gives an `accepted` notice the state its parts add up to.
 fn evaluate(tx: &Transaction<'_>, job: i64, now: u64, events_on: bool) -> Result<Settled> {
     let (state, total, sent_at, message_id): (String, Option<i64>, Option<i64>, Option<String>) =
-        tx.query_row(
+        tx.one(
             "SELECT state, parts_total, sent_at_ms, message_id FROM outbox WHERE id = ?1",
             [job],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -200,7 +201,7 @@ fn evaluate(tx: &Transaction<'_>, job: i64, now: u64, events_on: bool) -> Result
         None if Some(delivered) == total => (Delivery::Delivered, None),
         None => return Ok(settled),
     };
-    tx.execute(
+    tx.run(
         "UPDATE outbox SET state = ?2, final_ms = ?3, last_error = ?4 WHERE id = ?1",
         params![job, d.as_str(), sql_ms(now), error],
     )?;
@@ -211,10 +212,9 @@ fn evaluate(tx: &Transaction<'_>, job: i64, now: u64, events_on: bool) -> Result
     } else {
         crate::fallback::gave_up(tx, job, now)?;
     }
-    let to: Option<i64> =
-        tx.query_row("SELECT destination FROM outbox WHERE id = ?1", [job], |r| {
-            r.get(0)
-        })?;
+    let to: Option<i64> = tx.one("SELECT destination FROM outbox WHERE id = ?1", [job], |r| {
+        r.get(0)
+    })?;
     crate::events::emit(
         tx,
         events_on,
@@ -239,7 +239,7 @@ fn evaluate(tx: &Transaction<'_>, job: i64, now: u64, events_on: bool) -> Result
 impl Store {
     /// The SMSC took part `part` (0-based) of `job` as `smsc_id`.
     pub fn part_accepted(&self, job: i64, part: u8, smsc_id: &str) -> Result<()> {
-        self.db().execute(
+        self.db().run(
             "INSERT OR REPLACE INTO sms_parts (outbox_id, part, smsc_id) VALUES (?1, ?2, ?3)",
             params![job, part, smsc_id.trim().to_ascii_lowercase()],
         )?;
@@ -270,13 +270,13 @@ impl Store {
     ) -> Result<Vec<Settled>> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        tx.execute(
+        tx.run(
             "UPDATE outbox SET state = 'accepted', attempts = attempts + 1, sent_at_ms = ?2,
                  last_error = NULL, parts_total = ?3, text = COALESCE(?4, text)
              WHERE id = ?1",
             params![job.id, sql_ms(now), parts, text],
         )?;
-        tx.execute(
+        tx.run(
             "UPDATE messages SET state = 'notified', state_changed_ms = ?2
              WHERE state = 'new' AND (id = ?3 OR id IN (SELECT message_id FROM outbox WHERE digest_id = ?1))",
             params![job.id, sql_ms(now), job.message_id],
@@ -292,7 +292,7 @@ impl Store {
         for (part, id) in ids {
             for form in id_forms(&id) {
                 let early: Option<(String, Option<String>)> = tx
-                    .query_row(
+                    .one(
                         "DELETE FROM early_receipts WHERE smsc_id = ?1 RETURNING state, error",
                         [&form],
                         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -376,17 +376,17 @@ impl Store {
     ) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        tx.execute(
+        tx.run(
             "DELETE FROM early_receipts WHERE received_ms < ?1",
             [sql_ms(now.saturating_sub(KEEP_EARLY_MS))],
         )?;
-        tx.execute(
+        tx.run(
             "DELETE FROM early_receipts WHERE smsc_id IN (
                  SELECT smsc_id FROM early_receipts ORDER BY received_ms DESC
                  LIMIT -1 OFFSET ?1)",
             [max - 1],
         )?;
-        tx.execute(
+        tx.run(
             "INSERT OR REPLACE INTO early_receipts (smsc_id, state, error, received_ms)
              VALUES (?1, ?2, ?3, ?4)",
             params![id_forms(smsc_id)[0], d.as_str(), error, sql_ms(now)],
@@ -424,7 +424,7 @@ impl Store {
     /// Drops an early receipt (another process settled its part).
     pub fn forget_early(&self, smsc_id: &str) -> Result<()> {
         self.db()
-            .execute("DELETE FROM early_receipts WHERE smsc_id = ?1", [smsc_id])?;
+            .run("DELETE FROM early_receipts WHERE smsc_id = ?1", [smsc_id])?;
         Ok(())
     }
 
@@ -432,7 +432,7 @@ impl Store {
     pub fn early_receipts(&self) -> Result<u64> {
         let v: i64 = self
             .read_db()
-            .query_row("SELECT COUNT(*) FROM early_receipts", [], |r| r.get(0))?;
+            .one("SELECT COUNT(*) FROM early_receipts", [], |r| r.get(0))?;
         Ok(v as u64)
     }
 }
@@ -453,7 +453,7 @@ mod tests {
 
     fn row(s: &Store, job: i64) -> (String, Option<String>) {
         s.db()
-            .query_row(
+            .one(
                 "SELECT state, last_error FROM outbox WHERE id = ?1",
                 [job],
                 |r| Ok((r.get(0)?, r.get(1)?)),

@@ -10,6 +10,7 @@
 //! exist only while replication is on ([`Store::replicate`]), so a one-box store keeps no
 //! list of removals that nobody drains.
 
+use crate::sql::Cached as _;
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -105,7 +106,7 @@ impl Store {
     /// The record of message `id`, if it exists.
     pub fn record(&self, id: &str) -> Result<Option<MessageRecord>> {
         self.read_db()
-            .query_row(
+            .one(
                 "SELECT id, recipient, caller, received_at_ms, duration_ms, link_number,
                         access_code, state, state_changed_ms, web_hash, revision, origin,
                         transcript, transcript_state
@@ -141,12 +142,12 @@ impl Store {
     pub fn behind(&self, limit: usize) -> Result<Vec<Behind>> {
         let db = self.read_db();
         let mut out: Vec<Behind> = db
-            .prepare("SELECT id FROM replica_gone LIMIT ?1")?
+            .prepare_cached("SELECT id FROM replica_gone LIMIT ?1")?
             .query_map([limit as i64], |r| r.get(0))?
             .map(|id| id.map(Behind::Gone))
             .collect::<rusqlite::Result<_>>()?;
         let ids: Vec<(String, i64)> = db
-            .prepare(
+            .prepare_cached(
                 "SELECT id, replicated FROM messages WHERE replicated < revision
                  ORDER BY received_at_ms LIMIT ?1",
             )?
@@ -168,7 +169,7 @@ impl Store {
 
     /// Rows JetStream is behind on (the status's `unreplicated`).
     pub fn behind_count(&self) -> Result<u64> {
-        let n: i64 = self.read_db().query_row(
+        let n: i64 = self.read_db().one(
             "SELECT (SELECT count(*) FROM messages WHERE replicated < revision)
                   + (SELECT count(*) FROM replica_gone)",
             [],
@@ -186,7 +187,7 @@ impl Store {
     pub fn replicated(&self, id: &str, revision: u64) -> Result<()> {
         let db = self.db();
         db.pragma_update(None, "synchronous", "NORMAL")?;
-        let done = db.execute(
+        let done = db.run(
             "UPDATE messages SET replicated = ?2 WHERE id = ?1 AND replicated < ?2",
             params![id, revision as i64],
         );
@@ -198,7 +199,7 @@ impl Store {
     /// JetStream forgot removed message `id`.
     pub fn forgotten(&self, id: &str) -> Result<()> {
         self.db()
-            .execute("DELETE FROM replica_gone WHERE id = ?1", [id])?;
+            .run("DELETE FROM replica_gone WHERE id = ?1", [id])?;
         Ok(())
     }
 }
@@ -276,7 +277,7 @@ mod tests {
         let id = deposit_one(&s);
         s.replicated(&id, 1).unwrap();
         s.db()
-            .execute("DELETE FROM messages WHERE id = ?1", [&id])
+            .run("DELETE FROM messages WHERE id = ?1", [&id])
             .unwrap();
         assert_eq!(s.behind(10).unwrap(), [Behind::Gone(id.clone())]);
         s.forgotten(&id).unwrap();
@@ -286,11 +287,11 @@ mod tests {
         let other = deposit_one(&s);
         assert!(s.set_state(&other, MessageState::Saved, 5).unwrap());
         s.db()
-            .execute("DELETE FROM messages WHERE id = ?1", [&other])
+            .run("DELETE FROM messages WHERE id = ?1", [&other])
             .unwrap();
         let gone: i64 = s
             .db()
-            .query_row("SELECT count(*) FROM replica_gone", [], |r| r.get(0))
+            .one("SELECT count(*) FROM replica_gone", [], |r| r.get(0))
             .unwrap();
         assert_eq!(gone, 0);
     }

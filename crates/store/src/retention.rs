@@ -2,6 +2,7 @@
 //! `keep_heard`, unheard ones `keep_unheard` with a reminder SMS `remind_before` their
 //! expiry; saved messages are kept. Nothing unheard is deleted before its expiry.
 
+use crate::sql::Cached as _;
 use boxless_core::PhoneNumber;
 use rusqlite::params;
 
@@ -183,8 +184,8 @@ impl Store {
                     Fate::Keep => {}
                     Fate::Remind { expires_ms } => {
                         let text = render(m, expires_ms);
-                        tx.execute("UPDATE messages SET reminded = 1 WHERE id = ?1", [&m.id])?;
-                        tx.execute(
+                        tx.run("UPDATE messages SET reminded = 1 WHERE id = ?1", [&m.id])?;
+                        tx.run(
                             "INSERT INTO outbox (message_id, channel, destination, source, text, state, next_attempt_ms, kind, created_ms)
                              VALUES (?1, 'sms', ?2, ?3, ?4, 'pending', ?5, 'reminder', ?5)",
                             params![m.id, m.recipient.as_u64() as i64, m.link_number.as_u64() as i64, text, now_ms as i64],
@@ -192,8 +193,8 @@ impl Store {
                         done.reminded += 1;
                     }
                     Fate::Delete => {
-                        tx.execute("DELETE FROM outbox WHERE message_id = ?1", [&m.id])?;
-                        tx.execute("DELETE FROM messages WHERE id = ?1", [&m.id])?;
+                        tx.run("DELETE FROM outbox WHERE message_id = ?1", [&m.id])?;
+                        tx.run("DELETE FROM messages WHERE id = ?1", [&m.id])?;
                         gone.push(m.id.clone());
                         done.deleted += 1;
                     }

@@ -7,6 +7,7 @@
 //! notices not yet sent with it and makes them due at once; a notice whose hold ran out
 //! went without it.
 
+use crate::sql::Cached as _;
 use boxless_core::PhoneNumber;
 use boxless_core::recipient::Channel;
 use rusqlite::{OptionalExtension, params};
@@ -150,7 +151,7 @@ impl Store {
             .filter(|_| t.state == TranscriptState::Done);
         let mut db = self.db();
         let tx = db.transaction()?;
-        let changed = tx.execute(
+        let changed = tx.run(
             "UPDATE messages SET transcript = ?2, transcript_state = ?3
              WHERE id = ?1 AND transcript_state = 'pending'",
             params![id, text, t.state.as_str()],
@@ -160,7 +161,7 @@ impl Store {
         }
         type Row = (i64, Option<i64>, i64, i64, i64, String, bool);
         let m: Option<Row> = tx
-            .query_row(
+            .one(
                 "SELECT recipient, caller, received_at_ms, duration_ms, link_number, access_code, web_hash IS NOT NULL
                  FROM messages WHERE id = ?1",
                 [id],
@@ -207,7 +208,7 @@ impl Store {
             let Some(channel) = Channel::parse(&channel) else {
                 continue;
             };
-            tx.execute(
+            tx.run(
                 "UPDATE outbox SET text = ?2,
                  next_attempt_ms = MIN(next_attempt_ms, MAX(?3, created_ms + step * ?4))
                  WHERE id = ?1",
@@ -238,7 +239,7 @@ impl Store {
     /// Message `id`'s SMS and webhook notices stop waiting for its transcript (the
     /// recogniser failed and is asked again later, which only the e-mail may wait for).
     pub fn stop_waiting(&self, id: &str, fallback_after_ms: u64, now: u64) -> Result<()> {
-        self.db().execute(
+        self.db().run(
             "UPDATE outbox SET next_attempt_ms = MIN(next_attempt_ms, MAX(?2, created_ms + step * ?3))
              WHERE message_id = ?1 AND state = 'pending' AND attempts = 0 AND kind = 'message' AND channel != 'email'",
             params![id, sql_ms(now), sql_ms(fallback_after_ms)],
