@@ -62,8 +62,8 @@ printf 'SEQUENTIAL\n+15551230001;\n' > "$work/callers.csv"
    -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -fd 1 -stf s.csv > /dev/null 2>&1) || true
 t1=$(ticks $BP); s1=($(ticks_split $BP))
 kill $RP 2>/dev/null || true
-kill -INT $CP; wait $CP || true
-if [ -n "${PROFILE:-}" ]; then kill -INT $PP; wait $PP || true; fi
+kill -INT $CP 2>/dev/null || true; wait $CP 2>/dev/null || true
+if [ -n "${PROFILE:-}" ]; then kill -INT $PP 2>/dev/null || true; wait $PP 2>/dev/null || true; fi
 peak=$(sort -n "$work/rss.txt" | tail -1)
 failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/s.csv")
 maxconc=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="CurrentCall") c=i} NR>1{if($c>m)m=$c} END{print m}' "$work/s.csv")

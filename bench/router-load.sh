@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Router CPU per redirected call under SIPp load, measured exactly as ../shared/bench/README.md
-# measures Kamailio's dispatcher: same SIPp scenario and command, CPU ticks of the whole
-# `boxless serve` process (router, two idle messaging servers, HTTP API) before and after.
+# Router CPU per redirected call under SIPp load, beside Kamailio's dispatcher doing the
+# same job in the same run (bench/baseline/: Kamailio 5.6, 4 workers, `-m 1024 -M 16`, the
+# same SIPp scenario and command): CPU ticks of the whole `boxless serve` process (router,
+# two idle messaging servers, HTTP API), and of Kamailio's processes, before and after.
 # With --nats: the router alone as `boxless router`, status from two `boxless server`
 # processes over a local nats-server, OPTIONS probes on; only the router's CPU counts.
 # Usage: bench/router-load.sh [--nats] [RATE...]   (default: 5000 10000 20000; 10 s per rate)
 #        BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
-# Needs: sip-tester (and nats-server for --nats); loopback only.
+#        PROFILE=FILE records each rate with `perf record` (PERF_ARGS, default -g) into
+#        FILE.RATE.
+#        KAMAILIO=0 leaves Kamailio out.
+# Needs: sip-tester, kamailio (and nats-server for --nats); loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nats=0
 if [ "${1:-}" = "--nats" ]; then nats=1; shift; fi
 rates=("$@")
 [ $# -eq 0 ] && rates=(5000 10000 20000)
-scenario=../shared/bench/sipp-redirect-load.xml
+scenario=bench/baseline/sipp-redirect-load.xml
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -42,16 +46,46 @@ fi
 pids+=($BP)
 sleep 2
 ticks() { awk '{print $14+$15}' /proc/$1/stat; }
+# A process and its children (Kamailio's workers).
+tree_ticks() { local t=0 p; for p in $1 $(pgrep -P $1); do t=$((t + $(ticks $p))); done; echo $t; }
+kam=${KAMAILIO:-1}
+if [ "$kam" = 1 ]; then
+  printf '1 sip:127.0.0.1:25170 0 0\n1 sip:127.0.0.1:25172 0 0\n' > "$work/dispatcher.list"
+  sed -e 's#ROUTER_PORT#25180#' -e "s#DISPATCHER_LIST#$work/dispatcher.list#" \
+      bench/baseline/kamailio-redirect.cfg > "$work/kam.cfg"
+  kamailio -f "$work/kam.cfg" -DD -E -m 1024 -M 16 > "$work/kam.log" 2>&1 & KP=$!
+  pids+=($KP)
+  sleep 2
+fi
 [ $nats = 1 ] && what="router CPU per call (NATS)" || what="boxless CPU per call"
-echo "| rate (calls/s) | calls | failed | $what |"
-echo "|---|---|---|---|"
+# One SIPp run of 10 s at rate $2 against $1; prints "failed".
+load() {
+  (cd "$work" && sipp -sf "$OLDPWD/$scenario" -s +15551230002 -i 127.0.0.1 -p 25090 "$1" \
+       -r "$2" -m "$(($2 * 10))" -l "$2" -buff_size 4194304 -timeout 40s -nostdin -trace_stat \
+       -stf "k$2.csv" >/dev/null 2>&1) || true
+  awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/k$2.csv"
+  rm -f "$work/k$2.csv"
+}
+echo "| rate (calls/s) | calls | failed | $what | Kamailio failed | Kamailio CPU per call | ratio |"
+echo "|---|---|---|---|---|---|---|"
 for r in "${rates[@]}"; do
   n=$((r * 10))
   t0=$(ticks $BP)
-  (cd "$work" && sipp -sf "$OLDPWD/$scenario" -s +15551230002 -i 127.0.0.1 -p 25090 127.0.0.1:25160 \
-       -r "$r" -m "$n" -l "$r" -buff_size 4194304 -timeout 40s -nostdin -trace_stat -stf "k$r.csv" \
-       >/dev/null 2>&1) || true
+  if [ -n "${PROFILE:-}" ]; then
+    perf record ${PERF_ARGS:--g} -p $BP -o "$PROFILE.$r" > /dev/null 2>&1 & PP=$!
+  fi
+  failed=$(load 127.0.0.1:25160 "$r")
   t1=$(ticks $BP)
-  failed=$(awk -F';' 'NR==1{for(i=1;i<=NF;i++) if($i=="FailedCall(C)") c=i} END{print $c}' "$work/k$r.csv")
-  echo "| $r | $n | $failed | $(( (t1 - t0) * 10000 / n )) µs |"
+  if [ -n "${PROFILE:-}" ]; then kill -INT $PP 2>/dev/null || true; wait $PP 2>/dev/null || true; fi
+  ours=$(awk -v t=$(( t1 - t0 )) -v n=$n 'BEGIN{printf "%.1f", t * 10000 / n}')
+  kfailed=- theirs=- ratio=-
+  if [ "$kam" = 1 ]; then
+    k0=$(tree_ticks $KP)
+    kfailed=$(load 127.0.0.1:25180 "$r")
+    k1=$(tree_ticks $KP)
+    theirs=$(awk -v t=$(( k1 - k0 )) -v n=$n 'BEGIN{printf "%.1f", t * 10000 / n}')
+    ratio=$(awk -v a=$(( t1 - t0 )) -v b=$(( k1 - k0 )) 'BEGIN{ if (a > 0) printf "%.1fx", b / a; else print "-" }')
+    theirs="$theirs µs"
+  fi
+  echo "| $r | $n | $failed | $ours µs | $kfailed | $theirs | $ratio |"
 done

@@ -179,6 +179,7 @@ pub async fn accept_sip<F, Fut>(
     }
 }
 
+pub mod batch;
 pub mod rtp;
 pub mod tls;
 

@@ -217,40 +217,62 @@ impl Counters {
     }
 }
 
-/// The redirect hot path: one blocking thread per UDP socket.
+/// The redirect hot path: one blocking thread per UDP socket, taking what waits in it by
+/// one system call and sending the replies to it by another
+/// ([`boxless_net::batch::Datagrams`]).
 fn redirect_udp(core: Arc<RouterCore>, sock: std::net::UdpSocket, max: usize, mut rng: Rng) {
     let counters = Counters::new();
-    let mut buf = vec![0u8; 65_536];
+    let mut io = boxless_net::batch::Datagrams::new(max);
     let mut out = Vec::with_capacity(2048);
     let mut scratch = String::with_capacity(256);
     loop {
-        let (n, src) = match sock.recv_from(&mut buf) {
-            Ok(v) => v,
+        let n = match io.recv(&sock) {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive");
                 continue;
             }
         };
-        if n > max {
-            counters.too_large.increment(1);
-            continue;
+        for i in 0..n {
+            let (bytes, src) = io.get(i);
+            let Some(src) = src else { continue };
+            if bytes.len() > max {
+                counters.too_large.increment(1);
+                continue;
+            }
+            if is_ack(bytes) {
+                // Whatever else it holds, an ACK is never answered (RFC 3261 §17.2.1)
+                // and changes nothing here: a stateless redirect has no transaction
+                // for it to end. Half of a redirected call's requests are these, so
+                // they are not parsed; a stranger's is still counted as refused.
+                if !core.gate.peers.allows(src.ip()) {
+                    counters.untrusted.increment(1);
+                }
+                continue;
+            }
+            let Ok(msg) = Message::parse(bytes, false) else {
+                counters.unparseable.increment(1);
+                continue;
+            };
+            let Some(target) = msg.reply_via().map(|v| response_target(&v, src)) else {
+                continue;
+            };
+            let now = now_ms();
+            let v = counters
+                .gate(&core, &msg, src.ip(), now)
+                .unwrap_or_else(|| core.decide(&msg, now, &mut rng));
+            counters.count(&v);
+            if core.write(&msg, v, &mut scratch, &mut out) {
+                io.queue(&sock, &out, target);
+            }
         }
-        let Ok(msg) = Message::parse(&buf[..n], false) else {
-            counters.unparseable.increment(1);
-            continue;
-        };
-        let Some(target) = msg.reply_via().map(|v| response_target(&v, src)) else {
-            continue;
-        };
-        let now = now_ms();
-        let v = counters
-            .gate(&core, &msg, src.ip(), now)
-            .unwrap_or_else(|| core.decide(&msg, now, &mut rng));
-        counters.count(&v);
-        if core.write(&msg, v, &mut scratch, &mut out) {
-            let _ = sock.send_to(&out, target);
-        }
+        io.flush(&sock);
     }
+}
+
+/// A request line that starts `ACK ` (methods are case-sensitive, RFC 3261 §7.1).
+fn is_ack(datagram: &[u8]) -> bool {
+    datagram.starts_with(b"ACK ")
 }
 
 async fn stream_accept(
