@@ -96,7 +96,23 @@ def fill(db_path, audio_root, size, with_audio):
     ocols = [r[1] for r in db.execute("PRAGMA table_info(outbox)") if r[1] != "id"]
     notices = db.execute(f"SELECT {', '.join(ocols)} FROM outbox WHERE message_id = ?",
                          (src_id,)).fetchall()
-    at = ocols.index("message_id")
+    (src_at,) = db.execute("SELECT received_at_ms FROM messages WHERE id = ?",
+                           (src_id,)).fetchone()
+    at, dest = ocols.index("message_id"), ocols.index("destination")
+    times = [i for i, c in enumerate(ocols) if c.endswith("_ms")]
+
+    def notices_of(mid, received_at, recipient):
+        """The source's notices as this message's own: to its recipient, as old as it."""
+        for n in notices:
+            n = list(n)
+            n[at] = mid
+            if n[dest] is not None:
+                n[dest] = recipient
+            for i in times:
+                if n[i] is not None:
+                    n[i] += received_at - src_at
+            yield tuple(n)
+
     osql = f"INSERT INTO outbox ({', '.join(ocols)}) VALUES ({', '.join('?' * len(ocols))})"
     made = 0
     while made < size:
@@ -115,8 +131,8 @@ def fill(db_path, audio_root, size, with_audio):
                 os.makedirs(d, exist_ok=True)
                 os.link(src_wav, os.path.join(d, f"{mid}.wav"))
         db.executemany(sql, batch)
-        db.executemany(osql, [n[:at] + (mid,) + n[at + 1:] for (mid, _, _, _) in batch
-                              for n in notices])
+        db.executemany(osql, [n for (mid, received_at, recipient, _) in batch
+                              for n in notices_of(mid, received_at, recipient)])
         db.commit()
         made += len(batch)
     db.close()

@@ -60,11 +60,11 @@ impl Directory {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        crate::sql::prepare_once(&conn)?;
+        crate::sql::prepare_once(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
         Ok(Directory {
             conn: Mutex::new(conn),

@@ -281,11 +281,11 @@ impl Store {
     /// interrupted deposit.
     pub fn open(dir: &Path, server_id: &str, pool: LinkPool) -> Result<Store> {
         let audio = audio::AudioDir::open(dir.join("audio"))?;
-        let conn = Connection::open(dir.join("messages.sqlite"))?;
+        let mut conn = Connection::open(dir.join("messages.sqlite"))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        sql::prepare_once(&conn)?;
+        sql::prepare_once(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(lockout::SCHEMA)?;
         // Stores made before reminders and web links existed lack these columns.
@@ -335,13 +335,13 @@ impl Store {
         let path = dir.join("messages.sqlite");
         let readers = (0..threads::READERS)
             .map(|_| {
-                let r = Connection::open_with_flags(
+                let mut r = Connection::open_with_flags(
                     &path,
                     rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
                         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 r.busy_timeout(std::time::Duration::from_secs(5))?;
-                sql::prepare_once(&r)?;
+                sql::prepare_once(&mut r)?;
                 Ok(Mutex::new(r))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -6,6 +6,7 @@
 //! calls through the connection's statement cache, sized by [`CACHE`] to hold every
 //! statement the store runs.
 
+use rusqlite::trace::{TraceEvent, TraceEventCodes};
 use rusqlite::{Connection, Params, Row};
 
 /// Statements kept per connection: more than the store has (about a hundred), so none is
@@ -49,13 +50,33 @@ impl Cached for Connection {
 /// the cache would then save nothing. The store's statements name the states a partial
 /// index covers as literals, so their plans do not need the values (the query-plan test in
 /// `lib.rs` checks the ones that matter).
-pub(crate) fn prepare_once(conn: &Connection) -> rusqlite::Result<()> {
+///
+/// A statement that runs longer than [`SLOW`] is logged (its SQL, never its values) and
+/// counted in `boxless_store_slow_statements_total`: the store's writer is one thread, and
+/// a slow statement on it delays every deposit's `200` behind it.
+pub(crate) fn prepare_once(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.set_prepared_statement_cache_capacity(CACHE);
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
     )?;
-    Ok(())
+    conn.trace_v2(TraceEventCodes::SQLITE_TRACE_PROFILE, Some(slow))
+}
+
+/// How long a statement may take before it is logged as slow.
+const SLOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn slow(e: TraceEvent<'_>) {
+    if let TraceEvent::Profile(stmt, took) = e
+        && took >= SLOW
+    {
+        metrics::counter!("boxless_store_slow_statements_total").increment(1);
+        tracing::warn!(
+            ms = took.as_millis() as u64,
+            statement = %stmt.sql(),
+            "slow store statement"
+        );
+    }
 }
 
 #[cfg(test)]
