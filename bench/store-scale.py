@@ -5,14 +5,17 @@ links of that deposit's WAV in the sharded layout), for each SIZE:
 
   1. start to ready: `boxless serve` started, until the API lists both servers up
      (median of --starts);
-  2. a deposit's BYE -> 200, from the test phone (`boxless call`), median of 5;
+  2. a deposit's BYE -> 200, from the test phone (`boxless call`), and its SMS's arrival
+     at the SMSC simulator after the BYE was sent, medians of 5;
   3. an API listing by recipient (`GET /api/v1/messages?recipient=`), median of 20;
   4. with --audio: the audio sweep's work per retention tick (64 of the 65,536 leaf
-     directories: the files it looks at), from the layout itself.
+     directories: the files it looks at), from the layout itself;
+  5. with --reindex: the first start of a store that lacks the indexes a store made by an
+     earlier version lacks (REINDEX), which builds them once.
 
   cargo build --release
   python3 bench/store-scale.py [--bin target/release/boxless] [--sizes 0 100000 1000000]
-      [--audio] [--starts 3]
+      [--audio] [--starts 3] [--reindex]
 
 Loopback only; the store under a temporary directory (KEEP=1 keeps it).
 """
@@ -33,6 +36,9 @@ from harness import (  # noqa: E402
 )
 
 RECIPIENT = "5551230002"
+# The indexes a store made before the size-independent sweep and listing lacks
+# (--reindex: what its first start on a new version costs).
+REINDEX = ("messages_due", "messages_heard", "outbox_message")
 LEAVES = 1 << 16
 LINKS_PER_FILE = 60_000
 # The filled messages span 28 days: a month of messages, none yet due for its reminder (day
@@ -59,14 +65,23 @@ def serve(args, work, cfg, p):
     return procs, time.monotonic() - t0
 
 
-def call(args, p, voice, n):
+def call(args, p, voice, n, work=None):
+    """A deposit: its BYE -> 200 (ms); with `work`, also the SMS's latency after the BYE
+    was sent, as the SMSC simulator recorded its arrival (ms): (bye, sms)."""
+    sms_log = os.path.join(work, "sms.jsonl") if work else None
+    before = len(read_jsonl(sms_log)) if sms_log else 0
     out = subprocess.run(
         [args.bin, "call", "--via", f"127.0.0.1:{p['s1']}", "--from", f"555124{n:04d}",
          "--to", RECIPIENT, "--diversion", RECIPIENT, "--play", voice, "--play-at", "0.6"],
         capture_output=True, text=True, timeout=60, check=False).stdout
     for line in out.splitlines():
         if "BYE -> 200" in line and "answered in" in line:
-            return float(line.split("answered in")[1].split()[0])
+            bye = float(line.split("answered in")[1].split()[0])
+            if not sms_log:
+                return bye
+            sent_ms = float(line.split("sent at")[1].split()[0]) * 1000
+            wait_until(lambda: len(read_jsonl(sms_log)) > before, 30, "the deposit's SMS")
+            return bye, read_jsonl(sms_log)[before]["t"] - sent_ms
     raise RuntimeError(f"no BYE -> 200 in: {out}")
 
 
@@ -163,14 +178,15 @@ def one(args, size, root, voice):
             serving.stop()
         serving, _ = serve(args, work, cfg, p)
         try:
-            byes = [call(args, p, voice, i + 1) for i in range(5)]
+            deposits = [call(args, p, voice, i + 1, work) for i in range(5)]
             lst, body = listing(p)
         finally:
             serving.stop()
+        byes, sms = [d[0] for d in deposits], [d[1] for d in deposits]
         line = (f"{size:>10} messages (filled in {filled:.0f} s): start to ready "
                 f"{statistics.median(starts):.2f} s (of {', '.join(f'{s:.2f}' for s in starts)}); "
-                f"BYE -> 200 {statistics.median(byes):.1f} ms; listing by recipient "
-                f"{lst:.1f} ms ({body} B)")
+                f"BYE -> 200 {statistics.median(byes):.1f} ms; SMS after the BYE "
+                f"{statistics.median(sms):.0f} ms; listing by recipient {lst:.1f} ms ({body} B)")
         if args.audio:
             per_tick = [sum(len(os.listdir(os.path.join(store, "audio", f"{n >> 8:02x}",
                                                         f"{n & 0xff:02x}")))
@@ -179,6 +195,16 @@ def one(args, size, root, voice):
                             for n in range(t, t + 64))
                         for t in range(0, LEAVES, LEAVES // 16)]
             line += f"; audio sweep: at most {max(per_tick)} files a tick"
+        if args.reindex:
+            # A store from before these indexes: the first start builds them, once.
+            db = sqlite3.connect(os.path.join(store, "messages.sqlite"))
+            for name in REINDEX:
+                db.execute(f"DROP INDEX IF EXISTS {name}")
+            db.commit()
+            db.close()
+            serving, took = serve(args, work, cfg, p)
+            serving.stop()
+            line += f"; first start building {', '.join(REINDEX)}: {took:.1f} s"
         print(line, flush=True)
     finally:
         procs.stop()
@@ -191,6 +217,8 @@ def main():
     ap.add_argument("--sizes", nargs="+", type=int, default=[0, 100_000, 1_000_000])
     ap.add_argument("--audio", action="store_true")
     ap.add_argument("--starts", type=int, default=3)
+    ap.add_argument("--reindex", action="store_true",
+                    help="last, drop the indexes of REINDEX and time the start that builds them")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     with bench_dir("boxless-store-scale-") as (root, voice):
