@@ -73,7 +73,8 @@ fn slow(e: TraceEvent<'_>) {
         metrics::counter!("boxless_store_slow_statements_total").increment(1);
         tracing::warn!(
             ms = took.as_millis() as u64,
-            statement = %stmt.sql(),
+            // One line, however the statement was written.
+            statement = %stmt.sql().split_whitespace().collect::<Vec<_>>().join(" "),
             "slow store statement"
         );
     }
