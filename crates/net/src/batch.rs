@@ -139,7 +139,8 @@ impl Datagrams {
                 MsgFlags::empty(),
             ) {
                 Ok(r) => r.count(),
-                Err(Errno::EINTR) => 0,
+                // A signal came first: nothing went, ask again.
+                Err(Errno::EINTR) => continue,
                 // The first reply was refused: skip it, send the rest.
                 Err(_) => 1,
             };
