@@ -22,7 +22,6 @@ pub struct Datagrams {
     bufs: Box<[u8]>,
     lens: [usize; BATCH],
     froms: [Option<SocketAddr>; BATCH],
-    got: usize,
     rx: MultiHeaders<SockaddrStorage>,
     /// Replies, one after the other; `ends[i]` is where reply `i` ends.
     out: Vec<u8>,
@@ -36,7 +35,6 @@ impl std::fmt::Debug for Datagrams {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Datagrams")
             .field("slot", &self.slot)
-            .field("got", &self.got)
             .field("queued", &self.queued)
             .finish()
     }
@@ -52,7 +50,6 @@ impl Datagrams {
             bufs: vec![0; slot * BATCH].into_boxed_slice(),
             lens: [0; BATCH],
             froms: [None; BATCH],
-            got: 0,
             rx: MultiHeaders::preallocate(BATCH, None),
             out: Vec::with_capacity(BATCH * 1024),
             ends: [0; BATCH],
@@ -90,7 +87,6 @@ impl Datagrams {
             self.froms[n] = msg.address.and_then(|a| to_std(&a));
             n += 1;
         }
-        self.got = n;
         Ok(n)
     }
 
