@@ -282,6 +282,7 @@ async fn start_api(
             cfg.config.sms.utc_offset_minutes,
             tls.is_some(),
         )),
+        greeting_max_seconds: cfg.config.messages.greeting_max_seconds,
     };
     let http = boxless_api::serve(listen, api, tls)
         .await

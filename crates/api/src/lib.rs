@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod greetings;
 pub mod openapi;
 mod page;
 pub mod recipients;
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub recipients: Option<boxless_control::Recipients>,
     /// Web playback.
     pub web: Arc<web::Web>,
+    /// `messages.greeting_max_seconds`: the longest greeting an upload may hold.
+    pub greeting_max_seconds: u32,
 }
 
 /// A messaging server reached through its own HTTP API.
@@ -90,6 +93,13 @@ pub fn router(state: ApiState) -> Router {
             get(recipients::get)
                 .put(recipients::put)
                 .delete(recipients::delete),
+        )
+        .route(
+            "/api/v1/recipients/{number}/greeting",
+            get(greetings::get)
+                .put(greetings::put)
+                .delete(greetings::delete)
+                .layer(axum::extract::DefaultBodyLimit::max(greetings::MAX_UPLOAD)),
         )
         .route("/api/v1/activity", get(status::activity))
         .route("/api/v1/openapi.json", get(openapi_json))
@@ -742,6 +752,7 @@ mod tests {
                 0,
                 false,
             )),
+            greeting_max_seconds: 30,
         }
     }
 

@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::schema::{
-    ActivityView, ControlView, ErrorBody, Health, MessageDeleted, MessageView, NotificationView,
-    RecipientDeleted, RecipientView, ServerView,
+    ActivityView, ControlView, ErrorBody, GreetingDeleted, GreetingView, Health, MessageDeleted,
+    MessageView, NotificationView, RecipientDeleted, RecipientView, ServerView,
 };
 
 /// The OpenAPI document of `/api/v1` (and `/healthz`, `/metrics`).
@@ -30,6 +30,9 @@ use crate::schema::{
         crate::recipients::get,
         crate::recipients::put,
         crate::recipients::delete,
+        crate::greetings::get,
+        crate::greetings::put,
+        crate::greetings::delete,
         crate::status::activity,
         crate::openapi_json,
     ),
@@ -43,6 +46,8 @@ use crate::schema::{
         ActivityView,
         RecipientView,
         RecipientDeleted,
+        GreetingView,
+        GreetingDeleted,
         MessageDeleted
     )),
     modifiers(&Bearer),

@@ -15,7 +15,10 @@ use boxless_core::recipient::{Prefs, PrefsInput};
 const MAX_BODY: usize = 16 * 1024;
 
 /// The number in the path and where entries live, or the answer that says what is wrong.
-fn target<'a>(s: &'a ApiState, raw: &str) -> Result<(PhoneNumber, &'a Recipients), Box<Response>> {
+pub(crate) fn target<'a>(
+    s: &'a ApiState,
+    raw: &str,
+) -> Result<(PhoneNumber, &'a Recipients), Box<Response>> {
     let n = PhoneNumber::parse_e164(raw.trim()).ok_or_else(|| {
         Box::new(error(
             StatusCode::BAD_REQUEST,
@@ -33,7 +36,7 @@ fn target<'a>(s: &'a ApiState, raw: &str) -> Result<(PhoneNumber, &'a Recipients
     Ok((n, r))
 }
 
-fn unavailable(e: RecipientsError) -> Response {
+pub(crate) fn unavailable(e: RecipientsError) -> Response {
     error(
         StatusCode::SERVICE_UNAVAILABLE,
         "recipients_unavailable",

@@ -197,6 +197,30 @@ pub struct RecipientDeleted {
     pub deleted: bool,
 }
 
+/// A recipient's greeting as kept.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GreetingView {
+    /// The number.
+    pub number: String,
+    /// `no-answer` or `busy`.
+    #[serde(rename = "for")]
+    pub kind: String,
+    /// Its length.
+    pub seconds: f64,
+}
+
+/// The answer to a `DELETE` of a greeting.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GreetingDeleted {
+    /// The number.
+    pub number: String,
+    /// `no-answer` or `busy`.
+    #[serde(rename = "for")]
+    pub kind: String,
+    /// True.
+    pub deleted: bool,
+}
+
 /// The answer to a `DELETE` of a message.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MessageDeleted {

@@ -741,6 +741,7 @@ mod flow {
                 0,
                 false,
             )),
+            greeting_max_seconds: 30,
         }
     }
 

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod counters;
+pub mod greetings;
 pub mod recipients;
 pub mod replica;
 pub mod takeover;

@@ -27,11 +27,14 @@ pub enum RecipientsError {
     #[error("recipients store: {0}")]
     Store(#[from] boxless_store::Error),
     /// NATS refused or is away.
-    #[error("NATS key-value bucket {BUCKET}: {0}")]
+    #[error("NATS key-value bucket {0}")]
     Nats(String),
 }
 
-/// Where preferences live.
+/// A bucket once reached.
+pub(crate) type Slot = Arc<RwLock<Option<kv::Store>>>;
+
+/// Where preferences and greetings live.
 #[derive(Clone)]
 pub enum Recipients {
     /// This process's file is the truth.
@@ -39,7 +42,9 @@ pub enum Recipients {
     /// The bucket is the truth; `copy` follows it.
     Nats {
         /// The bucket, once reached (None until then: JetStream away or disabled).
-        kv: Arc<RwLock<Option<kv::Store>>>,
+        kv: Slot,
+        /// The greetings' bucket, likewise (`crate::greetings`).
+        greetings: Slot,
         /// This process's copy.
         copy: Arc<Directory>,
     },
@@ -54,60 +59,74 @@ impl std::fmt::Debug for Recipients {
     }
 }
 
-fn nats_err(e: impl std::fmt::Display) -> RecipientsError {
-    RecipientsError::Nats(e.to_string())
+pub(crate) fn nats_err(e: impl std::fmt::Display) -> RecipientsError {
+    RecipientsError::Nats(format!("{BUCKET}: {e}"))
+}
+
+/// The same for the bucket `name`.
+pub(crate) fn bucket_err(name: &str, e: impl std::fmt::Display) -> RecipientsError {
+    RecipientsError::Nats(format!("{name}: {e}"))
 }
 
 impl Recipients {
-    /// Follows the bucket on `client` into `copy`: attached in the background, retried
-    /// until JetStream answers; meanwhile reads use the copy and writes are refused.
+    /// Follows the preferences' bucket and the greetings' on `client` into `copy`: each
+    /// attached in the background, retried until JetStream answers; meanwhile reads use the
+    /// copy and writes are refused.
     pub fn nats(client: async_nats::Client, copy: Arc<Directory>, replicas: usize) -> Recipients {
-        let slot = Arc::new(RwLock::new(None));
-        let (s2, c2) = (slot.clone(), copy.clone());
-        tokio::spawn(async move {
-            let mut warned = false;
-            loop {
-                match tokio::time::timeout(Duration::from_secs(5), bucket(&client, replicas)).await
-                {
-                    Ok(Ok(kv)) => {
-                        *s2.write().unwrap_or_else(|e| e.into_inner()) = Some(kv.clone());
-                        tracing::info!("recipients: following the NATS bucket {BUCKET}");
-                        follow(kv, c2).await;
-                        return;
-                    }
-                    other => {
-                        if !warned {
-                            let why = match other {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "timed out".into(),
-                            };
-                            tracing::warn!(error = %why, "recipients: NATS key-value bucket {BUCKET} unavailable (is JetStream on? nats-server -js); using the local copy, retrying");
-                            warned = true;
-                        }
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                    }
-                }
-            }
-        });
-        Recipients::Nats { kv: slot, copy }
+        let slot: Slot = Arc::new(RwLock::new(None));
+        let greetings: Slot = Arc::new(RwLock::new(None));
+        let c = client.clone();
+        tokio::spawn(attach(
+            BUCKET,
+            slot.clone(),
+            move || {
+                let c = c.clone();
+                async move { bucket(&c, replicas).await }
+            },
+            {
+                let copy = copy.clone();
+                move |kv| follow(kv, copy)
+            },
+        ));
+        tokio::spawn(attach(
+            crate::greetings::BUCKET,
+            greetings.clone(),
+            move || {
+                let c = client.clone();
+                async move { crate::greetings::bucket(&c, replicas).await }
+            },
+            {
+                let copy = copy.clone();
+                move |kv| crate::greetings::follow(kv, copy)
+            },
+        ));
+        Recipients::Nats {
+            kv: slot,
+            greetings,
+            copy,
+        }
     }
 
     fn bucket_now(&self) -> Result<Option<kv::Store>, RecipientsError> {
         match self {
             Recipients::Local(_) => Ok(None),
-            Recipients::Nats { kv, .. } => kv
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .map(Some)
-                .ok_or_else(|| {
-                    RecipientsError::Nats(
-                        "not reached yet (is JetStream on? nats-server -js)".into(),
-                    )
-                }),
+            Recipients::Nats { kv, .. } => reached(kv),
         }
     }
+}
 
+/// The bucket in `slot`, or why there is none yet.
+pub(crate) fn reached(slot: &Slot) -> Result<Option<kv::Store>, RecipientsError> {
+    slot.read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .map(Some)
+        .ok_or_else(|| {
+            RecipientsError::Nats("not reached yet (is JetStream on? nats-server -js)".into())
+        })
+}
+
+impl Recipients {
     /// The copy every read uses.
     pub fn copy(&self) -> &Arc<Directory> {
         match self {
@@ -173,7 +192,40 @@ impl Recipients {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Reaches a bucket with `open`, retried every 5 s until JetStream answers; puts it in
+/// `slot` (writes may go to it from then on) and follows it until the process ends.
+async fn attach<O, OF, W, WF>(name: &'static str, slot: Slot, open: O, follow: W)
+where
+    O: Fn() -> OF,
+    OF: std::future::Future<Output = Result<kv::Store, RecipientsError>>,
+    W: FnOnce(kv::Store) -> WF,
+    WF: std::future::Future<Output = ()>,
+{
+    let mut warned = false;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), open()).await {
+            Ok(Ok(kv)) => {
+                *slot.write().unwrap_or_else(|e| e.into_inner()) = Some(kv.clone());
+                tracing::info!("recipients: following the NATS bucket {name}");
+                follow(kv).await;
+                return;
+            }
+            other => {
+                if !warned {
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".into(),
+                    };
+                    tracing::warn!(error = %why, "recipients: NATS key-value bucket {name} unavailable (is JetStream on? nats-server -js); using the local copy, retrying");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> boxless_store::Result<T> + Send + 'static,
 ) -> Result<T, RecipientsError> {
     tokio::task::spawn_blocking(f)
@@ -187,9 +239,28 @@ pub async fn bucket(
     client: &async_nats::Client,
     replicas: usize,
 ) -> Result<kv::Store, RecipientsError> {
+    key_value(
+        client,
+        BUCKET,
+        "Boxless recipients' preferences",
+        16 * 1024,
+        replicas,
+    )
+    .await
+}
+
+/// The key-value bucket `name`, made if it does not exist yet: one value a key (no
+/// history), values of at most `max_value` bytes, `replicas` copies.
+pub(crate) async fn key_value(
+    client: &async_nats::Client,
+    name: &str,
+    description: &str,
+    max_value: i32,
+    replicas: usize,
+) -> Result<kv::Store, RecipientsError> {
     use async_nats::jetstream::stream;
     let js = async_nats::jetstream::new(client.clone());
-    if let Ok(s) = js.get_key_value(BUCKET).await {
+    if let Ok(s) = js.get_key_value(name).await {
         return Ok(s);
     }
     // The bucket's stream, made as a key-value bucket is (ADR-8) rather than with
@@ -197,11 +268,11 @@ pub async fn bucket(
     // nats-server 2.9 (Debian 12) lacks fields async-nats 0.51 requires.
     let made = js
         .create_stream(stream::Config {
-            name: format!("KV_{BUCKET}"),
-            description: Some("Boxless recipients' preferences".into()),
-            subjects: vec![format!("$KV.{BUCKET}.>")],
+            name: format!("KV_{name}"),
+            description: Some(description.into()),
+            subjects: vec![format!("$KV.{name}.>")],
             max_messages_per_subject: 1,
-            max_message_size: 16 * 1024,
+            max_message_size: max_value,
             storage: stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,
@@ -213,11 +284,11 @@ pub async fn bucket(
             ..Default::default()
         })
         .await;
-    match js.get_key_value(BUCKET).await {
+    match js.get_key_value(name).await {
         Ok(s) => Ok(s),
         Err(e) => Err(match made {
-            Err(m) => nats_err(m),
-            Ok(_) => nats_err(e),
+            Err(m) => bucket_err(name, m),
+            Ok(_) => bucket_err(name, e),
         }),
     }
 }

@@ -420,3 +420,90 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     assert!(replica.audio("ms1", &r.id).await.is_err());
     assert_eq!(replica.recording_state("ms1", &r.id).await.unwrap(), None);
 }
+
+/// `cond` on the copy, polled for up to 10 s.
+async fn copy_until(
+    what: &str,
+    copy: &boxless_store::Directory,
+    cond: impl Fn(&boxless_store::Directory) -> bool,
+) {
+    let (start, until) = (Instant::now(), Instant::now() + Duration::from_secs(60));
+    while !cond(copy) {
+        assert!(Instant::now() < until, "{what}: not within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{what}: {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server 2.10+ on PATH; run by .ci/run"]
+async fn a_greeting_set_in_one_process_reaches_the_others_and_outlives_a_node() {
+    use boxless_control::Recipients;
+    use boxless_core::PhoneNumber;
+    use boxless_core::recipient::GreetingKind::{Busy, NoAnswer};
+    use boxless_store::Directory;
+    use std::sync::Arc;
+
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("boxless_control=info")
+        .with_test_writer()
+        .try_init();
+    let (mut nodes, urls) = cluster();
+    let (c, _replica) = reach(&urls).await;
+    let open = |tag: &str| {
+        Arc::new(Directory::open(&nodes.dir.join(tag).join("recipients.sqlite")).unwrap())
+    };
+    let (copy_a, copy_b) = (open("a"), open("b"));
+    let a = Recipients::nats(c.clone(), copy_a.clone(), 3);
+    let _b = Recipients::nats(c.clone(), copy_b.clone(), 3);
+    let n = PhoneNumber::parse_e164("+15551230002").unwrap();
+    let has = |kind| move |d: &Directory| d.greeting_version(n, &[kind]).unwrap().is_some();
+
+    let first: Vec<u8> = (0..240_000u32).map(|i| (i % 199) as u8).collect();
+    retry("the first put", || async {
+        a.put_greeting(n, NoAnswer, first.clone())
+            .await
+            .map_err(|e| boxless_control::replica::ReplicaError::Nats(e.to_string()))
+    })
+    .await;
+    let put_at = Instant::now();
+    copy_until("the greeting in the other copy", &copy_b, has(NoAnswer)).await;
+    eprintln!(
+        "greeting in the other process's copy {:?} after the put",
+        put_at.elapsed()
+    );
+    assert_eq!(
+        copy_b.greeting(n, NoAnswer).unwrap().unwrap().0,
+        first,
+        "whole"
+    );
+    let seen = copy_b.greetings_seen().unwrap();
+    assert!(seen > 0);
+
+    // A process that starts again follows from after what its copy saw: a copy that
+    // says it saw the first put (but holds nothing) gets only what came after.
+    a.put_greeting(n, Busy, vec![7; 8000]).await.unwrap();
+    let copy_c = open("c");
+    copy_c.follow_greeting(seen, None, 0).unwrap();
+    let _c = Recipients::nats(c.clone(), copy_c.clone(), 3);
+    copy_until("the later greeting", &copy_c, has(Busy)).await;
+    assert!(!has(NoAnswer)(&copy_c), "replayed from the start");
+
+    // One host lost: the greeting is still there, and a removal still reaches the others.
+    nodes.nats.lose(0);
+    let got = retry("a read after the loss", || async {
+        a.greeting(n, NoAnswer)
+            .await
+            .map_err(|e| boxless_control::replica::ReplicaError::Nats(e.to_string()))
+    })
+    .await;
+    assert_eq!(got, Some(first));
+    retry("the removal", || async {
+        a.delete_greeting(n, Busy)
+            .await
+            .map_err(|e| boxless_control::replica::ReplicaError::Nats(e.to_string()))
+    })
+    .await;
+    copy_until("the removal in the other copy", &copy_b, |d| !has(Busy)(d)).await;
+    copy_until("the removal in the third copy", &copy_c, |d| !has(Busy)(d)).await;
+}

@@ -531,7 +531,14 @@ pub struct MessagesConfig {
     pub keep_unheard_days: u32,
     /// How the audio is kept on disk.
     pub audio_format: AudioFormat,
+    /// The longest personal greeting kept, in seconds (3 to 60: a greeting is kept as
+    /// 8 kHz µ-law, 8 KB a second, and one NATS message holds it whole).
+    pub greeting_max_seconds: u32,
 }
+
+/// `messages.greeting_max_seconds` at most: 60 s of 8 kHz µ-law is 480 KB, under the
+/// 1 MB a NATS message carries by default.
+pub const GREETING_MAX_SECONDS: u32 = 60;
 
 /// `messages.audio_format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -566,6 +573,7 @@ impl Default for MessagesConfig {
             keep_heard_days: 7,
             keep_unheard_days: 30,
             audio_format: AudioFormat::G711,
+            greeting_max_seconds: 30,
         }
     }
 }
@@ -809,6 +817,14 @@ impl Config {
             return Err(err(
                 "messages.keep_unheard_days".into(),
                 "must be at least 2 (the reminder goes one day before expiry)".into(),
+            ));
+        }
+        if !(3..=GREETING_MAX_SECONDS).contains(&m.greeting_max_seconds) {
+            return Err(err(
+                "messages.greeting_max_seconds".into(),
+                format!(
+                    "must be 3 to {GREETING_MAX_SECONDS} (a greeting is kept whole in one NATS message)"
+                ),
             ));
         }
         if m.silence_seconds == 0 {

@@ -103,6 +103,55 @@ impl Language {
     }
 }
 
+/// Which of a recipient's greetings (docs/http.md, "A recipient's greeting").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GreetingKind {
+    /// Heard by every caller, unless a busy one applies.
+    #[default]
+    NoAnswer,
+    /// Heard by a caller forwarded because the recipient was on the phone.
+    Busy,
+}
+
+impl GreetingKind {
+    /// Both, the no-answer one first.
+    pub const ALL: [GreetingKind; 2] = [GreetingKind::NoAnswer, GreetingKind::Busy];
+
+    /// `no-answer`, `busy`: as the API's `?for=` and the key-value bucket spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GreetingKind::NoAnswer => "no-answer",
+            GreetingKind::Busy => "busy",
+        }
+    }
+
+    /// From its spelling.
+    pub fn parse(s: &str) -> Option<GreetingKind> {
+        GreetingKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Its number in the store.
+    pub fn code(self) -> i64 {
+        match self {
+            GreetingKind::NoAnswer => 0,
+            GreetingKind::Busy => 1,
+        }
+    }
+
+    /// The greetings a call may hear, best first: a busy-forwarded call its busy
+    /// greeting, else the no-answer one (docs/sip.md, "Greetings").
+    pub fn for_call(busy: bool) -> &'static [GreetingKind] {
+        if busy {
+            &GreetingKind::ALL_BUSY_FIRST
+        } else {
+            &GreetingKind::ALL[..1]
+        }
+    }
+
+    const ALL_BUSY_FIRST: [GreetingKind; 2] = [GreetingKind::Busy, GreetingKind::NoAnswer];
+}
+
 /// The language of a number's texts: its entry's, else its country's
 /// (`numbering.language_by_country`, longest code first), else English.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,6 +7,7 @@ pub mod g711;
 pub mod prompts;
 pub mod rtp;
 pub mod sdp;
+pub mod upload;
 
 pub use dtmf::DtmfDetector;
 pub use g711::{Codec, Law};

@@ -62,6 +62,8 @@ pub struct Admitted {
     pub caller: Option<PhoneNumber>,
     /// The caller's identity carries STIR/SHAKEN's `TN-Validation-Passed`.
     pub verified: bool,
+    /// Forwarded because the recipient was busy: the busy greeting plays.
+    pub busy: bool,
     /// The INVITE's offer; `None`: a late offer (ours goes in the 200).
     pub offer: Option<Negotiated>,
     /// The session timer agreed (RFC 4028).
@@ -172,6 +174,7 @@ pub fn admit(msg: &Message<'_>, ctx: &Context<'_>) -> Result<Admitted, Refusal> 
         target,
         caller: parties::caller(msg).and_then(|u| ctx.numbering.normalize(&u)),
         verified: parties::caller_verified(msg),
+        busy: parties::forwarded_busy(msg),
         offer,
         timer,
     })

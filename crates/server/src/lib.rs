@@ -12,6 +12,7 @@ pub mod deposit;
 pub mod driver;
 pub mod endpoint;
 mod flow;
+mod greetings;
 mod intake;
 pub mod leg;
 pub mod menu;

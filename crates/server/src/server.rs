@@ -41,6 +41,8 @@ pub struct MessagingServer {
     pub(crate) prompts: Arc<Prompts>,
     pub(crate) tone: Arc<[i16]>,
     pub(crate) greeting: Greeting,
+    /// Recipients' own greetings recently played.
+    pub(crate) greetings: crate::greetings::GreetingCache,
     pub(crate) settings: CallSettings,
     pub(crate) timers: SipTimers,
     pub(crate) policy: AccessCodePolicy,
@@ -131,6 +133,7 @@ impl MessagingServer {
             tone: prompts.tone().into(),
             prompts,
             greeting: c.messages.greeting,
+            greetings: Default::default(),
             timers: SipTimers {
                 t1: Duration::from_millis(c.sip.t1_ms),
                 t2: Duration::from_millis(c.sip.t2_ms),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boxless_core::config::{AccessCodePolicy, Greeting, TrustCallerId};
+use boxless_core::config::{AccessCodePolicy, TrustCallerId};
 use boxless_core::recipient::Language;
 use boxless_core::{PhoneNumber, now_ms};
 use boxless_media::RtpSender;
@@ -194,20 +194,19 @@ async fn load(server: Arc<MessagingServer>, a: Admitted) -> Option<Loaded> {
                 link,
                 setup: Box::new(s),
             }),
-        Target::Deposit(recipient) => Some(Loaded::Deposit {
-            recipient,
-            greeting: match server.greeting {
-                Greeting::Digits => {
-                    // The recipients' copy is its own database, not the message store.
-                    let me = server.clone();
-                    let lang = tokio::task::spawn_blocking(move || me.language(recipient))
-                        .await
-                        .unwrap_or_default();
-                    server.prompts.greeting(lang, &recipient.digits()).into()
-                }
-                Greeting::Tone => server.tone.clone(),
-            },
-        }),
+        Target::Deposit(recipient) => {
+            // The recipients' copy (their greetings, their language) is its own
+            // database, not the message store.
+            let me = server.clone();
+            let busy = a.busy;
+            let greeting = tokio::task::spawn_blocking(move || me.greeting_for(recipient, busy))
+                .await
+                .unwrap_or_else(|_| server.tone.clone());
+            Some(Loaded::Deposit {
+                recipient,
+                greeting,
+            })
+        }
     }
 }
 

@@ -52,6 +52,39 @@ pub fn recipient(msg: &Message<'_>) -> Option<String> {
     msg.request_uri().and_then(user)
 }
 
+/// True when the call was forwarded because the recipient was busy (docs/sip.md,
+/// "Greetings"): the first Diversion entry's `reason=user-busy` (RFC 5806; `busy`, which
+/// some switches write, too), or a History-Info entry with cause 486 (Busy Here) or 600
+/// (Busy Everywhere): RFC 4458's `cause` URI parameter, or RFC 7044's Reason in the
+/// URI's headers.
+pub fn forwarded_busy(msg: &Message<'_>) -> bool {
+    if let Some(d) = msg.header_values("diversion").next() {
+        return NameAddr::parse(d)
+            .and_then(|n| crate::hdr::param(n.params, "reason").flatten())
+            .map(|r| r.trim_matches('"'))
+            .is_some_and(|r| {
+                r.eq_ignore_ascii_case("user-busy") || r.eq_ignore_ascii_case("busy")
+            });
+    }
+    msg.header_values("history-info")
+        .filter_map(NameAddr::parse)
+        .filter_map(|n| Uri::parse(n.uri))
+        .any(|u| {
+            let busy = |c: &str| matches!(c.trim(), "486" | "600");
+            u.param("cause").flatten().is_some_and(busy)
+                || u.headers.is_some_and(|h| {
+                    let mut decoded = String::with_capacity(h.len());
+                    unescape_into(h, &mut decoded)
+                        && decoded.split('&').any(|kv| {
+                            kv.split_once('=').is_some_and(|(k, v)| {
+                                k.eq_ignore_ascii_case("reason")
+                                    && crate::hdr::param(v, "cause").flatten().is_some_and(busy)
+                            })
+                        })
+                })
+        })
+}
+
 fn history_retargeted_from<'a>(hist: &[NameAddr<'a>]) -> Option<NameAddr<'a>> {
     // RFC 4244/7044: the entry retargeted from carries the Reason in its URI headers.
     if let Some(n) = hist.iter().find(|n| {
@@ -219,6 +252,41 @@ From: <sip:5551230001@h>;tag=1\r\nTo: <sip:x@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\
             "History-Info: <sip:+15551230006@h>;index=1\r\nHistory-Info: <sip:vm@h>;index=1.1\r\n",
         );
         assert_eq!(r.as_deref(), Some("+15551230006"));
+    }
+
+    #[test]
+    fn a_call_forwarded_on_busy_is_known_by_its_reason_or_cause() {
+        let busy = |extra: &str| forwarded_busy(&Message::parse(&msg(extra), false).unwrap());
+        assert!(!busy(""));
+        assert!(busy(
+            "Diversion: <sip:+15551230002@a>;reason=user-busy;counter=1\r\n"
+        ));
+        assert!(busy(
+            "Diversion: <tel:+15551230002>;reason=\"user-busy\"\r\n"
+        ));
+        assert!(busy("Diversion: <sip:+15551230002@a>;reason=busy\r\n"));
+        assert!(!busy(
+            "Diversion: <sip:+15551230002@a>;reason=no-answer\r\n"
+        ));
+        // The first entry is the last diversion: it decides.
+        assert!(!busy(
+            "Diversion: <sip:+15551230002@a>;reason=no-answer, <sip:+15551230003@b>;reason=user-busy\r\n"
+        ));
+        assert!(busy(
+            "History-Info: <sip:+15551230004@h?Reason=SIP%3Bcause%3D486%3Btext%3D%22Busy%22>;index=1, <sip:vm@h>;index=1.1\r\n"
+        ));
+        assert!(busy(
+            "History-Info: <sip:+15551230005@h>;index=1, <sip:vm@h;cause=486>;index=1.1\r\n"
+        ));
+        assert!(busy(
+            "History-Info: <sip:+15551230005@h>;index=1, <sip:vm@h;cause=600>;index=1.1\r\n"
+        ));
+        assert!(!busy(
+            "History-Info: <sip:+15551230005@h>;index=1, <sip:vm@h;cause=480>;index=1.1\r\n"
+        ));
+        assert!(!busy(
+            "History-Info: <sip:+15551230004@h?Reason=SIP%3Bcause%3D408>;index=1, <sip:vm@h>;index=1.1\r\n"
+        ));
     }
 
     #[test]

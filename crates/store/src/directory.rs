@@ -4,6 +4,7 @@
 //! With the `local` control backend this file is the truth; with `nats` it is the copy a
 //! process keeps of the JetStream key-value bucket (each entry with the bucket's revision,
 //! so an older update never overwrites a newer one), and what it uses while NATS is away.
+//! The recipients' own greetings live in the same file (`crate::greetings`).
 
 use crate::sql::Cached as _;
 use std::path::Path;
@@ -36,10 +37,10 @@ CREATE TABLE IF NOT EXISTS notify_members (
 #[derive(Debug)]
 pub struct Directory {
     conn: Mutex<Connection>,
-    max_entries: i64,
+    pub(crate) max_entries: i64,
 }
 
-fn key(n: PhoneNumber) -> i64 {
+pub(crate) fn key(n: PhoneNumber) -> i64 {
     n.as_u64() as i64
 }
 
@@ -66,13 +67,14 @@ impl Directory {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         crate::sql::prepare_once(&mut conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(crate::greetings::SCHEMA)?;
         Ok(Directory {
             conn: Mutex::new(conn),
             max_entries: MAX_ENTRIES,
         })
     }
 
-    fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn db(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -1,7 +1,10 @@
 //! Events for the webhook (docs/sms.md, "The operator's events": `message.deposited`,
 //! `missed_call`, `notification.delivered`, `notification.failed`, `message.heard`,
 //! `message.saved`, `message.deleted`), written in the same transaction as the change they report, so a
-//! crash can neither lose one nor report a change that did not happen.
+//! crash can neither lose one nor report a change that did not happen. A greeting's
+//! (`greeting.set`, `greeting.removed`) is kept with the recipients' preferences, not here:
+//! its event is written once the change is kept (`Store::write_event`), so a crash in
+//! between loses the event, never reports a change that did not happen.
 //!
 //! They go out in the order they were written (one cursor): a receiver that is down
 //! delays every later event, and gets them all, once each, in order, when it is back. An
@@ -64,6 +67,12 @@ impl Store {
     pub fn enable_events(&self) {
         self.events_on
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Writes an event about a change kept elsewhere (a recipient's greeting, kept with
+    /// their preferences): it goes out with this store's events, in their order.
+    pub fn write_event(&self, kind: &str, data: Value, now: u64) -> Result<()> {
+        emit(&self.db(), self.events_on(), kind, data, now)
     }
 
     pub(crate) fn events_on(&self) -> bool {

@@ -22,6 +22,7 @@ pub mod audio;
 pub mod directory;
 pub mod events;
 pub mod fallback;
+pub mod greetings;
 mod lockout;
 pub mod outbox;
 pub mod receipts;

@@ -310,6 +310,38 @@ pub async fn http_with_body(
     Ok((code, body))
 }
 
+/// An HTTP/1.1 request with a binary body (a WAV upload); returns (status, body bytes).
+/// The answer must not be chunked (the API's audio never is).
+pub async fn http_bytes(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr).await?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    // A refusal may come before the whole body is read (413): not an error here.
+    let _ = s.write_all(body).await;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf).await;
+    let end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP answer"))?;
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, buf[end + 4..].to_vec()))
+}
+
 /// Speech-like test audio at 8 kHz: a gliding, amplitude-modulated harmonic tone with
 /// pauses, distinct for each `seed`, `ms` long.
 pub fn voice(ms: u32, seed: u32) -> Vec<i16> {

@@ -1,0 +1,150 @@
+//! A recipient's own greeting, end to end on loopback (`serve` in-process, the test
+//! phone): put through the API, heard by the next caller, the busy one by a call forwarded
+//! on busy, the default back once removed; hostile uploads change nothing.
+
+mod common;
+
+use boxless_phone::place_call;
+use boxless_store::wav::{Encoding, encode};
+use boxless_testkit::{http, http_bytes, voice};
+use common::{find_in, g711, opts, system};
+
+const PATH: &str = "/api/v1/recipients/%2B15551230002/greeting";
+
+/// `samples` (8 kHz) as a 16 kHz WAV: the server takes any rate.
+fn wav_16k(samples: &[i16]) -> Vec<u8> {
+    encode(
+        &boxless_media::audio::convert(samples, 8000, 16_000),
+        16_000,
+        Encoding::Pcm16,
+    )
+}
+
+/// What a caller forwarded from +15551230002 hears, with `extra` header lines.
+async fn heard(sys: &common::System, busy: bool) -> Vec<i16> {
+    let mut o = opts(sys.running.router, voice(1200, 9));
+    o.play_at = 4.0;
+    if busy {
+        o.diversion = None;
+        o.headers = vec!["Diversion: <sip:+15551230002@127.0.0.1>;reason=user-busy".into()];
+    }
+    let out = place_call(&o).await.unwrap();
+    assert!(out.completed(), "{out:?}");
+    out.heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_greeting_put_through_the_api_is_what_the_next_caller_hears() {
+    let sys = system("greeting", "redirect", "").await;
+    for s in &sys.running.servers {
+        s.store().enable_events();
+    }
+    let mine = voice(2000, 3);
+    let busy = voice(1800, 5);
+
+    // Hostile uploads: each refused with what is wrong, and nothing kept.
+    let too_long = wav_16k(&voice(31_000, 4));
+    for (body, want, what) in [
+        (b"not a wav".to_vec(), 400, "not a WAV"),
+        (Vec::new(), 400, "empty"),
+        (wav_16k(&mine)[..3000].to_vec(), 400, "cut short"),
+        (encode(&[], 8000, Encoding::Pcm16), 400, "no audio"),
+        (too_long, 413, "longer than greeting_max_seconds"),
+    ] {
+        let (code, answer) = http_bytes(sys.running.http, "PUT", PATH, "audio/wav", &body)
+            .await
+            .unwrap();
+        assert_eq!(code, want, "{what}: {}", String::from_utf8_lossy(&answer));
+    }
+    let (code, _) = http_bytes(
+        sys.running.http,
+        "PUT",
+        &format!("{PATH}?for=lunch"),
+        "audio/wav",
+        &wav_16k(&mine),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400, "an unknown kind");
+    let (code, _) = http(sys.running.http, "GET", PATH).await.unwrap();
+    assert_eq!(code, 404, "nothing kept");
+
+    // The default greeting speaks the digits: not the recipient's voice.
+    assert!(find_in(&heard(&sys, false).await, &g711(&mine)) < 0.5);
+
+    let (code, answer) = http_bytes(sys.running.http, "PUT", PATH, "audio/wav", &wav_16k(&mine))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&answer));
+    let view: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(view["for"], "no-answer");
+    assert!(
+        (view["seconds"].as_f64().unwrap() - 2.0).abs() < 0.01,
+        "{view}"
+    );
+    let (code, got) = http_bytes(sys.running.http, "GET", PATH, "audio/wav", &[])
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let (rate, kept) = boxless_store::wav::decode(&got).unwrap();
+    assert_eq!(rate, 8000);
+    let c = find_in(&kept, &g711(&mine)[800..15_200]);
+    assert!(c >= 0.9, "kept as sent: correlation {c}");
+
+    // The next caller hears it (then the tone), on whichever server takes the call.
+    for _ in 0..2 {
+        let c = find_in(&heard(&sys, false).await, &g711(&mine)[800..15_200]);
+        assert!(c >= 0.8, "the caller heard the greeting: correlation {c}");
+    }
+
+    // A busy greeting: a call forwarded on busy hears it; others still hear the first.
+    let (code, _) = http_bytes(
+        sys.running.http,
+        "PUT",
+        &format!("{PATH}?for=busy"),
+        "audio/wav",
+        &wav_16k(&busy),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200);
+    let on_busy = heard(&sys, true).await;
+    assert!(find_in(&on_busy, &g711(&busy)[800..13_600]) >= 0.8);
+    assert!(find_in(&on_busy, &g711(&mine)[800..15_200]) < 0.5);
+    assert!(find_in(&heard(&sys, false).await, &g711(&mine)[800..15_200]) >= 0.8);
+
+    // Removed: the busy call falls back to the no-answer greeting, then to the default.
+    let (code, _) = http(sys.running.http, "DELETE", &format!("{PATH}?for=busy"))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    assert!(find_in(&heard(&sys, true).await, &g711(&mine)[800..15_200]) >= 0.8);
+    let (code, _) = http(sys.running.http, "DELETE", PATH).await.unwrap();
+    assert_eq!(code, 200);
+    let (code, _) = http(sys.running.http, "DELETE", PATH).await.unwrap();
+    assert_eq!(code, 404, "already gone");
+    assert!(find_in(&heard(&sys, true).await, &g711(&mine)[800..15_200]) < 0.5);
+
+    // Each change is an event, written once, by one server.
+    let mut events = Vec::new();
+    for s in &sys.running.servers {
+        while let Some(e) = s.store().next_event().unwrap() {
+            s.store().event_sent(e.id).unwrap();
+            if e.kind.starts_with("greeting.") {
+                events.push((e.kind.clone(), e.data["for"].as_str().unwrap().to_string()));
+                assert_eq!(e.data["recipient"], "+15551230002");
+            }
+        }
+    }
+    let want: Vec<(String, String)> = [
+        ("greeting.set", "no-answer"),
+        ("greeting.set", "busy"),
+        ("greeting.removed", "busy"),
+        ("greeting.removed", "no-answer"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(events, want);
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
