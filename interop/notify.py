@@ -41,6 +41,11 @@
   email_tls The e-mail channel over STARTTLS (the server requires it, AUTH only after it)
             and over SMTPS, the certificate checked against a test CA (SSL_CERT_FILE); a
             certificate from another CA: nothing sent, retried, the error says why.
+  greetings Router and two servers as processes over NATS: a recipient's greeting (a
+            44.1 kHz stereo WAV) put through the router's API is what callers hear on
+            each server, both called 1 s after the PUT (correlated with the file); a busy
+            greeting for a call forwarded with reason=user-busy; hostile uploads get
+            400/413 and change nothing; DELETE brings the default back.
   french    A +33 recipient: the caller hears the French greeting (correlated with the
             committed French prompt, not the English one), the SMS is French, and the
             recipient calling the link number hears the French retrieval prompts.
@@ -864,9 +869,121 @@ def prefs(binary, work):
         s.stop()
 
 
+def put_wav(port, path, body):
+    """A binary PUT; (status, JSON answer)."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="PUT", data=body,
+                                 headers={"Content-Type": "audio/wav"})
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def wav_bytes(samples, rate, channels):
+    """16-bit PCM WAV of interleaved `samples`."""
+    import io
+    import wave
+    b = io.BytesIO()
+    with wave.open(b, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(b"".join(int(x).to_bytes(2, "little", signed=True) for x in samples))
+    return b.getvalue()
+
+
+def greetings(binary, work):
+    from peers import read_wav
+    recipient = "+15551230002"
+    path = f"/api/v1/recipients/%2B{recipient[1:]}/greeting"
+    _, mine = read_wav(os.path.join(ROOT, "crates/media/prompts/no-messages.wav"))
+    _, busy = read_wav(os.path.join(ROOT, "crates/media/prompts/de/options.wav"))
+    busy = busy[:4 * 8000]
+    # 8 kHz to 44.1 kHz stereo by linear interpolation: the server takes any rate.
+    up = []
+    for i in range(len(mine) * 441 // 80):
+        x = i * 80 / 441
+        j = int(x)
+        a, b = mine[j], mine[min(j + 1, len(mine) - 1)]
+        v = round(a + (b - a) * (x - j))
+        up += [v, v]
+    s, w = over_nats(binary, work, "greetings", {"default": "delivered:200"})
+
+    def call(server, name, *extra):
+        """A call forwarded from the recipient to ms1 or ms2 directly; what it heard."""
+        heard = os.path.join(w, f"{name}.wav")
+        via = s.p["s1"] if server == "ms1" else s.p["s2"]
+        r = subprocess.run(
+            [binary, "call", "--via", f"127.0.0.1:{via}", "--from", CALLER, "--to", recipient,
+             "--play", VOICE, "--play-at", "4.5", "--seconds", "6", "--record", heard, *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+        check(r.returncode == 0, f"the {name} call to {server} completed")
+        return read_wav(heard)[1]
+
+    def hears(heard, greeting):
+        # 0.3 s from the greeting's middle, looked for in the first 2.5 s of the call.
+        mid = len(greeting) // 2
+        return heard_at(greeting[mid:mid + 2400], heard, 20000)[0]
+
+    divert = ["--diversion", recipient]
+    try:
+        api = s.p["http"]
+        # Hostile uploads, through the router (handed to a server): refused, nothing kept.
+        for body, want, what in [(b"RIFF\0\0\0\0WAVEjunk", 400, "no fmt chunk"),
+                                 (b"ID3\x03not a wav at all", 400, "not a WAV"),
+                                 (wav_bytes(up, 44100, 2)[:5000], 400, "cut short"),
+                                 (wav_bytes([0] * 16000, 8000, 1), 400, "silent"),
+                                 (wav_bytes([100, -100] * 8000 * 31, 16000, 1), 413, "31 s")]:
+            code, v = put_wav(api, path, body)
+            print(f"  PUT {what}: {code} {v['detail'] if v else ''}")
+            check(code == want, f"{what}: {want}")
+        code, _ = http(api, "GET", path)
+        check(code == 404, "nothing kept")
+
+        code, v = put_wav(api, path, wav_bytes(up, 44100, 2))
+        put_at = time.monotonic()
+        print(f"  PUT 44.1 kHz stereo through the router: {code} {v}")
+        check(code == 200 and abs(v["seconds"] - len(mine) / 8000) < 0.05, "kept")
+        time.sleep(1.0)
+        heard = {}
+        threads = [threading.Thread(target=lambda sid=sid: heard.__setitem__(
+            sid, call(sid, f"after-put-{sid}", *divert))) for sid in ("ms1", "ms2")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for sid in ("ms1", "ms2"):
+            c = hears(heard[sid], mine)
+            print(f"  {sid}, called {1.0:.1f} s after the PUT: the greeting at correlation {c:.3f}")
+            check(c >= 0.8, f"the caller on {sid} heard the recipient's greeting")
+
+        code, v = put_wav(api, path + "?for=busy", wav_bytes(busy, 8000, 1))
+        check(code == 200 and v["for"] == "busy", "the busy greeting kept")
+        time.sleep(1.0)
+        on_busy = call("ms2", "busy", "--header",
+                       f"Diversion: <sip:{recipient}@127.0.0.1>;reason=user-busy")
+        cb, cm = hears(on_busy, busy), hears(on_busy, mine)
+        print(f"  forwarded on busy to ms2: busy greeting {cb:.3f}, no-answer one {cm:.3f}")
+        check(cb >= 0.8 and cm < 0.5, "a call forwarded on busy hears the busy greeting")
+
+        code, _ = http(api, "DELETE", path)
+        check(code == 200, "DELETE through the router")
+        time.sleep(1.0)
+        c = hears(call("ms1", "after-delete", *divert), mine)
+        print(f"  after DELETE, ms1: the old greeting at {c:.3f}")
+        check(c < 0.5, "the default greeting is back")
+        code, _ = http(api, "DELETE", path)
+        check(code == 404, "a second DELETE: 404")
+    finally:
+        s.stop()
+
+
 def main():
     run(__doc__, ["receipts", "crash", "webhooks", "prefs", "shared_account", "fallback",
-                  "fallback_crash", "email_tls", "french"],
+                  "fallback_crash", "email_tls", "greetings", "french"],
         lambda name, a, work: globals()[name](a.bin, work), prefix="boxless-notify-")
 
 
