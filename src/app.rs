@@ -137,7 +137,7 @@ async fn start_server(
         spec,
         board.clone(),
         store.clone(),
-        recipients.copy().clone(),
+        recipients.clone(),
         notifier,
         prompts.clone(),
     )

@@ -55,7 +55,7 @@ enum Command {
         /// Audio to play (WAV of any rate and channel count).
         #[arg(long)]
         play: Option<PathBuf>,
-        /// RFC 4733 digits to send.
+        /// RFC 4733 digits to send; a `,` waits a second.
         #[arg(long, default_value = "")]
         dtmf: String,
         /// Seconds after answer to send the digits.

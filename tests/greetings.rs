@@ -148,3 +148,139 @@ async fn a_greeting_put_through_the_api_is_what_the_next_caller_hears() {
     assert_eq!(events, want);
     let _ = std::fs::remove_dir_all(&sys.data);
 }
+
+/// Leaves a message for +15551230002; its link number and access code.
+async fn link_and_code(sys: &common::System) -> (String, String) {
+    let out = place_call(&opts(sys.running.router, voice(1500, 2)))
+        .await
+        .unwrap();
+    assert!(out.completed(), "{out:?}");
+    let list =
+        common::messages_when(sys, "+15551230002", "a message listed", |l| !l.is_empty()).await;
+    let link = list[0]["link_number"].as_str().unwrap().to_string();
+    let sms = sys
+        .smsc
+        .wait_for(1, std::time::Duration::from_secs(10))
+        .await;
+    let text = &sms.last().unwrap().text;
+    let code = text.rsplit("Code ").next().unwrap().trim_end_matches('.');
+    (link, code.to_string())
+}
+
+/// A call to `link` from `from`: `dtmf` from 2 s, `play` from `play_at`, for `seconds`.
+async fn menu_call(
+    sys: &common::System,
+    from: &str,
+    link: &str,
+    dtmf: &str,
+    play: Vec<i16>,
+    play_at: f64,
+    seconds: f64,
+) -> Vec<i16> {
+    let mut o = opts(sys.running.router, play);
+    o.from = from.into();
+    o.to = link.into();
+    o.diversion = None;
+    o.dtmf = dtmf.into();
+    o.dtmf_at = 2.0;
+    o.play_at = play_at;
+    o.seconds = Some(seconds);
+    let out = place_call(&o).await.unwrap();
+    assert!(out.completed(), "{out:?}");
+    out.heard
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipient_records_a_greeting_by_phone_and_nobody_else_can() {
+    let sys = system("greeting-phone", "redirect", "").await;
+    let prompts = boxless_media::Prompts::load();
+    let refused = g711(
+        prompts
+            .voice(boxless_core::recipient::Language::En)
+            .get("own-phone-only"),
+    );
+    let (link, code) = link_and_code(&sys).await;
+
+    // Someone else, with the code from the SMS: 5 is refused, nothing is recorded.
+    let got = menu_call(
+        &sys,
+        "5559990000",
+        &link,
+        &format!("{code},,,5"),
+        Vec::new(),
+        0.0,
+        14.0,
+    )
+    .await;
+    let c = find_in(&got, &refused);
+    assert!(c >= 0.8, "told: only from your own phone ({c})");
+    let (code_404, _) = http(sys.running.http, "GET", PATH).await.unwrap();
+    assert_eq!(code_404, 404, "no greeting");
+
+    // The recipient, from their own phone: 5, speaks after the tone, #, hangs up.
+    let said = voice(3000, 7);
+    let got = menu_call(
+        &sys,
+        "5551230002",
+        &link,
+        "5,,,,,,,,,#",
+        said.clone(),
+        7.5,
+        13.0,
+    )
+    .await;
+    assert!(find_in(&got, &refused) < 0.5, "not refused");
+    let mut kept = None;
+    for _ in 0..50 {
+        let (code, body) = http_bytes(sys.running.http, "GET", PATH, "audio/wav", &[])
+            .await
+            .unwrap();
+        if code == 200 {
+            kept = Some(boxless_store::wav::decode(&body).unwrap().1);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let kept = kept.expect("the greeting recorded by phone is kept");
+    let secs = kept.len() as f64 / 8000.0;
+    assert!((2.5..=4.5).contains(&secs), "{secs} s kept");
+    let c = find_in(&kept, &g711(&said)[4000..20_000]);
+    assert!(c >= 0.8, "what was said is the greeting: {c}");
+    // The next caller hears it.
+    let c = find_in(&heard(&sys, false).await, &g711(&said)[4000..20_000]);
+    assert!(c >= 0.8, "the next caller hears it: {c}");
+    let _ = std::fs::remove_dir_all(&sys.data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_verified_caller_ids_an_unverified_recipient_may_not_record_one() {
+    let sys = system(
+        "greeting-verified",
+        "redirect",
+        "[retrieval]\ntrust_caller_id = \"verified\"\n",
+    )
+    .await;
+    let prompts = boxless_media::Prompts::load();
+    let refused = g711(
+        prompts
+            .voice(boxless_core::recipient::Language::En)
+            .get("own-phone-only"),
+    );
+    let (link, code) = link_and_code(&sys).await;
+    // The recipient's number, but not verified: the code is asked, and 5 refused.
+    let got = menu_call(
+        &sys,
+        "5551230002",
+        &link,
+        &format!("{code},,,5"),
+        Vec::new(),
+        0.0,
+        14.0,
+    )
+    .await;
+    let c = find_in(&got, &refused);
+    assert!(c >= 0.8, "told: only from your own phone ({c})");
+    let (code_404, _) = http(sys.running.http, "GET", PATH).await.unwrap();
+    assert_eq!(code_404, 404, "no greeting");
+    let _ = std::fs::remove_dir_all(&sys.data);
+}

@@ -3,13 +3,16 @@
 # WAV with sox: English in crates/media/prompts/, Spanish, French and German in its es/,
 # fr/ and de/. The WAV files are committed; run this again only to change a prompt:
 #   apt-get install -y espeak-ng sox && tools/make-prompts.sh [en es fr de]
-# (no argument: every language).
+# (no argument: every language). ONLY="name1 name2" records just those prompts and leaves
+# the others as committed (espeak-ng and sox of another release say them a little
+# differently).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)/crates/media/prompts"
 langs=("$@")
 [ ${#langs[@]} -gt 0 ] || langs=(en es fr de)
 
 say() { # name text
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $1 "* ]]; then return; fi
   espeak-ng -v "$voice" -s 150 -w "$out/$1.raw.wav" "$2"
   # Leading and trailing silence trimmed so that digits run together naturally.
   sox "$out/$1.raw.wav" -r 8000 -c 1 -b 16 -e signed-integer "$out/$1.wav" \
@@ -47,6 +50,12 @@ for lang in "${langs[@]}"; do
       say saved "Message saved."
       say no-more "No more messages."
       say goodbye "Goodbye."
+      say greeting-record "After the tone, record your greeting. Press pound when you are done."
+      say greeting-is "This is your greeting."
+      say greeting-options "To keep it, press 1 or hang up. To record it again, press 2. To remove it, press 3."
+      say greeting-saved "Your greeting is saved."
+      say greeting-removed "Your greeting is removed. Callers hear the standard greeting."
+      say own-phone-only "Your greeting can only be changed from your own phone."
       numbers
       months January February March April May June July August September October November December
       ;;
@@ -68,6 +77,12 @@ for lang in "${langs[@]}"; do
       say saved "Mensaje guardado."
       say no-more "No hay más mensajes."
       say goodbye "Adiós."
+      say greeting-record "Después de la señal, grabe su saludo. Pulse almohadilla al terminar."
+      say greeting-is "Este es su saludo."
+      say greeting-options "Para conservarlo, pulse 1 o cuelgue. Para grabarlo de nuevo, pulse 2. Para borrarlo, pulse 3."
+      say greeting-saved "Su saludo está guardado."
+      say greeting-removed "Su saludo está borrado. Se oirá el saludo estándar."
+      say own-phone-only "Su saludo solo se puede cambiar desde su propio teléfono."
       numbers
       # "el 3 de marzo": the day comes first, the month carries its "de".
       months "de enero" "de febrero" "de marzo" "de abril" "de mayo" "de junio" "de julio" \
@@ -92,6 +107,12 @@ for lang in "${langs[@]}"; do
       say saved "Message enregistré."
       say no-more "Il n'y a plus de message."
       say goodbye "Au revoir."
+      say greeting-record "Après le bip, enregistrez votre annonce. Tapez dièse pour terminer."
+      say greeting-is "Voici votre annonce."
+      say greeting-options "Pour la garder, tapez 1 ou raccrochez. Pour l'enregistrer à nouveau, tapez 2. Pour la supprimer, tapez 3."
+      say greeting-saved "Votre annonce est enregistrée."
+      say greeting-removed "Votre annonce est supprimée. Vos correspondants entendront l'annonce standard."
+      say own-phone-only "Votre annonce ne peut être changée que depuis votre propre téléphone."
       numbers
       months janvier février mars avril mai juin juillet août septembre octobre novembre décembre
       ;;
@@ -114,6 +135,12 @@ for lang in "${langs[@]}"; do
       say saved "Nachricht gespeichert."
       say no-more "Keine weiteren Nachrichten."
       say goodbye "Auf Wiederhören."
+      say greeting-record "Sprechen Sie nach dem Ton Ihre Ansage. Drücken Sie Raute, wenn Sie fertig sind."
+      say greeting-is "Das ist Ihre Ansage."
+      say greeting-options "Zum Behalten drücken Sie 1 oder legen Sie auf. Zum neu Aufnehmen drücken Sie 2. Zum Löschen drücken Sie 3."
+      say greeting-saved "Ihre Ansage ist gespeichert."
+      say greeting-removed "Ihre Ansage ist gelöscht. Anrufer hören die Standardansage."
+      say own-phone-only "Ihre Ansage kann nur von Ihrem eigenen Telefon aus geändert werden."
       numbers
       months Januar Februar März April Mai Juni Juli August September Oktober November Dezember
       ;;

@@ -1,7 +1,7 @@
 //! Spoken prompts, recorded once with espeak-ng (`tools/make-prompts.sh`) and committed as
 //! 8 kHz mono WAV, in English, Spanish, French and German: the default greeting ("You have
-//! reached \<digits\>. Please leave a message after the tone.") and the retrieval phrases,
-//! numbers 0-59 and month names.
+//! reached \<digits\>. Please leave a message after the tone.") and the retrieval phrases
+//! (the personal greeting's by phone among them), numbers 0-59 and month names.
 
 use std::collections::HashMap;
 
@@ -47,6 +47,12 @@ macro_rules! voice {
             prompt!($dir, "saved"),
             prompt!($dir, "no-more"),
             prompt!($dir, "goodbye"),
+            prompt!($dir, "greeting-record"),
+            prompt!($dir, "greeting-is"),
+            prompt!($dir, "greeting-options"),
+            prompt!($dir, "greeting-saved"),
+            prompt!($dir, "greeting-removed"),
+            prompt!($dir, "own-phone-only"),
             prompt!($dir, "number-0"),
             prompt!($dir, "number-1"),
             prompt!($dir, "number-2"),
@@ -123,7 +129,7 @@ macro_rules! voice {
     };
 }
 
-type Files = [(&'static str, &'static [u8]); 97];
+type Files = [(&'static str, &'static [u8]); 103];
 
 const EN: Files = voice!("");
 const ES: Files = voice!("es/");
@@ -272,6 +278,26 @@ const DIGITS: [&str; 10] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_greeting_s_record_prompt_and_its_tone_take_at_most_six_seconds() {
+        let p = Prompts::load();
+        for lang in [Language::En, Language::Es, Language::Fr, Language::De] {
+            let v = p.voice(lang);
+            // What the menu plays: the prompt, 200 ms, the tone.
+            let n = v.get("greeting-record").len() + 1600 + p.tone().len();
+            assert!(n > 3 * 8000 && n <= 6 * 8000, "{lang:?}: {} ms", n / 8);
+            for name in [
+                "greeting-is",
+                "greeting-options",
+                "greeting-saved",
+                "greeting-removed",
+                "own-phone-only",
+            ] {
+                assert!(v.get(name).len() > 4000, "{lang:?} {name}");
+            }
+        }
+    }
 
     #[test]
     fn every_prompt_of_every_language_decodes_and_greeting_speaks_every_digit() {

@@ -240,6 +240,11 @@ impl RtpReceiver {
         }
     }
 
+    /// The most it keeps, counted at 8 kHz.
+    pub fn max_samples(&self) -> usize {
+        self.max_samples
+    }
+
     /// Packets at `rms` or above are reported as voice (default 0: every audio packet).
     pub fn voice_level(self, rms: f64) -> Self {
         RtpReceiver {

@@ -32,7 +32,7 @@ pub struct CallOptions {
     pub play: Vec<i16>,
     /// Seconds after answer to start playing.
     pub play_at: f64,
-    /// RFC 4733 digits to send.
+    /// RFC 4733 digits to send; a `,` waits a second.
     pub dtmf: String,
     /// Seconds after answer to send them.
     pub dtmf_at: f64,
@@ -294,7 +294,13 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
     let play_start = answered + secs(opts.play_at);
     let play_end = play_start + Duration::from_millis(opts.play.len() as u64 / 8);
     let dtmf_start = answered + secs(opts.dtmf_at);
-    let dtmf_end = dtmf_start + Duration::from_millis(opts.dtmf.chars().count() as u64 * 300);
+    let dtmf_end = dtmf_start
+        + Duration::from_millis(
+            opts.dtmf
+                .chars()
+                .map(|c| if c == ',' { 1000 } else { 300 })
+                .sum::<u64>(),
+        );
     let hangup = match opts.seconds {
         Some(s) => answered + secs(s),
         None => {
@@ -326,8 +332,14 @@ pub async fn place_call(opts: &CallOptions) -> Result<CallOutcome, PhoneError> {
             frame_at += Duration::from_millis(20);
         }
         // Digits: 3 progress packets 50 ms apart, then 3 end packets (RFC 4733 §2.5.1.4).
+        if digits.get(dtmf_idx) == Some(&',') && now >= dtmf_next {
+            // A comma waits a second, as a dialler's does.
+            dtmf_idx += 1;
+            dtmf_next = now + Duration::from_secs(1);
+        }
         if let (Some(pt), Some(&d)) = (neg.dtmf_pt, digits.get(dtmf_idx))
             && now >= dtmf_next
+            && d != ','
         {
             let duration = ((dtmf_step.min(3) + 1) * 400) as u16;
             let end = dtmf_step >= 3;

@@ -97,6 +97,13 @@ pub enum Output {
     },
     /// Retrieval: a wrong access code (counts towards the caller's lockout).
     WrongCode,
+    /// Retrieval: `owner`'s own greeting is from now on `audio` (8 kHz), or none.
+    Greeting {
+        /// Whose.
+        owner: boxless_core::PhoneNumber,
+        /// The recording; None: removed.
+        audio: Option<Vec<i16>>,
+    },
     /// The call is over; drop the machine.
     Ended(EndReason),
 }

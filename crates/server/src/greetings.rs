@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use boxless_core::PhoneNumber;
 use boxless_core::config::Greeting;
 use boxless_core::recipient::GreetingKind;
+use boxless_core::{PhoneNumber, now_ms};
 use boxless_media::Law;
 
 use crate::server::MessagingServer;
@@ -85,6 +85,47 @@ impl MessagingServer {
                 }
                 Greeting::Tone => self.tone.clone(),
             },
+        }
+    }
+
+    /// Keeps `owner`'s greeting recorded by phone (None: removes it), as the API would:
+    /// to the recipients' bucket with NATS, and the event from this server.
+    pub(crate) async fn set_own_greeting(&self, owner: PhoneNumber, audio: Option<Vec<i16>>) {
+        let kind = GreetingKind::NoAnswer;
+        let done = match audio {
+            Some(a) => {
+                let seconds = a.len() as f64 / 8000.0;
+                let ulaw = a.iter().map(|&x| Law::Ulaw.encode(x)).collect();
+                self.recipients
+                    .put_greeting(owner, kind, ulaw)
+                    .await
+                    .map(|()| ("greeting.set", Some(seconds)))
+            }
+            None => self
+                .recipients
+                .delete_greeting(owner, kind)
+                .await
+                .map(|_| ("greeting.removed", None)),
+        };
+        match done {
+            Ok((event, seconds)) => {
+                tracing::info!(%owner, event, "greeting changed by phone");
+                let mut data = serde_json::json!({
+                    "recipient": owner.to_string(),
+                    "for": kind.as_str(),
+                    "by": "phone",
+                });
+                if let Some(s) = seconds {
+                    data["seconds"] = s.into();
+                }
+                if let Err(e) = self.store.write_event(event, data, now_ms()) {
+                    tracing::error!(error = %e, event, "greetings: the event could not be written");
+                }
+            }
+            Err(e) => {
+                metrics::counter!("boxless_greeting_writes_failed_total").increment(1);
+                tracing::error!(%owner, error = %e, "a greeting recorded by phone could not be kept");
+            }
         }
     }
 

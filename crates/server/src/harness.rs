@@ -88,6 +88,8 @@ pub(crate) struct Harness {
     pub(crate) tx: RtpSender,
     pub(crate) marks: Vec<(String, Mark)>,
     pub(crate) wrong: u32,
+    /// Greetings kept or removed by the retrieval menu.
+    pub(crate) greetings: Vec<(boxless_core::PhoneNumber, Option<Vec<i16>>)>,
 }
 
 /// Runs admission and answers like the driver does.
@@ -155,6 +157,7 @@ pub(crate) fn start_with(
         tx: RtpSender::new(Codec::Pcmu, 0, 77, 5, 5),
         marks: Vec::new(),
         wrong: 0,
+        greetings: Vec::new(),
     };
     h.drain();
     h.run_until(now);
@@ -214,6 +217,7 @@ impl Harness {
                 Output::MissedCall => self.missed = true,
                 Output::Mark { id, mark } => self.marks.push((id, mark)),
                 Output::WrongCode => self.wrong += 1,
+                Output::Greeting { owner, audio } => self.greetings.push((owner, audio)),
                 Output::Ended(r) => self.ended = Some(r),
             }
         }

@@ -1,7 +1,9 @@
 //! The retrieval menu as a sans-IO state machine: access code, "message from …", the
-//! audio, then 1 replay, 7 delete, 9 save, # next. It knows nothing of SIP or RTP: the
-//! driver plays what it asks for, reports when a sequence finished or a digit came, and
-//! carries out the store changes it requests.
+//! audio, then 1 replay, 7 delete, 9 save, # next; and at any point 5, the recipient's own
+//! greeting (docs/sip.md, "Retrieval menu"): recorded after the tone until # or the limit,
+//! played back, then 1 (or hanging up) keeps it, 2 records again, 3 removes it. It knows
+//! nothing of SIP or RTP: the driver plays what it asks for, records when told, reports
+//! when a sequence finished or a digit came, and carries out the changes it requests.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -51,6 +53,20 @@ pub enum Prompt {
     NoMore,
     /// "Goodbye."
     Goodbye,
+    /// "After the tone, record your greeting. Press pound when you are done.", the tone.
+    GreetingRecord,
+    /// "This is your greeting."
+    GreetingIs,
+    /// What the caller just recorded.
+    RecordedGreeting,
+    /// "To keep it, press 1 or hang up. To record it again, press 2. To remove it, press 3."
+    GreetingOptions,
+    /// "Your greeting is saved."
+    GreetingSaved,
+    /// "Your greeting is removed."
+    GreetingRemoved,
+    /// "Your greeting can only be changed from your own phone."
+    OwnPhoneOnly,
 }
 
 /// What a message became.
@@ -78,6 +94,23 @@ pub enum Action {
     },
     /// A wrong access code from this caller (the driver counts it towards the lockout).
     WrongCode,
+    /// Record what the caller says from now on, at most `max`.
+    StartRecording {
+        /// The limit (`messages.greeting_max_seconds`).
+        max: Duration,
+    },
+    /// Stop recording; keep what was recorded to play back.
+    StopRecording,
+    /// What was recorded is `owner`'s greeting from now on.
+    KeepGreeting {
+        /// Whose.
+        owner: PhoneNumber,
+    },
+    /// `owner` has no greeting of their own any more.
+    RemoveGreeting {
+        /// Whose.
+        owner: PhoneNumber,
+    },
     /// End the call.
     Hangup,
 }
@@ -93,6 +126,11 @@ pub struct MenuSettings {
     pub max_wrong_codes: u32,
     /// Digits of an access code.
     pub code_len: usize,
+    /// Whose greeting this call may record: the caller's, when its caller-ID is trusted as
+    /// the recipient's (docs/sip.md); None: 5 is answered "only from your own phone".
+    pub greeting_owner: Option<PhoneNumber>,
+    /// The longest greeting recorded.
+    pub greeting_max: Duration,
 }
 
 impl Default for MenuSettings {
@@ -102,6 +140,8 @@ impl Default for MenuSettings {
             repeats: 2,
             max_wrong_codes: 3,
             code_len: 6,
+            greeting_owner: None,
+            greeting_max: Duration::from_secs(30),
         }
     }
 }
@@ -118,6 +158,12 @@ enum State {
     Interlude { next: usize },
     /// Saying goodbye.
     Ending,
+    /// Saying "record after the tone"; then back to message `back` (None: goodbye).
+    GreetingPrompt { back: Option<usize> },
+    /// Recording the greeting until # or the limit.
+    GreetingRecording { back: Option<usize> },
+    /// Playing it back and asking 1, 2 or 3.
+    GreetingReview { back: Option<usize> },
     /// Done.
     Over,
 }
@@ -239,17 +285,41 @@ impl Menu {
                 self.deadline = Some(now + self.s.answer_timeout);
             }
             State::Interlude { next } => self.present(next),
+            State::GreetingPrompt { back } => {
+                self.state = State::GreetingRecording { back };
+                self.out.push_back(Action::StartRecording {
+                    max: self.s.greeting_max,
+                });
+                self.deadline = Some(now + self.s.greeting_max);
+            }
+            State::GreetingReview { back } => {
+                self.state = State::GreetingReview { back };
+                self.deadline = Some(now + self.s.answer_timeout);
+            }
             State::Ending => {
                 self.state = State::Over;
                 self.deadline = None;
                 self.out.push_back(Action::Hangup);
             }
-            State::Waiting { .. } | State::Over => {}
+            State::Waiting { .. } | State::Over | State::GreetingRecording { .. } => {}
         }
     }
 
     /// A key (RFC 4733 or in-band); keys pressed during prompts act at once.
     pub fn digit(&mut self, now: Instant, d: char) {
+        if d == '5' {
+            let back = match self.state {
+                State::Playing { i } | State::Waiting { i } => Some(Some(i)),
+                State::Interlude { next } => Some(Some(next)),
+                // "No messages" or "no more", then goodbye: 5 still works.
+                State::Ending => Some(None),
+                _ => None,
+            };
+            if let Some(back) = back {
+                self.greeting(back);
+                return;
+            }
+        }
         match self.state.clone() {
             State::Code { mut entered } => {
                 if d == '#' || d == '*' {
@@ -269,8 +339,89 @@ impl Menu {
                 self.check_code(now, &entered);
             }
             State::Playing { i } | State::Waiting { i } => self.choose(i, d),
-            State::Interlude { .. } | State::Ending | State::Over => {}
+            State::GreetingRecording { back } if d == '#' => self.review(back),
+            State::GreetingReview { back } => self.decide(now, back, d),
+            State::Interlude { .. }
+            | State::Ending
+            | State::Over
+            | State::GreetingPrompt { .. }
+            | State::GreetingRecording { .. } => {}
         }
+    }
+
+    /// 5: the greeting, for its owner; anyone else hears why not and goes back.
+    fn greeting(&mut self, back: Option<usize>) {
+        if self.s.greeting_owner.is_none() {
+            self.resume(back, Prompt::OwnPhoneOnly);
+            return;
+        }
+        self.state = State::GreetingPrompt { back };
+        self.silences = 0;
+        self.play(vec![Prompt::GreetingRecord]);
+    }
+
+    /// After a greeting's step: message `back` again, or goodbye when there is none.
+    fn resume(&mut self, back: Option<usize>, said: Prompt) {
+        match back {
+            Some(next) => {
+                self.state = State::Interlude { next };
+                self.play(vec![said]);
+            }
+            None => self.end(vec![said, Prompt::Goodbye]),
+        }
+    }
+
+    /// # or the limit: the recording ends and plays back.
+    fn review(&mut self, back: Option<usize>) {
+        self.out.push_back(Action::StopRecording);
+        self.state = State::GreetingReview { back };
+        self.silences = 0;
+        self.play(vec![
+            Prompt::GreetingIs,
+            Prompt::RecordedGreeting,
+            Prompt::GreetingOptions,
+        ]);
+    }
+
+    /// 1 keeps, 2 records again, 3 removes; another key asks again.
+    fn decide(&mut self, now: Instant, back: Option<usize>, d: char) {
+        let Some(owner) = self.s.greeting_owner else {
+            return;
+        };
+        match d {
+            '1' => {
+                self.out.push_back(Action::KeepGreeting { owner });
+                self.resume(back, Prompt::GreetingSaved);
+            }
+            '2' => self.greeting(back),
+            '3' => {
+                self.out.push_back(Action::RemoveGreeting { owner });
+                self.resume(back, Prompt::GreetingRemoved);
+            }
+            _ => {
+                self.state = State::GreetingReview { back };
+                self.play(vec![Prompt::GreetingOptions]);
+                let _ = now;
+            }
+        }
+    }
+
+    /// The caller hung up: a greeting recorded and not yet decided on is kept, as
+    /// hanging up is one of the ways to keep it.
+    pub fn hung_up(&mut self) {
+        let Some(owner) = self.s.greeting_owner else {
+            return;
+        };
+        match self.state {
+            State::GreetingRecording { .. } => {
+                self.out.push_back(Action::StopRecording);
+                self.out.push_back(Action::KeepGreeting { owner });
+            }
+            State::GreetingReview { .. } => self.out.push_back(Action::KeepGreeting { owner }),
+            _ => return,
+        }
+        self.state = State::Over;
+        self.deadline = None;
     }
 
     fn check_code(&mut self, _now: Instant, entered: &str) {
@@ -344,8 +495,21 @@ impl Menu {
             return;
         }
         self.deadline = None;
+        if let State::GreetingRecording { back } = self.state {
+            // The limit: what was said so far is the greeting to review.
+            self.review(back);
+            return;
+        }
         self.silences += 1;
         if self.silences > self.s.repeats {
+            if let (State::GreetingReview { .. }, Some(owner)) =
+                (&self.state, self.s.greeting_owner)
+            {
+                // No answer is as hanging up: the greeting is kept.
+                self.out.push_back(Action::KeepGreeting { owner });
+                self.end(vec![Prompt::GreetingSaved, Prompt::Goodbye]);
+                return;
+            }
             self.end(vec![Prompt::Goodbye]);
             return;
         }
@@ -360,6 +524,11 @@ impl Menu {
                 self.state = State::Playing { i };
                 self.audio_playing = false;
                 self.out.push_back(Action::Play(vec![Prompt::Options]));
+            }
+            State::GreetingReview { back } => {
+                self.state = State::GreetingReview { back };
+                self.out
+                    .push_back(Action::Play(vec![Prompt::GreetingOptions]));
             }
             _ => {}
         }
@@ -397,10 +566,13 @@ mod tests {
 
     impl H {
         fn new(n: usize, code: bool, locked: bool) -> H {
+            H::with(n, code, locked, MenuSettings::default())
+        }
+        fn with(n: usize, code: bool, locked: bool, s: MenuSettings) -> H {
             let now = Instant::now();
             let mut h = H {
                 now,
-                m: Menu::new(now, MenuSettings::default(), msgs(n), code, locked),
+                m: Menu::new(now, s, msgs(n), code, locked),
                 log: Vec::new(),
             };
             h.drain();
@@ -451,6 +623,147 @@ mod tests {
                 })
                 .collect()
         }
+    }
+
+    fn owner() -> PhoneNumber {
+        PhoneNumber::parse_e164("+15551230002").unwrap()
+    }
+
+    fn owned(n: usize) -> H {
+        H::with(
+            n,
+            false,
+            false,
+            MenuSettings {
+                greeting_owner: Some(owner()),
+                greeting_max: Duration::from_secs(30),
+                ..MenuSettings::default()
+            },
+        )
+    }
+
+    /// The greeting actions taken so far, as words.
+    fn greeting_log(h: &H) -> Vec<&'static str> {
+        h.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartRecording { .. } => Some("start"),
+                Action::StopRecording => Some("stop"),
+                Action::KeepGreeting { owner: o } if *o == owner() => Some("keep"),
+                Action::RemoveGreeting { owner: o } if *o == owner() => Some("remove"),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn five_records_a_greeting_plays_it_back_and_one_keeps_it() {
+        let mut h = owned(2);
+        h.key("5");
+        assert_eq!(h.last_play(), [Prompt::GreetingRecord]);
+        assert!(
+            greeting_log(&h).is_empty(),
+            "recording starts after the tone"
+        );
+        h.done();
+        assert_eq!(greeting_log(&h), ["start"]);
+        h.key("7"); // keys other than # are part of what is said
+        assert!(h.marks().is_empty());
+        h.key("#");
+        assert_eq!(greeting_log(&h), ["start", "stop"]);
+        assert_eq!(
+            h.last_play(),
+            [
+                Prompt::GreetingIs,
+                Prompt::RecordedGreeting,
+                Prompt::GreetingOptions
+            ]
+        );
+        h.key("1");
+        assert_eq!(greeting_log(&h), ["start", "stop", "keep"]);
+        assert_eq!(h.last_play(), [Prompt::GreetingSaved]);
+        h.done();
+        assert!(
+            matches!(h.last_play()[0], Prompt::MessageFrom { .. }),
+            "back to the message it left"
+        );
+    }
+
+    #[test]
+    fn two_records_again_three_removes_and_hanging_up_keeps() {
+        let mut h = owned(1);
+        h.key("5");
+        h.done();
+        h.key("#2");
+        assert_eq!(h.last_play(), [Prompt::GreetingRecord], "again");
+        h.done();
+        h.key("#3");
+        assert_eq!(
+            greeting_log(&h),
+            ["start", "stop", "start", "stop", "remove"]
+        );
+        assert_eq!(h.last_play(), [Prompt::GreetingRemoved]);
+
+        // Hanging up while it records, or while it plays back, keeps it.
+        let mut h = owned(1);
+        h.key("5");
+        h.done();
+        h.m.hung_up();
+        h.drain();
+        assert_eq!(greeting_log(&h), ["start", "stop", "keep"]);
+        let mut h = owned(1);
+        h.key("5");
+        h.done();
+        h.key("#");
+        h.m.hung_up();
+        h.drain();
+        assert_eq!(greeting_log(&h), ["start", "stop", "keep"]);
+        // Not while it only asks to record: nothing was said yet.
+        let mut h = owned(1);
+        h.key("5");
+        h.m.hung_up();
+        h.drain();
+        assert!(greeting_log(&h).is_empty());
+    }
+
+    #[test]
+    fn the_limit_ends_a_recording_and_silence_at_the_question_keeps_it() {
+        let mut h = owned(1);
+        h.key("5");
+        h.done();
+        h.wait(Duration::from_secs(29));
+        assert_eq!(greeting_log(&h), ["start"]);
+        h.wait(Duration::from_secs(1));
+        assert_eq!(greeting_log(&h), ["start", "stop"], "stopped at 30 s");
+        h.done();
+        for _ in 0..2 {
+            h.wait(Duration::from_secs(6));
+            assert_eq!(h.last_play(), [Prompt::GreetingOptions], "asked again");
+            h.done();
+        }
+        h.wait(Duration::from_secs(6));
+        assert_eq!(greeting_log(&h), ["start", "stop", "keep"]);
+        assert_eq!(h.last_play(), [Prompt::GreetingSaved, Prompt::Goodbye]);
+    }
+
+    #[test]
+    fn five_from_a_phone_that_is_not_the_recipient_s_is_refused() {
+        // A caller who gave the access code.
+        let mut h = H::new(1, true, false);
+        h.key("123450");
+        assert!(matches!(h.last_play()[0], Prompt::MessageFrom { .. }));
+        h.key("5");
+        assert_eq!(h.last_play(), [Prompt::OwnPhoneOnly]);
+        assert!(greeting_log(&h).is_empty());
+        h.done();
+        assert!(matches!(h.last_play()[0], Prompt::MessageFrom { .. }));
+        // No messages on the link: 5 during "no messages, goodbye" works for the owner.
+        let mut h = owned(0);
+        h.key("5");
+        assert_eq!(h.last_play(), [Prompt::GreetingRecord]);
+        h.done();
+        h.key("#1");
+        assert_eq!(h.last_play(), [Prompt::GreetingSaved, Prompt::Goodbye]);
     }
 
     #[test]
@@ -540,7 +853,7 @@ mod tests {
         let h = H::new(0, false, false);
         assert_eq!(h.last_play(), [Prompt::NoMessages, Prompt::Goodbye]);
         let mut h = H::new(2, false, false);
-        h.key(&"5".repeat(1000));
+        h.key(&"4".repeat(1000));
         assert!(h.log.len() < 1010);
         h.key("#");
         assert_eq!(h.last_play()[1], Prompt::Audio("ms1-1".into()));

@@ -76,7 +76,18 @@ pub struct Retrieval {
     decoded: Vec<i16>,
     codec: Codec,
     pt: u8,
+    /// A greeting being recorded: placed by timestamp, at most the limit.
+    taking: Option<Box<RtpReceiver>>,
+    /// The greeting recorded last, to play back and keep.
+    taken: Vec<i16>,
 }
+
+/// A greeting shorter than this is not kept (a slip of the finger, as the API refuses it).
+const GREETING_MIN: usize = 4000;
+
+/// Left off the end of a greeting ended by `#`: an in-band `#` is audio too, and the
+/// caller's hand moving to the key is not part of the greeting.
+const GREETING_TAIL: usize = 2000;
 
 impl Retrieval {
     /// Answers the INVITE and, once media is agreed, runs `setup.menu`.
@@ -99,6 +110,8 @@ impl Retrieval {
             decoded: Vec::with_capacity(FRAME * 2),
             codec: Codec::Pcmu,
             pt: 0,
+            taking: None,
+            taken: Vec::new(),
         };
         if let Some(neg) = r.leg.media().copied() {
             r.media(now, neg);
@@ -156,6 +169,9 @@ impl Retrieval {
         }
         let mut digits: [char; 4] = ['\0'; 4];
         let mut n = 0;
+        if let Some(take) = &mut self.taking {
+            take.receive(datagram);
+        }
         match self.rx.receive(datagram) {
             Received::Dtmf(c) => {
                 self.saw_events = true;
@@ -199,6 +215,8 @@ impl Retrieval {
             LegEvent::Media(neg) => self.media(now, neg),
             LegEvent::Bye(bye) => {
                 self.reason.get_or_insert(EndReason::CallerBye);
+                self.setup.menu.hung_up();
+                self.drain_menu(now);
                 self.leg.answer_bye(bye, true, &mut self.out);
                 self.end();
             }
@@ -241,6 +259,33 @@ impl Retrieval {
                 }
                 Action::Mark { id, mark } => self.out.push_back(Output::Mark { id, mark }),
                 Action::WrongCode => self.out.push_back(Output::WrongCode),
+                Action::StartRecording { max } => {
+                    let max = (max.as_millis() as usize).saturating_mul(8);
+                    self.taking = Some(Box::new(RtpReceiver::new(self.codec, self.pt, None, max)));
+                }
+                Action::StopRecording => {
+                    if let Some(take) = self.taking.take() {
+                        let (rate, full) = (take.rate(), take.len_8k() >= take.max_samples());
+                        let mut buf = Vec::new();
+                        convert_into(&take.into_samples(), rate, 8000, &mut buf);
+                        if !full {
+                            buf.truncate(buf.len().saturating_sub(GREETING_TAIL));
+                        }
+                        self.taken = buf;
+                    }
+                }
+                Action::KeepGreeting { owner } => {
+                    if self.taken.len() >= GREETING_MIN {
+                        let audio = std::mem::take(&mut self.taken);
+                        self.out.push_back(Output::Greeting {
+                            owner,
+                            audio: Some(audio),
+                        });
+                    }
+                }
+                Action::RemoveGreeting { owner } => {
+                    self.out.push_back(Output::Greeting { owner, audio: None })
+                }
                 Action::Hangup => self.hang_up(now, EndReason::MenuDone),
             }
         }
@@ -313,6 +358,10 @@ impl Retrieval {
                     p.say_received(month, day, h, m, &mut said);
                     p.pause(500, &mut said);
                 }
+                Prompt::RecordedGreeting => {
+                    said.extend_from_slice(&self.taken);
+                    p.pause(500, &mut said);
+                }
                 Prompt::Audio(id) => {
                     convert_into(&said, 8000, rate, &mut out);
                     said.clear();
@@ -332,10 +381,19 @@ impl Retrieval {
                         Prompt::Deleted => "deleted",
                         Prompt::Saved => "saved",
                         Prompt::NoMore => "no-more",
+                        Prompt::GreetingRecord => "greeting-record",
+                        Prompt::GreetingIs => "greeting-is",
+                        Prompt::GreetingOptions => "greeting-options",
+                        Prompt::GreetingSaved => "greeting-saved",
+                        Prompt::GreetingRemoved => "greeting-removed",
+                        Prompt::OwnPhoneOnly => "own-phone-only",
                         _ => "goodbye",
                     };
                     said.extend_from_slice(p.get(name));
                     p.pause(200, &mut said);
+                    if matches!(other, Prompt::GreetingRecord) {
+                        said.extend_from_slice(self.setup.prompts.tone());
+                    }
                 }
             }
         }

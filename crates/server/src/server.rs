@@ -35,12 +35,16 @@ pub struct MessagingServer {
     pub(crate) numbering: Numbering,
     pub(crate) store: Arc<Store>,
     pub(crate) directory: Arc<Directory>,
+    /// Where recipients' preferences and greetings are written (`directory` is its copy).
+    pub(crate) recipients: boxless_control::Recipients,
     pub(crate) notifier: Arc<NotifierHandle>,
     /// The texts of its notices.
     pub(crate) texts: NoticeTexts,
     pub(crate) prompts: Arc<Prompts>,
     pub(crate) tone: Arc<[i16]>,
     pub(crate) greeting: Greeting,
+    /// `messages.greeting_max_seconds`.
+    pub(crate) greeting_max: Duration,
     /// Recipients' own greetings recently played.
     pub(crate) greetings: crate::greetings::GreetingCache,
     pub(crate) settings: CallSettings,
@@ -88,7 +92,7 @@ impl MessagingServer {
         spec: &ServerSpec,
         board: Arc<StatusBoard>,
         store: Arc<Store>,
-        directory: Arc<Directory>,
+        recipients: boxless_control::Recipients,
         notifier: Arc<NotifierHandle>,
         prompts: Arc<Prompts>,
     ) -> std::io::Result<Arc<MessagingServer>> {
@@ -126,13 +130,15 @@ impl MessagingServer {
             board,
             numbering: cfg.numbering.clone(),
             store,
-            directory,
+            directory: recipients.copy().clone(),
+            recipients,
             limits: notifier.limits.clone(),
             notifier,
             texts: NoticeTexts::new(cfg, &spec.config.id),
             tone: prompts.tone().into(),
             prompts,
             greeting: c.messages.greeting,
+            greeting_max: Duration::from_secs(u64::from(c.messages.greeting_max_seconds)),
             greetings: Default::default(),
             timers: SipTimers {
                 t1: Duration::from_millis(c.sip.t1_ms),

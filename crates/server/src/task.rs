@@ -263,6 +263,10 @@ async fn retrieval_setup(
         AccessCodePolicy::WhenCallerIdMismatch => !trusted_id,
         AccessCodePolicy::Always => true,
     };
+    // Only the recipient's own phone, trusted as it is to play without a code, records
+    // their greeting (a caller who gave the code may be anyone holding the SMS).
+    let greeting_owner =
+        caller.filter(|&c| trusted_id && msgs.iter().any(|m| m.recipient == Some(c)));
     let menu_msgs = msgs
         .into_iter()
         .map(|m| MenuMessage {
@@ -276,6 +280,8 @@ async fn retrieval_setup(
         Instant::now(),
         MenuSettings {
             max_wrong_codes: server.max_wrong_codes,
+            greeting_owner,
+            greeting_max: server.greeting_max,
             ..MenuSettings::default()
         },
         menu_msgs,
@@ -382,6 +388,11 @@ impl Call {
                     Output::Store { keep, voiced } => storing = Some(self.store(keep, voiced)),
                     Output::MissedCall => storing = Some(self.missed_call()),
                     Output::Mark { id, mark } => self.mark(id, mark),
+                    Output::Greeting { owner, audio } => {
+                        // Written on its own: the caller goes on with the menu meanwhile.
+                        let server = self.server.clone();
+                        tokio::spawn(async move { server.set_own_greeting(owner, audio).await });
+                    }
                     Output::WrongCode => {
                         if let Some(link) = self.link
                             && wrong_code(&self.server, link).await
