@@ -37,7 +37,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    ROOT, Procs, caller_pcap, check, free_port, ports, read_jsonl, run, start_smsc_and_serve,
+    ROOT, media_port, Procs, caller_pcap, check, free_port, ports, read_jsonl, run, start_smsc_and_serve,
     stop_all,
     wait_until, write_config,
 )
@@ -120,7 +120,7 @@ class Serve:
         work = os.path.join(self.work, f"sipp-{scenario}-{time.monotonic_ns()}")
         os.makedirs(work)
         argv = ["sipp", "-sf", os.path.join(SIPP, scenario), "-i", ip, "-mi", ip,
-                "-p", str(free_port()), "-mp", str(40000 + free_port() % 400 * 2)]
+                "-p", str(free_port()), "-mp", str(media_port(40000, 400))]
         if csv:
             with open(os.path.join(work, "in.csv"), "w") as f:
                 f.write("SEQUENTIAL\n" + "".join(";".join(row) + ";\n" for row in csv))

@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "asr"))
 import speech  # noqa: E402
 from harness import (  # noqa: E402
-    ROOT, FAILURES, check, free_port, http_get, parse_args, ports, read_jsonl, report,
+    ROOT, media_port, FAILURES, check, free_port, http_get, parse_args, ports, read_jsonl, report,
     start_smsc_and_serve, stop_all, wait_tcp, wait_until, write_config,
 )
 from notify import Smtp, http, secret_file  # noqa: E402
@@ -154,7 +154,7 @@ def sipp(work, router, calls, pcap, hold_ms, rate=None):
         f.write("SEQUENTIAL\n" + "".join(f"{c};{r};\n" for c, r in calls))
     argv = ["sipp", "-sf", scenario, "-inf", "calls.csv",
             "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
-            "-mp", str(45000 + free_port() % 400 * 2), "-key", "pcap", pcap,
+            "-mp", str(media_port(45000, 400)), "-key", "pcap", pcap,
             f"127.0.0.1:{router}", "-m", str(len(calls)), "-l", str(len(calls)),
             "-timeout", f"{hold_ms // 1000 + 60}s", "-nostdin", "-trace_stat", "-stf", "stat.csv",
             "-trace_err", "-trace_logs"]

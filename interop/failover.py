@@ -41,7 +41,7 @@ import threading
 import time
 
 from harness import (
-    ROOT, Fail, Procs, caller_pcap, cpu_ns, free_port, http_get, ports, run,
+    ROOT, media_port, Fail, Procs, caller_pcap, cpu_ns, free_port, http_get, ports, run,
     server_state, wait_until, write_config,
 )
 
@@ -122,7 +122,7 @@ class Load:
     def start(self):
         argv = ["sipp", "-sf", os.path.join(ROOT, "interop/sipp/deposit.xml"),
                 "-inf", "callers.csv", "-s", RECIPIENT[1:], "-i", "127.0.0.1",
-                "-mi", "127.0.0.1", "-p", str(free_port()), "-mp", str(38000 + free_port() % 500 * 2),
+                "-mi", "127.0.0.1", "-p", str(free_port()), "-mp", str(media_port(38000, 500)),
                 "-key", "pcap", self.pcap, "-key", "recipient", RECIPIENT[2:],
                 self.target, "-m", str(self.calls), "-r", str(self.rate),
                 "-l", "200", "-max_non_invite_retrans", "3", "-timeout", "180s", "-nostdin",

@@ -58,6 +58,26 @@ def ports(*extra):
     return {k: free_port() for k in PORTS + extra}
 
 
+def media_port(base, span):
+    """An even port in [base, base + 2 * span) whose four UDP ports (SIPp's audio and video,
+    each with RTCP) are free now: SIPp gives up on a call whose media socket is taken."""
+    for _ in range(200):
+        port = base + free_port() % span * 2
+        socks = []
+        try:
+            for q in range(port, port + 4):
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(u)
+                u.bind(("127.0.0.1", q))
+            return port
+        except OSError:
+            continue
+        finally:
+            for u in socks:
+                u.close()
+    raise RuntimeError(f"no four free UDP ports from {base}")
+
+
 def wait_tcp(port, limit=20.0):
     end = time.monotonic() + limit
     while time.monotonic() < end:

@@ -35,7 +35,7 @@ import wave
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (  # noqa: E402
-    ROOT, Fail, caller_pcap, check, free_port, http_get, ports, read_jsonl, run,
+    ROOT, media_port, Fail, caller_pcap, check, free_port, http_get, ports, read_jsonl, run,
     start_smsc_and_serve, stop_all, wait_tcp, wait_until, write_config,
 )
 
@@ -174,7 +174,7 @@ def sipp(work, scenario, target, pcap, calls, extra=(), binary="sipp"):
     argv = [binary, "-sf", sf, "-inf", "callers.csv",
             "-s", FORWARDED if scenario != "via-switch.xml" else "15557000000",
             "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
-            "-mp", str(43000 + free_port() % 400 * 2), *keys,
+            "-mp", str(media_port(43000, 400)), *keys,
             *extra, target, "-m", str(calls), "-r", "1", "-l", "5", "-timeout", "60s",
             "-nostdin", "-trace_stat", "-stf", "stat.csv", "-trace_err"]
     r = subprocess.run(argv, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

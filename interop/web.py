@@ -37,7 +37,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import (  # noqa: E402
-    ROOT, Fail, caller_pcap, check, free_port, http_get, ports, read_jsonl, start_smsc_and_serve,
+    ROOT, media_port, Fail, caller_pcap, check, free_port, http_get, ports, read_jsonl, start_smsc_and_serve,
     stop_all, wait_until, write_config,
 )
 
@@ -70,7 +70,7 @@ def sipp_deposit(work, router):
     pcap = caller_pcap(d)
     argv = ["sipp", "-sf", os.path.join(ROOT, "interop/sipp/deposit.xml"), "-inf", "callers.csv",
             "-s", RECIPIENT[1:], "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
-            "-mp", str(45000 + free_port() % 400 * 2), "-key", "pcap", pcap,
+            "-mp", str(media_port(45000, 400)), "-key", "pcap", pcap,
             "-key", "recipient", RECIPIENT[2:], f"127.0.0.1:{router}", "-m", "1", "-r", "1",
             "-timeout", "60s", "-nostdin", "-trace_stat", "-stf", "stat.csv", "-trace_err"]
     r = subprocess.run(argv, cwd=d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
