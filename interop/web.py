@@ -10,6 +10,9 @@ carries and:
     a desktop one (a screenshot of each is written to --out);
   - plays the audio: the <audio> element reaches its end, its duration is the message's,
     and the message is then `heard`;
+  - "Your greeting": uploads a WAV file through the page's form (the API then has it,
+    the page plays it at its length), a file that is not a WAV gets the page that says
+    why and changes nothing, and Remove takes it away (the API says 404);
   - presses Save (the API says `saved`), then Delete and its confirmation (`deleted`),
     after which the link gets the 404 page;
   - opens a forged token: 404, the same page;
@@ -125,6 +128,62 @@ def message(port):
     return body[0] if code == 200 and body else None
 
 
+def status_of(port, path):
+    """The status of GET `path` (the body is not read as text: it may be audio)."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", path)
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
+def present(driver, element_id, limit=10):
+    """True once the page shows `element_id` (a form's answer loads after click returns)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if driver.find_elements(By.ID, element_id):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def greeting(phone, port, work):
+    """The page's "Your greeting": upload, a refused file, remove."""
+    api = f"/api/v1/recipients/%2B{RECIPIENT[1:]}/greeting"
+    url = phone.current_url
+    check(phone.find_elements(By.ID, "greeting-none"), "no greeting of their own yet")
+    check(status_of(port, api) == 404, "the API has none")
+    bad = os.path.join(work, "not-a-greeting.wav")
+    with open(bad, "wb") as f:
+        f.write(b"ID3 this is an mp3, not a WAV " * 10)
+    phone.find_element(By.ID, "greeting-file").send_keys(bad)
+    phone.find_element(By.ID, "greeting-upload").click()
+    check(present(phone, "greeting-refused"), "a file that is not a WAV: the page "
+          f"says why ({phone.find_element(By.TAG_NAME, 'p').text!r})")
+    check(status_of(port, api) == 404, "and nothing changed")
+    phone.get(url)
+    check(present(phone, "greeting-file"), "back on the page")
+    wav = os.path.join(ROOT, "crates/media/prompts/no-messages.wav")
+    phone.find_element(By.ID, "greeting-file").send_keys(wav)
+    phone.find_element(By.ID, "greeting-upload").click()
+    check(present(phone, "greeting-player"), "uploaded: the page shows the greeting")
+    check(status_of(port, api) == 200, "the API has it")
+    loaded = phone.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const a = document.getElementById('greeting-player');
+        a.addEventListener('loadedmetadata', () => done({duration: a.duration}));
+        a.addEventListener('error', () => done({error: String(a.error && a.error.code)}));
+        a.preload = 'metadata'; a.load();
+    """)
+    check("error" not in loaded and abs(loaded["duration"] - 2.545) < 0.05,
+          f"the page plays it at its length ({loaded})")
+    phone.find_element(By.ID, "greeting-remove").click()
+    check(present(phone, "greeting-none"), "removed: the page says the standard "
+          "greeting plays")
+    check(status_of(port, api) == 404, "the API has none again")
+
+
 def length_text(ms):
     s = -(-ms // 1000)
     return f"{s // 60}:{s % 60:02d}"
@@ -192,6 +251,7 @@ def playback(binary, work, out):
               f"{played['playing_ms']:.1f} ms, played to the end in {played['wall_ms']:.0f} ms")
         wait_until(lambda: message(p["http"])["state"] == "heard", 5, "heard")
         check(True, "played to the end: the API says `heard`")
+        greeting(phone, p["http"], work)
         phone.find_element(By.ID, "save").click()
         wait_until(lambda: message(p["http"])["state"] == "saved", 5, "saved")
         check("status" == phone.find_element(By.CSS_SELECTOR, "p.done").get_attribute("role"),

@@ -60,6 +60,23 @@ impl GreetingQuery {
     }
 }
 
+/// An upload as the greeting is kept: 8 kHz µ-law.
+pub(crate) fn ulaw_from_wav(
+    wav: &[u8],
+    max_seconds: u32,
+) -> Result<Vec<u8>, boxless_media::upload::UploadError> {
+    Ok(greeting_from_wav(wav, max_seconds)?
+        .iter()
+        .map(|&x| Law::Ulaw.encode(x))
+        .collect())
+}
+
+/// A kept greeting as 16-bit PCM WAV, which every player reads.
+pub(crate) fn wav_of(ulaw: &[u8]) -> Vec<u8> {
+    let samples: Vec<i16> = ulaw.iter().map(|&b| Law::Ulaw.decode(b)).collect();
+    encode(&samples, 8000, Encoding::Pcm16)
+}
+
 const NUMBER: &str = "The recipient's number, E.164 (`+` written `%2B`)";
 
 /// `GET /api/v1/recipients/{number}/greeting`: the greeting as 16-bit PCM WAV, 8 kHz mono.
@@ -84,14 +101,7 @@ pub(crate) async fn get(
         Err(e) => return *e,
     };
     match r.greeting(n, kind).await {
-        Ok(Some(ulaw)) => {
-            let samples: Vec<i16> = ulaw.iter().map(|&b| Law::Ulaw.decode(b)).collect();
-            (
-                [(header::CONTENT_TYPE, "audio/wav")],
-                encode(&samples, 8000, Encoding::Pcm16),
-            )
-                .into_response()
-        }
+        Ok(Some(ulaw)) => ([(header::CONTENT_TYPE, "audio/wav")], wav_of(&ulaw)).into_response(),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -143,7 +153,7 @@ pub(crate) async fn put(
     if s.stores.is_empty() && !s.remotes.is_empty() {
         return hand_over(&s, &headers, "PUT", n, &q, &body).await;
     }
-    let samples = match greeting_from_wav(&body, s.greeting_max_seconds) {
+    let ulaw = match ulaw_from_wav(&body, s.greeting_max_seconds) {
         Ok(x) => x,
         Err(e) => {
             let (code, kind) = if e.too_large() {
@@ -154,7 +164,6 @@ pub(crate) async fn put(
             return error(code, kind, &e.to_string());
         }
     };
-    let ulaw: Vec<u8> = samples.iter().map(|&x| Law::Ulaw.encode(x)).collect();
     let view = GreetingView {
         number: n.to_string(),
         kind: kind.as_str().to_string(),
@@ -212,10 +221,22 @@ pub(crate) async fn delete(
 
 /// Writes the change's event to this process's first server's store.
 fn report(s: &ApiState, event: &str, n: PhoneNumber, kind: GreetingKind, seconds: Option<f64>) {
-    let Some(store) = s.stores.first() else {
-        return;
-    };
-    let mut data = serde_json::json!({ "recipient": n.to_string(), "for": kind.as_str() });
+    if let Some(store) = s.stores.first() {
+        report_to(store, event, n, kind, seconds, "api");
+    }
+}
+
+/// Writes a greeting's event to `store`; `by`: `api`, `page`.
+pub(crate) fn report_to(
+    store: &boxless_store::Store,
+    event: &str,
+    n: PhoneNumber,
+    kind: GreetingKind,
+    seconds: Option<f64>,
+    by: &str,
+) {
+    let mut data =
+        serde_json::json!({ "recipient": n.to_string(), "for": kind.as_str(), "by": by });
     if let Some(secs) = seconds {
         data["seconds"] = secs.into();
     }

@@ -11,6 +11,7 @@ pub mod recipients;
 pub mod schema;
 mod status;
 pub mod web;
+mod web_greeting;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -83,9 +83,21 @@ pub(crate) fn routes() -> axum::Router<ApiState> {
         .route("/m/{token}/save", post(save_post))
         .route("/m/{token}/delete", post(delete_post))
         .route("/m/{token}/heard", post(heard_post))
+        .route(
+            "/m/{token}/greeting",
+            get(crate::web_greeting::get)
+                .post(crate::web_greeting::post)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    crate::web_greeting::MAX_UPLOAD,
+                )),
+        )
+        .route(
+            "/m/{token}/greeting/delete",
+            post(crate::web_greeting::delete),
+        )
 }
 
-type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
+pub(crate) type Peer = Option<Extension<ConnectInfo<SocketAddr>>>;
 
 /// The client: the peer, or, when the peer is a trusted proxy, the last address in
 /// `X-Forwarded-For` that is not one.
@@ -114,7 +126,7 @@ pub(crate) fn client(proxies: &PeerFilter, peer: Option<SocketAddr>, h: &HeaderM
     ip
 }
 
-fn html(web: &Web, code: StatusCode, body: String) -> Response {
+pub(crate) fn html(web: &Web, code: StatusCode, body: String) -> Response {
     let mut r = (code, body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -130,7 +142,7 @@ fn html(web: &Web, code: StatusCode, body: String) -> Response {
 
 /// Headers every web answer carries: nothing cached by anyone else, no referrer, no
 /// framing, no sniffing, not indexed; HSTS over HTTPS.
-fn private(web: &Web, h: &mut HeaderMap) {
+pub(crate) fn private(web: &Web, h: &mut HeaderMap) {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         header::REFERRER_POLICY,
@@ -177,7 +189,7 @@ fn too_many(web: &Web) -> Response {
 }
 
 /// The request, as the handlers pass it on to a server in another process.
-struct Incoming<'a> {
+pub(crate) struct Incoming<'a> {
     method: Method,
     path: String,
     headers: &'a HeaderMap,
@@ -186,7 +198,7 @@ struct Incoming<'a> {
 }
 
 /// Where a token leads.
-enum Opened {
+pub(crate) enum Opened {
     /// This process holds the message.
     Here(Arc<Store>, MessageInfo, WebToken),
     /// The answer is ready: a page of another server's, a 404, a 429 or a 503.
@@ -194,7 +206,7 @@ enum Opened {
 }
 
 /// Finds the message `raw` opens, or the answer to give instead.
-async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
+pub(crate) async fn open(s: &ApiState, raw: &str, req: Incoming<'_>) -> Opened {
     let web = &s.web;
     let ip = client(&web.proxies, req.peer, req.headers);
     if !web.wrong.peek(ip, now_ms()) {
@@ -312,7 +324,7 @@ async fn forward(s: &ApiState, r: &Remote, req: &Incoming<'_>, client: IpAddr) -
     }
 }
 
-fn incoming<'a>(
+pub(crate) fn incoming<'a>(
     method: Method,
     path: String,
     headers: &'a HeaderMap,
@@ -352,6 +364,7 @@ async fn page_get(
             link_number: m.link_number,
             saved: m.state == MessageState::Saved,
             transcript: m.transcript.as_deref(),
+            greeting: crate::web_greeting::has(&s, m.recipient).await,
         },
         lang,
     );
@@ -360,7 +373,7 @@ async fn page_get(
 }
 
 /// The recipient's language: its entry's (read off the async threads), else its country's.
-async fn language(s: &ApiState, m: &MessageInfo) -> boxless_core::recipient::Language {
+pub(crate) async fn language(s: &ApiState, m: &MessageInfo) -> boxless_core::recipient::Language {
     let recipient = m.recipient;
     let prefs = match s.recipients.clone() {
         Some(r) => tokio::task::spawn_blocking(move || r.copy().get(recipient).ok().flatten())
@@ -523,12 +536,12 @@ fn same_origin(web: &Web, h: &HeaderMap) -> bool {
     }
 }
 
-fn refused(web: &Web) -> Response {
+pub(crate) fn refused(web: &Web) -> Response {
     metrics::counter!("boxless_web_cross_site_total").increment(1);
     html(web, StatusCode::FORBIDDEN, page::FORBIDDEN.clone())
 }
 
-fn unavailable(web: &Web) -> Response {
+pub(crate) fn unavailable(web: &Web) -> Response {
     html(
         web,
         StatusCode::SERVICE_UNAVAILABLE,
@@ -537,7 +550,7 @@ fn unavailable(web: &Web) -> Response {
 }
 
 /// What every POST does first: the same-origin check, then [`open`].
-async fn open_post(
+pub(crate) async fn open_post(
     s: &ApiState,
     raw: &str,
     action: &str,
