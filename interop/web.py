@@ -12,7 +12,8 @@ carries and:
     and the message is then `heard`;
   - "Your greeting": uploads a WAV file through the page's form (the API then has it,
     the page plays it at its length), a file that is not a WAV gets the page that says
-    why and changes nothing, and Remove takes it away (the API says 404);
+    why and changes nothing, Remove takes it away (the API says 404), and a greeting
+    recorded in the page (MediaRecorder on Chromium's fake microphone) is kept;
   - presses Save (the API says `saved`), then Delete and its confirmation (`deleted`),
     after which the link gets the 404 page;
   - opens a forged token: 404, the same page;
@@ -108,6 +109,9 @@ def browser(width, height, mobile):
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
               "--autoplay-policy=no-user-gesture-required", "--mute-audio",
               "--no-first-run", "--disable-background-networking",
+              # A microphone for the greeting recorded on the page: Chromium's fake
+              # device (a beep every second), allowed without asking.
+              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
               f"--window-size={width},{height}"):
         opts.add_argument(a)
     if mobile:
@@ -128,14 +132,19 @@ def message(port):
     return body[0] if code == 200 and body else None
 
 
-def status_of(port, path):
-    """The status of GET `path` (the body is not read as text: it may be audio)."""
+def fetch(port, path):
+    """(status, body bytes) of GET `path` (not read as text: it may be audio)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         c.request("GET", path)
-        return c.getresponse().status
+        r = c.getresponse()
+        return r.status, r.read()
     finally:
         c.close()
+
+
+def status_of(port, path):
+    return fetch(port, path)[0]
 
 
 def present(driver, element_id, limit=10):
@@ -182,6 +191,17 @@ def greeting(phone, port, work):
     check(present(phone, "greeting-none"), "removed: the page says the standard "
           "greeting plays")
     check(status_of(port, api) == 404, "the API has none again")
+    # Recorded in the browser (script: MediaRecorder on Chromium's fake microphone).
+    phone.find_element(By.ID, "greeting-record").click()
+    time.sleep(3.0)
+    phone.find_element(By.ID, "greeting-record").click()
+    check(present(phone, "greeting-player", 20), "recorded in the browser: the page shows it")
+    code, body = fetch(port, api)
+    secs = (len(body) - 44) / 2 / 8000
+    print(f"  recorded in the browser: {secs:.2f} s kept")
+    check(code == 200 and 2.0 <= secs <= 4.0, "the API has what the browser recorded")
+    phone.find_element(By.ID, "greeting-remove").click()
+    check(present(phone, "greeting-none"), "and removed again")
 
 
 def length_text(ms):

@@ -39,7 +39,29 @@ const SCRIPT: &str = "\
 (function(){var a=document.getElementById('player');if(!a)return;\
 var s=a.getAttribute('src');a.src=s+'?via=page';\
 a.addEventListener('ended',function(){\
-fetch(s.replace(/audio$/,'heard'),{method:'POST',keepalive:true,credentials:'omit'});});})();";
+fetch(s.replace(/audio$/,'heard'),{method:'POST',keepalive:true,credentials:'omit'});});})();\
+(function(){var g=document.getElementById('greeting');\
+if(!g||!window.MediaRecorder||!navigator.mediaDevices||!window.AudioContext)return;\
+var f=g.querySelector('form[enctype]'),b=document.createElement('button'),o=document.createElement('p'),r=null,c=[],t=0;\
+b.type='button';b.id='greeting-record';b.className='plain';b.textContent=g.dataset.record;o.id='greeting-outcome';\
+function wav(a){var d=a.getChannelData(0),n=d.length,h=a.sampleRate,v=new DataView(new ArrayBuffer(44+2*n));\
+function w(i,x){for(var k=0;k<4;k++)v.setUint8(i+k,x.charCodeAt(k));}\
+w(0,'RIFF');v.setUint32(4,36+2*n,true);w(8,'WAVE');w(12,'fmt ');v.setUint32(16,16,true);v.setUint16(20,1,true);\
+v.setUint16(22,1,true);v.setUint32(24,h,true);v.setUint32(28,2*h,true);v.setUint16(32,2,true);v.setUint16(34,16,true);\
+w(36,'data');v.setUint32(40,2*n,true);\
+for(var i=0;i<n;i++)v.setInt16(44+2*i,Math.max(-1,Math.min(1,d[i]))*32767,true);return v.buffer;}\
+function up(blob){b.disabled=true;blob.arrayBuffer().then(function(x){return new AudioContext().decodeAudioData(x);})\
+.then(function(a){return fetch(f.getAttribute('action'),{method:'POST',body:wav(a),headers:{'Content-Type':'audio/wav'},credentials:'omit'});})\
+.then(function(x){if(x.ok){location.reload();return;}return x.text().then(function(h){\
+var q=new DOMParser().parseFromString(h,'text/html').querySelector('p');o.textContent=q?q.textContent:String(x.status);b.disabled=false;});})\
+.catch(function(e){o.textContent=String(e);b.disabled=false;});}\
+b.addEventListener('click',function(){if(r){clearTimeout(t);r.stop();return;}\
+navigator.mediaDevices.getUserMedia({audio:true}).then(function(m){c=[];r=new MediaRecorder(m);\
+r.ondataavailable=function(e){c.push(e.data);};\
+r.onstop=function(){m.getTracks().forEach(function(k){k.stop();});r=null;b.textContent=g.dataset.record;up(new Blob(c));};\
+r.start();b.textContent=g.dataset.stop;t=setTimeout(function(){if(r)r.stop();},1000*g.dataset.max);})\
+.catch(function(e){o.textContent=String(e);});});\
+g.appendChild(b);g.appendChild(o);})();";
 
 pub(crate) fn sha256_b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(Sha256::digest(s.as_bytes()))
@@ -80,6 +102,8 @@ struct Words {
     greeting_file: &'static str,
     greeting_upload: &'static str,
     greeting_remove: &'static str,
+    greeting_record: &'static str,
+    greeting_stop: &'static str,
     greeting_refused: &'static str,
     back: &'static str,
 }
@@ -109,6 +133,8 @@ fn words(lang: Language) -> &'static Words {
             greeting_file: "A new greeting from a WAV file:",
             greeting_upload: "Upload",
             greeting_remove: "Remove",
+            greeting_record: "Record it here",
+            greeting_stop: "Stop and keep it",
             greeting_refused: "This file cannot be your greeting",
             back: "Back to the message",
         },
@@ -135,6 +161,8 @@ fn words(lang: Language) -> &'static Words {
             greeting_file: "Une nouvelle annonce depuis un fichier WAV :",
             greeting_upload: "Envoyer",
             greeting_remove: "Supprimer",
+            greeting_record: "L'enregistrer ici",
+            greeting_stop: "Arrêter et garder",
             greeting_refused: "Ce fichier ne peut pas être votre annonce",
             back: "Retour au message",
         },
@@ -161,6 +189,8 @@ fn words(lang: Language) -> &'static Words {
             greeting_file: "Un saludo nuevo desde un archivo WAV:",
             greeting_upload: "Subir",
             greeting_remove: "Quitar",
+            greeting_record: "Grabarlo aquí",
+            greeting_stop: "Parar y guardar",
             greeting_refused: "Este archivo no puede ser su saludo",
             back: "Volver al mensaje",
         },
@@ -187,6 +217,8 @@ fn words(lang: Language) -> &'static Words {
             greeting_file: "Eine neue Ansage aus einer WAV-Datei:",
             greeting_upload: "Hochladen",
             greeting_remove: "Entfernen",
+            greeting_record: "Hier aufnehmen",
+            greeting_stop: "Beenden und behalten",
             greeting_refused: "Diese Datei kann nicht Ihre Ansage sein",
             back: "Zurück zur Nachricht",
         },
@@ -210,6 +242,8 @@ pub(crate) struct MessageView<'a> {
     pub transcript: Option<&'a str>,
     /// The recipient has a greeting of their own.
     pub greeting: bool,
+    /// `messages.greeting_max_seconds`: a recording in the browser stops there.
+    pub greeting_max: u32,
 }
 
 /// Escapes text for HTML content and attribute values.
@@ -310,14 +344,16 @@ pub(crate) fn message(v: &MessageView<'_>, lang: Language) -> String {
         delete = esc(w.delete),
         by_phone = esc(w.by_phone),
         link = v.link_number,
-        greeting = greeting_section(&t, v.greeting, w),
+        greeting = greeting_section(&t, v.greeting, v.greeting_max, w),
     );
     doc(lang, &format!("{} – {from}", w.title), &body, true)
 }
 
 /// "Your greeting": the current one and Remove, or that callers hear the standard one; a
 /// form that uploads a WAV file (no script needed).
-fn greeting_section(t: &str, has: bool, w: &Words) -> String {
+/// With script, a button records one in the browser (MediaRecorder, decoded by the browser
+/// and sent as a WAV).
+fn greeting_section(t: &str, has: bool, max: u32, w: &Words) -> String {
     let current = if has {
         format!(
             "<audio id=\"greeting-player\" controls preload=\"none\" src=\"{t}/greeting\" aria-label=\"{g}\"></audio>\
@@ -332,7 +368,7 @@ fn greeting_section(t: &str, has: bool, w: &Words) -> String {
         )
     };
     format!(
-        "<section id=\"greeting\"><h2>{g}</h2>{current}\
+        "<section id=\"greeting\" data-record=\"{rec}\" data-stop=\"{stop}\" data-max=\"{max}\"><h2>{g}</h2>{current}\
          <form method=\"post\" action=\"{t}/greeting\" enctype=\"multipart/form-data\">\
          <label for=\"greeting-file\">{file}</label>\
          <input type=\"file\" id=\"greeting-file\" name=\"greeting\" accept=\".wav,audio/wav\" required>\
@@ -340,6 +376,8 @@ fn greeting_section(t: &str, has: bool, w: &Words) -> String {
         g = esc(w.greeting),
         file = esc(w.greeting_file),
         up = esc(w.greeting_upload),
+        rec = esc(w.greeting_record),
+        stop = esc(w.greeting_stop),
     )
 }
 
@@ -450,6 +488,7 @@ mod tests {
             saved: false,
             transcript: None,
             greeting: false,
+            greeting_max: 30,
         }
     }
 
@@ -457,8 +496,8 @@ mod tests {
     fn the_page_is_small_and_names_caller_time_length_and_actions() {
         for lang in [Language::En, Language::Fr, Language::Es, Language::De] {
             let p = message(&view(), lang);
-            // docs/http.md and the README say "about 3.3 KB".
-            assert!(p.len() < 4 * 1024, "{} bytes", p.len());
+            // docs/http.md and the README say "about 5.3 KB".
+            assert!(p.len() < 6 * 1024, "{} bytes", p.len());
             assert!(p.contains(&format!("<html lang=\"{}\"", lang.as_str())));
             assert!(p.contains("+15551230001") && p.contains("0:24"));
             assert!(p.contains("datetime=\"2026-11-30T14:05:00Z\""));

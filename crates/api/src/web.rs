@@ -365,6 +365,7 @@ async fn page_get(
             saved: m.state == MessageState::Saved,
             transcript: m.transcript.as_deref(),
             greeting: crate::web_greeting::has(&s, m.recipient).await,
+            greeting_max: s.greeting_max_seconds,
         },
         lang,
     );
