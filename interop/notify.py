@@ -45,7 +45,9 @@
             44.1 kHz stereo WAV) put through the router's API is what callers hear on
             each server, both called 1 s after the PUT (correlated with the file); a busy
             greeting for a call forwarded with reason=user-busy; hostile uploads get
-            400/413 and change nothing; DELETE brings the default back.
+            400/413 and change nothing; DELETE brings the default back. Then SIPp calls a
+            link number as the recipient, presses 5, speaks, #, hangs up: what it said is
+            the greeting, in the router's API and for the next caller.
   french    A +33 recipient: the caller hears the French greeting (correlated with the
             committed French prompt, not the English one), the SMS is French, and the
             recipient calling the link number hears the French retrieval prompts.
@@ -68,7 +70,7 @@ from datetime import datetime, timezone
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import failover  # noqa: E402
 from harness import (  # noqa: E402
-    ROOT, check, free_port, http_get, ports, read_jsonl, run, start_smsc_and_serve,
+    ROOT, caller_pcap, media_port, check, free_port, http_get, ports, read_jsonl, run, start_smsc_and_serve,
     stop_all, wait_tcp, wait_until, write_config,
 )
 
@@ -977,6 +979,45 @@ def greetings(binary, work):
         check(c < 0.5, "the default greeting is back")
         code, _ = http(api, "DELETE", path)
         check(code == 404, "a second DELETE: 404")
+
+        # By phone, with SIPp: the recipient calls a link number from their own phone,
+        # presses 5, speaks after the tone, #, hangs up (interop/sipp/greeting.xml).
+        r = phone(binary, s.p["router"], CALLER, recipient, "--play", VOICE, "--play-at", "1.2",
+                  "--seconds", "4")
+        check(r.returncode == 0, "a message left, for its link number")
+        code, msgs = http(api, "GET", f"/api/v1/messages?recipient=%2B{recipient[1:]}")
+        link = msgs[0]["link_number"]
+        pcap = caller_pcap(w)
+        _, said = read_wav(os.path.join(w, "caller.wav"))
+        sipp = subprocess.run(
+            ["sipp", "-sf", os.path.join(ROOT, "interop/sipp/greeting.xml"), "-s", link,
+             "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()),
+             "-mp", str(media_port(46000, 400)), "-key", "me", recipient[1:], "-key", "pcap", pcap,
+             f"127.0.0.1:{s.p['router']}", "-m", "1", "-timeout", "60s", "-nostdin",
+             "-trace_err"], cwd=w, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=90)
+        check(sipp.returncode == 0, f"SIPp called {link} as {recipient}: 5, spoke, #, hung up")
+        import urllib.request
+        kept = []
+
+        def fetched():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{api}{path}", timeout=5) as a:
+                    kept[:] = [a.read()]
+                    return True
+            except OSError:
+                return False
+        wait_until(fetched, 5, "the greeting recorded by phone, through the router's API")
+        got = [int.from_bytes(kept[0][i:i + 2], "little", signed=True)
+               for i in range(44, len(kept[0]) - 1, 2)]
+        needle = said[4000:6400]
+        c, lag = heard_at(needle, got, 24000)
+        print(f"  SIPp's greeting: {len(got) / 8000:.1f} s kept, the caller's words at "
+              f"{lag / 8000:.2f} s, correlation {c:.3f}")
+        check(c >= 0.8, "what SIPp said is the greeting")
+        c, _ = heard_at(needle, call("ms2", "after-phone", *divert), 24000)
+        print(f"  the next caller, on ms2: correlation {c:.3f}")
+        check(c >= 0.8, "the next caller hears the greeting recorded by phone")
     finally:
         s.stop()
 
