@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -217,7 +218,11 @@ class Procs:
 
     def start(self, name, argv, port=None, env=None):
         log = open(os.path.join(self.work, f"{name}.log"), "ab")
-        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=self.work)
+        # Its own process group, so that stopping it stops its children too (Kamailio's
+        # workers outlive a SIGKILL of their parent otherwise).
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=self.work,
+                                start_new_session=True)
+        proc.own_group = True
         self.by_name[name] = proc
         if port:
             wait_tcp(port)
@@ -236,21 +241,35 @@ class Procs:
     def kill(self):
         """SIGKILL to every process: nothing left to drain, nothing to wait for."""
         for proc in self.by_name.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            signal_all(proc, signal.SIGKILL)
+            proc.wait()
         self.by_name.clear()
+
+
+def signal_all(proc, sig):
+    """`sig` to `proc`, and to its whole process group when Procs started it in its own."""
+    try:
+        if getattr(proc, "own_group", False):
+            os.killpg(proc.pid, sig)
+        elif proc.poll() is None:
+            proc.send_signal(sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def stop_all(procs):
     """SIGTERM, then SIGKILL after 10 s; newest first."""
     for proc in reversed(procs):
         if proc.poll() is None:
-            proc.terminate()
+            signal_all(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                signal_all(proc, signal.SIGKILL)
+                proc.wait()
+        else:
+            # Exited; what it started may not have.
+            signal_all(proc, signal.SIGKILL)
 
 
 def start_smsc_and_serve(binary, cfg, work, p, sms_out, servers):
