@@ -77,6 +77,16 @@ pub(crate) fn wav_of(ulaw: &[u8]) -> Vec<u8> {
     encode(&samples, 8000, Encoding::Pcm16)
 }
 
+/// The number, where greetings live and which one, or the answer that says what is wrong.
+fn target<'a>(
+    s: &'a ApiState,
+    raw: &str,
+    q: &GreetingQuery,
+) -> Result<(PhoneNumber, &'a boxless_control::Recipients, GreetingKind), Box<Response>> {
+    let (n, r) = crate::recipients::target(s, raw)?;
+    Ok((n, r, q.kind()?))
+}
+
 const NUMBER: &str = "The recipient's number, E.164 (`+` written `%2B`)";
 
 /// `GET /api/v1/recipients/{number}/greeting`: the greeting as 16-bit PCM WAV, 8 kHz mono.
@@ -92,12 +102,8 @@ pub(crate) async fn get(
     Path(raw): Path<String>,
     Query(q): Query<GreetingQuery>,
 ) -> Response {
-    let (n, r) = match crate::recipients::target(&s, &raw) {
+    let (n, r, kind) = match target(&s, &raw, &q) {
         Ok(t) => t,
-        Err(e) => return *e,
-    };
-    let kind = match q.kind() {
-        Ok(k) => k,
         Err(e) => return *e,
     };
     match r.greeting(n, kind).await {
@@ -142,12 +148,8 @@ pub(crate) async fn put(
         }
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
     };
-    let (n, r) = match crate::recipients::target(&s, &raw) {
+    let (n, r, kind) = match target(&s, &raw, &q) {
         Ok(t) => t,
-        Err(e) => return *e,
-    };
-    let kind = match q.kind() {
-        Ok(k) => k,
         Err(e) => return *e,
     };
     if s.stores.is_empty() && !s.remotes.is_empty() {
@@ -189,12 +191,8 @@ pub(crate) async fn delete(
     Query(q): Query<GreetingQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let (n, r) = match crate::recipients::target(&s, &raw) {
+    let (n, r, kind) = match target(&s, &raw, &q) {
         Ok(t) => t,
-        Err(e) => return *e,
-    };
-    let kind = match q.kind() {
-        Ok(k) => k,
         Err(e) => return *e,
     };
     if s.stores.is_empty() && !s.remotes.is_empty() {
