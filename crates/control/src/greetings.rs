@@ -16,9 +16,10 @@ use async_nats::jetstream::kv;
 use boxless_core::recipient::GreetingKind;
 use boxless_core::{PhoneNumber, now_ms};
 use boxless_store::Directory;
-use futures_util::StreamExt;
 
-use crate::recipients::{Recipients, RecipientsError, blocking, bucket_err, key_value, reached};
+use crate::recipients::{
+    Recipients, RecipientsError, blocking, bucket_err, keep_following, key_value, reached,
+};
 
 /// The bucket.
 pub const BUCKET: &str = "boxless_greetings";
@@ -147,64 +148,15 @@ pub async fn bucket(
     .await
 }
 
-/// How often the follower checks that its watch still delivers.
-const STALL_CHECK: Duration = Duration::from_secs(3);
-
 /// Follows the bucket into `copy` until the process ends, from the revision after the last
-/// one the copy applied; when the watch breaks (NATS away) it starts again from there, the
-/// copy serving meanwhile. A watch can also go quiet without breaking (its consumer was on
-/// a node that was lost, until the client notices): every [`STALL_CHECK`] the follower
-/// compares the bucket's last revision with its own, and a watch that stays behind across
-/// two checks is started again.
+/// one the copy applied (`crate::recipients::keep_following`: opened again when it breaks
+/// or stalls).
 pub async fn follow(kv: kv::Store, copy: Arc<Directory>) {
-    let mut wait = Duration::from_millis(500);
-    loop {
-        let started = tokio::time::timeout(STALL_CHECK, watch(&kv, &copy))
-            .await
-            .unwrap_or_else(|_| Err(err("timed out starting the watch")));
-        match started {
-            Ok(mut w) => {
-                let mut check = tokio::time::interval(STALL_CHECK);
-                check.tick().await;
-                let mut behind_at: Option<u64> = None;
-                loop {
-                    tokio::select! {
-                        e = w.next() => {
-                            let Some(Ok(e)) = e else { break };
-                            wait = Duration::from_millis(500);
-                            apply(&copy, e).await;
-                        }
-                        _ = check.tick() => {
-                            let c = copy.clone();
-                            let seen = blocking(move || c.greetings_seen()).await.unwrap_or(0);
-                            let last = tokio::time::timeout(STALL_CHECK, kv.stream.get_info())
-                                .await
-                                .ok()
-                                .and_then(Result::ok)
-                                .map(|i| i.state.last_sequence);
-                            match (last, behind_at) {
-                                (Some(l), Some(s)) if l > seen && seen == s => {
-                                    tracing::warn!(seen, last = l, "greetings: the watch of {BUCKET} stalled; starting it again");
-                                    break;
-                                }
-                                (Some(l), _) if l > seen => behind_at = Some(seen),
-                                _ => behind_at = None,
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "greetings: cannot watch {BUCKET}; using the last copy")
-            }
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(5));
-    }
+    keep_following(&kv, BUCKET, || watch(&kv, &copy), |e| apply(&copy, e)).await
 }
 
-/// A watch from where the copy stopped.
-async fn watch(kv: &kv::Store, copy: &Arc<Directory>) -> Result<kv::Watch, RecipientsError> {
+/// A watch from where the copy stopped, and the revision it starts after.
+async fn watch(kv: &kv::Store, copy: &Arc<Directory>) -> Result<(kv::Watch, u64), RecipientsError> {
     let c = copy.clone();
     let seen = blocking(move || c.greetings_seen()).await?;
     let last = kv.stream.get_info().await.map_err(err)?.state.last_sequence;
@@ -219,9 +171,10 @@ async fn watch(kv: &kv::Store, copy: &Arc<Directory>) -> Result<kv::Watch, Recip
         let c = copy.clone();
         blocking(move || c.clear_greetings()).await?;
     } else if seen > 0 {
-        return kv.watch_all_from_revision(seen + 1).await.map_err(err);
+        let w = kv.watch_all_from_revision(seen + 1).await.map_err(err)?;
+        return Ok((w, seen));
     }
-    kv.watch_with_history(">").await.map_err(err)
+    Ok((kv.watch_with_history(">").await.map_err(err)?, 0))
 }
 
 async fn apply(copy: &Arc<Directory>, e: kv::Entry) {

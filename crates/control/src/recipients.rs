@@ -59,13 +59,14 @@ impl std::fmt::Debug for Recipients {
     }
 }
 
-pub(crate) fn nats_err(e: impl std::fmt::Display) -> RecipientsError {
-    RecipientsError::Nats(format!("{BUCKET}: {e}"))
-}
-
-/// The same for the bucket `name`.
+/// What the bucket `name` refused, or why it did not answer.
 pub(crate) fn bucket_err(name: &str, e: impl std::fmt::Display) -> RecipientsError {
     RecipientsError::Nats(format!("{name}: {e}"))
+}
+
+/// The same for the preferences' bucket.
+fn nats_err(e: impl std::fmt::Display) -> RecipientsError {
+    bucket_err(BUCKET, e)
 }
 
 impl Recipients {
@@ -296,22 +297,78 @@ pub(crate) async fn key_value(
 /// Follows the bucket into `copy` until the process ends: every entry first, then each
 /// change; when the watch breaks (NATS away) it starts again, the copy serving meanwhile.
 pub async fn follow(kv: kv::Store, copy: Arc<Directory>) {
+    keep_following(
+        &kv,
+        BUCKET,
+        || async { Ok((kv.watch_with_history(">").await.map_err(nats_err)?, 0)) },
+        |e| apply(&copy, e),
+    )
+    .await
+}
+
+/// How often a follower checks that its watch still delivers.
+const STALL_CHECK: Duration = Duration::from_secs(3);
+
+/// Follows the bucket `name` until the process ends: `start` opens a watch and says the
+/// revision it starts after, `apply` takes each entry. When the watch breaks (NATS away)
+/// it is opened again, the copy serving meanwhile. A watch can also go quiet without
+/// breaking (its consumer was on a NATS node that was lost, until the client notices:
+/// measured 20-43 s): every [`STALL_CHECK`] the bucket's last revision is compared with
+/// the last one delivered, and a watch that stays behind with no progress across two
+/// checks is opened again.
+pub(crate) async fn keep_following<S, SF, A, AF>(
+    kv: &kv::Store,
+    name: &str,
+    mut start: S,
+    mut apply: A,
+) where
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = Result<(kv::Watch, u64), RecipientsError>>,
+    A: FnMut(kv::Entry) -> AF,
+    AF: std::future::Future<Output = ()>,
+{
     let mut wait = Duration::from_millis(500);
     loop {
-        match kv.watch_with_history(">").await {
-            Ok(mut watch) => {
-                while let Some(e) = watch.next().await {
-                    let Ok(e) = e else { break };
-                    wait = Duration::from_millis(500);
-                    apply(&copy, e).await;
+        let started = tokio::time::timeout(STALL_CHECK, start())
+            .await
+            .unwrap_or_else(|_| Err(bucket_err(name, "timed out starting the watch")));
+        match started {
+            Ok((mut w, mut last)) => {
+                let mut check = tokio::time::interval(STALL_CHECK);
+                check.tick().await;
+                let mut behind_at: Option<u64> = None;
+                loop {
+                    tokio::select! {
+                        e = w.next() => {
+                            let Some(Ok(e)) = e else { break };
+                            wait = Duration::from_millis(500);
+                            last = last.max(e.revision);
+                            apply(e).await;
+                        }
+                        _ = check.tick() => {
+                            let newest = tokio::time::timeout(STALL_CHECK, kv.stream.get_info())
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .map(|i| i.state.last_sequence);
+                            match (newest, behind_at) {
+                                (Some(n), Some(at)) if n > last && last == at => {
+                                    tracing::warn!(last, newest = n, "the watch of {name} stalled; starting it again");
+                                    break;
+                                }
+                                (Some(n), _) if n > last => behind_at = Some(last),
+                                _ => behind_at = None,
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "recipients: cannot watch {BUCKET}; using the last copy")
+                tracing::warn!(error = %e, "cannot watch {name}; using the last copy")
             }
         }
         tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(10));
+        wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
 
