@@ -16,6 +16,7 @@ use boxless_core::recipient::GreetingKind;
 use boxless_core::{PhoneNumber, now_ms};
 use boxless_media::Law;
 use boxless_media::upload::greeting_from_wav;
+use boxless_store::GreetingChange;
 use boxless_store::wav::{Encoding, encode};
 use serde::Deserialize;
 
@@ -174,7 +175,14 @@ pub(crate) async fn put(
     if let Err(e) = r.put_greeting(n, kind, ulaw).await {
         return crate::recipients::unavailable(e);
     }
-    report(&s, "greeting.set", n, kind, Some(view.seconds));
+    report(
+        &s,
+        GreetingChange::Set {
+            seconds: view.seconds,
+        },
+        n,
+        kind,
+    );
     axum::Json(view).into_response()
 }
 
@@ -200,7 +208,7 @@ pub(crate) async fn delete(
     }
     match r.delete_greeting(n, kind).await {
         Ok(true) => {
-            report(&s, "greeting.removed", n, kind, None);
+            report(&s, GreetingChange::Removed, n, kind);
             axum::Json(GreetingDeleted {
                 number: n.to_string(),
                 kind: kind.as_str().to_string(),
@@ -218,28 +226,23 @@ pub(crate) async fn delete(
 }
 
 /// Writes the change's event to this process's first server's store.
-fn report(s: &ApiState, event: &str, n: PhoneNumber, kind: GreetingKind, seconds: Option<f64>) {
+fn report(s: &ApiState, change: GreetingChange, n: PhoneNumber, kind: GreetingKind) {
     if let Some(store) = s.stores.first() {
-        report_to(store, event, n, kind, seconds, "api");
+        report_to(store, change, n, kind, "api");
     }
 }
 
-/// Writes a greeting's event to `store`; `by`: `api`, `page`.
+/// Writes a greeting's event to `store`; `by`: `api`, `page`. A failure is logged: the
+/// greeting is kept all the same.
 pub(crate) fn report_to(
     store: &boxless_store::Store,
-    event: &str,
+    change: GreetingChange,
     n: PhoneNumber,
     kind: GreetingKind,
-    seconds: Option<f64>,
     by: &str,
 ) {
-    let mut data =
-        serde_json::json!({ "recipient": n.to_string(), "for": kind.as_str(), "by": by });
-    if let Some(secs) = seconds {
-        data["seconds"] = secs.into();
-    }
-    if let Err(e) = store.write_event(event, data, now_ms()) {
-        tracing::error!(error = %e, event, "greetings: the event could not be written");
+    if let Err(e) = store.write_greeting_event(change, n, kind, by, now_ms()) {
+        tracing::error!(error = %e, ?change, "greetings: the event could not be written");
     }
 }
 

@@ -17,6 +17,7 @@ use crate::ApiState;
 use crate::greetings::{report_to, ulaw_from_wav, wav_of};
 use crate::page;
 use crate::web::{Opened, Peer, html, incoming, language, open, open_post, private, unavailable};
+use boxless_store::GreetingChange;
 
 /// An upload from the page, at most: a phone's WAV of 30 s at 44.1 kHz stereo is 5.3 MB.
 /// Lower than the API's (16 MiB): these routes take no bearer token.
@@ -158,10 +159,9 @@ pub(crate) async fn post(
     }
     report_to(
         &store,
-        "greeting.set",
+        GreetingChange::Set { seconds },
         m.recipient,
         KIND,
-        Some(seconds),
         "page",
     );
     back(&s, &format!("../{}", token.as_str()))
@@ -183,7 +183,7 @@ pub(crate) async fn delete(
         return unavailable(&s.web);
     };
     match r.delete_greeting(m.recipient, KIND).await {
-        Ok(true) => report_to(&store, "greeting.removed", m.recipient, KIND, None, "page"),
+        Ok(true) => report_to(&store, GreetingChange::Removed, m.recipient, KIND, "page"),
         Ok(false) => {}
         Err(e) => {
             tracing::warn!(error = %e, "web: greeting not removed");

@@ -14,6 +14,7 @@ use boxless_core::config::Greeting;
 use boxless_core::recipient::GreetingKind;
 use boxless_core::{PhoneNumber, now_ms};
 use boxless_media::Law;
+use boxless_store::GreetingChange;
 
 use crate::server::MessagingServer;
 
@@ -99,27 +100,22 @@ impl MessagingServer {
                 self.recipients
                     .put_greeting(owner, kind, ulaw)
                     .await
-                    .map(|()| ("greeting.set", Some(seconds)))
+                    .map(|()| GreetingChange::Set { seconds })
             }
             None => self
                 .recipients
                 .delete_greeting(owner, kind)
                 .await
-                .map(|_| ("greeting.removed", None)),
+                .map(|_| GreetingChange::Removed),
         };
         match done {
-            Ok((event, seconds)) => {
-                tracing::info!(%owner, event, "greeting changed by phone");
-                let mut data = serde_json::json!({
-                    "recipient": owner.to_string(),
-                    "for": kind.as_str(),
-                    "by": "phone",
-                });
-                if let Some(s) = seconds {
-                    data["seconds"] = s.into();
-                }
-                if let Err(e) = self.store.write_event(event, data, now_ms()) {
-                    tracing::error!(error = %e, event, "greetings: the event could not be written");
+            Ok(change) => {
+                tracing::info!(%owner, ?change, "greeting changed by phone");
+                let written =
+                    self.store
+                        .write_greeting_event(change, owner, kind, "phone", now_ms());
+                if let Err(e) = written {
+                    tracing::error!(error = %e, ?change, "greetings: the event could not be written");
                 }
             }
             Err(e) => {

@@ -194,15 +194,16 @@ impl Directory {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use boxless_core::Rng;
 
-    fn n(s: &str) -> PhoneNumber {
+    pub(crate) fn n(s: &str) -> PhoneNumber {
         PhoneNumber::parse_e164(s).unwrap()
     }
 
-    fn dir() -> (Directory, std::path::PathBuf) {
+    /// A directory of its own in a fresh temporary folder (returned to be removed).
+    pub(crate) fn dir() -> (Directory, std::path::PathBuf) {
         let d = std::env::temp_dir().join(format!(
             "boxless-dir-{}-{}",
             std::process::id(),

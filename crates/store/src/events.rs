@@ -3,7 +3,7 @@
 //! `message.saved`, `message.deleted`), written in the same transaction as the change they report, so a
 //! crash can neither lose one nor report a change that did not happen. A greeting's
 //! (`greeting.set`, `greeting.removed`) is kept with the recipients' preferences, not here:
-//! its event is written once the change is kept (`Store::write_event`), so a crash in
+//! its event is written once the change is kept (`Store::write_greeting_event`), so a crash in
 //! between loses the event, never reports a change that did not happen.
 //!
 //! They go out in the order they were written (one cursor): a receiver that is down
@@ -13,6 +13,8 @@
 //! the store without end.
 
 use crate::sql::Cached as _;
+use boxless_core::PhoneNumber;
+use boxless_core::recipient::GreetingKind;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
@@ -51,6 +53,18 @@ pub struct Event {
     pub created_ms: u64,
 }
 
+/// What happened to a recipient's greeting.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GreetingChange {
+    /// A new one.
+    Set {
+        /// How long it lasts.
+        seconds: f64,
+    },
+    /// Taken away: callers hear the default again.
+    Removed,
+}
+
 /// Writes an event inside the caller's transaction, when events are on.
 pub(crate) fn emit(tx: &Connection, on: bool, kind: &str, data: Value, now: u64) -> Result<()> {
     if on {
@@ -69,10 +83,30 @@ impl Store {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Writes an event about a change kept elsewhere (a recipient's greeting, kept with
-    /// their preferences): it goes out with this store's events, in their order.
-    pub fn write_event(&self, kind: &str, data: Value, now: u64) -> Result<()> {
-        emit(&self.db(), self.events_on(), kind, data, now)
+    /// Writes `greeting.set` or `greeting.removed` about `recipient`'s greeting of `kind`,
+    /// changed `by` (`api`, `page`, `phone`). The greeting is kept with the preferences,
+    /// not here; its event goes out with this store's events, in their order.
+    pub fn write_greeting_event(
+        &self,
+        change: GreetingChange,
+        recipient: PhoneNumber,
+        kind: GreetingKind,
+        by: &str,
+        now: u64,
+    ) -> Result<()> {
+        let mut data = serde_json::json!({
+            "recipient": recipient.to_string(),
+            "for": kind.as_str(),
+            "by": by,
+        });
+        let event = match change {
+            GreetingChange::Set { seconds } => {
+                data["seconds"] = seconds.into();
+                "greeting.set"
+            }
+            GreetingChange::Removed => "greeting.removed",
+        };
+        emit(&self.db(), self.events_on(), event, data, now)
     }
 
     pub(crate) fn events_on(&self) -> bool {

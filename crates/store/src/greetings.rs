@@ -50,14 +50,7 @@ impl Directory {
     ) -> Result<Option<GreetingVersion>> {
         let db = self.db();
         for &kind in kinds {
-            let rev: Option<i64> = db
-                .one(
-                    "SELECT revision FROM greetings WHERE number = ?1 AND kind = ?2",
-                    params![key(n), kind.code()],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(r) = rev {
+            if let Some(r) = stored_revision(&db, n, kind)? {
                 return Ok(Some(GreetingVersion {
                     kind,
                     revision: r.max(0) as u64,
@@ -167,6 +160,21 @@ impl Directory {
     }
 }
 
+/// The revision of `n`'s greeting of `kind`, when there is one (the primary key alone).
+fn stored_revision(
+    db: &rusqlite::Connection,
+    n: PhoneNumber,
+    kind: GreetingKind,
+) -> Result<Option<i64>> {
+    Ok(db
+        .one(
+            "SELECT revision FROM greetings WHERE number = ?1 AND kind = ?2",
+            params![key(n), kind.code()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 fn put(
     tx: &rusqlite::Connection,
     max_entries: i64,
@@ -176,13 +184,7 @@ fn put(
     revision: Option<u64>,
     now: u64,
 ) -> Result<bool> {
-    let stored: Option<i64> = tx
-        .one(
-            "SELECT revision FROM greetings WHERE number = ?1 AND kind = ?2",
-            params![key(n), kind.code()],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let stored = stored_revision(tx, n, kind)?;
     let rev = match (revision, stored) {
         (Some(r), Some(s)) if (r as i64) < s => return Ok(false),
         (Some(r), _) => r as i64,
@@ -218,20 +220,7 @@ fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use boxless_core::Rng;
-
-    fn n(s: &str) -> PhoneNumber {
-        PhoneNumber::parse_e164(s).unwrap()
-    }
-
-    fn dir() -> (Directory, std::path::PathBuf) {
-        let d = std::env::temp_dir().join(format!(
-            "boxless-greet-{}-{}",
-            std::process::id(),
-            Rng::from_entropy().next_u64()
-        ));
-        (Directory::open(&d.join("recipients.sqlite")).unwrap(), d)
-    }
+    use crate::directory::tests::{dir, n};
 
     #[test]
     fn a_busy_call_hears_the_busy_greeting_else_the_no_answer_one() {

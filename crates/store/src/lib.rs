@@ -36,7 +36,7 @@ pub mod wav;
 pub mod web;
 
 pub use directory::Directory;
-pub use events::Event;
+pub use events::{Event, GreetingChange};
 pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
 pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
 pub use recording::{Arrival, Recording};
