@@ -52,13 +52,6 @@ impl GreetingQuery {
             }),
         }
     }
-
-    fn query(&self) -> String {
-        self.for_
-            .as_deref()
-            .map(|k| format!("?for={k}"))
-            .unwrap_or_default()
-    }
 }
 
 /// An upload as the greeting is kept: 8 kHz µ-law.
@@ -154,7 +147,7 @@ pub(crate) async fn put(
         Err(e) => return *e,
     };
     if s.stores.is_empty() && !s.remotes.is_empty() {
-        return hand_over(&s, &headers, "PUT", n, &q, &body).await;
+        return hand_over(&s, &headers, "PUT", n, kind, &body).await;
     }
     let ulaw = match ulaw_from_wav(&body, s.greeting_max_seconds) {
         Ok(x) => x,
@@ -204,7 +197,7 @@ pub(crate) async fn delete(
         Err(e) => return *e,
     };
     if s.stores.is_empty() && !s.remotes.is_empty() {
-        return hand_over(&s, &headers, "DELETE", n, &q, &[]).await;
+        return hand_over(&s, &headers, "DELETE", n, kind, &[]).await;
     }
     match r.delete_greeting(n, kind).await {
         Ok(true) => {
@@ -253,7 +246,7 @@ async fn hand_over(
     headers: &HeaderMap,
     method: &str,
     n: PhoneNumber,
-    q: &GreetingQuery,
+    kind: GreetingKind,
     body: &[u8],
 ) -> Response {
     let now = now_ms();
@@ -265,9 +258,9 @@ async fn hand_over(
             .any(|slot| slot.id == id && slot.view().available(at, s.ttl_ms))
     };
     let path = format!(
-        "/api/v1/recipients/{}/greeting{}",
+        "/api/v1/recipients/{}/greeting?for={}",
         n.to_string().replace('+', "%2B"),
-        q.query()
+        kind.as_str()
     );
     let auth = authorization(headers);
     let mut hdrs: Vec<(&str, &str)> = vec![("Content-Type", "audio/wav")];

@@ -180,7 +180,7 @@ pub(crate) fn retrieval(audio_ms: usize, inv: &[u8]) -> Harness {
             access_code: "123456".into(),
         };
         let setup = RetrievalSetup {
-            menu: Menu::new(now, MenuSettings::default(), vec![msg], false, false),
+            menu: Menu::new(MenuSettings::default(), vec![msg], false, false),
             prompts: Arc::new(boxless_media::Prompts::load()),
             language: boxless_core::recipient::Language::En,
             audio: HashMap::from([(

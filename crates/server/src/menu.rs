@@ -186,7 +186,6 @@ impl Menu {
     /// the recipient, else every unheard message on the link number; `code_required`
     /// follows the access-code policy; `locked` when this caller is locked out.
     pub fn new(
-        now: Instant,
         s: MenuSettings,
         messages: Vec<MenuMessage>,
         code_required: bool,
@@ -214,7 +213,6 @@ impl Menu {
         } else {
             m.present(0);
         }
-        let _ = now;
         m
     }
 
@@ -292,10 +290,7 @@ impl Menu {
                 });
                 self.deadline = Some(now + self.s.greeting_max);
             }
-            State::GreetingReview { back } => {
-                self.state = State::GreetingReview { back };
-                self.deadline = Some(now + self.s.answer_timeout);
-            }
+            State::GreetingReview { .. } => self.deadline = Some(now + self.s.answer_timeout),
             State::Ending => {
                 self.state = State::Over;
                 self.deadline = None;
@@ -340,7 +335,7 @@ impl Menu {
             }
             State::Playing { i } | State::Waiting { i } => self.choose(i, d),
             State::GreetingRecording { back } if d == '#' => self.review(back),
-            State::GreetingReview { back } => self.decide(now, back, d),
+            State::GreetingReview { back } => self.decide(back, d),
             State::Interlude { .. }
             | State::Ending
             | State::Over
@@ -384,7 +379,7 @@ impl Menu {
     }
 
     /// 1 keeps, 2 records again, 3 removes; another key asks again.
-    fn decide(&mut self, now: Instant, back: Option<usize>, d: char) {
+    fn decide(&mut self, back: Option<usize>, d: char) {
         let Some(owner) = self.s.greeting_owner else {
             return;
         };
@@ -398,11 +393,7 @@ impl Menu {
                 self.out.push_back(Action::RemoveGreeting { owner });
                 self.resume(back, Prompt::GreetingRemoved);
             }
-            _ => {
-                self.state = State::GreetingReview { back };
-                self.play(vec![Prompt::GreetingOptions]);
-                let _ = now;
-            }
+            _ => self.play(vec![Prompt::GreetingOptions]),
         }
     }
 
@@ -525,8 +516,7 @@ impl Menu {
                 self.audio_playing = false;
                 self.out.push_back(Action::Play(vec![Prompt::Options]));
             }
-            State::GreetingReview { back } => {
-                self.state = State::GreetingReview { back };
+            State::GreetingReview { .. } => {
                 self.out
                     .push_back(Action::Play(vec![Prompt::GreetingOptions]));
             }
@@ -572,7 +562,7 @@ mod tests {
             let now = Instant::now();
             let mut h = H {
                 now,
-                m: Menu::new(now, s, msgs(n), code, locked),
+                m: Menu::new(s, msgs(n), code, locked),
                 log: Vec::new(),
             };
             h.drain();

@@ -277,7 +277,6 @@ async fn retrieval_setup(
         })
         .collect();
     let menu = Menu::new(
-        Instant::now(),
         MenuSettings {
             max_wrong_codes: server.max_wrong_codes,
             greeting_owner,
