@@ -774,14 +774,19 @@ def french(binary, work):
         s.stop()
 
 
-def http(port, method, path, body=None):
+def http(port, method, path, body=None, wav=None):
+    """(status, JSON answer); `body` goes as JSON, `wav` as the bytes of an audio/wav."""
     import urllib.error
     import urllib.request
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    if wav is not None:
+        data, ctype, timeout = wav, "audio/wav", 15
+    else:
+        data = json.dumps(body).encode() if body is not None else None
+        ctype, timeout = "application/json", 5
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, data=data,
+                                 headers={"Content-Type": ctype})
     try:
-        with urllib.request.urlopen(req, timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"null")
@@ -871,19 +876,6 @@ def prefs(binary, work):
         s.stop()
 
 
-def put_wav(port, path, body):
-    """A binary PUT; (status, JSON answer)."""
-    import urllib.error
-    import urllib.request
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method="PUT", data=body,
-                                 headers={"Content-Type": "audio/wav"})
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
-
-
 def wav_bytes(samples, rate, channels):
     """16-bit PCM WAV of interleaved `samples`."""
     import io
@@ -939,13 +931,13 @@ def greetings(binary, work):
                                  (wav_bytes(up, 44100, 2)[:5000], 400, "cut short"),
                                  (wav_bytes([0] * 16000, 8000, 1), 400, "silent"),
                                  (wav_bytes([100, -100] * 8000 * 31, 16000, 1), 413, "31 s")]:
-            code, v = put_wav(api, path, body)
+            code, v = http(api, "PUT", path, wav=body)
             print(f"  PUT {what}: {code} {v['detail'] if v else ''}")
             check(code == want, f"{what}: {want}")
         code, _ = http(api, "GET", path)
         check(code == 404, "nothing kept")
 
-        code, v = put_wav(api, path, wav_bytes(up, 44100, 2))
+        code, v = http(api, "PUT", path, wav=wav_bytes(up, 44100, 2))
         put_at = time.monotonic()
         print(f"  PUT 44.1 kHz stereo through the router: {code} {v}")
         check(code == 200 and abs(v["seconds"] - len(mine) / 8000) < 0.05, "kept")
@@ -962,7 +954,7 @@ def greetings(binary, work):
             print(f"  {sid}, called {1.0:.1f} s after the PUT: the greeting at correlation {c:.3f}")
             check(c >= 0.8, f"the caller on {sid} heard the recipient's greeting")
 
-        code, v = put_wav(api, path + "?for=busy", wav_bytes(busy, 8000, 1))
+        code, v = http(api, "PUT", path + "?for=busy", wav=wav_bytes(busy, 8000, 1))
         check(code == 200 and v["for"] == "busy", "the busy greeting kept")
         time.sleep(1.0)
         on_busy = call("ms2", "busy", "--header",

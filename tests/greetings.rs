@@ -190,32 +190,41 @@ async fn menu_call(
     out.heard
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_recipient_records_a_greeting_by_phone_and_nobody_else_can() {
-    let sys = system("greeting-phone", "redirect", "").await;
+/// "Your greeting can only be changed from your own phone", as the test phone hears it.
+fn own_phone_only() -> Vec<i16> {
     let prompts = boxless_media::Prompts::load();
-    let refused = g711(
+    g711(
         prompts
             .voice(boxless_core::recipient::Language::En)
             .get("own-phone-only"),
-    );
-    let (link, code) = link_and_code(&sys).await;
+    )
+}
 
-    // Someone else, with the code from the SMS: 5 is refused, nothing is recorded.
+/// `from` gives the access code, then presses 5: told why not, and nothing is kept.
+async fn refused_with_code(sys: &common::System, from: &str, link: &str, code: &str) {
     let got = menu_call(
-        &sys,
-        "5559990000",
-        &link,
+        sys,
+        from,
+        link,
         &format!("{code},,,5"),
         Vec::new(),
         0.0,
         14.0,
     )
     .await;
-    let c = find_in(&got, &refused);
+    let c = find_in(&got, &own_phone_only());
     assert!(c >= 0.8, "told: only from your own phone ({c})");
-    let (code_404, _) = http(sys.running.http, "GET", PATH).await.unwrap();
-    assert_eq!(code_404, 404, "no greeting");
+    let (status, _) = http(sys.running.http, "GET", PATH).await.unwrap();
+    assert_eq!(status, 404, "no greeting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_recipient_records_a_greeting_by_phone_and_nobody_else_can() {
+    let sys = system("greeting-phone", "redirect", "").await;
+    let (link, code) = link_and_code(&sys).await;
+
+    // Someone else, with the code from the SMS: 5 is refused, nothing is recorded.
+    refused_with_code(&sys, "5559990000", &link, &code).await;
 
     // The recipient, from their own phone: 5, speaks after the tone, #, hangs up.
     let said = voice(3000, 7);
@@ -229,7 +238,7 @@ async fn the_recipient_records_a_greeting_by_phone_and_nobody_else_can() {
         13.0,
     )
     .await;
-    assert!(find_in(&got, &refused) < 0.5, "not refused");
+    assert!(find_in(&got, &own_phone_only()) < 0.5, "not refused");
     let mut kept = None;
     for _ in 0..50 {
         let (code, body) = http_bytes(sys.running.http, "GET", PATH, "audio/wav", &[])
@@ -260,27 +269,8 @@ async fn with_verified_caller_ids_an_unverified_recipient_may_not_record_one() {
         "[retrieval]\ntrust_caller_id = \"verified\"\n",
     )
     .await;
-    let prompts = boxless_media::Prompts::load();
-    let refused = g711(
-        prompts
-            .voice(boxless_core::recipient::Language::En)
-            .get("own-phone-only"),
-    );
     let (link, code) = link_and_code(&sys).await;
     // The recipient's number, but not verified: the code is asked, and 5 refused.
-    let got = menu_call(
-        &sys,
-        "5551230002",
-        &link,
-        &format!("{code},,,5"),
-        Vec::new(),
-        0.0,
-        14.0,
-    )
-    .await;
-    let c = find_in(&got, &refused);
-    assert!(c >= 0.8, "told: only from your own phone ({c})");
-    let (code_404, _) = http(sys.running.http, "GET", PATH).await.unwrap();
-    assert_eq!(code_404, 404, "no greeting");
+    refused_with_code(&sys, "5551230002", &link, &code).await;
     let _ = std::fs::remove_dir_all(&sys.data);
 }
