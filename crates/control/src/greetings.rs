@@ -177,7 +177,9 @@ async fn watch(kv: &kv::Store, copy: &Arc<Directory>) -> Result<(kv::Watch, u64)
     Ok((kv.watch_with_history(">").await.map_err(err)?, 0))
 }
 
-async fn apply(copy: &Arc<Directory>, e: kv::Entry) {
+/// Applies one entry to the copy: false when the copy could not be written (the entry is
+/// then not counted as delivered, so the watch is opened again from the copy's mark).
+async fn apply(copy: &Arc<Directory>, e: kv::Entry) -> bool {
     let rev = e.revision;
     let target = parse_key(&e.key);
     if target.is_none() {
@@ -202,8 +204,13 @@ async fn apply(copy: &Arc<Directory>, e: kv::Entry) {
         c.follow_greeting(rev, change, now_ms())
     })
     .await;
-    if let Ok(Err(e)) = res {
-        tracing::error!(error = %e, "greetings: updating the local copy failed");
+    match res {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "greetings: updating the local copy failed");
+            false
+        }
+        Err(_) => false,
     }
 }
 

@@ -310,7 +310,8 @@ pub async fn follow(kv: kv::Store, copy: Arc<Directory>) {
 const STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// Follows the bucket `name` until the process ends: `start` opens a watch and says the
-/// revision it starts after, `apply` takes each entry. When the watch breaks (NATS away)
+/// revision it starts after, `apply` takes each entry (false: the copy could not keep it).
+/// When the watch breaks (NATS away)
 /// it is opened again, the copy serving meanwhile. A watch can also go quiet without
 /// breaking (its consumer was on a NATS node that was lost, until the client notices:
 /// measured 20-43 s): every [`STALL_CHECK`] the bucket's last revision is compared with
@@ -325,7 +326,7 @@ pub(crate) async fn keep_following<S, SF, A, AF>(
     S: FnMut() -> SF,
     SF: std::future::Future<Output = Result<(kv::Watch, u64), RecipientsError>>,
     A: FnMut(kv::Entry) -> AF,
-    AF: std::future::Future<Output = ()>,
+    AF: std::future::Future<Output = bool>,
 {
     let mut wait = Duration::from_millis(500);
     loop {
@@ -342,8 +343,12 @@ pub(crate) async fn keep_following<S, SF, A, AF>(
                         e = w.next() => {
                             let Some(Ok(e)) = e else { break };
                             wait = Duration::from_millis(500);
-                            last = last.max(e.revision);
-                            apply(e).await;
+                            let rev = e.revision;
+                            // One the copy could not keep leaves the watch behind: it is
+                            // opened again, and the entry delivered again.
+                            if apply(e).await {
+                                last = last.max(rev);
+                            }
                         }
                         _ = check.tick() => {
                             let newest = tokio::time::timeout(STALL_CHECK, kv.stream.get_info())
@@ -372,9 +377,12 @@ pub(crate) async fn keep_following<S, SF, A, AF>(
     }
 }
 
-async fn apply(copy: &Arc<Directory>, e: kv::Entry) {
+/// Applies one entry to the copy: false when the copy could not be written (the entry is
+/// then not counted as delivered, so a watch that gets nothing newer is opened again and
+/// replays it).
+async fn apply(copy: &Arc<Directory>, e: kv::Entry) -> bool {
     let Some(n) = PhoneNumber::parse_e164(&format!("+{}", e.key)) else {
-        return;
+        return true;
     };
     let c = copy.clone();
     let rev = e.revision;
@@ -389,7 +397,12 @@ async fn apply(copy: &Arc<Directory>, e: kv::Entry) {
         kv::Operation::Delete | kv::Operation::Purge => c.delete(n, Some(rev)).map(|_| ()),
     })
     .await;
-    if let Ok(Err(e)) = res {
-        tracing::error!(error = %e, "recipients: updating the local copy failed");
+    match res {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "recipients: updating the local copy failed");
+            false
+        }
+        Err(_) => false,
     }
 }
