@@ -41,17 +41,32 @@ def check(cond, what):
     print(f"  ok: {what}")
 
 
+# Listening ports come from below the kernel's ephemeral range (32768-60999 here): a port
+# the kernel hands out for `bind(0)` is one it also hands to outgoing connections, and
+# one of those (a NATS client, SIPp, an HTTP check) took a port between its choice and
+# the server's bind (`Address already in use`). The RTP ranges the scripts use start at
+# 20000.
+LISTEN_PORTS = range(10000, 20000)
+_given = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-        u.bind(("127.0.0.1", 0))
-        port = u.getsockname()[1]
-    # The SIP ports take UDP and TCP; make sure both are free.
-    with socket.socket() as t:
+    """A port free for both UDP and TCP on 127.0.0.1 (the SIP ports take both), never
+    handed out before by this process."""
+    import random
+    for _ in range(1000):
+        port = random.choice(LISTEN_PORTS)
+        if port in _given:
+            continue
         try:
-            t.bind(("127.0.0.1", port))
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u, socket.socket() as t:
+                u.bind(("127.0.0.1", port))
+                t.bind(("127.0.0.1", port))
         except OSError:
-            return free_port()
-    return port
+            continue
+        _given.add(port)
+        return port
+    raise RuntimeError(f"no free port in {LISTEN_PORTS}")
 
 
 def ports(*extra):

@@ -244,14 +244,34 @@ fn gsm_char(c: u8) -> char {
 }
 
 /// A loopback port that was free a moment ago (for configs that need fixed addresses).
+///
+/// From below the kernel's ephemeral range (32768-60999 on Linux by default): a port the
+/// kernel hands out for a bind to port 0 is one it also hands to outgoing connections,
+/// which can take it between this choice and the server's bind. The tests' RTP ranges
+/// start at 30000.
 pub fn free_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback UDP bind");
-    let port = s.local_addr().expect("bound socket has an address").port();
-    // Also check TCP on the same port: the servers bind both.
-    match std::net::TcpListener::bind(("127.0.0.1", port)) {
-        Ok(_) => port,
-        Err(_) => free_port(),
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..1000 {
+        // A fresh RandomState is seeded from the OS: a different sequence per process.
+        let draw = std::collections::hash_map::RandomState::new()
+            .hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
+        let port = 10_000 + (draw % 10_000) as u16;
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.contains(&port) {
+            continue;
+        }
+        // Both UDP and TCP: the servers bind both.
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            given.push(port);
+            return port;
+        }
     }
+    panic!("no free port in 10000-19999 on 127.0.0.1");
 }
 
 /// `GET path` over HTTP/1.1; returns (status, body).
