@@ -346,11 +346,19 @@ impl Store {
                 Ok(Mutex::new(r))
             })
             .collect::<Result<Vec<_>>>()?;
+        let checkpointer = Connection::open(&path)?;
+        checkpointer.pragma_update(None, "synchronous", "FULL")?;
+        checkpointer.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Reading the mode opens the WAL: a checkpoint on a connection that has not read
+        // the database yet does nothing.
+        let _: String = checkpointer.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        let threads = threads::Threads::start(server_id, checkpointer)?;
+        threads.checkpoint_beside(&mut conn)?;
         let store = Store {
             conn: Mutex::new(conn),
             readers,
             next_reader: std::sync::atomic::AtomicUsize::new(0),
-            threads: threads::Threads::start(server_id)?,
+            threads,
             dir: dir.to_path_buf(),
             web: std::sync::OnceLock::new(),
             transcripts: std::sync::OnceLock::new(),
