@@ -511,12 +511,19 @@ impl Call {
                     None
                 }
             });
+            // What the caller's 200 waits for, part by part (docs/high-availability.md).
+            let t = std::time::Instant::now();
             let Ok(Some(id)) = stored.await else {
                 return false;
             };
+            metrics::histogram!("boxless_deposit_store_seconds", "server" => server.id.clone())
+                .record(t.elapsed().as_secs_f64());
             // With replication, the caller's 200 waits for a JetStream majority too.
             if let Some(r) = server.replication.get() {
+                let t = std::time::Instant::now();
                 r.deposited(&id).await;
+                metrics::histogram!("boxless_deposit_replication_seconds", "server" => server.id.clone())
+                    .record(t.elapsed().as_secs_f64());
             }
             true
         })
