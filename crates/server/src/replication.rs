@@ -35,6 +35,17 @@ const SHIP_MAX: usize = 2 << 20;
 /// The most bytes shipped per tick in all (the rest goes next tick).
 const SHIP_TICK_MAX: usize = 64 << 20;
 
+/// The turns of one [`SHIP_EVERY`] the recordings are spread over ([`ship_slot`]).
+const SHIP_SLOTS: u64 = 32;
+
+/// The turn of recording `id` (ids end in random hex: FNV-1a spreads them evenly).
+fn ship_slot(id: &str) -> u64 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h % SHIP_SLOTS
+}
+
 /// What a write sends of a message's audio.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
@@ -283,89 +294,116 @@ impl Replication {
         }
     }
 
-    /// Ships what each recording in progress gained since the last tick; forgets those
-    /// that ended. Holds one offset per recording in progress (at most the calls).
     fn lock_shipped(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.shipped.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Ships what each recording in progress gained since its last turn, every
+    /// [`SHIP_EVERY`]; forgets those that ended. Holds one offset per recording in progress
+    /// (at most the calls).
+    ///
+    /// The recordings take turns in [`SHIP_SLOTS`] slots (by id) spread over the period,
+    /// not all at one tick: at 1,000 calls one tick was 16 MB, which the three NATS nodes
+    /// took on the same two cores as the calls, and every BYE that came in then waited for
+    /// its `200` about 100 ms longer than the others (bench/RESULTS.md, "Replication: what
+    /// it costs"). The recordings are listed once a period, at slot 0.
     async fn ship_loop(self: Arc<Self>, replica: Replica) {
-        let mut tick = tokio::time::interval(SHIP_EVERY);
+        let mut tick = tokio::time::interval(SHIP_EVERY / SHIP_SLOTS as u32);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let mut listed: Vec<String> = Vec::new();
+        for slot in (0..SHIP_SLOTS).cycle() {
             tick.tick().await;
-            let Ok(Ok(now)) = self.store.read(|s| s.recordings()).await else {
-                continue;
-            };
-            let live: HashSet<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
-            let ended: Vec<String> = self
-                .lock_shipped()
-                .keys()
-                .filter(|id| !live.contains(id.as_str()))
-                .cloned()
-                .collect();
-            for id in ended {
-                // A message now (its deposit's write missed, or raced this tick): its
-                // bytes are its audio's start. Else too short to keep: forgotten.
-                let rid = id.clone();
-                let message = self.store.read(move |s| s.get(&rid)).await;
-                let forget = matches!(message, Ok(Ok(None)));
-                if !forget || replica.drop_recording(&self.server, &id).await.is_ok() {
-                    self.lock_shipped().remove(&id);
+            if slot == 0 {
+                match self.store.read(|s| s.recordings()).await {
+                    Ok(Ok(now)) => listed = self.forget_ended(&replica, now).await,
+                    _ => continue,
                 }
             }
-            // Every recording's new bytes in one visit to the store, then one round trip.
             let wanted: Vec<(String, u64)> = {
                 let shipped = self.lock_shipped();
-                now.into_iter()
-                    .filter_map(|(id, len)| {
-                        let from = shipped.get(&id).copied().unwrap_or(0);
-                        (len > from).then_some((id, from))
-                    })
+                listed
+                    .iter()
+                    .filter(|id| ship_slot(id) == slot)
+                    .map(|id| (id.clone(), shipped.get(id).copied().unwrap_or(0)))
                     .collect()
             };
-            if wanted.is_empty() {
-                continue;
+            if !wanted.is_empty() {
+                self.ship_some(&replica, wanted).await;
             }
-            let Ok(Ok(items)) = self
-                .store
-                .read(move |s| {
-                    let mut items = Vec::with_capacity(wanted.len());
-                    let mut total = 0;
-                    for (id, from) in wanted {
-                        if total >= SHIP_TICK_MAX {
-                            break;
-                        }
-                        if let Some(b) = s.recording_bytes(&id, from, SHIP_MAX)? {
-                            total += b.len();
-                            items.push((id, from, b));
-                        }
-                    }
-                    Ok::<_, boxless_store::Error>(items)
-                })
-                .await
-            else {
-                continue;
-            };
-            let mut parts: Vec<(&str, u64, &[u8])> = Vec::with_capacity(items.len());
-            for (id, from, b) in &items {
-                parts.push((id, *from, b));
+        }
+    }
+
+    /// Forgets the recordings that ended since the last listing (`now`: those on disk,
+    /// with their lengths); returns the ids of those that grew since they were shipped.
+    async fn forget_ended(&self, replica: &Replica, now: Vec<(String, u64)>) -> Vec<String> {
+        let live: HashSet<&str> = now.iter().map(|(id, _)| id.as_str()).collect();
+        let ended: Vec<String> = self
+            .lock_shipped()
+            .keys()
+            .filter(|id| !live.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in ended {
+            // A message now (its deposit's write missed, or raced this tick): its
+            // bytes are its audio's start. Else too short to keep: forgotten.
+            let rid = id.clone();
+            let message = self.store.read(move |s| s.get(&rid)).await;
+            let forget = matches!(message, Ok(Ok(None)));
+            if !forget || replica.drop_recording(&self.server, &id).await.is_ok() {
+                self.lock_shipped().remove(&id);
             }
-            match replica.ship_many(&self.server, parts).await {
-                Ok(()) => {
-                    let mut bytes = 0;
-                    let mut shipped = self.lock_shipped();
-                    for (id, from, b) in items {
-                        bytes += b.len() as u64;
-                        shipped.insert(id, from + b.len() as u64);
+        }
+        let shipped = self.lock_shipped();
+        now.into_iter()
+            .filter(|(id, len)| *len > shipped.get(id).copied().unwrap_or(0))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Ships the new bytes of the recordings `wanted` (id, shipped so far) in one visit
+    /// to the store and one round trip.
+    async fn ship_some(&self, replica: &Replica, wanted: Vec<(String, u64)>) {
+        let Ok(Ok(items)) = self
+            .store
+            .read(move |s| {
+                let mut items = Vec::with_capacity(wanted.len());
+                let mut total = 0;
+                for (id, from) in wanted {
+                    if total >= SHIP_TICK_MAX {
+                        break;
                     }
-                    drop(shipped);
-                    metrics::counter!("boxless_recording_bytes_shipped_total", "server" => self.server.clone())
-                        .increment(bytes);
+                    // To the end of the file as it is now, grown since the listing.
+                    if let Some(b) = s.recording_bytes(&id, from, SHIP_MAX)?
+                        && !b.is_empty()
+                    {
+                        total += b.len();
+                        items.push((id, from, b));
+                    }
                 }
-                // Shipped again from the same offsets next tick (the reader skips overlaps).
-                Err(e) => self.failed(&e),
+                Ok::<_, boxless_store::Error>(items)
+            })
+            .await
+        else {
+            return;
+        };
+        let mut parts: Vec<(&str, u64, &[u8])> = Vec::with_capacity(items.len());
+        for (id, from, b) in &items {
+            parts.push((id, *from, b));
+        }
+        match replica.ship_many(&self.server, parts).await {
+            Ok(()) => {
+                let mut bytes = 0;
+                let mut shipped = self.lock_shipped();
+                for (id, from, b) in items {
+                    bytes += b.len() as u64;
+                    shipped.insert(id, from + b.len() as u64);
+                }
+                drop(shipped);
+                metrics::counter!("boxless_recording_bytes_shipped_total", "server" => self.server.clone())
+                    .increment(bytes);
             }
+            // Shipped again from the same offsets next turn (the reader skips overlaps).
+            Err(e) => self.failed(&e),
         }
     }
 
@@ -414,5 +452,27 @@ impl Replication {
                 return true;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recordings_take_turns_spread_evenly_and_each_keeps_its_own() {
+        let mut rng = boxless_core::Rng::from_entropy();
+        let mut per_slot = [0u32; SHIP_SLOTS as usize];
+        for _ in 0..8000 {
+            let id = format!("ms1-{:016x}", rng.next_u64());
+            let slot = ship_slot(&id);
+            assert_eq!(ship_slot(&id), slot, "the same turn every period");
+            per_slot[slot as usize] += 1;
+        }
+        // 250 a slot expected; a burst of more than 1.3 times that would not be spread.
+        assert!(
+            per_slot.iter().all(|&n| (170..330).contains(&n)),
+            "{per_slot:?}"
+        );
     }
 }
