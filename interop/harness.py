@@ -223,6 +223,37 @@ link_numbers = ["{links[i]}"]
     return path
 
 
+def nats_cluster(procs, work, base, sync="default", prefix=()):
+    """Three nats-server nodes (`nats-server` on the PATH) with JetStream, clustered, their
+    data under `base` (`sync`: "always" fsyncs every write; `prefix`: a command each runs
+    under, such as `nice`); their client URLs (one string, comma-separated, as `[control]
+    url` takes them) and data directories."""
+    client = [free_port() for _ in range(3)]
+    route = [free_port() for _ in range(3)]
+    routes = ", ".join(f"nats-route://127.0.0.1:{r}" for r in route)
+    dirs = []
+    for i in range(3):
+        d = os.path.join(base, f"nats{i}")
+        os.makedirs(d)
+        conf = os.path.join(work, f"nats{i}.conf")
+        sync_line = "  sync_interval: always\n" if sync == "always" else ""
+        with open(conf, "w") as f:
+            f.write(f"""server_name: n{i}
+listen: 127.0.0.1:{client[i]}
+jetstream {{
+  store_dir: "{d}"
+{sync_line}}}
+cluster {{
+  name: boxless
+  listen: 127.0.0.1:{route[i]}
+  routes: [{routes}]
+}}
+""")
+        procs.start(f"nats{i}", [*prefix, "nats-server", "-c", conf], client[i])
+        dirs.append(d)
+    return ",".join(f"nats://127.0.0.1:{c}" for c in client), dirs
+
+
 class Procs:
     """The processes of one scenario, by name, with their logs in `work`; stopped newest
     first (SIGTERM, then SIGKILL after 10 s)."""

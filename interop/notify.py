@@ -938,7 +938,6 @@ def greetings(binary, work):
         check(code == 404, "nothing kept")
 
         code, v = http(api, "PUT", path, wav=wav_bytes(up, 44100, 2))
-        put_at = time.monotonic()
         print(f"  PUT 44.1 kHz stereo through the router: {code} {v}")
         check(code == 200 and abs(v["seconds"] - len(mine) / 8000) < 0.05, "kept")
         time.sleep(1.0)
