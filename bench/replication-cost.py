@@ -37,6 +37,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "../interop"))
@@ -173,6 +174,7 @@ def one(args, mode, root, voice):
                        60, "ms1 caught up after the deposits")
         nats_before = sum(du(d) for d in node_dirs)
         disk_before = du(os.path.join(work, "data", "ms1"))
+        dirty = DirtyPages()
         wire = capture_sip(work, p["s1"])
         nodes = [procs[f"nats{i}"].pid for i in range(3)]
         cpu0, nats0 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
@@ -180,6 +182,7 @@ def one(args, mode, root, voice):
                                         100, "load")
         cpu1, nats1 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
         parts = deposit_parts(p["h1"])
+        dirty_max = dirty.stop()
         on_wire = wire_bye_200(*wire) if wire else []
         # Replication catches up before the bytes are counted.
         if mode != "off":
@@ -197,6 +200,8 @@ def one(args, mode, root, voice):
         print(f"{mode:>7}: BYE->200 at {args.recordings} calls ({len(load)} timed, "
               f"{load_failed} failed): {summary(load)}")
         print(f"{mode:>7}: of which (server's summaries, last minute, p50/p99): {parts}")
+        print(f"{mode:>7}: page cache waiting for the disk at most (Dirty + Writeback): "
+              f"{dirty_max / 1024:.0f} MiB")
         if on_wire:
             print(f"{mode:>7}: BYE->200 at {args.recordings} calls on the wire ({len(on_wire)} "
                   f"captured): {summary(on_wire)}")
@@ -209,6 +214,27 @@ def one(args, mode, root, voice):
         procs.kill()
         if args.nats_dir:
             shutil.rmtree(base, ignore_errors=True)
+
+
+class DirtyPages:
+    """The most of the page cache waiting for the disk (Dirty + Writeback in
+    /proc/meminfo, KiB), sampled every 100 ms until stop()."""
+
+    def __init__(self):
+        self.most, self.done = 0, threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.done.wait(0.1):
+            with open("/proc/meminfo") as f:
+                kb = {line.split(":")[0]: int(line.split()[1]) for line in f}
+            self.most = max(self.most, kb.get("Dirty", 0) + kb.get("Writeback", 0))
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.most
 
 
 def capture_sip(work, port):
@@ -272,8 +298,13 @@ def deposit_parts(http):
             if line.startswith(name) and 'quantile="' in line:
                 quantile = line.split('quantile="')[1].split('"')[0]
                 q[(part, quantile)] = float(line.rsplit(" ", 1)[1]) * 1000
-    return ", ".join(f"{part} {q[(part, '0.5')]:.1f} / {q[(part, '0.99')]:.1f} ms"
-                     for part in names if (part, "0.5") in q) or "none"
+    slow = 0
+    for line in (text if isinstance(text, str) else "").splitlines():
+        if line.startswith("boxless_recording_slow_writes_total"):
+            slow += int(float(line.rsplit(" ", 1)[1]))
+    return ", ".join([f"{part} {q[(part, '0.5')]:.1f} / {q[(part, '0.99')]:.1f} ms"
+                      for part in names if (part, "0.5") in q]
+                     + [f"recording writes over 10 ms: {slow}"])
 
 
 def main():
