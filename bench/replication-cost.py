@@ -15,7 +15,8 @@ off, on (R3), and on with the NATS nodes syncing every write to disk
      for by the server's own summaries (boxless_deposit_store_seconds, and with
      replication boxless_deposit_replication_seconds), and with tcpdump on the PATH the
      BYE -> 200 of each by the kernel's timestamps on the wire (SIPp's timer waits for
-     the CPU with everything else on this machine);
+     the CPU with everything else on this machine), the NATS nodes' CPU per recorded
+     call, and the most page cache waiting for the disk meanwhile;
   4. bytes per minute of message: on the server's disk, and added on the NATS nodes'
      disks (all three together).
 
