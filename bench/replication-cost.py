@@ -290,22 +290,20 @@ def deposit_parts(http):
     """What the deposits' 200s waited for, as the server's own summaries say (p50/p99 of
     the last minute): its store, then JetStream (docs/high-availability.md)."""
     _, _, text = http_get(http, "/metrics", timeout=10)
-    q = {}
+    q, slow = {}, 0
     names = {"store": "boxless_deposit_store_seconds{",
              "replication": "boxless_deposit_replication_seconds{",
              "checkpoints (beside)": "boxless_store_checkpoint_seconds{"}
     for line in (text if isinstance(text, str) else "").splitlines():
+        if line.startswith("boxless_call_slow_drains_total"):
+            slow += int(float(line.rsplit(" ", 1)[1]))
         for part, name in names.items():
             if line.startswith(name) and 'quantile="' in line:
                 quantile = line.split('quantile="')[1].split('"')[0]
                 q[(part, quantile)] = float(line.rsplit(" ", 1)[1]) * 1000
-    slow = 0
-    for line in (text if isinstance(text, str) else "").splitlines():
-        if line.startswith("boxless_recording_slow_writes_total"):
-            slow += int(float(line.rsplit(" ", 1)[1]))
     return ", ".join([f"{part} {q[(part, '0.5')]:.1f} / {q[(part, '0.99')]:.1f} ms"
                       for part in names if (part, "0.5") in q]
-                     + [f"recording writes over 10 ms: {slow}"])
+                     + [f"call drains over 10 ms: {slow}"])
 
 
 def main():

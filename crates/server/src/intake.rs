@@ -66,10 +66,6 @@ pub(crate) fn drain_due(now: Instant, period: Duration, port: u16) -> Instant {
     base + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
-/// A write to a recording's file that takes this long is counted
-/// (`boxless_recording_slow_writes_total`): it held every call of its shard.
-const SLOW_WRITE: Duration = Duration::from_millis(10);
-
 /// Where a deposit's audio goes as it is taken: the recording's file, started at the first
 /// write; nowhere once a write failed (disk full), and the call then ends as a failed
 /// store.
@@ -87,7 +83,6 @@ impl Tape {
     pub(crate) fn take(&mut self, machine: &mut CallFlow, store: &Store, arrival: Arrival) {
         let (rate, audio) = machine.audio();
         let n = audio.len();
-        let started = Instant::now();
         if !self.failed {
             if self.recording.is_none() {
                 let enc = match audio {
@@ -113,13 +108,6 @@ impl Tape {
                 tracing::error!(error = %e, "recording NOT written");
                 self.failed = true;
             }
-        }
-        let took = started.elapsed();
-        if took >= SLOW_WRITE {
-            // The page cache made the thread wait (writeback throttling, a file system
-            // lock): every call of this shard waited with it.
-            metrics::counter!("boxless_recording_slow_writes_total").increment(1);
-            tracing::debug!(ms = took.as_millis() as u64, "a recording's write waited");
         }
         machine.audio_taken(n);
     }

@@ -36,6 +36,10 @@ const TRYING_AFTER: Duration = Duration::from_millis(100);
 /// channel holds. Past it they are dropped and counted, as when the channel is full, so a
 /// peer cannot grow a loading call's memory.
 const EARLY_MAX: usize = 32;
+/// A drain of a call's RTP (and its audio's writes to the recording) that held its shard
+/// this long is counted (`boxless_call_slow_drains_total`): writeback throttling or a file
+/// system lock under the page cache, which every call of the shard waited for.
+const SLOW_DRAIN: Duration = Duration::from_millis(10);
 
 /// An admitted call, before its set-up is loaded: what the socket task decided and made
 /// (dialog, RTP socket, the call's place in the endpoint's table).
@@ -477,6 +481,11 @@ impl Call {
                 metrics::counter!("boxless_rtp_ignored_total").increment(1);
             }
         });
+        // One clock read a drain, not one a packet: what the drain's writes to the
+        // recording's file (page cache) cost the shard, whose every call waited with it.
+        if now.elapsed() >= SLOW_DRAIN {
+            metrics::counter!("boxless_call_slow_drains_total").increment(1);
+        }
         if let Some(l) = *latched
             && rtp.peer() != Some(l)
             && let Err(e) = rtp.connect(l)

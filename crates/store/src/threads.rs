@@ -111,15 +111,10 @@ fn checkpoint_loop(conn: &Connection, wake: &std::sync::mpsc::Receiver<()>, done
             // Another connection (an operator's sqlite3) is checkpointing: it does the work.
             Ok((true, _, _)) => tracing::debug!("WAL checkpoint busy"),
             Ok((false, log, copied)) if log >= 0 => {
+                let took = t.elapsed();
                 done.fetch_add(1, Ordering::Relaxed);
-                metrics::histogram!("boxless_store_checkpoint_seconds")
-                    .record(t.elapsed().as_secs_f64());
-                tracing::debug!(
-                    log,
-                    copied,
-                    ms = t.elapsed().as_millis() as u64,
-                    "WAL checkpoint"
-                )
+                metrics::histogram!("boxless_store_checkpoint_seconds").record(took.as_secs_f64());
+                tracing::debug!(log, copied, ms = took.as_millis() as u64, "WAL checkpoint")
             }
             // -1: the connection is not in WAL mode (Store::open reads the mode first).
             Ok(_) => tracing::warn!("WAL checkpoint did not run: the store is not in WAL mode"),
