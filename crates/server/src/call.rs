@@ -13,7 +13,7 @@ use boxless_media::Pending;
 use boxless_sip::Message;
 
 pub use crate::deposit::Deposit;
-pub use crate::flow::{CallSettings, EndReason, Output};
+pub use crate::flow::{CallSettings, EndReason, FrameGrid, Output};
 pub use crate::leg::{Answer, LegSetup};
 pub use crate::retrieval::{Retrieval, RetrievalSetup};
 

@@ -69,6 +69,7 @@ impl Deposit {
     /// Answers the INVITE and, once media is agreed, plays `greeting`.
     pub fn new(now: Instant, s: CallSettings, answer: Answer<'_>, greeting: Arc<[i16]>) -> Deposit {
         let (leg, out, tx) = answer.leg(now);
+        let playout = Playout::new(tx, s.frames, now);
         let mut d = Deposit {
             rx: RtpReceiver::streaming(Codec::Pcmu, 0, None, s.max_samples, s.keep_g711)
                 .voice_level(s.voice_rms),
@@ -81,7 +82,7 @@ impl Deposit {
             greeting,
             greeting_rate: 8000,
             play_pos: 0,
-            playout: Playout::new(tx, now),
+            playout,
             last_voice_pos: 0,
             caller_bye: None,
             recording: false,
@@ -212,8 +213,8 @@ impl Deposit {
         match self.phase {
             Phase::AwaitingMedia => {
                 self.phase = Phase::Greeting;
-                self.playout.next = now;
-                self.timers.set(Timer::Frame, now);
+                let first = self.playout.start(now);
+                self.timers.set(Timer::Frame, first);
             }
             Phase::Recording => self.timers.set(Timer::Silence, now + self.s.silence),
             _ => {}
@@ -235,7 +236,7 @@ impl Deposit {
             self.timers
                 .set(Timer::MaxLength, now + max_duration(self.s.max_samples));
         } else {
-            self.timers.set(Timer::Frame, self.playout.next);
+            self.timers.set(Timer::Frame, self.playout.next());
         }
     }
 

@@ -23,7 +23,33 @@ pub struct CallSettings {
     pub voice_rms: f64,
     /// A G.711 message is kept in the caller's law (`messages.audio_format = "g711"`).
     pub keep_g711: bool,
+    /// The grid the greeting's frames go out on.
+    pub frames: FrameGrid,
 }
+
+/// A 20 ms grid from an instant every call of the process shares: each call's frames fall
+/// on its ticks, so the calls that play at once on a thread wake it together, once a frame,
+/// rather than each on a phase of its own. A wake is a context switch onto a thread whose
+/// caches went cold meanwhile; the greeting's frames were about a tenth of a deposit's
+/// (`bench/RESULTS.md`). A caller hears the same 20 ms pacing; only its first frame waits
+/// for the next tick, at most 20 ms.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameGrid(pub Instant);
+
+impl FrameGrid {
+    /// The first tick at or after `t`.
+    pub(crate) fn at_or_after(self, t: Instant) -> Instant {
+        let Some(since) = t.checked_duration_since(self.0) else {
+            return self.0;
+        };
+        let tick = FRAME_PERIOD.as_nanos();
+        let ticks = since.as_nanos().div_ceil(tick);
+        self.0 + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
+    }
+}
+
+/// One outgoing packet's worth of audio.
+const FRAME_PERIOD: Duration = Duration::from_millis(20);
 
 /// Why a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,22 +134,36 @@ pub enum Output {
     Ended(EndReason),
 }
 
-/// Paces outgoing audio at one 20 ms packet per tick without drifting or bursting.
+/// Paces outgoing audio at one 20 ms packet per tick of its [`FrameGrid`] without drifting
+/// or bursting.
 #[derive(Debug)]
 pub(crate) struct Playout {
     tx: RtpSender,
     buf: Vec<u8>,
+    grid: FrameGrid,
     /// When the next packet is due.
-    pub(crate) next: Instant,
+    next: Instant,
 }
 
 impl Playout {
-    pub(crate) fn new(tx: RtpSender, now: Instant) -> Playout {
+    pub(crate) fn new(tx: RtpSender, grid: FrameGrid, now: Instant) -> Playout {
         Playout {
             tx,
             buf: Vec::with_capacity(12 + FRAME),
-            next: now,
+            grid,
+            next: grid.at_or_after(now),
         }
+    }
+
+    /// Playing (again) from `now`: when the first packet is due.
+    pub(crate) fn start(&mut self, now: Instant) -> Instant {
+        self.next = self.grid.at_or_after(now);
+        self.next
+    }
+
+    /// When the next packet is due.
+    pub(crate) fn next(&self) -> Instant {
+        self.next
     }
 
     /// Sends `frame` (when `send`: not on hold) and schedules the next one.
@@ -138,10 +178,10 @@ impl Playout {
             self.tx.voice(frame, &mut self.buf);
             out.push_back(Output::Rtp);
         }
-        self.next += Duration::from_millis(20);
+        self.next += FRAME_PERIOD;
         if self.next + Duration::from_millis(200) < now {
             // The driver fell far behind; do not burst to catch up.
-            self.next = now;
+            self.next = self.grid.at_or_after(now);
         }
     }
 
@@ -156,5 +196,56 @@ impl Playout {
 
     pub(crate) fn packet(&self) -> &[u8] {
         &self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_grid_s_ticks_are_20_ms_apart_from_its_start() {
+        let t0 = Instant::now();
+        let g = FrameGrid(t0);
+        assert_eq!(g.at_or_after(t0), t0, "a tick is its own");
+        assert_eq!(g.at_or_after(t0 + Duration::from_micros(1)), t0 + ms(20));
+        assert_eq!(g.at_or_after(t0 + ms(39)), t0 + ms(40));
+        assert_eq!(g.at_or_after(t0 + ms(40)), t0 + ms(40));
+        // Before the grid started: its first tick.
+        assert_eq!(FrameGrid(t0 + ms(5)).at_or_after(t0), t0 + ms(5));
+    }
+
+    #[test]
+    fn calls_that_start_apart_send_their_frames_on_the_same_ticks() {
+        let t0 = Instant::now();
+        let g = FrameGrid(t0);
+        let sender = || RtpSender::new(Codec::Pcmu, 0, 7, 1, 1);
+        let (mut a, mut b) = (Playout::new(sender(), g, t0), Playout::new(sender(), g, t0));
+        let mut out = VecDeque::new();
+        let (start_a, start_b) = (t0 + ms(3), t0 + ms(51));
+        assert_eq!(
+            (a.start(start_a), b.start(start_b)),
+            (t0 + ms(20), t0 + ms(60))
+        );
+        // Each on its own clock, a frame each time its packet comes due.
+        let frame = [0i16; FRAME];
+        for _ in 0..5 {
+            let now = a.next();
+            a.frame(now, &frame, true, &mut out);
+        }
+        for _ in 0..3 {
+            let now = b.next();
+            b.frame(now, &frame, true, &mut out);
+        }
+        assert_eq!(a.next(), t0 + ms(120));
+        assert_eq!(b.next(), a.next(), "one wake for both");
+        assert_eq!(out.len(), 8);
+        // A driver far behind starts again on a tick, without a burst.
+        b.frame(t0 + ms(517), &frame, true, &mut out);
+        assert_eq!(b.next(), t0 + ms(520));
     }
 }

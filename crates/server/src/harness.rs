@@ -10,7 +10,8 @@ use boxless_sip::{Dialog, Local, Message, SipTimers};
 
 use crate::admission::{self, Context};
 use crate::call::{
-    Answer, CallFlow, CallSettings, Deposit, EndReason, LegSetup, Output, Retrieval, RetrievalSetup,
+    Answer, CallFlow, CallSettings, Deposit, EndReason, FrameGrid, LegSetup, Output, Retrieval,
+    RetrievalSetup,
 };
 use crate::menu::{Mark, Menu, MenuMessage, MenuSettings};
 
@@ -24,6 +25,7 @@ pub(crate) fn settings() -> CallSettings {
         silence: Duration::from_secs(3),
         voice_rms: 300.0,
         keep_g711: true,
+        frames: FrameGrid(Instant::now()),
     }
 }
 
@@ -167,6 +169,11 @@ pub(crate) fn start_with(
 pub(crate) fn deposit(s: CallSettings, greeting_ms: usize, inv: &[u8]) -> Harness {
     let greeting: Arc<[i16]> = vec![1000; greeting_ms * 8].into();
     start_with(inv, |now, a| {
+        // The grid from the call's start: the tests' clock counts from there.
+        let s = CallSettings {
+            frames: FrameGrid(now),
+            ..s
+        };
         CallFlow::Deposit(Box::new(Deposit::new(now, s, a, greeting)))
     })
 }
@@ -188,6 +195,7 @@ pub(crate) fn retrieval(audio_ms: usize, inv: &[u8]) -> Harness {
                 (8000, Arc::from(vec![3000i16; audio_ms * 8])),
             )]),
             utc_offset_min: 0,
+            frames: FrameGrid(now),
         };
         CallFlow::Retrieval(Box::new(Retrieval::new(now, a, setup)))
     })

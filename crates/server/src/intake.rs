@@ -47,6 +47,14 @@ pub(crate) fn drain_period(machine: &CallFlow) -> Duration {
     }
 }
 
+/// Where the process's grids start: the drains' and the frames' ([`crate::FrameGrid`]).
+/// A listening call's drain (a phase of [`LISTEN_DRAIN`] / [`DRAIN_PHASES`], 20 ms apart)
+/// falls on a frame's tick, so a call that plays wakes no more often to drain.
+pub(crate) fn epoch() -> Instant {
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    *EPOCH
+}
+
 /// When the next drain of the call on RTP `port` is due after `now`: the next tick of a
 /// process-wide grid of `period`, shifted by the call's phase, not `now + period`. Calls of
 /// one phase drain together, so a worker thread parks and wakes once for many of them
@@ -55,9 +63,8 @@ pub(crate) fn drain_period(machine: &CallFlow) -> Duration {
 /// each burst to a tenth of the calls, so a playing call's 20 ms frame never waits behind
 /// all of them. Consecutive calls ([`call_index`]) fall in consecutive phases.
 pub(crate) fn drain_due(now: Instant, period: Duration, port: u16) -> Instant {
-    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
     let phase = period / DRAIN_PHASES * (call_index(port) % DRAIN_PHASES);
-    let base = *EPOCH + phase;
+    let base = epoch() + phase;
     if now < base {
         return base; // the grid's first tick of this phase is still ahead
     }

@@ -27,7 +27,7 @@ mod transcripts;
 mod upkeep;
 mod wire;
 
-pub use call::{CallFlow, CallSettings, EndReason};
+pub use call::{CallFlow, CallSettings, EndReason, FrameGrid};
 pub use server::MessagingServer;
 
 #[cfg(test)]

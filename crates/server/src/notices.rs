@@ -46,6 +46,9 @@ impl MessagingServer {
     pub(crate) fn deposit(&self, rec: Recording, keep: u64, voiced: bool) -> Option<String> {
         let (routes, lang) = self.routes(rec.arrival().recipient);
         let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| self.texts.message(f, c, lang);
+        // Only a route by e-mail or webhook gives the other notifier work: woken for none, it
+        // would only read that there is nothing (two turns on a reader thread a deposit).
+        let others = routes.iter().any(|r| r.channel() != Channel::Sms);
         match self
             .store
             .deposit_recording(rec, keep, &routes, self.fallback_after_ms, render)
@@ -55,7 +58,9 @@ impl MessagingServer {
                 metrics::counter!("boxless_messages_stored_total", "server" => self.id.clone())
                     .increment(1);
                 self.notifier.wake.notify_one();
-                self.notifier.wake_others.notify_one();
+                if others {
+                    self.notifier.wake_others.notify_one();
+                }
                 if let Some(t) = &self.transcriber {
                     t.submit(&m.id, voiced, lang);
                 }

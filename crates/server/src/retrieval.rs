@@ -13,7 +13,7 @@ use boxless_media::{Codec, DtmfDetector, FRAME, Negotiated, Prompts, Received, R
 use boxless_sip::Message;
 use boxless_timer::TimerTable;
 
-use crate::flow::{EndReason, Output, Playout};
+use crate::flow::{EndReason, FrameGrid, Output, Playout};
 use crate::leg::{Answer, Leg, LegEvent};
 use crate::menu::{Action, Menu, Prompt};
 
@@ -30,6 +30,8 @@ pub struct RetrievalSetup {
     pub audio: HashMap<String, (u32, Arc<[i16]>)>,
     /// Minutes east of UTC for "received <date, time>".
     pub utc_offset_min: i32,
+    /// The grid the prompts' frames go out on.
+    pub frames: FrameGrid,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -93,6 +95,7 @@ impl Retrieval {
     /// Answers the INVITE and, once media is agreed, runs `setup.menu`.
     pub fn new(now: Instant, answer: Answer<'_>, setup: RetrievalSetup) -> Retrieval {
         let (leg, out, tx) = answer.leg(now);
+        let playout = Playout::new(tx, setup.frames, now);
         let mut r = Retrieval {
             leg,
             out,
@@ -103,7 +106,7 @@ impl Retrieval {
             seq: Vec::new(),
             pos: 0,
             audio_end: None,
-            playout: Playout::new(tx, now),
+            playout,
             rx: RtpReceiver::new(Codec::Pcmu, 0, None, 0),
             inband: DtmfDetector::default(),
             saw_events: false,
@@ -254,8 +257,8 @@ impl Retrieval {
             match action {
                 Action::Play(seq) => {
                     self.render(&seq);
-                    self.playout.next = now;
-                    self.timers.set(Timer::Frame, now);
+                    let first = self.playout.start(now);
+                    self.timers.set(Timer::Frame, first);
                 }
                 Action::Mark { id, mark } => self.out.push_back(Output::Mark { id, mark }),
                 Action::WrongCode => self.out.push_back(Output::WrongCode),
@@ -307,7 +310,7 @@ impl Retrieval {
         if self.pos >= self.seq.len() {
             self.setup.menu.played(now);
         } else {
-            self.timers.set(Timer::Frame, self.playout.next);
+            self.timers.set(Timer::Frame, self.playout.next());
         }
         self.drain_menu(now);
     }

@@ -150,6 +150,7 @@ impl MessagingServer {
                 silence: Duration::from_secs(c.messages.silence_seconds as u64),
                 voice_rms: 300.0,
                 keep_g711: c.messages.audio_format == AudioFormat::G711,
+                frames: crate::FrameGrid(crate::intake::epoch()),
             },
             policy: c.retrieval.access_code,
             utc_offset: c.sms.utc_offset_minutes,

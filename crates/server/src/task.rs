@@ -299,6 +299,7 @@ async fn retrieval_setup(
         language,
         audio,
         utc_offset_min: server.utc_offset,
+        frames: server.settings.frames,
     })
 }
 

@@ -37,7 +37,7 @@ pub mod web;
 
 pub use directory::Directory;
 pub use events::{Event, GreetingChange};
-pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Window};
+pub use outbox::{DigestFacts, JobKind, Lane, OutboxJob, Outlook, Window};
 pub use receipts::{Delivery, EarlyReceipt, Receipted, Settled};
 pub use recording::{Arrival, Recording};
 pub use retention::{Aging, Fate, Retention, Swept};

@@ -171,6 +171,19 @@ pub(crate) const DUE: &str = "SELECT id, message_id, destination, source, text, 
     FROM outbox WHERE state = 'pending' AND next_attempt_ms <= ?1 AND (channel = 'sms') = ?3
     ORDER BY next_attempt_ms, id LIMIT ?2";
 
+/// What [`Store::outlook`] read.
+#[derive(Debug, Default)]
+pub struct Outlook {
+    /// Due now, oldest first.
+    pub jobs: Vec<OutboxJob>,
+    /// When the first notice of the lane not in `jobs` comes due (ms), if any. Exact for
+    /// as long as nothing is queued or re-timed after the read: a queue wakes the notifier,
+    /// and a notifier that re-timed one of `jobs` reads again.
+    pub later: Option<u64>,
+    /// Notices pending, every lane.
+    pub pending: u64,
+}
+
 impl Store {
     /// Queues a missed-call alert (no message kept). Within `merge_ms` of the previous
     /// alert from the same caller to the same recipient it joins that one: a waiting
@@ -417,6 +430,24 @@ impl Store {
         Ok(f)
     }
 
+    /// What a notifier's wake reads, in one turn on a reader thread: the notices of `lane`
+    /// due at `now` (at most `limit`, as [`Store::due`]), when the first of the others
+    /// comes due, and how many notices are pending in all.
+    pub fn outlook(&self, now: u64, limit: usize, lane: Lane) -> Result<Outlook> {
+        let jobs = self.due(now, limit, lane)?;
+        let later: Option<i64> = self.read_db().one(
+            "SELECT MIN(next_attempt_ms) FROM outbox
+             WHERE state = 'pending' AND next_attempt_ms > ?1 AND (channel = 'sms') = ?2",
+            params![sql_ms(now), lane == Lane::Sms],
+            |r| r.get(0),
+        )?;
+        Ok(Outlook {
+            jobs,
+            later: later.map(|v| v as u64),
+            pending: self.pending()?,
+        })
+    }
+
     /// When the next pending notice of `lane` is due, if any.
     pub fn next_due(&self, lane: Lane) -> Result<Option<u64>> {
         let v: Option<i64> = self.read_db().one(
@@ -480,6 +511,34 @@ mod tests {
         s.db()
             .one("SELECT state FROM outbox WHERE id = ?1", [id], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn the_outlook_holds_what_is_due_when_the_rest_is_and_how_many_wait() {
+        let (s, dir) = store();
+        let min = 60_000;
+        let t = 1_000_000_000;
+        let call = |to: &str, at: u64| {
+            s.missed_call(n(to), Some(n("+15551230001")), at, 0, false, |k| {
+                format!("{k} calls")
+            })
+            .unwrap()
+        };
+        assert!(call("+15551230002", t) && call("+15551230003", t));
+        let jobs = s.due(t, 10, crate::Lane::Sms).unwrap();
+        // One fails and is tried again five minutes on.
+        s.failed(&jobs[1], t + 5 * min, "SMSC away").unwrap();
+        let o = s.outlook(t + min, 10, crate::Lane::Sms).unwrap();
+        assert_eq!(o.jobs.len(), 1, "the other is not due yet");
+        assert_eq!((o.later, o.pending), (Some(t + 5 * min), 2));
+        // Nothing of the other lane: nothing due, nothing later.
+        let other = s.outlook(t + min, 10, crate::Lane::Other).unwrap();
+        assert!(other.jobs.is_empty() && other.later.is_none());
+        s.accepted(&o.jobs[0], 1, None, t + min).unwrap();
+        let o = s.outlook(t + 6 * min, 10, crate::Lane::Sms).unwrap();
+        assert_eq!((o.jobs.len(), o.later, o.pending), (1, None, 1));
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
