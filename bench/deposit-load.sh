@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Whole-flow figures of the deposit path, on loopback:
-#  - CPU per call and memory per active call with ~50 concurrent SIPp calls (PCMU audio),
+#  - CPU per call (and the context switches behind it) and memory per active call with ~50
+#    concurrent SIPp calls (PCMU audio),
 #  - SMS latency after hang-up: `boxless call` returns on the 200 to its BYE; the time until
 #    the SMSC simulator (npm smpp) records the SMS.
 # Usage: bench/deposit-load.sh [CALLS] [RATE]   (default 100 calls at 10/s, ~55 concurrent)
 #   DATA=DIR puts the servers' store under DIR (default: the temporary directory), to
 #   measure on the file system an operator's data_dir would be on.
+#   BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
 #   PROFILE=FILE also records the SIPp phase with `perf record -g` into FILE (perf.data).
 # Needs: sip-tester, nodejs + `npm ci` in interop/smsc, python3.
 set -euo pipefail
@@ -15,7 +17,8 @@ calls=${1:-100}
 rate=${2:-10}
 work=$(mktemp -d)
 trap 'kill $BP $SP 2>/dev/null || true; rm -rf "$work" "${DATA:-$work}/data-$$"' EXIT
-cargo build --release -q
+bin=${BOXLESS:-./target/release/boxless}
+[ -n "${BOXLESS:-}" ] || cargo build --release -q
 cat > "$work/b.toml" <<TOML
 data_dir = "${DATA:-$work}/data-$$"
 [router]
@@ -44,7 +47,7 @@ capacity = 200
 link_numbers = ["+18005550200-+18005550299"]
 TOML
 node interop/smsc/smsc.js 22775 "$work/sms.jsonl" > /dev/null 2>&1 & SP=$!
-RUST_LOG=warn ./target/release/boxless serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
+RUST_LOG=warn "$bin" serve --config "$work/b.toml" > "$work/serve.log" 2>&1 & BP=$!
 sleep 1
 caller_wav "$work/caller.wav"
 python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.pcap"
@@ -52,7 +55,7 @@ base=$(rss $BP)
 t0=$(ticks $BP); s0=($(ticks_split $BP))
 ( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!
 # CPU time as the scheduler counts it (ns, every thread), beside the coarse ticks.
-perf stat -e task-clock -p $BP -x, -o "$work/cpu.csv" > /dev/null 2>&1 & CP=$!
+perf stat -e task-clock,context-switches -p $BP -x, -o "$work/cpu.csv" > /dev/null 2>&1 & CP=$!
 if [ -n "${PROFILE:-}" ]; then
   perf record ${PERF_ARGS:--g} -F 999 -p $BP -o "$PROFILE" > /dev/null 2>&1 & PP=$!
 fi
@@ -72,12 +75,15 @@ sms=$(wc -l < "$work/sms.jsonl")
 echo "calls: $calls at $rate/s, failed: $failed, peak concurrent (SIPp): $maxconc, SMS: $sms"
 echo "CPU per call: $(( (t1 - t0) * 10000 / calls )) µs (whole process, $(( t1 - t0 )) ticks: user $(( s1[0] - s0[0] )), system $(( s1[1] - s0[1] )))"
 echo "CPU per call (perf stat task-clock): $(awk -F, -v n="$calls" '/task-clock/{printf "%d", $1 * 1000 / n}' "$work/cpu.csv") µs"
+# Each switch wakes a thread whose caches have gone cold since its last turn: at a dozen
+# calls a second, what a call costs on a VM follows this count (bench/RESULTS.md).
+echo "context switches per call: $(awk -F, -v n="$calls" '/context-switches/{printf "%.0f", $1 / n}' "$work/cpu.csv")"
 echo "RSS: idle ${base} KiB, peak ${peak} KiB -> $(( (peak - base) / (maxconc > 0 ? maxconc : 1) )) KiB per active call"
 # SMS latency: 10 sequential calls with the test phone.
 lat=()
 for i in $(seq 1 10); do
   before=$(wc -l < "$work/sms.jsonl")
-  t_hang=$(./target/release/boxless call --via 127.0.0.1:25260 --from 5551230001 --to 5551230003 \
+  t_hang=$("$bin" call --via 127.0.0.1:25260 --from 5551230001 --to 5551230003 \
      --diversion 5551230003 --play "$work/caller.wav" --play-at 0.6 \
      | sed -n 's/^BYE -> 200 (sent at \([0-9]*\)\.\([0-9]*\) s.*/\1\2/p')
   while [ "$(wc -l < "$work/sms.jsonl")" -le "$before" ]; do sleep 0.002; done

@@ -6,7 +6,7 @@
 #     them are up, disk per minute of audio;
 #  2. PLAYBACKS concurrent link-number calls listening to those messages (listen.xml)
 #     for SECONDS: the inter-packet gap of every 20 ms step of what the server sent,
-#     captured with tshark (p50/p99/max).
+#     captured with tshark (p50/p99/max), and Boxless's CPU while they play.
 # Usage: bench/media-load.sh [RECORDINGS] [SECONDS] [PLAYBACKS]   (default 1000 30 300)
 #        BOXLESS=path/to/boxless runs that build instead of this tree's (A/B comparisons).
 #        MIXED=K records K more messages while the playbacks play (mixed load: the
@@ -111,10 +111,25 @@ if [ "$m" -gt 0 ]; then
     record 25392 52000 "$MIXED" $(( secs * 1000 + 10000 )) $(( secs + 130 )) & MP=$!
     sleep $(( MIXED / rate + 1 ))
   fi
+  sample > "$work/play-samples.txt" & RP=$!
   (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/listen.xml" -s "$link" -i 127.0.0.1 -mi 127.0.0.1 \
      -p 25391 -mp 56000 -key me 15551230002 \
      -d $(( secs * 1000 )) -m "$m" -r "$rate" -l $(( m + 50 )) -timeout $(( secs + 60 ))s \
      -nostdin -trace_stat -fd 1 -stf play.csv 127.0.0.1:25370 > /dev/null 2>&1) || true
+  kill $RP 2>/dev/null || true; RP=
+  # Boxless's CPU while (nearly) all of them play: 20 ms frames out, the keys' drains.
+  python3 - "$work/play-samples.txt" "$hz" <<'PY'
+import sys
+rows = [l.split() for l in open(sys.argv[1])]
+rows = [(float(t), int(c), int(u), int(s)) for t, r, c, u, s in rows if u.isdigit()]
+peak = max((r[2] for r in rows), default=0)
+plat = [r for r in rows if peak and r[2] >= peak * 0.98]
+if len(plat) > 1:
+    span = plat[-1][0] - plat[0][0]
+    cores = (plat[-1][1] - plat[0][1]) / int(sys.argv[2]) / span
+    sipp = (plat[-1][3] - plat[0][3]) / int(sys.argv[2]) / span
+    print(f"Boxless CPU with {peak} playing ({span:.0f} s): {cores:.3f} cores; SIPp {sipp:.3f}; Boxless/SIPp {cores / max(sipp, 1e-9):.3f}")
+PY
   [ -z "$MP" ] || { wait $MP || true; echo "mixed: $MIXED recordings up alongside the playbacks"; }
   sleep 1
   kill -INT $CP 2>/dev/null || true; wait $CP 2>/dev/null || true; CP=
