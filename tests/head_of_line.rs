@@ -14,7 +14,7 @@ use tokio::net::UdpSocket;
 
 /// How long the store takes for each access in this test.
 const SLOW: Duration = Duration::from_millis(200);
-/// How soon the server must still answer what needs no store: a fortieth of one store
+/// How soon the server must still answer what needs no store: a tenth of one store
 /// access, so an answer that waited behind the store cannot pass, with room for a debug
 /// build on a shared machine (5 ms was once missed by 0.13 ms there).
 const PROMPT: Duration = Duration::from_millis(20);
