@@ -260,11 +260,10 @@ impl<R: Clone> Proxy<R> {
             return answer(self, 483, "Too Many Hops");
         }
         let theirs = msg.top_via().and_then(|v| v.branch).unwrap_or(msg.call_id);
-        let mut h = self.branch_key ^ 0xcbf2_9ce4_8422_2325;
-        for b in theirs.bytes().chain(msg.call_id.bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = boxless_core::util::fnv1a(
+            self.branch_key ^ boxless_core::util::FNV_BASIS,
+            theirs.bytes().chain(msg.call_id.bytes()),
+        );
         let branch = format!("{STATELESS_BRANCH}{h:016x}");
         let Some((bytes, addr)) = relay::forward_in_dialog(msg, self.local, &branch, skip) else {
             return answer(self, 404, "Not Found");

@@ -40,10 +40,7 @@ const SHIP_SLOTS: u64 = 32;
 
 /// The turn of recording `id` (ids end in random hex: FNV-1a spreads them evenly).
 fn ship_slot(id: &str) -> u64 {
-    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    h % SHIP_SLOTS
+    boxless_core::util::fnv1a(boxless_core::util::FNV_BASIS, id.bytes()) % SHIP_SLOTS
 }
 
 /// What a write sends of a message's audio.
