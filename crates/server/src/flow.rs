@@ -39,13 +39,19 @@ pub struct FrameGrid(pub Instant);
 impl FrameGrid {
     /// The first tick at or after `t`.
     pub(crate) fn at_or_after(self, t: Instant) -> Instant {
-        let Some(since) = t.checked_duration_since(self.0) else {
-            return self.0;
-        };
-        let tick = FRAME_PERIOD.as_nanos();
-        let ticks = since.as_nanos().div_ceil(tick);
-        self.0 + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
+        tick_at_or_after(self.0, FRAME_PERIOD, t)
     }
+}
+
+/// The first tick at or after `t` of the grid of `period` from `start` (`start` itself
+/// while `t` is before it): the frames' grid, and the drains' (`intake::drain_due`).
+pub(crate) fn tick_at_or_after(start: Instant, period: Duration, t: Instant) -> Instant {
+    let Some(since) = t.checked_duration_since(start) else {
+        return start;
+    };
+    let tick = period.as_nanos();
+    let ticks = since.as_nanos().div_ceil(tick);
+    start + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
 }
 
 /// One outgoing packet's worth of audio.

@@ -64,13 +64,8 @@ pub(crate) fn epoch() -> Instant {
 /// all of them. Consecutive calls ([`call_index`]) fall in consecutive phases.
 pub(crate) fn drain_due(now: Instant, period: Duration, port: u16) -> Instant {
     let phase = period / DRAIN_PHASES * (call_index(port) % DRAIN_PHASES);
-    let base = epoch() + phase;
-    if now < base {
-        return base; // the grid's first tick of this phase is still ahead
-    }
-    let tick = period.as_nanos();
-    let ticks = now.duration_since(base).as_nanos() / tick + 1;
-    base + Duration::from_nanos(u64::try_from(ticks * tick).unwrap_or(u64::MAX))
+    // Strictly after `now`: a drain that falls on a tick is not due again at once.
+    crate::flow::tick_at_or_after(epoch() + phase, period, now + Duration::from_nanos(1))
 }
 
 /// Where a deposit's audio goes as it is taken: the recording's file, started at the first
