@@ -434,25 +434,24 @@ impl Store {
     /// due at `now` (at most `limit`, as [`Store::due`]), when the first of the others
     /// comes due, and how many notices are pending in all.
     pub fn outlook(&self, now: u64, limit: usize, lane: Lane) -> Result<Outlook> {
-        let jobs = self.due(now, limit, lane)?;
-        let later: Option<i64> = self.read_db().one(
-            "SELECT MIN(next_attempt_ms) FROM outbox
-             WHERE state = 'pending' AND next_attempt_ms > ?1 AND (channel = 'sms') = ?2",
-            params![sql_ms(now), lane == Lane::Sms],
-            |r| r.get(0),
-        )?;
         Ok(Outlook {
-            jobs,
-            later: later.map(|v| v as u64),
+            jobs: self.due(now, limit, lane)?,
+            later: self.first_pending(lane, sql_ms(now))?,
             pending: self.pending()?,
         })
     }
 
     /// When the next pending notice of `lane` is due, if any.
     pub fn next_due(&self, lane: Lane) -> Result<Option<u64>> {
+        self.first_pending(lane, i64::MIN)
+    }
+
+    /// When the first pending notice of `lane` due after `after` (SQL ms) is due.
+    fn first_pending(&self, lane: Lane, after: i64) -> Result<Option<u64>> {
         let v: Option<i64> = self.read_db().one(
-            "SELECT MIN(next_attempt_ms) FROM outbox WHERE state = 'pending' AND (channel = 'sms') = ?1",
-            [lane == Lane::Sms],
+            "SELECT MIN(next_attempt_ms) FROM outbox
+             WHERE state = 'pending' AND next_attempt_ms > ?1 AND (channel = 'sms') = ?2",
+            params![after, lane == Lane::Sms],
             |r| r.get(0),
         )?;
         Ok(v.map(|v| v as u64))
