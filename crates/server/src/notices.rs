@@ -40,15 +40,23 @@ impl MessagingServer {
         (routes, self.languages.for_number(recipient, Some(&prefs)))
     }
 
+    /// Wakes the notifiers that have work now that a message's notices to `routes` are
+    /// queued: the SMS worker, and the e-mail and webhook worker only when a route uses
+    /// it (woken for none, it would only read that there is nothing: two turns on a
+    /// reader thread).
+    fn queued(&self, routes: &[Route]) {
+        self.notifier.wake.notify_one();
+        if routes.iter().any(|r| r.channel() != Channel::Sms) {
+            self.notifier.wake_others.notify_one();
+        }
+    }
+
     /// Stores a finished recording as a message and queues its notices to the
     /// recipient's channels (blocking), and asks for its transcript (`voiced`: whether
     /// any of it was voice): the message's id, or None when it was not stored.
     pub(crate) fn deposit(&self, rec: Recording, keep: u64, voiced: bool) -> Option<String> {
         let (routes, lang) = self.routes(rec.arrival().recipient);
         let render = |f: &boxless_store::SmsFacts<'_>, c: Channel| self.texts.message(f, c, lang);
-        // Only a route by e-mail or webhook gives the other notifier work: woken for none, it
-        // would only read that there is nothing (two turns on a reader thread a deposit).
-        let others = routes.iter().any(|r| r.channel() != Channel::Sms);
         match self
             .store
             .deposit_recording(rec, keep, &routes, self.fallback_after_ms, render)
@@ -57,10 +65,7 @@ impl MessagingServer {
                 tracing::info!(id = %m.id, duration_ms = m.duration_ms, link = %m.link_number, "message stored");
                 metrics::counter!("boxless_messages_stored_total", "server" => self.id.clone())
                     .increment(1);
-                self.notifier.wake.notify_one();
-                if others {
-                    self.notifier.wake_others.notify_one();
-                }
+                self.queued(&routes);
                 if let Some(t) = &self.transcriber {
                     t.submit(&m.id, voiced, lang);
                 }
@@ -117,8 +122,7 @@ impl MessagingServer {
             .store
             .adopt(r, wav, &routes, self.fallback_after_ms, render)?;
         if added && r.state == "new" {
-            self.notifier.wake.notify_one();
-            self.notifier.wake_others.notify_one();
+            self.queued(&routes);
         }
         // The lost server's recogniser never answered: this one's is asked (the store
         // kept it `pending` only because there is one).
