@@ -10,6 +10,7 @@ use boxless_core::now_ms;
 use boxless_core::recipient::Languages;
 use boxless_store::{Directory, JobKind, Lane, OutboxJob, Outlook, Store};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::limits::Limits;
@@ -64,54 +65,20 @@ pub async fn run(
         // Every job went and is settled: the outlook's next time still holds, and the
         // pending count is short of the batch.
         let mut all_went = true;
+        let turn = Turn {
+            store: &store,
+            directory: &directory,
+            rules: &rules,
+            limits: &limits,
+            handle: &handle,
+        };
         for job in due.jobs {
+            // Entered only while the job's own future runs: a guard held across its awaits
+            // would tag whatever else this thread polled meanwhile.
             let span = tracing::info_span!("outbox", job = job.id, to = %job.destination);
-            let _e = span.enter();
-            let spent = apply_spend(&store, &directory, &rules, &limits, job).await;
-            let Some((mut job, counted_at)) = spent else {
-                // Blocked or opted out may have brought the next channel forward.
-                handle.wake_others.notify_one();
-                all_went = false;
-                continue;
-            };
-            let outcome = sender.submit(&job).await;
-            all_went &= outcome.is_ok();
-            if outcome.is_err() {
-                // Not sent: its place in the hour is free again.
-                limits.give_back_sms(job.destination, counted_at).await;
-            }
-            let s = store.clone();
-            let now = now_ms();
-            let res = match outcome {
-                Ok(parts) => {
-                    metrics::counter!("boxless_sms_sent_total").increment(1);
-                    if parts > 1 {
-                        metrics::counter!("boxless_sms_parts_total").increment(parts as u64);
-                    }
-                    // A digest's text is written when it goes: keep what went.
-                    let text = (job.kind == JobKind::Digest).then(|| std::mem::take(&mut job.text));
-                    s.write(move |s| {
-                        s.accepted(&job, parts, text.as_deref(), now)
-                            .map(|settled| settled.iter().for_each(crate::peers::record_settled))
-                    })
-                    .await
-                }
-                Err(e) if e.permanent => {
-                    metrics::counter!("boxless_sms_failed_total").increment(1);
-                    tracing::warn!(error = %e, "SMS refused for good: the next channel, if any");
-                    let r = s.write(move |s| s.refused(&job, &e.detail, now)).await;
-                    handle.wake_others.notify_one();
-                    r
-                }
-                Err(e) => {
-                    metrics::counter!("boxless_sms_failed_total").increment(1);
-                    let delay = backoff.delay_ms(job.attempts + 1);
-                    tracing::warn!(error = %e, attempt = job.attempts + 1, retry_in_ms = delay, "SMS not accepted");
-                    let detail = e.detail;
-                    s.write(move |s| s.failed(&job, now + delay, &detail)).await
-                }
-            };
-            recorded(res);
+            all_went &= submit_one(&turn, &mut sender, &mut backoff, job)
+                .instrument(span)
+                .await;
         }
         if full {
             continue;
@@ -140,6 +107,77 @@ pub async fn run(
             _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
         }
     }
+}
+
+/// What the SMS worker's turn hands each job.
+struct Turn<'a> {
+    store: &'a Arc<Store>,
+    directory: &'a Arc<Directory>,
+    rules: &'a Arc<SmsRules>,
+    limits: &'a Limits,
+    handle: &'a NotifierHandle,
+}
+
+/// Submits one due SMS (after the spend policy) and records its outcome; whether it
+/// went.
+async fn submit_one(
+    turn: &Turn<'_>,
+    sender: &mut Sender,
+    backoff: &mut Backoff,
+    job: OutboxJob,
+) -> bool {
+    let Turn {
+        store,
+        directory,
+        rules,
+        limits,
+        handle,
+    } = turn;
+    let spent = apply_spend(store, directory, rules, limits, job).await;
+    let Some((mut job, counted_at)) = spent else {
+        // Blocked or opted out may have brought the next channel forward.
+        handle.wake_others.notify_one();
+        return false;
+    };
+    let outcome = sender.submit(&job).await;
+    let went = outcome.is_ok();
+    if outcome.is_err() {
+        // Not sent: its place in the hour is free again.
+        limits.give_back_sms(job.destination, counted_at).await;
+    }
+    let s = Arc::clone(store);
+    let now = now_ms();
+    let res = match outcome {
+        Ok(parts) => {
+            metrics::counter!("boxless_sms_sent_total").increment(1);
+            if parts > 1 {
+                metrics::counter!("boxless_sms_parts_total").increment(parts as u64);
+            }
+            // A digest's text is written when it goes: keep what went.
+            let text = (job.kind == JobKind::Digest).then(|| std::mem::take(&mut job.text));
+            s.write(move |s| {
+                s.accepted(&job, parts, text.as_deref(), now)
+                    .map(|settled| settled.iter().for_each(crate::peers::record_settled))
+            })
+            .await
+        }
+        Err(e) if e.permanent => {
+            metrics::counter!("boxless_sms_failed_total").increment(1);
+            tracing::warn!(error = %e, "SMS refused for good: the next channel, if any");
+            let r = s.write(move |s| s.refused(&job, &e.detail, now)).await;
+            handle.wake_others.notify_one();
+            r
+        }
+        Err(e) => {
+            metrics::counter!("boxless_sms_failed_total").increment(1);
+            let delay = backoff.delay_ms(job.attempts + 1);
+            tracing::warn!(error = %e, attempt = job.attempts + 1, retry_in_ms = delay, "SMS not accepted");
+            let detail = e.detail;
+            s.write(move |s| s.failed(&job, now + delay, &detail)).await
+        }
+    };
+    recorded(res);
+    went
 }
 
 /// How e-mail and webhook notices go.
