@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Whole-flow figures of the deposit path, on loopback:
-#  - CPU per call (and the context switches behind it) and memory per active call with ~50
-#    concurrent SIPp calls (PCMU audio),
+#  - CPU per call (and the context switches behind it, per thread) and memory per active
+#    call with ~50 concurrent SIPp calls (PCMU audio),
 #  - SMS latency after hang-up: `boxless call` returns on the 200 to its BYE; the time until
 #    the SMSC simulator (npm smpp) records the SMS.
 # Usage: bench/deposit-load.sh [CALLS] [RATE]   (default 100 calls at 10/s, ~55 concurrent)
@@ -52,7 +52,7 @@ sleep 1
 caller_wav "$work/caller.wav"
 python3 interop/make_pcap.py "$work/caller.wav" "$work/caller.pcap"
 base=$(rss $BP)
-t0=$(ticks $BP); s0=($(ticks_split $BP))
+t0=$(ticks $BP); s0=($(ticks_split $BP)); thread_switches $BP > "$work/sw0.txt"
 ( while kill -0 $BP 2>/dev/null; do rss $BP; sleep 0.1; done ) > "$work/rss.txt" & RP=$!
 # CPU time as the scheduler counts it (ns, every thread), beside the coarse ticks.
 perf stat -e task-clock,context-switches -p $BP -x, -o "$work/cpu.csv" > /dev/null 2>&1 & CP=$!
@@ -63,7 +63,7 @@ printf 'SEQUENTIAL\n+15551230001;\n' > "$work/callers.csv"
 (cd "$work" && sipp -sf "$OLDPWD/interop/sipp/deposit.xml" -inf "$work/callers.csv" -s 15551230002 -i 127.0.0.1 -mi 127.0.0.1 -p 25290 -mp 26000 \
    -key pcap "$work/caller.pcap" -key recipient 5551230002 127.0.0.1:25260 \
    -m "$calls" -r "$rate" -l 200 -timeout 120s -nostdin -trace_stat -fd 1 -stf s.csv > /dev/null 2>&1) || true
-t1=$(ticks $BP); s1=($(ticks_split $BP))
+t1=$(ticks $BP); s1=($(ticks_split $BP)); thread_switches $BP > "$work/sw1.txt"
 kill $RP 2>/dev/null || true
 kill -INT $CP 2>/dev/null || true; wait $CP 2>/dev/null || true
 if [ -n "${PROFILE:-}" ]; then kill -INT $PP 2>/dev/null || true; wait $PP 2>/dev/null || true; fi
@@ -78,6 +78,8 @@ echo "CPU per call (perf stat task-clock): $(awk -F, -v n="$calls" '/task-clock/
 # Each switch wakes a thread whose caches have gone cold since its last turn: at a dozen
 # calls a second, what a call costs on a VM follows this count (bench/RESULTS.md).
 echo "context switches per call: $(awk -F, -v n="$calls" '/context-switches/{printf "%.0f", $1 / n}' "$work/cpu.csv")"
+echo "context switches per call by thread (live at the end):"
+switches_by_name "$work/sw0.txt" "$work/sw1.txt" "$calls"
 echo "RSS: idle ${base} KiB, peak ${peak} KiB -> $(( (peak - base) / (maxconc > 0 ? maxconc : 1) )) KiB per active call"
 # SMS latency: 10 sequential calls with the test phone.
 lat=()

@@ -18,3 +18,19 @@ ticks_split() { awk '{print $14, $15}' "/proc/$1/stat"; }
 
 # Resident memory of a process (KiB).
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
+
+# Context switches of each live thread of a process, one "TID NAME COUNT" a line
+# (voluntary + involuntary). Two snapshots tell which threads a load wakes.
+thread_switches() {
+  for t in /proc/"$1"/task/*; do
+    awk -v tid="${t##*/}" -v name="$(tr ' ' '_' < "$t/comm")" \
+      '/ctxt_switches/{n+=$2} END{print tid, name, n}' "$t/status" 2>/dev/null
+  done
+}
+
+# Per thread name, the switches between two thread_switches snapshots, per call: threads
+# born during the load count from zero; threads that ended before the second are lost.
+switches_by_name() { # BEFORE AFTER CALLS
+  awk -v n="$3" 'FNR==NR{b[$1]=$3; next} {d[$2]+=$3-b[$1]}
+    END{for(k in d) if(d[k]>0) printf "  %-18s %6.1f\n", k, d[k]/n}' "$1" "$2" | sort -k2 -rn
+}

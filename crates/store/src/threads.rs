@@ -264,6 +264,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reads_run_side_by_side_on_the_readers() {
+        let s = store("readers");
+        // Each read waits (5 s at most) until every reader holds one: they only all
+        // get there if each read has a reader of its own at once.
+        let inside = Arc::new(AtomicU64::new(0));
+        let reads: Vec<_> = (0..READERS)
+            .map(|_| {
+                let (s, inside) = (s.clone(), inside.clone());
+                tokio::spawn(async move {
+                    s.read(move |_| {
+                        inside.fetch_add(1, Ordering::SeqCst);
+                        let t = std::time::Instant::now();
+                        while inside.load(Ordering::SeqCst) < READERS as u64
+                            && t.elapsed() < Duration::from_secs(5)
+                        {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        inside.load(Ordering::SeqCst)
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for r in reads {
+            assert_eq!(r.await.unwrap().unwrap(), READERS as u64);
+        }
+    }
+
+    #[tokio::test]
     async fn a_read_does_not_wait_behind_a_slow_write() {
         let s = store("slow");
         let (started_tx, started) = oneshot::channel();
