@@ -12,7 +12,7 @@ off, on (R3), and on with the NATS nodes syncing every write to disk
   3. at load: RECORDINGS concurrent messages of SECONDS each (SIPp's RTP engine), the
      server's CPU per recorded call and the BYE -> 200 of every one of them (p50/p99/max;
      SIPp's response times, in its timer's steps of a few ms), and what those 200s waited
-     for by the server's own summaries (boxless_deposit_store_seconds, and with
+     for by the server's own histograms (boxless_deposit_store_seconds, and with
      replication boxless_deposit_replication_seconds), and with tcpdump on the PATH the
      BYE -> 200 of each by the kernel's timestamps on the wire (SIPp's timer waits for
      the CPU with everything else on this machine), the NATS nodes' CPU per recorded
@@ -182,14 +182,15 @@ def one(args, mode, root, voice):
                        60, "ms1 caught up after the deposits")
         nats_before = sum(du(d) for d in node_dirs)
         disk_before = du(os.path.join(work, "data", "ms1"))
-        dirty = DirtyPages()
+        dirty = DirtyPages(os.path.join(work, "pressure.txt"))
         wire = capture_sip(work, p["s1"])
         nodes = [procs[f"nats{i}"].pid for i in range(3)]
         cpu0, nats0 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
+        hist0 = histograms(p["h1"])
         load, load_failed = sipp_record(work, p["s1"], args.recordings, args.seconds * 1000,
                                         100, "load")
         cpu1, nats1 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
-        parts = deposit_parts(p["h1"])
+        parts = deposit_parts(hist0, histograms(p["h1"]))
         dirty_max = dirty.stop()
         on_wire = wire_bye_200(*wire) if wire else []
         # Replication catches up before the bytes are counted.
@@ -207,9 +208,11 @@ def one(args, mode, root, voice):
               f"{deposits_failed} failed): {deposit_cpu:.0f} us (whole server process)")
         print(f"{mode:>7}: BYE->200 at {args.recordings} calls ({len(load)} timed, "
               f"{load_failed} failed): {summary(load)}")
-        print(f"{mode:>7}: of which (server's summaries, last minute, p50/p99): {parts}")
+        print(f"{mode:>7}: of which (server's histograms, this phase): {parts}")
         print(f"{mode:>7}: page cache waiting for the disk at most (Dirty + Writeback): "
-              f"{dirty_max / 1024:.0f} MiB")
+              f"{dirty_max / 1024:.0f} MiB; pressure at most (of a 100 ms step): some task "
+              f"waiting for a core {dirty.cpu:.0f} %, every task waiting for the disk "
+              f"{dirty.io:.0f} %")
         if on_wire:
             print(f"{mode:>7}: BYE->200 at {args.recordings} calls on the wire ({len(on_wire)} "
                   f"captured): {summary(on_wire)}")
@@ -226,22 +229,53 @@ def one(args, mode, root, voice):
 
 class DirtyPages:
     """The most of the page cache waiting for the disk (Dirty + Writeback in
-    /proc/meminfo, KiB), sampled every 100 ms until stop()."""
+    /proc/meminfo, KiB), and the most pressure stall (/proc/pressure: the share of a
+    100 ms step in which some task waited for a core, and in which every task waited for
+    the disk), sampled every 100 ms until stop(). The steps go to `log` (seconds since
+    the epoch, Dirty + Writeback KiB, CPU some %, I/O full %), to put a slow BYE beside
+    what the machine was doing then."""
 
-    def __init__(self):
-        self.most, self.done = 0, threading.Event()
+    def __init__(self, log=None):
+        self.most, self.cpu, self.io, self.done = 0, 0.0, 0.0, threading.Event()
+        self.log = open(log, "w") if log else None
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
+    @staticmethod
+    def stalled(path, line):
+        """Microseconds stalled so far (`total=` of the `line` of a pressure file), or
+        None without PSI."""
+        try:
+            with open(path) as f:
+                for row in f:
+                    if row.startswith(line):
+                        return int(row.split("total=")[1])
+        except OSError:
+            return None
+        return None
+
     def run(self):
+        last = (time.time(), self.stalled("/proc/pressure/cpu", "some"),
+                self.stalled("/proc/pressure/io", "full"))
         while not self.done.wait(0.1):
             with open("/proc/meminfo") as f:
                 kb = {line.split(":")[0]: int(line.split()[1]) for line in f}
-            self.most = max(self.most, kb.get("Dirty", 0) + kb.get("Writeback", 0))
+            dirty = kb.get("Dirty", 0) + kb.get("Writeback", 0)
+            self.most = max(self.most, dirty)
+            now = (time.time(), self.stalled("/proc/pressure/cpu", "some"),
+                   self.stalled("/proc/pressure/io", "full"))
+            step = (now[0] - last[0]) * 1e6
+            cpu = (now[1] - last[1]) / step * 100 if now[1] is not None else 0.0
+            io = (now[2] - last[2]) / step * 100 if now[2] is not None else 0.0
+            self.cpu, self.io, last = max(self.cpu, cpu), max(self.io, io), now
+            if self.log:
+                self.log.write(f"{now[0]:.3f} {dirty} {cpu:.0f} {io:.0f}\n")
 
     def stop(self):
         self.done.set()
         self.thread.join()
+        if self.log:
+            self.log.close()
         return self.most
 
 
@@ -293,24 +327,46 @@ def wire_bye_200(proc, path):
     return [(ok[c] - t) * 1000 for c, t in bye.items() if c in ok]
 
 
-def deposit_parts(http):
-    """What the deposits' 200s waited for, as the server's own summaries say (p50/p99 of
-    the last minute): its store, then JetStream (docs/high-availability.md)."""
+def histograms(http):
+    """The server's histograms at `/metrics`: {name: {le: count}}, label sets other than
+    `le` added up, and the calls' slow drains so far."""
     _, _, text = http_get(http, "/metrics", timeout=10)
-    q, slow = {}, 0
-    names = {"store": "boxless_deposit_store_seconds{",
-             "replication": "boxless_deposit_replication_seconds{",
-             "checkpoints (beside)": "boxless_store_checkpoint_seconds{"}
+    h, slow = {}, 0
     for line in (text if isinstance(text, str) else "").splitlines():
         if line.startswith("boxless_call_slow_drains_total"):
             slow += int(float(line.rsplit(" ", 1)[1]))
-        for part, name in names.items():
-            if line.startswith(name) and 'quantile="' in line:
-                quantile = line.split('quantile="')[1].split('"')[0]
-                q[(part, quantile)] = float(line.rsplit(" ", 1)[1]) * 1000
-    return ", ".join([f"{part} {q[(part, '0.5')]:.1f} / {q[(part, '0.99')]:.1f} ms"
-                      for part in names if (part, "0.5") in q]
-                     + [f"call drains over 10 ms: {slow}"])
+        if "_bucket{" in line and 'le="' in line:
+            name = line.split("_bucket{")[0]
+            le = line.split('le="')[1].split('"')[0]
+            le = float("inf") if le == "+Inf" else float(le)
+            counts = h.setdefault(name, {})
+            counts[le] = counts.get(le, 0) + int(float(line.rsplit(" ", 1)[1]))
+    return h, slow
+
+
+def deposit_parts(before, after):
+    """What the deposits' 200s waited for between two `histograms`, by the server's own
+    histograms: its store, then JetStream (docs/high-availability.md). A quantile is the
+    bucket bound at or under which it falls ("<= 5 ms")."""
+    names = {"store": "boxless_deposit_store_seconds",
+             "replication": "boxless_deposit_replication_seconds",
+             "checkpoints (beside)": "boxless_store_checkpoint_seconds"}
+
+    def bound(counts, q):
+        total = counts[float("inf")]
+        for le in sorted(counts):
+            if counts[le] >= q * total:
+                return "<= inf" if le == float("inf") else f"<= {le * 1000:g}"
+        return "?"
+
+    out = []
+    for part, name in names.items():
+        new = {le: n - before[0].get(name, {}).get(le, 0)
+               for le, n in after[0].get(name, {}).items()}
+        if new.get(float("inf"), 0) > 0:
+            out.append(f"{part} p50 {bound(new, 0.5)} / p99 {bound(new, 0.99)} ms "
+                       f"({new[float('inf')]})")
+    return ", ".join(out + [f"call drains over 10 ms: {after[1] - before[1]}"])
 
 
 def main():

@@ -283,13 +283,25 @@ async fn daemon(config: Option<PathBuf>, part: Part) -> ExitCode {
             }),
         )
         .init();
-    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+    let metrics = match boxless_api::prometheus::builder().and_then(|b| b.install_recorder()) {
         Ok(h) => h,
         Err(e) => {
             eprintln!("boxless: cannot install the metrics recorder: {e}");
             return ExitCode::from(1);
         }
     };
+    // Samples wait in the recorder until they are filed into their histograms: by a
+    // scrape, or here, so that a process nobody scrapes does not hold every sample since
+    // its start.
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
     let file = config
         .as_ref()
         .map_or("<embedded default>".to_string(), |p| {

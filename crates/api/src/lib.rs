@@ -7,6 +7,7 @@ pub mod auth;
 pub mod greetings;
 pub mod openapi;
 mod page;
+pub mod prometheus;
 pub mod recipients;
 pub mod schema;
 mod status;
