@@ -57,6 +57,13 @@ pub async fn run(
     handle.healthy.store(true, Ordering::Relaxed);
     // Shared with each job's blocking step without copying the prefix list.
     let rules = Arc::new(rules);
+    let turn = Turn {
+        store: &store,
+        directory: &directory,
+        rules: &rules,
+        limits: &limits,
+        handle: &handle,
+    };
     loop {
         let Some(due) = outlook(&store, 64, Lane::Sms).await else {
             continue;
@@ -65,13 +72,6 @@ pub async fn run(
         // Every job went and is settled: the outlook's next time still holds, and the
         // pending count is short of the batch.
         let mut all_went = true;
-        let turn = Turn {
-            store: &store,
-            directory: &directory,
-            rules: &rules,
-            limits: &limits,
-            handle: &handle,
-        };
         for job in due.jobs {
             // Entered only while the job's own future runs: a guard held across its awaits
             // would tag whatever else this thread polled meanwhile.
