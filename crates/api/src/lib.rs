@@ -739,7 +739,8 @@ mod tests {
             }),
             stores: Vec::new(),
             ttl_ms: 3000,
-            metrics: metrics_exporter_prometheus::PrometheusBuilder::new()
+            metrics: crate::prometheus::builder()
+                .expect("the buckets are valid")
                 .build_recorder()
                 .handle(),
             taking_calls: Arc::new(AtomicBool::new(true)),
