@@ -182,7 +182,7 @@ def one(args, mode, root, voice):
                        60, "ms1 caught up after the deposits")
         nats_before = sum(du(d) for d in node_dirs)
         disk_before = du(os.path.join(work, "data", "ms1"))
-        dirty = DirtyPages(os.path.join(work, "pressure.txt"))
+        machine = MachineLoad(os.path.join(work, "pressure.txt"))
         wire = capture_sip(work, p["s1"])
         nodes = [procs[f"nats{i}"].pid for i in range(3)]
         cpu0, nats0 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
@@ -191,7 +191,7 @@ def one(args, mode, root, voice):
                                         100, "load")
         cpu1, nats1 = cpu_ns(ms1.pid), sum(cpu_ns(n) for n in nodes)
         parts = deposit_parts(hist0, histograms(p["h1"]))
-        dirty_max = dirty.stop()
+        dirty_max = machine.stop()
         on_wire = wire_bye_200(*wire) if wire else []
         # Replication catches up before the bytes are counted.
         if mode != "off":
@@ -211,8 +211,8 @@ def one(args, mode, root, voice):
         print(f"{mode:>7}: of which (server's histograms, this phase): {parts}")
         print(f"{mode:>7}: page cache waiting for the disk at most (Dirty + Writeback): "
               f"{dirty_max / 1024:.0f} MiB; pressure at most (of a 100 ms step): some task "
-              f"waiting for a core {dirty.cpu:.0f} %, every task waiting for the disk "
-              f"{dirty.io:.0f} %")
+              f"waiting for a core {machine.cpu:.0f} %, every task waiting for the disk "
+              f"{machine.io:.0f} %")
         if on_wire:
             print(f"{mode:>7}: BYE->200 at {args.recordings} calls on the wire ({len(on_wire)} "
                   f"captured): {summary(on_wire)}")
@@ -227,7 +227,7 @@ def one(args, mode, root, voice):
             shutil.rmtree(base, ignore_errors=True)
 
 
-class DirtyPages:
+class MachineLoad:
     """The most of the page cache waiting for the disk (Dirty + Writeback in
     /proc/meminfo, KiB), and the most pressure stall (/proc/pressure: the share of a
     100 ms step in which some task waited for a core, and in which every task waited for
@@ -254,16 +254,19 @@ class DirtyPages:
             return None
         return None
 
-    def run(self):
-        last = (time.time(), self.stalled("/proc/pressure/cpu", "some"),
+    def stalls(self):
+        """(now, µs some task waited for a core, µs every task waited for the disk)."""
+        return (time.time(), self.stalled("/proc/pressure/cpu", "some"),
                 self.stalled("/proc/pressure/io", "full"))
+
+    def run(self):
+        last = self.stalls()
         while not self.done.wait(0.1):
             with open("/proc/meminfo") as f:
                 kb = {line.split(":")[0]: int(line.split()[1]) for line in f}
             dirty = kb.get("Dirty", 0) + kb.get("Writeback", 0)
             self.most = max(self.most, dirty)
-            now = (time.time(), self.stalled("/proc/pressure/cpu", "some"),
-                   self.stalled("/proc/pressure/io", "full"))
+            now = self.stalls()
             step = (now[0] - last[0]) * 1e6
             cpu = (now[1] - last[1]) / step * 100 if now[1] is not None else 0.0
             io = (now[2] - last[2]) / step * 100 if now[2] is not None else 0.0
