@@ -19,6 +19,11 @@ use crate::spend::{Spend, SpendPolicy};
 
 /// Pending SMS above this make the notifier report itself unhealthy.
 pub const MAX_BACKLOG: u64 = 100_000;
+/// Due SMS read in one turn; a full batch means more wait, and the next turn reads at once.
+const SMS_BATCH: usize = 64;
+/// Due e-mail and webhook notices read in one turn: fewer than SMS, since each may hold the
+/// worker for a mail server's or a webhook's answer.
+const NOTICE_BATCH: usize = 16;
 
 /// Shared handles of one server's notifier.
 #[derive(Debug, Default)]
@@ -65,10 +70,10 @@ pub async fn run(
         handle: &handle,
     };
     loop {
-        let Some(due) = outlook(&store, 64, Lane::Sms).await else {
+        let Some(due) = outlook(&store, SMS_BATCH, Lane::Sms).await else {
             continue;
         };
-        let (full, batch) = (due.jobs.len() == 64, due.jobs.len() as u64);
+        let (full, batch) = (due.jobs.len() == SMS_BATCH, due.jobs.len() as u64);
         // Every job went and is settled: the outlook's next time still holds, and the
         // pending count is short of the batch.
         let mut all_went = true;
@@ -101,11 +106,7 @@ pub async fn run(
             .store(pending < MAX_BACKLOG, Ordering::Relaxed);
         metrics::gauge!("boxless_sms_pending").set(pending as f64);
         sender.keep_bound().await;
-        let wait = next.map_or(1000, |t| t.saturating_sub(now_ms()).min(1000));
-        tokio::select! {
-            _ = handle.wake.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-        }
+        until_due(next, &handle.wake).await;
     }
 }
 
@@ -213,10 +214,10 @@ pub async fn run_notices(
     handle: Arc<NotifierHandle>,
 ) {
     loop {
-        let Some(due) = outlook(&store, 16, Lane::Other).await else {
+        let Some(due) = outlook(&store, NOTICE_BATCH, Lane::Other).await else {
             continue;
         };
-        let full = due.jobs.len() == 16;
+        let full = due.jobs.len() == NOTICE_BATCH;
         let mut all_went = true;
         for job in due.jobs {
             let channel = job.channel.as_str();
@@ -259,12 +260,18 @@ pub async fn run_notices(
                 .await
                 .unwrap_or(None)
         };
-        // Receipts bring a fallback forward from another task: look at least every second.
-        let wait = next.map_or(1000, |t| t.saturating_sub(now_ms()).min(1000));
-        tokio::select! {
-            _ = handle.wake_others.notified() => {}
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-        }
+        until_due(next, &handle.wake_others).await;
+    }
+}
+
+/// A worker's pause after a turn short of a full batch: until its next notice is due at
+/// `next` (ms), or `wake` (a deposit) comes first. A second at most: a receipt brings a
+/// fallback forward from another task without waking it.
+async fn until_due(next: Option<u64>, wake: &Notify) {
+    let wait = next.map_or(1000, |t| t.saturating_sub(now_ms()).min(1000));
+    tokio::select! {
+        _ = wake.notified() => {}
+        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
     }
 }
 
