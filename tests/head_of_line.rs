@@ -1,6 +1,9 @@
 //! A slow store holds up the calls that read it, and nothing else: with every store access
 //! taking 200 ms, twenty retrievals of one link starting at once leave the same server
 //! answering OPTIONS and new deposits within 5 ms (ARCHITECTURE.md, "SIP layers").
+//!
+//! Debug builds only: `Store::slow_down` does not exist in an optimized build.
+#![cfg(debug_assertions)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! End to end on loopback: `serve` in-process, a fake SMSC, calls placed with the test
 //! phone. Each test runs its own system on its own ports.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! phone): put through the API, heard by the next caller, the busy one by a call forwarded
 //! on busy, the default back once removed; hostile uploads change nothing.
 
-mod common;
+use crate::common;
 
 use boxless_phone::place_call;
 use boxless_store::wav::{Encoding, encode};

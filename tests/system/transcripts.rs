@@ -3,7 +3,7 @@
 //! answers the OpenAI-compatible route as told. The real recogniser (faster-whisper) is
 //! the interop suite's.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! nothing, strangers' RTP neither speaks into a message nor starves it, the API wants
 //! tokens (over HTTPS), secrets stay out of the way.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

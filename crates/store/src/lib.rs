@@ -242,7 +242,7 @@ pub struct Store {
     /// ([`Store::hold_notices`]).
     held: std::sync::atomic::AtomicBool,
     /// Tests only: how long each access stalls ([`Store::slow_down`]).
-    #[cfg(feature = "fault-injection")]
+    #[cfg(debug_assertions)]
     stall_ms: std::sync::atomic::AtomicU64,
 }
 
@@ -369,7 +369,7 @@ impl Store {
             events_on: std::sync::atomic::AtomicBool::new(false),
             accepted_is_final: std::sync::atomic::AtomicBool::new(false),
             held: std::sync::atomic::AtomicBool::new(false),
-            #[cfg(feature = "fault-injection")]
+            #[cfg(debug_assertions)]
             stall_ms: std::sync::atomic::AtomicU64::new(0),
         };
         store.finish_incoming()?;
@@ -400,10 +400,12 @@ impl Store {
         db
     }
 
-    /// Tests only (feature `fault-injection`, never in a release build): from now on every
-    /// access to the database and every read of audio takes `by` longer, the connection
-    /// held meanwhile, as on a busy cloud disk.
-    #[cfg(feature = "fault-injection")]
+    /// Tests only (debug builds: an optimized build has neither this nor the check behind
+    /// it): from now on every access to the database and every read of audio takes `by`
+    /// longer, the connection held meanwhile, as on a busy cloud disk. Not a cargo
+    /// feature: a dev-dependency's feature would reach the release binary the interop
+    /// suite runs, and make it differ from (and be built beside) `cargo build --release`'s.
+    #[cfg(debug_assertions)]
     pub fn slow_down(&self, by: std::time::Duration) {
         let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
         self.stall_ms
@@ -412,7 +414,7 @@ impl Store {
 
     #[inline]
     fn stall(&self) {
-        #[cfg(feature = "fault-injection")]
+        #[cfg(debug_assertions)]
         match self.stall_ms.load(std::sync::atomic::Ordering::Relaxed) {
             0 => {}
             ms => std::thread::sleep(std::time::Duration::from_millis(ms)),
