@@ -1121,6 +1121,26 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
     call(p.s2, "5551240001");
     call(p.s1, "5551240002");
     assert_eq!(wait_sms(&out, 2, Duration::from_secs(10)).len(), 2);
+    // The simulator writes an SMS down before it answers the submit_sm: killed in between,
+    // the SMS is one in flight, which its server rightly sends again. Both answers first.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, msgs) = router_messages(p.http);
+        let accepted = msgs
+            .iter()
+            .filter(|m| {
+                matches!(
+                    m["notifications"][0]["state"].as_str(),
+                    Some("accepted" | "delivered")
+                )
+            })
+            .count();
+        if accepted == 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "both SMS accepted: {msgs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop(smsc_proc.take());
     std::thread::sleep(Duration::from_millis(500));
     call(p.s1, "5551240003");
