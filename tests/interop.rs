@@ -672,6 +672,12 @@ fn nats_server(dir: &Path) -> (NatsNode, u16, String) {
     (nats, port, control)
 }
 
+/// Whether a notice in `state` (the API's) was taken by the SMSC: accepted, or delivered
+/// since.
+fn sms_taken(state: &str) -> bool {
+    matches!(state, "accepted" | "delivered")
+}
+
 fn router_messages(http: u16) -> (String, Vec<serde_json::Value>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -825,10 +831,7 @@ fn the_hourly_limit_and_missed_call_bursts_hold_across_server_processes() {
     let msgs = loop {
         let (_, msgs) = router_messages(p.http);
         let st = states(&msgs);
-        let done = st
-            .iter()
-            .filter(|s| *s == "accepted" || *s == "delivered")
-            .count();
+        let done = st.iter().filter(|s| sms_taken(s)).count();
         if msgs.len() == 4 && done == 3 && st.iter().any(|s| s == "merged") {
             break msgs;
         }
@@ -1128,12 +1131,7 @@ fn a_lost_host_loses_nothing_and_the_other_server_answers_for_it() {
         let (_, msgs) = router_messages(p.http);
         let accepted = msgs
             .iter()
-            .filter(|m| {
-                matches!(
-                    m["notifications"][0]["state"].as_str(),
-                    Some("accepted" | "delivered")
-                )
-            })
+            .filter(|m| sms_taken(m["notifications"][0]["state"].as_str().unwrap_or("")))
             .count();
         if accepted == 2 {
             break;
