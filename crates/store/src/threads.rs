@@ -5,6 +5,11 @@
 //! slow disk's fsync. [`Store::read`] and [`Store::write`] hand them closures; the queues
 //! are bounded, so a burst waits in its callers rather than in memory.
 //!
+//! The readers wait on one queue together, and a job wakes one of them ([`Queue`]). They
+//! used to take turns on a lock over a single-consumer receiver: the reader a job woke
+//! then handed the lock on, which woke the next reader only for it to wait again, a
+//! thread's wake for nothing at every read (`bench/RESULTS.md`).
+//!
 //! No async task blocks on SQLite or on the disk: it awaits the thread's answer. The
 //! threads end when the store is dropped.
 //!
@@ -17,12 +22,13 @@
 //! (`boxless_store_checkpoint_seconds`); on a disk whose fsync is slow, that is what a
 //! deposit no longer waits for.
 
+use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::{Error, Result, Store};
 
@@ -36,11 +42,119 @@ const CHECKPOINT_PAGES: i32 = 1000;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// A queue of jobs to one kind of thread, bounded by its places: a caller awaits a place
+/// before it queues, and a thread gives the place back as it takes the job. Idle threads
+/// wait on a condition variable, not on the lock, so a job wakes exactly one of them.
+/// (A multi-consumer channel, crossbeam's, measured more switches: its receivers yield
+/// while they spin before they sleep.)
+#[derive(Debug)]
+struct Queue {
+    shared: Arc<Shared>,
+    places: Arc<Semaphore>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    lane: Mutex<Lane>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Lane {
+    jobs: VecDeque<(OwnedSemaphorePermit, Job)>,
+    /// The queue was dropped: the threads end once it is empty.
+    closed: bool,
+    /// Threads taking from it.
+    takers: usize,
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field("jobs", &self.jobs.len())
+            .field("closed", &self.closed)
+            .field("takers", &self.takers)
+            .finish()
+    }
+}
+
+/// What one thread takes a queue's jobs from.
+#[derive(Debug)]
+struct Taker(Arc<Shared>);
+
+impl Shared {
+    fn lane(&self) -> MutexGuard<'_, Lane> {
+        // A job never runs under the lock, so no panic can poison it with a half-done change.
+        self.lane.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue {
+            shared: Arc::default(),
+            places: Arc::new(Semaphore::new(QUEUE)),
+        }
+    }
+
+    /// One more thread's end of the queue.
+    fn taker(&self) -> Taker {
+        self.shared.lane().takers += 1;
+        Taker(self.shared.clone())
+    }
+
+    /// Queues `job` once a place is free; Err when no thread takes from the queue.
+    async fn send(&self, job: Job) -> std::result::Result<(), ()> {
+        // The semaphore is never closed.
+        let place = self.places.clone().acquire_owned().await.map_err(|_| ())?;
+        {
+            let mut lane = self.shared.lane();
+            if lane.takers == 0 {
+                return Err(());
+            }
+            lane.jobs.push_back((place, job));
+        }
+        // Once the lock is free, so that the thread woken does not wait for it.
+        self.shared.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.shared.lane().closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+impl Taker {
+    /// The next job, waiting for one; None once the queue is dropped and empty.
+    fn take(&self) -> Option<Job> {
+        let mut lane = self.0.lane();
+        loop {
+            if let Some((place, job)) = lane.jobs.pop_front() {
+                drop(place);
+                return Some(job);
+            }
+            if lane.closed {
+                return None;
+            }
+            lane = self.0.ready.wait(lane).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl Drop for Taker {
+    fn drop(&mut self) {
+        self.0.lane().takers -= 1;
+    }
+}
+
 /// The two queues of one store, and the checkpointer's wake-up.
 #[derive(Debug)]
 pub(crate) struct Threads {
-    writes: mpsc::Sender<Job>,
-    reads: mpsc::Sender<Job>,
+    writes: Queue,
+    reads: Queue,
     checkpoint: std::sync::mpsc::SyncSender<()>,
     /// Checkpoints run so far.
     #[cfg(test)]
@@ -51,12 +165,10 @@ impl Threads {
     /// Starts the writer, the readers and the checkpointer (on `checkpointer`, a
     /// read-write connection of its own) of server `id`'s store.
     pub(crate) fn start(id: &str, checkpointer: Connection) -> std::io::Result<Threads> {
-        let (writes, w) = mpsc::channel::<Job>(QUEUE);
-        let (reads, r) = mpsc::channel::<Job>(QUEUE);
-        spawn(format!("store-w-{id}"), Arc::new(Mutex::new(w)))?;
-        let r = Arc::new(Mutex::new(r));
+        let (writes, reads) = (Queue::new(), Queue::new());
+        spawn(format!("store-w-{id}"), writes.taker())?;
         for i in 0..READERS {
-            spawn(format!("store-r{i}-{id}"), r.clone())?;
+            spawn(format!("store-r{i}-{id}"), reads.taker())?;
         }
         // One wake-up waits at most: those of the commits made meanwhile are the same one.
         let (checkpoint, wake) = std::sync::mpsc::sync_channel(1);
@@ -126,17 +238,12 @@ fn checkpoint_loop(conn: &Connection, wake: &std::sync::mpsc::Receiver<()>, done
     }
 }
 
-/// A thread running the jobs of `queue` until every sender is gone. A job that panics is
+/// A thread running the jobs of `queue` until the store drops it. A job that panics is
 /// a bug: its caller gets [`Error::Stopped`], the thread goes on.
-fn spawn(name: String, queue: Arc<Mutex<mpsc::Receiver<Job>>>) -> std::io::Result<()> {
+fn spawn(name: String, queue: Taker) -> std::io::Result<()> {
     std::thread::Builder::new().name(name).spawn(move || {
-        loop {
-            // One reader waits on the queue at a time; the others wait for the lock.
-            let job = queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .blocking_recv();
-            let Some(job) = job else { return };
+        // None once the queue is dropped: the store was.
+        while let Some(job) = queue.take() {
             if catch_unwind(AssertUnwindSafe(job)).is_err() {
                 tracing::error!("a store job panicked");
             }
@@ -166,7 +273,7 @@ impl Store {
 
     async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        queue: &mpsc::Sender<Job>,
+        queue: &Queue,
         f: impl FnOnce(&Store) -> T + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
@@ -174,7 +281,7 @@ impl Store {
         let job: Job = Box::new(move || {
             let _ = tx.send(f(&store));
         });
-        queue.send(job).await.map_err(|_| Error::Stopped)?;
+        queue.send(job).await.map_err(|()| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)
     }
 }
@@ -320,5 +427,52 @@ mod tests {
             t.elapsed()
         );
         slow.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_queue_holds_its_places_worth_of_jobs_then_callers_wait_for_a_taken_one() {
+        let q = Queue::new();
+        let taker = q.taker();
+        for _ in 0..QUEUE {
+            q.send(Box::new(|| ())).await.unwrap();
+        }
+        let next = q.send(Box::new(|| ()));
+        tokio::pin!(next);
+        let waited = tokio::time::timeout(Duration::from_millis(50), &mut next).await;
+        assert!(waited.is_err(), "the queue is full: the caller waits");
+        // A thread takes a job and gives its place back: the caller's job goes in.
+        taker.take().expect("a job")();
+        next.await.unwrap();
+        assert_eq!(q.shared.lane().jobs.len(), QUEUE);
+        // With no thread left to take them, a caller is told so rather than waiting.
+        drop(taker);
+        q.places.add_permits(1);
+        assert!(q.send(Box::new(|| ())).await.is_err());
+    }
+
+    #[test]
+    fn a_dropped_queue_ends_its_threads_once_they_took_what_it_held() {
+        let q = Queue::new();
+        let taker = q.taker();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let mut ran = 0;
+            while let Some(job) = taker.take() {
+                job();
+                ran += 1;
+            }
+            ran
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for i in 0..3 {
+            let tx = tx.clone();
+            rt.block_on(q.send(Box::new(move || tx.send(i).unwrap())))
+                .unwrap();
+        }
+        drop(q);
+        assert_eq!(thread.join().unwrap(), 3);
+        assert_eq!(rx.iter().take(3).collect::<Vec<_>>(), [0, 1, 2]);
     }
 }
