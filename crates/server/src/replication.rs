@@ -121,18 +121,14 @@ impl Replication {
             .unwrap_or(0)
     }
 
-    /// A message was just stored: returns once JetStream has it, or at once while
-    /// JetStream is down (then, or on failure, the loop sends it later). Its mark as
-    /// replicated is written after the return: the caller's `200` does not wait for the
-    /// store's writer, and a mark lost in a crash only sends the message again.
-    pub async fn deposited(self: &Arc<Self>, id: &str) {
-        match self.replica.get() {
-            Some(replica) if !self.down.load(Ordering::Relaxed) => {
-                let id = id.to_string();
-                let store = self.store.clone();
-                let Ok(Ok(Some(record))) = store.read(move |s| s.record(&id)).await else {
-                    return self.wake.notify_one();
-                };
+    /// A message was just stored (`record`, as committed; None when it could not be read
+    /// back): returns once JetStream has it, or at once while JetStream is down (then, or
+    /// on failure, the loop sends it later). Its mark as replicated is written after the
+    /// return: the caller's `200` does not wait for the store's writer, and a mark lost in
+    /// a crash only sends the message again.
+    pub async fn deposited(self: &Arc<Self>, record: Option<MessageRecord>) {
+        match (self.replica.get(), record) {
+            (Some(replica), Some(record)) if !self.down.load(Ordering::Relaxed) => {
                 let (id, revision) = (record.id.clone(), record.revision);
                 let shipped = self.lock_shipped().remove(&id).unwrap_or(0);
                 self.lock_flight().insert(id.clone(), false);

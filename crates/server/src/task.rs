@@ -513,8 +513,14 @@ impl Call {
         let store = self.server.store.clone();
         Box::pin(async move {
             let me = server.clone();
-            let stored = store.write(move |_| match rec {
-                Some(rec) if !failed => me.deposit(rec, keep, voiced),
+            let stored = store.write(move |s| match rec {
+                Some(rec) if !failed => me.deposit(rec, keep, voiced).map(|id| {
+                    // With replication, the record JetStream gets, read on the writer right
+                    // after its commit: the caller's 200 waits for no turn on a reader.
+                    me.replication
+                        .get()
+                        .and_then(|_| s.record(&id).ok().flatten())
+                }),
                 rec => {
                     metrics::counter!("boxless_store_errors_total").increment(1);
                     me.missed_call(arrival, rec, false);
@@ -523,7 +529,7 @@ impl Call {
             });
             // What the caller's 200 waits for, part by part (docs/high-availability.md).
             let t = std::time::Instant::now();
-            let Ok(Some(id)) = stored.await else {
+            let Ok(Some(record)) = stored.await else {
                 return false;
             };
             metrics::histogram!("boxless_deposit_store_seconds", "server" => server.id.clone())
@@ -531,7 +537,7 @@ impl Call {
             // With replication, the caller's 200 waits for a JetStream majority too.
             if let Some(r) = server.replication.get() {
                 let t = std::time::Instant::now();
-                r.deposited(&id).await;
+                r.deposited(record).await;
                 metrics::histogram!("boxless_deposit_replication_seconds", "server" => server.id.clone())
                     .record(t.elapsed().as_secs_f64());
             }

@@ -130,17 +130,21 @@ impl Drop for Queue {
 impl Taker {
     /// The next job, waiting for one; None once the queue is dropped and empty.
     fn take(&self) -> Option<Job> {
-        let mut lane = self.0.lane();
-        loop {
-            if let Some((place, job)) = lane.jobs.pop_front() {
-                drop(place);
-                return Some(job);
+        let (place, job) = {
+            let mut lane = self.0.lane();
+            loop {
+                if let Some(next) = lane.jobs.pop_front() {
+                    break next;
+                }
+                if lane.closed {
+                    return None;
+                }
+                lane = self.0.ready.wait(lane).unwrap_or_else(|p| p.into_inner());
             }
-            if lane.closed {
-                return None;
-            }
-            lane = self.0.ready.wait(lane).unwrap_or_else(|p| p.into_inner());
-        }
+        };
+        // Outside the lock: the caller this frees queues at once.
+        drop(place);
+        Some(job)
     }
 }
 
