@@ -70,10 +70,24 @@ pub struct Replication {
     last_behind: AtomicU64,
     /// Bytes of each recording in progress JetStream has (at most one entry per call).
     shipped: std::sync::Mutex<HashMap<String, u64>>,
-    /// Deposits whose first write is on the wire (at most one entry per call ending), and
-    /// whether the catch-up loop passed over one meanwhile: it leaves them alone (a
-    /// second writer would purge what the first is writing), and is woken when they land.
+    /// Deposits whose first write is pending or on the wire, from before their row's
+    /// commit (at most one entry per call ending), and whether the catch-up loop passed
+    /// over one meanwhile: it leaves them alone (a second writer would purge what the
+    /// first is writing), and is woken when they land.
     flight: std::sync::Mutex<HashMap<String, bool>>,
+}
+
+/// A deposit's first write to JetStream in progress ([`Replication::depositing`]); its
+/// drop lets the catch-up loop take the message.
+pub struct Depositing {
+    replication: Arc<Replication>,
+    id: String,
+}
+
+impl Drop for Depositing {
+    fn drop(&mut self) {
+        self.replication.landed(&self.id);
+    }
 }
 
 impl Replication {
@@ -121,17 +135,30 @@ impl Replication {
             .unwrap_or(0)
     }
 
+    /// A recording is about to become message `id`: its first write to JetStream is the
+    /// deposit's, from before its row is committed until the returned guard is dropped.
+    /// The catch-up loop reads the rows JetStream lacks; had it found this one before the
+    /// deposit marked it, it would have sent it a second time as a retry, purging what the
+    /// recording had shipped and sending the whole file again (bench/RESULTS.md,
+    /// "Replication: what it costs").
+    pub fn depositing(self: &Arc<Self>, id: &str) -> Depositing {
+        self.lock_flight().insert(id.to_string(), false);
+        Depositing {
+            replication: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
     /// A message was just stored (`record`, as committed; None when it could not be read
-    /// back): returns once JetStream has it, or at once while JetStream is down (then, or
-    /// on failure, the loop sends it later). Its mark as replicated is written after the
-    /// return: the caller's `200` does not wait for the store's writer, and a mark lost in
-    /// a crash only sends the message again.
-    pub async fn deposited(self: &Arc<Self>, record: Option<MessageRecord>) {
+    /// back; `flight` from [`Replication::depositing`]): returns once JetStream has it, or
+    /// at once while JetStream is down (then, or on failure, the loop sends it later). Its
+    /// mark as replicated is written after the return: the caller's `200` does not wait
+    /// for the store's writer, and a mark lost in a crash only sends the message again.
+    pub async fn deposited(self: &Arc<Self>, flight: Depositing, record: Option<MessageRecord>) {
         match (self.replica.get(), record) {
             (Some(replica), Some(record)) if !self.down.load(Ordering::Relaxed) => {
                 let (id, revision) = (record.id.clone(), record.revision);
                 let shipped = self.lock_shipped().remove(&id).unwrap_or(0);
-                self.lock_flight().insert(id.clone(), false);
                 // One bound for the whole write: the caller is waiting for its 200.
                 let put = self.put(replica, record, Kind::First(shipped));
                 let put = tokio::time::timeout(self.deadline, put)
@@ -141,18 +168,12 @@ impl Replication {
                     Ok(()) => {
                         let me = self.clone();
                         tokio::spawn(async move {
-                            let mark = me.store.write({
-                                let id = id.clone();
-                                move |s| s.replicated(&id, revision)
-                            });
+                            let mark = me.store.write(move |s| s.replicated(&id, revision));
                             let _ = mark.await;
-                            me.landed(&id);
+                            drop(flight);
                         });
                     }
-                    Err(e) => {
-                        self.failed(&e);
-                        self.landed(&id);
-                    }
+                    Err(e) => self.failed(&e),
                 }
             }
             _ => self.wake.notify_one(),
@@ -163,7 +184,8 @@ impl Replication {
         self.flight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Deposit `id`'s first write is over (acknowledged and marked, or failed).
+    /// Deposit `id`'s first write is over (acknowledged and marked, failed, or never
+    /// begun): the catch-up loop, if it passed it meanwhile, is woken.
     fn landed(&self, id: &str) {
         if self.lock_flight().remove(id) == Some(true) {
             self.wake.notify_one();
@@ -418,10 +440,23 @@ impl Replication {
                         left += 1;
                         Ok(())
                     }
-                    Behind::Record { record, had_audio } => {
-                        // Never acknowledged: an earlier try may have left part of it.
-                        let kind = if had_audio { Kind::Had } else { Kind::Again };
-                        self.send(replica, *record, kind).await
+                    // JetStream has its audio: the record again (a put of the same
+                    // record, should its deposit have landed meanwhile, changes nothing).
+                    Behind::Record {
+                        record,
+                        had_audio: true,
+                    } => self.send(replica, *record, Kind::Had).await,
+                    Behind::Record { record, .. } => {
+                        // Its deposit may have landed since the batch was read (a flight
+                        // ends once its mark is written): asked again, or it would go
+                        // twice, the second time as a retry that purges the first.
+                        let (id, revision) = (record.id.clone(), record.revision);
+                        let behind = self.store.read(move |s| s.still_behind(&id, revision));
+                        match behind.await {
+                            Ok(Ok(false)) => Ok(()),
+                            // Never acknowledged: an earlier try may have left part of it.
+                            _ => self.send(replica, *record, Kind::Again).await,
+                        }
                     }
                     // A removed message taken over from another server is forgotten
                     // under that server's key.
@@ -451,6 +486,40 @@ impl Replication {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_deposit_is_left_to_itself_from_before_its_commit_until_it_lands() {
+        let dir = std::env::temp_dir().join(format!("boxless-flight-{}", std::process::id()));
+        let pool = boxless_core::LinkPool::parse(&["+15550001000"]).unwrap();
+        let r = Arc::new(Replication {
+            server: "ms1".into(),
+            store: Arc::new(Store::open(&dir, "ms1", pool).unwrap()),
+            replica: OnceLock::new(),
+            down: AtomicBool::new(true),
+            wake: Notify::new(),
+            deadline: Duration::from_secs(1),
+            last_behind: AtomicU64::new(0),
+            shipped: Default::default(),
+            flight: Default::default(),
+        });
+        let flight = r.depositing("ms1-a1");
+        // The catch-up loop reading the committed row finds it the deposit's.
+        assert!(r.in_flight("ms1-a1"));
+        assert!(!r.in_flight("ms1-a2"));
+        let woken = r.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        // JetStream down: the deposit leaves the message to the loop, and wakes it.
+        r.deposited(flight, None).await;
+        assert!(!r.in_flight("ms1-a1"));
+        tokio::time::timeout(Duration::from_secs(1), woken)
+            .await
+            .expect("the loop is woken for a message it passed over");
+        // A deposit that never reached its commit (the store failed) leaves nothing.
+        drop(r.depositing("ms1-a3"));
+        assert!(r.lock_flight().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn recordings_take_turns_spread_evenly_and_each_keeps_its_own() {

@@ -511,6 +511,11 @@ impl Call {
         let rec = self.tape.unload();
         let arrival = self.arrival();
         let store = self.server.store.clone();
+        // Marked before the row is committed (Replication::depositing).
+        let flight = match (&rec, server.replication.get()) {
+            (Some(rec), Some(r)) if !failed => Some(r.depositing(rec.id())),
+            _ => None,
+        };
         Box::pin(async move {
             let me = server.clone();
             let stored = store.write(move |s| match rec {
@@ -535,9 +540,9 @@ impl Call {
             metrics::histogram!("boxless_deposit_store_seconds", "server" => server.id.clone())
                 .record(t.elapsed().as_secs_f64());
             // With replication, the caller's 200 waits for a JetStream majority too.
-            if let Some(r) = server.replication.get() {
+            if let (Some(r), Some(flight)) = (server.replication.get(), flight) {
                 let t = std::time::Instant::now();
-                r.deposited(record).await;
+                r.deposited(flight, record).await;
                 metrics::histogram!("boxless_deposit_replication_seconds", "server" => server.id.clone())
                     .record(t.elapsed().as_secs_f64());
             }

@@ -167,6 +167,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether JetStream still lacks revision `revision` of message `id` (false once it
+    /// is marked replicated, or the message is gone).
+    pub fn still_behind(&self, id: &str, revision: u64) -> Result<bool> {
+        let replicated: Option<i64> = self
+            .read_db()
+            .one("SELECT replicated FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(replicated.is_some_and(|r| (r as u64) < revision))
+    }
+
     /// Rows JetStream is behind on (the status's `unreplicated`).
     pub fn behind_count(&self) -> Result<u64> {
         let n: i64 = self.read_db().one(
@@ -259,7 +271,17 @@ mod tests {
             panic!("still behind, its audio sent")
         };
         assert_eq!((r.revision, r.state.as_str()), (2, "heard"));
+        assert!(
+            !s.still_behind(&id, 1).unwrap(),
+            "revision 1 was acknowledged"
+        );
+        assert!(s.still_behind(&id, 2).unwrap());
         s.replicated(&id, 2).unwrap();
+        assert!(!s.still_behind(&id, 2).unwrap());
+        assert!(
+            !s.still_behind("ms1-0000000000000000", 1).unwrap(),
+            "no such message"
+        );
         assert!(s.behind(10).unwrap().is_empty());
         assert_eq!(s.behind_count().unwrap(), 0);
         // The mark's own commit skipped the sync; every other change still syncs.
