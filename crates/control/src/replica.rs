@@ -3,11 +3,12 @@
 //!
 //! - stream `BOXLESS_AUDIO`, subject `boxless.audio.<server>.<message id>`: a message's
 //!   WAV file in chunks of at most [`CHUNK`] bytes, in order; headers `Boxless-Chunk`
-//!   (its index) and `Boxless-Chunks` (how many make the file) on each. A write after a
-//!   failed one first purges the subject, so chunks of the two never mix. Or, for a
+//!   (its index) and `Boxless-Chunks` (how many make the file) on each. Or, for a
 //!   message whose start was shipped while it was recorded, only the rest: chunks with
 //!   `Boxless-Offset` (where in the file each goes), then one with `Boxless-Length` (the
-//!   file's length) carrying the file's finished header ([`Audio::Shipped`]).
+//!   file's length) carrying the file's finished header ([`Audio::Shipped`]); a write
+//!   after a failed one ([`Audio::Again`]) sends the whole file that way, after purging
+//!   what the failed one left, so the two never mix.
 //! - key-value bucket `boxless_messages`, key `<server>.<message id>`: the message's
 //!   record (JSON, [`MessageRecord`]); its state is updated in place; a removed message's
 //!   key is deleted and its audio purged.
@@ -110,7 +111,9 @@ pub enum Audio<'a> {
     Had,
     /// The WAV file, written for the first time (the deposit).
     First(&'a [u8]),
-    /// The WAV file again (a retry after a failure: what an earlier try left is purged).
+    /// The WAV file again (a retry after a failure, or a deposit JetStream missed): what
+    /// an earlier try left on its subject is purged, then the whole file goes as pieces
+    /// that say where they go, over whatever its recording shipped (that stays).
     Again(&'a [u8]),
     /// The WAV file of a recording whose first `from` bytes were shipped while it was made
     /// ([`Replica::ship`]): only the rest goes to the audio stream, and a last message with
@@ -323,33 +326,35 @@ impl Replica {
             Audio::Had => None,
             Audio::First(wav) => Some(wav),
             Audio::Again(wav) => {
-                // An earlier try may have left some chunks past the duplicate window, and
-                // the recording's shipped bytes are not its audio.
                 let subject = subject(&r.server, &r.id);
-                self.within(async { self.audio.purge().filter(subject).await })
-                    .await?;
-                self.drop_recording(&r.server, &r.id).await?;
-                Some(wav)
+                // What an earlier try left, purged, but asked first: a purge by subject
+                // loads every block of the stream that holds the subject, the count is an
+                // index lookup, and most retries follow a try that sent nothing.
+                if self.count(&self.audio, &subject).await? > 0 {
+                    self.within(async { self.audio.purge().filter(subject.clone()).await })
+                        .await?;
+                }
+                match boxless_store::wav::parse(wav) {
+                    // As pieces that say where they go, over whatever the recording shipped
+                    // (the same bytes; its subject, in a stream of every call's pieces,
+                    // is the costliest to purge).
+                    Some(p) => {
+                        self.send_rest(subject, wav, 0, p.data.0).await?;
+                        None
+                    }
+                    None => {
+                        self.drop_recording(&r.server, &r.id).await?;
+                        Some(wav)
+                    }
+                }
             }
             Audio::Shipped {
                 wav,
                 from,
                 header_len,
             } => {
-                // The rest and the end in one round trip: the stream keeps them in order.
-                let subject = subject(&r.server, &r.id);
-                let from = (from as usize).min(wav.len());
-                let mut acks = Vec::new();
-                self.send_pieces(&subject, from, &wav[from..], &mut acks)
+                self.send_rest(subject(&r.server, &r.id), wav, from as usize, header_len)
                     .await?;
-                let mut h = HeaderMap::new();
-                h.insert("Boxless-Length", wav.len().to_string().as_str());
-                let head = Bytes::copy_from_slice(&wav[..header_len.min(wav.len())]);
-                let p = PublishMessage::build().payload(head).headers(h);
-                acks.push(self.within(self.js.send_publish(subject, p)).await?);
-                for ack in acks {
-                    self.within(ack.into_future()).await?;
-                }
                 None
             }
         };
@@ -364,6 +369,31 @@ impl Replica {
         let json = serde_json::to_vec(r).map_err(nats)?;
         self.within(self.records.put(key(&r.server, &r.id), json.into()))
             .await?;
+        Ok(())
+    }
+
+    /// Sends `wav` from byte `from` on as pieces that say where they go, then its length
+    /// with its finished header (the first `header_len` bytes), in one round trip: the
+    /// stream keeps them in order.
+    async fn send_rest(
+        &self,
+        subject: String,
+        wav: &[u8],
+        from: usize,
+        header_len: usize,
+    ) -> Result<(), ReplicaError> {
+        let from = from.min(wav.len());
+        let mut acks = Vec::new();
+        self.send_pieces(&subject, from, &wav[from..], &mut acks)
+            .await?;
+        let mut h = HeaderMap::new();
+        h.insert("Boxless-Length", wav.len().to_string().as_str());
+        let head = Bytes::copy_from_slice(&wav[..header_len.min(wav.len())]);
+        let p = PublishMessage::build().payload(head).headers(h);
+        acks.push(self.within(self.js.send_publish(subject, p)).await?);
+        for ack in acks {
+            self.within(ack.into_future()).await?;
+        }
         Ok(())
     }
 
@@ -580,10 +610,14 @@ impl Replica {
 
     /// How many stream messages the recordings' subject `subject` holds.
     async fn recordings_of_subject(&self, subject: &str) -> Result<usize, ReplicaError> {
+        self.count(&self.recording, subject).await
+    }
+
+    /// How many messages `stream` holds on `subject` (from the stream's index of its
+    /// subjects: no block is read).
+    async fn count(&self, stream: &stream::Stream, subject: &str) -> Result<usize, ReplicaError> {
         use futures_util::StreamExt as _;
-        let mut subjects = self
-            .within(self.recording.info_with_subjects(subject))
-            .await?;
+        let mut subjects = self.within(stream.info_with_subjects(subject)).await?;
         let mut count = 0;
         while let Some(s) = tokio::time::timeout(self.deadline, subjects.next())
             .await

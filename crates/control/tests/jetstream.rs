@@ -415,6 +415,29 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     };
     replica.put(&r3, audio).await.unwrap();
     assert_eq!(replica.audio("ms1", &r3.id).await.unwrap(), whole);
+    // A retry of a deposit whose recording was shipped (its first try may have sent
+    // nothing, or some of the rest): the whole file again, over what was shipped, which
+    // stays (purging it loads every block of the recordings' stream).
+    let mut r4 = record(1, "new");
+    r4.id = "ms1-00000000000000ae".into();
+    let samples: Vec<i16> = (0..40_000)
+        .map(|i| ((i * 37) % 20_000 - 10_000) as i16)
+        .collect();
+    let real = boxless_store::wav::encode(&samples, 8000, boxless_store::wav::Encoding::Mulaw);
+    let mut provisional = real.clone();
+    provisional[4..8].copy_from_slice(&[0xff; 4]);
+    replica
+        .ship("ms1", &r4.id, 0, &provisional[..25_000])
+        .await
+        .unwrap();
+    replica.put(&r4, Audio::Again(&real)).await.unwrap();
+    assert_eq!(replica.audio("ms1", &r4.id).await.unwrap(), real);
+    replica.put(&r4, Audio::Again(&real)).await.unwrap();
+    assert_eq!(replica.audio("ms1", &r4.id).await.unwrap(), real);
+    assert_eq!(
+        replica.recording_state("ms1", &r4.id).await.unwrap(),
+        Some(Shipped::Bytes(provisional[..25_000].to_vec()))
+    );
     // Forgotten with its message.
     replica.forget("ms1", &r.id).await.unwrap();
     assert!(replica.audio("ms1", &r.id).await.is_err());
