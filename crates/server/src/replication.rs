@@ -449,11 +449,17 @@ impl Replication {
                     Behind::Record { record, .. } => {
                         // Its deposit may have landed since the batch was read (a flight
                         // ends once its mark is written): asked again, or it would go
-                        // twice, the second time as a retry that purges the first.
+                        // twice, the second time as a retry that purges the first. The
+                        // row may be behind still, by a state change made meanwhile (it
+                        // was notified): then its audio is there and the record goes.
                         let (id, revision) = (record.id.clone(), record.revision);
-                        let behind = self.store.read(move |s| s.still_behind(&id, revision));
-                        match behind.await {
-                            Ok(Ok(false)) => Ok(()),
+                        let acked = self.store.read(move |s| s.replicated_revision(&id));
+                        match acked.await {
+                            Ok(Ok(Some(r))) if r >= revision => Ok(()),
+                            Ok(Ok(None)) => Ok(()),
+                            Ok(Ok(Some(r))) if r > 0 => {
+                                self.send(replica, *record, Kind::Had).await
+                            }
                             // Never acknowledged: an earlier try may have left part of it.
                             _ => self.send(replica, *record, Kind::Again).await,
                         }

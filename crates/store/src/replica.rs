@@ -167,16 +167,16 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether JetStream still lacks revision `revision` of message `id` (false once it
-    /// is marked replicated, or the message is gone).
-    pub fn still_behind(&self, id: &str, revision: u64) -> Result<bool> {
+    /// The revision of message `id` JetStream acknowledged (0: none yet); None when the
+    /// message is gone.
+    pub fn replicated_revision(&self, id: &str) -> Result<Option<u64>> {
         let replicated: Option<i64> = self
             .read_db()
             .one("SELECT replicated FROM messages WHERE id = ?1", [id], |r| {
                 r.get(0)
             })
             .optional()?;
-        Ok(replicated.is_some_and(|r| (r as u64) < revision))
+        Ok(replicated.map(|r| r.max(0) as u64))
     }
 
     /// Rows JetStream is behind on (the status's `unreplicated`).
@@ -271,17 +271,10 @@ mod tests {
             panic!("still behind, its audio sent")
         };
         assert_eq!((r.revision, r.state.as_str()), (2, "heard"));
-        assert!(
-            !s.still_behind(&id, 1).unwrap(),
-            "revision 1 was acknowledged"
-        );
-        assert!(s.still_behind(&id, 2).unwrap());
+        assert_eq!(s.replicated_revision(&id).unwrap(), Some(1));
         s.replicated(&id, 2).unwrap();
-        assert!(!s.still_behind(&id, 2).unwrap());
-        assert!(
-            !s.still_behind("ms1-0000000000000000", 1).unwrap(),
-            "no such message"
-        );
+        assert_eq!(s.replicated_revision(&id).unwrap(), Some(2));
+        assert_eq!(s.replicated_revision("ms1-0000000000000000").unwrap(), None);
         assert!(s.behind(10).unwrap().is_empty());
         assert_eq!(s.behind_count().unwrap(), 0);
         // The mark's own commit skipped the sync; every other change still syncs.
