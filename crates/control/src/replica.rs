@@ -115,17 +115,19 @@ pub enum Audio<'a> {
     /// an earlier try left on its subject is purged, then the whole file goes as pieces
     /// that say where they go, over whatever its recording shipped (that stays).
     Again(&'a [u8]),
-    /// The WAV file of a recording whose first `from` bytes were shipped while it was made
-    /// ([`Replica::ship`]): only the rest goes to the audio stream, and a last message with
-    /// the file's length and its finished header (the first `header_len` bytes), in one
-    /// round trip. Half the bytes of [`Audio::First`] for a message of any length.
+    /// What JetStream lacks of a WAV file whose first `from` bytes were shipped while it
+    /// was recorded ([`Replica::ship`]): the rest goes to the audio stream, and a last
+    /// message with the file's length and its finished header, in one round trip. Half the
+    /// bytes of [`Audio::First`] for a message of any length.
     Shipped {
-        /// The WAV file.
-        wav: &'a [u8],
-        /// Bytes of it JetStream has.
+        /// The file's finished header (the bytes before its samples).
+        head: &'a [u8],
+        /// The file's bytes from `from` to its end.
+        rest: &'a [u8],
+        /// Where `rest` begins in the file (JetStream has what is before).
         from: u64,
-        /// Its header's length (the bytes before the audio).
-        header_len: usize,
+        /// The file's length.
+        len: u64,
     },
 }
 
@@ -339,7 +341,8 @@ impl Replica {
                     // (the same bytes; its subject, in a stream of every call's pieces,
                     // is the costliest to purge).
                     Some(p) => {
-                        self.send_rest(subject, wav, 0, p.data.0).await?;
+                        let (head, len) = (&wav[..p.data.0], wav.len() as u64);
+                        self.send_rest(subject, head, wav, 0, len).await?;
                         None
                     }
                     None => {
@@ -349,11 +352,12 @@ impl Replica {
                 }
             }
             Audio::Shipped {
-                wav,
+                head,
+                rest,
                 from,
-                header_len,
+                len,
             } => {
-                self.send_rest(subject(&r.server, &r.id), wav, from as usize, header_len)
+                self.send_rest(subject(&r.server, &r.id), head, rest, from, len)
                     .await?;
                 None
             }
@@ -372,23 +376,23 @@ impl Replica {
         Ok(())
     }
 
-    /// Sends `wav` from byte `from` on as pieces that say where they go, then its length
-    /// with its finished header (the first `header_len` bytes), in one round trip: the
+    /// Sends `rest`, a file's bytes from `from` on, as pieces that say where they go, then
+    /// the file's length `len` with its finished header `head`, in one round trip: the
     /// stream keeps them in order.
     async fn send_rest(
         &self,
         subject: String,
-        wav: &[u8],
-        from: usize,
-        header_len: usize,
+        head: &[u8],
+        rest: &[u8],
+        from: u64,
+        len: u64,
     ) -> Result<(), ReplicaError> {
-        let from = from.min(wav.len());
         let mut acks = Vec::new();
-        self.send_pieces(&subject, from, &wav[from..], &mut acks)
-            .await?;
+        let at = usize::try_from(from).map_err(nats)?;
+        self.send_pieces(&subject, at, rest, &mut acks).await?;
         let mut h = HeaderMap::new();
-        h.insert("Boxless-Length", wav.len().to_string().as_str());
-        let head = Bytes::copy_from_slice(&wav[..header_len.min(wav.len())]);
+        h.insert("Boxless-Length", len.to_string().as_str());
+        let head = Bytes::copy_from_slice(head);
         let p = PublishMessage::build().payload(head).headers(h);
         acks.push(self.within(self.js.send_publish(subject, p)).await?);
         for ack in acks {

@@ -365,11 +365,7 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     // The deposit: its trailing silence trimmed, the header finished.
     let mut wav = growing[..180_000].to_vec();
     wav[..44].copy_from_slice(&[7u8; 44]);
-    let audio = Audio::Shipped {
-        wav: &wav,
-        from: 100_000,
-        header_len: 44,
-    };
+    let audio = shipped(&wav, 100_000);
     replica.put(&r, audio).await.unwrap();
     assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
     // The rest went to the audio stream: the recording's subject is its start, as shipped.
@@ -389,11 +385,7 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
         w[..44].copy_from_slice(&[9u8; 44]);
         w
     };
-    let audio = Audio::Shipped {
-        wav: &short,
-        from: 150_000,
-        header_len: 44,
-    };
+    let audio = shipped(&short, 150_000);
     replica.put(&r2, audio).await.unwrap();
     assert_eq!(replica.audio("ms1", &r2.id).await.unwrap(), short);
     // Everything shipped while recorded, nothing trimmed: only the finished header goes.
@@ -408,11 +400,7 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
         w[..44].copy_from_slice(&[5u8; 44]);
         w
     };
-    let audio = Audio::Shipped {
-        wav: &whole,
-        from: 90_000,
-        header_len: 44,
-    };
+    let audio = shipped(&whole, 90_000);
     replica.put(&r3, audio).await.unwrap();
     assert_eq!(replica.audio("ms1", &r3.id).await.unwrap(), whole);
     // A retry of a deposit whose recording was shipped (its first try may have sent
@@ -529,4 +517,16 @@ async fn a_greeting_set_in_one_process_reaches_the_others_and_outlives_a_node() 
     .await;
     copy_until("the removal in the other copy", &copy_b, |d| !has(Busy)(d)).await;
     copy_until("the removal in the third copy", &copy_c, |d| !has(Busy)(d)).await;
+}
+
+/// What a deposit sends of `wav` (a 44-byte header) when its first `from` bytes were
+/// shipped while it was recorded, as `Store::audio_from` reads it.
+fn shipped(wav: &[u8], from: u64) -> Audio<'_> {
+    let at = (from as usize).min(wav.len());
+    Audio::Shipped {
+        head: &wav[..44],
+        rest: &wav[at..],
+        from: at as u64,
+        len: wav.len() as u64,
+    }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use boxless_control::replica::{Audio, Replica, ReplicaError};
 use boxless_store::Store;
-use boxless_store::replica::{Behind, MessageRecord};
+use boxless_store::replica::{AudioPart, Behind, MessageRecord};
 use tokio::sync::Notify;
 
 /// Rows the catch-up loop takes from the store at a time.
@@ -44,11 +44,11 @@ fn ship_slot(id: &str) -> u64 {
 }
 
 /// What a write sends of a message's audio.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Kind {
-    /// Its first write (the deposit), of which this many bytes were shipped while it was
-    /// recorded.
-    First(u64),
+    /// Its first write (the deposit), with what the store's writer read of its audio
+    /// right after the commit ([`Store::audio_from`]; None: it has none).
+    First(Option<AudioPart>),
     /// JetStream never acknowledged it: written again, whatever was left purged first.
     Again,
     /// JetStream has it: the record only.
@@ -149,18 +149,32 @@ impl Replication {
         }
     }
 
-    /// A message was just stored (`record`, as committed; None when it could not be read
-    /// back; `flight` from [`Replication::depositing`]): returns once JetStream has it, or
-    /// at once while JetStream is down (then, or on failure, the loop sends it later). Its
-    /// mark as replicated is written after the return: the caller's `200` does not wait
-    /// for the store's writer, and a mark lost in a crash only sends the message again.
-    pub async fn deposited(self: &Arc<Self>, flight: Depositing, record: Option<MessageRecord>) {
-        match (self.replica.get(), record) {
-            (Some(replica), Some(record)) if !self.down.load(Ordering::Relaxed) => {
+    /// Bytes of recording `id` JetStream has: what its deposit need not send again
+    /// ([`Store::audio_from`], on the store's writer right after the commit).
+    pub fn shipped(&self, id: &str) -> u64 {
+        self.lock_shipped().get(id).copied().unwrap_or(0)
+    }
+
+    /// A message was just stored (`deposit`: its record as committed and its audio as
+    /// [`Store::audio_from`] read it with [`Replication::shipped`]; None when they could
+    /// not be read back; `flight` from [`Replication::depositing`]): returns once
+    /// JetStream has it, or at once while JetStream is down (then, or on failure, the loop
+    /// sends it later). Its mark as replicated is written after the return: the caller's
+    /// `200` does not wait for the store's writer, and a mark lost in a crash only sends
+    /// the message again.
+    pub async fn deposited(
+        self: &Arc<Self>,
+        flight: Depositing,
+        deposit: Option<(MessageRecord, Option<AudioPart>)>,
+    ) {
+        match (self.replica.get(), deposit) {
+            (Some(replica), Some((record, audio))) if !self.down.load(Ordering::Relaxed) => {
                 let (id, revision) = (record.id.clone(), record.revision);
-                let shipped = self.lock_shipped().remove(&id).unwrap_or(0);
+                // Shipping stops; any bytes shipped since the read overlap what goes now,
+                // and the reader skips overlaps.
+                self.lock_shipped().remove(&id);
                 // One bound for the whole write: the caller is waiting for its 200.
-                let put = self.put(replica, record, Kind::First(shipped));
+                let put = self.put(replica, record, Kind::First(audio));
                 let put = tokio::time::timeout(self.deadline, put)
                     .await
                     .unwrap_or(Err(ReplicaError::Timeout(self.deadline)));
@@ -238,34 +252,35 @@ impl Replication {
         record: MessageRecord,
         kind: Kind,
     ) -> Result<(), ReplicaError> {
-        let wav = match kind {
-            Kind::Had => None,
-            // None: the audio is gone here too (deleted before it was ever sent).
-            Kind::First(_) | Kind::Again => {
-                let id = record.id.clone();
-                self.store
-                    .read(move |s| s.audio_file(&id, true))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten()
-            }
-        };
-        let audio = match (&wav, kind) {
+        let wav: Vec<u8>;
+        let audio = match &kind {
+            Kind::Had => Audio::Had,
+            Kind::First(Some(AudioPart::Whole(w))) => Audio::First(w),
             // Most of it went while it was recorded: the rest only.
-            (Some(w), Kind::First(from)) if from > 0 => {
-                match boxless_store::wav::parse(w).map(|p| p.data.0) {
-                    Some(header_len) if (header_len as u64) < from => Audio::Shipped {
-                        wav: w,
-                        from,
-                        header_len,
-                    },
-                    _ => Audio::First(w),
+            Kind::First(Some(AudioPart::Rest {
+                head,
+                rest,
+                from,
+                len,
+            })) => Audio::Shipped {
+                head,
+                rest,
+                from: *from,
+                len: *len,
+            },
+            // The audio is gone here too (deleted before it was ever sent).
+            Kind::First(None) => Audio::Had,
+            Kind::Again => {
+                let id = record.id.clone();
+                let read = self.store.read(move |s| s.audio_file(&id, true)).await;
+                match read.ok().and_then(Result::ok).flatten() {
+                    Some(w) => {
+                        wav = w;
+                        Audio::Again(&wav)
+                    }
+                    None => Audio::Had,
                 }
             }
-            (Some(w), Kind::First(_)) => Audio::First(w),
-            (Some(w), _) => Audio::Again(w),
-            (None, _) => Audio::Had,
         };
         replica.put(&record, audio).await?;
         self.down.store(false, Ordering::Relaxed);

@@ -520,11 +520,14 @@ impl Call {
             let me = server.clone();
             let stored = store.write(move |s| match rec {
                 Some(rec) if !failed => me.deposit(rec, keep, voiced).map(|id| {
-                    // With replication, the record JetStream gets, read on the writer right
-                    // after its commit: the caller's 200 waits for no turn on a reader.
-                    me.replication
-                        .get()
-                        .and_then(|_| s.record(&id).ok().flatten())
+                    // With replication, the record and the audio JetStream lacks, read on
+                    // the writer right after its commit: the caller's 200 waits for no
+                    // turn on a reader, and a long message's file is not read whole.
+                    me.replication.get().and_then(|r| {
+                        let record = s.record(&id).ok().flatten()?;
+                        let audio = s.audio_from(&id, r.shipped(&id)).ok()?;
+                        Some((record, audio))
+                    })
                 }),
                 rec => {
                     metrics::counter!("boxless_store_errors_total").increment(1);

@@ -214,6 +214,64 @@ impl Store {
             .run("DELETE FROM replica_gone WHERE id = ?1", [id])?;
         Ok(())
     }
+
+    /// What a deposit's first write sends of message `id`'s audio, of which JetStream has
+    /// the first `shipped` bytes (sent while it was recorded): its finished header and
+    /// the bytes from `shipped` on, read alone, or the whole file when its header reaches
+    /// past `shipped`. A 5-minute message's deposit reads its last seconds, not its 2.4
+    /// MB. None when it has no audio.
+    pub fn audio_from(&self, id: &str, shipped: u64) -> Result<Option<AudioPart>> {
+        use std::io::Read as _;
+        use std::os::unix::fs::FileExt as _;
+        let mut file = match std::fs::File::open(self.audio_path(id)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let len = file.metadata()?.len();
+        let mut head = vec![0u8; len.min(HEAD_MAX) as usize];
+        file.read_exact(&mut head)?;
+        let header_len = crate::wav::parse(&head).map(|p| p.data.0 as u64);
+        let Some(header_len) = header_len.filter(|&h| h < shipped) else {
+            let mut whole = head;
+            file.read_to_end(&mut whole)?;
+            return Ok(Some(AudioPart::Whole(whole)));
+        };
+        head.truncate(header_len as usize);
+        // A message trimmed after its start was shipped is shorter than what was: its
+        // length and header alone finish it.
+        let from = shipped.min(len);
+        let mut rest = vec![0u8; (len - from) as usize];
+        file.read_exact_at(&mut rest, from)?;
+        Ok(Some(AudioPart::Rest {
+            head,
+            rest,
+            from,
+            len,
+        }))
+    }
+}
+
+/// The most of a file read to find its header: ours is 44 bytes and a `bxls` chunk of a
+/// few dozen; one past this is read whole.
+const HEAD_MAX: u64 = 4096;
+
+/// A message's audio as a deposit's first JetStream write sends it ([`Store::audio_from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioPart {
+    /// The whole WAV file.
+    Whole(Vec<u8>),
+    /// What JetStream lacks of a file whose start was shipped while it was recorded.
+    Rest {
+        /// The file's finished header (the bytes before its samples).
+        head: Vec<u8>,
+        /// The file's bytes from `from` to its end.
+        rest: Vec<u8>,
+        /// Where `rest` begins in the file.
+        from: u64,
+        /// The file's length.
+        len: u64,
+    },
 }
 
 #[cfg(test)]
@@ -309,5 +367,40 @@ mod tests {
             .one("SELECT count(*) FROM replica_gone", [], |r| r.get(0))
             .unwrap();
         assert_eq!(gone, 0);
+    }
+
+    #[test]
+    fn a_deposit_sends_only_what_its_recording_did_not_ship_with_the_finished_header() {
+        let (_dir, s) = new_store();
+        let id = deposit_one(&s);
+        let file = s.audio_file(&id, true).unwrap().unwrap();
+        let header_len = crate::wav::parse(&file).unwrap().data.0;
+        let len = file.len() as u64;
+        // Half shipped: the header as it is now and the second half.
+        let AudioPart::Rest {
+            head,
+            rest,
+            from,
+            len: l,
+        } = s.audio_from(&id, len / 2).unwrap().unwrap()
+        else {
+            panic!("the rest")
+        };
+        assert_eq!((from, l), (len / 2, len));
+        assert_eq!(head, file[..header_len]);
+        assert_eq!(rest, file[(len / 2) as usize..]);
+        // Trimmed after it was shipped: the header and the length finish it.
+        let Some(AudioPart::Rest { rest, from, .. }) = s.audio_from(&id, len + 100).unwrap() else {
+            panic!("the rest")
+        };
+        assert_eq!((rest.len(), from), (0, len));
+        // Nothing past the header shipped (or nothing at all): the whole file.
+        for shipped in [0, header_len as u64] {
+            assert_eq!(
+                s.audio_from(&id, shipped).unwrap(),
+                Some(AudioPart::Whole(file.clone()))
+            );
+        }
+        assert_eq!(s.audio_from("ms1-0000000000000000", 100).unwrap(), None);
     }
 }
