@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -101,6 +102,8 @@ async def main():
         await nc.close()
     finally:
         procs.kill()
+        # The nodes' data: gigabytes after the 64 KB round.
+        shutil.rmtree(work, ignore_errors=True)
 
 
 asyncio.run(main())
