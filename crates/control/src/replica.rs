@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv, message::PublishMessage, stream};
-use boxless_store::replica::MessageRecord;
+use boxless_store::replica::{AudioRest, MessageRecord};
 use bytes::Bytes;
 
 /// The audio stream.
@@ -119,16 +119,7 @@ pub enum Audio<'a> {
     /// was recorded ([`Replica::ship`]): the rest goes to the audio stream, and a last
     /// message with the file's length and its finished header, in one round trip. Half the
     /// bytes of [`Audio::First`] for a message of any length.
-    Shipped {
-        /// The file's finished header (the bytes before its samples).
-        head: &'a [u8],
-        /// The file's bytes from `from` to its end.
-        rest: &'a [u8],
-        /// Where `rest` begins in the file (JetStream has what is before).
-        from: u64,
-        /// The file's length.
-        len: u64,
-    },
+    Shipped(&'a AudioRest),
 }
 
 /// A recording in progress as JetStream has it.
@@ -351,13 +342,8 @@ impl Replica {
                     }
                 }
             }
-            Audio::Shipped {
-                head,
-                rest,
-                from,
-                len,
-            } => {
-                self.send_rest(subject(&r.server, &r.id), head, rest, from, len)
+            Audio::Shipped(a) => {
+                self.send_rest(subject(&r.server, &r.id), &a.head, &a.rest, a.from, a.len)
                     .await?;
                 None
             }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use boxless_control::replica::{Audio, Replica};
-use boxless_store::replica::MessageRecord;
+use boxless_store::replica::{AudioRest, MessageRecord};
 use boxless_testkit::free_port;
 use boxless_testkit::nats::NatsCluster;
 
@@ -366,7 +366,7 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
     let mut wav = growing[..180_000].to_vec();
     wav[..44].copy_from_slice(&[7u8; 44]);
     let audio = shipped(&wav, 100_000);
-    replica.put(&r, audio).await.unwrap();
+    replica.put(&r, Audio::Shipped(&audio)).await.unwrap();
     assert_eq!(replica.audio("ms1", &r.id).await.unwrap(), wav);
     // The rest went to the audio stream: the recording's subject is its start, as shipped.
     assert_eq!(
@@ -386,7 +386,7 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
         w
     };
     let audio = shipped(&short, 150_000);
-    replica.put(&r2, audio).await.unwrap();
+    replica.put(&r2, Audio::Shipped(&audio)).await.unwrap();
     assert_eq!(replica.audio("ms1", &r2.id).await.unwrap(), short);
     // Everything shipped while recorded, nothing trimmed: only the finished header goes.
     let mut r3 = record(1, "new");
@@ -401,7 +401,7 @@ async fn a_recording_shipped_while_made_becomes_its_message_s_audio_with_the_res
         w
     };
     let audio = shipped(&whole, 90_000);
-    replica.put(&r3, audio).await.unwrap();
+    replica.put(&r3, Audio::Shipped(&audio)).await.unwrap();
     assert_eq!(replica.audio("ms1", &r3.id).await.unwrap(), whole);
     // A retry of a deposit whose recording was shipped (its first try may have sent
     // nothing, or some of the rest): the whole file again, over what was shipped, which
@@ -521,11 +521,11 @@ async fn a_greeting_set_in_one_process_reaches_the_others_and_outlives_a_node() 
 
 /// What a deposit sends of `wav` (a 44-byte header) when its first `from` bytes were
 /// shipped while it was recorded, as `Store::audio_from` reads it.
-fn shipped(wav: &[u8], from: u64) -> Audio<'_> {
+fn shipped(wav: &[u8], from: u64) -> AudioRest {
     let at = (from as usize).min(wav.len());
-    Audio::Shipped {
-        head: &wav[..44],
-        rest: &wav[at..],
+    AudioRest {
+        head: wav[..44].to_vec(),
+        rest: wav[at..].to_vec(),
         from: at as u64,
         len: wav.len() as u64,
     }

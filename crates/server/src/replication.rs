@@ -257,17 +257,7 @@ impl Replication {
             Kind::Had => Audio::Had,
             Kind::First(Some(AudioPart::Whole(w))) => Audio::First(w),
             // Most of it went while it was recorded: the rest only.
-            Kind::First(Some(AudioPart::Rest {
-                head,
-                rest,
-                from,
-                len,
-            })) => Audio::Shipped {
-                head,
-                rest,
-                from: *from,
-                len: *len,
-            },
+            Kind::First(Some(AudioPart::Rest(rest))) => Audio::Shipped(rest),
             // The audio is gone here too (deleted before it was ever sent).
             Kind::First(None) => Audio::Had,
             Kind::Again => {

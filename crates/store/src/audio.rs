@@ -170,6 +170,26 @@ pub(crate) fn remove_if_present(path: &Path) -> Result<()> {
     }
 }
 
+/// `path` opened to read; None when it is not there (its message deleted, its recording
+/// ended meanwhile).
+pub(crate) fn open_if_present(path: &Path) -> Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// At most `max` of `file`'s bytes from `from` on (none when `from` is past its end), and
+/// the file's length: one read at an offset, so a file's tail costs what the tail is.
+pub(crate) fn read_from(file: &File, from: u64, max: u64) -> Result<(Vec<u8>, u64)> {
+    use std::os::unix::fs::FileExt as _;
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; len.saturating_sub(from).min(max) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    Ok((buf, len))
+}
+
 impl Store {
     /// Removes message `id`'s audio, if it is there.
     pub(crate) fn remove_audio(&self, id: &str) -> Result<()> {

@@ -734,11 +734,10 @@ impl Store {
     /// A message's audio file: as stored (`original`), else as 16-bit PCM WAV (what every
     /// player reads). None when it has none (deleted, or never stored).
     pub fn audio_file(&self, id: &str, original: bool) -> Result<Option<Vec<u8>>> {
-        let b = match fs::read(self.audio_path(id)) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let Some(file) = audio::open_if_present(&self.audio_path(id))? else {
+            return Ok(None);
         };
+        let (b, _) = audio::read_from(&file, 0, u64::MAX)?;
         if original {
             return Ok(Some(b));
         }

@@ -285,16 +285,11 @@ impl Store {
 
     /// At most `max` bytes of recording `id`'s file from `from`; None when it ended.
     pub fn recording_bytes(&self, id: &str, from: u64, max: usize) -> Result<Option<Vec<u8>>> {
-        let file = match File::open(self.recording_dir().join(format!("{id}.wav"))) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let path = self.recording_dir().join(format!("{id}.wav"));
+        let Some(file) = crate::audio::open_if_present(&path)? else {
+            return Ok(None);
         };
-        let len = file.metadata()?.len();
-        let n = len.saturating_sub(from).min(max as u64) as usize;
-        let mut buf = vec![0u8; n];
-        file.read_exact_at(&mut buf, from)?;
-        Ok(Some(buf))
+        Ok(Some(crate::audio::read_from(&file, from, max as u64)?.0))
     }
 
     /// Keeps a recording another server was making when it was lost (its file's bytes as

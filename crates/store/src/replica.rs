@@ -221,34 +221,27 @@ impl Store {
     /// past `shipped`. A 5-minute message's deposit reads its last seconds, not its 2.4
     /// MB. None when it has no audio.
     pub fn audio_from(&self, id: &str, shipped: u64) -> Result<Option<AudioPart>> {
-        use std::io::Read as _;
-        use std::os::unix::fs::FileExt as _;
-        let mut file = match std::fs::File::open(self.audio_path(id)) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+        use crate::audio::{open_if_present, read_from};
+        let Some(file) = open_if_present(&self.audio_path(id))? else {
+            return Ok(None);
         };
-        let len = file.metadata()?.len();
-        let mut head = vec![0u8; len.min(HEAD_MAX) as usize];
-        file.read_exact(&mut head)?;
+        let (mut head, _) = read_from(&file, 0, HEAD_MAX)?;
         let header_len = crate::wav::parse(&head).map(|p| p.data.0 as u64);
         let Some(header_len) = header_len.filter(|&h| h < shipped) else {
-            let mut whole = head;
-            file.read_to_end(&mut whole)?;
-            return Ok(Some(AudioPart::Whole(whole)));
+            let (tail, _) = read_from(&file, head.len() as u64, u64::MAX)?;
+            head.extend_from_slice(&tail);
+            return Ok(Some(AudioPart::Whole(head)));
         };
         head.truncate(header_len as usize);
         // A message trimmed after its start was shipped is shorter than what was: its
         // length and header alone finish it.
-        let from = shipped.min(len);
-        let mut rest = vec![0u8; (len - from) as usize];
-        file.read_exact_at(&mut rest, from)?;
-        Ok(Some(AudioPart::Rest {
+        let (rest, len) = read_from(&file, shipped, u64::MAX)?;
+        Ok(Some(AudioPart::Rest(AudioRest {
             head,
             rest,
-            from,
+            from: shipped.min(len),
             len,
-        }))
+        })))
     }
 }
 
@@ -262,16 +255,20 @@ pub enum AudioPart {
     /// The whole WAV file.
     Whole(Vec<u8>),
     /// What JetStream lacks of a file whose start was shipped while it was recorded.
-    Rest {
-        /// The file's finished header (the bytes before its samples).
-        head: Vec<u8>,
-        /// The file's bytes from `from` to its end.
-        rest: Vec<u8>,
-        /// Where `rest` begins in the file.
-        from: u64,
-        /// The file's length.
-        len: u64,
-    },
+    Rest(AudioRest),
+}
+
+/// What JetStream lacks of a WAV file whose first `from` bytes it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioRest {
+    /// The file's finished header (the bytes before its samples).
+    pub head: Vec<u8>,
+    /// The file's bytes from `from` to its end.
+    pub rest: Vec<u8>,
+    /// Where `rest` begins in the file (JetStream has what is before).
+    pub from: u64,
+    /// The file's length.
+    pub len: u64,
 }
 
 #[cfg(test)]
@@ -377,12 +374,12 @@ mod tests {
         let header_len = crate::wav::parse(&file).unwrap().data.0;
         let len = file.len() as u64;
         // Half shipped: the header as it is now and the second half.
-        let AudioPart::Rest {
+        let AudioPart::Rest(AudioRest {
             head,
             rest,
             from,
             len: l,
-        } = s.audio_from(&id, len / 2).unwrap().unwrap()
+        }) = s.audio_from(&id, len / 2).unwrap().unwrap()
         else {
             panic!("the rest")
         };
@@ -390,7 +387,9 @@ mod tests {
         assert_eq!(head, file[..header_len]);
         assert_eq!(rest, file[(len / 2) as usize..]);
         // Trimmed after it was shipped: the header and the length finish it.
-        let Some(AudioPart::Rest { rest, from, .. }) = s.audio_from(&id, len + 100).unwrap() else {
+        let Some(AudioPart::Rest(AudioRest { rest, from, .. })) =
+            s.audio_from(&id, len + 100).unwrap()
+        else {
             panic!("the rest")
         };
         assert_eq!((rest.len(), from), (0, len));
