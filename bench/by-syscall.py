@@ -38,7 +38,7 @@ def where(frames):
         m = SYSCALL.match(f)
         if m:
             return m.group(1)
-    if any(f.startswith(KERNEL_ENTRY) or "irqentry" in f for f in frames):
+    if any(f.startswith(KERNEL_ENTRY) for f in frames):
         return "kernel, outside a system call"
     return "user space"
 
